@@ -1,0 +1,58 @@
+//! `exp init`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::init::{init, LfsFilter};
+use crate::Error;
+
+/// Arguments of `exp init`.
+#[derive(Debug, Args)]
+#[command(long_about = "Make DIR (default: the current directory) a Git repository ready for exp.
+
+- creates the repository (branch main) when DIR is not one; an existing repository keeps its \
+history and files;
+- adds `*.safetensors filter=lfs diff=lfs merge=lfs -text` to .gitattributes;
+- writes the example experiment specs to experiments/ (never overwriting a file);
+- commits what it added (only that), and creates the Git Flow branches main and develop;
+- runs `git lfs install --local` when git-lfs is installed.
+
+Running it twice changes nothing.")]
+pub struct InitArgs {
+    /// The directory to initialise.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
+
+pub(super) fn execute(args: InitArgs) -> Result<(), Error> {
+    let report = init(&args.dir)?;
+    let dir = report.dir.display();
+    if report.created_repository {
+        println!("Initialised a Git repository in {dir}");
+    } else {
+        println!("Using the existing repository in {dir}");
+    }
+    for f in &report.files_written {
+        println!("  wrote {f}");
+    }
+    if let Some(commit) = &report.commit {
+        println!("  committed them as {}", &commit[..commit.len().min(10)]);
+    }
+    for b in &report.branches_created {
+        println!("  created branch {b}");
+    }
+    if report.files_written.is_empty() && report.branches_created.is_empty() && !report.created_repository {
+        println!("  already set up; nothing to change");
+    }
+    match report.lfs {
+        LfsFilter::GitLfs => println!("  Git LFS: git-lfs handles *.safetensors in this repository"),
+        LfsFilter::Missing => eprintln!(
+            "warning: git-lfs is not installed. exp still stores weights as LFS objects and commits \
+pointers, but `git status` will show the weights modified and a clone will not restore them \
+until git-lfs is installed (then run `exp init` again)."
+        ),
+    }
+    println!("Next: exp run mnist-cnn");
+    Ok(())
+}

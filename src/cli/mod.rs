@@ -1,0 +1,38 @@
+//! The command line: argument types and output formatting, one file per subcommand. Nothing
+//! here knows how records are stored or models trained.
+
+mod init;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+use crate::Error;
+
+/// Git-native experiment tracking: train Candle models, record every run as a commit with its
+/// weights in Git LFS, compare and gate them with Git.
+#[derive(Debug, Parser)]
+#[command(name = "exp", version, propagate_version = true, max_term_width = 100)]
+#[command(after_help = "Exit codes: 0 success; 1 negative answer (a diverged run); 2 usage, data or \
+environment error; 130/143 interrupted by SIGINT/SIGTERM.")]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// exp's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a directory a Git repository ready for exp.
+    Init(init::InitArgs),
+    /// Train an experiment and record the run as a commit and a tag.
+    Run(run::RunArgs),
+}
+
+/// Runs the parsed command; returns the exit code for success paths.
+pub fn execute(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Init(args) => init::execute(args),
+        Command::Run(args) => run::execute(args),
+    }
+}

@@ -1,0 +1,81 @@
+//! `exp run`.
+
+use clap::Args;
+
+use crate::run::{run, RunOptions};
+use crate::train::StopFlag;
+use crate::{Error, run::RunError};
+
+/// Arguments of `exp run`.
+#[derive(Debug, Args)]
+#[command(long_about = "Train experiment NAME (experiments/NAME.toml) and record the run in Git.
+
+Steps, in this order:
+  1. Resolve the spec: the file plus every --set override, validated against the schema. An \
+unknown key, a wrong type or a missing file stops here (exit 2), naming key, file and line.
+  2. Read the data from the data root ($EXP_DATA, a relative value taken against the current \
+directory; else ~/.cache/exp/data) and fingerprint it (BLAKE3 over the decompressed bytes).
+  3. Check that the run can be recorded: on develop or main the run moves to a new feature branch \
+feature/NAME-<run id>, created from develop (develop is created from main the first time); if that \
+switch would overwrite uncommitted changes, or experiments/NAME/ has uncommitted changes, stop now \
+(exit 2) rather than after training.
+  4. Train and evaluate on the test set after every epoch (progress on stderr). Randomness comes \
+from the seed only: on CPU the same spec, data and seed give bit-identical weights.
+  5. Store the weights as safetensors in the Git LFS object store (.git/lfs/objects).
+  6. Switch branch if step 3 said so (uncommitted changes elsewhere are carried, never committed).
+  7. Write experiments/NAME/ (model.safetensors, metrics.toml, predictions.bin, history.csv), \
+commit it with experiments/NAME.toml (the weights as an LFS pointer), and tag the commit \
+run/<branch with / as ->/NAME/<n>.
+
+A run that fails (bad data, a NaN loss: exit 1, SIGINT: 130, SIGTERM: 143) records nothing: no \
+commit, tag, branch or LFS object.
+
+Spec keys: [model] name (mlp | seed-cnn | cnn), hidden, dropout, conv_dropout; [data] format \
+(idx | cifar10), train_images, train_labels, test_images, test_labels, normalize = { mean, std }, \
+train_limit, val_limit, test_limit; [train] optimizer (adam | adamw | sgd), lr, momentum, \
+weight_decay, batch_size, epochs, seed, device (auto | cpu | cuda[:N]), precision, accumulate; \
+[init] from, freeze.")]
+pub struct RunArgs {
+    /// The experiment: experiments/NAME.toml.
+    #[arg(value_name = "NAME")]
+    pub experiment: String,
+    /// Override a spec key: --set train.epochs=3 (VALUE is TOML, or a plain string; repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// No progress output on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub(super) fn execute(args: RunArgs) -> Result<(), Error> {
+    let stop = StopFlag::install().map_err(RunError::Signals)?;
+    let cwd = std::env::current_dir().map_err(|source| RunError::Write {
+        path: ".".into(),
+        source,
+    })?;
+    let options = RunOptions {
+        experiment: args.experiment,
+        overrides: args.overrides,
+        quiet: args.quiet,
+        cwd,
+    };
+    let summary = run(&options, &stop)?;
+    let r = &summary.record;
+    if let Some(from) = &summary.switched_from {
+        println!("Moved the run from {from} to the new branch {}", r.run.branch);
+    }
+    println!(
+        "Recorded {} on {}: {}",
+        r.run.experiment,
+        r.run.branch,
+        crate::run::headline(r)
+    );
+    println!("  commit  {}", &summary.commit[..10]);
+    println!("  tag     {}", summary.tag);
+    println!("  weights experiments/{}/model.safetensors (LFS oid {}, {} bytes)", r.run.experiment, &r.model.oid[..12], r.model.size);
+    println!(
+        "  trained {} epoch(s) on {} in {:.1} s ({:.0} img/s)",
+        r.training.epochs, r.run.device, r.run.wall_seconds, r.training.timing.images_per_second
+    );
+    Ok(())
+}

@@ -1,0 +1,445 @@
+//! Data sets: the data root, IDX and CIFAR-10 readers, fingerprints, subsets and batching.
+//!
+//! Data is only ever reached through the data root (DESIGN §3): `$EXP_DATA`, else
+//! `~/.cache/exp/data`. Every file is fingerprinted with BLAKE3 over its decompressed bytes,
+//! so a gzipped and a raw copy of the same data agree.
+
+pub mod cifar;
+pub mod idx;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rng::{ExpRng, Purpose};
+use crate::spec::{DataFormat, DataSpec};
+
+/// A data set that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The data root cannot be determined.
+    #[error("no data root: EXP_DATA is unset and HOME is unknown")]
+    NoRoot,
+    /// A data file is missing.
+    #[error("data file {path} not found (nor {alternative}) under the data root {root}")]
+    Missing {
+        /// Where it was looked for.
+        path: PathBuf,
+        /// The other name tried (.gz added or removed).
+        alternative: String,
+        /// The data root.
+        root: PathBuf,
+    },
+    /// A data file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A data file is not what its format says.
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The files of a data set disagree with each other or with the spec.
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+impl DataError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            DataError::Missing { root, .. } => Some(format!(
+                "fill the data root with `scripts/fetch-data.sh {}` (from the exp repository), or point EXP_DATA at a folder holding the files",
+                root.display()
+            )),
+            DataError::NoRoot => Some("set EXP_DATA to the folder holding the data sets".into()),
+            DataError::Corrupt { .. } => {
+                Some("the file is damaged or not in the format the spec names; fetch it again".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The data root: `$EXP_DATA` (relative to `cwd` when relative), else `~/.cache/exp/data`.
+pub fn data_root(cwd: &Path) -> Result<PathBuf, DataError> {
+    if let Some(value) = std::env::var_os("EXP_DATA").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(value);
+        return Ok(if path.is_absolute() { path } else { cwd.join(path) });
+    }
+    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(DataError::NoRoot)?;
+    Ok(PathBuf::from(home).join(".cache/exp/data"))
+}
+
+/// A data file's identity: as given in the spec, and its fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileFingerprint {
+    /// The path as given in the spec (relative to the data root).
+    pub path: String,
+    /// BLAKE3 of the decompressed bytes.
+    pub blake3: String,
+}
+
+/// Reads a file under the data root, decompressing gzip; `X.gz` and `X` stand in for each
+/// other (DESIGN §3).
+pub fn read_data_file(root: &Path, given: &str) -> Result<(PathBuf, Vec<u8>), DataError> {
+    let primary = root.join(given);
+    let alternative = match given.strip_suffix(".gz") {
+        Some(raw) => raw.to_string(),
+        None => format!("{given}.gz"),
+    };
+    let path = if primary.is_file() {
+        primary
+    } else if root.join(&alternative).is_file() {
+        root.join(&alternative)
+    } else {
+        return Err(DataError::Missing {
+            path: primary,
+            alternative,
+            root: root.to_path_buf(),
+        });
+    };
+    let io = |source| DataError::Io {
+        path: path.clone(),
+        source,
+    };
+    let raw = std::fs::read(&path).map_err(io)?;
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::Corrupt {
+                path: path.clone(),
+                message: format!("corrupt or truncated gzip stream: {e}"),
+            })?;
+        out
+    } else {
+        raw
+    };
+    Ok((path, bytes))
+}
+
+/// Images and labels of one split, as bytes, with per-channel normalisation applied when a
+/// batch is gathered.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// Examples in this split.
+    pub len: usize,
+    /// Pixels of every example, CHW order, `len * channels * height * width` bytes.
+    images: Vec<u8>,
+    /// Class index of every example.
+    pub labels: Vec<u8>,
+    /// Which examples of the source files this split holds, when not all of them, in order.
+    pub selection: Option<Vec<u32>>,
+    /// Fingerprint of the split: its files, and the selection when there is one.
+    pub blake3: String,
+}
+
+/// The shape every image of a data set has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageShape {
+    /// Channels.
+    pub channels: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+impl ImageShape {
+    /// Values per image.
+    pub fn size(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+}
+
+/// The training, validation and test splits an experiment uses.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Training split (after `train_limit`).
+    pub train: Split,
+    /// Validation split (`val_limit` examples held out of the training files).
+    pub val: Option<Split>,
+    /// Test split, the eval set (after `test_limit`).
+    pub test: Split,
+    /// Image shape.
+    pub shape: ImageShape,
+    /// Number of classes.
+    pub classes: usize,
+    /// The training files' fingerprints.
+    pub train_files: Vec<FileFingerprint>,
+    /// The test files' fingerprints.
+    pub test_files: Vec<FileFingerprint>,
+    /// Lookup table: normalised value of pixel byte `b` in channel `c` at `c * 256 + b`.
+    lut: Vec<f32>,
+}
+
+struct RawSet {
+    images: Vec<u8>,
+    labels: Vec<u8>,
+    shape: ImageShape,
+    files: Vec<FileFingerprint>,
+}
+
+fn load_raw(root: &Path, format: DataFormat, images: &[String], labels: &str) -> Result<RawSet, DataError> {
+    match format {
+        DataFormat::Idx => {
+            let (image_path, image_bytes) = read_data_file(root, &images[0])?;
+            let (label_path, label_bytes) = read_data_file(root, labels)?;
+            let files = vec![
+                FileFingerprint {
+                    path: images[0].clone(),
+                    blake3: blake3::hash(&image_bytes).to_hex().to_string(),
+                },
+                FileFingerprint {
+                    path: labels.to_string(),
+                    blake3: blake3::hash(&label_bytes).to_hex().to_string(),
+                },
+            ];
+            let image_array = idx::parse(&image_bytes, &image_path)?;
+            drop(image_bytes);
+            let label_array = idx::parse(&label_bytes, &label_path)?;
+            let shape = match image_array.dims[..] {
+                [_, h, w] => ImageShape { channels: 1, height: h, width: w },
+                [_, h, w, c] => ImageShape { channels: c, height: h, width: w },
+                _ => {
+                    return Err(DataError::Corrupt {
+                        path: image_path,
+                        message: format!("images need 3 dimensions (N, rows, cols), found {:?}", image_array.dims),
+                    })
+                }
+            };
+            if label_array.dims.len() != 1 {
+                return Err(DataError::Corrupt {
+                    path: label_path,
+                    message: format!("labels need 1 dimension, found {:?}", label_array.dims),
+                });
+            }
+            if label_array.dims[0] != image_array.dims[0] {
+                return Err(DataError::Inconsistent(format!(
+                    "{} holds {} images but {} holds {} labels",
+                    image_path.display(),
+                    image_array.dims[0],
+                    label_path.display(),
+                    label_array.dims[0]
+                )));
+            }
+            let mut pixels = image_array.data;
+            if image_array.dims.len() == 4 {
+                pixels = hwc_to_chw(&pixels, shape);
+            }
+            Ok(RawSet {
+                images: pixels,
+                labels: label_array.data,
+                shape,
+                files,
+            })
+        }
+        DataFormat::Cifar10 => {
+            let mut all_images = Vec::new();
+            let mut all_labels = Vec::new();
+            let mut files = Vec::new();
+            for given in images {
+                let (path, bytes) = read_data_file(root, given)?;
+                files.push(FileFingerprint {
+                    path: given.clone(),
+                    blake3: blake3::hash(&bytes).to_hex().to_string(),
+                });
+                let (labels, pixels) = cifar::parse(&bytes, &path)?;
+                all_labels.extend(labels);
+                all_images.extend(pixels);
+            }
+            Ok(RawSet {
+                images: all_images,
+                labels: all_labels,
+                shape: ImageShape { channels: 3, height: 32, width: 32 },
+                files,
+            })
+        }
+    }
+}
+
+fn hwc_to_chw(pixels: &[u8], shape: ImageShape) -> Vec<u8> {
+    let (c, hw) = (shape.channels, shape.height * shape.width);
+    let mut out = vec![0u8; pixels.len()];
+    for (image_in, image_out) in pixels.chunks_exact(c * hw).zip(out.chunks_exact_mut(c * hw)) {
+        for p in 0..hw {
+            for ch in 0..c {
+                image_out[ch * hw + p] = image_in[p * c + ch];
+            }
+        }
+    }
+    out
+}
+
+fn split_fingerprint(files: &[FileFingerprint], selection: Option<&[u32]>) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"exp-split-v1\0");
+    for f in files {
+        h.update(f.blake3.as_bytes());
+        h.update(b"\0");
+    }
+    if let Some(selection) = selection {
+        h.update(b"selection\0");
+        for i in selection {
+            h.update(&i.to_le_bytes());
+        }
+    }
+    h.finalize().to_hex().to_string()
+}
+
+impl Split {
+    fn select(raw: &RawSet, selection: Option<Vec<u32>>) -> Split {
+        let size = raw.shape.size();
+        let blake3 = split_fingerprint(&raw.files, selection.as_deref());
+        match &selection {
+            None => Split {
+                len: raw.labels.len(),
+                images: raw.images.clone(),
+                labels: raw.labels.clone(),
+                selection,
+                blake3,
+            },
+            Some(indices) => {
+                let mut images = Vec::with_capacity(indices.len() * size);
+                let mut labels = Vec::with_capacity(indices.len());
+                for &i in indices {
+                    let i = i as usize;
+                    images.extend_from_slice(&raw.images[i * size..(i + 1) * size]);
+                    labels.push(raw.labels[i]);
+                }
+                Split {
+                    len: indices.len(),
+                    images,
+                    labels,
+                    selection,
+                    blake3,
+                }
+            }
+        }
+    }
+}
+
+impl Dataset {
+    /// Loads the splits `spec` names from the data root; `seed` draws the training subset.
+    pub fn load(root: &Path, spec: &DataSpec, seed: u64) -> Result<Dataset, DataError> {
+        let train_raw = load_raw(root, spec.format, &spec.train_images, &spec.train_labels)?;
+        let test_raw = load_raw(root, spec.format, &spec.test_images, &spec.test_labels)?;
+        if train_raw.shape != test_raw.shape {
+            return Err(DataError::Inconsistent(format!(
+                "training images are {:?} but test images are {:?}",
+                train_raw.shape, test_raw.shape
+            )));
+        }
+        let shape = train_raw.shape;
+        let max_label = train_raw.labels.iter().chain(&test_raw.labels).copied().max().unwrap_or(0);
+        let classes = match spec.format {
+            DataFormat::Cifar10 => cifar::CLASSES,
+            DataFormat::Idx => max_label as usize + 1,
+        };
+        if classes < 2 {
+            return Err(DataError::Inconsistent("the labels name fewer than two classes".into()));
+        }
+
+        let n_train = train_raw.labels.len();
+        if spec.val_limit >= n_train {
+            return Err(DataError::Inconsistent(format!(
+                "data.val_limit = {} leaves no training examples out of {n_train}",
+                spec.val_limit
+            )));
+        }
+        let (train_sel, val_sel) = if spec.train_limit > 0 || spec.val_limit > 0 {
+            // One seeded permutation: validation first, then the training subset.
+            let order = ExpRng::new(seed, Purpose::Subset).permutation(n_train);
+            let (val, rest) = order.split_at(spec.val_limit);
+            let take = if spec.train_limit > 0 { spec.train_limit.min(rest.len()) } else { rest.len() };
+            let mut train = rest[..take].to_vec();
+            train.sort_unstable();
+            let mut val = val.to_vec();
+            val.sort_unstable();
+            (Some(train), (!val.is_empty()).then_some(val))
+        } else {
+            (None, None)
+        };
+        let test_sel = (spec.test_limit > 0 && spec.test_limit < test_raw.labels.len())
+            .then(|| (0..spec.test_limit as u32).collect::<Vec<u32>>());
+
+        let lut = normalisation_table(spec, shape.channels)?;
+        Ok(Dataset {
+            train: Split::select(&train_raw, train_sel),
+            val: val_sel.map(|v| Split::select(&train_raw, Some(v))),
+            test: Split::select(&test_raw, test_sel),
+            shape,
+            classes,
+            train_files: train_raw.files,
+            test_files: test_raw.files,
+            lut,
+        })
+    }
+
+    /// Gathers examples `indices` of `split` into a normalised NCHW f32 buffer and labels.
+    pub fn gather(&self, split: &Split, indices: &[u32], images: &mut Vec<f32>, labels: &mut Vec<u32>) {
+        let size = self.shape.size();
+        let plane = self.shape.height * self.shape.width;
+        images.clear();
+        labels.clear();
+        images.reserve(indices.len() * size);
+        for &i in indices {
+            let i = i as usize;
+            let pixels = &split.images[i * size..(i + 1) * size];
+            for (c, channel) in pixels.chunks_exact(plane).enumerate() {
+                let lut = &self.lut[c * 256..(c + 1) * 256];
+                images.extend(channel.iter().map(|&b| lut[b as usize]));
+            }
+            labels.push(split.labels[i] as u32);
+        }
+    }
+}
+
+fn normalisation_table(spec: &DataSpec, channels: usize) -> Result<Vec<f32>, DataError> {
+    let (mean, std) = match &spec.normalize {
+        Some(n) => (n.mean.clone(), n.std.clone()),
+        None => (vec![0.0], vec![1.0]),
+    };
+    if mean.len() != 1 && mean.len() != channels {
+        return Err(DataError::Inconsistent(format!(
+            "data.normalize has {} values but the images have {channels} channels",
+            mean.len()
+        )));
+    }
+    let mut lut = Vec::with_capacity(channels * 256);
+    for c in 0..channels {
+        let (m, s) = if mean.len() == 1 { (mean[0], std[0]) } else { (mean[c], std[c]) };
+        lut.extend((0..256).map(|b| ((b as f64 / 255.0 - m) / s) as f32));
+    }
+    Ok(lut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hwc_becomes_chw() {
+        let shape = ImageShape { channels: 2, height: 1, width: 2 };
+        assert_eq!(hwc_to_chw(&[1, 2, 3, 4], shape), vec![1, 3, 2, 4]);
+    }
+
+    #[test]
+    fn split_fingerprint_depends_on_selection() {
+        let f = vec![FileFingerprint { path: "a".into(), blake3: "00".into() }];
+        let all = split_fingerprint(&f, None);
+        let some = split_fingerprint(&f, Some(&[1, 2]));
+        let other = split_fingerprint(&f, Some(&[1, 3]));
+        assert_ne!(all, some);
+        assert_ne!(some, other);
+    }
+}

@@ -1,0 +1,91 @@
+//! The top-level error: every module's error, with the exit code and hint the CLI prints.
+
+use std::fmt;
+
+/// Exit codes shared by every command (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// The command succeeded.
+    Success = 0,
+    /// The command ran and the answer is negative (a regression, a diverged run).
+    Negative = 1,
+    /// Usage, data or environment error.
+    Usage = 2,
+    /// Interrupted by SIGINT.
+    Interrupted = 130,
+    /// Terminated by SIGTERM.
+    Terminated = 143,
+}
+
+/// Any error a command can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The experiment spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// A data set could not be read.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// Training failed or was interrupted.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    /// The LFS store failed.
+    #[error(transparent)]
+    Lfs(#[from] crate::lfs::LfsError),
+    /// A Git operation failed.
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
+    /// The run record could not be written or read.
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
+    /// `exp init` failed.
+    #[error(transparent)]
+    Init(#[from] crate::init::InitError),
+    /// `exp run` failed outside the other modules.
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
+}
+
+impl Error {
+    /// The process exit code for this error (DESIGN §5).
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Train(e) => e.exit_code(),
+            _ => ExitCode::Usage,
+        }
+    }
+
+    /// A line telling the user what to do next, where there is one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Spec(e) => e.hint(),
+            Error::Data(e) => e.hint(),
+            Error::Git(e) => e.hint(),
+            Error::Run(e) => e.hint(),
+            Error::Train(e) => e.hint(),
+            Error::Init(e) => e.hint(),
+            Error::Lfs(_) | Error::Record(_) => None,
+        }
+    }
+}
+
+/// Displays an error with its chain of causes, one "Caused by:" line each.
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        // `#[error(transparent)]` wrappers repeat their inner message; skip exact repeats.
+        let mut last = self.0.to_string();
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if text != last && !last.ends_with(&text) {
+                write!(f, "\n  Caused by: {text}")?;
+            }
+            last = text;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}

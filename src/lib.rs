@@ -1,0 +1,36 @@
+//! exp: Git-native experiment tracking and model versioning.
+//!
+//! The library knows nothing of the command line: `cli/` turns arguments into calls on the
+//! modules below and formats what they return. Each module owns one concern:
+//!
+//! - [`spec`]: the experiment spec (`experiments/<name>.toml`), its schema and `--set` overrides;
+//! - [`data`]: IDX and CIFAR-10 readers, fingerprints, the in-memory data set and batching;
+//! - [`model`]: the model zoo, built from exp's own seeded initialisers;
+//! - [`train`]: the training loop, optimisers, interruption;
+//! - [`eval`]: metrics and `predictions.bin`;
+//! - [`record`]: the run record (`metrics.toml`) and the canonical tensor hash;
+//! - [`lfs`]: Git LFS pointers and the object store;
+//! - [`git`]: repository access, Git Flow branches, commits and run tags;
+//! - [`run`] and [`init`]: the two workflows that tie the rest together.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod git;
+pub mod init;
+pub mod lfs;
+pub mod model;
+pub mod record;
+pub mod rng;
+pub mod run;
+pub mod spec;
+pub mod train;
+
+pub use error::{Error, ExitCode};
+
+/// The exp version, recorded in every run.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The candle version this build links (pinned in Cargo.toml), recorded in every run.
+pub const CANDLE_VERSION: &str = "0.11.1";

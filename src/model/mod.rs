@@ -1,0 +1,309 @@
+//! The model zoo: ordinary candle modules whose parameters come from exp's seeded initialiser.
+//!
+//! Every architecture is built through [`ParamBuilder`], which draws PyTorch's default
+//! initialisation (uniform ±1/√fan_in for conv and linear weights and biases) from exp's own
+//! ChaCha stream and keeps every parameter as a named [`Var`] for the optimiser, the
+//! safetensors file and the canonical tensor hash.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_nn::{Conv2d, Conv2dConfig, Linear};
+
+use crate::data::ImageShape;
+use crate::rng::{ExpRng, Purpose};
+use crate::spec::{ModelName, ModelSpec};
+
+/// Training (dropout active, drawing from the dropout stream) or evaluation.
+pub enum Mode<'a> {
+    /// Dropout masks are drawn from this stream.
+    Train(&'a mut ExpRng),
+    /// Dropout is the identity.
+    Eval,
+}
+
+/// The trainable parameters of a model, by name.
+#[derive(Default)]
+pub struct ParamStore {
+    vars: BTreeMap<String, Var>,
+}
+
+impl ParamStore {
+    /// Every parameter, in name order.
+    pub fn vars(&self) -> Vec<Var> {
+        self.vars.values().cloned().collect()
+    }
+
+    /// `(name, var)` pairs in name order.
+    pub fn named(&self) -> impl Iterator<Item = (&String, &Var)> {
+        self.vars.iter()
+    }
+
+    /// Number of scalar parameters.
+    pub fn count(&self) -> usize {
+        self.vars.values().map(|v| v.elem_count()).sum()
+    }
+
+    /// The parameters as plain tensors, for saving.
+    pub fn tensors(&self) -> BTreeMap<String, Tensor> {
+        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+    }
+}
+
+/// Creates named parameters with PyTorch's default initialisation from a seeded stream.
+pub struct ParamBuilder {
+    store: ParamStore,
+    rng: ExpRng,
+    device: Device,
+}
+
+impl ParamBuilder {
+    /// A builder drawing from the init stream of `seed`.
+    pub fn new(seed: u64, device: &Device) -> Self {
+        ParamBuilder {
+            store: ParamStore::default(),
+            rng: ExpRng::new(seed, Purpose::Init),
+            device: device.clone(),
+        }
+    }
+
+    fn uniform(&mut self, name: &str, shape: &[usize], bound: f32) -> Result<Tensor> {
+        let n = shape.iter().product();
+        let values = self.rng.uniform(n, bound);
+        let var = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;
+        let tensor = var.as_tensor().clone();
+        self.store.vars.insert(name.to_string(), var);
+        Ok(tensor)
+    }
+
+    /// A conv layer `name` (weights `name.weight`, `name.bias`), PyTorch's `Conv2d` init.
+    pub fn conv2d(&mut self, name: &str, in_channels: usize, out_channels: usize, kernel: usize) -> Result<Conv2d> {
+        let fan_in = in_channels * kernel * kernel;
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let w = self.uniform(&format!("{name}.weight"), &[out_channels, in_channels, kernel, kernel], bound)?;
+        let b = self.uniform(&format!("{name}.bias"), &[out_channels], bound)?;
+        Ok(Conv2d::new(w, Some(b), Conv2dConfig::default()))
+    }
+
+    /// A linear layer `name`, PyTorch's `Linear` init.
+    pub fn linear(&mut self, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
+        let bound = 1.0 / (in_features as f32).sqrt();
+        let w = self.uniform(&format!("{name}.weight"), &[out_features, in_features], bound)?;
+        let b = self.uniform(&format!("{name}.bias"), &[out_features], bound)?;
+        Ok(Linear::new(w, Some(b)))
+    }
+
+    fn finish(self) -> ParamStore {
+        self.store
+    }
+}
+
+/// Inverted dropout with a mask from exp's stream; the identity in evaluation.
+fn dropout(xs: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Train(rng) if p > 0.0 => {
+            let mask = rng.dropout_mask(xs.elem_count(), p as f32);
+            let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
+            xs.mul(&mask)
+        }
+        _ => Ok(xs.clone()),
+    }
+}
+
+enum Architecture {
+    Mlp {
+        layers: Vec<Linear>,
+        dropout: f64,
+    },
+    SeedCnn {
+        conv: Conv2d,
+        fc: Linear,
+    },
+    Cnn {
+        conv1: Conv2d,
+        conv2: Conv2d,
+        fc1: Linear,
+        fc2: Linear,
+        conv_dropout: f64,
+        dropout: f64,
+    },
+}
+
+/// A classifier from the zoo and its parameters.
+pub struct Model {
+    name: ModelName,
+    architecture: Architecture,
+    params: ParamStore,
+}
+
+impl Model {
+    /// Builds the model `spec` names for images of `shape` and `classes` classes.
+    pub fn new(spec: &ModelSpec, shape: ImageShape, classes: usize, seed: u64, device: &Device) -> Result<Model> {
+        let mut pb = ParamBuilder::new(seed, device);
+        let (c, h, w) = (shape.channels, shape.height, shape.width);
+        let too_small = |need: usize| {
+            candle_core::Error::Msg(format!(
+                "model {} needs images of at least {need}×{need} pixels, the data has {h}×{w}",
+                spec.name.as_str()
+            ))
+        };
+        let architecture = match spec.name {
+            ModelName::Mlp => {
+                let mut layers = Vec::new();
+                let mut width = shape.size();
+                for (i, &hidden) in spec.hidden.as_deref().unwrap_or(&[128]).iter().enumerate() {
+                    layers.push(pb.linear(&format!("fc{}", i + 1), width, hidden)?);
+                    width = hidden;
+                }
+                layers.push(pb.linear("out", width, classes)?);
+                Architecture::Mlp {
+                    layers,
+                    dropout: spec.dropout.unwrap_or(0.0),
+                }
+            }
+            ModelName::SeedCnn => {
+                // conv 3×3 → ReLU → 2×2 max-pool → linear: 28×28 gives 32·13·13 features.
+                if h < 4 || w < 4 {
+                    return Err(too_small(4));
+                }
+                let conv = pb.conv2d("conv", c, 32, 3)?;
+                let features = 32 * ((h - 2) / 2) * ((w - 2) / 2);
+                let fc = pb.linear("fc", features, classes)?;
+                Architecture::SeedCnn { conv, fc }
+            }
+            ModelName::Cnn => {
+                // PyTorch's MNIST example: two 3×3 convs, max-pool, dropout, two dense layers.
+                if h < 6 || w < 6 {
+                    return Err(too_small(6));
+                }
+                let conv1 = pb.conv2d("conv1", c, 32, 3)?;
+                let conv2 = pb.conv2d("conv2", 32, 64, 3)?;
+                let features = 64 * ((h - 4) / 2) * ((w - 4) / 2);
+                let fc1 = pb.linear("fc1", features, 128)?;
+                let fc2 = pb.linear("fc2", 128, classes)?;
+                Architecture::Cnn {
+                    conv1,
+                    conv2,
+                    fc1,
+                    fc2,
+                    conv_dropout: spec.conv_dropout.unwrap_or(0.25),
+                    dropout: spec.dropout.unwrap_or(0.5),
+                }
+            }
+        };
+        Ok(Model {
+            name: spec.name,
+            architecture,
+            params: pb.finish(),
+        })
+    }
+
+    /// Logits for a batch of NCHW images.
+    pub fn forward(&self, xs: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        match &self.architecture {
+            Architecture::Mlp { layers, dropout: p } => {
+                let mut x = xs.flatten_from(1)?;
+                let last = layers.len() - 1;
+                for (i, layer) in layers.iter().enumerate() {
+                    if i > 0 {
+                        x = dropout(&x, *p, mode)?;
+                    }
+                    x = layer.forward(&x)?;
+                    if i < last {
+                        x = x.relu()?;
+                    }
+                }
+                Ok(x)
+            }
+            Architecture::SeedCnn { conv, fc } => {
+                let x = conv.forward(xs)?.relu()?.max_pool2d(2)?;
+                fc.forward(&x.flatten_from(1)?)
+            }
+            Architecture::Cnn {
+                conv1,
+                conv2,
+                fc1,
+                fc2,
+                conv_dropout,
+                dropout: p,
+            } => {
+                let x = conv1.forward(xs)?.relu()?;
+                let x = conv2.forward(&x)?.relu()?.max_pool2d(2)?;
+                let x = dropout(&x, *conv_dropout, mode)?.flatten_from(1)?;
+                let x = fc1.forward(&x)?.relu()?;
+                let x = dropout(&x, *p, mode)?;
+                fc2.forward(&x)
+            }
+        }
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    /// The architecture's name.
+    pub fn name(&self) -> ModelName {
+        self.name
+    }
+
+    /// The parameters' dtype (f32 throughout today).
+    pub fn dtype(&self) -> DType {
+        DType::F32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: ModelName) -> ModelSpec {
+        ModelSpec {
+            name,
+            hidden: None,
+            dropout: None,
+            conv_dropout: None,
+        }
+    }
+
+    const MNIST: ImageShape = ImageShape { channels: 1, height: 28, width: 28 };
+
+    #[test]
+    fn seed_cnn_has_the_tutorial_shape() -> Result<()> {
+        let m = Model::new(&spec(ModelName::SeedCnn), MNIST, 10, 1, &Device::Cpu)?;
+        // conv 32·1·3·3 + 32, linear 10·5408 + 10
+        assert_eq!(m.params().count(), 288 + 32 + 54080 + 10);
+        let x = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?;
+        assert_eq!(m.forward(&x, &mut Mode::Eval)?.dims(), &[2, 10]);
+        Ok(())
+    }
+
+    #[test]
+    fn init_is_seeded_and_bounded() -> Result<()> {
+        let a = Model::new(&spec(ModelName::Cnn), MNIST, 10, 1, &Device::Cpu)?;
+        let b = Model::new(&spec(ModelName::Cnn), MNIST, 10, 1, &Device::Cpu)?;
+        let c = Model::new(&spec(ModelName::Cnn), MNIST, 10, 2, &Device::Cpu)?;
+        let w = |m: &Model| m.params().tensors()["fc1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(w(&a), w(&b));
+        assert_ne!(w(&a), w(&c));
+        let bound = 1.0 / (64.0f32 * 12.0 * 12.0).sqrt();
+        assert!(w(&a).iter().all(|x| x.abs() <= bound));
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_only_in_training() -> Result<()> {
+        let mut s = spec(ModelName::Mlp);
+        s.hidden = Some(vec![64, 32]);
+        s.dropout = Some(0.5);
+        let m = Model::new(&s, MNIST, 10, 1, &Device::Cpu)?;
+        let x = Tensor::ones((4, 1, 28, 28), DType::F32, &Device::Cpu)?;
+        let e1 = m.forward(&x, &mut Mode::Eval)?.to_vec2::<f32>()?;
+        let e2 = m.forward(&x, &mut Mode::Eval)?.to_vec2::<f32>()?;
+        assert_eq!(e1, e2);
+        let mut rng = ExpRng::new(1, Purpose::Dropout);
+        let t = m.forward(&x, &mut Mode::Train(&mut rng))?.to_vec2::<f32>()?;
+        assert_ne!(e1, t);
+        Ok(())
+    }
+}

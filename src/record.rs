@@ -1,0 +1,261 @@
+//! The run record (`metrics.toml`, DESIGN §4), the canonical tensor hash and the run id.
+//!
+//! The record is self-describing: every metric carries its direction and the fingerprint of
+//! the eval set it was measured on, so any later tool can tell whether two records are
+//! comparable without guessing.
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::data::FileFingerprint;
+use crate::spec::Spec;
+use crate::train::Timing;
+
+/// A record that cannot be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Serialising the record failed.
+    #[error("cannot serialise the run record: {0}")]
+    Serialize(#[from] toml::ser::Error),
+    /// The record text is not a valid record.
+    #[error("invalid run record: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// Hashing or saving tensors failed.
+    #[error("cannot serialise the weights: {0}")]
+    Tensors(String),
+}
+
+/// Status of a committed record: always `completed` (failed runs commit nothing).
+pub const STATUS_COMPLETED: &str = "completed";
+
+/// The complete run record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Identity and circumstances of the run.
+    pub run: RunInfo,
+    /// The fully resolved spec that ran.
+    pub params: Spec,
+    /// Fingerprints of the data.
+    pub data: DataRecord,
+    /// The weights.
+    pub model: ModelRecord,
+    /// Headline metrics on the eval set, with their meta data.
+    pub metrics: MetricsTable,
+    /// Per-class results on the eval set.
+    pub eval: EvalRecord,
+    /// How training went.
+    pub training: TrainingRecord,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// BLAKE3 of exp version, resolved spec, data fingerprints and seed.
+    pub id: String,
+    /// Experiment name.
+    pub experiment: String,
+    /// Branch the run was committed on.
+    pub branch: String,
+    /// The commit the run's commit has as parent.
+    pub parent: String,
+    /// RFC 3339 start time.
+    pub started: String,
+    /// Wall seconds from start to record.
+    pub wall_seconds: f64,
+    /// Device that trained (`cpu`, `cuda:0 …`).
+    pub device: String,
+    /// CPU threads candle used.
+    pub threads: usize,
+    /// exp version.
+    pub exp_version: String,
+    /// candle version.
+    pub candle_version: String,
+    /// The seed.
+    pub seed: u64,
+    /// `completed`.
+    pub status: String,
+    /// The `--set` overrides, as given.
+    pub overrides: Vec<String>,
+}
+
+/// `[data]`: one entry per split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecord {
+    /// Training split.
+    pub train: SplitRecord,
+    /// Validation split, when `val_limit` > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<SplitRecord>,
+    /// The eval set.
+    pub test: SplitRecord,
+}
+
+/// One split's identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitRecord {
+    /// Fingerprint of the split (its files and, for a subset, which examples).
+    pub blake3: String,
+    /// Examples in the split.
+    pub examples: usize,
+    /// Classes in the data set.
+    pub classes: usize,
+    /// The files, as given in the spec, with their BLAKE3 over decompressed bytes.
+    pub files: Vec<FileFingerprint>,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Architecture name.
+    pub architecture: String,
+    /// Number of trainable scalars.
+    pub parameters: usize,
+    /// The weights file, relative to the experiment's directory.
+    pub weights: String,
+    /// LFS oid (sha256 hex) of the weights file.
+    pub oid: String,
+    /// Size of the weights file in bytes.
+    pub size: u64,
+    /// BLAKE3 over sorted tensor names, dtypes, shapes and bytes: stable across writers.
+    pub tensor_hash: String,
+}
+
+/// `[metrics]`: `name = value`, plus `[metrics.meta.<name>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsTable {
+    /// Metric values.
+    #[serde(flatten)]
+    pub values: BTreeMap<String, f64>,
+    /// How to compare each metric.
+    pub meta: BTreeMap<String, MetricMeta>,
+}
+
+/// Whether larger or smaller is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Larger is better.
+    Max,
+    /// Smaller is better.
+    Min,
+}
+
+/// What makes two values of a metric comparable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricMeta {
+    /// Better direction.
+    pub direction: Direction,
+    /// BLAKE3 of the eval set the metric was measured on.
+    pub eval_set: String,
+    /// Examples it was measured on.
+    pub samples: usize,
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    /// Number of classes.
+    pub classes: usize,
+    /// Accuracy within each true class.
+    pub per_class_accuracy: Vec<f64>,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<u64>>,
+    /// File with true and predicted label of every eval example.
+    pub predictions: String,
+}
+
+/// `[training]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    /// Epochs completed.
+    pub epochs: usize,
+    /// Optimiser steps taken.
+    pub steps: usize,
+    /// Mean training loss of the last epoch.
+    pub final_train_loss: f64,
+    /// Where the time went.
+    pub timing: Timing,
+}
+
+impl RunRecord {
+    /// The TOML text.
+    pub fn to_toml(&self) -> Result<String, RecordError> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<RunRecord, RecordError> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+/// BLAKE3 over the tensors sorted by name: name, dtype, shape and little-endian bytes, each
+/// length-prefixed. Unlike the safetensors file, whose header layout differs between writers,
+/// this only changes when a weight does.
+pub fn tensor_hash(tensors: &BTreeMap<String, Tensor>) -> Result<String, RecordError> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"exp-tensor-hash-v1\0");
+    h.update(&(tensors.len() as u64).to_le_bytes());
+    for (name, tensor) in tensors {
+        let field = |h: &mut blake3::Hasher, bytes: &[u8]| {
+            h.update(&(bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        field(&mut h, name.as_bytes());
+        field(&mut h, tensor.dtype().as_str().as_bytes());
+        h.update(&(tensor.rank() as u64).to_le_bytes());
+        for d in tensor.dims() {
+            h.update(&(*d as u64).to_le_bytes());
+        }
+        let tensor = tensor.to_device(&candle_core::Device::Cpu).map_err(|e| RecordError::Tensors(e.to_string()))?;
+        let bytes = safetensors::View::data(&tensor);
+        field(&mut h, &bytes);
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// The run id: BLAKE3 of exp's version, the resolved spec, the data fingerprints and the seed.
+pub fn run_id(spec: &Spec, split_fingerprints: &[&str], seed: u64) -> Result<String, RecordError> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"exp-run-id-v1\0");
+    h.update(crate::VERSION.as_bytes());
+    h.update(b"\0");
+    h.update(toml::to_string(spec)?.as_bytes());
+    for f in split_fingerprints {
+        h.update(b"\0");
+        h.update(f.as_bytes());
+    }
+    h.update(&seed.to_le_bytes());
+    Ok(h.finalize().to_hex().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn tensor_hash_is_order_independent_and_value_sensitive() {
+        let a = Tensor::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[3.0f32], &Device::Cpu).unwrap();
+        let mut m1 = BTreeMap::new();
+        m1.insert("b".to_string(), b.clone());
+        m1.insert("a".to_string(), a.clone());
+        let mut m2 = BTreeMap::new();
+        m2.insert("a".to_string(), a.clone());
+        m2.insert("b".to_string(), b.clone());
+        assert_eq!(tensor_hash(&m1).unwrap(), tensor_hash(&m2).unwrap());
+        m2.insert("b".to_string(), Tensor::new(&[3.5f32], &Device::Cpu).unwrap());
+        assert_ne!(tensor_hash(&m1).unwrap(), tensor_hash(&m2).unwrap());
+        // Same bytes, different shape or dtype: different hash.
+        let mut m3 = BTreeMap::new();
+        m3.insert("a".to_string(), a.reshape((2, 1)).unwrap());
+        m3.insert("b".to_string(), b.clone());
+        assert_ne!(tensor_hash(&m1).unwrap(), tensor_hash(&m3).unwrap());
+        let mut m4 = m1.clone();
+        m4.insert("b".to_string(), b.to_dtype(DType::F64).unwrap());
+        assert_ne!(tensor_hash(&m1).unwrap(), tensor_hash(&m4).unwrap());
+    }
+}

@@ -1,0 +1,347 @@
+//! `exp run`: resolve the spec and the data, train, evaluate, and record the run as one commit
+//! with a run tag, in the order DESIGN §1 fixes: everything that can fail for the user's
+//! reasons (spec, data, device, branch switch) is checked before training, and Git is touched
+//! only after training succeeded.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::data::{data_root, Dataset, Split};
+use crate::eval::{encode_predictions, Metrics};
+use crate::git::{self, BranchPlan, CommitFile};
+use crate::lfs::LfsStore;
+use crate::model::Model;
+use crate::record::{
+    self, DataRecord, Direction, EvalRecord, MetricMeta, MetricsTable, ModelRecord, RunInfo, RunRecord,
+    SplitRecord, TrainingRecord,
+};
+use crate::spec::{self, ResolvedSpec};
+use crate::train::{self, DeviceRequest, Progress, StopFlag};
+use crate::Error;
+
+/// File names inside `experiments/<name>/`.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The run record.
+pub const RECORD_FILE: &str = "metrics.toml";
+/// Per-example labels and predictions.
+pub const PREDICTIONS_FILE: &str = "predictions.bin";
+/// Per-epoch curves.
+pub const HISTORY_FILE: &str = "history.csv";
+
+/// A failure of the run workflow itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Writing an output file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Writing history.csv failed.
+    #[error("cannot write history.csv: {0}")]
+    Csv(#[from] csv::Error),
+    /// The weights could not be serialised.
+    #[error("cannot serialise the weights: {0}")]
+    Safetensors(String),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl RunError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What `exp run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Experiment name (`experiments/<name>.toml`).
+    pub experiment: String,
+    /// `--set KEY=VALUE` overrides.
+    pub overrides: Vec<String>,
+    /// Print no progress.
+    pub quiet: bool,
+    /// The directory exp was started in.
+    pub cwd: PathBuf,
+}
+
+/// What a recorded run produced.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run commit.
+    pub commit: String,
+    /// The run tag.
+    pub tag: String,
+    /// Where the run moved from, when it started on develop or main.
+    pub switched_from: Option<String>,
+    /// The record as committed.
+    pub record: RunRecord,
+}
+
+/// Runs an experiment and records it.
+pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
+    let started_at = chrono::Utc::now();
+    let clock = Instant::now();
+    let repo = git::open(&options.cwd)?;
+    let worktree = git::workdir(&repo).to_path_buf();
+    let (_, parent_commit) = git::current_branch(&repo)?;
+    let resolved = spec::load(&spec::spec_path(&worktree, &options.experiment)?, &options.overrides)?;
+    let spec = &resolved.spec;
+    let device_request = DeviceRequest::parse(&spec.train.device).map_err(|reason| train::TrainError::Device {
+        requested: spec.train.device.clone(),
+        reason,
+    })?;
+    let (device, device_name) = device_request.open(&spec.train.device)?;
+    stop.check()?;
+
+    let root = data_root(&options.cwd)?;
+    let data = Dataset::load(&root, &spec.data, spec.train.seed)?;
+    let split_ids: Vec<&str> = [Some(&data.train), data.val.as_ref(), Some(&data.test)]
+        .into_iter()
+        .flatten()
+        .map(|s| s.blake3.as_str())
+        .collect();
+    let run_id = record::run_id(spec, &split_ids, spec.train.seed)?;
+    let plan = git::plan_branch(&repo, &options.experiment, &run_id)?;
+    stop.check()?;
+
+    let model = Model::new(&spec.model, data.shape, data.classes, spec.train.seed, &device).map_err(train::TrainError::from)?;
+    let mut progress = Progress::stderr(options.quiet);
+    let outcome = train::train(&model, &data, &spec.train, &device, stop, &mut progress)?;
+    stop.check()?;
+
+    // Weights into the LFS store before Git changes: the store is branch-independent.
+    let tensors = model.params().tensors();
+    let tensor_hash = record::tensor_hash(&tensors)?;
+    let weights = serialize_weights(&tensors)?;
+    let store = LfsStore::for_repo(&repo);
+    let pointer = store.insert(&weights[..])?;
+
+    let metrics = Metrics::new(&outcome.evaluation, data.classes);
+    let branch = plan.branch().to_string();
+    let record = RunRecord {
+        run: RunInfo {
+            id: run_id,
+            experiment: options.experiment.clone(),
+            branch: branch.clone(),
+            parent: parent_commit.to_string(),
+            started: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            wall_seconds: 0.0,
+            device: device_name,
+            threads: candle_core::utils::get_num_threads(),
+            exp_version: crate::VERSION.to_string(),
+            candle_version: crate::CANDLE_VERSION.to_string(),
+            seed: spec.train.seed,
+            status: record::STATUS_COMPLETED.to_string(),
+            overrides: resolved.overrides.clone(),
+        },
+        params: spec.clone(),
+        data: DataRecord {
+            train: split_record(&data.train, &data.train_files, data.classes),
+            val: data.val.as_ref().map(|v| split_record(v, &data.train_files, data.classes)),
+            test: split_record(&data.test, &data.test_files, data.classes),
+        },
+        model: ModelRecord {
+            architecture: model.name().as_str().to_string(),
+            parameters: model.params().count(),
+            weights: WEIGHTS_FILE.to_string(),
+            oid: pointer.oid.to_string(),
+            size: pointer.size,
+            tensor_hash,
+        },
+        metrics: metrics_table(&metrics, &data.test),
+        eval: EvalRecord {
+            classes: data.classes,
+            per_class_accuracy: metrics.per_class_accuracy.clone(),
+            confusion: metrics.confusion.clone(),
+            predictions: PREDICTIONS_FILE.to_string(),
+        },
+        training: TrainingRecord {
+            epochs: outcome.history.len(),
+            steps: outcome.steps,
+            final_train_loss: outcome.history.last().map_or(f64::NAN, |h| h.train_loss),
+            timing: outcome.timing.clone(),
+        },
+    };
+
+    // From here on the run is complete: signals no longer abort it, so that a commit is
+    // never left half made.
+    let undo = git::switch_for_run(&repo, &plan)?;
+    let result = write_and_commit(&repo, &worktree, &options.experiment, &resolved, record, &store, &pointer, &outcome, clock);
+    match result {
+        Ok(summary) => Ok(RunSummary {
+            switched_from: match &plan {
+                BranchPlan::NewFeature { from, .. } => Some(from.clone()),
+                BranchPlan::Stay { .. } => None,
+            },
+            ..summary
+        }),
+        Err(e) => {
+            restore_outputs(&worktree, &options.experiment);
+            if let Some(undo) = undo {
+                undo.undo(&repo);
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_and_commit(
+    repo: &git2::Repository,
+    worktree: &Path,
+    experiment: &str,
+    resolved: &ResolvedSpec,
+    mut record: RunRecord,
+    store: &LfsStore,
+    pointer: &crate::lfs::LfsPointer,
+    outcome: &train::TrainOutcome,
+    clock: Instant,
+) -> Result<RunSummary, Error> {
+    let out_dir = worktree.join("experiments").join(experiment);
+    std::fs::create_dir_all(&out_dir).map_err(|source| RunError::Write {
+        path: out_dir.clone(),
+        source,
+    })?;
+    // The work tree holds the real weights; the commit holds the pointer.
+    let weights_path = out_dir.join(WEIGHTS_FILE);
+    let object = std::fs::read(store.object_path(&pointer.oid)).map_err(|source| RunError::Write {
+        path: store.object_path(&pointer.oid),
+        source,
+    })?;
+    write_atomic(&weights_path, &object)?;
+    let predictions = encode_predictions(&outcome.evaluation.labels, &outcome.evaluation.predictions, record.eval.classes);
+    write_atomic(&out_dir.join(PREDICTIONS_FILE), &predictions)?;
+    let mut history = csv::Writer::from_writer(Vec::new());
+    for row in &outcome.history {
+        history.serialize(row).map_err(RunError::Csv)?;
+    }
+    let history = history.into_inner().map_err(|e| RunError::Csv(e.into_error().into()))?;
+    write_atomic(&out_dir.join(HISTORY_FILE), &history)?;
+    record.run.wall_seconds = (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    let record_text = record.to_toml()?;
+    write_atomic(&out_dir.join(RECORD_FILE), record_text.as_bytes())?;
+
+    let spec_rel = format!("experiments/{experiment}.toml");
+    let spec_bytes = std::fs::read(&resolved.path).map_err(|source| RunError::Write {
+        path: resolved.path.clone(),
+        source,
+    })?;
+    let dir_rel = format!("experiments/{experiment}");
+    let files = vec![
+        CommitFile {
+            path: spec_rel,
+            blob: spec_bytes,
+        },
+        CommitFile {
+            path: format!("{dir_rel}/{WEIGHTS_FILE}"),
+            blob: pointer.encode().into_bytes(),
+        },
+        CommitFile {
+            path: format!("{dir_rel}/{RECORD_FILE}"),
+            blob: record_text.into_bytes(),
+        },
+        CommitFile {
+            path: format!("{dir_rel}/{PREDICTIONS_FILE}"),
+            blob: predictions,
+        },
+        CommitFile {
+            path: format!("{dir_rel}/{HISTORY_FILE}"),
+            blob: history,
+        },
+    ];
+    let headline = headline(&record);
+    let message = format!("exp run {experiment}: {headline}\n\nrun id {}\n", record.run.id);
+    let commit = git::commit_files(repo, Some(&dir_rel), &files, &message)?;
+    let tag_message = format!("{experiment} on {}: {headline}\n", record.run.branch);
+    let tag = git::tag_run(repo, &record.run.branch, experiment, commit, &tag_message)?;
+    Ok(RunSummary {
+        commit: commit.to_string(),
+        tag,
+        switched_from: None,
+        record,
+    })
+}
+
+/// `accuracy=0.9812 loss=0.0612`: the commit and tag headline.
+pub fn headline(record: &RunRecord) -> String {
+    let v = |k: &str| record.metrics.values.get(k).copied().unwrap_or(f64::NAN);
+    format!("accuracy={:.4} loss={:.4}", v("accuracy"), v("loss"))
+}
+
+fn split_record(split: &Split, files: &[crate::data::FileFingerprint], classes: usize) -> SplitRecord {
+    SplitRecord {
+        blake3: split.blake3.clone(),
+        examples: split.len,
+        classes,
+        files: files.to_vec(),
+    }
+}
+
+fn metrics_table(metrics: &Metrics, eval_set: &Split) -> MetricsTable {
+    let mut values = BTreeMap::new();
+    let mut meta = BTreeMap::new();
+    for (name, value, direction) in [
+        ("accuracy", metrics.accuracy, Direction::Max),
+        ("loss", metrics.loss, Direction::Min),
+        ("macro_f1", metrics.macro_f1, Direction::Max),
+    ] {
+        values.insert(name.to_string(), value);
+        meta.insert(
+            name.to_string(),
+            MetricMeta {
+                direction,
+                eval_set: eval_set.blake3.clone(),
+                samples: eval_set.len,
+            },
+        );
+    }
+    MetricsTable { values, meta }
+}
+
+fn serialize_weights(tensors: &BTreeMap<String, candle_core::Tensor>) -> Result<Vec<u8>, RunError> {
+    let cpu: Vec<(String, candle_core::Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&candle_core::Device::Cpu)?)))
+        .collect::<candle_core::Result<_>>()
+        .map_err(|e| RunError::Safetensors(e.to_string()))?;
+    // "format": "pt" lets the usual safetensors loaders (transformers, timm) take the file.
+    let metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(cpu.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata))
+        .map_err(|e| RunError::Safetensors(e.to_string()))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    let write = |source| RunError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".exp-").tempfile_in(dir).map_err(write)?;
+    tmp.write_all(bytes).map_err(write)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(write)?;
+    }
+    tmp.persist(path).map_err(|e| write(e.error))?;
+    Ok(())
+}
+
+/// After a failed commit: put the experiment's directory back as HEAD has it.
+fn restore_outputs(worktree: &Path, experiment: &str) {
+    let dir_rel = format!("experiments/{experiment}");
+    for file in [WEIGHTS_FILE, RECORD_FILE, PREDICTIONS_FILE, HISTORY_FILE] {
+        let _ = std::fs::remove_file(worktree.join(&dir_rel).join(file));
+    }
+    let _ = git::git(worktree, &["checkout", "HEAD", "--", &dir_rel]);
+    let _ = git::git(worktree, &["reset", "--quiet", "--", &dir_rel]);
+    let _ = std::fs::remove_dir(worktree.join(&dir_rel));
+}
