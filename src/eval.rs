@@ -23,7 +23,12 @@ pub struct Evaluation {
 }
 
 /// Runs `model` over `split` without dropout.
-pub fn evaluate(model: &Model, data: &Dataset, split: &Split, device: &Device) -> candle_core::Result<Evaluation> {
+pub fn evaluate(
+    model: &Model,
+    data: &Dataset,
+    split: &Split,
+    device: &Device,
+) -> candle_core::Result<Evaluation> {
     let mut labels = Vec::with_capacity(split.len);
     let mut predictions = Vec::with_capacity(split.len);
     let mut loss_sum = 0.0f64;
@@ -32,7 +37,11 @@ pub fn evaluate(model: &Model, data: &Dataset, split: &Split, device: &Device) -
     let shape = data.shape;
     for chunk in indices.chunks(EVAL_BATCH) {
         data.gather(split, chunk, &mut images, &mut batch_labels);
-        let xs = Tensor::from_slice(&images, (chunk.len(), shape.channels, shape.height, shape.width), device)?;
+        let xs = Tensor::from_slice(
+            &images,
+            (chunk.len(), shape.channels, shape.height, shape.width),
+            device,
+        )?;
         let ys = Tensor::from_slice(&batch_labels, chunk.len(), device)?;
         let logits = model.forward(&xs, &mut Mode::Eval)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()?;
@@ -43,7 +52,11 @@ pub fn evaluate(model: &Model, data: &Dataset, split: &Split, device: &Device) -
     Ok(Evaluation {
         labels,
         predictions,
-        loss: if split.len == 0 { f64::NAN } else { loss_sum / split.len as f64 },
+        loss: if split.len == 0 {
+            f64::NAN
+        } else {
+            loss_sum / split.len as f64
+        },
     })
 }
 
@@ -126,27 +139,43 @@ pub fn decode_predictions(bytes: &[u8]) -> Result<(Vec<u32>, Vec<u32>, usize), P
     if bytes.len() < 20 || &bytes[..8] != MAGIC {
         return Err(err("not a predictions file (bad magic)"));
     }
-    let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
     if u32_at(8) != FORMAT_VERSION {
-        return Err(PredictionsError(format!("unsupported format version {}", u32_at(8))));
+        return Err(PredictionsError(format!(
+            "unsupported format version {}",
+            u32_at(8)
+        )));
     }
     let n = u32_at(12) as usize;
     let classes = u32_at(16) as usize;
     let width = if classes > 256 { 2 } else { 1 };
     if bytes.len() != 20 + 2 * n * width {
-        return Err(PredictionsError(format!("{n} examples need {} bytes, found {}", 20 + 2 * n * width, bytes.len())));
+        return Err(PredictionsError(format!(
+            "{n} examples need {} bytes, found {}",
+            20 + 2 * n * width,
+            bytes.len()
+        )));
     }
     let read = |start: usize| -> Vec<u32> {
         (0..n)
             .map(|i| {
                 let o = start + i * width;
-                if width == 2 { u16::from_le_bytes([bytes[o], bytes[o + 1]]) as u32 } else { bytes[o] as u32 }
+                if width == 2 {
+                    u16::from_le_bytes([bytes[o], bytes[o + 1]]) as u32
+                } else {
+                    bytes[o] as u32
+                }
             })
             .collect()
     };
     let labels = read(20);
     let predictions = read(20 + n * width);
-    if labels.iter().chain(&predictions).any(|&v| v as usize >= classes) {
+    if labels
+        .iter()
+        .chain(&predictions)
+        .any(|&v| v as usize >= classes)
+    {
         return Err(err("a label or prediction is out of the class range"));
     }
     Ok((labels, predictions, classes))
@@ -165,7 +194,10 @@ mod tests {
         };
         let m = Metrics::new(&e, 3);
         assert_eq!(m.accuracy, 0.6);
-        assert_eq!(m.confusion, vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]);
+        assert_eq!(
+            m.confusion,
+            vec![vec![1, 1, 0], vec![0, 2, 0], vec![1, 0, 0]]
+        );
         assert_eq!(m.per_class_accuracy, vec![0.5, 1.0, 0.0]);
         // F1: class0 2·1/(2+2)=0.5, class1 2·2/(2+3)=0.8, class2 0 → mean 0.4333…
         assert!((m.macro_f1 - 1.3 / 3.0).abs() < 1e-12);

@@ -13,9 +13,18 @@ pub const LFS_ATTRIBUTES: &str = "*.safetensors filter=lfs diff=lfs merge=lfs -t
 
 /// The example specs shipped in the binary, so an installed `exp` needs no checkout.
 pub const EXAMPLES: &[(&str, &str)] = &[
-    ("mnist-cnn.toml", include_str!("../experiments/mnist-cnn.toml")),
-    ("mnist-mlp.toml", include_str!("../experiments/mnist-mlp.toml")),
-    ("fashion-cnn.toml", include_str!("../experiments/fashion-cnn.toml")),
+    (
+        "mnist-cnn.toml",
+        include_str!("../experiments/mnist-cnn.toml"),
+    ),
+    (
+        "mnist-mlp.toml",
+        include_str!("../experiments/mnist-mlp.toml"),
+    ),
+    (
+        "fashion-cnn.toml",
+        include_str!("../experiments/fashion-cnn.toml"),
+    ),
 ];
 
 /// An `exp init` failure.
@@ -85,11 +94,21 @@ pub fn init(dir: &Path) -> Result<InitReport, InitError> {
         Err(_) => {
             let mut options = git2::RepositoryInitOptions::new();
             options.initial_head("main");
-            let repo = Repository::init_opts(dir, &options).map_err(ctx("creating the repository"))?;
+            let repo =
+                Repository::init_opts(dir, &options).map_err(ctx("creating the repository"))?;
             (repo, true)
         }
     };
     let worktree = git::workdir(&repo).to_path_buf();
+    // An empty repository (`git init` without commits) is set up like a new one: its first
+    // commit goes on main, whatever init.defaultBranch says.
+    let unborn = repo
+        .head()
+        .is_err_and(|e| e.code() == git2::ErrorCode::UnbornBranch);
+    if unborn {
+        repo.set_head("refs/heads/main")
+            .map_err(ctx("pointing HEAD at main"))?;
+    }
 
     // Files: the attributes line and the examples, never overwriting what the user has.
     let mut files_written = Vec::new();
@@ -135,7 +154,12 @@ pub fn init(dir: &Path) -> Result<InitReport, InitError> {
     let commit = if commit_files.is_empty() {
         None
     } else {
-        let id = git::commit_files(&repo, None, &commit_files, "exp init: Git LFS attributes and example experiments\n")?;
+        let id = git::commit_files(
+            &repo,
+            None,
+            &commit_files,
+            "exp init: Git LFS attributes and example experiments\n",
+        )?;
         Some(id.to_string())
     };
 
@@ -145,21 +169,27 @@ pub fn init(dir: &Path) -> Result<InitReport, InitError> {
     if let Some(head_commit) = head_commit {
         let commit = repo.find_commit(head_commit).map_err(ctx("reading HEAD"))?;
         if repo.find_branch("main", git2::BranchType::Local).is_err() {
-            repo.branch("main", &commit, false).map_err(ctx("creating main"))?;
+            repo.branch("main", &commit, false)
+                .map_err(ctx("creating main"))?;
             branches_created.push("main".to_string());
         }
-        if repo.find_branch("develop", git2::BranchType::Local).is_err() {
+        if repo
+            .find_branch("develop", git2::BranchType::Local)
+            .is_err()
+        {
             let main = repo
                 .find_branch("main", git2::BranchType::Local)
                 .and_then(|b| b.get().peel_to_commit())
                 .map_err(ctx("reading main"))?;
-            repo.branch("develop", &main, false).map_err(ctx("creating develop"))?;
+            repo.branch("develop", &main, false)
+                .map_err(ctx("creating develop"))?;
             branches_created.push("develop".to_string());
         }
-        if created_repository {
+        if created_repository || unborn {
             // A new repository starts where work starts in Git Flow: on develop (same commit
             // as main, so the work tree does not change).
-            repo.set_head("refs/heads/develop").map_err(ctx("switching to develop"))?;
+            repo.set_head("refs/heads/develop")
+                .map_err(ctx("switching to develop"))?;
         }
     }
 
@@ -194,7 +224,11 @@ pub fn configure_lfs(worktree: &Path) -> Result<LfsFilter, InitError> {
     if has_git_lfs {
         git::git(worktree, &["lfs", "install", "--local"])?;
     }
-    Ok(if git_lfs_in_charge(worktree) { LfsFilter::GitLfs } else { LfsFilter::Missing })
+    Ok(if git_lfs_in_charge(worktree) {
+        LfsFilter::GitLfs
+    } else {
+        LfsFilter::Missing
+    })
 }
 
 /// Whether `git config filter.lfs.process` names git-lfs.

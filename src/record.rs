@@ -209,7 +209,9 @@ pub fn tensor_hash(tensors: &BTreeMap<String, Tensor>) -> Result<String, RecordE
         for d in tensor.dims() {
             h.update(&(*d as u64).to_le_bytes());
         }
-        let tensor = tensor.to_device(&candle_core::Device::Cpu).map_err(|e| RecordError::Tensors(e.to_string()))?;
+        let tensor = tensor
+            .to_device(&candle_core::Device::Cpu)
+            .map_err(|e| RecordError::Tensors(e.to_string()))?;
         let bytes = safetensors::View::data(&tensor);
         field(&mut h, &bytes);
     }
@@ -247,7 +249,10 @@ mod tests {
         m2.insert("a".to_string(), a.clone());
         m2.insert("b".to_string(), b.clone());
         assert_eq!(tensor_hash(&m1).unwrap(), tensor_hash(&m2).unwrap());
-        m2.insert("b".to_string(), Tensor::new(&[3.5f32], &Device::Cpu).unwrap());
+        m2.insert(
+            "b".to_string(),
+            Tensor::new(&[3.5f32], &Device::Cpu).unwrap(),
+        );
         assert_ne!(tensor_hash(&m1).unwrap(), tensor_hash(&m2).unwrap());
         // Same bytes, different shape or dtype: different hash.
         let mut m3 = BTreeMap::new();

@@ -41,7 +41,13 @@ impl ExpRng {
     pub fn dropout_mask(&mut self, n: usize, p: f32) -> Vec<f32> {
         let scale = 1.0 / (1.0 - p);
         (0..n)
-            .map(|_| if self.0.random::<f32>() < p { 0.0 } else { scale })
+            .map(|_| {
+                if self.0.random::<f32>() < p {
+                    0.0
+                } else {
+                    scale
+                }
+            })
             .collect()
     }
 

@@ -14,8 +14,8 @@ use crate::git::{self, BranchPlan, CommitFile};
 use crate::lfs::LfsStore;
 use crate::model::Model;
 use crate::record::{
-    self, DataRecord, Direction, EvalRecord, MetricMeta, MetricsTable, ModelRecord, RunInfo, RunRecord,
-    SplitRecord, TrainingRecord,
+    self, DataRecord, Direction, EvalRecord, MetricMeta, MetricsTable, ModelRecord, RunInfo,
+    RunRecord, SplitRecord, TrainingRecord,
 };
 use crate::spec::{self, ResolvedSpec};
 use crate::train::{self, DeviceRequest, Progress, StopFlag};
@@ -92,12 +92,16 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
     let repo = git::open(&options.cwd)?;
     let worktree = git::workdir(&repo).to_path_buf();
     let (_, parent_commit) = git::current_branch(&repo)?;
-    let resolved = spec::load(&spec::spec_path(&worktree, &options.experiment)?, &options.overrides)?;
+    let resolved = spec::load(
+        &spec::spec_path(&worktree, &options.experiment)?,
+        &options.overrides,
+    )?;
     let spec = &resolved.spec;
-    let device_request = DeviceRequest::parse(&spec.train.device).map_err(|reason| train::TrainError::Device {
-        requested: spec.train.device.clone(),
-        reason,
-    })?;
+    let device_request =
+        DeviceRequest::parse(&spec.train.device).map_err(|reason| train::TrainError::Device {
+            requested: spec.train.device.clone(),
+            reason,
+        })?;
     let (device, device_name) = device_request.open(&spec.train.device)?;
     stop.check()?;
 
@@ -112,7 +116,14 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
     let plan = git::plan_branch(&repo, &options.experiment, &run_id)?;
     stop.check()?;
 
-    let model = Model::new(&spec.model, data.shape, data.classes, spec.train.seed, &device).map_err(train::TrainError::from)?;
+    let model = Model::new(
+        &spec.model,
+        data.shape,
+        data.classes,
+        spec.train.seed,
+        &device,
+    )
+    .map_err(train::TrainError::from)?;
     let mut progress = Progress::stderr(options.quiet);
     let outcome = train::train(&model, &data, &spec.train, &device, stop, &mut progress)?;
     stop.check()?;
@@ -145,7 +156,10 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
         params: spec.clone(),
         data: DataRecord {
             train: split_record(&data.train, &data.train_files, data.classes),
-            val: data.val.as_ref().map(|v| split_record(v, &data.train_files, data.classes)),
+            val: data
+                .val
+                .as_ref()
+                .map(|v| split_record(v, &data.train_files, data.classes)),
             test: split_record(&data.test, &data.test_files, data.classes),
         },
         model: ModelRecord {
@@ -174,7 +188,17 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
     // From here on the run is complete: signals no longer abort it, so that a commit is
     // never left half made.
     let undo = git::switch_for_run(&repo, &plan)?;
-    let result = write_and_commit(&repo, &worktree, &options.experiment, &resolved, record, &store, &pointer, &outcome, clock);
+    let result = write_and_commit(
+        &repo,
+        &worktree,
+        &options.experiment,
+        &resolved,
+        record,
+        &store,
+        &pointer,
+        &outcome,
+        clock,
+    );
     match result {
         Ok(summary) => Ok(RunSummary {
             switched_from: match &plan {
@@ -212,18 +236,25 @@ fn write_and_commit(
     })?;
     // The work tree holds the real weights; the commit holds the pointer.
     let weights_path = out_dir.join(WEIGHTS_FILE);
-    let object = std::fs::read(store.object_path(&pointer.oid)).map_err(|source| RunError::Write {
-        path: store.object_path(&pointer.oid),
-        source,
-    })?;
+    let object =
+        std::fs::read(store.object_path(&pointer.oid)).map_err(|source| RunError::Write {
+            path: store.object_path(&pointer.oid),
+            source,
+        })?;
     write_atomic(&weights_path, &object)?;
-    let predictions = encode_predictions(&outcome.evaluation.labels, &outcome.evaluation.predictions, record.eval.classes);
+    let predictions = encode_predictions(
+        &outcome.evaluation.labels,
+        &outcome.evaluation.predictions,
+        record.eval.classes,
+    );
     write_atomic(&out_dir.join(PREDICTIONS_FILE), &predictions)?;
     let mut history = csv::Writer::from_writer(Vec::new());
     for row in &outcome.history {
         history.serialize(row).map_err(RunError::Csv)?;
     }
-    let history = history.into_inner().map_err(|e| RunError::Csv(e.into_error().into()))?;
+    let history = history
+        .into_inner()
+        .map_err(|e| RunError::Csv(e.into_error().into()))?;
     write_atomic(&out_dir.join(HISTORY_FILE), &history)?;
     record.run.wall_seconds = (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     let record_text = record.to_toml()?;
@@ -258,7 +289,10 @@ fn write_and_commit(
         },
     ];
     let headline = headline(&record);
-    let message = format!("exp run {experiment}: {headline}\n\nrun id {}\n", record.run.id);
+    let message = format!(
+        "exp run {experiment}: {headline}\n\nrun id {}\n",
+        record.run.id
+    );
     let commit = git::commit_files(repo, Some(&dir_rel), &files, &message)?;
     let tag_message = format!("{experiment} on {}: {headline}\n", record.run.branch);
     let tag = git::tag_run(repo, &record.run.branch, experiment, commit, &tag_message)?;
@@ -276,7 +310,11 @@ pub fn headline(record: &RunRecord) -> String {
     format!("accuracy={:.4} loss={:.4}", v("accuracy"), v("loss"))
 }
 
-fn split_record(split: &Split, files: &[crate::data::FileFingerprint], classes: usize) -> SplitRecord {
+fn split_record(
+    split: &Split,
+    files: &[crate::data::FileFingerprint],
+    classes: usize,
+) -> SplitRecord {
     SplitRecord {
         blake3: split.blake3.clone(),
         examples: split.len,
@@ -324,12 +362,17 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".exp-").tempfile_in(dir).map_err(write)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".exp-")
+        .tempfile_in(dir)
+        .map_err(write)?;
     tmp.write_all(bytes).map_err(write)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).map_err(write)?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(write)?;
     }
     tmp.persist(path).map_err(|e| write(e.error))?;
     Ok(())

@@ -314,7 +314,12 @@ struct Origins<'a> {
 
 impl Origins<'_> {
     fn of(&self, key: &str) -> String {
-        if let Some((_, arg)) = self.overrides.iter().rev().find(|(k, _)| k.join(".") == key) {
+        if let Some((_, arg)) = self
+            .overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| k.join(".") == key)
+        {
             return format!("--set {arg}");
         }
         match key_span(self.text, key) {
@@ -407,7 +412,8 @@ fn parse_override(arg: &str) -> Result<(Vec<String>, toml::Value), SpecError> {
 
 fn is_quoted(raw: &str) -> bool {
     let t = raw.trim();
-    t.len() >= 2 && ((t.starts_with('"') && t.ends_with('"')) || (t.starts_with('\'') && t.ends_with('\'')))
+    t.len() >= 2
+        && ((t.starts_with('"') && t.ends_with('"')) || (t.starts_with('\'') && t.ends_with('\'')))
 }
 
 fn set_key(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
@@ -453,7 +459,10 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             }
             let hidden = m.hidden.get_or_insert_with(|| vec![128]);
             if hidden.contains(&0) {
-                return Err(invalid("model.hidden", "layer widths must be positive".into()));
+                return Err(invalid(
+                    "model.hidden",
+                    "layer widths must be positive".into(),
+                ));
             }
             m.dropout.get_or_insert(0.0);
         }
@@ -493,18 +502,31 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
                 ("data.test", &d.test_images, &d.test_labels),
             ] {
                 if images.len() != 1 {
-                    return Err(invalid(&format!("{key}_images"), "idx takes one images file".into()));
+                    return Err(invalid(
+                        &format!("{key}_images"),
+                        "idx takes one images file".into(),
+                    ));
                 }
                 if labels.is_empty() {
-                    return Err(invalid(&format!("{key}_labels"), "idx needs a labels file".into()));
+                    return Err(invalid(
+                        &format!("{key}_labels"),
+                        "idx needs a labels file".into(),
+                    ));
                 }
             }
         }
         DataFormat::Cifar10 => {
             for key in ["data.train_labels", "data.test_labels"] {
-                let set = if key == "data.train_labels" { &d.train_labels } else { &d.test_labels };
+                let set = if key == "data.train_labels" {
+                    &d.train_labels
+                } else {
+                    &d.test_labels
+                };
                 if !set.is_empty() {
-                    return Err(invalid(key, "cifar10 files carry their labels; remove this key".into()));
+                    return Err(invalid(
+                        key,
+                        "cifar10 files carry their labels; remove this key".into(),
+                    ));
                 }
             }
         }
@@ -517,19 +539,31 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             ));
         }
         if n.std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
-            return Err(invalid("data.normalize", "std values must be positive".into()));
+            return Err(invalid(
+                "data.normalize",
+                "std values must be positive".into(),
+            ));
         }
     }
 
     let t = &spec.train;
     if !(t.lr > 0.0 && t.lr.is_finite()) {
-        return Err(invalid("train.lr", format!("must be positive, got {}", t.lr)));
+        return Err(invalid(
+            "train.lr",
+            format!("must be positive, got {}", t.lr),
+        ));
     }
     if !(0.0..1.0).contains(&t.momentum) {
-        return Err(invalid("train.momentum", format!("must be in [0, 1), got {}", t.momentum)));
+        return Err(invalid(
+            "train.momentum",
+            format!("must be in [0, 1), got {}", t.momentum),
+        ));
     }
     if t.momentum != 0.0 && t.optimizer != OptimizerName::Sgd {
-        return Err(invalid("train.momentum", "applies to optimizer \"sgd\" only".into()));
+        return Err(invalid(
+            "train.momentum",
+            "applies to optimizer \"sgd\" only".into(),
+        ));
     }
     if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
         return Err(invalid("train.weight_decay", "must be >= 0".into()));
@@ -557,7 +591,10 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
         ));
     }
     if !spec.init.freeze.is_empty() {
-        return Err(invalid("init.freeze", "freezing needs init.from, which this exp does not support yet".into()));
+        return Err(invalid(
+            "init.freeze",
+            "freezing needs init.from, which this exp does not support yet".into(),
+        ));
     }
     Ok(spec)
 }
@@ -568,7 +605,11 @@ pub fn flatten(spec: &Spec) -> Vec<(String, toml::Value)> {
         match value {
             toml::Value::Table(t) => {
                 for (k, v) in t {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(&key, v, out);
                 }
             }
@@ -586,7 +627,9 @@ pub fn flatten(spec: &Spec) -> Vec<(String, toml::Value)> {
 pub fn spec_path(worktree: &Path, name: &str) -> Result<PathBuf, SpecError> {
     let ok = !name.is_empty()
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if !ok {
         return Err(SpecError::BadName(name.to_string()));
     }
@@ -599,7 +642,13 @@ fn schema_error(path: &Path, text: &str, e: &toml::de::Error) -> SpecError {
     let (line, column, key) = match e.span() {
         Some(span) => {
             let (l, c) = line_col(text, span.start);
-            (l, c, key_at(text, span.start).map(|k| format!("{k}: ")).unwrap_or_default())
+            (
+                l,
+                c,
+                key_at(text, span.start)
+                    .map(|k| format!("{k}: "))
+                    .unwrap_or_default(),
+            )
         }
         None => (1, 1, String::new()),
     };
@@ -638,11 +687,19 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     let doc = toml_edit::ImDocument::parse(text).ok()?;
     let mut found = None;
     fn walk(prefix: &str, item: &toml_edit::Item, offset: usize, found: &mut Option<String>) {
-        let Some(table) = item.as_table_like() else { return };
+        let Some(table) = item.as_table_like() else {
+            return;
+        };
         for (k, v) in table.iter() {
-            let key = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+            let key = if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            };
             let key_span = table.get_key_value(k).and_then(|(kk, _)| kk.span());
-            let hit = |s: Option<std::ops::Range<usize>>| s.is_some_and(|s| s.contains(&offset) || s.start == offset);
+            let hit = |s: Option<std::ops::Range<usize>>| {
+                s.is_some_and(|s| s.contains(&offset) || s.start == offset)
+            };
             if hit(key_span) || hit(v.span()) {
                 *found = Some(key.clone());
             }
@@ -652,7 +709,9 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     walk("", doc.as_item(), offset, &mut found);
     // A key missing from a table is reported at the table's header: name the table.
     found.or_else(|| {
-        let line_start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+        let line_start = text[..offset.min(text.len())]
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
         let line = text[line_start..].lines().next()?.trim();
         line.strip_prefix('[')
             .and_then(|l| l.strip_suffix(']'))
@@ -724,7 +783,10 @@ epochs = 1
         assert_eq!(s.model.name, ModelName::SeedCnn);
         assert_eq!(s.train.batch_size, 64);
         assert_eq!(s.train.optimizer, OptimizerName::Adam);
-        assert_eq!(s.data.train_images, vec!["mnist/train-images-idx3-ubyte.gz"]);
+        assert_eq!(
+            s.data.train_images,
+            vec!["mnist/train-images-idx3-ubyte.gz"]
+        );
         let mlp = p(MNIST, &["model.name=mlp"]).unwrap();
         assert_eq!(mlp.model.hidden, Some(vec![128]));
     }
@@ -755,7 +817,16 @@ epochs = 1
 
     #[test]
     fn overrides_follow_design_rules() {
-        let s = p(MNIST, &["train.epochs=3", "train.lr=0.01", "model.name=mlp", "model.hidden=[64,32]"]).unwrap();
+        let s = p(
+            MNIST,
+            &[
+                "train.epochs=3",
+                "train.lr=0.01",
+                "model.name=mlp",
+                "model.hidden=[64,32]",
+            ],
+        )
+        .unwrap();
         assert_eq!(s.train.epochs, 3);
         assert_eq!(s.train.lr, 0.01);
         assert_eq!(s.model.hidden, Some(vec![64, 32]));
@@ -773,18 +844,27 @@ epochs = 1
         let e = p(MNIST, &["train.epochs=banana"]).unwrap_err().to_string();
         assert!(e.starts_with("--set train.epochs=banana"), "{e}");
         let e = p(MNIST, &["train.nope=1"]).unwrap_err().to_string();
-        assert!(e.contains("--set train.nope=1") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("--set train.nope=1") && e.contains("nope"),
+            "{e}"
+        );
         let e = p(MNIST, &["trainepochs"]).unwrap_err().to_string();
         assert!(e.contains("KEY=VALUE"), "{e}");
         let e = p(MNIST, &["train.lr=-1"]).unwrap_err().to_string();
-        assert!(e.contains("--set train.lr=-1") && e.contains("train.lr"), "{e}");
+        assert!(
+            e.contains("--set train.lr=-1") && e.contains("train.lr"),
+            "{e}"
+        );
     }
 
     #[test]
     fn semantic_errors_point_at_the_file_line() {
         let text = MNIST.replace("lr = 1e-3", "lr = 0.0");
         let e = p(&text, &[]).unwrap_err().to_string();
-        assert!(e.contains("experiments/x.toml:13") && e.contains("train.lr"), "{e}");
+        assert!(
+            e.contains("experiments/x.toml:13") && e.contains("train.lr"),
+            "{e}"
+        );
         let e = p(MNIST, &["model.hidden=[10]"]).unwrap_err().to_string();
         assert!(e.contains("does not apply"), "{e}");
     }
@@ -798,7 +878,10 @@ epochs = 1
         assert!(keys.contains(&"data.normalize.mean"));
         for (k, _) in &flat {
             let root = k.split('.').take(2).collect::<Vec<_>>().join(".");
-            assert!(schema_keys().contains(root.as_str()), "{k} not in schema_keys");
+            assert!(
+                schema_keys().contains(root.as_str()),
+                "{k} not in schema_keys"
+            );
         }
     }
 

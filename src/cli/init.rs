@@ -9,7 +9,8 @@ use crate::Error;
 
 /// Arguments of `exp init`.
 #[derive(Debug, Args)]
-#[command(long_about = "Make DIR (default: the current directory) a Git repository ready for exp.
+#[command(
+    long_about = "Make DIR (default: the current directory) a Git repository ready for exp.
 
 - creates the repository (branch main) when DIR is not one; an existing repository keeps its \
 history and files;
@@ -18,7 +19,8 @@ history and files;
 - commits what it added (only that), and creates the Git Flow branches main and develop;
 - runs `git lfs install --local` when git-lfs is installed.
 
-Running it twice changes nothing.")]
+Running it twice changes nothing."
+)]
 pub struct InitArgs {
     /// The directory to initialise.
     #[arg(default_value = ".")]
@@ -42,7 +44,10 @@ pub(super) fn execute(args: InitArgs) -> Result<(), Error> {
     for b in &report.branches_created {
         println!("  created branch {b}");
     }
-    if report.files_written.is_empty() && report.branches_created.is_empty() && !report.created_repository {
+    if report.files_written.is_empty()
+        && report.branches_created.is_empty()
+        && !report.created_repository
+    {
         println!("  already set up; nothing to change");
     }
     match report.lfs {

@@ -12,8 +12,10 @@ use crate::Error;
 /// weights in Git LFS, compare and gate them with Git.
 #[derive(Debug, Parser)]
 #[command(name = "exp", version, propagate_version = true, max_term_width = 100)]
-#[command(after_help = "Exit codes: 0 success; 1 negative answer (a diverged run); 2 usage, data or \
-environment error; 130/143 interrupted by SIGINT/SIGTERM.")]
+#[command(
+    after_help = "Exit codes: 0 success; 1 negative answer (a diverged run); 2 usage, data or \
+environment error; 130/143 interrupted by SIGINT/SIGTERM."
+)]
 pub struct Cli {
     /// The subcommand.
     #[command(subcommand)]

@@ -4,11 +4,12 @@ use clap::Args;
 
 use crate::run::{run, RunOptions};
 use crate::train::StopFlag;
-use crate::{Error, run::RunError};
+use crate::{run::RunError, Error};
 
 /// Arguments of `exp run`.
 #[derive(Debug, Args)]
-#[command(long_about = "Train experiment NAME (experiments/NAME.toml) and record the run in Git.
+#[command(
+    long_about = "Train experiment NAME (experiments/NAME.toml) and record the run in Git.
 
 Steps, in this order:
   1. Resolve the spec: the file plus every --set override, validated against the schema. An \
@@ -34,7 +35,8 @@ Spec keys: [model] name (mlp | seed-cnn | cnn), hidden, dropout, conv_dropout; [
 (idx | cifar10), train_images, train_labels, test_images, test_labels, normalize = { mean, std }, \
 train_limit, val_limit, test_limit; [train] optimizer (adam | adamw | sgd), lr, momentum, \
 weight_decay, batch_size, epochs, seed, device (auto | cpu | cuda[:N]), precision, accumulate; \
-[init] from, freeze.")]
+[init] from, freeze."
+)]
 pub struct RunArgs {
     /// The experiment: experiments/NAME.toml.
     #[arg(value_name = "NAME")]
@@ -62,7 +64,10 @@ pub(super) fn execute(args: RunArgs) -> Result<(), Error> {
     let summary = run(&options, &stop)?;
     let r = &summary.record;
     if let Some(from) = &summary.switched_from {
-        println!("Moved the run from {from} to the new branch {}", r.run.branch);
+        println!(
+            "Moved the run from {from} to the new branch {}",
+            r.run.branch
+        );
     }
     println!(
         "Recorded {} on {}: {}",
@@ -72,7 +77,12 @@ pub(super) fn execute(args: RunArgs) -> Result<(), Error> {
     );
     println!("  commit  {}", &summary.commit[..10]);
     println!("  tag     {}", summary.tag);
-    println!("  weights experiments/{}/model.safetensors (LFS oid {}, {} bytes)", r.run.experiment, &r.model.oid[..12], r.model.size);
+    println!(
+        "  weights experiments/{}/model.safetensors (LFS oid {}, {} bytes)",
+        r.run.experiment,
+        &r.model.oid[..12],
+        r.model.size
+    );
     println!(
         "  trained {} epoch(s) on {} in {:.1} s ({:.0} img/s)",
         r.training.epochs, r.run.device, r.run.wall_seconds, r.training.timing.images_per_second

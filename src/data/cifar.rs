@@ -26,7 +26,10 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<(Vec<u8>, Vec<u8>), DataError>
     let mut images = Vec::with_capacity(n * (RECORD - 1));
     for (i, record) in bytes.chunks_exact(RECORD).enumerate() {
         if record[0] as usize >= CLASSES {
-            return Err(corrupt(format!("record {i} has label {} (CIFAR-10 labels are 0-9)", record[0])));
+            return Err(corrupt(format!(
+                "record {i} has label {} (CIFAR-10 labels are 0-9)",
+                record[0]
+            )));
         }
         labels.push(record[0]);
         images.extend_from_slice(&record[1..]);
@@ -43,7 +46,10 @@ mod tests {
         assert!(parse(&[0; RECORD + 1], Path::new("b")).is_err());
         let mut r = vec![0u8; RECORD];
         r[0] = 10;
-        assert!(parse(&r, Path::new("b")).unwrap_err().to_string().contains("label 10"));
+        assert!(parse(&r, Path::new("b"))
+            .unwrap_err()
+            .to_string()
+            .contains("label 10"));
         let (l, i) = parse(&[3u8; RECORD * 2], Path::new("b")).unwrap();
         assert_eq!(l, vec![3, 3]);
         assert_eq!(i.len(), 2 * 3072);

@@ -24,7 +24,10 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
         message,
     };
     if bytes.len() < 4 {
-        return Err(corrupt(format!("{} bytes is too short for an IDX header", bytes.len())));
+        return Err(corrupt(format!(
+            "{} bytes is too short for an IDX header",
+            bytes.len()
+        )));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
         return Err(corrupt(format!(
@@ -59,7 +62,11 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
         .ok_or_else(|| corrupt(format!("dimensions {dims:?} overflow")))?;
     let payload = &bytes[header..];
     if payload.len() != expected {
-        let what = if payload.len() < expected { "truncated" } else { "trailing bytes" };
+        let what = if payload.len() < expected {
+            "truncated"
+        } else {
+            "trailing bytes"
+        };
         return Err(corrupt(format!(
             "{what}: dimensions {dims:?} need {expected} bytes of data, the file has {}",
             payload.len()

@@ -73,9 +73,15 @@ impl DataError {
 pub fn data_root(cwd: &Path) -> Result<PathBuf, DataError> {
     if let Some(value) = std::env::var_os("EXP_DATA").filter(|v| !v.is_empty()) {
         let path = PathBuf::from(value);
-        return Ok(if path.is_absolute() { path } else { cwd.join(path) });
+        return Ok(if path.is_absolute() {
+            path
+        } else {
+            cwd.join(path)
+        });
     }
-    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).ok_or(DataError::NoRoot)?;
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .ok_or(DataError::NoRoot)?;
     Ok(PathBuf::from(home).join(".cache/exp/data"))
 }
 
@@ -189,7 +195,12 @@ struct RawSet {
     files: Vec<FileFingerprint>,
 }
 
-fn load_raw(root: &Path, format: DataFormat, images: &[String], labels: &str) -> Result<RawSet, DataError> {
+fn load_raw(
+    root: &Path,
+    format: DataFormat,
+    images: &[String],
+    labels: &str,
+) -> Result<RawSet, DataError> {
     match format {
         DataFormat::Idx => {
             let (image_path, image_bytes) = read_data_file(root, &images[0])?;
@@ -208,12 +219,23 @@ fn load_raw(root: &Path, format: DataFormat, images: &[String], labels: &str) ->
             drop(image_bytes);
             let label_array = idx::parse(&label_bytes, &label_path)?;
             let shape = match image_array.dims[..] {
-                [_, h, w] => ImageShape { channels: 1, height: h, width: w },
-                [_, h, w, c] => ImageShape { channels: c, height: h, width: w },
+                [_, h, w] => ImageShape {
+                    channels: 1,
+                    height: h,
+                    width: w,
+                },
+                [_, h, w, c] => ImageShape {
+                    channels: c,
+                    height: h,
+                    width: w,
+                },
                 _ => {
                     return Err(DataError::Corrupt {
                         path: image_path,
-                        message: format!("images need 3 dimensions (N, rows, cols), found {:?}", image_array.dims),
+                        message: format!(
+                            "images need 3 dimensions (N, rows, cols), found {:?}",
+                            image_array.dims
+                        ),
                     })
                 }
             };
@@ -260,7 +282,11 @@ fn load_raw(root: &Path, format: DataFormat, images: &[String], labels: &str) ->
             Ok(RawSet {
                 images: all_images,
                 labels: all_labels,
-                shape: ImageShape { channels: 3, height: 32, width: 32 },
+                shape: ImageShape {
+                    channels: 3,
+                    height: 32,
+                    width: 32,
+                },
                 files,
             })
         }
@@ -270,7 +296,10 @@ fn load_raw(root: &Path, format: DataFormat, images: &[String], labels: &str) ->
 fn hwc_to_chw(pixels: &[u8], shape: ImageShape) -> Vec<u8> {
     let (c, hw) = (shape.channels, shape.height * shape.width);
     let mut out = vec![0u8; pixels.len()];
-    for (image_in, image_out) in pixels.chunks_exact(c * hw).zip(out.chunks_exact_mut(c * hw)) {
+    for (image_in, image_out) in pixels
+        .chunks_exact(c * hw)
+        .zip(out.chunks_exact_mut(c * hw))
+    {
         for p in 0..hw {
             for ch in 0..c {
                 image_out[ch * hw + p] = image_in[p * c + ch];
@@ -340,13 +369,21 @@ impl Dataset {
             )));
         }
         let shape = train_raw.shape;
-        let max_label = train_raw.labels.iter().chain(&test_raw.labels).copied().max().unwrap_or(0);
+        let max_label = train_raw
+            .labels
+            .iter()
+            .chain(&test_raw.labels)
+            .copied()
+            .max()
+            .unwrap_or(0);
         let classes = match spec.format {
             DataFormat::Cifar10 => cifar::CLASSES,
             DataFormat::Idx => max_label as usize + 1,
         };
         if classes < 2 {
-            return Err(DataError::Inconsistent("the labels name fewer than two classes".into()));
+            return Err(DataError::Inconsistent(
+                "the labels name fewer than two classes".into(),
+            ));
         }
 
         let n_train = train_raw.labels.len();
@@ -360,7 +397,11 @@ impl Dataset {
             // One seeded permutation: validation first, then the training subset.
             let order = ExpRng::new(seed, Purpose::Subset).permutation(n_train);
             let (val, rest) = order.split_at(spec.val_limit);
-            let take = if spec.train_limit > 0 { spec.train_limit.min(rest.len()) } else { rest.len() };
+            let take = if spec.train_limit > 0 {
+                spec.train_limit.min(rest.len())
+            } else {
+                rest.len()
+            };
             let mut train = rest[..take].to_vec();
             train.sort_unstable();
             let mut val = val.to_vec();
@@ -386,7 +427,13 @@ impl Dataset {
     }
 
     /// Gathers examples `indices` of `split` into a normalised NCHW f32 buffer and labels.
-    pub fn gather(&self, split: &Split, indices: &[u32], images: &mut Vec<f32>, labels: &mut Vec<u32>) {
+    pub fn gather(
+        &self,
+        split: &Split,
+        indices: &[u32],
+        images: &mut Vec<f32>,
+        labels: &mut Vec<u32>,
+    ) {
         let size = self.shape.size();
         let plane = self.shape.height * self.shape.width;
         images.clear();
@@ -417,7 +464,11 @@ fn normalisation_table(spec: &DataSpec, channels: usize) -> Result<Vec<f32>, Dat
     }
     let mut lut = Vec::with_capacity(channels * 256);
     for c in 0..channels {
-        let (m, s) = if mean.len() == 1 { (mean[0], std[0]) } else { (mean[c], std[c]) };
+        let (m, s) = if mean.len() == 1 {
+            (mean[0], std[0])
+        } else {
+            (mean[c], std[c])
+        };
         lut.extend((0..256).map(|b| ((b as f64 / 255.0 - m) / s) as f32));
     }
     Ok(lut)
@@ -429,13 +480,20 @@ mod tests {
 
     #[test]
     fn hwc_becomes_chw() {
-        let shape = ImageShape { channels: 2, height: 1, width: 2 };
+        let shape = ImageShape {
+            channels: 2,
+            height: 1,
+            width: 2,
+        };
         assert_eq!(hwc_to_chw(&[1, 2, 3, 4], shape), vec![1, 3, 2, 4]);
     }
 
     #[test]
     fn split_fingerprint_depends_on_selection() {
-        let f = vec![FileFingerprint { path: "a".into(), blake3: "00".into() }];
+        let f = vec![FileFingerprint {
+            path: "a".into(),
+            blake3: "00".into(),
+        }];
         let all = split_fingerprint(&f, None);
         let some = split_fingerprint(&f, Some(&[1, 2]));
         let other = split_fingerprint(&f, Some(&[1, 3]));

@@ -105,7 +105,8 @@ pub fn ctx(context: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
 
 /// Opens the repository containing `dir`; it must have a work tree.
 pub fn open(dir: &Path) -> Result<Repository, GitError> {
-    let repo = Repository::discover(dir).map_err(|_| GitError::NotARepository(dir.to_path_buf()))?;
+    let repo =
+        Repository::discover(dir).map_err(|_| GitError::NotARepository(dir.to_path_buf()))?;
     if repo.is_bare() || repo.workdir().is_none() {
         return Err(GitError::Bare(repo.path().to_path_buf()));
     }
@@ -125,7 +126,10 @@ pub fn current_branch(repo: &Repository) -> Result<(String, Oid), GitError> {
             let name = repo
                 .find_reference("HEAD")
                 .ok()
-                .and_then(|r| r.symbolic_target().map(|s| s.trim_start_matches("refs/heads/").to_string()))
+                .and_then(|r| {
+                    r.symbolic_target()
+                        .map(|s| s.trim_start_matches("refs/heads/").to_string())
+                })
                 .unwrap_or_default();
             return Err(GitError::Unborn(name));
         }
@@ -174,7 +178,12 @@ impl BranchPlan {
 
 /// Runs `git` in `dir` and returns its stdout.
 pub fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
-    let out = Command::new("git").arg("-C").arg(dir).args(args).output().map_err(GitError::NoGit)?;
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .map_err(GitError::NoGit)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -187,7 +196,11 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
 
 /// Decides where the run of `experiment` (run id `run_id`) is committed, and checks that
 /// getting there will work, so that a finished run is never thrown away.
-pub fn plan_branch(repo: &Repository, experiment: &str, run_id: &str) -> Result<BranchPlan, GitError> {
+pub fn plan_branch(
+    repo: &Repository,
+    experiment: &str,
+    run_id: &str,
+) -> Result<BranchPlan, GitError> {
     let (current, _) = current_branch(repo)?;
     let dir = workdir(repo);
     check_outputs_clean(dir, experiment)?;
@@ -229,7 +242,16 @@ pub fn plan_branch(repo: &Repository, experiment: &str, run_id: &str) -> Result<
 fn check_outputs_clean(dir: &Path, experiment: &str) -> Result<(), GitError> {
     let outputs = format!("experiments/{experiment}");
     // `git status` runs the LFS clean filter, so real weights over a pointer count as clean.
-    let status = git(dir, &["status", "--porcelain", "--untracked-files=all", "--", &format!("{outputs}/")])?;
+    let status = git(
+        dir,
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=all",
+            "--",
+            &format!("{outputs}/"),
+        ],
+    )?;
     if status.trim().is_empty() {
         Ok(())
     } else {
@@ -242,7 +264,10 @@ fn check_outputs_clean(dir: &Path, experiment: &str) -> Result<(), GitError> {
 
 /// Carries out a [`BranchPlan::NewFeature`] after training: creates the branches and switches,
 /// carrying uncommitted changes. Returns what to undo if the commit then fails.
-pub fn switch_for_run(repo: &Repository, plan: &BranchPlan) -> Result<Option<SwitchUndo>, GitError> {
+pub fn switch_for_run(
+    repo: &Repository,
+    plan: &BranchPlan,
+) -> Result<Option<SwitchUndo>, GitError> {
     let BranchPlan::NewFeature {
         branch,
         from,
@@ -308,9 +333,14 @@ pub fn commit_files(
     files: &[CommitFile],
     message: &str,
 ) -> Result<Oid, GitError> {
-    let signature = repo.signature().map_err(|e| GitError::NoIdentity(e.message().to_string()))?;
+    let signature = repo
+        .signature()
+        .map_err(|e| GitError::NoIdentity(e.message().to_string()))?;
     let parent = match repo.head() {
-        Ok(head) => Some(head.peel_to_commit().map_err(ctx("reading HEAD's commit"))?),
+        Ok(head) => Some(
+            head.peel_to_commit()
+                .map_err(ctx("reading HEAD's commit"))?,
+        ),
         Err(e) if e.code() == git2::ErrorCode::UnbornBranch => None,
         Err(e) => return Err(ctx("reading HEAD")(e)),
     };
@@ -318,7 +348,9 @@ pub fn commit_files(
 
     let mut entries = Vec::with_capacity(files.len());
     for f in files {
-        let id = repo.blob(&f.blob).map_err(ctx(format!("storing {}", f.path)))?;
+        let id = repo
+            .blob(&f.blob)
+            .map_err(ctx(format!("storing {}", f.path)))?;
         let on_disk = dir.join(&f.path);
         let meta = std::fs::metadata(&on_disk).map_err(|source| GitError::Io {
             context: "reading",
@@ -331,22 +363,34 @@ pub fn commit_files(
     let mut tree_index = git2::Index::new().map_err(ctx("creating an index"))?;
     if let Some(parent) = &parent {
         let tree = parent.tree().map_err(ctx("reading HEAD's tree"))?;
-        tree_index.read_tree(&tree).map_err(ctx("reading HEAD's tree"))?;
+        tree_index
+            .read_tree(&tree)
+            .map_err(ctx("reading HEAD's tree"))?;
     }
     let mut index = repo.index().map_err(ctx("reading the index"))?;
     for idx in [&mut tree_index, &mut index] {
         if let Some(d) = replace_dir {
-            idx.remove_dir(Path::new(d), 0).map_err(ctx("updating the index"))?;
+            idx.remove_dir(Path::new(d), 0)
+                .map_err(ctx("updating the index"))?;
         }
         for e in &entries {
             idx.add(e).map_err(ctx("updating the index"))?;
         }
     }
-    let tree_id = tree_index.write_tree_to(repo).map_err(ctx("writing the tree"))?;
+    let tree_id = tree_index
+        .write_tree_to(repo)
+        .map_err(ctx("writing the tree"))?;
     let tree = repo.find_tree(tree_id).map_err(ctx("reading the tree"))?;
     let parents: Vec<&git2::Commit> = parent.iter().collect();
     let commit = repo
-        .commit(Some("HEAD"), &signature, &signature, message, &tree, &parents)
+        .commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            message,
+            &tree,
+            &parents,
+        )
         .map_err(ctx("committing"))?;
     index.write().map_err(ctx("writing the index"))?;
     Ok(commit)
@@ -363,7 +407,11 @@ fn index_entry(path: &str, id: Oid, meta: &std::fs::Metadata) -> git2::IndexEntr
         meta.ino() as u32,
         meta.uid(),
         meta.gid(),
-        if meta.mode() & 0o111 != 0 { 0o100755 } else { 0o100644 },
+        if meta.mode() & 0o111 != 0 {
+            0o100755
+        } else {
+            0o100644
+        },
     );
     #[cfg(not(unix))]
     let (ctime, mtime, dev, ino, uid, gid, mode) = (
@@ -397,9 +445,17 @@ pub fn run_tag_prefix(branch: &str, experiment: &str) -> String {
 }
 
 /// Creates the next run tag (`…/<n>`, n counting from 1) as an annotated tag on `commit`.
-pub fn tag_run(repo: &Repository, branch: &str, experiment: &str, commit: Oid, message: &str) -> Result<String, GitError> {
+pub fn tag_run(
+    repo: &Repository,
+    branch: &str,
+    experiment: &str,
+    commit: Oid,
+    message: &str,
+) -> Result<String, GitError> {
     let prefix = run_tag_prefix(branch, experiment);
-    let names = repo.tag_names(Some(&format!("{prefix}*"))).map_err(ctx("listing tags"))?;
+    let names = repo
+        .tag_names(Some(&format!("{prefix}*")))
+        .map_err(ctx("listing tags"))?;
     let last = names
         .iter()
         .flatten()
@@ -407,9 +463,14 @@ pub fn tag_run(repo: &Repository, branch: &str, experiment: &str, commit: Oid, m
         .max()
         .unwrap_or(0);
     let name = format!("{prefix}{}", last + 1);
-    let signature = repo.signature().map_err(|e| GitError::NoIdentity(e.message().to_string()))?;
-    let object = repo.find_object(commit, None).map_err(ctx("finding the run commit"))?;
-    repo.tag(&name, &object, &signature, message, false).map_err(ctx(format!("creating tag {name}")))?;
+    let signature = repo
+        .signature()
+        .map_err(|e| GitError::NoIdentity(e.message().to_string()))?;
+    let object = repo
+        .find_object(commit, None)
+        .map_err(ctx("finding the run commit"))?;
+    repo.tag(&name, &object, &signature, message, false)
+        .map_err(ctx(format!("creating tag {name}")))?;
     Ok(name)
 }
 
@@ -419,6 +480,9 @@ mod tests {
 
     #[test]
     fn tag_prefix_replaces_slashes() {
-        assert_eq!(run_tag_prefix("feature/mnist-cnn-abc", "mnist-cnn"), "run/feature-mnist-cnn-abc/mnist-cnn/");
+        assert_eq!(
+            run_tag_prefix("feature/mnist-cnn-abc", "mnist-cnn"),
+            "run/feature-mnist-cnn-abc/mnist-cnn/"
+        );
     }
 }

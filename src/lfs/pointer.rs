@@ -15,7 +15,11 @@ pub struct Oid(String);
 impl Oid {
     /// Validates `hex`.
     pub fn parse(hex: &str) -> Result<Oid, LfsError> {
-        if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(Oid(hex.to_string()))
         } else {
             Err(LfsError::BadOid(hex.to_string()))
@@ -90,14 +94,22 @@ impl LfsPointer {
         let mut lines = text.lines();
         match lines.next() {
             Some(line) if line == format!("version {VERSION_URL}") => {}
-            _ => return Err(bad("the first line is not `version https://git-lfs.github.com/spec/v1`")),
+            _ => {
+                return Err(bad(
+                    "the first line is not `version https://git-lfs.github.com/spec/v1`",
+                ))
+            }
         }
         let (mut oid, mut size, mut extra) = (None, None, Vec::new());
         let mut previous: Option<&str> = None;
         for line in lines {
-            let (key, value) = line.split_once(' ').ok_or_else(|| bad("a line without `key value`"))?;
+            let (key, value) = line
+                .split_once(' ')
+                .ok_or_else(|| bad("a line without `key value`"))?;
             let key_ok = !key.is_empty()
-                && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+                && key.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                });
             if !key_ok {
                 return Err(LfsError::BadPointer(format!("invalid key {key:?}")));
             }
@@ -119,7 +131,9 @@ impl LfsPointer {
                             .parse::<u64>()
                             .ok()
                             .filter(|_| digits_ok)
-                            .ok_or_else(|| LfsError::BadPointer(format!("invalid size {value:?}")))?,
+                            .ok_or_else(|| {
+                                LfsError::BadPointer(format!("invalid size {value:?}"))
+                            })?,
                     );
                 }
                 _ => extra.push((key.to_string(), value.to_string())),
@@ -159,7 +173,8 @@ mod tests {
 
     #[test]
     fn rejects_malformed_pointers() {
-        let good = format!("version https://git-lfs.github.com/spec/v1\noid sha256:{OID}\nsize 1\n");
+        let good =
+            format!("version https://git-lfs.github.com/spec/v1\noid sha256:{OID}\nsize 1\n");
         for bad in [
             good.replace("size 1\n", "size 1"),
             good.replace("size 1", "size -1"),
@@ -171,7 +186,10 @@ mod tests {
             format!("version https://git-lfs.github.com/spec/v1\nsize 1\noid sha256:{OID}\n"),
             "version https://git-lfs.github.com/spec/v1\nsize 1\n".into(),
         ] {
-            assert!(LfsPointer::parse(bad.as_bytes()).is_err(), "accepted {bad:?}");
+            assert!(
+                LfsPointer::parse(bad.as_bytes()).is_err(),
+                "accepted {bad:?}"
+            );
         }
         assert!(Oid::parse(&OID[..63]).is_err());
     }

@@ -41,7 +41,11 @@ impl LfsStore {
     /// Where object `oid` lives.
     pub fn object_path(&self, oid: &Oid) -> PathBuf {
         let hex = oid.as_str();
-        self.root.join("objects").join(&hex[0..2]).join(&hex[2..4]).join(hex)
+        self.root
+            .join("objects")
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(hex)
     }
 
     /// Whether object `oid` is present.
@@ -75,7 +79,9 @@ impl LfsStore {
         };
         io::copy(&mut content, &mut writer).map_err(|e| io("writing a temp file in", e))?;
         let (digest, size) = (writer.hasher.finalize(), writer.size);
-        tmp.as_file().sync_all().map_err(|e| io("syncing a temp file in", e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| io("syncing a temp file in", e))?;
         let oid = Oid::from_digest(&digest);
         let target = self.object_path(&oid);
         if !target.is_file() {
@@ -158,15 +164,23 @@ mod tests {
         let store = LfsStore::at(dir.path());
         let p = store.insert(&b"hello\n"[..]).unwrap();
         // sha256("hello\n")
-        assert_eq!(p.oid.as_str(), "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03");
+        assert_eq!(
+            p.oid.as_str(),
+            "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+        );
         assert_eq!(p.size, 6);
         let path = store.object_path(&p.oid);
-        assert!(path.ends_with("objects/58/91/5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"));
+        assert!(path.ends_with(
+            "objects/58/91/5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+        ));
         assert_eq!(std::fs::read(&path).unwrap(), b"hello\n");
         store.verify(&p.oid).unwrap();
         // Inserting again is a no-op; nothing is left in tmp.
         store.insert(&b"hello\n"[..]).unwrap();
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
@@ -180,7 +194,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LfsStore::at(dir.path());
         assert!(store.insert(Failing).is_err());
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
         assert!(!dir.path().join("objects").exists());
     }
 
@@ -191,6 +208,9 @@ mod tests {
         let p = store.insert(&b"abc"[..]).unwrap();
         let path = store.object_path(&p.oid);
         std::fs::write(&path, b"abd").unwrap();
-        assert!(matches!(store.verify(&p.oid), Err(LfsError::Corrupt { .. })));
+        assert!(matches!(
+            store.verify(&p.oid),
+            Err(LfsError::Corrupt { .. })
+        ));
     }
 }

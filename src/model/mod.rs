@@ -46,7 +46,10 @@ impl ParamStore {
 
     /// The parameters as plain tensors, for saving.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect()
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect()
     }
 }
 
@@ -77,18 +80,37 @@ impl ParamBuilder {
     }
 
     /// A conv layer `name` (weights `name.weight`, `name.bias`), PyTorch's `Conv2d` init.
-    pub fn conv2d(&mut self, name: &str, in_channels: usize, out_channels: usize, kernel: usize) -> Result<Conv2d> {
+    pub fn conv2d(
+        &mut self,
+        name: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+    ) -> Result<Conv2d> {
         let fan_in = in_channels * kernel * kernel;
         let bound = 1.0 / (fan_in as f32).sqrt();
-        let w = self.uniform(&format!("{name}.weight"), &[out_channels, in_channels, kernel, kernel], bound)?;
+        let w = self.uniform(
+            &format!("{name}.weight"),
+            &[out_channels, in_channels, kernel, kernel],
+            bound,
+        )?;
         let b = self.uniform(&format!("{name}.bias"), &[out_channels], bound)?;
         Ok(Conv2d::new(w, Some(b), Conv2dConfig::default()))
     }
 
     /// A linear layer `name`, PyTorch's `Linear` init.
-    pub fn linear(&mut self, name: &str, in_features: usize, out_features: usize) -> Result<Linear> {
+    pub fn linear(
+        &mut self,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<Linear> {
         let bound = 1.0 / (in_features as f32).sqrt();
-        let w = self.uniform(&format!("{name}.weight"), &[out_features, in_features], bound)?;
+        let w = self.uniform(
+            &format!("{name}.weight"),
+            &[out_features, in_features],
+            bound,
+        )?;
         let b = self.uniform(&format!("{name}.bias"), &[out_features], bound)?;
         Ok(Linear::new(w, Some(b)))
     }
@@ -138,7 +160,13 @@ pub struct Model {
 
 impl Model {
     /// Builds the model `spec` names for images of `shape` and `classes` classes.
-    pub fn new(spec: &ModelSpec, shape: ImageShape, classes: usize, seed: u64, device: &Device) -> Result<Model> {
+    pub fn new(
+        spec: &ModelSpec,
+        shape: ImageShape,
+        classes: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Model> {
         let mut pb = ParamBuilder::new(seed, device);
         let (c, h, w) = (shape.channels, shape.height, shape.width);
         let too_small = |need: usize| {
@@ -266,7 +294,11 @@ mod tests {
         }
     }
 
-    const MNIST: ImageShape = ImageShape { channels: 1, height: 28, width: 28 };
+    const MNIST: ImageShape = ImageShape {
+        channels: 1,
+        height: 28,
+        width: 28,
+    };
 
     #[test]
     fn seed_cnn_has_the_tutorial_shape() -> Result<()> {
@@ -283,7 +315,13 @@ mod tests {
         let a = Model::new(&spec(ModelName::Cnn), MNIST, 10, 1, &Device::Cpu)?;
         let b = Model::new(&spec(ModelName::Cnn), MNIST, 10, 1, &Device::Cpu)?;
         let c = Model::new(&spec(ModelName::Cnn), MNIST, 10, 2, &Device::Cpu)?;
-        let w = |m: &Model| m.params().tensors()["fc1.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = |m: &Model| {
+            m.params().tensors()["fc1.weight"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
         assert_eq!(w(&a), w(&b));
         assert_ne!(w(&a), w(&c));
         let bound = 1.0 / (64.0f32 * 12.0 * 12.0).sqrt();
@@ -302,7 +340,9 @@ mod tests {
         let e2 = m.forward(&x, &mut Mode::Eval)?.to_vec2::<f32>()?;
         assert_eq!(e1, e2);
         let mut rng = ExpRng::new(1, Purpose::Dropout);
-        let t = m.forward(&x, &mut Mode::Train(&mut rng))?.to_vec2::<f32>()?;
+        let t = m
+            .forward(&x, &mut Mode::Train(&mut rng))?
+            .to_vec2::<f32>()?;
         assert_ne!(e1, t);
         Ok(())
     }

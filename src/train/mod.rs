@@ -63,9 +63,9 @@ impl TrainError {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
         match self {
-            TrainError::Diverged { .. } => {
-                Some("lower train.lr (e.g. --set train.lr=1e-4) or check the data normalisation".into())
-            }
+            TrainError::Diverged { .. } => Some(
+                "lower train.lr (e.g. --set train.lr=1e-4) or check the data normalisation".into(),
+            ),
             TrainError::Device { .. } => Some("use --set train.device=cpu, or auto".into()),
             _ => None,
         }
@@ -105,7 +105,11 @@ impl StopFlag {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let flag = StopFlag::default();
         for (signal, state) in [(SIGINT, &flag.int), (SIGTERM, &flag.term)] {
-            signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(state))?;
+            signal_hook::flag::register_conditional_shutdown(
+                signal,
+                128 + signal,
+                Arc::clone(state),
+            )?;
             signal_hook::flag::register(signal, Arc::clone(state))?;
         }
         Ok(flag)
@@ -168,7 +172,8 @@ impl DeviceRequest {
             DeviceRequest::Cuda(n) => {
                 if !cfg!(feature = "cuda") {
                     return Err(unavailable(
-                        "this exp was built without CUDA support (rebuild with `--features cuda`)".into(),
+                        "this exp was built without CUDA support (rebuild with `--features cuda`)"
+                            .into(),
                     ));
                 }
                 Device::new_cuda(n)
@@ -264,7 +269,11 @@ pub fn train(
             stop.check()?;
             let t0 = Instant::now();
             data.gather(&data.train, batch, &mut images, &mut labels);
-            let xs = Tensor::from_slice(&images, (batch.len(), shape.channels, shape.height, shape.width), device)?;
+            let xs = Tensor::from_slice(
+                &images,
+                (batch.len(), shape.channels, shape.height, shape.width),
+                device,
+            )?;
             let ys = Tensor::from_slice(&labels, batch.len(), device)?;
             let t1 = Instant::now();
             let logits = model.forward(&xs, &mut Mode::Train(&mut dropout))?;
@@ -279,7 +288,11 @@ pub fn train(
             }
             loss_sum += loss_value as f64;
             let t2 = Instant::now();
-            let loss = if spec.accumulate > 1 { loss.affine(scale, 0.0)? } else { loss };
+            let loss = if spec.accumulate > 1 {
+                loss.affine(scale, 0.0)?
+            } else {
+                loss
+            };
             let grads = loss.backward()?;
             let t3 = Instant::now();
             for (slot, var) in accumulated.iter_mut().zip(optimizer.vars()) {
@@ -348,7 +361,12 @@ pub fn train(
 }
 
 fn accuracy(e: &Evaluation) -> f64 {
-    let correct = e.labels.iter().zip(&e.predictions).filter(|(a, b)| a == b).count();
+    let correct = e
+        .labels
+        .iter()
+        .zip(&e.predictions)
+        .filter(|(a, b)| a == b)
+        .count();
     correct as f64 / e.labels.len().max(1) as f64
 }
 

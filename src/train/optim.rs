@@ -77,10 +77,14 @@ impl Optimizer {
                         }
                     }
                     let (m, v) = match state {
-                        State::Adam { m, v } => {
-                            ((m.affine(BETA1, 0.0)? + g.affine(1.0 - BETA1, 0.0)?)?, (v.affine(BETA2, 0.0)? + g.sqr()?.affine(1.0 - BETA2, 0.0)?)?)
-                        }
-                        _ => (g.affine(1.0 - BETA1, 0.0)?, g.sqr()?.affine(1.0 - BETA2, 0.0)?),
+                        State::Adam { m, v } => (
+                            (m.affine(BETA1, 0.0)? + g.affine(1.0 - BETA1, 0.0)?)?,
+                            (v.affine(BETA2, 0.0)? + g.sqr()?.affine(1.0 - BETA2, 0.0)?)?,
+                        ),
+                        _ => (
+                            g.affine(1.0 - BETA1, 0.0)?,
+                            g.sqr()?.affine(1.0 - BETA2, 0.0)?,
+                        ),
                     };
                     let bias1 = 1.0 - BETA1.powi(t);
                     let bias2 = 1.0 - BETA2.powi(t);
@@ -154,7 +158,10 @@ mod tests {
 
     #[test]
     fn adam_matches_pytorch() {
-        close(&run(OptimizerName::Adam, 0.0, 0.0), &[0.800_412_2, -1.800_166_5]);
+        close(
+            &run(OptimizerName::Adam, 0.0, 0.0),
+            &[0.800_412_2, -1.800_166_5],
+        );
         // AdamW decays first: x *= (1 - lr*wd) before the Adam step.
         let w = run(OptimizerName::Adamw, 0.0, 0.5);
         let a = run(OptimizerName::Adam, 0.0, 0.0);

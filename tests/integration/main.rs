@@ -1,1 +1,9 @@
+//! exp's integration tests: one binary (one link, one build), real Git repositories in temp
+//! directories, real `git` and `git lfs`, real data from the data root (DESIGN §3).
 
+mod common;
+mod data;
+mod failures;
+mod full_epoch;
+mod init;
+mod run;

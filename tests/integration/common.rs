@@ -1,0 +1,191 @@
+//! Shared helpers: isolated Git environments, real `git` and `git lfs`, and the `exp` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+/// The data root the tests read: `$EXP_DATA`, else `~/.cache/exp/data` (DESIGN §3).
+pub fn data_root() -> PathBuf {
+    match std::env::var_os("EXP_DATA").filter(|v| !v.is_empty()) {
+        Some(v) => std::fs::canonicalize(&v).unwrap_or_else(|_| PathBuf::from(v)),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME or EXP_DATA"))
+            .join(".cache/exp/data"),
+    }
+}
+
+/// A temp directory with an isolated HOME (identity in ~/.gitconfig, read by git and libgit2
+/// alike) and a work area.
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub home: PathBuf,
+    pub data: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::write(
+            home.join(".gitconfig"),
+            "[user]\n\tname = Test User\n\temail = test@example.com\n[init]\n\tdefaultBranch = master\n[protocol \"file\"]\n\tallow = always\n",
+        )
+        .unwrap();
+        let data = data_root();
+        assert!(
+            data.join("mnist").is_dir(),
+            "no MNIST under the data root {}: run the tests with scripts/test.sh (it fetches the data), or set EXP_DATA",
+            data.display()
+        );
+        Env { tmp, home, data }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        cmd.env("HOME", &self.home)
+            .env("EXP_DATA", &self.data)
+            .env("GIT_CONFIG_GLOBAL", self.home.join(".gitconfig"))
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .env_remove("GIT_INDEX_FILE");
+    }
+
+    /// `exp ARGS` in `dir`.
+    pub fn exp_cmd(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_exp"));
+        cmd.current_dir(dir).args(args);
+        self.apply(&mut cmd);
+        cmd
+    }
+
+    pub fn exp(&self, dir: &Path, args: &[&str]) -> Output {
+        self.exp_cmd(dir, args).output().expect("run exp")
+    }
+
+    /// `exp ARGS`, which must succeed.
+    pub fn exp_ok(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.exp(dir, args);
+        assert!(
+            out.status.success(),
+            "exp {args:?} failed: {}",
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `git ARGS` in `dir`, which must succeed; returns stdout.
+    pub fn git(&self, dir: &Path, args: &[&str]) -> String {
+        let out = self.git_out(dir, args);
+        assert!(
+            out.status.success(),
+            "git {args:?} failed: {}",
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn git_out(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new("git");
+        cmd.current_dir(dir).args(args);
+        self.apply(&mut cmd);
+        cmd.output().expect("run git")
+    }
+
+    /// A fresh `exp init` repository at `rel`.
+    pub fn init_repo(&self, rel: &str) -> PathBuf {
+        let dir = self.path(rel);
+        self.exp_ok(self.tmp.path(), &["init", dir.to_str().unwrap()]);
+        dir
+    }
+}
+
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Overrides that make a seed-cnn run take a couple of seconds on real MNIST.
+pub const QUICK: &[&str] = &[
+    "--set",
+    "data.train_limit=1000",
+    "--set",
+    "data.test_limit=500",
+    "--quiet",
+];
+
+/// `exp run NAME` with the quick overrides plus `extra`.
+pub fn quick_run(env: &Env, dir: &Path, name: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["run", name];
+    args.extend_from_slice(QUICK);
+    args.extend_from_slice(extra);
+    env.exp(dir, &args)
+}
+
+/// Reads `experiments/NAME/metrics.toml` at a revision.
+pub fn record_at(env: &Env, dir: &Path, rev: &str, name: &str) -> exp::record::RunRecord {
+    let text = env.git(
+        dir,
+        &["show", &format!("{rev}:experiments/{name}/metrics.toml")],
+    );
+    exp::record::RunRecord::from_toml(&text).expect("parse record")
+}
+
+/// Files under `.git/lfs/objects`.
+pub fn lfs_objects(dir: &Path) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dir.join(".git/lfs/objects"), &mut out);
+    out
+}
+
+/// Everything that a failed run must leave as it was.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RepoState {
+    pub head: String,
+    pub branches: String,
+    pub tags: String,
+    pub status: String,
+    pub lfs_objects: Vec<PathBuf>,
+    pub lfs_tmp: usize,
+}
+
+pub fn repo_state(env: &Env, dir: &Path) -> RepoState {
+    RepoState {
+        head: env.git(dir, &["rev-parse", "--symbolic-full-name", "HEAD"])
+            + &env.git(dir, &["rev-parse", "HEAD"]),
+        branches: env.git(dir, &["for-each-ref", "refs/heads"]),
+        tags: env.git(dir, &["tag", "-l"]),
+        status: env.git(dir, &["status", "--porcelain", "--untracked-files=all"]),
+        lfs_objects: lfs_objects(dir),
+        lfs_tmp: std::fs::read_dir(dir.join(".git/lfs/tmp"))
+            .map(|r| r.count())
+            .unwrap_or(0),
+    }
+}

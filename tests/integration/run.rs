@@ -1,0 +1,392 @@
+//! `exp run`: what a run records, where, and what it leaves alone.
+
+use crate::common::*;
+
+#[test]
+fn run_from_develop_records_everything() {
+    let env = Env::new();
+    let dir = env.init_repo("repo");
+    let develop = env.git(&dir, &["rev-parse", "develop"]).trim().to_string();
+    let out = quick_run(&env, &dir, "mnist-cnn", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+
+    // Moved to a feature branch from develop; develop and main untouched.
+    let branch = env
+        .git(&dir, &["symbolic-ref", "--short", "HEAD"])
+        .trim()
+        .to_string();
+    assert!(branch.starts_with("feature/mnist-cnn-"), "{branch}");
+    assert!(
+        stdout.contains(&format!(
+            "Moved the run from develop to the new branch {branch}"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(env.git(&dir, &["rev-parse", "develop"]).trim(), develop);
+    assert_eq!(env.git(&dir, &["rev-parse", "HEAD^"]).trim(), develop);
+
+    // One commit with the spec and the run's files, and its tag.
+    let record = record_at(&env, &dir, "HEAD", "mnist-cnn");
+    let subject = env.git(&dir, &["log", "-1", "--format=%s"]);
+    assert_eq!(
+        subject.trim(),
+        format!(
+            "exp run mnist-cnn: accuracy={:.4} loss={:.4}",
+            record.metrics.values["accuracy"], record.metrics.values["loss"]
+        )
+    );
+    let files = env.git(&dir, &["show", "--name-only", "--format=", "HEAD"]);
+    let mut files: Vec<&str> = files.lines().collect();
+    files.sort();
+    assert_eq!(
+        files,
+        vec![
+            "experiments/mnist-cnn/history.csv",
+            "experiments/mnist-cnn/metrics.toml",
+            "experiments/mnist-cnn/model.safetensors",
+            "experiments/mnist-cnn/predictions.bin",
+        ]
+    );
+    let tag = format!("run/{}/mnist-cnn/1", branch.replace('/', "-"));
+    assert_eq!(env.git(&dir, &["tag", "-l"]).trim(), tag);
+    assert_eq!(
+        env.git(&dir, &["cat-file", "-t", &tag]).trim(),
+        "tag",
+        "annotated"
+    );
+    assert_eq!(
+        env.git(&dir, &["rev-parse", &format!("{tag}^{{commit}}")]),
+        env.git(&dir, &["rev-parse", "HEAD"])
+    );
+    assert!(env
+        .git(&dir, &["tag", "-l", "--format=%(contents)", &tag])
+        .contains("accuracy="));
+
+    // The record: every section of DESIGN §4.
+    assert_eq!(record.run.status, "completed");
+    assert_eq!(record.run.experiment, "mnist-cnn");
+    assert_eq!(record.run.branch, branch);
+    assert_eq!(record.run.parent, develop);
+    assert_eq!(record.run.device, "cpu");
+    assert_eq!(record.run.id.len(), 64);
+    assert_eq!(record.run.candle_version, "0.11.1");
+    assert_eq!(
+        record.params.train.batch_size, 64,
+        "resolved spec, defaults included"
+    );
+    assert_eq!(record.params.data.train_limit, 1000);
+    assert_eq!(record.data.train.examples, 1000);
+    assert_eq!(record.data.test.examples, 500);
+    assert_eq!(record.data.test.classes, 10);
+    assert_eq!(record.model.architecture, "seed-cnn");
+    assert_eq!(record.model.parameters, 54_410);
+    for m in ["accuracy", "loss", "macro_f1"] {
+        let meta = &record.metrics.meta[m];
+        assert_eq!(meta.eval_set, record.data.test.blake3);
+        assert_eq!(meta.samples, 500);
+    }
+    assert_eq!(
+        record.metrics.meta["loss"].direction,
+        exp::record::Direction::Min
+    );
+    assert!(
+        record.metrics.values["accuracy"] > 0.7,
+        "{:?}",
+        record.metrics.values
+    );
+    assert_eq!(record.eval.confusion.iter().flatten().sum::<u64>(), 500);
+    assert_eq!(record.eval.per_class_accuracy.len(), 10);
+
+    // Pointer in Git, byte for byte; object in .git/lfs/objects; real weights in the work tree.
+    let pointer = env.git(
+        &dir,
+        &["show", "HEAD:experiments/mnist-cnn/model.safetensors"],
+    );
+    assert_eq!(
+        pointer,
+        format!(
+            "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n",
+            record.model.oid, record.model.size
+        )
+    );
+    let oid = &record.model.oid;
+    let object = dir
+        .join(".git/lfs/objects")
+        .join(&oid[0..2])
+        .join(&oid[2..4])
+        .join(oid);
+    let object_bytes = std::fs::read(&object).expect("LFS object");
+    assert_eq!(sha256_hex(&object_bytes), *oid);
+    assert_eq!(object_bytes.len() as u64, record.model.size);
+    assert_eq!(
+        std::fs::read(dir.join("experiments/mnist-cnn/model.safetensors")).unwrap(),
+        object_bytes
+    );
+    // The weights load as safetensors with the model's tensors.
+    let tensors = candle_core::safetensors::load(
+        dir.join("experiments/mnist-cnn/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut names: Vec<_> = tensors.keys().cloned().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["conv.bias", "conv.weight", "fc.bias", "fc.weight"]
+    );
+    assert_eq!(tensors["fc.weight"].dims(), &[10, 5408]);
+    let hash = exp::record::tensor_hash(&tensors.into_iter().collect()).unwrap();
+    assert_eq!(hash, record.model.tensor_hash);
+
+    // git-lfs agrees with what exp wrote.
+    let ls = env.git(&dir, &["lfs", "ls-files", "--long"]);
+    assert_eq!(
+        ls.trim(),
+        format!("{oid} * experiments/mnist-cnn/model.safetensors")
+    );
+    let fsck = env.git(&dir, &["lfs", "fsck"]);
+    assert!(fsck.contains("Git LFS fsck OK"), "{fsck}");
+
+    // predictions.bin and history.csv.
+    let preds = std::fs::read(dir.join("experiments/mnist-cnn/predictions.bin")).unwrap();
+    let (labels, predictions, classes) = exp::eval::decode_predictions(&preds).unwrap();
+    assert_eq!((labels.len(), classes), (500, 10));
+    let correct = labels
+        .iter()
+        .zip(&predictions)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert_eq!(correct as f64 / 500.0, record.metrics.values["accuracy"]);
+    let history = std::fs::read_to_string(dir.join("experiments/mnist-cnn/history.csv")).unwrap();
+    let mut lines = history.lines();
+    assert_eq!(
+        lines.next(),
+        Some("epoch,lr,train_loss,val_loss,val_accuracy,eval_loss,eval_accuracy,seconds")
+    );
+    assert!(lines.next().unwrap().starts_with("1,0.001,"));
+    assert_eq!(lines.next(), None);
+
+    // Nothing left over.
+    assert_eq!(
+        env.git(&dir, &["status", "--porcelain", "--untracked-files=all"]),
+        ""
+    );
+
+    // A second run on the feature branch stays there and counts up.
+    let out = quick_run(&env, &dir, "mnist-cnn", &["--set", "train.seed=2"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        env.git(&dir, &["symbolic-ref", "--short", "HEAD"]).trim(),
+        branch
+    );
+    assert!(env
+        .git(&dir, &["tag", "-l"])
+        .contains(&format!("run/{}/mnist-cnn/2", branch.replace('/', "-"))));
+    assert_eq!(
+        env.git(&dir, &["status", "--porcelain", "--untracked-files=all"]),
+        ""
+    );
+}
+
+#[test]
+fn same_seed_same_weights_other_seed_other_weights() {
+    let env = Env::new();
+    let dir = env.init_repo("det");
+    env.git(&dir, &["switch", "-q", "-c", "feature/det"]);
+    let mut hashes = Vec::new();
+    for seed in ["1", "1", "2"] {
+        let out = quick_run(
+            &env,
+            &dir,
+            "mnist-cnn",
+            &["--set", &format!("train.seed={seed}")],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let r = record_at(&env, &dir, "HEAD", "mnist-cnn");
+        hashes.push((
+            r.model.tensor_hash,
+            r.model.oid,
+            r.data.train.blake3,
+            r.run.id,
+        ));
+    }
+    assert_eq!(hashes[0], hashes[1], "two runs with seed 1 differ");
+    assert_ne!(hashes[0].0, hashes[2].0, "seed 2 gave the same weights");
+    assert_ne!(
+        hashes[0].2, hashes[2].2,
+        "the train subset follows the seed"
+    );
+}
+
+#[test]
+fn run_on_develop_carries_uncommitted_changes_elsewhere() {
+    let env = Env::new();
+    let dir = env.init_repo("wip");
+    std::fs::write(dir.join("notes.txt"), "v1\n").unwrap();
+    env.git(&dir, &["add", "notes.txt"]);
+    env.git(&dir, &["commit", "-q", "-m", "notes"]);
+    let develop = env.git(&dir, &["rev-parse", "develop"]).trim().to_string();
+    std::fs::write(dir.join("notes.txt"), "v2, not committed\n").unwrap();
+    std::fs::write(dir.join("staged.txt"), "staged\n").unwrap();
+    env.git(&dir, &["add", "staged.txt"]);
+    std::fs::write(dir.join("scratch.txt"), "untracked\n").unwrap();
+
+    let out = quick_run(&env, &dir, "mnist-cnn", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(env
+        .git(&dir, &["symbolic-ref", "--short", "HEAD"])
+        .starts_with("feature/mnist-cnn-"));
+    assert_eq!(env.git(&dir, &["rev-parse", "HEAD^"]).trim(), develop);
+    let committed = env.git(&dir, &["show", "--name-only", "--format=", "HEAD"]);
+    assert!(
+        committed
+            .lines()
+            .all(|l| l.starts_with("experiments/mnist-cnn/")),
+        "{committed}"
+    );
+    // Still uncommitted, and nothing lost.
+    assert_eq!(
+        env.git(&dir, &["status", "--porcelain", "--untracked-files=all"]),
+        " M notes.txt\nA  staged.txt\n?? scratch.txt\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "v2, not committed\n"
+    );
+}
+
+#[test]
+fn run_from_main_creates_develop_and_refuses_to_clobber() {
+    let env = Env::new();
+    let dir = env.init_repo("flow");
+    // main without develop: the first feature creates develop from main.
+    env.git(&dir, &["switch", "-q", "main"]);
+    env.git(&dir, &["branch", "-D", "develop"]);
+    let out = quick_run(&env, &dir, "mnist-cnn", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        env.git(&dir, &["rev-parse", "develop"]),
+        env.git(&dir, &["rev-parse", "main"])
+    );
+    assert!(env
+        .git(&dir, &["symbolic-ref", "--short", "HEAD"])
+        .starts_with("feature/"));
+
+    // develop moves ahead in notes.txt; on main the user edits notes.txt: switching to a branch
+    // from develop would overwrite it, so the run stops before training.
+    env.git(&dir, &["switch", "-q", "develop"]);
+    std::fs::write(dir.join("notes.txt"), "develop\n").unwrap();
+    env.git(&dir, &["add", "notes.txt"]);
+    env.git(&dir, &["commit", "-q", "-m", "notes on develop"]);
+    env.git(&dir, &["switch", "-q", "main"]);
+    std::fs::write(dir.join("notes.txt"), "mine\n").unwrap();
+    let before = repo_state(&env, &dir);
+    let started = std::time::Instant::now();
+    let out = quick_run(
+        &env,
+        &dir,
+        "mnist-cnn",
+        &["--set", "data.train_limit=50000"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("would overwrite") && err.contains("notes.txt"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    assert!(!err.contains("epoch 1"), "trained before refusing: {err}");
+    assert!(
+        started.elapsed().as_secs() < 30,
+        "refused only after training"
+    );
+    assert_eq!(repo_state(&env, &dir), before);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        "mine\n"
+    );
+}
+
+#[test]
+fn lfs_clone_restores_the_exact_weights() {
+    let env = Env::new();
+    let dir = env.init_repo("origin");
+    let out = quick_run(&env, &dir, "mnist-cnn", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let branch = env
+        .git(&dir, &["symbolic-ref", "--short", "HEAD"])
+        .trim()
+        .to_string();
+    let record = record_at(&env, &dir, "HEAD", "mnist-cnn");
+
+    let clone = env.path("clone");
+    let url = format!("file://{}", dir.display());
+    let mut cmd = std::process::Command::new("git");
+    cmd.args([
+        "clone",
+        "-q",
+        "--branch",
+        &branch,
+        &url,
+        clone.to_str().unwrap(),
+    ])
+    .env("HOME", &env.home)
+    .env("GIT_LFS_SKIP_SMUDGE", "1");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let weights = clone.join("experiments/mnist-cnn/model.safetensors");
+    // Without smudging, the checkout holds the pointer.
+    assert!(std::fs::read_to_string(&weights)
+        .unwrap()
+        .starts_with("version https://git-lfs.github.com/spec/v1"));
+    // The git first on PATH here reads no system gitconfig naming git-lfs (DESIGN §2): a clone
+    // needs git-lfs installed for it, as `exp init` does for the repositories it makes.
+    env.git(&clone, &["lfs", "install", "--local"]);
+    env.git(&clone, &["lfs", "pull"]);
+    let bytes = std::fs::read(&weights).unwrap();
+    assert_eq!(sha256_hex(&bytes), record.model.oid);
+    assert_eq!(
+        bytes,
+        std::fs::read(dir.join("experiments/mnist-cnn/model.safetensors")).unwrap()
+    );
+    assert_eq!(env.git(&clone, &["status", "--porcelain"]), "");
+}
+
+#[test]
+fn cifar10_sample_trains_end_to_end() {
+    let env = Env::new();
+    let dir = env.init_repo("cifar");
+    std::fs::write(
+        dir.join("experiments/cifar-smoke.toml"),
+        r#"[model]
+name = "mlp"
+hidden = [32]
+
+[data]
+format = "cifar10"
+train_images = "cifar10-sample/test_batch_first20.bin"
+test_images = ["cifar10-sample/test_batch_first20.bin"]
+normalize = { mean = [0.4914, 0.4822, 0.4465], std = [0.2470, 0.2435, 0.2616] }
+
+[train]
+batch_size = 8
+epochs = 2
+"#,
+    )
+    .unwrap();
+    let out = env.exp(&dir, &["run", "cifar-smoke", "--quiet"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let r = record_at(&env, &dir, "HEAD", "cifar-smoke");
+    assert_eq!(
+        (
+            r.data.train.examples,
+            r.data.test.examples,
+            r.data.test.classes
+        ),
+        (20, 20, 10)
+    );
+    assert_eq!(r.model.parameters, 3072 * 32 + 32 + 32 * 10 + 10);
+    assert_eq!(r.training.epochs, 2);
+    assert_eq!(r.training.steps, 6);
+}
