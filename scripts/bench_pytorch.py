@@ -13,6 +13,10 @@ Only the training epochs are timed (not loading, preprocessing or evaluation). W
 time.perf_counter() splits forward+loss, backward and optimizer.step()+zero_grad(); data_s is
 the batch gather (indexing the preprocessed tensor). Prints one JSON line per seed on stdout,
 then a summary line with the means (and sample standard deviations over seeds).
+
+Timings need an otherwise idle machine: with other processes busy, the OpenMP threads of this
+torch build spin-wait against them and an epoch can take several times longer (seen: 19 s idle
+vs 133 s during a cargo build on 2 cores). A warning goes to stderr when the CPUs are busy at the start.
 """
 import argparse
 import gzip
@@ -70,6 +74,21 @@ def load_split(root, prefix):
     x = torch.from_numpy(images.astype(np.float32) / 255.0).sub_(MEAN).div_(STD).unsqueeze(1).contiguous()
     y = torch.from_numpy(labels.astype(np.int64))
     return x, y
+
+
+def cpu_busy(interval=0.5):
+    """Fraction of all CPUs busy over INTERVAL seconds (from /proc/stat), or None if unknown."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return sum(v), v[3] + (v[4] if len(v) > 4 else 0)  # total, idle + iowait
+    try:
+        t0, i0 = sample()
+        time.sleep(interval)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (i1 - i0) / (t1 - t0) if t1 > t0 else None
 
 
 class SeedCnn(nn.Module):
@@ -140,6 +159,10 @@ def main():
     torch.set_num_threads(args.threads)
     x_train, y_train = load_split(args.data, "train")
     x_test, y_test = load_split(args.data, "t10k")
+    busy = cpu_busy()
+    if busy is not None and busy > 0.25:
+        print(f"bench_pytorch: warning: CPUs are {busy:.0%} busy before training; timings will be "
+              "unreliable unless the machine is idle", file=sys.stderr)
 
     keys = ("train_seconds", "images_per_second", "test_accuracy", "test_loss",
             "forward_s", "backward_s", "optimizer_s", "data_s")

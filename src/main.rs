@@ -3,6 +3,12 @@
 use clap::Parser;
 use exp::error::Report;
 
+// Training allocates and frees multi-megabyte tensors every step. glibc's malloc serves those
+// with fresh mmap/munmap calls, and the page faults cost a third of a CPU epoch; mimalloc
+// reuses the memory (measured: 587 → 900+ img/s for seed-cnn on 2 cores).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = exp::cli::Cli::parse();
     let code = match exp::cli::execute(cli) {

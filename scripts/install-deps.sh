@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the system tools exp's tests and main job use: git-lfs (Debian package). Idempotent.
+set -euo pipefail
+
+need=()
+git lfs version >/dev/null 2>&1 || need+=(git-lfs)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+sudo=
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+echo "install-deps: installing ${need[*]} from Debian" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+git lfs version >/dev/null
