@@ -106,7 +106,9 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
     stop.check()?;
 
     let root = data_root(&options.cwd)?;
-    let data = Dataset::load(&root, &spec.data, spec.train.seed)?;
+    let data = Dataset::load(&root, &spec.data, spec.train.seed, &|key| {
+        resolved.origin(key)
+    })?;
     let split_ids: Vec<&str> = [Some(&data.train), data.val.as_ref(), Some(&data.test)]
         .into_iter()
         .flatten()

@@ -303,6 +303,22 @@ pub struct ResolvedSpec {
     pub path: PathBuf,
     /// The `--set` arguments, in order.
     pub overrides: Vec<String>,
+    /// The spec file's text, for locating keys in later messages.
+    text: String,
+    /// The key path of each override, with the argument as given.
+    override_keys: Vec<(Vec<String>, String)>,
+}
+
+impl ResolvedSpec {
+    /// Where `dotted.key`'s value came from: `file:line`, `--set KEY=VALUE`, or the default.
+    pub fn origin(&self, key: &str) -> String {
+        Origins {
+            path: &self.path,
+            text: &self.text,
+            overrides: &self.override_keys,
+        }
+        .of(key)
+    }
 }
 
 /// Where a key's value came from, for error messages.
@@ -378,6 +394,8 @@ pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<ResolvedSp
         spec,
         path: path.to_path_buf(),
         overrides: overrides.to_vec(),
+        text: text.to_string(),
+        override_keys: parsed_overrides,
     })
 }
 

@@ -22,8 +22,12 @@ pub enum DataError {
     #[error("no data root: EXP_DATA is unset and HOME is unknown")]
     NoRoot,
     /// A data file is missing.
-    #[error("data file {path} not found (nor {alternative}) under the data root {root}")]
+    #[error("{origin}: {key}: data file {path} not found (nor {alternative}) under the data root {root}")]
     Missing {
+        /// Where the spec names the file (`file:line` or `--set …`).
+        origin: String,
+        /// The spec key naming the file.
+        key: String,
         /// Where it was looked for.
         path: PathBuf,
         /// The other name tried (.gz added or removed).
@@ -94,9 +98,21 @@ pub struct FileFingerprint {
     pub blake3: String,
 }
 
+/// Where a spec key's value came from, for messages: `file:line` or `--set KEY=VALUE`.
+pub type KeyOrigin<'a> = &'a dyn Fn(&str) -> String;
+
 /// Reads a file under the data root, decompressing gzip; `X.gz` and `X` stand in for each
 /// other (DESIGN §3).
 pub fn read_data_file(root: &Path, given: &str) -> Result<(PathBuf, Vec<u8>), DataError> {
+    read_spec_file(root, given, "data file", &|_| "data".to_string())
+}
+
+fn read_spec_file(
+    root: &Path,
+    given: &str,
+    key: &str,
+    origin: KeyOrigin,
+) -> Result<(PathBuf, Vec<u8>), DataError> {
     let primary = root.join(given);
     let alternative = match given.strip_suffix(".gz") {
         Some(raw) => raw.to_string(),
@@ -108,6 +124,8 @@ pub fn read_data_file(root: &Path, given: &str) -> Result<(PathBuf, Vec<u8>), Da
         root.join(&alternative)
     } else {
         return Err(DataError::Missing {
+            origin: origin(key),
+            key: key.to_string(),
             path: primary,
             alternative,
             root: root.to_path_buf(),
@@ -198,13 +216,17 @@ struct RawSet {
 fn load_raw(
     root: &Path,
     format: DataFormat,
+    split: &str,
     images: &[String],
     labels: &str,
+    origin: KeyOrigin,
 ) -> Result<RawSet, DataError> {
+    let images_key = format!("data.{split}_images");
     match format {
         DataFormat::Idx => {
-            let (image_path, image_bytes) = read_data_file(root, &images[0])?;
-            let (label_path, label_bytes) = read_data_file(root, labels)?;
+            let (image_path, image_bytes) = read_spec_file(root, &images[0], &images_key, origin)?;
+            let (label_path, label_bytes) =
+                read_spec_file(root, labels, &format!("data.{split}_labels"), origin)?;
             let files = vec![
                 FileFingerprint {
                     path: images[0].clone(),
@@ -270,7 +292,7 @@ fn load_raw(
             let mut all_labels = Vec::new();
             let mut files = Vec::new();
             for given in images {
-                let (path, bytes) = read_data_file(root, given)?;
+                let (path, bytes) = read_spec_file(root, given, &images_key, origin)?;
                 files.push(FileFingerprint {
                     path: given.clone(),
                     blake3: blake3::hash(&bytes).to_hex().to_string(),
@@ -358,10 +380,30 @@ impl Split {
 }
 
 impl Dataset {
-    /// Loads the splits `spec` names from the data root; `seed` draws the training subset.
-    pub fn load(root: &Path, spec: &DataSpec, seed: u64) -> Result<Dataset, DataError> {
-        let train_raw = load_raw(root, spec.format, &spec.train_images, &spec.train_labels)?;
-        let test_raw = load_raw(root, spec.format, &spec.test_images, &spec.test_labels)?;
+    /// Loads the splits `spec` names from the data root; `seed` draws the training subset;
+    /// `origin` locates spec keys for messages.
+    pub fn load(
+        root: &Path,
+        spec: &DataSpec,
+        seed: u64,
+        origin: KeyOrigin,
+    ) -> Result<Dataset, DataError> {
+        let train_raw = load_raw(
+            root,
+            spec.format,
+            "train",
+            &spec.train_images,
+            &spec.train_labels,
+            origin,
+        )?;
+        let test_raw = load_raw(
+            root,
+            spec.format,
+            "test",
+            &spec.test_images,
+            &spec.test_labels,
+            origin,
+        )?;
         if train_raw.shape != test_raw.shape {
             return Err(DataError::Inconsistent(format!(
                 "training images are {:?} but test images are {:?}",

@@ -34,7 +34,7 @@ fn cifar10_sample_reads_as_published() {
         "cifar10-sample/test_batch_first20.bin",
         "",
     );
-    let d = exp::data::Dataset::load(&root, &s, 1).unwrap();
+    let d = exp::data::Dataset::load(&root, &s, 1, &|k| k.to_string()).unwrap();
     assert_eq!(d.test.len, 20);
     assert_eq!(d.classes, 10);
     assert_eq!(
@@ -75,8 +75,8 @@ fn mnist_gz_and_raw_agree_and_limits_select() {
     s.train_limit = 300;
     s.val_limit = 100;
     s.test_limit = 50;
-    let a = exp::data::Dataset::load(&root, &s, 7).unwrap();
-    let b = exp::data::Dataset::load(&raw_root, &s, 7).unwrap();
+    let a = exp::data::Dataset::load(&root, &s, 7, &|k| k.to_string()).unwrap();
+    let b = exp::data::Dataset::load(&raw_root, &s, 7, &|k| k.to_string()).unwrap();
     assert_eq!(
         a.train_files, b.train_files,
         "fingerprints over decompressed bytes"
@@ -104,7 +104,7 @@ fn mnist_gz_and_raw_agree_and_limits_select() {
         a.test.selection.clone().unwrap(),
         (0..50).collect::<Vec<u32>>()
     );
-    let c = exp::data::Dataset::load(&root, &s, 8).unwrap();
+    let c = exp::data::Dataset::load(&root, &s, 8, &|k| k.to_string()).unwrap();
     assert_ne!(a.train.blake3, c.train.blake3);
     assert_eq!(a.test.blake3, c.test.blake3);
 }
