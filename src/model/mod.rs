@@ -14,6 +14,8 @@ use crate::data::ImageShape;
 use crate::rng::{ExpRng, Purpose};
 use crate::spec::{ModelName, ModelSpec};
 
+mod pool;
+
 /// Training (dropout active, drawing from the dropout stream) or evaluation.
 pub enum Mode<'a> {
     /// Dropout masks are drawn from this stream.
@@ -132,34 +134,7 @@ fn dropout(xs: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
     }
 }
 
-/// 2×2 max-pooling, stride 2 (floor, as PyTorch's `MaxPool2d(2)`), whose gradient goes to the
-/// window's maximum, split evenly when several elements tie for it.
-///
-/// candle 0.11.1's `max_pool2d` backward multiplies the gradient by (ties in the window) / 4:
-/// a window with one maximum passes back a quarter of its gradient, a window of four equal
-/// values (MNIST's constant background gives many) passes back four times too much. A plain
-/// max-reduction has the second fault. Here the pooled value is a weighted sum of the window
-/// with weights 1/ties at the maxima (treated as constants), so autograd routes the right total
-/// to the maxima, as PyTorch does, on every device.
-pub fn max_pool_2x2(xs: &Tensor) -> Result<Tensor> {
-    let (n, c, h, w) = xs.dims4()?;
-    let (oh, ow) = (h / 2, w / 2);
-    let xs = if h % 2 == 1 || w % 2 == 1 {
-        xs.narrow(2, 0, oh * 2)?.narrow(3, 0, ow * 2)?
-    } else {
-        xs.clone()
-    };
-    let windows = xs.contiguous()?.reshape((n, c, oh, 2, ow, 2))?;
-    let max = windows.detach().max_keepdim(5)?.max_keepdim(3)?;
-    let is_max = windows
-        .detach()
-        .broadcast_as(windows.shape())?
-        .eq(&max.broadcast_as(windows.shape())?)?
-        .to_dtype(xs.dtype())?;
-    let ties = is_max.sum_keepdim(5)?.sum_keepdim(3)?;
-    let weights = is_max.broadcast_div(&ties)?;
-    (windows * weights)?.sum(5)?.sum(3)
-}
+pub use pool::max_pool_2x2;
 
 enum Architecture {
     Mlp {
@@ -355,84 +330,6 @@ mod tests {
         assert_ne!(w(&a), w(&c));
         let bound = 1.0 / (64.0f32 * 12.0 * 12.0).sqrt();
         assert!(w(&a).iter().all(|x| x.abs() <= bound));
-        Ok(())
-    }
-
-    #[test]
-    fn max_pool_matches_candle_forward_and_has_the_true_gradient() -> Result<()> {
-        for (h, w) in [(4, 4), (5, 7), (26, 26)] {
-            let values = ExpRng::new(h as u64, Purpose::Init).uniform(2 * 3 * h * w, 1.0);
-            let x = Var::from_tensor(&Tensor::from_vec(values, (2, 3, h, w), &Device::Cpu)?)?;
-            let ours = max_pool_2x2(x.as_tensor())?;
-            let reference = x.as_tensor().max_pool2d(2)?;
-            assert_eq!(
-                ours.flatten_all()?.to_vec1::<f32>()?,
-                reference.flatten_all()?.to_vec1::<f32>()?
-            );
-            // d(sum of maxima)/dx: 1 at each window's maximum, 0 elsewhere (random values: no ties).
-            let grad = ours.sum_all()?.backward()?;
-            let g = grad
-                .get(x.as_tensor())
-                .expect("gradient")
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            assert_eq!(
-                g.iter().filter(|&&v| v == 1.0).count(),
-                2 * 3 * (h / 2) * (w / 2)
-            );
-            assert!(g.iter().all(|&v| v == 0.0 || v == 1.0));
-        }
-        // Ties share the gradient: a window of four equal values passes back 1/4 to each.
-        let x = Var::from_tensor(&Tensor::new(&[[[[2f32, 2.0], [2.0, 2.0]]]], &Device::Cpu)?)?;
-        let y = max_pool_2x2(x.as_tensor())?;
-        assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![2.0]);
-        let g = y.sum_all()?.backward()?;
-        assert_eq!(
-            g.get(x.as_tensor())
-                .unwrap()
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-            vec![0.25; 4]
-        );
-        // And a finite difference through conv → ReLU → pool agrees.
-        let dev = Device::Cpu;
-        let input = Tensor::from_vec(
-            ExpRng::new(3, Purpose::Init).uniform(2 * 6 * 6, 1.0),
-            (2, 1, 6, 6),
-            &dev,
-        )?;
-        let weight = Tensor::from_vec(
-            ExpRng::new(4, Purpose::Init).uniform(18, 0.5),
-            (2, 1, 3, 3),
-            &dev,
-        )?;
-        let loss = |bias: &Tensor| -> Result<Tensor> {
-            let conv = Conv2d::new(weight.clone(), Some(bias.clone()), Conv2dConfig::default());
-            let p = max_pool_2x2(&conv.forward(&input)?.relu()?)?;
-            let coef: Vec<f32> = (0..p.elem_count())
-                .map(|i| (i as f32 * 0.37).sin())
-                .collect();
-            (p * Tensor::from_vec(coef, (2, 2, 2, 2), &dev)?)?.sum_all()
-        };
-        let bias = Var::new(&[0.1f32, -0.05], &dev)?;
-        let analytic = loss(bias.as_tensor())?
-            .backward()?
-            .get(bias.as_tensor())
-            .unwrap()
-            .to_vec1::<f32>()?;
-        for i in 0..2 {
-            let shifted = |d: f32| -> Result<f32> {
-                let mut b = vec![0.1f32, -0.05];
-                b[i] += d;
-                loss(&Tensor::new(b.as_slice(), &dev)?)?.to_scalar::<f32>()
-            };
-            let numeric = (shifted(1e-3)? - shifted(-1e-3)?) / 2e-3;
-            assert!(
-                (numeric - analytic[i]).abs() < 1e-3,
-                "bias {i}: {numeric} vs {}",
-                analytic[i]
-            );
-        }
         Ok(())
     }
 
