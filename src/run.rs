@@ -115,6 +115,7 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
         .map(|s| s.blake3.as_str())
         .collect();
     let run_id = record::run_id(spec, &split_ids, spec.train.seed)?;
+    git::check_identity(&repo)?;
     let plan = git::plan_branch(&repo, &options.experiment, &run_id)?;
     stop.check()?;
 

@@ -176,6 +176,14 @@ impl BranchPlan {
     }
 }
 
+/// Fails when commits could not be signed (no user.name / user.email), so that a run finds
+/// out before training rather than after.
+pub fn check_identity(repo: &Repository) -> Result<(), GitError> {
+    repo.signature()
+        .map(|_| ())
+        .map_err(|e| GitError::NoIdentity(e.message().to_string()))
+}
+
 /// Runs `git` in `dir` and returns its stdout.
 pub fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     let out = Command::new("git")

@@ -321,3 +321,31 @@ fn sigterm_mid_training_records_nothing() {
     );
     assert_eq!(repo_state(&env, &dir), before);
 }
+
+#[test]
+fn missing_identity_is_found_before_training() {
+    let env = Env::new();
+    let dir = env.init_repo("anon");
+    let before = repo_state(&env, &dir);
+    let nobody = env.path("nobody");
+    std::fs::create_dir_all(&nobody).unwrap();
+    std::fs::write(nobody.join("empty.gitconfig"), "").unwrap();
+    let out = env
+        .exp_cmd(&dir, &["run", "mnist-cnn"])
+        .env("HOME", &nobody)
+        .env("XDG_CONFIG_HOME", &nobody)
+        .env("GIT_CONFIG_GLOBAL", nobody.join("empty.gitconfig"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("no Git identity") && err.contains("git config user.name"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("epoch 1"),
+        "trained before finding out: {err}"
+    );
+    assert_eq!(repo_state(&env, &dir), before);
+}
