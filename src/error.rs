@@ -44,6 +44,12 @@ pub enum Error {
     /// `exp run` failed outside the other modules.
     #[error(transparent)]
     Run(#[from] crate::run::RunError),
+    /// A comparison could not be made.
+    #[error(transparent)]
+    Compare(#[from] crate::compare::CompareError),
+    /// Arguments that parse but make no sense.
+    #[error(transparent)]
+    Usage(#[from] crate::cli::UsageError),
 }
 
 impl Error {
@@ -64,7 +70,8 @@ impl Error {
             Error::Run(e) => e.hint(),
             Error::Train(e) => e.hint(),
             Error::Init(e) => e.hint(),
-            Error::Lfs(_) | Error::Record(_) => None,
+            Error::Compare(e) => e.hint(),
+            Error::Lfs(_) | Error::Record(_) | Error::Usage(_) => None,
         }
     }
 }

@@ -11,10 +11,13 @@
 //! - [`record`]: the run record (`metrics.toml`) and the canonical tensor hash;
 //! - [`lfs`]: Git LFS pointers and the object store;
 //! - [`git`]: repository access, Git Flow branches, commits and run tags;
+//! - [`compare`]: records across revisions (diff, log, show) and the McNemar test;
+//! - [`report`]: tables for people;
 //! - [`run`] and [`init`]: the two workflows that tie the rest together.
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod compare;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -23,6 +26,7 @@ pub mod init;
 pub mod lfs;
 pub mod model;
 pub mod record;
+pub mod report;
 pub mod rng;
 pub mod run;
 pub mod spec;

@@ -1,7 +1,9 @@
 //! The command line: argument types and output formatting, one file per subcommand. Nothing
 //! here knows how records are stored or models trained.
 
+mod diff;
 mod init;
+mod log;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +31,29 @@ pub enum Command {
     Init(init::InitArgs),
     /// Train an experiment and record the run as a commit and a tag.
     Run(run::RunArgs),
+    /// Compare the run records of two revisions: metrics, parameters, fixed and broken examples.
+    Diff(diff::DiffArgs),
+    /// List the commits that changed run records, with parameters and metrics.
+    Log(log::LogArgs),
+    /// Show every experiment's record at a revision or on every branch.
+    Show(log::ShowArgs),
+}
+
+/// A command-line argument that parses but makes no sense (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn cwd() -> Result<std::path::PathBuf, Error> {
+    std::env::current_dir().map_err(|e| {
+        Error::Usage(UsageError(format!(
+            "cannot read the current directory: {e}"
+        )))
+    })
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    Error::Usage(UsageError(format!("cannot write JSON: {e}")))
 }
 
 /// Runs the parsed command; returns the exit code for success paths.
@@ -36,5 +61,8 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Init(args) => init::execute(args),
         Command::Run(args) => run::execute(args),
+        Command::Diff(args) => diff::execute(args),
+        Command::Log(args) => log::execute_log(args),
+        Command::Show(args) => log::execute_show(args),
     }
 }

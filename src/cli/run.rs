@@ -51,10 +51,7 @@ pub struct RunArgs {
 
 pub(super) fn execute(args: RunArgs) -> Result<(), Error> {
     let stop = StopFlag::install().map_err(RunError::Signals)?;
-    let cwd = std::env::current_dir().map_err(|source| RunError::Write {
-        path: ".".into(),
-        source,
-    })?;
+    let cwd = super::cwd()?;
     let options = RunOptions {
         experiment: args.experiment,
         overrides: args.overrides,

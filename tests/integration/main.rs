@@ -2,6 +2,7 @@
 //! directories, real `git` and `git lfs`, real data from the data root (DESIGN §3).
 
 mod common;
+mod compare;
 mod data;
 mod failures;
 mod full_epoch;

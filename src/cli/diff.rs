@@ -1,0 +1,203 @@
+//! `exp diff`.
+
+use clap::Args;
+
+use crate::compare::diff::{diff, Change, Examples, ExperimentDiff};
+use crate::compare::{default_base, resolve};
+use crate::report::{self, delta, markdown_table, metric, p_value, short};
+use crate::Error;
+
+/// Arguments of `exp diff`.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Compare the run records of two revisions (branches, commits, tags, run tags or tree ids).
+
+For every experiment whose record differs: the parameters that changed; each metric base → head \
+with the delta and whether that is better or worse (the direction comes from the record); data \
+fingerprints that changed; the weights' LFS oid; and per example, how many eval examples head \
+fixed and broke relative to base, with the exact two-sided McNemar p-value (a binomial test on \
+those discordant pairs). Metrics and examples are compared only when both runs used the same \
+eval set (same BLAKE3); otherwise the output says why not.
+
+Defaults: HEAD against its merge-base with develop (or main). Everything is read from Git \
+objects; nothing is checked out."
+)]
+pub struct DiffArgs {
+    /// Base revision (default: merge-base of HEAD and develop).
+    pub base: Option<String>,
+    /// Head revision (default: HEAD).
+    pub head: Option<String>,
+    /// Machine-readable JSON.
+    #[arg(long, conflicts_with = "md")]
+    pub json: bool,
+    /// Markdown, for pull-request comments.
+    #[arg(long)]
+    pub md: bool,
+}
+
+pub(super) fn execute(args: DiffArgs) -> Result<(), Error> {
+    let repo = crate::git::open(&super::cwd()?)?;
+    let base = match args.base {
+        Some(b) => b,
+        None => default_base(&repo)?,
+    };
+    let head = args.head.unwrap_or_else(|| "HEAD".to_string());
+    let d = diff(&repo, &resolve(&repo, &base)?, &resolve(&repo, &head)?)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&d).map_err(super::json_error)?
+        );
+        return Ok(());
+    }
+    let base_name = if d.base.len() == 40 {
+        short(&d.base).to_string()
+    } else {
+        d.base.clone()
+    };
+    if d.experiments.is_empty() {
+        println!("No run record differs between {base_name} and {}.", d.head);
+        return Ok(());
+    }
+    for (i, e) in d.experiments.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        if args.md {
+            print!("{}", markdown(e, &base_name, &d.head));
+        } else {
+            print!("{}", text(e, &base_name, &d.head));
+        }
+    }
+    Ok(())
+}
+
+fn change_word(c: Change) -> &'static str {
+    match c {
+        Change::Added => "new",
+        Change::Removed => "removed",
+        Change::Changed => "changed",
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn metric_rows(e: &ExperimentDiff) -> Vec<Vec<String>> {
+    e.metrics
+        .iter()
+        .map(|m| {
+            let verdict = match (&m.reason, m.verdict) {
+                (Some(r), _) => format!("not comparable: {r}"),
+                (None, v) => serde_json::to_value(v)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+            };
+            vec![
+                m.name.clone(),
+                m.base.map(metric).unwrap_or_else(|| "-".into()),
+                m.head.map(metric).unwrap_or_else(|| "-".into()),
+                m.delta.map(delta).unwrap_or_else(|| "-".into()),
+                verdict,
+            ]
+        })
+        .collect()
+}
+
+fn examples_line(e: &ExperimentDiff) -> String {
+    match &e.examples {
+        Examples::Compared {
+            total,
+            fixed,
+            broken,
+            p_value: p,
+        } => {
+            let verdict = if *p < 0.05 {
+                "significant at 0.05"
+            } else {
+                "not significant at 0.05"
+            };
+            format!("{fixed} fixed, {broken} broken of {total} eval examples; McNemar exact p = {} ({verdict})", p_value(*p))
+        }
+        Examples::NotComparable { reason } => format!("cannot be compared: {reason}"),
+    }
+}
+
+fn text(e: &ExperimentDiff, base: &str, head: &str) -> String {
+    let mut out = format!("{} ({}): {base} → {head}\n", e.name, change_word(e.change));
+    let header = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut metrics = report::table(header(&["metric", "base", "head", "delta", "verdict"]));
+    for row in metric_rows(e) {
+        metrics.add_row(row);
+    }
+    out.push_str(&format!("{metrics}\n"));
+    if !e.params.is_empty() {
+        let mut params = report::table(header(&["parameter", "base", "head"]));
+        for p in &e.params {
+            params.add_row(vec![p.key.clone(), opt(&p.base), opt(&p.head)]);
+        }
+        out.push_str(&format!("{params}\n"));
+    }
+    out.push_str(&format!("examples: {}\n", examples_line(e)));
+    for d in &e.data {
+        out.push_str(&format!(
+            "data {}: {} → {}\n",
+            d.key,
+            opt(&d.base).chars().take(12).collect::<String>(),
+            opt(&d.head).chars().take(12).collect::<String>()
+        ));
+    }
+    let oid = |v: &Option<String>| {
+        v.as_deref()
+            .map(|s| s[..s.len().min(12)].to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    out.push_str(&format!(
+        "model oid: {} → {}\n",
+        oid(&e.model_oid.base),
+        oid(&e.model_oid.head)
+    ));
+    out
+}
+
+fn markdown(e: &ExperimentDiff, base: &str, head: &str) -> String {
+    let mut out = format!(
+        "### {} ({}): `{base}` → `{head}`\n\n",
+        e.name,
+        change_word(e.change)
+    );
+    let h = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    out.push_str(&markdown_table(
+        &h(&["metric", "base", "head", "delta", "verdict"]),
+        &metric_rows(e),
+    ));
+    out.push('\n');
+    if !e.params.is_empty() {
+        let rows: Vec<Vec<String>> = e
+            .params
+            .iter()
+            .map(|p| vec![format!("`{}`", p.key), opt(&p.base), opt(&p.head)])
+            .collect();
+        out.push_str(&markdown_table(&h(&["parameter", "base", "head"]), &rows));
+        out.push('\n');
+    }
+    out.push_str(&format!("**Examples:** {}\n", examples_line(e)));
+    for d in &e.data {
+        out.push_str(&format!(
+            "\n**Data {}:** `{}` → `{}`\n",
+            d.key,
+            opt(&d.base),
+            opt(&d.head)
+        ));
+    }
+    out.push_str(&format!(
+        "\n**Model oid:** `{}` → `{}`\n",
+        opt(&e.model_oid.base),
+        opt(&e.model_oid.head)
+    ));
+    out
+}

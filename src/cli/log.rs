@@ -1,0 +1,173 @@
+//! `exp log` and `exp show`.
+
+use clap::Args;
+
+use crate::compare::history::{log, show, varying_params, Filter, LogQuery};
+use crate::report::{self, metric, short};
+use crate::Error;
+
+/// Arguments of `exp log`.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "One row per commit that changed a run record, oldest first: commit, run tag, \
+branch, date, the parameters that vary between the listed runs, and the metrics. Read from Git \
+objects alone.
+
+Examples:
+  exp log                              the history of HEAD
+  exp log develop..HEAD                what this branch added
+  exp log --all --experiment mnist-cnn every branch
+  exp log --where 'accuracy>0.97' --sort accuracy"
+)]
+pub struct LogArgs {
+    /// A revision (history up to it) or a range A..B (default: HEAD).
+    pub range: Option<String>,
+    /// Only this experiment.
+    #[arg(long, short)]
+    pub experiment: Option<String>,
+    /// Every local branch.
+    #[arg(long, conflicts_with = "range")]
+    pub all: bool,
+    /// Keep rows where KEY OP VALUE holds (a metric or parameter; ops > >= < <= == !=); repeatable.
+    #[arg(long = "where", value_name = "EXPR")]
+    pub filters: Vec<String>,
+    /// Sort best-first by this metric (its direction decides) instead of history order.
+    #[arg(long, value_name = "METRIC")]
+    pub sort: Option<String>,
+    /// Machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `exp show`.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "The run record of every experiment at a revision (default HEAD), or at the tip \
+of every local branch with --all-branches: what `dvc exp show` answers, from Git objects alone."
+)]
+pub struct ShowArgs {
+    /// The revision (default: HEAD).
+    #[arg(default_value = "HEAD")]
+    pub rev: String,
+    /// One row per experiment per local branch.
+    #[arg(long)]
+    pub all_branches: bool,
+    /// Machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
+    let repo = crate::git::open(&super::cwd()?)?;
+    let filters = args
+        .filters
+        .iter()
+        .map(|f| Filter::parse(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(super::UsageError)?;
+    let query = LogQuery {
+        range: args.range,
+        experiment: args.experiment,
+        all: args.all,
+        filters,
+        sort: args.sort,
+    };
+    let rows = log(&repo, &query)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(super::json_error)?
+        );
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("No commit in that history changed a run record.");
+        return Ok(());
+    }
+    let params = varying_params(&rows);
+    let metrics: std::collections::BTreeSet<&String> =
+        rows.iter().flat_map(|r| r.metrics.keys()).collect();
+    let mut header: Vec<String> = ["commit", "run tag", "branch", "date", "experiment"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    header.extend(params.iter().cloned());
+    header.extend(metrics.iter().map(|m| m.to_string()));
+    let mut table = report::table(header);
+    for r in &rows {
+        let mut row = vec![
+            short(&r.commit).to_string(),
+            r.tags.join(" "),
+            r.branch.clone(),
+            r.date.get(..10).unwrap_or(&r.date).to_string(),
+            r.experiment.clone(),
+        ];
+        row.extend(params.iter().map(|p| {
+            r.params
+                .get(p)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into())
+        }));
+        row.extend(metrics.iter().map(|m| {
+            r.metrics
+                .get(*m)
+                .map(|v| metric(*v))
+                .unwrap_or_else(|| "-".into())
+        }));
+        table.add_row(row);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {
+    let repo = crate::git::open(&super::cwd()?)?;
+    let rows = show(&repo, &args.rev, args.all_branches)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(super::json_error)?
+        );
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("No branch holds a run record.");
+        return Ok(());
+    }
+    let metrics: std::collections::BTreeSet<&String> =
+        rows.iter().flat_map(|r| r.metrics.keys()).collect();
+    let mut header: Vec<String> = Vec::new();
+    if args.all_branches {
+        header.push("at".into());
+    }
+    header.extend(
+        ["experiment", "run", "recorded on", "started"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    header.extend(metrics.iter().map(|m| m.to_string()));
+    header.push("model oid".into());
+    let mut table = report::table(header);
+    for r in &rows {
+        let mut row = Vec::new();
+        if args.all_branches {
+            row.push(r.at.clone());
+        }
+        row.extend([
+            r.experiment.clone(),
+            r.run.clone(),
+            r.branch.clone(),
+            r.started.clone(),
+        ]);
+        row.extend(metrics.iter().map(|m| {
+            r.metrics
+                .get(*m)
+                .map(|v| metric(*v))
+                .unwrap_or_else(|| "-".into())
+        }));
+        row.push(r.model_oid[..r.model_oid.len().min(12)].to_string());
+        table.add_row(row);
+    }
+    println!("{table}");
+    Ok(())
+}

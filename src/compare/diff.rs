@@ -1,0 +1,366 @@
+//! `exp diff`: what changed between the records of two revisions.
+
+use std::collections::BTreeSet;
+
+use git2::Repository;
+use serde::Serialize;
+
+use super::stats::mcnemar_exact;
+use super::{records_at, CompareError, Snapshot, StoredRecord};
+use crate::eval::decode_predictions;
+use crate::record::{Direction, RunRecord};
+
+/// The differences between two revisions' records.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diff {
+    /// Base revision as given.
+    pub base: String,
+    /// Head revision as given.
+    pub head: String,
+    /// One entry per experiment whose record differs.
+    pub experiments: Vec<ExperimentDiff>,
+}
+
+/// Whether an experiment is new, gone or changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// Only the head has a record.
+    Added,
+    /// Only the base has a record.
+    Removed,
+    /// Both have one, and they differ.
+    Changed,
+}
+
+/// One experiment's differences.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExperimentDiff {
+    /// Experiment name.
+    pub name: String,
+    /// Added, removed or changed.
+    pub change: Change,
+    /// Parameters (resolved spec keys) whose value differs (empty for a new or removed
+    /// experiment: every parameter would be listed).
+    pub params: Vec<ParamChange>,
+    /// Every metric of either record.
+    pub metrics: Vec<MetricChange>,
+    /// Data fingerprints that differ, by split (`train`, `val`, `test`).
+    pub data: Vec<ValueChange>,
+    /// The model weights' LFS oid on each side.
+    pub model_oid: ValueChange,
+    /// The per-example comparison.
+    pub examples: Examples,
+}
+
+/// A value on each side (absent when the side has none).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ValueChange {
+    /// Key or split name.
+    pub key: String,
+    /// Base value.
+    pub base: Option<String>,
+    /// Head value.
+    pub head: Option<String>,
+}
+
+/// A parameter's value on each side.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ParamChange {
+    /// Dotted spec key.
+    pub key: String,
+    /// Base value.
+    pub base: Option<ParamValue>,
+    /// Head value.
+    pub head: Option<ParamValue>,
+}
+
+/// A resolved spec value: JSON gets the typed value, people get compact text (strings
+/// unquoted, `1e-30` rather than thirty zeros).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct ParamValue(pub toml::Value);
+
+impl std::fmt::Display for ParamValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            toml::Value::String(s) => f.write_str(s),
+            toml::Value::Float(x) if *x != 0.0 && (x.abs() < 1e-4 || x.abs() >= 1e9) => {
+                write!(f, "{x:e}")
+            }
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// How a metric moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Moved in the metric's better direction.
+    Better,
+    /// Moved in the worse direction.
+    Worse,
+    /// Unchanged.
+    Same,
+    /// The two values cannot be compared (different eval set or direction, or one missing).
+    NotComparable,
+}
+
+/// One metric on both sides.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricChange {
+    /// Metric name.
+    pub name: String,
+    /// Base value.
+    pub base: Option<f64>,
+    /// Head value.
+    pub head: Option<f64>,
+    /// head − base, when comparable.
+    pub delta: Option<f64>,
+    /// Better direction (from the head's record, else the base's).
+    pub direction: Option<Direction>,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why not comparable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The paired comparison of two runs' predictions on the same eval set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum Examples {
+    /// Both runs predicted the same examples.
+    Compared {
+        /// Examples in the eval set.
+        total: u64,
+        /// Wrong in base, right in head.
+        fixed: u64,
+        /// Right in base, wrong in head.
+        broken: u64,
+        /// Exact two-sided McNemar p-value.
+        p_value: f64,
+    },
+    /// Why the comparison cannot be made.
+    NotComparable {
+        /// The reason.
+        reason: String,
+    },
+}
+
+/// Compares the records of `base` and `head`.
+pub fn diff(repo: &Repository, base: &Snapshot, head: &Snapshot) -> Result<Diff, CompareError> {
+    let a = records_at(repo, base)?;
+    let b = records_at(repo, head)?;
+    if a.is_empty() && b.is_empty() {
+        return Err(CompareError::NoRecords(format!(
+            "{} or {}",
+            base.name, head.name
+        )));
+    }
+    let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let mut experiments = Vec::new();
+    for name in names {
+        let (ra, rb) = (a.get(name), b.get(name));
+        if let (Some(x), Some(y)) = (ra, rb) {
+            if x.record_blob == y.record_blob {
+                continue;
+            }
+        }
+        experiments.push(compare_one(repo, name, ra, rb)?);
+    }
+    Ok(Diff {
+        base: base.name.clone(),
+        head: head.name.clone(),
+        experiments,
+    })
+}
+
+fn compare_one(
+    repo: &Repository,
+    name: &str,
+    a: Option<&StoredRecord>,
+    b: Option<&StoredRecord>,
+) -> Result<ExperimentDiff, CompareError> {
+    let change = match (a, b) {
+        (None, Some(_)) => Change::Added,
+        (Some(_), None) => Change::Removed,
+        _ => Change::Changed,
+    };
+    let ra = a.map(|s| &s.record);
+    let rb = b.map(|s| &s.record);
+    Ok(ExperimentDiff {
+        name: name.to_string(),
+        change,
+        params: if change == Change::Changed {
+            param_changes(ra, rb)
+        } else {
+            Vec::new()
+        },
+        metrics: metric_changes(ra, rb),
+        data: data_changes(ra, rb),
+        model_oid: ValueChange {
+            key: "model.oid".into(),
+            base: ra.map(|r| r.model.oid.clone()),
+            head: rb.map(|r| r.model.oid.clone()),
+        },
+        examples: compare_examples(repo, a, b)?,
+    })
+}
+
+/// The resolved spec as `key = value` pairs.
+pub fn flat_params(record: &RunRecord) -> Vec<(String, ParamValue)> {
+    crate::spec::flatten(&record.params)
+        .into_iter()
+        .map(|(k, v)| (k, ParamValue(v)))
+        .collect()
+}
+
+fn param_changes(a: Option<&RunRecord>, b: Option<&RunRecord>) -> Vec<ParamChange> {
+    let pa: std::collections::BTreeMap<String, ParamValue> =
+        a.map(flat_params).unwrap_or_default().into_iter().collect();
+    let pb: std::collections::BTreeMap<String, ParamValue> =
+        b.map(flat_params).unwrap_or_default().into_iter().collect();
+    let keys: BTreeSet<&String> = pa.keys().chain(pb.keys()).collect();
+    keys.into_iter()
+        .filter(|k| pa.get(*k) != pb.get(*k))
+        .map(|k| ParamChange {
+            key: k.clone(),
+            base: pa.get(k).cloned(),
+            head: pb.get(k).cloned(),
+        })
+        .collect()
+}
+
+fn metric_changes(a: Option<&RunRecord>, b: Option<&RunRecord>) -> Vec<MetricChange> {
+    let names: BTreeSet<&String> = a
+        .into_iter()
+        .chain(b)
+        .flat_map(|r| r.metrics.values.keys())
+        .collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let va = a.and_then(|r| r.metrics.values.get(name).copied());
+            let vb = b.and_then(|r| r.metrics.values.get(name).copied());
+            let ma = a.and_then(|r| r.metrics.meta.get(name));
+            let mb = b.and_then(|r| r.metrics.meta.get(name));
+            let direction = mb.or(ma).map(|m| m.direction);
+            let not_comparable = |reason: &str| MetricChange {
+                name: name.clone(),
+                base: va,
+                head: vb,
+                delta: None,
+                direction,
+                verdict: Verdict::NotComparable,
+                reason: Some(reason.to_string()),
+            };
+            let (Some(x), Some(y)) = (va, vb) else {
+                return not_comparable(match (a, b) {
+                    (None, _) => "new experiment",
+                    (_, None) => "experiment removed",
+                    _ if va.is_none() => "no base value",
+                    _ => "no head value",
+                });
+            };
+            let (Some(ma), Some(mb)) = (ma, mb) else {
+                return not_comparable("a record lacks the metric's meta data");
+            };
+            if ma.direction != mb.direction {
+                return not_comparable("the metric's direction differs");
+            }
+            if ma.eval_set != mb.eval_set {
+                return not_comparable("measured on different eval sets");
+            }
+            let delta = y - x;
+            let verdict = if delta == 0.0 {
+                Verdict::Same
+            } else if (delta > 0.0) == (mb.direction == Direction::Max) {
+                Verdict::Better
+            } else {
+                Verdict::Worse
+            };
+            MetricChange {
+                name: name.clone(),
+                base: Some(x),
+                head: Some(y),
+                delta: Some(delta),
+                direction,
+                verdict,
+                reason: None,
+            }
+        })
+        .collect()
+}
+
+fn data_changes(a: Option<&RunRecord>, b: Option<&RunRecord>) -> Vec<ValueChange> {
+    let split = |r: Option<&RunRecord>, s: &str| -> Option<String> {
+        r.and_then(|r| match s {
+            "train" => Some(r.data.train.blake3.clone()),
+            "val" => r.data.val.as_ref().map(|v| v.blake3.clone()),
+            _ => Some(r.data.test.blake3.clone()),
+        })
+    };
+    ["train", "val", "test"]
+        .into_iter()
+        .filter(|s| split(a, s) != split(b, s))
+        .map(|s| ValueChange {
+            key: s.to_string(),
+            base: split(a, s),
+            head: split(b, s),
+        })
+        .collect()
+}
+
+fn compare_examples(
+    repo: &Repository,
+    a: Option<&StoredRecord>,
+    b: Option<&StoredRecord>,
+) -> Result<Examples, CompareError> {
+    let not = |reason: &str| {
+        Ok(Examples::NotComparable {
+            reason: reason.to_string(),
+        })
+    };
+    let (Some(a), Some(b)) = (a, b) else {
+        return not("the experiment has a record on one side only");
+    };
+    if a.record.data.test.blake3 != b.record.data.test.blake3 {
+        return not("the runs were evaluated on different eval sets (data.test blake3 differs)");
+    }
+    let (Some(pa), Some(pb)) = (a.predictions_blob, b.predictions_blob) else {
+        return not("predictions.bin is missing on one side");
+    };
+    let read = |oid| -> Result<Result<(Vec<u32>, Vec<u32>, usize), String>, CompareError> {
+        let blob = repo
+            .find_blob(oid)
+            .map_err(super::git_err("predictions.bin"))?;
+        Ok(decode_predictions(blob.content()).map_err(|e| e.to_string()))
+    };
+    let (la, pa, _) = match read(pa)? {
+        Ok(v) => v,
+        Err(e) => return not(&format!("base {e}")),
+    };
+    let (lb, pb, _) = match read(pb)? {
+        Ok(v) => v,
+        Err(e) => return not(&format!("head {e}")),
+    };
+    if la != lb {
+        return not("the two predictions files carry different labels");
+    }
+    let (mut fixed, mut broken) = (0u64, 0u64);
+    for ((label, x), y) in la.iter().zip(&pa).zip(&pb) {
+        match (x == label, y == label) {
+            (false, true) => fixed += 1,
+            (true, false) => broken += 1,
+            _ => {}
+        }
+    }
+    Ok(Examples::Compared {
+        total: la.len() as u64,
+        fixed,
+        broken,
+        p_value: mcnemar_exact(fixed, broken),
+    })
+}

@@ -1,0 +1,340 @@
+//! `exp log` and `exp show`: records across commits and branches, from Git objects alone.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use git2::{Oid, Repository, Sort};
+use serde::Serialize;
+
+use super::diff::{flat_params, ParamValue};
+use super::{git_err, parse_record, record_blobs, records_at, resolve, CompareError};
+use crate::record::{Direction, RunRecord};
+
+/// One commit that changed one experiment's record.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogRow {
+    /// Commit id.
+    pub commit: String,
+    /// Run tags on the commit.
+    pub tags: Vec<String>,
+    /// Branch the run was recorded on.
+    pub branch: String,
+    /// Commit time, RFC 3339.
+    pub date: String,
+    /// Experiment name.
+    pub experiment: String,
+    /// All resolved parameters (`exp log` prints those that vary).
+    pub params: BTreeMap<String, ParamValue>,
+    /// Metric values.
+    pub metrics: BTreeMap<String, f64>,
+    /// Metric directions.
+    #[serde(skip)]
+    pub directions: BTreeMap<String, Direction>,
+}
+
+/// What `exp log` selects.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    /// `A..B`, a revision, or none (HEAD).
+    pub range: Option<String>,
+    /// Only this experiment.
+    pub experiment: Option<String>,
+    /// Every local branch.
+    pub all: bool,
+    /// Filters like `accuracy>0.99`, all of which must hold.
+    pub filters: Vec<Filter>,
+    /// Sort best-first by this metric instead of history order.
+    pub sort: Option<String>,
+}
+
+/// `KEY OP VALUE` on a metric or parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    key: String,
+    op: &'static str,
+    value: String,
+}
+
+impl Filter {
+    /// Parses `accuracy>0.99`, `train.lr==0.001`, `model.name!=mlp`.
+    pub fn parse(text: &str) -> Result<Filter, String> {
+        for op in [">=", "<=", "==", "!=", ">", "<", "="] {
+            if let Some((key, value)) = text.split_once(op) {
+                let (key, value) = (key.trim(), value.trim());
+                if key.is_empty() || value.is_empty() {
+                    break;
+                }
+                let op = if op == "=" { "==" } else { op };
+                return Ok(Filter {
+                    key: key.into(),
+                    op,
+                    value: value.trim_matches('"').into(),
+                });
+            }
+        }
+        Err(format!(
+            "{text:?} is not KEY OP VALUE (ops: > >= < <= == !=), e.g. 'accuracy>0.99'"
+        ))
+    }
+
+    fn matches(&self, row: &LogRow) -> bool {
+        let actual: Option<String> = row
+            .metrics
+            .get(&self.key)
+            .map(|v| v.to_string())
+            .or_else(|| row.params.get(&self.key).map(|v| v.to_string()));
+        let Some(actual) = actual else { return false };
+        match (actual.parse::<f64>(), self.value.parse::<f64>()) {
+            (Ok(a), Ok(b)) => match self.op {
+                ">" => a > b,
+                ">=" => a >= b,
+                "<" => a < b,
+                "<=" => a <= b,
+                "==" => a == b,
+                _ => a != b,
+            },
+            _ => match self.op {
+                "==" => actual == self.value,
+                "!=" => actual != self.value,
+                _ => false,
+            },
+        }
+    }
+}
+
+/// Run tags by the commit they point at.
+pub fn run_tags(repo: &Repository) -> Result<HashMap<Oid, Vec<String>>, CompareError> {
+    let mut out: HashMap<Oid, Vec<String>> = HashMap::new();
+    let names = repo.tag_names(Some("run/*")).map_err(git_err("tags"))?;
+    for name in names.iter().flatten() {
+        if let Ok(commit) = repo
+            .revparse_single(&format!("refs/tags/{name}"))
+            .and_then(|o| o.peel_to_commit())
+        {
+            out.entry(commit.id()).or_default().push(name.to_string());
+        }
+    }
+    for tags in out.values_mut() {
+        tags.sort();
+    }
+    Ok(out)
+}
+
+/// The commits of `query` that changed a record, one row per changed record, in history order
+/// (oldest first) unless sorted.
+pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareError> {
+    let mut walk = repo.revwalk().map_err(git_err("history"))?;
+    walk.set_sorting(Sort::TOPOLOGICAL | Sort::TIME | Sort::REVERSE)
+        .map_err(git_err("history"))?;
+    if query.all {
+        walk.push_glob("refs/heads/*")
+            .map_err(git_err("branches"))?;
+    } else {
+        match query.range.as_deref() {
+            Some(range) if range.contains("..") => {
+                walk.push_range(range)
+                    .map_err(|e| CompareError::UnknownRevision {
+                        rev: range.to_string(),
+                        message: e.message().to_string(),
+                    })?
+            }
+            Some(rev) => {
+                let snapshot = resolve(repo, rev)?;
+                let commit = snapshot
+                    .commit
+                    .ok_or_else(|| CompareError::UnknownRevision {
+                        rev: rev.to_string(),
+                        message: "names a tree, not a commit".into(),
+                    })?;
+                walk.push(commit.id()).map_err(git_err("history"))?;
+            }
+            None => walk
+                .push_head()
+                .map_err(|e| CompareError::UnknownRevision {
+                    rev: "HEAD".into(),
+                    message: e.message().to_string(),
+                })?,
+        }
+    }
+    let tags = run_tags(repo)?;
+    let mut rows = Vec::new();
+    for oid in walk {
+        let oid = oid.map_err(git_err("history"))?;
+        let commit = repo
+            .find_commit(oid)
+            .map_err(git_err(format!("commit {oid}")))?;
+        let tree = commit.tree().map_err(git_err(format!("tree of {oid}")))?;
+        let now = record_blobs(repo, &tree)?;
+        let before = match commit.parent(0) {
+            Ok(parent) => record_blobs(
+                repo,
+                &parent
+                    .tree()
+                    .map_err(git_err(format!("tree of {}", parent.id())))?,
+            )?,
+            Err(_) => BTreeMap::new(),
+        };
+        for (name, blob) in now {
+            if before.get(&name) == Some(&blob) {
+                continue;
+            }
+            if query.experiment.as_ref().is_some_and(|e| *e != name) {
+                continue;
+            }
+            let record = parse_record(repo, blob, &oid.to_string(), &name)?;
+            rows.push(row(
+                &commit,
+                &name,
+                &record,
+                tags.get(&oid).cloned().unwrap_or_default(),
+            ));
+        }
+    }
+    rows.retain(|r| query.filters.iter().all(|f| f.matches(r)));
+    if let Some(metric) = &query.sort {
+        rows.retain(|r| r.metrics.contains_key(metric));
+        rows.sort_by(|a, b| {
+            let (x, y) = (a.metrics[metric], b.metrics[metric]);
+            let best_first = match a.directions.get(metric) {
+                Some(Direction::Min) => x.total_cmp(&y),
+                _ => y.total_cmp(&x),
+            };
+            best_first
+        });
+    }
+    Ok(rows)
+}
+
+fn row(commit: &git2::Commit, name: &str, record: &RunRecord, tags: Vec<String>) -> LogRow {
+    let time = commit.time();
+    let date = chrono::DateTime::from_timestamp(time.seconds(), 0)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    LogRow {
+        commit: commit.id().to_string(),
+        tags,
+        branch: record.run.branch.clone(),
+        date,
+        experiment: name.to_string(),
+        params: flat_params(record).into_iter().collect(),
+        metrics: record.metrics.values.clone(),
+        directions: record
+            .metrics
+            .meta
+            .iter()
+            .map(|(k, m)| (k.clone(), m.direction))
+            .collect(),
+    }
+}
+
+/// Parameter keys whose value differs between rows of the same experiment.
+pub fn varying_params(rows: &[LogRow]) -> Vec<String> {
+    let mut varying = BTreeSet::new();
+    let mut by_experiment: BTreeMap<&str, Vec<&LogRow>> = BTreeMap::new();
+    for r in rows {
+        by_experiment.entry(&r.experiment).or_default().push(r);
+    }
+    for group in by_experiment.values() {
+        let keys: BTreeSet<&String> = group.iter().flat_map(|r| r.params.keys()).collect();
+        for key in keys {
+            let values: BTreeSet<String> = group
+                .iter()
+                .map(|r| r.params.get(key).map(|v| v.to_string()).unwrap_or_default())
+                .collect();
+            if values.len() > 1 {
+                varying.insert(key.clone());
+            }
+        }
+    }
+    varying.into_iter().collect()
+}
+
+/// One experiment's record as it stands at a branch or revision.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowRow {
+    /// The branch or revision looked at.
+    pub at: String,
+    /// Experiment name.
+    pub experiment: String,
+    /// Run id.
+    pub run: String,
+    /// Branch the run was recorded on.
+    pub branch: String,
+    /// When the run started.
+    pub started: String,
+    /// Metric values.
+    pub metrics: BTreeMap<String, f64>,
+    /// Weights oid.
+    pub model_oid: String,
+}
+
+/// The records at `rev`, or at the tip of every local branch.
+pub fn show(
+    repo: &Repository,
+    rev: &str,
+    all_branches: bool,
+) -> Result<Vec<ShowRow>, CompareError> {
+    let mut targets = Vec::new();
+    if all_branches {
+        for branch in repo
+            .branches(Some(git2::BranchType::Local))
+            .map_err(git_err("branches"))?
+        {
+            let (branch, _) = branch.map_err(git_err("branches"))?;
+            if let Ok(Some(name)) = branch.name() {
+                targets.push(name.to_string());
+            }
+        }
+    } else {
+        targets.push(rev.to_string());
+    }
+    let mut rows = Vec::new();
+    for target in targets {
+        let snapshot = resolve(repo, &target)?;
+        for (name, stored) in records_at(repo, &snapshot)? {
+            let r = stored.record;
+            rows.push(ShowRow {
+                at: target.clone(),
+                experiment: name,
+                run: r.run.id[..12.min(r.run.id.len())].to_string(),
+                branch: r.run.branch,
+                started: r.run.started,
+                metrics: r.metrics.values,
+                model_oid: r.model.oid,
+            });
+        }
+    }
+    if rows.is_empty() && !all_branches {
+        return Err(CompareError::NoRecords(rev.to_string()));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_and_match() {
+        let f = Filter::parse("accuracy>=0.9").unwrap();
+        let mut row = LogRow {
+            commit: String::new(),
+            tags: vec![],
+            branch: String::new(),
+            date: String::new(),
+            experiment: "x".into(),
+            params: BTreeMap::from([(
+                "model.name".into(),
+                ParamValue(toml::Value::String("mlp".into())),
+            )]),
+            metrics: BTreeMap::from([("accuracy".into(), 0.95)]),
+            directions: BTreeMap::new(),
+        };
+        assert!(f.matches(&row));
+        row.metrics.insert("accuracy".into(), 0.85);
+        assert!(!f.matches(&row));
+        assert!(Filter::parse("model.name=mlp").unwrap().matches(&row));
+        assert!(!Filter::parse("model.name!=mlp").unwrap().matches(&row));
+        assert!(Filter::parse("accuracy").is_err());
+        assert!(Filter::parse(">3").is_err());
+    }
+}

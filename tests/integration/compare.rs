@@ -1,0 +1,298 @@
+//! `exp diff`, `exp log`, `exp show`: golden tests on a repository built with real `git`, fixed
+//! dates and identities (so commit ids are stable), and records written by exp's own record
+//! writer. `EXP_BLESS=1` rewrites the expected files in tests/golden/.
+
+use std::path::{Path, PathBuf};
+
+use exp::eval::encode_predictions;
+use exp::record::RunRecord;
+
+use crate::common::*;
+
+const N: u32 = 100;
+
+fn labels() -> Vec<u32> {
+    (0..N).map(|i| i % 10).collect()
+}
+
+/// Predictions that are right exactly on `right`.
+fn predictions(right: impl Fn(u32) -> bool) -> Vec<u32> {
+    labels()
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| if right(i as u32) { l } else { (l + 1) % 10 })
+        .collect()
+}
+
+struct Builder<'a> {
+    env: &'a Env,
+    dir: PathBuf,
+    clock: u64,
+}
+
+impl Builder<'_> {
+    fn git(&mut self, args: &[&str]) -> String {
+        self.clock += 60;
+        let date = format!("{} +0000", 1_700_000_000 + self.clock);
+        let out = std::process::Command::new("git")
+            .current_dir(&self.dir)
+            .args(args)
+            .env("HOME", &self.env.home)
+            .env("GIT_CONFIG_GLOBAL", self.env.home.join(".gitconfig"))
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", describe(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Commits a record for `name` built from the fixture by `edit`, with `preds`.
+    fn run(
+        &mut self,
+        name: &str,
+        branch: &str,
+        n: u32,
+        preds: &[u32],
+        edit: impl Fn(&mut RunRecord),
+    ) {
+        let mut record = RunRecord::from_toml(include_str!("../fixtures/record.toml")).unwrap();
+        record.run.experiment = name.into();
+        record.run.branch = branch.into();
+        record.data.test.examples = N as usize;
+        let correct = labels().iter().zip(preds).filter(|(a, b)| a == b).count();
+        record
+            .metrics
+            .values
+            .insert("accuracy".into(), correct as f64 / N as f64);
+        edit(&mut record);
+        let dir = self.dir.join("experiments").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("metrics.toml"), record.to_toml().unwrap()).unwrap();
+        std::fs::write(
+            dir.join("predictions.bin"),
+            encode_predictions(&labels(), preds, 10),
+        )
+        .unwrap();
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", &format!("exp run {name}")]);
+        let tag = format!("run/{}/{name}/{n}", branch.replace('/', "-"));
+        self.git(&["tag", "-a", &tag, "-m", "run"]);
+    }
+}
+
+fn build(env: &Env) -> PathBuf {
+    let dir = env.path("history");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut b = Builder {
+        env,
+        dir: dir.clone(),
+        clock: 0,
+    };
+    b.git(&["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("README.md"), "golden\n").unwrap();
+    b.git(&["add", "-A"]);
+    b.git(&["commit", "-q", "-m", "start"]);
+    b.git(&["branch", "develop"]);
+    b.git(&["switch", "-q", "-c", "feature/golden"]);
+    // 1: 90 right. 2: lr halved, fixes 90..95, breaks 0..2 (93 right). 3: mnist-mlp added.
+    // 4: same predictions as 2, another seed: zero discordant pairs.
+    // 5: evaluated on a different eval set: not comparable.
+    b.run(
+        "mnist-cnn",
+        "feature/golden",
+        1,
+        &predictions(|i| i < 90),
+        |_| {},
+    );
+    b.run(
+        "mnist-cnn",
+        "feature/golden",
+        2,
+        &predictions(|i| (2..95).contains(&i)),
+        |r| {
+            r.params.train.lr = 0.0005;
+            r.metrics.values.insert("loss".into(), 0.30);
+        },
+    );
+    b.run(
+        "mnist-mlp",
+        "feature/golden",
+        1,
+        &predictions(|i| i % 4 != 0),
+        |r| {
+            r.params.model.name = exp::spec::ModelName::Mlp;
+            r.params.model.hidden = Some(vec![128]);
+            r.params.model.dropout = Some(0.0);
+        },
+    );
+    b.run(
+        "mnist-cnn",
+        "feature/golden",
+        3,
+        &predictions(|i| (2..95).contains(&i)),
+        |r| {
+            r.params.train.lr = 0.0005;
+            r.params.train.seed = 2;
+            r.metrics.values.insert("loss".into(), 0.29);
+        },
+    );
+    b.run(
+        "mnist-cnn",
+        "feature/golden",
+        4,
+        &predictions(|i| i < 97),
+        |r| {
+            r.params.train.lr = 0.0005;
+            r.params.data.test_limit = 100;
+            r.data.test.blake3 = "0".repeat(64);
+            for meta in r.metrics.meta.values_mut() {
+                meta.eval_set = "0".repeat(64);
+            }
+        },
+    );
+    dir
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("EXP_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing: run with EXP_BLESS=1", path.display()));
+    assert_eq!(actual, expected, "output differs from {}", path.display());
+}
+
+#[test]
+fn golden_diff_log_show() {
+    let env = Env::new();
+    let dir = build(&env);
+    let run = |args: &[&str]| env.exp_ok(&dir, args);
+    golden("log.txt", &run(&["log"]));
+    golden(
+        "log-filtered.txt",
+        &run(&[
+            "log",
+            "--where",
+            "accuracy>=0.93",
+            "--sort",
+            "accuracy",
+            "--experiment",
+            "mnist-cnn",
+        ]),
+    );
+    golden(
+        "log.json",
+        &run(&[
+            "log",
+            "develop..HEAD",
+            "--experiment",
+            "mnist-mlp",
+            "--json",
+        ]),
+    );
+    golden("show.txt", &run(&["show"]));
+    golden("show-all.txt", &run(&["show", "--all-branches"]));
+    let t = |n: u32| format!("run/feature-golden/mnist-cnn/{n}");
+    golden("diff-1-2.txt", &run(&["diff", &t(1), &t(2)]));
+    golden("diff-1-2.md", &run(&["diff", &t(1), &t(2), "--md"]));
+    golden("diff-1-2.json", &run(&["diff", &t(1), &t(2), "--json"]));
+    golden("diff-2-3.txt", &run(&["diff", &t(2), &t(3)]));
+    golden("diff-3-4.txt", &run(&["diff", &t(3), &t(4)]));
+    golden("diff-default.txt", &run(&["diff"]));
+}
+
+#[test]
+fn diff_counts_and_p_values_are_exact() {
+    let env = Env::new();
+    let dir = build(&env);
+    let json = |a: &str, b: &str| -> serde_json::Value {
+        serde_json::from_str(&env.exp_ok(&dir, &["diff", a, b, "--json"])).unwrap()
+    };
+    // Independent exact binomial sum: p = min(1, 2·Σ_{i≤min(b,c)} C(b+c, i) / 2^(b+c)).
+    fn exact(b: u64, c: u64) -> f64 {
+        let n = b + c;
+        let mut sum = 0f64;
+        let mut choose = 1f64;
+        for i in 0..=b.min(c) {
+            if i > 0 {
+                choose = choose * (n - i + 1) as f64 / i as f64;
+            }
+            sum += choose;
+        }
+        if n == 0 {
+            1.0
+        } else {
+            (2.0 * sum / 2f64.powi(n as i32)).min(1.0)
+        }
+    }
+    let t = |n: u32| format!("run/feature-golden/mnist-cnn/{n}");
+    let d = json(&t(1), &t(2));
+    let ex = &d["experiments"][0]["examples"];
+    assert_eq!(
+        (ex["fixed"].as_u64(), ex["broken"].as_u64()),
+        (Some(5), Some(2))
+    );
+    assert!((ex["p_value"].as_f64().unwrap() - exact(5, 2)).abs() < 1e-12);
+    assert!((exact(5, 2) - 0.453125).abs() < 1e-12);
+    // Reverse direction: fixed and broken swap, p the same (ties in the test's symmetry).
+    let d = json(&t(2), &t(1));
+    let ex = &d["experiments"][0]["examples"];
+    assert_eq!(
+        (ex["fixed"].as_u64(), ex["broken"].as_u64()),
+        (Some(2), Some(5))
+    );
+    // Zero discordant pairs: p = 1.
+    let d = json(&t(2), &t(3));
+    let ex = &d["experiments"][0]["examples"];
+    assert_eq!(
+        (
+            ex["fixed"].as_u64(),
+            ex["broken"].as_u64(),
+            ex["p_value"].as_f64()
+        ),
+        (Some(0), Some(0), Some(1.0))
+    );
+    // A different eval set: no verdict, a reason.
+    let d = json(&t(3), &t(4));
+    let e = &d["experiments"][0];
+    assert_eq!(e["examples"]["status"], "not-comparable");
+    assert!(e["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["verdict"] == "not-comparable"));
+}
+
+#[test]
+fn compare_errors_exit_2_with_hints() {
+    let env = Env::new();
+    let dir = build(&env);
+    for (args, needle) in [
+        (vec!["diff", "no-such-rev", "HEAD"], "unknown revision"),
+        (vec!["show", "main"], "no run record at main"),
+        (vec!["log", "--where", "accuracy"], "KEY OP VALUE"),
+    ] {
+        let out = env.exp(&dir, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    // A corrupt record is an error, never skipped.
+    std::fs::write(
+        dir.join("experiments/mnist-mlp/metrics.toml"),
+        "[run\nbroken",
+    )
+    .unwrap();
+    env.git(&dir, &["commit", "-qam", "damage"]);
+    let out = env.exp(&dir, &["show"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("corrupt run record experiments/mnist-mlp/metrics.toml"),
+        "{}",
+        stderr(&out)
+    );
+}
