@@ -4,6 +4,7 @@
 mod diff;
 mod init;
 mod log;
+mod plot;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ pub enum Command {
     Log(log::LogArgs),
     /// Show every experiment's record at a revision or on every branch.
     Show(log::ShowArgs),
+    /// Write an HTML report with charts: metrics across runs, training curves, confusion matrix.
+    Plot(plot::PlotArgs),
 }
 
 /// A command-line argument that parses but makes no sense (exit 2).
@@ -64,5 +67,6 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Diff(args) => diff::execute(args),
         Command::Log(args) => log::execute_log(args),
         Command::Show(args) => log::execute_show(args),
+        Command::Plot(args) => plot::execute(args),
     }
 }

@@ -49,3 +49,4 @@ pub fn p_value(p: f64) -> String {
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(10)]
 }
+pub mod plot;

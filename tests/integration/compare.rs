@@ -74,6 +74,19 @@ impl Builder<'_> {
             encode_predictions(&labels(), preds, 10),
         )
         .unwrap();
+        let accuracy = record.metrics.values["accuracy"];
+        let history: String = (1..=3)
+            .map(|e| {
+                format!(
+                    "{e},0.001,{},,,{},{},1.0\n",
+                    1.0 / e as f64,
+                    0.5 / e as f64,
+                    accuracy - 0.1 / e as f64
+                )
+            })
+            .collect();
+        let header = "epoch,lr,train_loss,val_loss,val_accuracy,eval_loss,eval_accuracy,seconds\n";
+        std::fs::write(dir.join("history.csv"), format!("{header}{history}")).unwrap();
         self.git(&["add", "-A"]);
         self.git(&["commit", "-q", "-m", &format!("exp run {name}")]);
         let tag = format!("run/{}/{name}/{n}", branch.replace('/', "-"));
@@ -295,4 +308,60 @@ fn compare_errors_exit_2_with_hints() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn plot_writes_a_self_contained_report() {
+    let env = Env::new();
+    let dir = build(&env);
+    env.git(
+        &dir,
+        &[
+            "switch",
+            "-q",
+            "-c",
+            "feature/other",
+            "run/feature-golden/mnist-cnn/2",
+        ],
+    );
+    let out = env.exp_ok(
+        &dir,
+        &["plot", "--out", "report.html", "--experiment", "mnist-cnn"],
+    );
+    assert!(out.contains("Wrote report.html"), "{out}");
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    // Metric across runs, two training-curve charts, the confusion matrix.
+    assert_eq!(html.matches("<svg").count(), 4, "{html}");
+    for needle in [
+        "mnist-cnn: accuracy across runs",
+        "feature/golden",
+        "feature/other",
+        "confusion matrix at HEAD",
+        "eval accuracy per epoch",
+    ] {
+        assert!(html.contains(needle), "report lacks {needle:?}");
+    }
+    assert!(!html.contains("<script"), "self-contained, no scripts");
+    // Training curves overlay the chosen runs.
+    env.exp_ok(
+        &dir,
+        &[
+            "plot",
+            "--out",
+            "runs.html",
+            "--run",
+            "run/feature-golden/mnist-cnn/1",
+            "--run",
+            "run/feature-golden/mnist-cnn/4",
+        ],
+    );
+    let html = std::fs::read_to_string(dir.join("runs.html")).unwrap();
+    assert!(
+        html.contains("run/feature-golden/mnist-cnn/1")
+            && html.contains("run/feature-golden/mnist-cnn/4")
+    );
+    // Nothing to plot is an error, not an empty report.
+    let out = env.exp(&dir, &["plot", "--experiment", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }

@@ -1,0 +1,214 @@
+//! `exp plot`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::compare::history::{log, LogQuery};
+use crate::compare::{records_at, resolve};
+use crate::report::plot::{confusion_chart, escape, html, line_chart, parse_history, Series};
+use crate::report::short;
+use crate::Error;
+
+/// Arguments of `exp plot`.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Write a self-contained HTML report with SVG charts, from Git objects alone:
+  - a metric across the runs of one or more branches, one line per branch;
+  - the training curves (eval accuracy and training loss per epoch, from history.csv) of two or more \
+runs overlaid;
+  - a run's confusion matrix.
+Open the file in any browser; it needs nothing else."
+)]
+pub struct PlotArgs {
+    /// Where to write the report.
+    #[arg(long, default_value = "exp-report.html")]
+    pub out: PathBuf,
+    /// Only this experiment (default: every experiment with runs).
+    #[arg(long, short)]
+    pub experiment: Option<String>,
+    /// The metric to chart across runs.
+    #[arg(long, default_value = "accuracy")]
+    pub metric: String,
+    /// Branches to chart (repeatable; default: every local branch with runs).
+    #[arg(long = "branch", value_name = "BRANCH")]
+    pub branches: Vec<String>,
+    /// Runs whose training curves to overlay (revisions or run tags; default: each branch's tip).
+    #[arg(long = "run", value_name = "REV")]
+    pub runs: Vec<String>,
+    /// The revision whose confusion matrix to draw.
+    #[arg(long, default_value = "HEAD")]
+    pub confusion: String,
+}
+
+pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
+    let repo = crate::git::open(&super::cwd()?)?;
+    let usage = |m: String| Error::Usage(super::UsageError(m));
+    let branches: Vec<String> = if args.branches.is_empty() {
+        let mut names = Vec::new();
+        for b in repo
+            .branches(Some(git2::BranchType::Local))
+            .map_err(|e| usage(e.to_string()))?
+        {
+            let (b, _) = b.map_err(|e| usage(e.to_string()))?;
+            if let Ok(Some(name)) = b.name() {
+                names.push(name.to_string());
+            }
+        }
+        names
+    } else {
+        args.branches.clone()
+    };
+
+    // Runs per branch, per experiment.
+    let mut per_branch = Vec::new();
+    for branch in &branches {
+        let rows = log(
+            &repo,
+            &LogQuery {
+                range: Some(branch.clone()),
+                experiment: args.experiment.clone(),
+                ..Default::default()
+            },
+        )?;
+        per_branch.push((branch.clone(), rows));
+    }
+    let mut experiments: Vec<String> = per_branch
+        .iter()
+        .flat_map(|(_, rows)| rows.iter().map(|r| r.experiment.clone()))
+        .collect();
+    experiments.sort();
+    experiments.dedup();
+    if experiments.is_empty() {
+        return Err(crate::compare::CompareError::NoRecords(branches.join(", ")).into());
+    }
+
+    let mut sections = Vec::new();
+    for experiment in &experiments {
+        // 1. The metric across runs, one line per branch that has runs.
+        let mut series = Vec::new();
+        for (branch, rows) in &per_branch {
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| &r.experiment == experiment)
+                .filter_map(|r| r.metrics.get(&args.metric).copied())
+                .enumerate()
+                .map(|(i, v)| ((i + 1) as f64, v))
+                .collect();
+            if !points.is_empty() {
+                series.push(Series {
+                    label: branch.clone(),
+                    points,
+                    ticks: Vec::new(),
+                });
+            }
+        }
+        let title = format!("{experiment}: {} across runs", args.metric);
+        let body = if series.is_empty() {
+            format!(
+                "<p class=\"note\">No run of {} records {}.</p>",
+                escape(experiment),
+                escape(&args.metric)
+            )
+        } else {
+            line_chart(
+                &title,
+                "run on the branch (oldest first)",
+                &args.metric,
+                &series,
+            )
+            .map_err(|e| usage(e.to_string()))?
+        };
+        sections.push((title, body));
+
+        // 2. Training curves of several runs.
+        let revs: Vec<String> = if args.runs.is_empty() {
+            per_branch
+                .iter()
+                .filter(|(_, rows)| rows.iter().any(|r| &r.experiment == experiment))
+                .map(|(b, _)| b.clone())
+                .collect()
+        } else {
+            args.runs.clone()
+        };
+        let (mut accuracy, mut loss) = (Vec::new(), Vec::new());
+        let mut seen = std::collections::BTreeSet::new();
+        for rev in &revs {
+            let snapshot = resolve(&repo, rev)?;
+            let path = format!("experiments/{experiment}/history.csv");
+            let Ok(entry) = snapshot.tree.get_path(std::path::Path::new(&path)) else {
+                continue;
+            };
+            if !seen.insert(entry.id()) {
+                continue; // the same run reached from two branches
+            }
+            let blob = repo
+                .find_blob(entry.id())
+                .map_err(|e| usage(e.to_string()))?;
+            let history = parse_history(blob.content())
+                .map_err(|e| usage(format!("{path} at {rev}: {e}")))?;
+            let label = if rev.len() == 40 {
+                short(rev).to_string()
+            } else {
+                rev.clone()
+            };
+            accuracy.push(Series {
+                label: label.clone(),
+                points: history
+                    .iter()
+                    .map(|h| (h.epoch as f64, h.eval_accuracy))
+                    .collect(),
+                ticks: Vec::new(),
+            });
+            loss.push(Series {
+                label,
+                points: history
+                    .iter()
+                    .map(|h| (h.epoch as f64, h.train_loss))
+                    .collect(),
+                ticks: Vec::new(),
+            });
+        }
+        let title = format!("{experiment}: training curves");
+        let body = if accuracy.is_empty() {
+            "<p class=\"note\">No history.csv in the selected runs.</p>".to_string()
+        } else {
+            let a = line_chart(
+                &format!("{experiment}: eval accuracy per epoch"),
+                "epoch",
+                "eval accuracy",
+                &accuracy,
+            )
+            .map_err(|e| usage(e.to_string()))?;
+            let l = line_chart(
+                &format!("{experiment}: training loss per epoch"),
+                "epoch",
+                "train loss",
+                &loss,
+            )
+            .map_err(|e| usage(e.to_string()))?;
+            format!("{a}\n{l}")
+        };
+        sections.push((title, body));
+
+        // 3. The confusion matrix at the chosen revision.
+        let snapshot = resolve(&repo, &args.confusion)?;
+        if let Some(stored) = records_at(&repo, &snapshot)?.get(experiment) {
+            let title = format!("{experiment}: confusion matrix at {}", args.confusion);
+            let svg = confusion_chart(&title, &stored.record.eval.confusion)
+                .map_err(|e| usage(e.to_string()))?;
+            sections.push((title, svg));
+        }
+    }
+    let report = html("exp report", &sections);
+    std::fs::write(&args.out, report)
+        .map_err(|e| usage(format!("cannot write {}: {e}", args.out.display())))?;
+    println!(
+        "Wrote {} ({} sections, {} experiment(s), branches: {})",
+        args.out.display(),
+        sections.len(),
+        experiments.len(),
+        branches.join(", ")
+    );
+    Ok(())
+}
