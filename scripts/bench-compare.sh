@@ -26,7 +26,7 @@ gen="$project/target/release/examples/make_history"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 results="$work/results"; mkdir -p "$results"
 time_cmd() {  # NAME SIZE MODE(warm|cold) PREPARE COMMAND
-  local name=$1 size=$2 mode=$3 prepare=$4 cmd=$5 runs=10
+  local name=${1//\//%} size=$2 mode=$3 prepare=$4 cmd=$5 runs=10   # '/' cannot be in a file name
   [ "$mode" = cold ] && runs=3
   case "$cmd" in *dvc*) runs=3 ;; esac
   hyperfine -N --style none --runs "$runs" ${prepare:+--prepare "$prepare"} $([ "$mode" = warm ] && echo --warmup 1) \
@@ -36,9 +36,12 @@ drop_caches='sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true'
 for n in "${sizes[@]}"; do
   echo "building $n commits" >&2
   "$gen" "$work/exp-$n" "$n" >&2
+  # exp commits through libgit2, which never auto-packs; the user's next `git commit` or
+  # `git merge` would (gc.auto). Measure the repository as it lives: packed.
+  git -C "$work/exp-$n" gc -q
   cd "$work/exp-$n"
   for mode in cold warm; do
-    prep=; [ "$mode" = cold ] && prep="bash -c '$drop_caches'"
+    prep=; [ "$mode" = cold ] && prep="bash -c 'rm -rf .git/exp; $drop_caches'"
     time_cmd "exp log" "$n" $mode "$prep" "$exp log"
     time_cmd "exp diff" "$n" $mode "$prep" "$exp diff run/feature-bench/mnist-cnn/1 run/feature-bench/mnist-cnn/$n"
     time_cmd "exp show" "$n" $mode "$prep" "$exp show"
@@ -47,6 +50,7 @@ for n in "${sizes[@]}"; do
   done
   if [ "$n" -le 1000 ]; then
     "$gen" "$work/dvc-$n" "$n" --dvc >&2
+    git -C "$work/dvc-$n" gc -q
     cd "$work/dvc-$n"
     first=$(git rev-list --max-parents=0 HEAD)
     for mode in cold warm; do
@@ -63,14 +67,14 @@ import json, os, sys, glob, datetime, platform
 results, dvc_version, sizes = sys.argv[1], sys.argv[2], sys.argv[3:]
 med = {}
 for f in glob.glob(os.path.join(results, "*.json")):
-    name, size, mode = os.path.basename(f)[:-5].split("@")
+    name, size, mode = os.path.basename(f)[:-5].replace("%", "/").split("@")
     r = json.load(open(f))["results"][0]
     med[(name, size, mode)] = r["median"]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"### exp log / diff / show vs git and DVC — {datetime.date.today()}\n")
 print(f"Command: `scripts/bench-compare.sh {' '.join(sizes)}`  ")
-print(f"Machine: {cpu}, {os.cpu_count()} cores. DVC {dvc_version}. Medians of hyperfine runs (10 warm after 1 warm-up; "
-      "3 cold with the page cache dropped and, for DVC, .dvc/tmp and its site cache removed).\n")
+print(f"Machine: {cpu}, {os.cpu_count()} cores. DVC {dvc_version}. Repositories packed (`git gc`). Medians of hyperfine runs "
+      "(10 warm after 1 warm-up; 3 cold: page cache dropped, exp's .git/exp cache and, for DVC, .dvc/tmp and its site cache removed).\n")
 fmt = lambda s: "–" if s is None else (f"{s*1000:.0f} ms" if s >= 0.1 else f"{s*1000:.1f} ms")
 names = ["exp log", "exp diff", "exp show", "git log --oneline", "git log -p -- experiments/",
          "dvc metrics diff", "dvc params diff", "dvc exp show -A --json"]

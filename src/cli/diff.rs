@@ -36,6 +36,7 @@ pub struct DiffArgs {
 }
 
 pub(super) fn execute(args: DiffArgs) -> Result<(), Error> {
+    crate::compare::fast_reads();
     let repo = crate::git::open(&super::cwd()?)?;
     let base = match args.base {
         Some(b) => b,
@@ -44,7 +45,7 @@ pub(super) fn execute(args: DiffArgs) -> Result<(), Error> {
     let head = args.head.unwrap_or_else(|| "HEAD".to_string());
     let d = diff(&repo, &resolve(&repo, &base)?, &resolve(&repo, &head)?)?;
     if args.json {
-        println!(
+        super::outln!(
             "{}",
             serde_json::to_string_pretty(&d).map_err(super::json_error)?
         );
@@ -56,17 +57,17 @@ pub(super) fn execute(args: DiffArgs) -> Result<(), Error> {
         d.base.clone()
     };
     if d.experiments.is_empty() {
-        println!("No run record differs between {base_name} and {}.", d.head);
+        super::outln!("No run record differs between {base_name} and {}.", d.head);
         return Ok(());
     }
     for (i, e) in d.experiments.iter().enumerate() {
         if i > 0 {
-            println!();
+            super::outln!();
         }
         if args.md {
-            print!("{}", markdown(e, &base_name, &d.head));
+            super::outln!("{}", markdown(e, &base_name, &d.head).trim_end());
         } else {
-            print!("{}", text(e, &base_name, &d.head));
+            super::outln!("{}", text(e, &base_name, &d.head).trim_end());
         }
     }
     Ok(())

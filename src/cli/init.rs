@@ -31,33 +31,33 @@ pub(super) fn execute(args: InitArgs) -> Result<(), Error> {
     let report = init(&args.dir)?;
     let dir = report.dir.display();
     if report.created_repository {
-        println!("Initialised a Git repository in {dir}");
+        super::outln!("Initialised a Git repository in {dir}");
     } else {
-        println!("Using the existing repository in {dir}");
+        super::outln!("Using the existing repository in {dir}");
     }
     for f in &report.files_written {
-        println!("  wrote {f}");
+        super::outln!("  wrote {f}");
     }
     if let Some(commit) = &report.commit {
-        println!("  committed them as {}", &commit[..commit.len().min(10)]);
+        super::outln!("  committed them as {}", &commit[..commit.len().min(10)]);
     }
     for b in &report.branches_created {
-        println!("  created branch {b}");
+        super::outln!("  created branch {b}");
     }
     if report.files_written.is_empty()
         && report.branches_created.is_empty()
         && !report.created_repository
     {
-        println!("  already set up; nothing to change");
+        super::outln!("  already set up; nothing to change");
     }
     match report.lfs {
-        LfsFilter::GitLfs => println!("  Git LFS: git-lfs handles *.safetensors in this repository"),
+        LfsFilter::GitLfs => super::outln!("  Git LFS: git-lfs handles *.safetensors in this repository"),
         LfsFilter::Missing => eprintln!(
             "warning: git-lfs is not installed. exp still stores weights as LFS objects and commits \
 pointers, but `git status` will show the weights modified and a clone will not restore them \
 until git-lfs is installed (then run `exp init` again)."
         ),
     }
-    println!("Next: exp run mnist-cnn");
+    super::outln!("Next: exp run mnist-cnn");
     Ok(())
 }

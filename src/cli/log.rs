@@ -58,6 +58,7 @@ pub struct ShowArgs {
 }
 
 pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
+    crate::compare::fast_reads();
     let repo = crate::git::open(&super::cwd()?)?;
     let filters = args
         .filters
@@ -74,14 +75,14 @@ pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
     };
     let rows = log(&repo, &query)?;
     if args.json {
-        println!(
+        super::outln!(
             "{}",
             serde_json::to_string_pretty(&rows).map_err(super::json_error)?
         );
         return Ok(());
     }
     if rows.is_empty() {
-        println!("No commit in that history changed a run record.");
+        super::outln!("No commit in that history changed a run record.");
         return Ok(());
     }
     let params = varying_params(&rows);
@@ -116,22 +117,23 @@ pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
         }));
         table.add_row(row);
     }
-    println!("{table}");
+    super::outln!("{table}");
     Ok(())
 }
 
 pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {
+    crate::compare::fast_reads();
     let repo = crate::git::open(&super::cwd()?)?;
     let rows = show(&repo, &args.rev, args.all_branches)?;
     if args.json {
-        println!(
+        super::outln!(
             "{}",
             serde_json::to_string_pretty(&rows).map_err(super::json_error)?
         );
         return Ok(());
     }
     if rows.is_empty() {
-        println!("No branch holds a run record.");
+        super::outln!("No branch holds a run record.");
         return Ok(());
     }
     let metrics: std::collections::BTreeSet<&String> =
@@ -168,6 +170,6 @@ pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {
         row.push(r.model_oid[..r.model_oid.len().min(12)].to_string());
         table.add_row(row);
     }
-    println!("{table}");
+    super::outln!("{table}");
     Ok(())
 }

@@ -1,12 +1,6 @@
 //! The command line: argument types and output formatting, one file per subcommand. Nothing
 //! here knows how records are stored or models trained.
 
-mod diff;
-mod init;
-mod log;
-mod plot;
-mod run;
-
 use clap::{Parser, Subcommand};
 
 use crate::Error;
@@ -41,6 +35,33 @@ pub enum Command {
     /// Write an HTML report with charts: metrics across runs, training curves, confusion matrix.
     Plot(plot::PlotArgs),
 }
+
+/// Writes a line to stdout. A closed pipe (`exp log | head`) ends the process quietly with
+/// success, as `git log | head` does, instead of a panic.
+pub(crate) fn emit(text: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(text).and_then(|_| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// `println!` through [`emit`].
+macro_rules! outln {
+    () => { $crate::cli::emit(format_args!("")) };
+    ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*)) };
+}
+pub(crate) use outln;
+
+mod diff;
+mod init;
+mod log;
+mod plot;
+mod run;
 
 /// A command-line argument that parses but makes no sense (exit 2).
 #[derive(Debug, thiserror::Error)]

@@ -42,6 +42,7 @@ pub struct PlotArgs {
 }
 
 pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
+    crate::compare::fast_reads();
     let repo = crate::git::open(&super::cwd()?)?;
     let usage = |m: String| Error::Usage(super::UsageError(m));
     let branches: Vec<String> = if args.branches.is_empty() {
@@ -203,7 +204,7 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
     let report = html("exp report", &sections);
     std::fs::write(&args.out, report)
         .map_err(|e| usage(format!("cannot write {}: {e}", args.out.display())))?;
-    println!(
+    super::outln!(
         "Wrote {} ({} sections, {} experiment(s), branches: {})",
         args.out.display(),
         sections.len(),

@@ -61,28 +61,31 @@ pub(super) fn execute(args: RunArgs) -> Result<(), Error> {
     let summary = run(&options, &stop)?;
     let r = &summary.record;
     if let Some(from) = &summary.switched_from {
-        println!(
+        super::outln!(
             "Moved the run from {from} to the new branch {}",
             r.run.branch
         );
     }
-    println!(
+    super::outln!(
         "Recorded {} on {}: {}",
         r.run.experiment,
         r.run.branch,
         crate::run::headline(r)
     );
-    println!("  commit  {}", &summary.commit[..10]);
-    println!("  tag     {}", summary.tag);
-    println!(
+    super::outln!("  commit  {}", &summary.commit[..10]);
+    super::outln!("  tag     {}", summary.tag);
+    super::outln!(
         "  weights experiments/{}/model.safetensors (LFS oid {}, {} bytes)",
         r.run.experiment,
         &r.model.oid[..12],
         r.model.size
     );
-    println!(
+    super::outln!(
         "  trained {} epoch(s) on {} in {:.1} s ({:.0} img/s)",
-        r.training.epochs, r.run.device, r.run.wall_seconds, r.training.timing.images_per_second
+        r.training.epochs,
+        r.run.device,
+        r.run.wall_seconds,
+        r.training.timing.images_per_second
     );
     Ok(())
 }

@@ -77,7 +77,7 @@ pub struct ParamChange {
 
 /// A resolved spec value: JSON gets the typed value, people get compact text (strings
 /// unquoted, `1e-30` rather than thirty zeros).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct ParamValue(pub toml::Value);
 

@@ -5,9 +5,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use git2::{Oid, Repository, Sort};
 use serde::Serialize;
 
-use super::diff::{flat_params, ParamValue};
+use super::cache::{RecordSummary, SummaryCache};
+use super::diff::ParamValue;
 use super::{git_err, parse_record, record_blobs, records_at, resolve, CompareError};
-use crate::record::{Direction, RunRecord};
+use crate::record::Direction;
 
 /// One commit that changed one experiment's record.
 #[derive(Debug, Clone, Serialize)]
@@ -101,17 +102,34 @@ impl Filter {
     }
 }
 
-/// Run tags by the commit they point at.
-pub fn run_tags(repo: &Repository) -> Result<HashMap<Oid, Vec<String>>, CompareError> {
+/// Run tags by the commit they point at. A tag object is immutable, so the commit it peels to
+/// is cached by the tag object's id.
+pub fn run_tags(
+    repo: &Repository,
+    cache: &mut SummaryCache,
+) -> Result<HashMap<Oid, Vec<String>>, CompareError> {
     let mut out: HashMap<Oid, Vec<String>> = HashMap::new();
-    let names = repo.tag_names(Some("run/*")).map_err(git_err("tags"))?;
-    for name in names.iter().flatten() {
-        if let Ok(commit) = repo
-            .revparse_single(&format!("refs/tags/{name}"))
-            .and_then(|o| o.peel_to_commit())
-        {
-            out.entry(commit.id()).or_default().push(name.to_string());
-        }
+    for reference in repo
+        .references_glob("refs/tags/run/*")
+        .map_err(git_err("tags"))?
+    {
+        let reference = reference.map_err(git_err("tags"))?;
+        let (Some(name), Some(target)) =
+            (reference.shorthand().map(String::from), reference.target())
+        else {
+            continue;
+        };
+        let commit = match cache.tag_target(target) {
+            Some(commit) => commit,
+            None => match reference.peel_to_commit() {
+                Ok(commit) => {
+                    cache.insert_tag_target(target, commit.id());
+                    commit.id()
+                }
+                Err(_) => continue,
+            },
+        };
+        out.entry(commit).or_default().push(name);
     }
     for tags in out.values_mut() {
         tags.sort();
@@ -155,39 +173,65 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
                 })?,
         }
     }
-    let tags = run_tags(repo)?;
+    let mut cache = SummaryCache::open(repo);
+    let tags = run_tags(repo, &mut cache)?;
+    // A commit's parent is usually the previous commit of the walk: remember trees' records.
+    let mut by_tree: HashMap<Oid, BTreeMap<String, Oid>> = HashMap::new();
     let mut rows = Vec::new();
+    let mut blobs = Vec::new();
     for oid in walk {
         let oid = oid.map_err(git_err("history"))?;
+        let changes = match cache.changes(oid) {
+            Some(c) => c.clone(),
+            None => {
+                let c = changed_records(repo, &mut by_tree, oid)?;
+                cache.insert_changes(oid, c.clone());
+                c
+            }
+        };
+        if changes.is_empty() {
+            continue;
+        }
         let commit = repo
             .find_commit(oid)
             .map_err(git_err(format!("commit {oid}")))?;
-        let tree = commit.tree().map_err(git_err(format!("tree of {oid}")))?;
-        let now = record_blobs(repo, &tree)?;
-        let before = match commit.parent(0) {
-            Ok(parent) => record_blobs(
-                repo,
-                &parent
-                    .tree()
-                    .map_err(git_err(format!("tree of {}", parent.id())))?,
-            )?,
-            Err(_) => BTreeMap::new(),
-        };
-        for (name, blob) in now {
-            if before.get(&name) == Some(&blob) {
-                continue;
-            }
+        for (name, blob) in changes {
             if query.experiment.as_ref().is_some_and(|e| *e != name) {
                 continue;
             }
-            let record = parse_record(repo, blob, &oid.to_string(), &name)?;
+            let summary = match cache.take(blob) {
+                Some(s) => s,
+                None => {
+                    let s = RecordSummary::of(&parse_record(repo, blob, &oid.to_string(), &name)?);
+                    cache.insert(blob, s.clone());
+                    s
+                }
+            };
+            blobs.push(blob);
             rows.push(row(
                 &commit,
                 &name,
-                &record,
+                summary,
                 tags.get(&oid).cloned().unwrap_or_default(),
             ));
         }
+    }
+    if cache.is_dirty() {
+        // Taken summaries go back before the cache is written (the common warm case skips this).
+        for (blob, r) in blobs.iter().zip(&rows) {
+            if cache.get(*blob).is_none() {
+                cache.restore(
+                    *blob,
+                    RecordSummary {
+                        branch: r.branch.clone(),
+                        params: r.params.clone(),
+                        metrics: r.metrics.clone(),
+                        directions: r.directions.clone(),
+                    },
+                );
+            }
+        }
+        cache.save();
     }
     rows.retain(|r| query.filters.iter().all(|f| f.matches(r)));
     if let Some(metric) = &query.sort {
@@ -204,7 +248,51 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
     Ok(rows)
 }
 
-fn row(commit: &git2::Commit, name: &str, record: &RunRecord, tags: Vec<String>) -> LogRow {
+/// The records `commit` adds or changes relative to its first parent.
+fn changed_records(
+    repo: &Repository,
+    by_tree: &mut HashMap<Oid, BTreeMap<String, Oid>>,
+    commit: Oid,
+) -> Result<Vec<(String, Oid)>, CompareError> {
+    let commit = repo
+        .find_commit(commit)
+        .map_err(git_err(format!("commit {commit}")))?;
+    let now = blobs_of_tree(repo, by_tree, commit.tree_id())?;
+    let before = match commit.parent_id(0) {
+        Ok(parent) => {
+            let tree = repo
+                .find_commit(parent)
+                .map_err(git_err(format!("commit {parent}")))?
+                .tree_id();
+            blobs_of_tree(repo, by_tree, tree)?
+        }
+        Err(_) => BTreeMap::new(),
+    };
+    Ok(now
+        .into_iter()
+        .filter(|(name, blob)| before.get(name) != Some(blob))
+        .collect())
+}
+
+fn blobs_of_tree(
+    repo: &Repository,
+    memo: &mut HashMap<Oid, BTreeMap<String, Oid>>,
+    tree: Oid,
+) -> Result<BTreeMap<String, Oid>, CompareError> {
+    if let Some(found) = memo.get(&tree) {
+        return Ok(found.clone());
+    }
+    let blobs = record_blobs(
+        repo,
+        &repo
+            .find_tree(tree)
+            .map_err(git_err(format!("tree {tree}")))?,
+    )?;
+    memo.insert(tree, blobs.clone());
+    Ok(blobs)
+}
+
+fn row(commit: &git2::Commit, name: &str, summary: RecordSummary, tags: Vec<String>) -> LogRow {
     let time = commit.time();
     let date = chrono::DateTime::from_timestamp(time.seconds(), 0)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
@@ -212,17 +300,12 @@ fn row(commit: &git2::Commit, name: &str, record: &RunRecord, tags: Vec<String>)
     LogRow {
         commit: commit.id().to_string(),
         tags,
-        branch: record.run.branch.clone(),
+        branch: summary.branch,
         date,
         experiment: name.to_string(),
-        params: flat_params(record).into_iter().collect(),
-        metrics: record.metrics.values.clone(),
-        directions: record
-            .metrics
-            .meta
-            .iter()
-            .map(|(k, m)| (k.clone(), m.direction))
-            .collect(),
+        params: summary.params,
+        metrics: summary.metrics,
+        directions: summary.directions,
     }
 }
 

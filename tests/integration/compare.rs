@@ -365,3 +365,44 @@ fn plot_writes_a_self_contained_report() {
     let out = env.exp(&dir, &["plot", "--experiment", "nope"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
+
+#[test]
+fn log_cache_answers_the_same_and_never_stale() {
+    let env = Env::new();
+    let dir = build(&env);
+    let cold = env.exp_ok(&dir, &["log", "--json"]);
+    let cache = dir.join(".git/exp/cache/log-v3.json");
+    assert!(cache.is_file(), "exp log left no cache");
+    assert_eq!(
+        env.exp_ok(&dir, &["log", "--json"]),
+        cold,
+        "a warm log differs from the cold one"
+    );
+    // Rewrite the last run's record: new blob, new commit; the cache must not answer for it.
+    let path = dir.join("experiments/mnist-cnn/metrics.toml");
+    let mut record = RunRecord::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record.metrics.values.insert("accuracy".into(), 0.12345);
+    std::fs::write(&path, record.to_toml().unwrap()).unwrap();
+    env.git(&dir, &["commit", "-q", "--amend", "-am", "rewritten"]);
+    let rewritten = env.exp_ok(&dir, &["log", "--json"]);
+    assert!(rewritten.contains("0.12345") && rewritten != cold);
+    // A damaged cache is ignored, not trusted.
+    std::fs::write(&cache, b"{ not json").unwrap();
+    assert_eq!(env.exp_ok(&dir, &["log", "--json"]), rewritten);
+}
+
+#[test]
+fn closed_stdout_is_not_an_error() {
+    let env = Env::new();
+    let dir = build(&env);
+    let mut child = env
+        .exp_cmd(&dir, &["log"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away at once, like `| head -0`
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}

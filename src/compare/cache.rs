@@ -1,0 +1,200 @@
+//! A cache of what `exp log` needs from each record, keyed by the record's blob id.
+//!
+//! A blob id is the hash of the record's bytes, so an entry can never describe a different
+//! record: the cache cannot serve a stale answer, only a missing one. It lives in
+//! `<common git dir>/exp/cache/` and is only an accelerator: unreadable or unwritable, it is
+//! ignored.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use git2::{Oid, Repository};
+use serde::{Deserialize, Serialize};
+
+use super::diff::{flat_params, ParamValue};
+use crate::record::{Direction, RunRecord};
+
+const FILE: &str = "exp/cache/log-v3.json";
+
+/// The parts of a record `exp log` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordSummary {
+    /// Branch the run was recorded on.
+    pub branch: String,
+    /// Resolved parameters.
+    pub params: BTreeMap<String, ParamValue>,
+    /// Metric values.
+    pub metrics: BTreeMap<String, f64>,
+    /// Metric directions.
+    pub directions: BTreeMap<String, Direction>,
+}
+
+impl RecordSummary {
+    /// Summarises a parsed record.
+    pub fn of(record: &RunRecord) -> RecordSummary {
+        RecordSummary {
+            branch: record.run.branch.clone(),
+            params: flat_params(record).into_iter().collect(),
+            metrics: record.metrics.values.clone(),
+            directions: record
+                .metrics
+                .meta
+                .iter()
+                .map(|(k, m)| (k.clone(), m.direction))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Stored {
+    entries: HashMap<String, RecordSummary>,
+    #[serde(default)]
+    commits: HashMap<String, Vec<(String, String)>>,
+    #[serde(default)]
+    tags: HashMap<String, String>,
+}
+
+/// Record summaries by blob id, and the records each commit changed by commit id (both ids are
+/// content hashes: neither can go stale).
+pub struct SummaryCache {
+    path: Option<PathBuf>,
+    entries: HashMap<Oid, RecordSummary>,
+    commits: HashMap<Oid, Vec<(String, Oid)>>,
+    tags: HashMap<Oid, Oid>,
+    added: usize,
+}
+
+impl SummaryCache {
+    /// Loads the repository's cache (empty when absent or unreadable).
+    pub fn open(repo: &Repository) -> SummaryCache {
+        let path = repo.commondir().join(FILE);
+        let stored = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Stored>(&bytes).ok())
+            .unwrap_or_default();
+        let entries = stored
+            .entries
+            .into_iter()
+            .filter_map(|(k, v)| Oid::from_str(&k).ok().map(|oid| (oid, v)))
+            .collect();
+        let commits = stored
+            .commits
+            .into_iter()
+            .filter_map(|(k, changes)| {
+                let changes = changes
+                    .into_iter()
+                    .map(|(name, blob)| Oid::from_str(&blob).ok().map(|b| (name, b)))
+                    .collect::<Option<Vec<_>>>()?;
+                Oid::from_str(&k).ok().map(|oid| (oid, changes))
+            })
+            .collect();
+        let tags = stored
+            .tags
+            .into_iter()
+            .filter_map(|(k, v)| Some((Oid::from_str(&k).ok()?, Oid::from_str(&v).ok()?)))
+            .collect();
+        SummaryCache {
+            path: Some(path),
+            entries,
+            commits,
+            tags,
+            added: 0,
+        }
+    }
+
+    /// The summary of `blob`, if cached.
+    pub fn get(&self, blob: Oid) -> Option<&RecordSummary> {
+        self.entries.get(&blob)
+    }
+
+    /// The summary of `blob`, moved out of the cache (no copy); [`SummaryCache::save`] needs it
+    /// back through [`SummaryCache::restore`] when anything is to be written.
+    pub fn take(&mut self, blob: Oid) -> Option<RecordSummary> {
+        self.entries.remove(&blob)
+    }
+
+    /// Puts back a summary taken with [`SummaryCache::take`].
+    pub fn restore(&mut self, blob: Oid, summary: RecordSummary) {
+        self.entries.insert(blob, summary);
+    }
+
+    /// Whether anything new was learnt (so that [`SummaryCache::save`] will write).
+    pub fn is_dirty(&self) -> bool {
+        self.added > 0
+    }
+
+    /// Remembers the summary of `blob`.
+    pub fn insert(&mut self, blob: Oid, summary: RecordSummary) {
+        if self.entries.insert(blob, summary).is_none() {
+            self.added += 1;
+        }
+    }
+
+    /// The records commit `commit` changed relative to its first parent, if cached.
+    pub fn changes(&self, commit: Oid) -> Option<&Vec<(String, Oid)>> {
+        self.commits.get(&commit)
+    }
+
+    /// Remembers the records `commit` changed.
+    pub fn insert_changes(&mut self, commit: Oid, changes: Vec<(String, Oid)>) {
+        if self.commits.insert(commit, changes).is_none() {
+            self.added += 1;
+        }
+    }
+
+    /// The commit an annotated tag object points at, if cached.
+    pub fn tag_target(&self, tag: Oid) -> Option<Oid> {
+        self.tags.get(&tag).copied()
+    }
+
+    /// Remembers the commit an annotated tag object points at.
+    pub fn insert_tag_target(&mut self, tag: Oid, commit: Oid) {
+        if self.tags.insert(tag, commit).is_none() {
+            self.added += 1;
+        }
+    }
+
+    /// Writes the cache back if anything was added (atomically; failures are ignored: a
+    /// read-only repository just stays uncached).
+    pub fn save(&self) {
+        let Some(path) = &self.path else { return };
+        if self.added == 0 {
+            return;
+        }
+        let stored = Stored {
+            entries: self
+                .entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            commits: self
+                .commits
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        v.iter().map(|(n, b)| (n.clone(), b.to_string())).collect(),
+                    )
+                })
+                .collect(),
+            tags: self
+                .tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let Some(dir) = path.parent() else { return };
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        let Ok(bytes) = serde_json::to_vec(&stored) else {
+            return;
+        };
+        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+            if std::io::Write::write_all(&mut tmp, &bytes).is_ok() {
+                let _ = tmp.persist(path);
+            }
+        }
+    }
+}
