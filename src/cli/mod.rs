@@ -40,8 +40,13 @@ pub enum Command {
 /// success, as `git log | head` does, instead of a panic.
 pub(crate) fn emit(text: std::fmt::Arguments) {
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(text).and_then(|_| out.write_all(b"\n")) {
+    // Stdout is line-buffered: a 1,000-row table would be 1,000 write calls.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    if let Err(e) = out
+        .write_fmt(text)
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+    {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::diff::{flat_params, ParamValue};
 use crate::record::{Direction, RunRecord};
 
-const FILE: &str = "exp/cache/log-v3.json";
+const FILE: &str = "exp/cache/log-v4.json";
 
 /// The parts of a record `exp log` shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,13 +46,27 @@ impl RecordSummary {
     }
 }
 
+/// On disk, parameters are stored once per distinct `(key, value)` and referenced by index:
+/// runs share most of their parameters, and the file (parsed on every `exp log`) shrinks
+/// several-fold.
 #[derive(Default, Serialize, Deserialize)]
 struct Stored {
-    entries: HashMap<String, RecordSummary>,
+    #[serde(default)]
+    values: Vec<(String, ParamValue)>,
+    #[serde(default)]
+    entries: HashMap<String, StoredSummary>,
     #[serde(default)]
     commits: HashMap<String, Vec<(String, String)>>,
     #[serde(default)]
     tags: HashMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSummary {
+    branch: String,
+    params: Vec<u32>,
+    metrics: BTreeMap<String, f64>,
+    directions: BTreeMap<String, Direction>,
 }
 
 /// Record summaries by blob id, and the records each commit changed by commit id (both ids are
@@ -73,10 +87,24 @@ impl SummaryCache {
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Stored>(&bytes).ok())
             .unwrap_or_default();
+        let values = stored.values;
         let entries = stored
             .entries
             .into_iter()
-            .filter_map(|(k, v)| Oid::from_str(&k).ok().map(|oid| (oid, v)))
+            .filter_map(|(k, v)| {
+                let params = v
+                    .params
+                    .iter()
+                    .map(|&i| values.get(i as usize).cloned())
+                    .collect::<Option<BTreeMap<String, ParamValue>>>()?;
+                let summary = RecordSummary {
+                    branch: v.branch,
+                    params,
+                    metrics: v.metrics,
+                    directions: v.directions,
+                };
+                Oid::from_str(&k).ok().map(|oid| (oid, summary))
+            })
             .collect();
         let commits = stored
             .commits
@@ -162,12 +190,34 @@ impl SummaryCache {
         if self.added == 0 {
             return;
         }
-        let stored = Stored {
-            entries: self
-                .entries
+        let mut values: Vec<(String, ParamValue)> = Vec::new();
+        let mut index: HashMap<(String, String), u32> = HashMap::new();
+        let mut entries = HashMap::new();
+        for (blob, summary) in &self.entries {
+            let params = summary
+                .params
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
+                .map(|(k, v)| {
+                    // Keyed by the value's TOML text: ParamValue holds floats, so it is not Hash.
+                    *index
+                        .entry((k.clone(), v.0.to_string()))
+                        .or_insert_with(|| {
+                            values.push((k.clone(), v.clone()));
+                            (values.len() - 1) as u32
+                        })
+                })
+                .collect();
+            let stored = StoredSummary {
+                branch: summary.branch.clone(),
+                params,
+                metrics: summary.metrics.clone(),
+                directions: summary.directions.clone(),
+            };
+            entries.insert(blob.to_string(), stored);
+        }
+        let stored = Stored {
+            values,
+            entries,
             commits: self
                 .commits
                 .iter()

@@ -88,6 +88,10 @@ impl std::fmt::Display for ParamValue {
             toml::Value::Float(x) if *x != 0.0 && (x.abs() < 1e-4 || x.abs() >= 1e9) => {
                 write!(f, "{x:e}")
             }
+            // Debug is the shortest text that round-trips and keeps the ".0" TOML writes.
+            toml::Value::Float(x) => write!(f, "{x:?}"),
+            toml::Value::Integer(i) => write!(f, "{i}"),
+            toml::Value::Boolean(b) => write!(f, "{b}"),
             other => write!(f, "{other}"),
         }
     }
