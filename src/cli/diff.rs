@@ -45,11 +45,7 @@ pub(super) fn execute(args: DiffArgs) -> Result<(), Error> {
     let head = args.head.unwrap_or_else(|| "HEAD".to_string());
     let d = diff(&repo, &resolve(&repo, &base)?, &resolve(&repo, &head)?)?;
     if args.json {
-        super::outln!(
-            "{}",
-            serde_json::to_string_pretty(&d).map_err(super::json_error)?
-        );
-        return Ok(());
+        return super::emit_json(&d);
     }
     let base_name = if d.base.len() == 40 {
         short(&d.base).to_string()

@@ -75,11 +75,7 @@ pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
     };
     let rows = log(&repo, &query)?;
     if args.json {
-        super::outln!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(super::json_error)?
-        );
-        return Ok(());
+        return super::emit_json(&rows);
     }
     if rows.is_empty() {
         super::outln!("No commit in that history changed a run record.");
@@ -126,11 +122,7 @@ pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {
     let repo = crate::git::open(&super::cwd()?)?;
     let rows = show(&repo, &args.rev, args.all_branches)?;
     if args.json {
-        super::outln!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(super::json_error)?
-        );
-        return Ok(());
+        return super::emit_json(&rows);
     }
     if rows.is_empty() {
         super::outln!("No branch holds a run record.");

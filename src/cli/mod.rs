@@ -81,8 +81,12 @@ fn cwd() -> Result<std::path::PathBuf, Error> {
     })
 }
 
-fn json_error(e: serde_json::Error) -> Error {
-    Error::Usage(UsageError(format!("cannot write JSON: {e}")))
+/// Prints `value` as pretty JSON (the `--json` of every command).
+fn emit_json<T: serde::Serialize>(value: &T) -> Result<(), Error> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::Usage(UsageError(format!("cannot write JSON: {e}"))))?;
+    outln!("{text}");
+    Ok(())
 }
 
 /// Runs the parsed command; returns the exit code for success paths.
