@@ -371,7 +371,7 @@ fn log_cache_answers_the_same_and_never_stale() {
     let env = Env::new();
     let dir = build(&env);
     let cold = env.exp_ok(&dir, &["log", "--json"]);
-    let cache = dir.join(".git/exp/cache/log-v4.json");
+    let cache = dir.join(".git/exp/cache/log-v5.json");
     assert!(cache.is_file(), "exp log left no cache");
     assert_eq!(
         env.exp_ok(&dir, &["log", "--json"]),
