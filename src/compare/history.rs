@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::cache::{RecordSummary, SummaryCache};
 use super::diff::ParamValue;
-use super::{git_err, parse_record, record_blobs, records_at, resolve, CompareError};
+use super::{git_err, parse_record_bytes, record_blobs, records_at, resolve, CompareError};
 use crate::record::Direction;
 
 /// One commit that changed one experiment's record.
@@ -177,8 +177,17 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
     let tags = run_tags(repo, &mut cache)?;
     // A commit's parent is usually the previous commit of the walk: remember trees' records.
     let mut by_tree: HashMap<Oid, BTreeMap<String, Oid>> = HashMap::new();
-    let mut rows = Vec::new();
-    let mut blobs = Vec::new();
+    // First the walk (cheap, sequential: libgit2 objects are not shared across threads), then
+    // the records the cache lacks are parsed on every core, then rows are built in order.
+    struct Slot {
+        commit: Oid,
+        seconds: i64,
+        name: String,
+        blob: Oid,
+        summary: Option<RecordSummary>,
+    }
+    let mut slots = Vec::new();
+    let mut to_parse: Vec<(usize, Vec<u8>)> = Vec::new();
     for oid in walk {
         let oid = oid.map_err(git_err("history"))?;
         let changes = match cache.changes(oid) {
@@ -192,29 +201,61 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
         if changes.is_empty() {
             continue;
         }
-        let commit = repo
+        let seconds = repo
             .find_commit(oid)
-            .map_err(git_err(format!("commit {oid}")))?;
+            .map_err(git_err(format!("commit {oid}")))?
+            .time()
+            .seconds();
         for (name, blob) in changes {
             if query.experiment.as_ref().is_some_and(|e| *e != name) {
                 continue;
             }
-            let summary = match cache.take(blob) {
-                Some(s) => s,
-                None => {
-                    let s = RecordSummary::of(&parse_record(repo, blob, &oid.to_string(), &name)?);
-                    cache.insert(blob, s.clone());
-                    s
-                }
-            };
-            blobs.push(blob);
-            rows.push(row(
-                &commit,
-                &name,
+            let summary = cache.take(blob);
+            if summary.is_none() {
+                let bytes = repo
+                    .find_blob(blob)
+                    .map_err(git_err(format!("experiments/{name}/metrics.toml")))?;
+                to_parse.push((slots.len(), bytes.content().to_vec()));
+            }
+            slots.push(Slot {
+                commit: oid,
+                seconds,
+                name,
+                blob,
                 summary,
-                tags.get(&oid).cloned().unwrap_or_default(),
-            ));
+            });
         }
+    }
+    let parsed: Vec<Result<RecordSummary, CompareError>> = {
+        use rayon::prelude::*;
+        to_parse
+            .par_iter()
+            .map(|(i, bytes)| {
+                let slot = &slots[*i];
+                parse_record_bytes(bytes, &slot.commit.to_string(), &slot.name)
+                    .map(|r| RecordSummary::of(&r))
+            })
+            .collect()
+    };
+    for ((i, _), summary) in to_parse.iter().zip(parsed) {
+        let summary = summary?;
+        cache.insert(slots[*i].blob, summary.clone());
+        slots[*i].summary = Some(summary);
+    }
+    let mut rows = Vec::with_capacity(slots.len());
+    let mut blobs = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let Some(summary) = slot.summary else {
+            continue;
+        };
+        blobs.push(slot.blob);
+        rows.push(row(
+            slot.commit,
+            slot.seconds,
+            &slot.name,
+            summary,
+            tags.get(&slot.commit).cloned().unwrap_or_default(),
+        ));
     }
     if cache.is_dirty() {
         // Taken summaries go back before the cache is written (the common warm case skips this).
@@ -292,13 +333,12 @@ fn blobs_of_tree(
     Ok(blobs)
 }
 
-fn row(commit: &git2::Commit, name: &str, summary: RecordSummary, tags: Vec<String>) -> LogRow {
-    let time = commit.time();
-    let date = chrono::DateTime::from_timestamp(time.seconds(), 0)
+fn row(commit: Oid, seconds: i64, name: &str, summary: RecordSummary, tags: Vec<String>) -> LogRow {
+    let date = chrono::DateTime::from_timestamp(seconds, 0)
         .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
     LogRow {
-        commit: commit.id().to_string(),
+        commit: commit.to_string(),
         tags,
         branch: summary.branch,
         date,

@@ -161,13 +161,18 @@ pub fn parse_record(
     name: &str,
 ) -> Result<RunRecord, CompareError> {
     let path = format!("experiments/{name}/{RECORD_FILE}");
-    let blob = repo.find_blob(blob).map_err(git_err(path.clone()))?;
+    let blob = repo.find_blob(blob).map_err(git_err(path))?;
+    parse_record_bytes(blob.content(), rev, name)
+}
+
+/// Parses record bytes already read (experiment `name` at `rev`, for messages).
+pub fn parse_record_bytes(bytes: &[u8], rev: &str, name: &str) -> Result<RunRecord, CompareError> {
     let corrupt = |message: String| CompareError::CorruptRecord {
         rev: rev.to_string(),
-        path: path.clone(),
+        path: format!("experiments/{name}/{RECORD_FILE}"),
         message,
     };
-    let text = std::str::from_utf8(blob.content()).map_err(|_| corrupt("not UTF-8".into()))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))?;
     RunRecord::from_toml(text).map_err(|e| corrupt(e.to_string()))
 }
 
