@@ -177,13 +177,13 @@ pub struct DataSpec {
     /// Normalisation of pixels / 255; none means pixels / 255 as they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalize: Option<Normalize>,
-    /// >0: train on the first N of a seeded permutation of the training set.
+    /// When positive: train on the first N of a seeded permutation of the training set.
     #[serde(default)]
     pub train_limit: usize,
-    /// >0: hold out N training examples (from the same permutation) as a validation set.
+    /// When positive: hold out N training examples (from the same permutation) as a validation set.
     #[serde(default)]
     pub val_limit: usize,
-    /// >0: evaluate on the first N test examples only (in file order, so eval sets agree
+    /// When positive: evaluate on the first N test examples only (in file order, so eval sets agree
     /// across seeds).
     #[serde(default)]
     pub test_limit: usize,

@@ -336,7 +336,9 @@ fn compare_examples(
     let (Some(pa), Some(pb)) = (a.predictions_blob, b.predictions_blob) else {
         return not("predictions.bin is missing on one side");
     };
-    let read = |oid| -> Result<Result<(Vec<u32>, Vec<u32>, usize), String>, CompareError> {
+    // Outer error: Git failed (an error). Inner error: the file is damaged (not comparable).
+    type Decoded = Result<(Vec<u32>, Vec<u32>, usize), String>;
+    let read = |oid| -> Result<Decoded, CompareError> {
         let blob = repo
             .find_blob(oid)
             .map_err(super::git_err("predictions.bin"))?;

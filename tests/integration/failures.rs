@@ -196,7 +196,8 @@ fn corrupt_and_truncated_idx_are_clear_errors() {
             .unwrap();
         out
     };
-    let cases: Vec<(&str, Box<dyn Fn(Vec<u8>) -> Vec<u8>>, &str)> = vec![
+    type Damage<'a> = Box<dyn Fn(Vec<u8>) -> Vec<u8> + 'a>;
+    let cases: Vec<(&str, Damage<'_>, &str)> = vec![
         (
             "truncated-gzip",
             Box::new(move |b| {
