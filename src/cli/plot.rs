@@ -100,7 +100,6 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
                 series.push(Series {
                     label: branch.clone(),
                     points,
-                    ticks: Vec::new(),
                 });
             }
         }
@@ -159,7 +158,6 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
                     .iter()
                     .map(|h| (h.epoch as f64, h.eval_accuracy))
                     .collect(),
-                ticks: Vec::new(),
             });
             loss.push(Series {
                 label,
@@ -167,7 +165,6 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
                     .iter()
                     .map(|h| (h.epoch as f64, h.train_loss))
                     .collect(),
-                ticks: Vec::new(),
             });
         }
         let title = format!("{experiment}: training curves");

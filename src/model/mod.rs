@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_core::{Device, Module, Result, Tensor, Var};
 use candle_nn::{Conv2d, Conv2dConfig, Linear};
 
 use crate::data::ImageShape;
@@ -278,16 +278,12 @@ impl Model {
     pub fn name(&self) -> ModelName {
         self.name
     }
-
-    /// The parameters' dtype (f32 throughout today).
-    pub fn dtype(&self) -> DType {
-        DType::F32
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType;
 
     fn spec(name: ModelName) -> ModelSpec {
         ModelSpec {

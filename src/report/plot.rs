@@ -1,6 +1,5 @@
 //! `exp plot`: a self-contained HTML report with SVG charts drawn by plotters.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use plotters::prelude::*;
@@ -13,8 +12,6 @@ pub struct Series {
     pub label: String,
     /// Points.
     pub points: Vec<(f64, f64)>,
-    /// Text for each point's tick (commit ids), when the x axis is categorical.
-    pub ticks: Vec<String>,
 }
 
 /// A chart failed to draw.
@@ -82,21 +79,9 @@ pub fn line_chart(
             .y_label_area_size(60)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|x| e(x.to_string()))?;
-        let ticks: BTreeMap<i64, String> = series
-            .iter()
-            .flat_map(|s| {
-                s.points
-                    .iter()
-                    .zip(&s.ticks)
-                    .map(|(p, t)| (p.0.round() as i64, t.clone()))
-            })
-            .collect();
-        let categorical = !ticks.is_empty();
+        // Runs and epochs are whole numbers: no 1.5th epoch on the axis.
         let formatter = |x: &f64| {
-            if categorical {
-                ticks.get(&(x.round() as i64)).cloned().unwrap_or_default()
-            } else if (x - x.round()).abs() < 1e-9 {
-                // Runs and epochs are whole numbers: no 1.5th epoch on the axis.
+            if (x - x.round()).abs() < 1e-9 {
                 format!("{}", x.round() as i64)
             } else {
                 String::new()
