@@ -47,6 +47,12 @@ pub enum Error {
     /// A comparison could not be made.
     #[error(transparent)]
     Compare(#[from] crate::compare::CompareError),
+    /// A device was asked for that is not there.
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    /// `exp device --check` found a kernel that disagrees with the reference.
+    #[error(transparent)]
+    DeviceCheck(#[from] crate::device::CheckFailed),
     /// Arguments that parse but make no sense.
     #[error(transparent)]
     Usage(#[from] crate::cli::UsageError),
@@ -57,6 +63,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Train(e) => e.exit_code(),
+            Error::DeviceCheck(_) => ExitCode::Negative,
             _ => ExitCode::Usage,
         }
     }
@@ -71,6 +78,10 @@ impl Error {
             Error::Train(e) => e.hint(),
             Error::Init(e) => e.hint(),
             Error::Compare(e) => e.hint(),
+            Error::Device(_) => Some("run `exp device` to see what this exp can use".into()),
+            Error::DeviceCheck(_) => {
+                Some("train on another device (--device cpu) and report the failing check".into())
+            }
             Error::Lfs(_) | Error::Record(_) | Error::Usage(_) => None,
         }
     }

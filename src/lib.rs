@@ -5,6 +5,7 @@
 //!
 //! - [`spec`]: the experiment spec (`experiments/<name>.toml`), its schema and `--set` overrides;
 //! - [`data`]: IDX and CIFAR-10 readers, fingerprints, the in-memory data set and batching;
+//! - [`device`]: `--device`, opening CUDA or the CPU, what the record says about the GPU;
 //! - [`model`]: the model zoo, built from exp's own seeded initialisers;
 //! - [`train`]: the training loop, optimisers, interruption;
 //! - [`eval`]: metrics and `predictions.bin`;
@@ -18,7 +19,10 @@
 
 pub mod cli;
 pub mod compare;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod git;

@@ -66,6 +66,9 @@ pub struct RunInfo {
     pub wall_seconds: f64,
     /// Device that trained (`cpu`, `cuda:0 …`).
     pub device: String,
+    /// The GPU that trained, for CUDA runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::device::GpuInfo>,
     /// CPU threads candle used.
     pub threads: usize,
     /// exp version.
@@ -175,6 +178,9 @@ pub struct TrainingRecord {
     pub steps: usize,
     /// Mean training loss of the last epoch.
     pub final_train_loss: f64,
+    /// Updates skipped by f16 loss scaling (a gradient overflowed).
+    #[serde(default)]
+    pub skipped_steps: usize,
     /// Where the time went.
     pub timing: Timing,
 }

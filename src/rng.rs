@@ -51,6 +51,11 @@ impl ExpRng {
             .collect()
     }
 
+    /// One 64-bit draw, e.g. to seed a device's own generator.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.random()
+    }
+
     /// A uniformly random permutation of `0..n` (Fisher–Yates).
     pub fn permutation(&mut self, n: usize) -> Vec<u32> {
         use rand::seq::SliceRandom;

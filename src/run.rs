@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::data::{data_root, Dataset, Split};
+use crate::device::{DeviceError, DeviceRequest};
 use crate::eval::{encode_predictions, Metrics};
 use crate::git::{self, BranchPlan, CommitFile};
 use crate::lfs::LfsStore;
@@ -17,8 +18,8 @@ use crate::record::{
     self, DataRecord, Direction, EvalRecord, MetricMeta, MetricsTable, ModelRecord, RunInfo,
     RunRecord, SplitRecord, TrainingRecord,
 };
-use crate::spec::{self, ResolvedSpec};
-use crate::train::{self, DeviceRequest, Progress, StopFlag};
+use crate::spec::{self, Precision, ResolvedSpec};
+use crate::train::{self, Progress, StopFlag};
 use crate::Error;
 
 /// File names inside `experiments/<name>/`.
@@ -97,12 +98,21 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
         &options.overrides,
     )?;
     let spec = &resolved.spec;
-    let device_request =
-        DeviceRequest::parse(&spec.train.device).map_err(|reason| train::TrainError::Device {
-            requested: spec.train.device.clone(),
-            reason,
-        })?;
-    let (device, device_name) = device_request.open(&spec.train.device)?;
+    let device_request = DeviceRequest::parse(&spec.train.device).map_err(|reason| DeviceError {
+        requested: spec.train.device.clone(),
+        reason,
+    });
+    let opened = device_request
+        .and_then(|r| r.open(&spec.train.device))
+        .map_err(train::TrainError::from)?;
+    let device = opened.device.clone();
+    if device.is_cpu() && spec.train.precision != Precision::F32 {
+        // Refused here, before the data is read, rather than after it.
+        return Err(train::TrainError::PrecisionNeedsCuda {
+            precision: spec.train.precision.as_str().to_string(),
+        }
+        .into());
+    }
     stop.check()?;
 
     let root = data_root(&options.cwd)?;
@@ -148,7 +158,8 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
             parent: parent_commit.to_string(),
             started: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             wall_seconds: 0.0,
-            device: device_name,
+            device: opened.description.clone(),
+            gpu: opened.gpu.clone(),
             threads: candle_core::utils::get_num_threads(),
             exp_version: crate::VERSION.to_string(),
             candle_version: crate::CANDLE_VERSION.to_string(),
@@ -184,6 +195,7 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
             epochs: outcome.history.len(),
             steps: outcome.steps,
             final_train_loss: outcome.history.last().map_or(f64::NAN, |h| h.train_loss),
+            skipped_steps: outcome.skipped_steps,
             timing: outcome.timing.clone(),
         },
     };

@@ -214,6 +214,17 @@ pub enum OptimizerName {
     Sgd,
 }
 
+impl Precision {
+    /// The name as written in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
 /// Floating-point precision of training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -595,13 +606,7 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             return Err(invalid(key, "must be at least 1".into()));
         }
     }
-    crate::train::DeviceRequest::parse(&t.device).map_err(|m| invalid("train.device", m))?;
-    if t.precision != Precision::F32 {
-        return Err(invalid(
-            "train.precision",
-            "bf16 and f16 need CUDA mixed-precision training, which this exp does not have yet; use \"f32\"".into(),
-        ));
-    }
+    crate::device::DeviceRequest::parse(&t.device).map_err(|m| invalid("train.device", m))?;
     if !spec.init.from.is_empty() {
         return Err(invalid(
             "init.from",

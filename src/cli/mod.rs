@@ -34,6 +34,8 @@ pub enum Command {
     Show(log::ShowArgs),
     /// Write an HTML report with charts: metrics across runs, training curves, confusion matrix.
     Plot(plot::PlotArgs),
+    /// Show the devices exp can train on; --check tests exp's kernels on them.
+    Device(device::DeviceArgs),
 }
 
 /// Writes a line to stdout. A closed pipe (`exp log | head`) ends the process quietly with
@@ -62,6 +64,7 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+mod device;
 mod diff;
 mod init;
 mod log;
@@ -98,5 +101,6 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Log(args) => log::execute_log(args),
         Command::Show(args) => log::execute_show(args),
         Command::Plot(args) => plot::execute(args),
+        Command::Device(args) => device::execute(args),
     }
 }

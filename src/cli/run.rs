@@ -34,7 +34,8 @@ commit, tag, branch or LFS object.
 Spec keys: [model] name (mlp | seed-cnn | cnn), hidden, dropout, conv_dropout; [data] format \
 (idx | cifar10), train_images, train_labels, test_images, test_labels, normalize = { mean, std }, \
 train_limit, val_limit, test_limit; [train] optimizer (adam | adamw | sgd), lr, momentum, \
-weight_decay, batch_size, epochs, seed, device (auto | cpu | cuda[:N]), precision, accumulate; \
+weight_decay, batch_size, epochs, seed, device (auto | cpu | cuda[:N]), precision (f32 | bf16 | \
+f16; the half precisions need CUDA), accumulate; \
 [init] from, freeze."
 )]
 pub struct RunArgs {
@@ -44,6 +45,11 @@ pub struct RunArgs {
     /// Override a spec key: --set train.epochs=3 (VALUE is TOML, or a plain string; repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Where to train: auto (CUDA when this build has it and a GPU answers, else the CPU), cpu,
+    /// cuda or cuda:N. Short for --set train.device=DEVICE; cuda on a build or machine without
+    /// it is an error, never a silent CPU run.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
     /// No progress output on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -52,9 +58,14 @@ pub struct RunArgs {
 pub(super) fn execute(args: RunArgs) -> Result<(), Error> {
     let stop = StopFlag::install().map_err(RunError::Signals)?;
     let cwd = super::cwd()?;
+    let mut overrides = args.overrides;
+    if let Some(device) = args.device {
+        // Last, so that it wins over a --set of the same key; recorded like any override.
+        overrides.push(format!("train.device={device}"));
+    }
     let options = RunOptions {
         experiment: args.experiment,
-        overrides: args.overrides,
+        overrides,
         quiet: args.quiet,
         cwd,
     };

@@ -493,6 +493,55 @@ impl Dataset {
     }
 }
 
+/// A split held on the training device as tensors, uploaded once: batches are gathered there
+/// (`index_select`), so a GPU step needs no host transfer.
+pub struct ResidentSplit {
+    /// Normalised images, `(len, channels, height, width)`, in the compute dtype.
+    pub images: candle_core::Tensor,
+    /// Labels, `(len,)` u32.
+    pub labels: candle_core::Tensor,
+    /// The same labels on the host, for metrics.
+    pub host_labels: Vec<u32>,
+}
+
+impl ResidentSplit {
+    /// Examples in the split.
+    pub fn len(&self) -> usize {
+        self.host_labels.len()
+    }
+
+    /// True when the split has no examples.
+    pub fn is_empty(&self) -> bool {
+        self.host_labels.is_empty()
+    }
+}
+
+impl Dataset {
+    /// Normalises every example of `split` and uploads it to `device` as `dtype`.
+    pub fn upload(
+        &self,
+        split: &Split,
+        device: &candle_core::Device,
+        dtype: candle_core::DType,
+    ) -> candle_core::Result<ResidentSplit> {
+        let all: Vec<u32> = (0..split.len as u32).collect();
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        self.gather(split, &all, &mut images, &mut labels);
+        let shape = (
+            split.len,
+            self.shape.channels,
+            self.shape.height,
+            self.shape.width,
+        );
+        let images = candle_core::Tensor::from_vec(images, shape, device)?.to_dtype(dtype)?;
+        Ok(ResidentSplit {
+            images,
+            labels: candle_core::Tensor::from_slice(&labels, split.len, device)?,
+            host_labels: labels,
+        })
+    }
+}
+
 fn normalisation_table(spec: &DataSpec, channels: usize) -> Result<Vec<f32>, DataError> {
     let (mean, std) = match &spec.normalize {
         Some(n) => (n.mean.clone(), n.std.clone()),

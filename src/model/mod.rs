@@ -14,6 +14,7 @@ use crate::data::ImageShape;
 use crate::rng::{ExpRng, Purpose};
 use crate::spec::{ModelName, ModelSpec};
 
+mod conv;
 mod pool;
 
 /// Training (dropout active, drawing from the dropout stream) or evaluation.
@@ -122,9 +123,14 @@ impl ParamBuilder {
     }
 }
 
-/// Inverted dropout with a mask from exp's stream; the identity in evaluation.
+/// Inverted dropout; the identity in evaluation. On the CPU the mask comes from exp's stream
+/// (bit-reproducible); on a GPU from the device's seeded generator, drawn where it is used.
 fn dropout(xs: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
     match mode {
+        Mode::Train(_) if p > 0.0 && !xs.device().is_cpu() => {
+            let keep = Tensor::rand(0f32, 1f32, xs.shape(), xs.device())?.ge(p)?;
+            xs.mul(&keep.to_dtype(xs.dtype())?.affine(1.0 / (1.0 - p), 0.0)?)
+        }
         Mode::Train(rng) if p > 0.0 => {
             let mask = rng.dropout_mask(xs.elem_count(), p as f32);
             let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
@@ -134,7 +140,19 @@ fn dropout(xs: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
     }
 }
 
+pub use conv::conv2d;
 pub use pool::max_pool_2x2;
+
+/// `layer` applied in `xs`'s dtype. Parameters are f32 master copies; under bf16/f16 they are
+/// cast per step, so autograd hands the optimiser f32 gradients.
+fn linear(layer: &Linear, xs: &Tensor) -> Result<Tensor> {
+    if layer.weight().dtype() == xs.dtype() {
+        return layer.forward(xs);
+    }
+    let weight = layer.weight().to_dtype(xs.dtype())?;
+    let bias = layer.bias().map(|b| b.to_dtype(xs.dtype())).transpose()?;
+    Linear::new(weight, bias).forward(xs)
+}
 
 enum Architecture {
     Mlp {
@@ -230,8 +248,9 @@ impl Model {
         })
     }
 
-    /// Logits for a batch of NCHW images.
+    /// Logits for a batch of NCHW images, computed in the images' dtype.
     pub fn forward(&self, xs: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let training = matches!(mode, Mode::Train(_));
         match &self.architecture {
             Architecture::Mlp { layers, dropout: p } => {
                 let mut x = xs.flatten_from(1)?;
@@ -240,16 +259,19 @@ impl Model {
                     if i > 0 {
                         x = dropout(&x, *p, mode)?;
                     }
-                    x = layer.forward(&x)?;
+                    x = linear(layer, &x)?;
                     if i < last {
                         x = x.relu()?;
                     }
                 }
                 Ok(x)
             }
-            Architecture::SeedCnn { conv, fc } => {
-                let x = max_pool_2x2(&conv.forward(xs)?.relu()?)?;
-                fc.forward(&x.flatten_from(1)?)
+            Architecture::SeedCnn {
+                conv: conv_layer,
+                fc,
+            } => {
+                let x = max_pool_2x2(&conv::conv2d(conv_layer, xs, training)?.relu()?)?;
+                linear(fc, &x.flatten_from(1)?)
             }
             Architecture::Cnn {
                 conv1,
@@ -259,12 +281,12 @@ impl Model {
                 conv_dropout,
                 dropout: p,
             } => {
-                let x = conv1.forward(xs)?.relu()?;
-                let x = max_pool_2x2(&conv2.forward(&x)?.relu()?)?;
+                let x = conv::conv2d(conv1, xs, training)?.relu()?;
+                let x = max_pool_2x2(&conv::conv2d(conv2, &x, training)?.relu()?)?;
                 let x = dropout(&x, *conv_dropout, mode)?.flatten_from(1)?;
-                let x = fc1.forward(&x)?.relu()?;
+                let x = linear(fc1, &x)?.relu()?;
                 let x = dropout(&x, *p, mode)?;
-                fc2.forward(&x)
+                linear(fc2, &x)
             }
         }
     }

@@ -6,8 +6,9 @@
 //! MNIST test images, seed-cnn's conv-bias gradient came out 3.1× PyTorch's. Here the gradient
 //! goes to the window's first maximum, as PyTorch's CPU kernel routes it.
 //!
-//! On the CPU this is a custom op (one pass forward, one pass backward, no temporaries). On
-//! other devices the same gradient comes from candle ops: the pooled value is written as a
+//! On the CPU and on CUDA this is a custom op (one pass forward, one pass backward, no
+//! temporaries; the CUDA kernels are in src/cuda/kernels.cu). Elsewhere the same gradient
+//! comes from candle ops: the pooled value is written as a
 //! weighted sum of the window with constant weights 1/ties at the maxima, so autograd splits
 //! the gradient evenly among tied maxima (the same total as PyTorch's).
 
@@ -19,7 +20,12 @@ pub fn max_pool_2x2(xs: &Tensor) -> Result<Tensor> {
     if h < 2 || w < 2 {
         candle_core::bail!("max_pool_2x2 needs at least 2×2 inputs, got {h}×{w}")
     }
-    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+    let kernel = match xs.device() {
+        candle_core::Device::Cpu => xs.dtype() == DType::F32,
+        candle_core::Device::Cuda(_) => matches!(xs.dtype(), DType::F32 | DType::F16 | DType::BF16),
+        _ => false,
+    };
+    if kernel {
         xs.contiguous()?.apply_op1(MaxPool2x2)
     } else {
         max_pool_2x2_generic(xs)
@@ -99,6 +105,15 @@ impl CustomOp1 for MaxPool2x2 {
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::max_pool_2x2_forward(storage, layout)
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(arg.apply_op2_no_bwd(
             &grad_res.contiguous()?,
@@ -147,6 +162,17 @@ impl CustomOp2 for MaxPool2x2Backward {
             }
         }
         Ok((CpuStorage::F32(out), arg_layout.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        arg: &candle_core::CudaStorage,
+        arg_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::max_pool_2x2_backward(arg, arg_layout, grad, grad_layout)
     }
 }
 

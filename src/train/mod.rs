@@ -3,22 +3,26 @@
 
 pub mod optim;
 mod progress;
+mod scaler;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
+use crate::device::DeviceError;
+pub use crate::device::DeviceRequest;
 use crate::error::ExitCode;
 use crate::eval::{evaluate, Evaluation};
 use crate::model::{Mode, Model};
 use crate::rng::{ExpRng, Purpose};
-use crate::spec::TrainSpec;
+use crate::spec::{Precision, TrainSpec};
 pub use optim::Optimizer;
 pub use progress::Progress;
+use scaler::LossScaler;
 
 /// A training run that did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +44,15 @@ pub enum TrainError {
     #[error("interrupted by {0}; nothing was recorded")]
     Interrupted(Signal),
     /// The requested device is not available.
-    #[error("device {requested:?} is not available: {reason}")]
-    Device {
-        /// The request as written.
-        requested: String,
-        /// Why not.
-        reason: String,
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The precision cannot run on the device.
+    #[error(
+        "train.precision = {precision:?} needs a CUDA device, but this run's device is the CPU"
+    )]
+    PrecisionNeedsCuda {
+        /// The precision as written.
+        precision: String,
     },
 }
 
@@ -66,7 +73,11 @@ impl TrainError {
             TrainError::Diverged { .. } => Some(
                 "lower train.lr (e.g. --set train.lr=1e-4) or check the data normalisation".into(),
             ),
-            TrainError::Device { .. } => Some("use --set train.device=cpu, or auto".into()),
+            TrainError::Device(_) => Some("use --device cpu, or --device auto".into()),
+            TrainError::PrecisionNeedsCuda { .. } => Some(
+                "train on a GPU (--device cuda, with a CUDA build of exp), or use --set train.precision=f32"
+                    .into(),
+            ),
             _ => None,
         }
     }
@@ -127,63 +138,6 @@ impl StopFlag {
     }
 }
 
-/// `train.device` as requested.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceRequest {
-    /// CUDA when this build has it and a GPU answers, else CPU.
-    Auto,
-    /// The CPU.
-    Cpu,
-    /// CUDA device N.
-    Cuda(usize),
-}
-
-impl DeviceRequest {
-    /// Parses `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub fn parse(text: &str) -> Result<DeviceRequest, String> {
-        match text {
-            "auto" => Ok(DeviceRequest::Auto),
-            "cpu" => Ok(DeviceRequest::Cpu),
-            "cuda" => Ok(DeviceRequest::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceRequest::Cuda)
-                .ok_or_else(|| format!("expected auto, cpu, cuda or cuda:N, got {other:?}")),
-        }
-    }
-
-    /// Opens the device; returns it with the description the record stores.
-    pub fn open(self, requested: &str) -> Result<(Device, String), TrainError> {
-        let unavailable = |reason: String| TrainError::Device {
-            requested: requested.to_string(),
-            reason,
-        };
-        match self {
-            DeviceRequest::Cpu => Ok((Device::Cpu, "cpu".into())),
-            DeviceRequest::Auto => {
-                if cfg!(feature = "cuda") {
-                    if let Ok(device) = Device::new_cuda(0) {
-                        return Ok((device, "cuda:0".into()));
-                    }
-                }
-                Ok((Device::Cpu, "cpu".into()))
-            }
-            DeviceRequest::Cuda(n) => {
-                if !cfg!(feature = "cuda") {
-                    return Err(unavailable(
-                        "this exp was built without CUDA support (rebuild with `--features cuda`)"
-                            .into(),
-                    ));
-                }
-                Device::new_cuda(n)
-                    .map(|d| (d, format!("cuda:{n}")))
-                    .map_err(|e| unavailable(e.to_string()))
-            }
-        }
-    }
-}
-
 /// One row of `history.csv`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
@@ -203,6 +157,8 @@ pub struct EpochRecord {
     pub eval_accuracy: f64,
     /// Wall seconds of the epoch, evaluation included.
     pub seconds: f64,
+    /// Wall seconds of the epoch's training steps alone (evaluation excluded).
+    pub train_seconds: f64,
 }
 
 /// Where training time went, summed over the run.
@@ -230,11 +186,59 @@ pub struct TrainOutcome {
     pub evaluation: Evaluation,
     /// Optimiser steps taken.
     pub steps: usize,
+    /// Steps skipped by f16 loss scaling because a gradient overflowed.
+    pub skipped_steps: usize,
     /// Time breakdown.
     pub timing: Timing,
 }
 
+/// The dtype activations are computed in; parameters stay f32 (the optimiser's master copy)
+/// and are cast to it in the forward pass, so their gradients arrive in f32.
+pub fn compute_dtype(precision: Precision) -> DType {
+    match precision {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+        Precision::F16 => DType::F16,
+    }
+}
+
+/// On a GPU, reading the loss back forces the host to wait for the step: the loop reads it
+/// once every this many steps (each value is still checked, so a divergence names its step).
+const GPU_LOSS_READ_INTERVAL: usize = 50;
+
+/// Losses of the steps since the last read, kept on the device.
+struct PendingLosses {
+    first_step: usize,
+    values: Vec<Tensor>,
+}
+
+impl PendingLosses {
+    /// Reads them back; Err on the first non-finite one.
+    fn drain(&mut self, epoch: usize, sum: &mut f64) -> Result<Option<f32>, TrainError> {
+        if self.values.is_empty() {
+            return Ok(None);
+        }
+        let values = Tensor::stack(&self.values, 0)?.to_vec1::<f32>()?;
+        self.values.clear();
+        for (i, &loss) in values.iter().enumerate() {
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step: self.first_step + i,
+                    loss,
+                });
+            }
+            *sum += loss as f64;
+        }
+        self.first_step += values.len();
+        Ok(values.last().copied())
+    }
+}
+
 /// Trains `model` on `data` as `spec` says, evaluating after every epoch.
+///
+/// Every split is uploaded to `device` once; a batch is gathered there from an index tensor,
+/// so a GPU step makes no host transfer and waits for the GPU only when losses are read.
 pub fn train(
     model: &Model,
     data: &Dataset,
@@ -243,94 +247,168 @@ pub fn train(
     stop: &StopFlag,
     progress: &mut Progress,
 ) -> Result<TrainOutcome, TrainError> {
+    let dtype = compute_dtype(spec.precision);
+    if device.is_cpu() && dtype != DType::F32 {
+        return Err(TrainError::PrecisionNeedsCuda {
+            precision: spec.precision.as_str().to_string(),
+        });
+    }
+    let on_cpu = device.is_cpu();
     let mut optimizer = Optimizer::new(model.params().vars(), spec);
     let mut shuffle = ExpRng::new(spec.seed, Purpose::Shuffle);
     let mut dropout = ExpRng::new(spec.seed, Purpose::Dropout);
-    let shape = data.shape;
-    let (mut images, mut labels) = (Vec::new(), Vec::new());
+    if !on_cpu {
+        // GPU dropout masks come from the device's generator (curand), seeded from the run's
+        // dropout stream: reproducible on the same GPU, never a per-step host upload.
+        device.set_seed(dropout.next_u64())?;
+    }
+    let mut scaler = (spec.precision == Precision::F16).then(LossScaler::new);
+    let train_split = data.upload(&data.train, device, dtype)?;
+    let val_split = match &data.val {
+        Some(val) => Some(data.upload(val, device, dtype)?),
+        None => None,
+    };
+    let test_split = data.upload(&data.test, device, dtype)?;
+    let profile = std::env::var_os("EXP_PROFILE_SYNC").is_some_and(|v| v == "1");
+    let sync = |d: &Device| -> Result<(), TrainError> {
+        if profile {
+            d.synchronize()?;
+        }
+        Ok(())
+    };
+
     let mut timing = Timing::default();
     let mut history = Vec::new();
     let mut steps = 0;
+    let mut skipped_steps = 0;
     let mut train_time = Duration::ZERO;
     let mut evaluation = None;
-    let scale = 1.0 / spec.accumulate as f64;
-    let batches_per_epoch = data.train.len.div_ceil(spec.batch_size);
+    let n = data.train.len;
+    let batches_per_epoch = n.div_ceil(spec.batch_size);
 
     for epoch in 1..=spec.epochs {
         let epoch_start = Instant::now();
         progress.start_epoch(epoch, spec.epochs, batches_per_epoch);
         // Like PyTorch's DataLoader(shuffle=True): a fresh permutation each epoch, the last
-        // partial batch kept.
-        let order = shuffle.permutation(data.train.len);
+        // partial batch kept. Uploaded once per epoch; batches are slices of it.
+        let order = Tensor::from_vec(shuffle.permutation(n), n, device)?;
         let mut loss_sum = 0.0f64;
+        let mut last_loss = f32::NAN;
+        let mut pending_losses = PendingLosses {
+            first_step: 1,
+            values: Vec::new(),
+        };
         let mut accumulated: Vec<Option<Tensor>> = vec![None; optimizer.vars().len()];
         let mut pending = 0;
-        for (step, batch) in order.chunks(spec.batch_size).enumerate() {
+        for step in 0..batches_per_epoch {
             stop.check()?;
             let t0 = Instant::now();
-            data.gather(&data.train, batch, &mut images, &mut labels);
-            let xs = Tensor::from_slice(
-                &images,
-                (batch.len(), shape.channels, shape.height, shape.width),
-                device,
-            )?;
-            let ys = Tensor::from_slice(&labels, batch.len(), device)?;
+            let start = step * spec.batch_size;
+            let len = spec.batch_size.min(n - start);
+            let indices = order.narrow(0, start, len)?;
+            let xs = train_split.images.index_select(&indices, 0)?;
+            let ys = train_split.labels.index_select(&indices, 0)?;
+            sync(device)?;
             let t1 = Instant::now();
-            let logits = model.forward(&xs, &mut Mode::Train(&mut dropout))?;
+            let logits = model
+                .forward(&xs, &mut Mode::Train(&mut dropout))?
+                .to_dtype(DType::F32)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
-            let loss_value = loss.to_scalar::<f32>()?;
-            if !loss_value.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch,
-                    step: step + 1,
-                    loss: loss_value,
-                });
-            }
-            loss_sum += loss_value as f64;
-            let t2 = Instant::now();
-            let loss = if spec.accumulate > 1 {
-                loss.affine(scale, 0.0)?
-            } else {
-                loss
-            };
-            let grads = loss.backward()?;
-            let t3 = Instant::now();
-            for (slot, var) in accumulated.iter_mut().zip(optimizer.vars()) {
-                if let Some(g) = grads.get(var) {
-                    *slot = Some(match slot.take() {
-                        Some(sum) => (sum + g)?,
-                        None => g.clone(),
+            if on_cpu {
+                // Reading a CPU tensor costs nothing: check every step.
+                last_loss = loss.to_scalar::<f32>()?;
+                if !last_loss.is_finite() {
+                    return Err(TrainError::Diverged {
+                        epoch,
+                        step: step + 1,
+                        loss: last_loss,
                     });
                 }
+                loss_sum += last_loss as f64;
+            } else {
+                pending_losses.values.push(loss.detach());
+                if pending_losses.values.len() == GPU_LOSS_READ_INTERVAL {
+                    if let Some(l) = pending_losses.drain(epoch, &mut loss_sum)? {
+                        last_loss = l;
+                    }
+                }
             }
-            pending += 1;
+            sync(device)?;
+            let t2 = Instant::now();
+            // The loss is scaled by 1/accumulate (the accumulated gradient is the mean over
+            // the micro-batches) and, in f16, by the loss scale (undone before the update).
+            let loss_scale = scaler.as_ref().map_or(1.0, |s| s.scale());
+            let factor = loss_scale / spec.accumulate as f64;
+            let grads = if factor != 1.0 {
+                loss.affine(factor, 0.0)?.backward()?
+            } else {
+                loss.backward()?
+            };
+            sync(device)?;
+            let t3 = Instant::now();
+            let overflowed = match &scaler {
+                Some(_) => !LossScaler::all_finite(&grads, optimizer.vars())?,
+                None => false,
+            };
+            if overflowed {
+                // PyTorch's GradScaler: drop this update (all its micro-batches), halve the
+                // scale, go on.
+                if let Some(s) = scaler.as_mut() {
+                    s.overflowed();
+                }
+                accumulated.iter_mut().for_each(|g| *g = None);
+                pending = 0;
+                skipped_steps += 1;
+            } else {
+                for (slot, var) in accumulated.iter_mut().zip(optimizer.vars()) {
+                    if let Some(g) = grads.get(var) {
+                        *slot = Some(match slot.take() {
+                            Some(sum) => (sum + g)?,
+                            None => g.clone(),
+                        });
+                    }
+                }
+                pending += 1;
+            }
             // Step every `accumulate` micro-batches, and once more for the epoch's remainder.
-            if pending == spec.accumulate || step + 1 == batches_per_epoch {
+            if pending > 0 && (pending == spec.accumulate || step + 1 == batches_per_epoch) {
+                if loss_scale != 1.0 {
+                    for g in accumulated.iter_mut().flatten() {
+                        *g = g.affine(1.0 / loss_scale, 0.0)?;
+                    }
+                }
                 optimizer.step(&accumulated)?;
+                if let Some(s) = scaler.as_mut() {
+                    s.stepped();
+                }
                 accumulated.iter_mut().for_each(|g| *g = None);
                 pending = 0;
                 steps += 1;
             }
+            sync(device)?;
             let t4 = Instant::now();
             timing.data_seconds += (t1 - t0).as_secs_f64();
             timing.forward_seconds += (t2 - t1).as_secs_f64();
             timing.backward_seconds += (t3 - t2).as_secs_f64();
             timing.optimizer_seconds += (t4 - t3).as_secs_f64();
-            train_time += t4 - t0;
-            progress.step(step + 1, loss_value, batch.len());
+            progress.step(step + 1, last_loss, len);
         }
+        // Reading the last losses waits for the epoch's work: the epoch's time is true.
+        pending_losses.drain(epoch, &mut loss_sum)?;
+        let epoch_train_time = epoch_start.elapsed();
+        train_time += epoch_train_time;
         let train_loss = loss_sum / batches_per_epoch as f64;
 
         stop.check()?;
         let eval_start = Instant::now();
-        let (val_loss, val_accuracy) = match &data.val {
+        let (val_loss, val_accuracy) = match &val_split {
             Some(val) => {
-                let e = evaluate(model, data, val, device)?;
+                let e = evaluate(model, val)?;
                 (Some(e.loss), Some(accuracy(&e)))
             }
             None => (None, None),
         };
-        let e = evaluate(model, data, &data.test, device)?;
+        let e = evaluate(model, &test_split)?;
         timing.eval_seconds += eval_start.elapsed().as_secs_f64();
         let row = EpochRecord {
             epoch,
@@ -341,21 +419,23 @@ pub fn train(
             eval_loss: e.loss,
             eval_accuracy: accuracy(&e),
             seconds: epoch_start.elapsed().as_secs_f64(),
+            train_seconds: epoch_train_time.as_secs_f64(),
         };
         progress.end_epoch(&row);
         history.push(row);
         evaluation = Some(e);
     }
-    let examples = data.train.len * spec.epochs;
+    let examples = n * spec.epochs;
     timing.images_per_second = examples as f64 / train_time.as_secs_f64().max(1e-9);
     let evaluation = match evaluation {
         Some(e) => e,
-        None => evaluate(model, data, &data.test, device)?,
+        None => evaluate(model, &test_split)?,
     };
     Ok(TrainOutcome {
         history,
         evaluation,
         steps,
+        skipped_steps,
         timing,
     })
 }
@@ -368,27 +448,4 @@ fn accuracy(e: &Evaluation) -> f64 {
         .filter(|(a, b)| a == b)
         .count();
     correct as f64 / e.labels.len().max(1) as f64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn device_requests_parse() {
-        assert_eq!(DeviceRequest::parse("auto"), Ok(DeviceRequest::Auto));
-        assert_eq!(DeviceRequest::parse("cuda"), Ok(DeviceRequest::Cuda(0)));
-        assert_eq!(DeviceRequest::parse("cuda:3"), Ok(DeviceRequest::Cuda(3)));
-        assert!(DeviceRequest::parse("gpu").is_err());
-        assert!(DeviceRequest::parse("cuda:x").is_err());
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    #[test]
-    fn cuda_without_the_feature_is_a_clear_error() {
-        let e = DeviceRequest::Cuda(0).open("cuda").unwrap_err();
-        assert!(e.to_string().contains("without CUDA support"), "{e}");
-        assert_eq!(e.exit_code(), ExitCode::Usage);
-        assert_eq!(DeviceRequest::Auto.open("auto").unwrap().1, "cpu");
-    }
 }

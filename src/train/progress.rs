@@ -76,14 +76,14 @@ impl Progress {
             _ => String::new(),
         };
         eprintln!(
-            "epoch {}/{}: train_loss {:.4}{val} eval_loss {:.4} eval_accuracy {:.4} ({:.1} s, {:.0} img/s)",
+            "epoch {}/{}: train_loss {:.4}{val} eval_loss {:.4} eval_accuracy {:.4} ({:.1} s, training {:.0} img/s)",
             row.epoch,
             self.epochs,
             row.train_loss,
             row.eval_loss,
             row.eval_accuracy,
             row.seconds,
-            self.images as f64 / row.seconds.max(1e-9)
+            self.images as f64 / row.train_seconds.max(1e-9)
         );
     }
 }

@@ -122,6 +122,35 @@ fn spec_errors_name_key_file_and_line() {
     fails_cleanly(
         &env,
         &dir,
+        &["run", "mnist-cnn", "--device", "cuda:1"],
+        2,
+        &[
+            "device \"cuda:1\" is not available",
+            "without CUDA support",
+            "--device cpu",
+        ],
+    );
+    fails_cleanly(
+        &env,
+        &dir,
+        &["run", "mnist-cnn", "--device", "gpu"],
+        2,
+        &["train.device", "expected auto, cpu, cuda or cuda:N"],
+    );
+    // Half precision on the CPU (auto falls back to it here) is refused before any data is read.
+    fails_cleanly(
+        &env,
+        &dir,
+        &["run", "mnist-cnn", "--set", "train.precision=bf16"],
+        2,
+        &[
+            "train.precision = \"bf16\" needs a CUDA device",
+            "train.precision=f32",
+        ],
+    );
+    fails_cleanly(
+        &env,
+        &dir,
         &["run", "mnist-cnn", "--set", "model.dropout=0.5"],
         2,
         &["model.dropout", "does not apply"],

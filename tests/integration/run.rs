@@ -162,7 +162,7 @@ fn run_from_develop_records_everything() {
     let mut lines = history.lines();
     assert_eq!(
         lines.next(),
-        Some("epoch,lr,train_loss,val_loss,val_accuracy,eval_loss,eval_accuracy,seconds")
+        Some("epoch,lr,train_loss,val_loss,val_accuracy,eval_loss,eval_accuracy,seconds,train_seconds")
     );
     assert!(lines.next().unwrap().starts_with("1,0.001,"));
     assert_eq!(lines.next(), None);

@@ -1,0 +1,127 @@
+// exp's own CUDA kernels, compiled to PTX by build.rs (feature `cuda`) and loaded through
+// candle's custom-module cache. Each replaces a chain of candle ops whose launches dominated a
+// small model's step: 2×2 max-pool forward and backward (PyTorch's first-maximum gradient), and
+// a fused Adam/AdamW update (one pass over parameter, gradient and moments).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Index (0..3, row-major) of the window's first maximum; a NaN wins, so it propagates as in
+// PyTorch. Ties keep the first, as PyTorch's kernels do.
+template <typename T>
+__device__ __forceinline__ int window_argmax(const T *plane, int w, int top_left) {
+    const int at[4] = {top_left, top_left + 1, top_left + w, top_left + w + 1};
+    int best = 0;
+    float best_v = to_f(plane[at[0]]);
+    #pragma unroll
+    for (int k = 1; k < 4; ++k) {
+        float v = to_f(plane[at[k]]);
+        if (v > best_v || (isnan(v) && !isnan(best_v))) {
+            best = k;
+            best_v = v;
+        }
+    }
+    return at[best];
+}
+
+// Output element i of a 2×2 pool over (planes, h, w): the offset of its plane in the input and
+// the index of its window's top-left pixel within the plane.
+struct Window {
+    uint64_t plane_offset;
+    int top_left;
+};
+
+__device__ __forceinline__ Window window_of(uint64_t i, uint32_t h, uint32_t w) {
+    const uint32_t oh = h / 2, ow = w / 2;
+    const uint64_t plane = i / (oh * ow);
+    const uint32_t r = (i % (oh * ow)) / ow, c = i % ow;
+    return Window{plane * h * w, (int)(2 * r * w + 2 * c)};
+}
+
+// Grid-stride loop over the output elements of a 2×2 pool.
+#define FOR_EACH_WINDOW(i, planes, h, w)                                                        \
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x,                          \
+                  total_ = (uint64_t)(planes) * ((h) / 2) * ((w) / 2);                          \
+         i < total_; i += (uint64_t)blockDim.x * gridDim.x)
+
+// One thread per output element. x: (planes, h, w) contiguous; y: (planes, oh, ow).
+template <typename T>
+__device__ void maxpool2x2_fwd(const T *x, T *y, uint32_t planes, uint32_t h, uint32_t w) {
+    FOR_EACH_WINDOW(i, planes, h, w) {
+        const Window win = window_of(i, h, w);
+        const T *p = x + win.plane_offset;
+        y[i] = p[window_argmax(p, w, win.top_left)];
+    }
+}
+
+// One thread per output element: writes the whole 2×2 window of dx (the gradient at the first
+// maximum, zero at the other three), so dx needs no clearing except the odd last row/column,
+// which the caller zeroes.
+template <typename T>
+__device__ void maxpool2x2_bwd(const T *x, const T *g, T *dx, uint32_t planes, uint32_t h,
+                               uint32_t w) {
+    FOR_EACH_WINDOW(i, planes, h, w) {
+        const Window win = window_of(i, h, w);
+        const T *p = x + win.plane_offset;
+        T *d = dx + win.plane_offset;
+        const int top_left = win.top_left;
+        const int at = window_argmax(p, w, top_left);
+        const T zero = T(0.0f);
+        d[top_left] = zero;
+        d[top_left + 1] = zero;
+        d[top_left + w] = zero;
+        d[top_left + w + 1] = zero;
+        d[at] = g[i];
+    }
+}
+
+#define POOL(NAME, T)                                                                          \
+    extern "C" __global__ void exp_maxpool2x2_fwd_##NAME(const T *x, T *y, uint32_t planes,   \
+                                                         uint32_t h, uint32_t w) {             \
+        maxpool2x2_fwd<T>(x, y, planes, h, w);                                                 \
+    }                                                                                          \
+    extern "C" __global__ void exp_maxpool2x2_bwd_##NAME(const T *x, const T *g, T *dx,       \
+                                                         uint32_t planes, uint32_t h,          \
+                                                         uint32_t w) {                         \
+        maxpool2x2_bwd<T>(x, g, dx, planes, h, w);                                             \
+    }
+
+POOL(f32, float)
+POOL(f16, __half)
+POOL(bf16, __nv_bfloat16)
+
+// PyTorch's Adam/AdamW step (torch.optim.Adam, foreach=False), in the same f32 operation order
+// as exp's CPU implementation:
+//   g' = g + wd·p (Adam with weight decay)        base = p·(1 − lr·wd) (AdamW)
+//   m = β1·m + (1−β1)·g'    v = β2·v + (1−β2)·g'²
+//   p = base − (lr/bias1) · m / (√v/√bias2 + eps)
+// `first` is nonzero on the first step (m and v start from the first gradient alone).
+extern "C" __global__ void exp_adam_f32(float *p, const float *g, float *m, float *v,
+                                        uint64_t n, float beta1, float one_minus_beta1,
+                                        float beta2, float one_minus_beta2, float step_size,
+                                        float inv_sqrt_bias2, float eps, float l2,
+                                        float decay_factor, int first) {
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+         i += (uint64_t)blockDim.x * gridDim.x) {
+        const float param = p[i];
+        float grad = g[i];
+        if (l2 != 0.0f) grad = grad + param * l2;
+        const float base = decay_factor != 1.0f ? param * decay_factor : param;
+        float mi, vi;
+        if (first) {
+            mi = grad * one_minus_beta1;
+            vi = (grad * grad) * one_minus_beta2;
+        } else {
+            mi = m[i] * beta1 + grad * one_minus_beta1;
+            vi = v[i] * beta2 + (grad * grad) * one_minus_beta2;
+        }
+        m[i] = mi;
+        v[i] = vi;
+        const float denom = sqrtf(vi) * inv_sqrt_bias2 + eps;
+        p[i] = base - (mi / denom) * step_size;
+    }
+}

@@ -1,0 +1,194 @@
+//! Launchers for exp's own CUDA kernels (kernels.cu, compiled to PTX by build.rs). Only in
+//! builds with the `cuda` feature; the ops that use them fall back to candle ops or the CPU
+//! kernels elsewhere.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{CudaStorage, Layout, Result, Shape};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/exp_kernels.ptx"));
+const MODULE: &str = "exp_kernels";
+
+/// Grid-stride kernels: enough blocks to fill the GPU, never more than the work needs.
+fn launch_config(elements: usize) -> LaunchConfig {
+    const THREADS: u32 = 256;
+    let blocks = elements.div_ceil(THREADS as usize).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn contiguous_view<'a, T: DeviceRepr>(
+    slice: &'a CudaSlice<T>,
+    layout: &Layout,
+) -> Result<CudaView<'a, T>> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(slice.slice(start..end)),
+        None => candle_core::bail!("exp CUDA kernel: input is not contiguous"),
+    }
+}
+
+/// 2×2 max-pool forward of a contiguous NCHW tensor.
+pub fn max_pool_2x2_forward(
+    storage: &CudaStorage,
+    layout: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    use candle_core::cuda_backend::CudaStorageSlice as S;
+    let (n, c, h, w) = layout.shape().dims4()?;
+    let (oh, ow) = (h / 2, w / 2);
+    let out_len = n * c * oh * ow;
+    let device = storage.device().clone();
+    let planes = (n * c) as u32;
+    let (h32, w32) = (h as u32, w as u32);
+    macro_rules! pool {
+        ($slice:expr, $t:ty, $name:literal, $variant:ident) => {{
+            let x = contiguous_view($slice, layout)?;
+            // SAFETY: every element is written by the kernel below.
+            let y = unsafe { device.alloc::<$t>(out_len)? };
+            let func = device.get_or_load_custom_func(
+                concat!("exp_maxpool2x2_fwd_", $name),
+                MODULE,
+                PTX,
+            )?;
+            let mut b = func.builder();
+            b.arg(&x);
+            b.arg(&y);
+            candle_core::builder_arg!(b, planes, h32, w32);
+            // SAFETY: argument types and count match the kernel's signature.
+            unsafe { b.launch(launch_config(out_len)) }.w()?;
+            S::$variant(y)
+        }};
+    }
+    let slice = match &storage.slice {
+        S::F32(s) => pool!(s, f32, "f32", F32),
+        S::F16(s) => pool!(s, half::f16, "f16", F16),
+        S::BF16(s) => pool!(s, half::bf16, "bf16", BF16),
+        _ => candle_core::bail!("max_pool_2x2: unsupported dtype {:?}", storage.dtype()),
+    };
+    Ok((CudaStorage { slice, device }, Shape::from((n, c, oh, ow))))
+}
+
+/// 2×2 max-pool backward: the gradient of each window goes to its first maximum.
+pub fn max_pool_2x2_backward(
+    x: &CudaStorage,
+    x_layout: &Layout,
+    grad: &CudaStorage,
+    grad_layout: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    use candle_core::cuda_backend::CudaStorageSlice as S;
+    let (n, c, h, w) = x_layout.shape().dims4()?;
+    let (oh, ow) = (h / 2, w / 2);
+    if grad_layout.shape().dims() != [n, c, oh, ow] {
+        candle_core::bail!(
+            "max_pool_2x2 backward: gradient shape {:?} for input {:?}",
+            grad_layout.shape(),
+            x_layout.shape()
+        )
+    }
+    let device = x.device().clone();
+    let len = n * c * h * w;
+    let windows = n * c * oh * ow;
+    let planes = (n * c) as u32;
+    let (h32, w32) = (h as u32, w as u32);
+    let odd = h % 2 == 1 || w % 2 == 1;
+    macro_rules! pool {
+        ($xs:expr, $gs:expr, $t:ty, $name:literal, $variant:ident) => {{
+            let xv = contiguous_view($xs, x_layout)?;
+            let gv = contiguous_view($gs, grad_layout)?;
+            // The kernel writes every element of every window; an odd last row or column
+            // belongs to no window and must read as zero.
+            let dx = if odd {
+                device.alloc_zeros::<$t>(len)?
+            } else {
+                // SAFETY: every element is written by the kernel below.
+                unsafe { device.alloc::<$t>(len)? }
+            };
+            let func = device.get_or_load_custom_func(
+                concat!("exp_maxpool2x2_bwd_", $name),
+                MODULE,
+                PTX,
+            )?;
+            let mut b = func.builder();
+            b.arg(&xv);
+            b.arg(&gv);
+            b.arg(&dx);
+            candle_core::builder_arg!(b, planes, h32, w32);
+            // SAFETY: argument types and count match the kernel's signature.
+            unsafe { b.launch(launch_config(windows)) }.w()?;
+            S::$variant(dx)
+        }};
+    }
+    let slice = match (&x.slice, &grad.slice) {
+        (S::F32(xs), S::F32(gs)) => pool!(xs, gs, f32, "f32", F32),
+        (S::F16(xs), S::F16(gs)) => pool!(xs, gs, half::f16, "f16", F16),
+        (S::BF16(xs), S::BF16(gs)) => pool!(xs, gs, half::bf16, "bf16", BF16),
+        _ => candle_core::bail!(
+            "max_pool_2x2 backward: unsupported dtypes {:?}, {:?}",
+            x.dtype(),
+            grad.dtype()
+        ),
+    };
+    Ok((CudaStorage { slice, device }, x_layout.shape().clone()))
+}
+
+/// First and second moments of one parameter, on the GPU.
+pub struct AdamMoments {
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+}
+
+/// One fused Adam/AdamW update of an f32 parameter in place (see kernels.cu for the rule).
+/// `moments` is None before the first step and is allocated here.
+pub fn adam_step(
+    param: &mut CudaStorage,
+    param_layout: &Layout,
+    grad: &CudaStorage,
+    grad_layout: &Layout,
+    moments: &mut Option<AdamMoments>,
+    h: &crate::train::optim::AdamHyper,
+) -> Result<()> {
+    let n = param_layout.shape().elem_count();
+    if param_layout.contiguous_offsets() != Some((0, n)) {
+        candle_core::bail!("fused Adam: the parameter is not a contiguous tensor")
+    }
+    let device = param.device().clone();
+    let g = contiguous_view(grad.as_cuda_slice::<f32>()?, grad_layout)?;
+    let first = moments.is_none() as i32;
+    let state = match moments {
+        Some(state) => state,
+        None => moments.insert(AdamMoments {
+            // SAFETY: the first step writes them before reading (`first`).
+            m: unsafe { device.alloc::<f32>(n)? },
+            v: unsafe { device.alloc::<f32>(n)? },
+        }),
+    };
+    let p = param.as_cuda_slice_mut::<f32>()?;
+    let func = device.get_or_load_custom_func("exp_adam_f32", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(p);
+    b.arg(&g);
+    b.arg(&mut state.m);
+    b.arg(&mut state.v);
+    candle_core::builder_arg!(
+        b,
+        n as u64,
+        h.beta1,
+        h.one_minus_beta1,
+        h.beta2,
+        h.one_minus_beta2,
+        h.step_size,
+        h.inv_sqrt_bias2,
+        h.eps,
+        h.l2,
+        h.decay_factor,
+        first
+    );
+    // SAFETY: argument types and count match the kernel's signature.
+    unsafe { b.launch(launch_config(n)) }.w()?;
+    Ok(())
+}
