@@ -114,7 +114,8 @@ def main():
     xt, yt = load(a.data, a.set, "t10k", dev)
     model = (SeedCnn() if a.model == "seed-cnn" else Cnn()).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    amp = {"f32": None, "bf16": torch.bfloat16, "f16": torch.float16}[a.precision]
+    amp = {"f32": torch.float16, "bf16": torch.bfloat16, "f16": torch.float16}[a.precision]
+    use_amp = a.precision != "f32"
     scaler = torch.amp.GradScaler("cuda", enabled=a.precision == "f16")
     n = x.shape[0]
     gen = torch.Generator(device=dev).manual_seed(a.seed)
@@ -126,7 +127,7 @@ def main():
         perm = torch.randperm(n, device=dev, generator=gen)
         for s in range(0, n, a.batch_size):
             idx = perm[s:s + a.batch_size]
-            with torch.autocast("cuda", dtype=amp, enabled=amp is not None):
+            with torch.autocast("cuda", dtype=amp, enabled=use_amp):
                 loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

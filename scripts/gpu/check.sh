@@ -97,6 +97,7 @@ if [[ $quick == 0 ]]; then
   unset EXP_PROFILE_SYNC
 fi
 
+tar czf "$OUT/results.tgz" -C "$work" results
 python3 scripts/gpu/summarize.py "$work/results" "${EXP_CPU_ACCURACY:-}" > "$OUT/summary.md" || fail "summary checks"
 cat "$OUT/summary.md"
 echo "failures: $failures"
