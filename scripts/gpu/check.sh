@@ -49,10 +49,14 @@ exp device --check "$device" || fail "exp device --check $device"
 
 new_repo() { rm -rf "$1"; exp init "$1" >/dev/null || fail "exp init $1"; }
 
-# run LABEL REPO EXPERIMENT [exp run args...]: trains, keeps the record under results/LABEL.
+# run LABEL REPO EXPERIMENT [exp run args...]: trains in a fresh repository REPO/LABEL (without
+# git-lfs, which GPU machines may lack, a run leaves the weights looking modified to `git status`
+# and the next run in the same repository would refuse to overwrite them), and keeps the record
+# under results/LABEL.
 run() {
-  local label=$1 repo=$2 experiment=$3; shift 3
+  local label=$1 repo=$2/$1 experiment=$3; shift 3
   local start=$SECONDS
+  new_repo "$repo"
   if (cd "$repo" && exp run "$experiment" --quiet "$@" "${extra[@]}" > "$work/results/$label.out" 2>&1); then
     mkdir -p "$work/results/$label"
     cp "$repo/experiments/$experiment/metrics.toml" "$repo/experiments/$experiment/history.csv" "$work/results/$label/"
@@ -65,7 +69,6 @@ run() {
 
 echo "== 2. tests: mnist-cnn on CUDA, 3 seeds x f32/bf16/f16"
 seeds="1 2 3"; [[ $quick == 1 ]] && seeds=1
-new_repo "$work/tests"
 for precision in $precisions; do
   for seed in $seeds; do
     run "test-$precision-$seed" "$work/tests" mnist-cnn --device "$device" \
@@ -76,7 +79,6 @@ cp "$work/results/test-f32-1/metrics.toml" "$OUT/gpu-record-example.toml" 2>/dev
 
 if [[ $quick == 0 ]]; then
   echo "== 3. benchmark: exp vs PyTorch eager, Adam 1e-3, 3 epochs"
-  new_repo "$work/bench"
   adam=(--set train.optimizer=adam --set train.lr=1e-3 --set train.momentum=0 --set train.epochs=3 --set train.seed=1)
   for b in 64 256; do
     run "bench-exp-seed-cnn-$b" "$work/bench" mnist-cnn --device "$device" "${adam[@]}" --set train.batch_size=$b
