@@ -47,7 +47,7 @@ echo "== 1. devices and kernel checks"
 exp device || fail "exp device"
 exp device --check "$device" || fail "exp device --check $device"
 
-new_repo() { rm -rf "$1"; exp init "$1" >/dev/null || fail "exp init $1"; }
+new_repo() { rm -rf "$1"; mkdir -p "$(dirname "$1")"; exp init "$1" >/dev/null 2>&1 || fail "exp init $1"; }
 
 # run LABEL REPO EXPERIMENT [exp run args...]: trains in a fresh repository REPO/LABEL (without
 # git-lfs, which GPU machines may lack, a run leaves the weights looking modified to `git status`
