@@ -9,6 +9,7 @@
 //! - [`model`]: the model zoo, built from exp's own seeded initialisers;
 //! - [`train`]: the training loop, optimisers, interruption;
 //! - [`eval`]: metrics and `predictions.bin`;
+//! - [`profile`]: per-operation timing (`EXP_PROFILE_OPS=1`);
 //! - [`record`]: the run record (`metrics.toml`) and the canonical tensor hash;
 //! - [`lfs`]: Git LFS pointers and the object store;
 //! - [`git`]: repository access, Git Flow branches, commits and run tags;
@@ -29,6 +30,7 @@ pub mod git;
 pub mod init;
 pub mod lfs;
 pub mod model;
+pub mod profile;
 pub mod record;
 pub mod report;
 pub mod rng;

@@ -85,6 +85,9 @@ if [[ $quick == 0 ]]; then
     python3 scripts/gpu/bench_pytorch_gpu.py --data "$EXP_DATA" --set mnist --model seed-cnn --batch-size $b \
       > "$work/results/bench-torch-seed-cnn-$b.json" || fail "pytorch seed-cnn $b"
     run "bench-exp-cnn-$b" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=$b
+    # The same with candle's own convolution (what exp used before its im2col + GEMM path).
+    EXP_CUDA_CONV=candle run "bench-candleconv-seed-cnn-$b" "$work/bench" mnist-cnn --device "$device" "${adam[@]}" --set train.batch_size=$b
+    EXP_CUDA_CONV=candle run "bench-candleconv-cnn-$b" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=$b
     python3 scripts/gpu/bench_pytorch_gpu.py --data "$EXP_DATA" --set fashion --model cnn --batch-size $b \
       > "$work/results/bench-torch-cnn-$b.json" || fail "pytorch cnn $b"
   done
@@ -97,6 +100,14 @@ if [[ $quick == 0 ]]; then
       --set train.epochs=1 --set train.batch_size=$b --set data.train_limit=19200
   done
   unset EXP_PROFILE_SYNC
+  echo "== 5. per-operation profile (EXP_PROFILE_OPS=1)"
+  export EXP_PROFILE_OPS=1
+  run "ops-seed-cnn-64" "$work/bench" mnist-cnn --device "$device" --set data.train_limit=19200
+  run "ops-cnn-256" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" \
+    --set train.epochs=1 --set train.batch_size=256 --set data.train_limit=19200
+  EXP_CUDA_CONV=candle run "ops-candleconv-cnn-256" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" \
+    --set train.epochs=1 --set train.batch_size=256 --set data.train_limit=19200
+  unset EXP_PROFILE_OPS
 fi
 
 tar czf "$OUT/results.tgz" -C "$work" results

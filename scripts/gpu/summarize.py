@@ -78,6 +78,13 @@ for p in ("bf16", "f16"):
         if not ok:
             failures.append(f"{p} is {d:+.2f} points from f32")
 
+def rate(label, n):
+    """Training img/s over epochs 2.. of a run (epoch 1 is warm-up)."""
+    rows = history(label)
+    timed = [float(x["train_seconds"]) for x in rows[1:]] or [float(rows[0]["train_seconds"])]
+    return n * len(timed) / sum(timed)
+
+
 bench_rows = []
 for model, data_set in (("seed-cnn", "MNIST"), ("cnn", "Fashion-MNIST")):
     for b in (64, 256):
@@ -85,21 +92,27 @@ for model, data_set in (("seed-cnn", "MNIST"), ("cnn", "Fashion-MNIST")):
         tpath = os.path.join(results, f"bench-torch-{model}-{b}.json")
         if r is None or not os.path.isfile(tpath):
             continue
-        with open(tpath) as f:
-            t = json.load(f)
+        try:
+            with open(tpath) as f:
+                t = json.load(f)
+        except ValueError:
+            failures.append(f"PyTorch {model} batch {b}: no result")
+            continue
         rows = history(f"bench-exp-{model}-{b}")
         n = r["data"]["train"]["examples"]
-        timed = [float(x["train_seconds"]) for x in rows[1:]] or [float(rows[0]["train_seconds"])]
-        exp_rate = n * len(timed) / sum(timed)
+        exp_rate = rate(f"bench-exp-{model}-{b}", n)
+        candle_rate = rate(f"bench-candleconv-{model}-{b}", n) if record(f"bench-candleconv-{model}-{b}") else None
         bench_rows.append((model, data_set, b, exp_rate, t["images_per_second"], r["metrics"]["accuracy"],
-                           t["test_accuracy"], [float(x["train_seconds"]) for x in rows], t["epoch_seconds"]))
+                           t["test_accuracy"], [float(x["train_seconds"]) for x in rows], t["epoch_seconds"],
+                           candle_rate))
 if bench_rows:
     print("\n## Benchmark: exp (candle, CUDA) vs PyTorch eager on the same GPU, Adam 1e-3, 3 epochs, f32\n")
-    print("| model | data | batch | exp img/s | PyTorch img/s | exp / PyTorch | exp test acc | PyTorch test acc | exp epoch s | PyTorch epoch s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for m, d, b, e, t, ea, ta, es, ts in bench_rows:
+    print("| model | data | batch | exp img/s | PyTorch img/s | exp / PyTorch | exp test acc | PyTorch test acc | exp epoch s | PyTorch epoch s | exp with candle's conv2d img/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for m, d, b, e, t, ea, ta, es, ts, c in bench_rows:
+        cc = f"{c:,.0f} ({c / t:.2f}×)" if c else "–"
         print(f"| {m} | {d} | {b} | {e:,.0f} | {t:,.0f} | {e / t:.2f}× | {ea:.4f} | {ta:.4f} | "
-              f"{' / '.join(f'{x:.2f}' for x in es)} | {' / '.join(f'{x:.2f}' for x in ts)} |")
+              f"{' / '.join(f'{x:.2f}' for x in es)} | {' / '.join(f'{x:.2f}' for x in ts)} | {cc} |")
     print("\nimg/s over epochs 2–3 (epoch 1 is warm-up for both).")
 
 prof = []
@@ -115,6 +128,15 @@ if prof:
     for m, b, t, n in prof:
         print(f"| {m} | {b} | {t['data_seconds']:.3f} | {t['forward_seconds']:.3f} | {t['backward_seconds']:.3f} | "
               f"{t['optimizer_seconds']:.3f} | {t['images_per_second']:,.0f} |")
+
+for label in ("ops-seed-cnn-64", "ops-cnn-256", "ops-candleconv-cnn-256"):
+    path = os.path.join(results, f"{label}.out")
+    if os.path.isfile(path):
+        with open(path) as f:
+            lines = [l.rstrip() for l in f if l.startswith("|") or l.startswith("op profile")]
+        if lines:
+            print(f"\n### {label}\n")
+            print("\n".join(lines))
 
 print()
 for f in failures:

@@ -125,3 +125,74 @@ extern "C" __global__ void exp_adam_f32(float *p, const float *g, float *m, floa
         p[i] = base - (mi / denom) * step_size;
     }
 }
+
+// im2col for a convolution with square stride/padding/dilation: x (n, c, h, w) contiguous →
+// col (n·oh·ow, c·kh·kw), one row per output pixel, so that the convolution is one GEMM
+// col · Wᵀ and its gradients are GEMMs too. Zero where the window leaves the image (padding).
+// The caller guarantees that every index fits in 32 bits.
+template <typename T>
+__device__ void im2col(const T *x, T *col, uint32_t n, uint32_t c, uint32_t h, uint32_t w,
+                       uint32_t kh, uint32_t kw, uint32_t oh, uint32_t ow, uint32_t stride,
+                       uint32_t pad, uint32_t dil) {
+    const uint32_t K = c * kh * kw;
+    const uint32_t total = n * oh * ow * K;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += blockDim.x * gridDim.x) {
+        const uint32_t row = i / K, k = i % K;
+        const uint32_t kx = k % kw, ky = (k / kw) % kh, ci = k / (kw * kh);
+        const uint32_t ox = row % ow, oy = (row / ow) % oh, b = row / (ow * oh);
+        const int iy = (int)(oy * stride + ky * dil) - (int)pad;
+        const int ix = (int)(ox * stride + kx * dil) - (int)pad;
+        col[i] = (iy >= 0 && iy < (int)h && ix >= 0 && ix < (int)w)
+                     ? x[((b * c + ci) * h + iy) * w + ix]
+                     : T(0.0f);
+    }
+}
+
+// The adjoint of im2col: dx (n, c, h, w) = Σ of the col entries each pixel was copied to.
+// A gather (one thread per pixel, summing in f32), so no atomics and a deterministic result.
+template <typename T>
+__device__ void col2im(const T *col, T *dx, uint32_t n, uint32_t c, uint32_t h, uint32_t w,
+                       uint32_t kh, uint32_t kw, uint32_t oh, uint32_t ow, uint32_t stride,
+                       uint32_t pad, uint32_t dil) {
+    const uint32_t K = c * kh * kw;
+    const uint32_t total = n * c * h * w;
+    for (uint32_t j = blockIdx.x * blockDim.x + threadIdx.x; j < total;
+         j += blockDim.x * gridDim.x) {
+        const uint32_t ix = j % w, iy = (j / w) % h, ci = (j / (w * h)) % c, b = j / (w * h * c);
+        float sum = 0.0f;
+        for (uint32_t ky = 0; ky < kh; ++ky) {
+            const int ny = (int)(iy + pad) - (int)(ky * dil);
+            if (ny < 0 || ny % (int)stride != 0) continue;
+            const uint32_t oy = ny / stride;
+            if (oy >= oh) continue;
+            for (uint32_t kx = 0; kx < kw; ++kx) {
+                const int nx = (int)(ix + pad) - (int)(kx * dil);
+                if (nx < 0 || nx % (int)stride != 0) continue;
+                const uint32_t ox = nx / stride;
+                if (ox >= ow) continue;
+                const uint32_t row = (b * oh + oy) * ow + ox;
+                sum += to_f(col[row * K + (ci * kh + ky) * kw + kx]);
+            }
+        }
+        dx[j] = T(sum);
+    }
+}
+
+#define IM2COL(NAME, T)                                                                        \
+    extern "C" __global__ void exp_im2col_##NAME(const T *x, T *col, uint32_t n, uint32_t c,  \
+                                                 uint32_t h, uint32_t w, uint32_t kh,          \
+                                                 uint32_t kw, uint32_t oh, uint32_t ow,        \
+                                                 uint32_t stride, uint32_t pad, uint32_t dil) { \
+        im2col<T>(x, col, n, c, h, w, kh, kw, oh, ow, stride, pad, dil);                       \
+    }                                                                                          \
+    extern "C" __global__ void exp_col2im_##NAME(const T *col, T *dx, uint32_t n, uint32_t c, \
+                                                 uint32_t h, uint32_t w, uint32_t kh,          \
+                                                 uint32_t kw, uint32_t oh, uint32_t ow,        \
+                                                 uint32_t stride, uint32_t pad, uint32_t dil) { \
+        col2im<T>(col, dx, n, c, h, w, kh, kw, oh, ow, stride, pad, dil);                      \
+    }
+
+IM2COL(f32, float)
+IM2COL(f16, __half)
+IM2COL(bf16, __nv_bfloat16)

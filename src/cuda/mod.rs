@@ -192,3 +192,61 @@ pub fn adam_step(
     unsafe { b.launch(launch_config(n)) }.w()?;
     Ok(())
 }
+
+/// im2col (`col2im == false`) or its adjoint col2im of a contiguous tensor, per `geometry`.
+pub fn im2col(
+    storage: &CudaStorage,
+    layout: &Layout,
+    geometry: &crate::model::ConvGeometry,
+    col2im: bool,
+) -> Result<(CudaStorage, Shape)> {
+    use candle_core::cuda_backend::CudaStorageSlice as S;
+    let g = geometry;
+    let (out_shape, out_len) = if col2im {
+        (Shape::from((g.n, g.c, g.h, g.w)), g.n * g.c * g.h * g.w)
+    } else {
+        (
+            Shape::from((g.n * g.oh * g.ow, g.c * g.kh * g.kw)),
+            g.n * g.oh * g.ow * g.c * g.kh * g.kw,
+        )
+    };
+    if g.n * g.oh * g.ow * g.c * g.kh * g.kw > u32::MAX as usize
+        || g.n * g.c * g.h * g.w > u32::MAX as usize
+    {
+        candle_core::bail!("im2col: the convolution is too large for 32-bit indices")
+    }
+    let args: [u32; 11] = [
+        g.n, g.c, g.h, g.w, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation,
+    ]
+    .map(|v| v as u32);
+    let device = storage.device().clone();
+    macro_rules! launch {
+        ($slice:expr, $t:ty, $name:literal, $variant:ident) => {{
+            let input = contiguous_view($slice, layout)?;
+            // SAFETY: every element is written by the kernel below.
+            let out = unsafe { device.alloc::<$t>(out_len)? };
+            let name = if col2im {
+                concat!("exp_col2im_", $name)
+            } else {
+                concat!("exp_im2col_", $name)
+            };
+            let func = device.get_or_load_custom_func(name, MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&input);
+            b.arg(&out);
+            for a in &args {
+                b.arg(a);
+            }
+            // SAFETY: argument types and count match the kernel's signature.
+            unsafe { b.launch(launch_config(out_len)) }.w()?;
+            S::$variant(out)
+        }};
+    }
+    let slice = match &storage.slice {
+        S::F32(s) => launch!(s, f32, "f32", F32),
+        S::F16(s) => launch!(s, half::f16, "f16", F16),
+        S::BF16(s) => launch!(s, half::bf16, "bf16", BF16),
+        _ => candle_core::bail!("im2col: unsupported dtype {:?}", storage.dtype()),
+    };
+    Ok((CudaStorage { slice, device }, out_shape))
+}

@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{Conv2d, Conv2dConfig};
 
-use crate::model::{conv2d, max_pool_2x2};
+use crate::model::{conv2d, max_pool_2x2, ConvNames};
 use crate::rng::{ExpRng, Purpose};
 use crate::spec::{OptimizerName, TrainSpec};
 use crate::train::Optimizer;
@@ -114,17 +114,37 @@ fn conv_kernel_grad(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
             Some(bv.as_tensor().clone()),
             Conv2dConfig::default(),
         );
-        let ys = conv2d(&layer, &x.to_device(dev)?, true)?;
-        let grads = ys.sqr()?.sum_all()?.backward()?;
-        let missing = || candle_core::Error::Msg("no gradient reached a parameter".into());
-        Ok(vec![
-            ys,
-            grads.get(wv.as_tensor()).cloned().ok_or_else(missing)?,
-            grads.get(bv.as_tensor()).cloned().ok_or_else(missing)?,
-        ])
+        static NAMES: ConvNames = ConvNames {
+            forward: "check conv",
+            bias: "check conv bias",
+            kernel_grad: "check conv kernel grad",
+            input_grad: "check conv input grad",
+        };
+        // The image-batch case (no input gradient), then an input that needs its gradient.
+        let xv = Var::from_tensor(&x.to_device(dev)?)?;
+        let mut out = Vec::new();
+        for input in [&x.to_device(dev)?, xv.as_tensor()] {
+            let ys = conv2d(&layer, input, true, &NAMES)?;
+            let grads = ys.sqr()?.sum_all()?.backward()?;
+            let missing = || candle_core::Error::Msg("no gradient reached a parameter".into());
+            out.push(ys);
+            out.push(grads.get(wv.as_tensor()).cloned().ok_or_else(missing)?);
+            out.push(grads.get(bv.as_tensor()).cloned().ok_or_else(missing)?);
+            if let Some(g) = grads.get(xv.as_tensor()) {
+                out.push(g.clone());
+            }
+        }
+        Ok(out)
     };
     let reference = grads_on(&Device::Cpu)?;
     let ours = grads_on(device)?;
+    if ours.len() != reference.len() {
+        candle_core::bail!(
+            "conv2d: {} gradients on the device, {} on the CPU",
+            ours.len(),
+            reference.len()
+        )
+    }
     let mut diff: f64 = 0.0;
     for (a, b) in ours.iter().zip(&reference) {
         // Relative to the tensor's scale: cuBLAS sums in another order than the CPU GEMM.
@@ -137,7 +157,7 @@ fn conv_kernel_grad(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
         diff = diff.max(max_abs_diff(a, b)? / scale);
     }
     Ok(result(
-        "conv2d with kernel-only gradient (f32; difference relative to the largest value)".into(),
+        "conv2d (im2col + GEMM on GPUs) forward, kernel, bias and input gradients (f32; relative to the largest value)".into(),
         diff,
         1e-4,
     ))

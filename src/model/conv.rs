@@ -1,17 +1,26 @@
-//! 2-D convolution whose backward pass skips the input gradient when nothing needs it.
+//! 2-D convolution with a backward pass that computes only the gradients something needs.
 //!
 //! candle 0.11.1's conv2d backward always computes the gradient of the input (a full
 //! `conv_transpose2d`), even when the input is the image batch, which no parameter depends
-//! on. For the first convolution of every model that is wasted work as large as the
-//! convolution itself. Here, when the input does not track gradients, the forward runs candle's
-//! conv2d on the detached weight and a custom op re-attaches the weight with a backward that
-//! computes the kernel gradient alone (with candle's own formula, so values are unchanged).
+//! on: for the first convolution of every model, wasted work as large as the convolution
+//! itself. Here the forward runs candle's conv2d on detached operands and a custom op
+//! re-attaches weight and input with a backward that computes the kernel gradient, and the
+//! input gradient only when the input tracks one, each with candle's own formula (values are
+//! unchanged) and each timed separately under `EXP_PROFILE_OPS=1`.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use candle_nn::{Conv2d, Module};
 
-/// `layer(xs)` in `xs`'s dtype; `training` says whether a backward pass may follow.
-pub fn conv2d(layer: &Conv2d, xs: &Tensor, training: bool) -> Result<Tensor> {
+use crate::profile::span;
+
+/// `layer(xs)` in `xs`'s dtype; `training` says whether a backward pass may follow. `name`
+/// labels the layer in profiles.
+pub fn conv2d(
+    layer: &Conv2d,
+    xs: &Tensor,
+    training: bool,
+    name: &'static ConvNames,
+) -> Result<Tensor> {
     let weight = if layer.weight().dtype() == xs.dtype() {
         layer.weight().clone()
     } else {
@@ -23,50 +32,89 @@ pub fn conv2d(layer: &Conv2d, xs: &Tensor, training: bool) -> Result<Tensor> {
     if config.groups != 1 {
         candle_core::bail!("exp's conv2d supports groups = 1 only")
     }
-    let ys = if training && !xs.track_op() {
-        let ys = xs.conv2d(
+    // On a GPU: im2col + GEMM, whose backward is GEMMs and col2im (see im2col.rs).
+    // EXP_CUDA_CONV=candle keeps candle's own convolution there, to compare the two.
+    if !xs.device().is_cpu() && super::im2col::supported(xs) && !candle_conv_forced() {
+        return super::im2col::conv2d_gemm(
+            xs,
+            &weight,
+            bias.as_ref(),
+            config.stride,
+            config.padding,
+            config.dilation,
+            name,
+        );
+    }
+    if !training {
+        return span(name.forward, xs.device(), || {
+            Conv2d::new(weight, bias, config).forward(xs)
+        });
+    }
+    let ys = span(name.forward, xs.device(), || {
+        xs.detach().conv2d(
             &weight.detach(),
             config.padding,
             config.stride,
             config.dilation,
             1,
-        )?;
-        weight.apply_op2(
-            &ys,
-            KernelGradOnly {
-                input: xs.clone(),
-                padding: config.padding,
-                stride: config.stride,
-                dilation: config.dilation,
-            },
-        )?
-    } else {
-        return Conv2d::new(weight, bias, config).forward(xs);
-    };
+        )
+    })?;
+    let ys = weight.apply_op3(
+        xs,
+        &ys,
+        ConvGradients {
+            padding: config.padding,
+            stride: config.stride,
+            dilation: config.dilation,
+            names: name,
+        },
+    )?;
     match bias {
-        Some(bias) => ys.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?),
+        Some(bias) => span(name.bias, ys.device(), || {
+            ys.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)
+        }),
         None => Ok(ys),
     }
 }
 
-/// Forward: passes the precomputed convolution through (one copy). Backward: the kernel
-/// gradient only.
-struct KernelGradOnly {
-    input: Tensor,
+/// `EXP_CUDA_CONV=candle`: use candle's conv2d on GPUs too (for side-by-side benchmarks).
+fn candle_conv_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("EXP_CUDA_CONV").is_ok_and(|v| v == "candle"))
+}
+
+/// Profile labels of one convolution layer.
+pub struct ConvNames {
+    /// The convolution's forward pass.
+    pub forward: &'static str,
+    /// The bias addition.
+    pub bias: &'static str,
+    /// The kernel gradient.
+    pub kernel_grad: &'static str,
+    /// The input gradient.
+    pub input_grad: &'static str,
+}
+
+/// Forward: passes the precomputed convolution through (one device copy). Backward: the
+/// kernel gradient, and the input gradient when the input tracks one.
+struct ConvGradients {
     padding: usize,
     stride: usize,
     dilation: usize,
+    names: &'static ConvNames,
 }
 
-impl CustomOp2 for KernelGradOnly {
+impl CustomOp3 for ConvGradients {
     fn name(&self) -> &'static str {
-        "exp-conv2d-kernel-grad-only"
+        "exp-conv2d-gradients"
     }
 
     fn cpu_fwd(
         &self,
         _weight: &CpuStorage,
         _weight_layout: &Layout,
+        _input: &CpuStorage,
+        _input_layout: &Layout,
         ys: &CpuStorage,
         ys_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
@@ -79,6 +127,8 @@ impl CustomOp2 for KernelGradOnly {
         &self,
         _weight: &candle_core::CudaStorage,
         _weight_layout: &Layout,
+        _input: &candle_core::CudaStorage,
+        _input_layout: &Layout,
         ys: &candle_core::CudaStorage,
         ys_layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
@@ -89,30 +139,51 @@ impl CustomOp2 for KernelGradOnly {
     fn bwd(
         &self,
         weight: &Tensor,
+        input: &Tensor,
         _ys: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        // candle's Conv2D backward, kernel half (backprop.rs): stride and dilation swap roles.
-        let grad_kernel = self
-            .input
-            .transpose(0, 1)?
-            .conv2d(
-                &grad.transpose(0, 1)?,
-                self.padding,
-                self.dilation,
-                self.stride,
-                1,
-            )?
-            .transpose(0, 1)?;
-        let (_, _, k0, k1) = weight.dims4()?;
-        let (_, _, g0, g1) = grad_kernel.dims4()?;
-        let grad_kernel = if (g0, g1) != (k0, k1) {
-            grad_kernel.narrow(2, 0, k0)?.narrow(3, 0, k1)?
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let device = grad.device();
+        // candle's Conv2D backward (backprop.rs): stride and dilation swap roles here.
+        let grad_kernel = span(self.names.kernel_grad, device, || {
+            let g = input
+                .detach()
+                .transpose(0, 1)?
+                .conv2d(
+                    &grad.transpose(0, 1)?,
+                    self.padding,
+                    self.dilation,
+                    self.stride,
+                    1,
+                )?
+                .transpose(0, 1)?;
+            let (_, _, k0, k1) = weight.dims4()?;
+            let (_, _, g0, g1) = g.dims4()?;
+            if (g0, g1) != (k0, k1) {
+                g.narrow(2, 0, k0)?.narrow(3, 0, k1)
+            } else {
+                Ok(g)
+            }
+        })?;
+        let grad_input = if input.track_op() {
+            Some(span(self.names.input_grad, device, || {
+                let k_h = weight.dim(2)?;
+                let out_size = (grad.dim(2)? - 1) * self.stride + self.dilation * (k_h - 1) + 1
+                    - 2 * self.padding;
+                let out_padding = input.dim(2)? - out_size;
+                grad.conv_transpose2d(
+                    &weight.detach(),
+                    self.padding,
+                    out_padding,
+                    self.stride,
+                    self.dilation,
+                )
+            })?)
         } else {
-            grad_kernel
+            None
         };
-        Ok((Some(grad_kernel), None))
+        Ok((Some(grad_kernel), grad_input, None))
     }
 }
 
@@ -123,8 +194,16 @@ mod tests {
     use candle_core::{Device, Var};
     use candle_nn::Conv2dConfig;
 
-    /// Same output and the same weight and bias gradients as candle's own conv2d, bit for bit,
-    /// over shapes with odd sizes, padding and stride.
+    static TEST_NAMES: ConvNames = ConvNames {
+        forward: "test fwd",
+        bias: "test bias",
+        kernel_grad: "test kernel grad",
+        input_grad: "test input grad",
+    };
+
+    /// Same output and the same weight, bias and input gradients as candle's own conv2d, bit
+    /// for bit, over shapes with odd sizes, padding and stride; no input gradient for an input
+    /// that tracks none.
     #[test]
     fn gradients_equal_candles_conv2d() -> Result<()> {
         let mut rng = ExpRng::new(9, Purpose::Init);
@@ -164,8 +243,6 @@ mod tests {
                 layer.forward(&x)?.shape(),
                 &Device::Cpu,
             )?;
-            let ours = conv2d(&layer, &x, true)?;
-            let theirs = layer.forward(&x)?;
             let bits = |t: &Tensor| -> Result<Vec<u32>> {
                 Ok(t.flatten_all()?
                     .to_vec1::<f32>()?
@@ -173,13 +250,27 @@ mod tests {
                     .map(|v| v.to_bits())
                     .collect())
             };
-            assert_eq!(bits(&ours)?, bits(&theirs)?);
-            let g_ours = (ours * &probe)?.sum_all()?.backward()?;
-            let g_theirs = (theirs * &probe)?.sum_all()?.backward()?;
-            for v in [&wv, &bv] {
-                let a = g_ours.get(v).expect("gradient");
-                let b = g_theirs.get(v).expect("gradient");
-                assert_eq!(bits(a)?, bits(b)?, "{n} {c_in} {c_out} {h} {w} {k}");
+            // An untracked input (the image batch), then one that tracks a gradient.
+            let xv = Var::from_tensor(&x)?;
+            for input in [&x, xv.as_tensor()] {
+                let ours = conv2d(&layer, input, true, &TEST_NAMES)?;
+                let theirs = layer.forward(input)?;
+                assert_eq!(bits(&ours)?, bits(&theirs)?);
+                let g_ours = (ours * &probe)?.sum_all()?.backward()?;
+                let g_theirs = (theirs * &probe)?.sum_all()?.backward()?;
+                for v in [wv.as_tensor(), bv.as_tensor(), xv.as_tensor()] {
+                    match (g_ours.get(v), g_theirs.get(v)) {
+                        (Some(a), Some(b)) => {
+                            assert_eq!(bits(a)?, bits(b)?, "{n} {c_in} {c_out} {h} {w} {k}")
+                        }
+                        (None, None) => {}
+                        (a, b) => panic!(
+                            "gradient presence differs: {:?} vs {:?}",
+                            a.is_some(),
+                            b.is_some()
+                        ),
+                    }
+                }
             }
         }
         Ok(())

@@ -15,6 +15,7 @@ use crate::rng::{ExpRng, Purpose};
 use crate::spec::{ModelName, ModelSpec};
 
 mod conv;
+mod im2col;
 mod pool;
 
 /// Training (dropout active, drawing from the dropout stream) or evaluation.
@@ -140,8 +141,30 @@ fn dropout(xs: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
     }
 }
 
-pub use conv::conv2d;
+pub use conv::{conv2d, ConvNames};
+pub use im2col::{conv2d_gemm, ConvGeometry};
 pub use pool::max_pool_2x2;
+
+use crate::profile::span;
+
+static SEED_CONV: ConvNames = ConvNames {
+    forward: "fwd conv",
+    bias: "fwd conv bias",
+    kernel_grad: "bwd conv kernel grad",
+    input_grad: "bwd conv input grad",
+};
+static CONV1: ConvNames = ConvNames {
+    forward: "fwd conv1",
+    bias: "fwd conv1 bias",
+    kernel_grad: "bwd conv1 kernel grad",
+    input_grad: "bwd conv1 input grad",
+};
+static CONV2: ConvNames = ConvNames {
+    forward: "fwd conv2",
+    bias: "fwd conv2 bias",
+    kernel_grad: "bwd conv2 kernel grad",
+    input_grad: "bwd conv2 input grad",
+};
 
 /// `layer` applied in `xs`'s dtype. Parameters are f32 master copies; under bf16/f16 they are
 /// cast per step, so autograd hands the optimiser f32 gradients.
@@ -248,20 +271,23 @@ impl Model {
         })
     }
 
-    /// Logits for a batch of NCHW images, computed in the images' dtype.
+    /// Logits for a batch of NCHW images, computed in the images' dtype. Each layer is a
+    /// profile span (`EXP_PROFILE_OPS=1`).
     pub fn forward(&self, xs: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let training = matches!(mode, Mode::Train(_));
+        let dev = xs.device();
+        let relu = |name, x: &Tensor| span(name, dev, || x.relu());
         match &self.architecture {
             Architecture::Mlp { layers, dropout: p } => {
                 let mut x = xs.flatten_from(1)?;
                 let last = layers.len() - 1;
                 for (i, layer) in layers.iter().enumerate() {
                     if i > 0 {
-                        x = dropout(&x, *p, mode)?;
+                        x = span("fwd dropout", dev, || dropout(&x, *p, mode))?;
                     }
-                    x = linear(layer, &x)?;
+                    x = span("fwd linear", dev, || linear(layer, &x))?;
                     if i < last {
-                        x = x.relu()?;
+                        x = relu("fwd relu", &x)?;
                     }
                 }
                 Ok(x)
@@ -270,8 +296,10 @@ impl Model {
                 conv: conv_layer,
                 fc,
             } => {
-                let x = max_pool_2x2(&conv::conv2d(conv_layer, xs, training)?.relu()?)?;
-                linear(fc, &x.flatten_from(1)?)
+                let x = conv2d(conv_layer, xs, training, &SEED_CONV)?;
+                let x = relu("fwd relu", &x)?;
+                let x = span("fwd max-pool", dev, || max_pool_2x2(&x))?;
+                span("fwd fc", dev, || linear(fc, &x.flatten_from(1)?))
             }
             Architecture::Cnn {
                 conv1,
@@ -281,12 +309,16 @@ impl Model {
                 conv_dropout,
                 dropout: p,
             } => {
-                let x = conv::conv2d(conv1, xs, training)?.relu()?;
-                let x = max_pool_2x2(&conv::conv2d(conv2, &x, training)?.relu()?)?;
-                let x = dropout(&x, *conv_dropout, mode)?.flatten_from(1)?;
-                let x = linear(fc1, &x)?.relu()?;
-                let x = dropout(&x, *p, mode)?;
-                linear(fc2, &x)
+                let x = conv2d(conv1, xs, training, &CONV1)?;
+                let x = relu("fwd relu1", &x)?;
+                let x = conv2d(conv2, &x, training, &CONV2)?;
+                let x = relu("fwd relu2", &x)?;
+                let x = span("fwd max-pool", dev, || max_pool_2x2(&x))?;
+                let x = span("fwd dropout1", dev, || dropout(&x, *conv_dropout, mode))?;
+                let x = span("fwd fc1", dev, || linear(fc1, &x.flatten_from(1)?))?;
+                let x = relu("fwd relu3", &x)?;
+                let x = span("fwd dropout2", dev, || dropout(&x, *p, mode))?;
+                span("fwd fc2", dev, || linear(fc2, &x))
             }
         }
     }

@@ -115,10 +115,12 @@ impl CustomOp1 for MaxPool2x2 {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(
-            &grad_res.contiguous()?,
-            &MaxPool2x2Backward,
-        )?))
+        crate::profile::span("bwd max-pool", arg.device(), || {
+            Ok(Some(arg.apply_op2_no_bwd(
+                &grad_res.contiguous()?,
+                &MaxPool2x2Backward,
+            )?))
+        })
     }
 }
 

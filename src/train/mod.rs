@@ -18,6 +18,7 @@ pub use crate::device::DeviceRequest;
 use crate::error::ExitCode;
 use crate::eval::{evaluate, Evaluation};
 use crate::model::{Mode, Model};
+use crate::profile::span;
 use crate::rng::{ExpRng, Purpose};
 use crate::spec::{Precision, TrainSpec};
 pub use optim::Optimizer;
@@ -305,15 +306,21 @@ pub fn train(
             let t0 = Instant::now();
             let start = step * spec.batch_size;
             let len = spec.batch_size.min(n - start);
-            let indices = order.narrow(0, start, len)?;
-            let xs = train_split.images.index_select(&indices, 0)?;
-            let ys = train_split.labels.index_select(&indices, 0)?;
+            let (xs, ys) = span("data gather", device, || {
+                let indices = order.narrow(0, start, len)?;
+                Ok((
+                    train_split.images.index_select(&indices, 0)?,
+                    train_split.labels.index_select(&indices, 0)?,
+                ))
+            })?;
             sync(device)?;
             let t1 = Instant::now();
             let logits = model
                 .forward(&xs, &mut Mode::Train(&mut dropout))?
                 .to_dtype(DType::F32)?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &ys)?;
+            let loss = span("fwd loss", device, || {
+                candle_nn::loss::cross_entropy(&logits, &ys)
+            })?;
             if on_cpu {
                 // Reading a CPU tensor costs nothing: check every step.
                 last_loss = loss.to_scalar::<f32>()?;
@@ -339,11 +346,13 @@ pub fn train(
             // the micro-batches) and, in f16, by the loss scale (undone before the update).
             let loss_scale = scaler.as_ref().map_or(1.0, |s| s.scale());
             let factor = loss_scale / spec.accumulate as f64;
-            let grads = if factor != 1.0 {
-                loss.affine(factor, 0.0)?.backward()?
-            } else {
-                loss.backward()?
-            };
+            let grads = span("backward (all, incl. the bwd rows)", device, || {
+                if factor != 1.0 {
+                    loss.affine(factor, 0.0)?.backward()
+                } else {
+                    loss.backward()
+                }
+            })?;
             sync(device)?;
             let t3 = Instant::now();
             let overflowed = match &scaler {
@@ -377,7 +386,7 @@ pub fn train(
                         *g = g.affine(1.0 / loss_scale, 0.0)?;
                     }
                 }
-                optimizer.step(&accumulated)?;
+                span("optimizer step", device, || optimizer.step(&accumulated))?;
                 if let Some(s) = scaler.as_mut() {
                     s.stepped();
                 }
@@ -425,6 +434,9 @@ pub fn train(
         history.push(row);
         evaluation = Some(e);
     }
+    if crate::profile::enabled() {
+        print_profile(train_time.as_secs_f64() + timing.eval_seconds);
+    }
     let examples = n * spec.epochs;
     timing.images_per_second = examples as f64 / train_time.as_secs_f64().max(1e-9);
     let evaluation = match evaluation {
@@ -438,6 +450,20 @@ pub fn train(
         skipped_steps,
         timing,
     })
+}
+
+/// The per-operation table of `EXP_PROFILE_OPS=1`, on stderr.
+fn print_profile(total_seconds: f64) {
+    eprintln!("op profile (EXP_PROFILE_OPS=1; each op synchronised; training and evaluation):");
+    eprintln!("| op | calls | total s | ms per call | share of run |");
+    eprintln!("|---|---|---|---|---|");
+    for (name, seconds, calls) in crate::profile::take() {
+        eprintln!(
+            "| {name} | {calls} | {seconds:.3} | {:.3} | {:.1} % |",
+            1e3 * seconds / calls.max(1) as f64,
+            100.0 * seconds / total_seconds.max(1e-9)
+        );
+    }
 }
 
 fn accuracy(e: &Evaluation) -> f64 {

@@ -1,0 +1,318 @@
+//! Convolution as im2col + GEMM, with every gradient a GEMM or col2im.
+//!
+//! candle 0.11.1's conv2d backward computes the input gradient with a direct
+//! `conv_transpose2d` kernel and the kernel gradient as a convolution over the transposed,
+//! non-contiguous input; on a GPU both are far slower than the matrix products they amount to.
+//! Here the convolution is written as `im2col(x) · Wᵀ`: the forward is one GEMM, and candle's
+//! autograd turns the backward into two GEMMs (the kernel gradient `colᵀ · dY`, the column
+//! gradient `dY · W`) plus col2im, the adjoint of im2col, which is this op's backward. col2im
+//! is a gather, so the input gradient is deterministic. The first layer's image batch tracks no
+//! gradient, so its col2im never runs.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+use crate::profile::span;
+
+/// The shape of one convolution: input `(n, c, h, w)`, kernel `kh × kw`, output `oh × ow`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvGeometry {
+    /// Batch.
+    pub n: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+    /// Dilation.
+    pub dilation: usize,
+}
+
+impl ConvGeometry {
+    fn new(
+        input: &[usize],
+        kernel: (usize, usize),
+        stride: usize,
+        padding: usize,
+        dilation: usize,
+    ) -> Result<ConvGeometry> {
+        let &[n, c, h, w] = input else {
+            candle_core::bail!("conv2d: expected an NCHW input, got {input:?}")
+        };
+        let (kh, kw) = kernel;
+        let span_h = dilation * (kh - 1) + 1;
+        let span_w = dilation * (kw - 1) + 1;
+        if h + 2 * padding < span_h || w + 2 * padding < span_w || stride == 0 {
+            candle_core::bail!("conv2d: a {kh}×{kw} kernel does not fit a {h}×{w} input")
+        }
+        Ok(ConvGeometry {
+            n,
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            oh: (h + 2 * padding - span_h) / stride + 1,
+            ow: (w + 2 * padding - span_w) / stride + 1,
+            stride,
+            padding,
+            dilation,
+        })
+    }
+
+    /// Input row and column of output pixel `(oy, ox)`'s kernel tap `(ky, kx)`, if inside.
+    #[inline]
+    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let iy = (oy * self.stride + ky * self.dilation).checked_sub(self.padding)?;
+        let ix = (ox * self.stride + kx * self.dilation).checked_sub(self.padding)?;
+        (iy < self.h && ix < self.w).then_some((iy, ix))
+    }
+}
+
+/// `conv2d(xs, weight) + bias` as im2col + GEMM (see the module docs). `xs`, `weight` and
+/// `bias` share a dtype.
+pub fn conv2d_gemm(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    names: &'static super::ConvNames,
+) -> Result<Tensor> {
+    let (c_out, c_in, kh, kw) = weight.dims4()?;
+    let g = ConvGeometry::new(xs.dims(), (kh, kw), stride, padding, dilation)?;
+    if g.c != c_in {
+        candle_core::bail!("conv2d: input has {} channels, the kernel {c_in}", g.c)
+    }
+    let device = xs.device();
+    let ys = span(names.forward, device, || {
+        let col = xs.contiguous()?.apply_op1(Im2Col { geometry: g, names })?;
+        // (n·oh·ow, c·kh·kw) · (c·kh·kw, c_out): one GEMM; the gradients are GEMMs too.
+        let ys = col.matmul(&weight.reshape((c_out, c_in * kh * kw))?.t()?)?;
+        ys.reshape((g.n, g.oh, g.ow, c_out))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
+    })?;
+    match bias {
+        Some(bias) => span(names.bias, device, || {
+            ys.broadcast_add(&bias.reshape((1, c_out, 1, 1))?)
+        }),
+        None => Ok(ys),
+    }
+}
+
+/// im2col; its backward is col2im.
+struct Im2Col {
+    geometry: ConvGeometry,
+    names: &'static super::ConvNames,
+}
+
+fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("im2col: input is not contiguous"),
+    }
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "exp-im2col"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let CpuStorage::F32(x) = storage else {
+            candle_core::bail!("im2col on the CPU: f32 only, got {:?}", storage.dtype())
+        };
+        let x = contiguous(x, layout)?;
+        let g = self.geometry;
+        let k_len = g.c * g.kh * g.kw;
+        let mut col = vec![0f32; g.n * g.oh * g.ow * k_len];
+        col.par_chunks_mut(g.oh * g.ow * k_len)
+            .enumerate()
+            .for_each(|(b, image_rows)| {
+                for (pixel, row) in image_rows.chunks_mut(k_len).enumerate() {
+                    let (oy, ox) = (pixel / g.ow, pixel % g.ow);
+                    for ci in 0..g.c {
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                if let Some((iy, ix)) = g.source(oy, ox, ky, kx) {
+                                    row[(ci * g.kh + ky) * g.kw + kx] =
+                                        x[((b * g.c + ci) * g.h + iy) * g.w + ix];
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((
+            CpuStorage::F32(col),
+            Shape::from((g.n * g.oh * g.ow, k_len)),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::im2col(storage, layout, &self.geometry, false)
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        span(self.names.input_grad, arg.device(), || {
+            Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im {
+                geometry: self.geometry,
+            })?))
+        })
+    }
+}
+
+/// col2im, the adjoint of im2col: each pixel sums the column entries it was copied to.
+struct Col2Im {
+    geometry: ConvGeometry,
+}
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "exp-col2im"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        use rayon::prelude::*;
+        let CpuStorage::F32(col) = storage else {
+            candle_core::bail!("col2im on the CPU: f32 only, got {:?}", storage.dtype())
+        };
+        let col = contiguous(col, layout)?;
+        let g = self.geometry;
+        let k_len = g.c * g.kh * g.kw;
+        let mut dx = vec![0f32; g.n * g.c * g.h * g.w];
+        // Accumulated per image, output pixel by output pixel: the same order on every run.
+        dx.par_chunks_mut(g.c * g.h * g.w)
+            .enumerate()
+            .for_each(|(b, image)| {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let row = &col[((b * g.oh + oy) * g.ow + ox) * k_len..][..k_len];
+                        for ci in 0..g.c {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    if let Some((iy, ix)) = g.source(oy, ox, ky, kx) {
+                                        image[(ci * g.h + iy) * g.w + ix] +=
+                                            row[(ci * g.kh + ky) * g.kw + kx];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(dx), Shape::from((g.n, g.c, g.h, g.w))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::im2col(storage, layout, &self.geometry, true)
+    }
+}
+
+/// Whether the im2col path handles this dtype on this device.
+pub fn supported(xs: &Tensor) -> bool {
+    match xs.device() {
+        candle_core::Device::Cpu => xs.dtype() == DType::F32,
+        candle_core::Device::Cuda(_) => {
+            matches!(xs.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::{ExpRng, Purpose};
+    use candle_core::{Device, Var};
+
+    static NAMES: super::super::ConvNames = super::super::ConvNames {
+        forward: "test fwd",
+        bias: "test bias",
+        kernel_grad: "test kernel grad",
+        input_grad: "test input grad",
+    };
+
+    /// Output and all gradients agree with candle's conv2d (GEMM summation order differs from
+    /// candle's direct kernels, so within f32 rounding), over padding, stride and dilation.
+    #[test]
+    fn matches_candles_conv2d_and_its_gradients() -> Result<()> {
+        let mut rng = ExpRng::new(11, Purpose::Init);
+        for (n, c_in, c_out, h, w, k, padding, stride, dilation) in [
+            (4, 1, 8, 28, 28, 3, 0, 1, 1),
+            (3, 3, 5, 13, 11, 3, 1, 1, 1),
+            (2, 2, 4, 9, 9, 5, 2, 2, 1),
+            (2, 3, 4, 12, 10, 3, 2, 1, 2),
+        ] {
+            let dev = Device::Cpu;
+            let x = Var::from_tensor(&Tensor::from_vec(
+                rng.uniform(n * c_in * h * w, 1.0),
+                (n, c_in, h, w),
+                &dev,
+            )?)?;
+            let wv = Var::from_tensor(&Tensor::from_vec(
+                rng.uniform(c_out * c_in * k * k, 0.5),
+                (c_out, c_in, k, k),
+                &dev,
+            )?)?;
+            let bv = Var::from_tensor(&Tensor::from_vec(rng.uniform(c_out, 0.5), c_out, &dev)?)?;
+            let ours = conv2d_gemm(
+                x.as_tensor(),
+                wv.as_tensor(),
+                Some(bv.as_tensor()),
+                stride,
+                padding,
+                dilation,
+                &NAMES,
+            )?;
+            let theirs = x
+                .as_tensor()
+                .conv2d(wv.as_tensor(), padding, stride, dilation, 1)?
+                .broadcast_add(&bv.as_tensor().reshape((1, c_out, 1, 1))?)?;
+            let probe =
+                Tensor::from_vec(rng.uniform(theirs.elem_count(), 1.0), theirs.shape(), &dev)?;
+            let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
+                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+                let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff <= 1e-5 * scale, "{what}: {diff} (scale {scale}) for {n} {c_in} {c_out} {h} {w} {k} p{padding} s{stride} d{dilation}");
+                Ok(())
+            };
+            close(&ours, &theirs, "output")?;
+            let g_ours = (ours * &probe)?.sum_all()?.backward()?;
+            let g_theirs = (theirs * &probe)?.sum_all()?.backward()?;
+            for (v, what) in [(&x, "input"), (&wv, "kernel"), (&bv, "bias")] {
+                let (Some(a), Some(b)) = (g_ours.get(v), g_theirs.get(v)) else {
+                    panic!("missing {what} gradient")
+                };
+                close(a, b, what)?;
+            }
+        }
+        Ok(())
+    }
+}
