@@ -9,7 +9,8 @@
 #   3. benchmark, side by side on this GPU: exp against PyTorch eager (scripts/gpu/bench_pytorch_gpu.py)
 #      for seed-cnn on MNIST at batch 64 and 256 and cnn on Fashion-MNIST at batch 64 and 256,
 #      Adam 1e-3, 3 epochs: img/s of epochs 2-3 and test accuracy;
-#   4. profile: one seed-cnn epoch at batch 64 and 256 with EXP_PROFILE_SYNC=1 (phase times).
+#   4. profile: per-operation times (EXP_PROFILE_OPS=1) of seed-cnn at batch 64 and cnn at 256,
+#      and of cnn at 256 with candle's own convolution (EXP_CUDA_CONV=candle).
 # Results go to $OUT (default /tmp/exp-gpu-out): check.log, summary.md, one GPU run record.
 # Exit status: 0 when every test passed, 1 otherwise.
 #
@@ -85,22 +86,12 @@ if [[ $quick == 0 ]]; then
     python3 scripts/gpu/bench_pytorch_gpu.py --data "$EXP_DATA" --set mnist --model seed-cnn --batch-size $b \
       > "$work/results/bench-torch-seed-cnn-$b.json" || fail "pytorch seed-cnn $b"
     run "bench-exp-cnn-$b" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=$b
-    # The same with candle's own convolution (what exp used before its im2col + GEMM path).
-    EXP_CUDA_CONV=candle run "bench-candleconv-seed-cnn-$b" "$work/bench" mnist-cnn --device "$device" "${adam[@]}" --set train.batch_size=$b
+    # The same with candle's own convolution (what exp used before its own GPU convolution).
     EXP_CUDA_CONV=candle run "bench-candleconv-cnn-$b" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=$b
     python3 scripts/gpu/bench_pytorch_gpu.py --data "$EXP_DATA" --set fashion --model cnn --batch-size $b \
       > "$work/results/bench-torch-cnn-$b.json" || fail "pytorch cnn $b"
   done
-  echo "== 4. profile: phase times with a synchronisation after each phase"
-  export EXP_PROFILE_SYNC=1
-  for b in 64 256; do
-    run "profile-seed-cnn-$b" "$work/bench" mnist-cnn --device "$device" \
-      --set train.batch_size=$b --set data.train_limit=19200
-    run "profile-cnn-$b" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" \
-      --set train.epochs=1 --set train.batch_size=$b --set data.train_limit=19200
-  done
-  unset EXP_PROFILE_SYNC
-  echo "== 5. per-operation profile (EXP_PROFILE_OPS=1)"
+  echo "== 4. per-operation profile (EXP_PROFILE_OPS=1)"
   export EXP_PROFILE_OPS=1
   run "ops-seed-cnn-64" "$work/bench" mnist-cnn --device "$device" --set data.train_limit=19200
   run "ops-cnn-256" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" \

@@ -130,15 +130,21 @@ extern "C" __global__ void exp_adam_f32(float *p, const float *g, float *m, floa
 // col (n·oh·ow, c·kh·kw), one row per output pixel, so that the convolution is one GEMM
 // col · Wᵀ and its gradients are GEMMs too. Zero where the window leaves the image (padding).
 // The caller guarantees that every index fits in 32 bits.
+// With ld = K + 1, each row ends in a 1, so that a bias appended to the kernel matrix is added
+// by the GEMM itself (and its gradient comes out of the GEMM's backward).
 template <typename T>
 __device__ void im2col(const T *x, T *col, uint32_t n, uint32_t c, uint32_t h, uint32_t w,
                        uint32_t kh, uint32_t kw, uint32_t oh, uint32_t ow, uint32_t stride,
-                       uint32_t pad, uint32_t dil) {
+                       uint32_t pad, uint32_t dil, uint32_t ld) {
     const uint32_t K = c * kh * kw;
-    const uint32_t total = n * oh * ow * K;
+    const uint32_t total = n * oh * ow * ld;
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += blockDim.x * gridDim.x) {
-        const uint32_t row = i / K, k = i % K;
+        const uint32_t row = i / ld, k = i % ld;
+        if (k >= K) {
+            col[i] = T(1.0f);
+            continue;
+        }
         const uint32_t kx = k % kw, ky = (k / kw) % kh, ci = k / (kw * kh);
         const uint32_t ox = row % ow, oy = (row / ow) % oh, b = row / (ow * oh);
         const int iy = (int)(oy * stride + ky * dil) - (int)pad;
@@ -154,8 +160,7 @@ __device__ void im2col(const T *x, T *col, uint32_t n, uint32_t c, uint32_t h, u
 template <typename T>
 __device__ void col2im(const T *col, T *dx, uint32_t n, uint32_t c, uint32_t h, uint32_t w,
                        uint32_t kh, uint32_t kw, uint32_t oh, uint32_t ow, uint32_t stride,
-                       uint32_t pad, uint32_t dil) {
-    const uint32_t K = c * kh * kw;
+                       uint32_t pad, uint32_t dil, uint32_t ld) {
     const uint32_t total = n * c * h * w;
     for (uint32_t j = blockIdx.x * blockDim.x + threadIdx.x; j < total;
          j += blockDim.x * gridDim.x) {
@@ -172,7 +177,7 @@ __device__ void col2im(const T *col, T *dx, uint32_t n, uint32_t c, uint32_t h, 
                 const uint32_t ox = nx / stride;
                 if (ox >= ow) continue;
                 const uint32_t row = (b * oh + oy) * ow + ox;
-                sum += to_f(col[row * K + (ci * kh + ky) * kw + kx]);
+                sum += to_f(col[row * ld + (ci * kh + ky) * kw + kx]);
             }
         }
         dx[j] = T(sum);
@@ -180,19 +185,102 @@ __device__ void col2im(const T *col, T *dx, uint32_t n, uint32_t c, uint32_t h, 
 }
 
 #define IM2COL(NAME, T)                                                                        \
-    extern "C" __global__ void exp_im2col_##NAME(const T *x, T *col, uint32_t n, uint32_t c,  \
-                                                 uint32_t h, uint32_t w, uint32_t kh,          \
-                                                 uint32_t kw, uint32_t oh, uint32_t ow,        \
-                                                 uint32_t stride, uint32_t pad, uint32_t dil) { \
-        im2col<T>(x, col, n, c, h, w, kh, kw, oh, ow, stride, pad, dil);                       \
+    extern "C" __global__ void exp_im2col_##NAME(                                              \
+        const T *x, T *col, uint32_t n, uint32_t c, uint32_t h, uint32_t w, uint32_t kh,        \
+        uint32_t kw, uint32_t oh, uint32_t ow, uint32_t stride, uint32_t pad, uint32_t dil,     \
+        uint32_t ld) {                                                                          \
+        im2col<T>(x, col, n, c, h, w, kh, kw, oh, ow, stride, pad, dil, ld);                    \
     }                                                                                          \
-    extern "C" __global__ void exp_col2im_##NAME(const T *col, T *dx, uint32_t n, uint32_t c, \
-                                                 uint32_t h, uint32_t w, uint32_t kh,          \
-                                                 uint32_t kw, uint32_t oh, uint32_t ow,        \
-                                                 uint32_t stride, uint32_t pad, uint32_t dil) { \
-        col2im<T>(col, dx, n, c, h, w, kh, kw, oh, ow, stride, pad, dil);                      \
+    extern "C" __global__ void exp_col2im_##NAME(                                              \
+        const T *col, T *dx, uint32_t n, uint32_t c, uint32_t h, uint32_t w, uint32_t kh,       \
+        uint32_t kw, uint32_t oh, uint32_t ow, uint32_t stride, uint32_t pad, uint32_t dil,     \
+        uint32_t ld) {                                                                          \
+        col2im<T>(col, dx, n, c, h, w, kh, kw, oh, ow, stride, pad, dil, ld);                   \
     }
 
 IM2COL(f32, float)
 IM2COL(f16, __half)
 IM2COL(bf16, __nv_bfloat16)
+
+// Direct convolution for layers with few taps per output (c·kh·kw small, e.g. the first layer
+// on grey images, 9 taps): one thread per output element, bias fused, f32 accumulation. As a
+// GEMM such a layer has K = 9, a shape cuBLAS runs far below its speed.
+template <typename T>
+__device__ void conv_direct_fwd(const T *x, const T *wt, const T *bias, T *y, uint32_t n,
+                                uint32_t c, uint32_t h, uint32_t w, uint32_t co, uint32_t kh,
+                                uint32_t kw, uint32_t oh, uint32_t ow, uint32_t stride,
+                                uint32_t pad, uint32_t dil) {
+    const uint32_t total = n * co * oh * ow;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += blockDim.x * gridDim.x) {
+        const uint32_t ox = i % ow, oy = (i / ow) % oh, oc = (i / (ow * oh)) % co,
+                       b = i / (ow * oh * co);
+        float acc = to_f(bias[oc]);
+        for (uint32_t ci = 0; ci < c; ++ci) {
+            for (uint32_t ky = 0; ky < kh; ++ky) {
+                const int iy = (int)(oy * stride + ky * dil) - (int)pad;
+                if (iy < 0 || iy >= (int)h) continue;
+                for (uint32_t kx = 0; kx < kw; ++kx) {
+                    const int ix = (int)(ox * stride + kx * dil) - (int)pad;
+                    if (ix < 0 || ix >= (int)w) continue;
+                    acc += to_f(wt[((oc * c + ci) * kh + ky) * kw + kx]) *
+                           to_f(x[((b * c + ci) * h + iy) * w + ix]);
+                }
+            }
+        }
+        y[i] = T(acc);
+    }
+}
+
+// Kernel and bias gradients of the direct convolution: block (oc, k) reduces, over every
+// output pixel, g·x at tap k (k < c·kh·kw) or g alone (k = c·kh·kw: the bias). A fixed-order
+// tree reduction in shared memory: deterministic. blockDim.x must be 256.
+template <typename T>
+__device__ void conv_direct_wgrad(const T *x, const T *g, T *out, uint32_t n, uint32_t c,
+                                  uint32_t h, uint32_t w, uint32_t co, uint32_t kh, uint32_t kw,
+                                  uint32_t oh, uint32_t ow, uint32_t stride, uint32_t pad,
+                                  uint32_t dil) {
+    __shared__ float partial[256];
+    const uint32_t K = c * kh * kw;
+    const uint32_t oc = blockIdx.x / (K + 1), k = blockIdx.x % (K + 1);
+    const uint32_t kx = k % kw, ky = (k / kw) % kh, ci = k / (kw * kh);
+    const uint32_t pixels = n * oh * ow;
+    float acc = 0.0f;
+    for (uint32_t p = threadIdx.x; p < pixels; p += blockDim.x) {
+        const uint32_t ox = p % ow, oy = (p / ow) % oh, b = p / (ow * oh);
+        const float gv = to_f(g[((b * co + oc) * oh + oy) * ow + ox]);
+        if (k == K) {
+            acc += gv;
+        } else {
+            const int iy = (int)(oy * stride + ky * dil) - (int)pad;
+            const int ix = (int)(ox * stride + kx * dil) - (int)pad;
+            if (iy >= 0 && iy < (int)h && ix >= 0 && ix < (int)w)
+                acc += gv * to_f(x[((b * c + ci) * h + iy) * w + ix]);
+        }
+    }
+    partial[threadIdx.x] = acc;
+    __syncthreads();
+    for (uint32_t s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[blockIdx.x] = T(partial[0]);
+}
+
+#define CONV_DIRECT(NAME, T)                                                                    \
+    extern "C" __global__ void exp_conv_direct_fwd_##NAME(                                      \
+        const T *x, const T *wt, const T *bias, T *y, uint32_t n, uint32_t c, uint32_t h,        \
+        uint32_t w, uint32_t co, uint32_t kh, uint32_t kw, uint32_t oh, uint32_t ow,             \
+        uint32_t stride, uint32_t pad, uint32_t dil) {                                           \
+        conv_direct_fwd<T>(x, wt, bias, y, n, c, h, w, co, kh, kw, oh, ow, stride, pad, dil);    \
+    }                                                                                           \
+    extern "C" __global__ void exp_conv_direct_wgrad_##NAME(                                    \
+        const T *x, const T *g, T *out, uint32_t n, uint32_t c, uint32_t h, uint32_t w,          \
+        uint32_t co, uint32_t kh, uint32_t kw, uint32_t oh, uint32_t ow, uint32_t stride,        \
+        uint32_t pad, uint32_t dil) {                                                            \
+        conv_direct_wgrad<T>(x, g, out, n, c, h, w, co, kh, kw, oh, ow, stride, pad, dil);       \
+    }
+
+CONV_DIRECT(f32, float)
+CONV_DIRECT(f16, __half)
+CONV_DIRECT(bf16, __nv_bfloat16)

@@ -193,30 +193,28 @@ pub fn adam_step(
     Ok(())
 }
 
-/// im2col (`col2im == false`) or its adjoint col2im of a contiguous tensor, per `geometry`.
+/// im2col (`col2im == false`) or its adjoint col2im of a contiguous tensor, per `geometry`;
+/// `ld` is the column matrix's row length (taps, or taps + 1 for a trailing column of ones).
 pub fn im2col(
     storage: &CudaStorage,
     layout: &Layout,
     geometry: &crate::model::ConvGeometry,
+    ld: usize,
     col2im: bool,
 ) -> Result<(CudaStorage, Shape)> {
     use candle_core::cuda_backend::CudaStorageSlice as S;
     let g = geometry;
+    let rows = g.n * g.oh * g.ow;
     let (out_shape, out_len) = if col2im {
         (Shape::from((g.n, g.c, g.h, g.w)), g.n * g.c * g.h * g.w)
     } else {
-        (
-            Shape::from((g.n * g.oh * g.ow, g.c * g.kh * g.kw)),
-            g.n * g.oh * g.ow * g.c * g.kh * g.kw,
-        )
+        (Shape::from((rows, ld)), rows * ld)
     };
-    if g.n * g.oh * g.ow * g.c * g.kh * g.kw > u32::MAX as usize
-        || g.n * g.c * g.h * g.w > u32::MAX as usize
-    {
+    if rows * ld > u32::MAX as usize || g.n * g.c * g.h * g.w > u32::MAX as usize {
         candle_core::bail!("im2col: the convolution is too large for 32-bit indices")
     }
-    let args: [u32; 11] = [
-        g.n, g.c, g.h, g.w, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation,
+    let args: [u32; 12] = [
+        g.n, g.c, g.h, g.w, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation, ld,
     ]
     .map(|v| v as u32);
     let device = storage.device().clone();
@@ -249,4 +247,83 @@ pub fn im2col(
         _ => candle_core::bail!("im2col: unsupported dtype {:?}", storage.dtype()),
     };
     Ok((CudaStorage { slice, device }, out_shape))
+}
+
+/// Direct convolution with fused bias (`wgrad == false`, operands x, weight, bias), or its
+/// kernel-and-bias gradient `(c_out, c·kh·kw + 1)` (`wgrad == true`, operands x, grad).
+pub fn conv_direct(
+    operands: &[(&CudaStorage, &Layout)],
+    geometry: &crate::model::ConvGeometry,
+    c_out: usize,
+    wgrad: bool,
+) -> Result<(CudaStorage, Shape)> {
+    use candle_core::cuda_backend::CudaStorageSlice as S;
+    let g = geometry;
+    let taps = g.c * g.kh * g.kw;
+    let (shape, len) = if wgrad {
+        (Shape::from((c_out, taps + 1)), c_out * (taps + 1))
+    } else {
+        (
+            Shape::from((g.n, c_out, g.oh, g.ow)),
+            g.n * c_out * g.oh * g.ow,
+        )
+    };
+    if g.n * c_out * g.oh * g.ow > u32::MAX as usize || g.n * g.c * g.h * g.w > u32::MAX as usize {
+        candle_core::bail!("direct conv2d: the convolution is too large for 32-bit indices")
+    }
+    let args: [u32; 12] = [
+        g.n, g.c, g.h, g.w, c_out, g.kh, g.kw, g.oh, g.ow, g.stride, g.padding, g.dilation,
+    ]
+    .map(|v| v as u32);
+    let device = operands[0].0.device().clone();
+    let config = if wgrad {
+        // One 256-thread block per (output channel, tap), the reduction's fixed shape.
+        LaunchConfig {
+            grid_dim: (len as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    } else {
+        launch_config(len)
+    };
+    macro_rules! launch {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let mut views = Vec::with_capacity(operands.len());
+            for (storage, layout) in operands {
+                let S::$variant(slice) = &storage.slice else {
+                    candle_core::bail!("direct conv2d: operands of different dtypes")
+                };
+                views.push(contiguous_view(slice, layout)?);
+            }
+            // SAFETY: every element is written by the kernel below.
+            let out = unsafe { device.alloc::<$t>(len)? };
+            let name = if wgrad {
+                concat!("exp_conv_direct_wgrad_", $name)
+            } else {
+                concat!("exp_conv_direct_fwd_", $name)
+            };
+            let func = device.get_or_load_custom_func(name, MODULE, PTX)?;
+            let mut b = func.builder();
+            for v in &views {
+                b.arg(v);
+            }
+            b.arg(&out);
+            for a in &args {
+                b.arg(a);
+            }
+            // SAFETY: argument types and count match the kernel's signature.
+            unsafe { b.launch(config) }.w()?;
+            S::$variant(out)
+        }};
+    }
+    let slice = match &operands[0].0.slice {
+        S::F32(_) => launch!(f32, F32, "f32"),
+        S::F16(_) => launch!(half::f16, F16, "f16"),
+        S::BF16(_) => launch!(half::bf16, BF16, "bf16"),
+        _ => candle_core::bail!(
+            "direct conv2d: unsupported dtype {:?}",
+            operands[0].0.dtype()
+        ),
+    };
+    Ok((CudaStorage { slice, device }, shape))
 }

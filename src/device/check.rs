@@ -157,7 +157,7 @@ fn conv_kernel_grad(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
         diff = diff.max(max_abs_diff(a, b)? / scale);
     }
     Ok(result(
-        "conv2d (im2col + GEMM on GPUs) forward, kernel, bias and input gradients (f32; relative to the largest value)".into(),
+        "conv2d (GPU: direct first layer, im2col + GEMM) output and gradients (f32; relative to the largest value)".into(),
         diff,
         1e-4,
     ))

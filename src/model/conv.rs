@@ -35,6 +35,22 @@ pub fn conv2d(
     // On a GPU: im2col + GEMM, whose backward is GEMMs and col2im (see im2col.rs).
     // EXP_CUDA_CONV=candle keeps candle's own convolution there, to compare the two.
     if !xs.device().is_cpu() && super::im2col::supported(xs) && !candle_conv_forced() {
+        // A first layer (few taps, an input that needs no gradient): a direct kernel.
+        let (_, c_in, kh, kw) = weight.dims4()?;
+        if let (false, true, Some(bias)) = (
+            xs.track_op(),
+            c_in * kh * kw <= super::direct::MAX_TAPS,
+            bias.as_ref(),
+        ) {
+            let geometry = super::ConvGeometry::new(
+                xs.dims(),
+                (kh, kw),
+                config.stride,
+                config.padding,
+                config.dilation,
+            )?;
+            return super::direct::conv2d_direct(xs, &weight, bias, geometry, name);
+        }
         return super::im2col::conv2d_gemm(
             xs,
             &weight,

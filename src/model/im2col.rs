@@ -42,7 +42,8 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
-    fn new(
+    /// The geometry of a convolution of an NCHW `input` by a `kernel` (kh, kw).
+    pub fn new(
         input: &[usize],
         kernel: (usize, usize),
         stride: usize,
@@ -75,7 +76,7 @@ impl ConvGeometry {
 
     /// Input row and column of output pixel `(oy, ox)`'s kernel tap `(ky, kx)`, if inside.
     #[inline]
-    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+    pub fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
         let iy = (oy * self.stride + ky * self.dilation).checked_sub(self.padding)?;
         let ix = (ox * self.stride + kx * self.dilation).checked_sub(self.padding)?;
         (iy < self.h && ix < self.w).then_some((iy, ix))
@@ -99,25 +100,35 @@ pub fn conv2d_gemm(
         candle_core::bail!("conv2d: input has {} channels, the kernel {c_in}", g.c)
     }
     let device = xs.device();
-    let ys = span(names.forward, device, || {
-        let col = xs.contiguous()?.apply_op1(Im2Col { geometry: g, names })?;
-        // (n·oh·ow, c·kh·kw) · (c·kh·kw, c_out): one GEMM; the gradients are GEMMs too.
-        let ys = col.matmul(&weight.reshape((c_out, c_in * kh * kw))?.t()?)?;
+    let taps = c_in * kh * kw;
+    let kernel = weight.reshape((c_out, taps))?;
+    // With a bias, the columns end in a 1 and the bias is the kernel matrix's last column:
+    // the GEMM adds it, and its gradient falls out of the GEMM's backward.
+    let (ld, kernel) = match bias {
+        Some(bias) => (
+            taps + 1,
+            Tensor::cat(&[&kernel, &bias.reshape((c_out, 1))?], 1)?,
+        ),
+        None => (taps, kernel),
+    };
+    span(names.forward, device, || {
+        let col = xs.contiguous()?.apply_op1(Im2Col {
+            geometry: g,
+            ld,
+            names,
+        })?;
+        // (n·oh·ow, ld) · (ld, c_out): one GEMM; the gradients are GEMMs too.
+        let ys = col.matmul(&kernel.t()?)?;
         ys.reshape((g.n, g.oh, g.ow, c_out))?
             .permute((0, 3, 1, 2))?
             .contiguous()
-    })?;
-    match bias {
-        Some(bias) => span(names.bias, device, || {
-            ys.broadcast_add(&bias.reshape((1, c_out, 1, 1))?)
-        }),
-        None => Ok(ys),
-    }
+    })
 }
 
-/// im2col; its backward is col2im.
+/// im2col into rows of `ld` values (the taps, then ones up to `ld`); its backward is col2im.
 struct Im2Col {
     geometry: ConvGeometry,
+    ld: usize,
     names: &'static super::ConvNames,
 }
 
@@ -140,13 +151,14 @@ impl CustomOp1 for Im2Col {
         };
         let x = contiguous(x, layout)?;
         let g = self.geometry;
-        let k_len = g.c * g.kh * g.kw;
-        let mut col = vec![0f32; g.n * g.oh * g.ow * k_len];
-        col.par_chunks_mut(g.oh * g.ow * k_len)
+        let (taps, ld) = (g.c * g.kh * g.kw, self.ld);
+        let mut col = vec![0f32; g.n * g.oh * g.ow * ld];
+        col.par_chunks_mut(g.oh * g.ow * ld)
             .enumerate()
             .for_each(|(b, image_rows)| {
-                for (pixel, row) in image_rows.chunks_mut(k_len).enumerate() {
+                for (pixel, row) in image_rows.chunks_mut(ld).enumerate() {
                     let (oy, ox) = (pixel / g.ow, pixel % g.ow);
+                    row[taps..].fill(1.0);
                     for ci in 0..g.c {
                         for ky in 0..g.kh {
                             for kx in 0..g.kw {
@@ -159,10 +171,7 @@ impl CustomOp1 for Im2Col {
                     }
                 }
             });
-        Ok((
-            CpuStorage::F32(col),
-            Shape::from((g.n * g.oh * g.ow, k_len)),
-        ))
+        Ok((CpuStorage::F32(col), Shape::from((g.n * g.oh * g.ow, ld))))
     }
 
     #[cfg(feature = "cuda")]
@@ -171,21 +180,24 @@ impl CustomOp1 for Im2Col {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        crate::cuda::im2col(storage, layout, &self.geometry, false)
+        crate::cuda::im2col(storage, layout, &self.geometry, self.ld, false)
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         span(self.names.input_grad, arg.device(), || {
             Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im {
                 geometry: self.geometry,
+                ld: self.ld,
             })?))
         })
     }
 }
 
-/// col2im, the adjoint of im2col: each pixel sums the column entries it was copied to.
+/// col2im, the adjoint of im2col: each pixel sums the column entries it was copied to (rows
+/// of `ld`; entries past the taps, the ones column, belong to no pixel).
 struct Col2Im {
     geometry: ConvGeometry,
+    ld: usize,
 }
 
 impl CustomOp1 for Col2Im {
@@ -200,7 +212,7 @@ impl CustomOp1 for Col2Im {
         };
         let col = contiguous(col, layout)?;
         let g = self.geometry;
-        let k_len = g.c * g.kh * g.kw;
+        let ld = self.ld;
         let mut dx = vec![0f32; g.n * g.c * g.h * g.w];
         // Accumulated per image, output pixel by output pixel: the same order on every run.
         dx.par_chunks_mut(g.c * g.h * g.w)
@@ -208,7 +220,7 @@ impl CustomOp1 for Col2Im {
             .for_each(|(b, image)| {
                 for oy in 0..g.oh {
                     for ox in 0..g.ow {
-                        let row = &col[((b * g.oh + oy) * g.ow + ox) * k_len..][..k_len];
+                        let row = &col[((b * g.oh + oy) * g.ow + ox) * ld..][..ld];
                         for ci in 0..g.c {
                             for ky in 0..g.kh {
                                 for kx in 0..g.kw {
@@ -231,7 +243,7 @@ impl CustomOp1 for Col2Im {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        crate::cuda::im2col(storage, layout, &self.geometry, true)
+        crate::cuda::im2col(storage, layout, &self.geometry, self.ld, true)
     }
 }
 

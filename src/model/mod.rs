@@ -15,6 +15,7 @@ use crate::rng::{ExpRng, Purpose};
 use crate::spec::{ModelName, ModelSpec};
 
 mod conv;
+mod direct;
 mod im2col;
 mod pool;
 
