@@ -5,10 +5,9 @@
 //! output with the bias fused takes a few microseconds. Its backward is the kernel and bias
 //! gradient only, as a deterministic per-(channel, tap) reduction.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::ConvGeometry;
+use super::{cpu_f32, ConvGeometry};
 use crate::profile::span;
 
 /// Layers with at most this many taps per output (c·kh·kw) use the direct kernel.
@@ -42,19 +41,6 @@ struct DirectConv {
     names: &'static super::ConvNames,
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!(
-            "direct conv2d on the CPU: f32 only, got {:?}",
-            storage.dtype()
-        )
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("direct conv2d: operand is not contiguous"),
-    }
-}
-
 impl CustomOp3 for DirectConv {
     fn name(&self) -> &'static str {
         "exp-conv2d-direct"
@@ -69,7 +55,12 @@ impl CustomOp3 for DirectConv {
         b: &CpuStorage,
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, wt, bias) = (f32_slice(x, xl)?, f32_slice(w, wl)?, f32_slice(b, bl)?);
+        let op = "direct conv2d";
+        let (x, wt, bias) = (
+            cpu_f32(x, xl, op)?,
+            cpu_f32(w, wl, op)?,
+            cpu_f32(b, bl, op)?,
+        );
         let g = self.geometry;
         let mut y = Vec::with_capacity(g.n * self.c_out * g.oh * g.ow);
         for n in 0..g.n {
@@ -163,7 +154,8 @@ impl CustomOp2 for DirectConvWeightGrad {
         g: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, grad) = (f32_slice(x, xl)?, f32_slice(g, gl)?);
+        let op = "direct conv2d gradient";
+        let (x, grad) = (cpu_f32(x, xl, op)?, cpu_f32(g, gl, op)?);
         let geo = self.geometry;
         let taps = geo.c * geo.kh * geo.kw;
         let mut out = vec![0f32; self.c_out * (taps + 1)];
@@ -204,53 +196,29 @@ impl CustomOp2 for DirectConvWeightGrad {
 
 #[cfg(test)]
 mod tests {
+    use super::super::conv_testing::{Case, NAMES};
     use super::*;
     use crate::rng::{ExpRng, Purpose};
-    use candle_core::{Device, Var};
 
-    static NAMES: super::super::ConvNames = super::super::ConvNames {
-        forward: "test fwd",
-        bias: "test bias",
-        kernel_grad: "test kernel grad",
-        input_grad: "test input grad",
-    };
-
+    /// Output, kernel and bias gradients agree with candle's conv2d; the image input has none.
     #[test]
     fn matches_candles_conv2d_and_its_parameter_gradients() -> Result<()> {
         let mut rng = ExpRng::new(5, Purpose::Init);
-        let dev = Device::Cpu;
-        for (n, c_in, c_out, h, w, k, padding, stride) in
-            [(4, 1, 8, 28, 28, 3, 0, 1), (2, 3, 4, 11, 9, 3, 1, 2)]
+        for ((n, c_in, h, w), c_out, k, padding, stride) in
+            [((4, 1, 28, 28), 8, 3, 0, 1), ((2, 3, 11, 9), 4, 3, 1, 2)]
         {
-            let x = Tensor::from_vec(rng.uniform(n * c_in * h * w, 1.0), (n, c_in, h, w), &dev)?;
-            let wv = Var::from_tensor(&Tensor::from_vec(
-                rng.uniform(c_out * c_in * k * k, 0.5),
-                (c_out, c_in, k, k),
-                &dev,
-            )?)?;
-            let bv = Var::from_tensor(&Tensor::from_vec(rng.uniform(c_out, 0.5), c_out, &dev)?)?;
-            let geometry = ConvGeometry::new(x.dims(), (k, k), stride, padding, 1)?;
-            let ours = conv2d_direct(&x, wv.as_tensor(), bv.as_tensor(), geometry, &NAMES)?;
-            let theirs = x
-                .conv2d(wv.as_tensor(), padding, stride, 1, 1)?
-                .broadcast_add(&bv.as_tensor().reshape((1, c_out, 1, 1))?)?;
-            let probe =
-                Tensor::from_vec(rng.uniform(theirs.elem_count(), 1.0), theirs.shape(), &dev)?;
-            let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
-                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-                let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(diff <= 1e-5 * scale, "{what}: {diff} (scale {scale})");
-                Ok(())
-            };
-            close(&ours, &theirs, "output")?;
-            let g_ours = (ours * &probe)?.sum_all()?.backward()?;
-            let g_theirs = (theirs * &probe)?.sum_all()?.backward()?;
-            for (v, what) in [(&wv, "kernel"), (&bv, "bias")] {
-                let (Some(a), Some(b)) = (g_ours.get(v), g_theirs.get(v)) else {
-                    panic!("missing {what} gradient")
-                };
-                close(a, b, what)?;
-            }
+            let case = Case::random(&mut rng, (n, c_in, h, w), c_out, k)?;
+            let image = case.x.as_tensor().detach();
+            let geometry = ConvGeometry::new(image.dims(), (k, k), stride, padding, 1)?;
+            let ours = conv2d_direct(
+                &image,
+                case.weight.as_tensor(),
+                case.bias.as_tensor(),
+                geometry,
+                &NAMES,
+            )?;
+            let theirs = case.reference(&image, padding, stride, 1)?;
+            case.assert_matches(&mut rng, ours, theirs, 1e-5)?;
         }
         Ok(())
     }

@@ -9,7 +9,6 @@
 //! is a gather, so the input gradient is deterministic. The first layer's image batch tracks no
 //! gradient, so its col2im never runs.
 
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
 use crate::profile::span;
@@ -132,13 +131,6 @@ struct Im2Col {
     names: &'static super::ConvNames,
 }
 
-fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("im2col: input is not contiguous"),
-    }
-}
-
 impl CustomOp1 for Im2Col {
     fn name(&self) -> &'static str {
         "exp-im2col"
@@ -146,10 +138,7 @@ impl CustomOp1 for Im2Col {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let CpuStorage::F32(x) = storage else {
-            candle_core::bail!("im2col on the CPU: f32 only, got {:?}", storage.dtype())
-        };
-        let x = contiguous(x, layout)?;
+        let x = super::cpu_f32(storage, layout, "im2col")?;
         let g = self.geometry;
         let (taps, ld) = (g.c * g.kh * g.kw, self.ld);
         let mut col = vec![0f32; g.n * g.oh * g.ow * ld];
@@ -207,10 +196,7 @@ impl CustomOp1 for Col2Im {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         use rayon::prelude::*;
-        let CpuStorage::F32(col) = storage else {
-            candle_core::bail!("col2im on the CPU: f32 only, got {:?}", storage.dtype())
-        };
-        let col = contiguous(col, layout)?;
+        let col = super::cpu_f32(storage, layout, "col2im")?;
         let g = self.geometry;
         let ld = self.ld;
         let mut dx = vec![0f32; g.n * g.c * g.h * g.w];
@@ -260,70 +246,34 @@ pub fn supported(xs: &Tensor) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::conv_testing::{Case, NAMES};
     use super::*;
     use crate::rng::{ExpRng, Purpose};
-    use candle_core::{Device, Var};
-
-    static NAMES: super::super::ConvNames = super::super::ConvNames {
-        forward: "test fwd",
-        bias: "test bias",
-        kernel_grad: "test kernel grad",
-        input_grad: "test input grad",
-    };
 
     /// Output and all gradients agree with candle's conv2d (GEMM summation order differs from
     /// candle's direct kernels, so within f32 rounding), over padding, stride and dilation.
     #[test]
     fn matches_candles_conv2d_and_its_gradients() -> Result<()> {
         let mut rng = ExpRng::new(11, Purpose::Init);
-        for (n, c_in, c_out, h, w, k, padding, stride, dilation) in [
-            (4, 1, 8, 28, 28, 3, 0, 1, 1),
-            (3, 3, 5, 13, 11, 3, 1, 1, 1),
-            (2, 2, 4, 9, 9, 5, 2, 2, 1),
-            (2, 3, 4, 12, 10, 3, 2, 1, 2),
+        for (input, c_out, k, padding, stride, dilation) in [
+            ((4, 1, 28, 28), 8, 3, 0, 1, 1),
+            ((3, 3, 13, 11), 5, 3, 1, 1, 1),
+            ((2, 2, 9, 9), 4, 5, 2, 2, 1),
+            ((2, 3, 12, 10), 4, 3, 2, 1, 2),
         ] {
-            let dev = Device::Cpu;
-            let x = Var::from_tensor(&Tensor::from_vec(
-                rng.uniform(n * c_in * h * w, 1.0),
-                (n, c_in, h, w),
-                &dev,
-            )?)?;
-            let wv = Var::from_tensor(&Tensor::from_vec(
-                rng.uniform(c_out * c_in * k * k, 0.5),
-                (c_out, c_in, k, k),
-                &dev,
-            )?)?;
-            let bv = Var::from_tensor(&Tensor::from_vec(rng.uniform(c_out, 0.5), c_out, &dev)?)?;
+            let case = Case::random(&mut rng, input, c_out, k)?;
+            let x = case.x.as_tensor();
             let ours = conv2d_gemm(
-                x.as_tensor(),
-                wv.as_tensor(),
-                Some(bv.as_tensor()),
+                x,
+                case.weight.as_tensor(),
+                Some(case.bias.as_tensor()),
                 stride,
                 padding,
                 dilation,
                 &NAMES,
             )?;
-            let theirs = x
-                .as_tensor()
-                .conv2d(wv.as_tensor(), padding, stride, dilation, 1)?
-                .broadcast_add(&bv.as_tensor().reshape((1, c_out, 1, 1))?)?;
-            let probe =
-                Tensor::from_vec(rng.uniform(theirs.elem_count(), 1.0), theirs.shape(), &dev)?;
-            let close = |a: &Tensor, b: &Tensor, what: &str| -> Result<()> {
-                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
-                let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(diff <= 1e-5 * scale, "{what}: {diff} (scale {scale}) for {n} {c_in} {c_out} {h} {w} {k} p{padding} s{stride} d{dilation}");
-                Ok(())
-            };
-            close(&ours, &theirs, "output")?;
-            let g_ours = (ours * &probe)?.sum_all()?.backward()?;
-            let g_theirs = (theirs * &probe)?.sum_all()?.backward()?;
-            for (v, what) in [(&x, "input"), (&wv, "kernel"), (&bv, "bias")] {
-                let (Some(a), Some(b)) = (g_ours.get(v), g_theirs.get(v)) else {
-                    panic!("missing {what} gradient")
-                };
-                close(a, b, what)?;
-            }
+            let theirs = case.reference(x, padding, stride, dilation)?;
+            case.assert_matches(&mut rng, ours, theirs, 1e-5)?;
         }
         Ok(())
     }

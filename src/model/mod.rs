@@ -15,6 +15,8 @@ use crate::rng::{ExpRng, Purpose};
 use crate::spec::{ModelName, ModelSpec};
 
 mod conv;
+#[cfg(test)]
+mod conv_testing;
 mod direct;
 mod im2col;
 mod pool;
@@ -147,6 +149,22 @@ pub use im2col::{conv2d_gemm, ConvGeometry};
 pub use pool::max_pool_2x2;
 
 use crate::profile::span;
+
+/// The f32 elements of a contiguous CPU operand of exp's custom op `op`.
+fn cpu_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(data) = storage else {
+        use candle_core::backend::BackendStorage;
+        candle_core::bail!("{op} on the CPU: f32 only, got {:?}", storage.dtype())
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: operand is not contiguous"),
+    }
+}
 
 static SEED_CONV: ConvNames = ConvNames {
     forward: "fwd conv",

@@ -51,16 +51,6 @@ fn max_pool_2x2_generic(xs: &Tensor) -> Result<Tensor> {
     (windows * weights)?.sum(5)?.sum(3)
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("max_pool_2x2: expected f32 storage")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("max_pool_2x2: input is not contiguous"),
-    }
-}
-
 /// Index (0..4, row-major) of the window's first maximum, and the maximum. NaN wins, as in
 /// PyTorch, so a NaN propagates instead of vanishing.
 #[inline]
@@ -91,7 +81,7 @@ impl CustomOp1 for MaxPool2x2 {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout)?;
+        let x = super::cpu_f32(storage, layout, "max_pool_2x2")?;
         let (n, c, h, w) = layout.shape().dims4()?;
         let (oh, ow) = (h / 2, w / 2);
         let mut out = Vec::with_capacity(n * c * oh * ow);
@@ -139,8 +129,8 @@ impl CustomOp2 for MaxPool2x2Backward {
         grad: &CpuStorage,
         grad_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(arg, arg_layout)?;
-        let g = contiguous_f32(grad, grad_layout)?;
+        let x = super::cpu_f32(arg, arg_layout, "max_pool_2x2 backward")?;
+        let g = super::cpu_f32(grad, grad_layout, "max_pool_2x2 backward")?;
         let (n, c, h, w) = arg_layout.shape().dims4()?;
         let (oh, ow) = (h / 2, w / 2);
         if grad_layout.shape().dims() != [n, c, oh, ow] {
