@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::compare::history::{log, show, varying_params, Filter, LogQuery};
+use crate::compare::history::{log, log_output_key, show, varying_params, Filter, LogQuery};
 use crate::report::{self, metric, short};
 use crate::Error;
 
@@ -66,6 +66,8 @@ pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
         .map(|f| Filter::parse(f))
         .collect::<Result<Vec<_>, _>>()
         .map_err(super::UsageError)?;
+    let command = format!("{args:?}");
+    let json = args.json;
     let query = LogQuery {
         range: args.range,
         experiment: args.experiment,
@@ -73,15 +75,32 @@ pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
         filters,
         sort: args.sort,
     };
-    let rows = log(&repo, &query)?;
-    if args.json {
-        return super::emit_json(&rows);
-    }
-    if rows.is_empty() {
-        super::outln!("No commit in that history changed a run record.");
+    // The finished output, cached under a key of everything it depends on (output_cache.rs).
+    let key = log_output_key(&repo, &query, &command);
+    if let Some(text) = key.as_ref().and_then(|k| k.lookup(&repo)) {
+        super::outln!("{text}");
         return Ok(());
     }
-    let params = varying_params(&rows);
+    let rows = log(&repo, &query)?;
+    let text = if json {
+        serde_json::to_string_pretty(&rows)
+            .map_err(|e| Error::Usage(super::UsageError(format!("cannot write JSON: {e}"))))?
+    } else {
+        log_table(&rows)
+    };
+    if let Some(key) = key {
+        key.store(&repo, &text);
+    }
+    super::outln!("{text}");
+    Ok(())
+}
+
+/// The rows as a table for people.
+fn log_table(rows: &[crate::compare::history::LogRow]) -> String {
+    if rows.is_empty() {
+        return "No commit in that history changed a run record.".into();
+    }
+    let params = varying_params(rows);
     let metrics: std::collections::BTreeSet<&String> =
         rows.iter().flat_map(|r| r.metrics.keys()).collect();
     let mut header: Vec<String> = ["commit", "run tag", "branch", "date", "experiment"]
@@ -91,7 +110,7 @@ pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
     header.extend(params.iter().cloned());
     header.extend(metrics.iter().map(|m| m.to_string()));
     let mut table = report::table(header);
-    for r in &rows {
+    for r in rows {
         let mut row = vec![
             short(&r.commit).to_string(),
             r.tags.join(" "),
@@ -113,8 +132,7 @@ pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
         }));
         table.add_row(row);
     }
-    super::outln!("{table}");
-    Ok(())
+    table.to_string()
 }
 
 pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {

@@ -137,6 +137,45 @@ pub fn run_tags(
     Ok(out)
 }
 
+/// The key of `exp log`'s output cache for `query` (`command`: the options as text): the
+/// commits the walk starts from and hides, besides what [`OutputKey::new`] covers. None when a
+/// revision does not resolve: then the command runs in full and reports the error.
+///
+/// [`OutputKey::new`]: super::output_cache::OutputKey::new
+pub fn log_output_key(
+    repo: &Repository,
+    query: &LogQuery,
+    command: &str,
+) -> Option<super::output_cache::OutputKey> {
+    let mut key = super::output_cache::OutputKey::new(repo, command).ok()?;
+    if query.all {
+        let mut heads: Vec<(String, Oid)> = repo
+            .references_glob("refs/heads/*")
+            .ok()?
+            .filter_map(|r| r.ok())
+            .filter_map(|r| Some((r.name()?.to_string(), r.target()?)))
+            .collect();
+        heads.sort();
+        for (name, id) in heads {
+            key.field(name.as_bytes());
+            key.commit("head", id);
+        }
+        return Some(key);
+    }
+    match query.range.as_deref() {
+        Some(range) if range.contains("..") => {
+            let spec = repo.revparse(range).ok()?;
+            key.field(&spec.mode().bits().to_le_bytes());
+            for (role, object) in [("from", spec.from()), ("to", spec.to())] {
+                key.commit(role, object?.peel_to_commit().ok()?.id());
+            }
+        }
+        Some(rev) => key.commit("tip", resolve(repo, rev).ok()?.commit?.id()),
+        None => key.commit("head", repo.head().ok()?.peel_to_commit().ok()?.id()),
+    }
+    Some(key)
+}
+
 /// The commits of `query` that changed a record, one row per changed record, in history order
 /// (oldest first) unless sorted.
 pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareError> {

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod diff;
 pub mod history;
+pub mod output_cache;
 pub mod stats;
 
 use std::collections::BTreeMap;

@@ -386,9 +386,63 @@ fn log_cache_answers_the_same_and_never_stale() {
     env.git(&dir, &["commit", "-q", "--amend", "-am", "rewritten"]);
     let rewritten = env.exp_ok(&dir, &["log", "--json"]);
     assert!(rewritten.contains("0.12345") && rewritten != cold);
-    // A damaged cache is ignored, not trusted.
+    // A damaged cache is ignored, not trusted (the finished-output cache, which would answer
+    // first, removed).
     std::fs::write(&cache, b"{ not json").unwrap();
+    std::fs::remove_dir_all(dir.join(".git/exp/cache/output-v1")).unwrap();
     assert_eq!(env.exp_ok(&dir, &["log", "--json"]), rewritten);
+}
+
+/// The finished-output cache answers byte for byte what a full run prints, and every input of
+/// that output changes its key: a new commit, a deleted or moved tag, another HEAD, other options.
+#[test]
+fn log_output_cache_is_exact_and_never_stale() {
+    let env = Env::new();
+    let dir = build(&env);
+    let outputs = dir.join(".git/exp/cache/output-v1");
+    let fresh = |args: &[&str]| {
+        std::fs::remove_dir_all(dir.join(".git/exp")).ok();
+        env.exp_ok(&dir, args)
+    };
+    for args in [
+        &["log"][..],
+        &["log", "--json"],
+        &["log", "--where", "accuracy>0.91"],
+    ] {
+        let cold = fresh(args);
+        assert!(outputs.is_dir(), "exp log stored no output");
+        assert_eq!(env.exp_ok(&dir, args), cold, "cached {args:?} differs");
+    }
+    let before = env.exp_ok(&dir, &["log"]);
+    // A tag deleted, then recreated on another commit.
+    let tag = "run/feature-golden/mnist-cnn/1";
+    env.git(&dir, &["tag", "-d", tag]);
+    let untagged = env.exp_ok(&dir, &["log"]);
+    assert!(!untagged.contains(tag) && untagged == fresh(&["log"]));
+    env.git(&dir, &["tag", "-a", tag, "-m", "moved", "HEAD~1"]);
+    let moved = env.exp_ok(&dir, &["log"]);
+    assert!(moved.contains(tag) && moved != before && moved == fresh(&["log"]));
+    // Another HEAD: the history ends elsewhere.
+    env.git(&dir, &["switch", "-q", "--detach", "HEAD~2"]);
+    let earlier = env.exp_ok(&dir, &["log"]);
+    assert!(earlier != moved && earlier == fresh(&["log"]));
+    env.git(&dir, &["switch", "-q", "feature/golden"]);
+    // A new run commit.
+    let path = dir.join("experiments/mnist-cnn/metrics.toml");
+    let mut record = RunRecord::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record.metrics.values.insert("accuracy".into(), 0.54321);
+    std::fs::write(&path, record.to_toml().unwrap()).unwrap();
+    env.git(&dir, &["commit", "-q", "-am", "another run"]);
+    let newer = env.exp_ok(&dir, &["log"]);
+    assert!(newer.contains("0.5432") && newer == fresh(&["log"]));
+    // An edited entry is not printed.
+    env.exp_ok(&dir, &["log"]);
+    for entry in std::fs::read_dir(&outputs).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("0.5432", "0.9999")).unwrap();
+    }
+    assert_eq!(env.exp_ok(&dir, &["log"]), newer);
 }
 
 #[test]
