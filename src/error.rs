@@ -53,6 +53,9 @@ pub enum Error {
     /// `exp device --check` found a kernel that disagrees with the reference.
     #[error(transparent)]
     DeviceCheck(#[from] crate::device::CheckFailed),
+    /// `exp gate` found a regression or could not decide.
+    #[error(transparent)]
+    Gate(#[from] crate::gate::GateRejected),
     /// Arguments that parse but make no sense.
     #[error(transparent)]
     Usage(#[from] crate::cli::UsageError),
@@ -64,6 +67,7 @@ impl Error {
         match self {
             Error::Train(e) => e.exit_code(),
             Error::DeviceCheck(_) => ExitCode::Negative,
+            Error::Gate(e) => e.code,
             _ => ExitCode::Usage,
         }
     }
@@ -82,6 +86,7 @@ impl Error {
             Error::DeviceCheck(_) => {
                 Some("train on another device (--device cpu) and report the failing check".into())
             }
+            Error::Gate(e) => Some(e.hint.clone()),
             Error::Lfs(_) | Error::Record(_) | Error::Usage(_) => None,
         }
     }

@@ -14,6 +14,7 @@
 //! - [`lfs`]: Git LFS pointers and the object store;
 //! - [`git`]: repository access, Git Flow branches, commits and run tags;
 //! - [`compare`]: records across revisions (diff, log, show) and the McNemar test;
+//! - [`gate`]: the regression gate (`exp gate`, the hooks);
 //! - [`report`]: tables for people;
 //! - [`run`] and [`init`]: the two workflows that tie the rest together.
 #![deny(missing_docs)]
@@ -26,6 +27,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod gate;
 pub mod git;
 pub mod init;
 pub mod lfs;

@@ -93,6 +93,71 @@ pub struct Spec {
     /// Where the initial weights come from.
     #[serde(default)]
     pub init: InitSpec,
+    /// The regression gate's policy. Not a training parameter: it stays out of the run
+    /// record and the run id, and `exp gate` reads it from the base revision's spec file.
+    #[serde(default, skip_serializing)]
+    pub gate: GateSpec,
+}
+
+/// `[gate]`: when a merge into develop or main is a regression (docs/gate.md has the rule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateSpec {
+    /// Gated metrics (their better direction comes from the records).
+    pub metrics: Vec<String>,
+    /// Largest tolerated worsening, absolute (e.g. 0.005 = half a point of accuracy).
+    pub max_drop: Option<f64>,
+    /// Largest tolerated worsening relative to the base value (e.g. 0.01 = 1 %).
+    pub max_relative_drop: Option<f64>,
+    /// Floor for metrics whose better direction is up: the head must reach it.
+    pub min: Option<f64>,
+    /// Ceiling for metrics whose better direction is down: the head must not exceed it.
+    pub max: Option<f64>,
+    /// Significance level of the paired (McNemar) test on accuracy.
+    pub alpha: f64,
+    /// Whether records evaluated on different eval sets are an error (the default) or are
+    /// compared on their metrics alone.
+    pub allow_different_eval_set: bool,
+}
+
+impl Default for GateSpec {
+    fn default() -> Self {
+        GateSpec {
+            metrics: vec!["accuracy".into()],
+            max_drop: None,
+            max_relative_drop: None,
+            min: None,
+            max: None,
+            alpha: 0.05,
+            allow_different_eval_set: false,
+        }
+    }
+}
+
+impl GateSpec {
+    /// Checks the values (not only the types); the key of the first bad one and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.metrics.is_empty() {
+            return Err(("gate.metrics", "name at least one metric".into()));
+        }
+        for (key, value) in [
+            ("gate.max_drop", self.max_drop),
+            ("gate.max_relative_drop", self.max_relative_drop),
+        ] {
+            if let Some(v) = value {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err((key, format!("must be a number ≥ 0, got {v}")));
+                }
+            }
+        }
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err((
+                "gate.alpha",
+                format!("must be between 0 and 1, got {}", self.alpha),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The model zoo's names.
@@ -619,6 +684,9 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             "freezing needs init.from, which this exp does not support yet".into(),
         ));
     }
+    spec.gate
+        .check()
+        .map_err(|(key, message)| invalid(key, message))?;
     Ok(spec)
 }
 
@@ -770,6 +838,13 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "train.accumulate",
         "init.from",
         "init.freeze",
+        "gate.metrics",
+        "gate.max_drop",
+        "gate.max_relative_drop",
+        "gate.min",
+        "gate.max",
+        "gate.alpha",
+        "gate.allow_different_eval_set",
     ]
     .into_iter()
     .collect()

@@ -34,6 +34,8 @@ pub enum Command {
     Show(log::ShowArgs),
     /// Write an HTML report with charts: metrics across runs, training curves, confusion matrix.
     Plot(plot::PlotArgs),
+    /// Reject a regression: judge head against base with the base's [gate] policy.
+    Gate(gate::GateArgs),
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     Device(device::DeviceArgs),
 }
@@ -66,6 +68,7 @@ pub(crate) use outln;
 
 mod device;
 mod diff;
+mod gate;
 mod init;
 mod log;
 mod plot;
@@ -102,5 +105,6 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Show(args) => log::execute_show(args),
         Command::Plot(args) => plot::execute(args),
         Command::Device(args) => device::execute(args),
+        Command::Gate(args) => gate::execute(args),
     }
 }

@@ -181,7 +181,7 @@ pub fn diff(repo: &Repository, base: &Snapshot, head: &Snapshot) -> Result<Diff,
     })
 }
 
-fn compare_one(
+pub(crate) fn compare_one(
     repo: &Repository,
     name: &str,
     a: Option<&StoredRecord>,

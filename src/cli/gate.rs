@@ -1,0 +1,157 @@
+//! `exp gate`.
+
+use clap::Args;
+
+use crate::compare::{default_base, resolve};
+use crate::gate::{gate, GateRejected, Outcome};
+use crate::Error;
+
+/// Arguments of `exp gate`.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Decide whether HEAD (or --head) may be merged into the branch at --base: for every \
+experiment whose record differs, apply the [gate] policy of the BASE's experiments/<name>.toml (a \
+branch cannot loosen the rule it is judged by).
+
+The rule, for each gated metric (gate.metrics, default [\"accuracy\"]; better direction from the \
+record), with w = how much worse head is than base:
+  1. fail when head misses the floor gate.min (rising metrics) or ceiling gate.max (falling ones);
+  2. fail when w exceeds the tolerance: the smaller of gate.max_drop and gate.max_relative_drop × \
+|base| of those set, 0 when neither is (then any drop fails);
+  3. fail when w > 0 and the paired McNemar test on the two runs' predictions (accuracy) gives \
+p < gate.alpha (default 0.05): a real drop, however small;
+  4. pass otherwise.
+A new experiment (no record on base) passes. It fails closed: a record deleted on head, unreadable \
+or not `completed`, a different eval set (unless gate.allow_different_eval_set = true), a missing \
+metric, or committed weights whose LFS pointer is not the record's object cannot be decided.
+
+--head accepts a tree id, so a hook can judge a merge by its result (`git write-tree`).
+Exit: 0 pass, 1 regression, 2 cannot decide (or a usage error)."
+)]
+pub struct GateArgs {
+    /// Base revision (default: merge-base of HEAD and develop, or main).
+    #[arg(long)]
+    pub base: Option<String>,
+    /// Head revision or tree id (default: HEAD).
+    #[arg(long)]
+    pub head: Option<String>,
+    /// Machine-readable JSON (the exit code is the same).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
+    crate::compare::fast_reads();
+    let repo = crate::git::open(&super::cwd()?)?;
+    let base = match args.base {
+        Some(b) => b,
+        None => default_base(&repo)?,
+    };
+    let head = args.head.unwrap_or_else(|| "HEAD".to_string());
+    let report = gate(&repo, &resolve(&repo, &base)?, &resolve(&repo, &head)?)?;
+    let short = |rev: &str| {
+        if rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()) {
+            rev[..10].to_string()
+        } else {
+            rev.to_string()
+        }
+    };
+    let (base_name, head_name) = (short(&report.base), short(&report.head));
+    if args.json {
+        super::emit_json(&report)?;
+    } else if report.experiments.is_empty() {
+        super::outln!("exp gate: no run record differs between {base_name} and {head_name}: pass.");
+    } else {
+        let mut table = crate::report::table(
+            [
+                "experiment",
+                "metric",
+                "base",
+                "head",
+                "delta",
+                "p-value",
+                "verdict",
+                "reason",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+        for e in &report.experiments {
+            if e.checks.is_empty() {
+                let verdict = match e.outcome {
+                    Outcome::New => "new",
+                    _ => "CANNOT DECIDE",
+                };
+                table.add_row(vec![
+                    e.name.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    verdict.into(),
+                    e.reason.clone().unwrap_or_default(),
+                ]);
+            }
+            for c in &e.checks {
+                table.add_row(vec![
+                    e.name.clone(),
+                    c.metric.clone(),
+                    num(c.base),
+                    num(c.head),
+                    c.delta.map_or("-".into(), |d| format!("{d:+.4}")),
+                    c.p_value.map_or("-".into(), |p| format!("{p:.4}")),
+                    if c.passed { "pass" } else { "FAIL" }.into(),
+                    c.reason.clone(),
+                ]);
+            }
+        }
+        super::outln!("exp gate: {head_name} against {base_name} (policy read from {base_name})");
+        super::outln!("{table}");
+    }
+    let code = report.exit_code();
+    if code == crate::ExitCode::Success {
+        if !args.json && !report.experiments.is_empty() {
+            super::outln!("exp gate: pass.");
+        }
+        return Ok(());
+    }
+    let mut lines = Vec::new();
+    for e in &report.experiments {
+        match e.outcome {
+            Outcome::Regression => {
+                for c in e.checks.iter().filter(|c| !c.passed) {
+                    lines.push(format!(
+                        "regression in {}: {} fell from {} to {} ({}; base {base_name}, head {head_name})",
+                        e.name,
+                        c.metric,
+                        c.base.map_or("-".into(), |v| format!("{v:.4}")),
+                        c.head.map_or("-".into(), |v| format!("{v:.4}")),
+                        c.reason
+                    ));
+                }
+            }
+            Outcome::Undecidable => lines.push(format!(
+                "cannot decide {}: {}",
+                e.name,
+                e.reason.as_deref().unwrap_or("")
+            )),
+            _ => {}
+        }
+    }
+    let hint = if code == crate::ExitCode::Negative {
+        "improve the model on the feature branch and record a new run (exp run); the policy is \
+         [gate] in experiments/<name>.toml on the base branch. A merge the hook rejected is still \
+         in progress: `git merge --abort` undoes it."
+    } else {
+        "the gate fails closed: restore or re-record the run on the head (exp run), and make sure \
+         both sides used the same eval set and the weights are committed through LFS"
+    };
+    Err(GateRejected {
+        message: format!("exp gate rejected the change:\n  {}", lines.join("\n  ")),
+        hint: hint.into(),
+        code,
+    }
+    .into())
+}

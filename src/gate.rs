@@ -1,0 +1,490 @@
+//! The regression gate: does merging `head` into the branch at `base` make a model worse?
+//!
+//! For every experiment whose record differs between base and head, the `[gate]` policy of the
+//! **base** revision's spec (`experiments/<name>.toml`; a branch cannot loosen the rule it is
+//! judged by) is applied to each gated metric. The rule, for a metric whose worsening from base
+//! to head is `w` (base − head for metrics that should rise, head − base for those that should
+//! fall), in this order:
+//!
+//! 1. fail when the head misses the floor (`min`, for rising metrics) or ceiling (`max`);
+//! 2. fail when `w` exceeds the tolerance: the smaller of `max_drop` and
+//!    `max_relative_drop · |base|` of those set, 0 when neither is;
+//! 3. fail when `w > 0` and the paired McNemar test on the two runs' predictions (accuracy only)
+//!    gives p < `alpha`: the drop is real, however small;
+//! 4. pass otherwise.
+//!
+//! It fails closed: a record deleted on head, unreadable, not `completed`, evaluated on a
+//! different eval set (unless `allow_different_eval_set`), a metric missing, or weights whose
+//! committed LFS pointer names another object than the record cannot be decided (exit 2). An
+//! experiment without a record on base is new and passes.
+
+use std::path::Path;
+
+use git2::{ObjectType, Repository};
+use serde::Serialize;
+
+use crate::compare::diff::{compare_one, Examples};
+use crate::compare::{parse_record, record_blobs, CompareError, Snapshot, StoredRecord};
+use crate::record::{Direction, RunRecord, STATUS_COMPLETED};
+use crate::spec::GateSpec;
+
+/// The gate's answer for one experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// Every gated metric passed.
+    Pass,
+    /// No record on base: nothing to regress from.
+    New,
+    /// A gated metric failed.
+    Regression,
+    /// The records cannot be compared: the gate fails closed.
+    Undecidable,
+}
+
+/// One gated metric.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricCheck {
+    /// Metric name.
+    pub metric: String,
+    /// Base value.
+    pub base: Option<f64>,
+    /// Head value.
+    pub head: Option<f64>,
+    /// head − base.
+    pub delta: Option<f64>,
+    /// Paired test p-value (accuracy, same eval set, predictions on both sides).
+    pub p_value: Option<f64>,
+    /// Whether this metric passed.
+    pub passed: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// One experiment's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExperimentGate {
+    /// Experiment name.
+    pub name: String,
+    /// The verdict.
+    pub outcome: Outcome,
+    /// Why, for new and undecidable experiments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The gated metrics.
+    pub checks: Vec<MetricCheck>,
+    /// The policy applied (from the base).
+    pub policy: GateSpec,
+}
+
+/// A gate that did not pass: what the CLI prints as the error, with its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct GateRejected {
+    /// One line per failing experiment.
+    pub message: String,
+    /// What to do next.
+    pub hint: String,
+    /// 1 (regression) or 2 (cannot decide).
+    pub code: crate::ExitCode,
+}
+
+/// The gate's answer for a base and a head.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateReport {
+    /// Base revision as given.
+    pub base: String,
+    /// Head revision (or tree) as given.
+    pub head: String,
+    /// One entry per experiment whose record differs.
+    pub experiments: Vec<ExperimentGate>,
+}
+
+impl GateReport {
+    /// 1 when an experiment regressed, else 2 when one cannot be decided, else 0.
+    pub fn exit_code(&self) -> crate::ExitCode {
+        let any = |o| self.experiments.iter().any(|e| e.outcome == o);
+        if any(Outcome::Regression) {
+            crate::ExitCode::Negative
+        } else if any(Outcome::Undecidable) {
+            crate::ExitCode::Usage
+        } else {
+            crate::ExitCode::Success
+        }
+    }
+}
+
+/// Judges `head` against `base`.
+pub fn gate(
+    repo: &Repository,
+    base: &Snapshot,
+    head: &Snapshot,
+) -> Result<GateReport, CompareError> {
+    let base_blobs = record_blobs(repo, &base.tree)?;
+    let head_blobs = record_blobs(repo, &head.tree)?;
+    let mut names: Vec<&String> = base_blobs.keys().chain(head_blobs.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut experiments = Vec::new();
+    for name in names {
+        let (b, h) = (base_blobs.get(name), head_blobs.get(name));
+        if b == h {
+            continue;
+        }
+        let policy = match base_policy(repo, base, name) {
+            Ok(p) => p,
+            Err(reason) => {
+                experiments.push(undecidable(name, GateSpec::default(), reason));
+                continue;
+            }
+        };
+        experiments.push(judge(
+            repo,
+            base,
+            head,
+            name,
+            b.copied(),
+            h.copied(),
+            policy,
+        )?);
+    }
+    Ok(GateReport {
+        base: base.name.clone(),
+        head: head.name.clone(),
+        experiments,
+    })
+}
+
+fn undecidable(name: &str, policy: GateSpec, reason: String) -> ExperimentGate {
+    ExperimentGate {
+        name: name.to_string(),
+        outcome: Outcome::Undecidable,
+        reason: Some(reason),
+        checks: Vec::new(),
+        policy,
+    }
+}
+
+/// The `[gate]` table of `experiments/<name>.toml` at the base (the default policy when the
+/// base has no spec or no table; an invalid table cannot be applied).
+fn base_policy(repo: &Repository, base: &Snapshot, name: &str) -> Result<GateSpec, String> {
+    let path = format!("experiments/{name}.toml");
+    let Ok(entry) = base.tree.get_path(Path::new(&path)) else {
+        return Ok(GateSpec::default());
+    };
+    let blob = repo
+        .find_blob(entry.id())
+        .map_err(|e| format!("{path} at the base is unreadable: {}", e.message()))?;
+    let invalid = |m: String| format!("the base's {path} has an invalid [gate]: {m}");
+    let text = std::str::from_utf8(blob.content()).map_err(|_| invalid("not UTF-8".into()))?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    let Some(gate) = table.get("gate") else {
+        return Ok(GateSpec::default());
+    };
+    let policy: GateSpec = gate
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+    policy
+        .check()
+        .map_err(|(key, m)| invalid(format!("{key} {m}")))?;
+    Ok(policy)
+}
+
+fn read(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    name: &str,
+    blob: git2::Oid,
+) -> Result<StoredRecord, String> {
+    let record = parse_record(repo, blob, &snapshot.name, name).map_err(|e| e.to_string())?;
+    let predictions_blob = snapshot
+        .tree
+        .get_path(Path::new(&format!("experiments/{name}/predictions.bin")))
+        .ok()
+        .map(|e| e.id());
+    Ok(StoredRecord {
+        record,
+        record_blob: blob,
+        predictions_blob,
+    })
+}
+
+/// The committed weights must be the object the record names.
+fn check_weights(
+    repo: &Repository,
+    head: &Snapshot,
+    name: &str,
+    record: &RunRecord,
+) -> Result<(), String> {
+    let path = format!("experiments/{name}/{}", record.model.weights);
+    let entry = head
+        .tree
+        .get_path(Path::new(&path))
+        .map_err(|_| format!("{path} is not committed, so the recorded model cannot be checked"))?;
+    if entry.kind() != Some(ObjectType::Blob) {
+        return Err(format!("{path} is not a file"));
+    }
+    let blob = repo
+        .find_blob(entry.id())
+        .map_err(|e| format!("{path} is unreadable: {}", e.message()))?;
+    let pointer = crate::lfs::LfsPointer::parse(blob.content()).map_err(|_| {
+        format!("{path} is committed as raw content, not as an LFS pointer (is the LFS filter installed? `exp init` sets it up)")
+    })?;
+    if pointer.oid.as_str() != record.model.oid {
+        return Err(format!(
+            "{path} points to LFS object {}, but the record names {}: the weights and the record do not belong together",
+            &pointer.oid.as_str()[..12],
+            &record.model.oid[..record.model.oid.len().min(12)]
+        ));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    repo: &Repository,
+    base: &Snapshot,
+    head: &Snapshot,
+    name: &str,
+    base_blob: Option<git2::Oid>,
+    head_blob: Option<git2::Oid>,
+    policy: GateSpec,
+) -> Result<ExperimentGate, CompareError> {
+    let Some(head_blob) = head_blob else {
+        return Ok(undecidable(
+            name,
+            policy,
+            format!(
+                "the head deletes experiments/{name}/metrics.toml; a model cannot be gated away"
+            ),
+        ));
+    };
+    let h = match read(repo, head, name, head_blob) {
+        Ok(h) => h,
+        Err(e) => return Ok(undecidable(name, policy, e)),
+    };
+    if h.record.run.status != STATUS_COMPLETED {
+        let status = h.record.run.status.clone();
+        return Ok(undecidable(
+            name,
+            policy,
+            format!("the head's run has status {status:?}, not \"completed\""),
+        ));
+    }
+    if let Err(e) = check_weights(repo, head, name, &h.record) {
+        return Ok(undecidable(name, policy, e));
+    }
+    let Some(base_blob) = base_blob else {
+        return Ok(ExperimentGate {
+            name: name.to_string(),
+            outcome: Outcome::New,
+            reason: Some("no record on the base: a new experiment".into()),
+            checks: Vec::new(),
+            policy,
+        });
+    };
+    let b = match read(repo, base, name, base_blob) {
+        Ok(b) => b,
+        Err(e) => return Ok(undecidable(name, policy, e)),
+    };
+    if b.record.data.test.blake3 != h.record.data.test.blake3 && !policy.allow_different_eval_set {
+        return Ok(undecidable(
+            name,
+            policy,
+            "base and head were evaluated on different eval sets (data.test blake3 differs); \
+             their metrics do not measure the same thing"
+                .into(),
+        ));
+    }
+    let diff = compare_one(repo, name, Some(&b), Some(&h))?;
+    let paired = match diff.examples {
+        Examples::Compared { p_value, .. } => Some(p_value),
+        Examples::NotComparable { .. } => None,
+    };
+    let mut checks = Vec::new();
+    let mut undecided = None;
+    for metric in &policy.metrics {
+        let (Some(bv), Some(hv)) = (
+            b.record.metrics.values.get(metric).copied(),
+            h.record.metrics.values.get(metric).copied(),
+        ) else {
+            undecided = Some(format!("metric {metric:?} is missing from a record"));
+            break;
+        };
+        let direction = h
+            .record
+            .metrics
+            .meta
+            .get(metric)
+            .or_else(|| b.record.metrics.meta.get(metric))
+            .map(|m| m.direction)
+            .unwrap_or(Direction::Max);
+        let p_value = if metric == "accuracy" { paired } else { None };
+        checks.push(check_metric(&policy, metric, direction, bv, hv, p_value));
+    }
+    if let Some(reason) = undecided {
+        return Ok(undecidable(name, policy, reason));
+    }
+    let outcome = if checks.iter().all(|c| c.passed) {
+        Outcome::Pass
+    } else {
+        Outcome::Regression
+    };
+    Ok(ExperimentGate {
+        name: name.to_string(),
+        outcome,
+        reason: None,
+        checks,
+        policy,
+    })
+}
+
+/// The rule of the module docs for one metric.
+pub fn check_metric(
+    policy: &GateSpec,
+    metric: &str,
+    direction: Direction,
+    base: f64,
+    head: f64,
+    p_value: Option<f64>,
+) -> MetricCheck {
+    let worsening = match direction {
+        Direction::Max => base - head,
+        Direction::Min => head - base,
+    };
+    let tolerance = [
+        policy.max_drop,
+        policy.max_relative_drop.map(|r| r * base.abs()),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(None, |acc: Option<f64>, t| {
+        Some(acc.map_or(t, |a| a.min(t)))
+    })
+    .unwrap_or(0.0);
+    let bound = match direction {
+        Direction::Max => policy
+            .min
+            .filter(|&floor| head < floor)
+            .map(|floor| format!("{head:.4} is below the floor min = {floor}")),
+        Direction::Min => policy
+            .max
+            .filter(|&ceiling| head > ceiling)
+            .map(|ceiling| format!("{head:.4} is above the ceiling max = {ceiling}")),
+    };
+    let p_text = p_value
+        .map(|p| format!(", McNemar p = {p:.4}"))
+        .unwrap_or_default();
+    let (passed, reason) = if let Some(bound) = bound {
+        (false, bound)
+    } else if worsening > tolerance + 1e-12 {
+        (
+            false,
+            format!("worse by {worsening:.4}, more than the tolerance {tolerance:.4}{p_text}"),
+        )
+    } else if worsening > 0.0 && p_value.is_some_and(|p| p < policy.alpha) {
+        (
+            false,
+            format!(
+                "worse by {worsening:.4}, within the tolerance {tolerance:.4} but significant{p_text} < alpha = {}",
+                policy.alpha
+            ),
+        )
+    } else if worsening > 0.0 {
+        (
+            true,
+            format!(
+                "worse by {worsening:.4}, within the tolerance {tolerance:.4}{}",
+                if p_value.is_some() {
+                    format!(" and not significant{p_text}")
+                } else {
+                    String::new()
+                }
+            ),
+        )
+    } else if worsening < 0.0 {
+        (true, format!("better by {:.4}{p_text}", -worsening))
+    } else {
+        (true, "unchanged".into())
+    };
+    MetricCheck {
+        metric: metric.to_string(),
+        base: Some(base),
+        head: Some(head),
+        delta: Some(head - base),
+        p_value,
+        passed,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_drop: Option<f64>, rel: Option<f64>) -> GateSpec {
+        GateSpec {
+            max_drop,
+            max_relative_drop: rel,
+            ..GateSpec::default()
+        }
+    }
+
+    #[test]
+    fn the_rule() {
+        let p = policy(Some(0.01), None);
+        // Within tolerance, not significant: pass.
+        assert!(check_metric(&p, "accuracy", Direction::Max, 0.95, 0.945, Some(0.2)).passed);
+        // Within tolerance but significant: fail.
+        let c = check_metric(&p, "accuracy", Direction::Max, 0.95, 0.945, Some(0.01));
+        assert!(
+            !c.passed && c.reason.contains("significant"),
+            "{}",
+            c.reason
+        );
+        // Beyond tolerance: fail whatever the test says.
+        let c = check_metric(&p, "accuracy", Direction::Max, 0.95, 0.93, Some(0.9));
+        assert!(
+            !c.passed && c.reason.contains("more than the tolerance"),
+            "{}",
+            c.reason
+        );
+        // Improvements pass; a loss that falls is an improvement.
+        assert!(check_metric(&p, "accuracy", Direction::Max, 0.9, 0.95, Some(0.0)).passed);
+        assert!(check_metric(&p, "loss", Direction::Min, 0.3, 0.2, None).passed);
+        assert!(!check_metric(&policy(None, None), "loss", Direction::Min, 0.3, 0.31, None).passed);
+        // No tolerance configured: any drop fails.
+        assert!(
+            !check_metric(
+                &policy(None, None),
+                "accuracy",
+                Direction::Max,
+                0.95,
+                0.9499,
+                Some(1.0)
+            )
+            .passed
+        );
+        // The stricter of two tolerances applies: 1 % of 0.5 = 0.005 < 0.01.
+        assert!(
+            !check_metric(
+                &policy(Some(0.01), Some(0.01)),
+                "accuracy",
+                Direction::Max,
+                0.5,
+                0.493,
+                None
+            )
+            .passed
+        );
+        // A floor.
+        let floor = GateSpec {
+            min: Some(0.96),
+            max_drop: Some(1.0),
+            ..GateSpec::default()
+        };
+        let c = check_metric(&floor, "accuracy", Direction::Max, 0.95, 0.955, Some(0.5));
+        assert!(!c.passed && c.reason.contains("floor"), "{}", c.reason);
+    }
+}
