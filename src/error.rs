@@ -53,6 +53,9 @@ pub enum Error {
     /// `exp device --check` found a kernel that disagrees with the reference.
     #[error(transparent)]
     DeviceCheck(#[from] crate::device::CheckFailed),
+    /// Installing or removing hooks failed.
+    #[error(transparent)]
+    Hooks(crate::hooks::HooksError),
     /// `exp gate` found a regression or could not decide.
     #[error(transparent)]
     Gate(#[from] crate::gate::GateRejected),
@@ -87,6 +90,7 @@ impl Error {
                 Some("train on another device (--device cpu) and report the failing check".into())
             }
             Error::Gate(e) => Some(e.hint.clone()),
+            Error::Hooks(e) => e.hint(),
             Error::Lfs(_) | Error::Record(_) | Error::Usage(_) => None,
         }
     }

@@ -15,6 +15,7 @@
 //! - [`git`]: repository access, Git Flow branches, commits and run tags;
 //! - [`compare`]: records across revisions (diff, log, show) and the McNemar test;
 //! - [`gate`]: the regression gate (`exp gate`, the hooks);
+//! - [`hooks`]: installing the gate's Git hooks;
 //! - [`report`]: tables for people;
 //! - [`run`] and [`init`]: the two workflows that tie the rest together.
 #![deny(missing_docs)]
@@ -29,6 +30,7 @@ pub mod error;
 pub mod eval;
 pub mod gate;
 pub mod git;
+pub mod hooks;
 pub mod init;
 pub mod lfs;
 pub mod model;

@@ -42,7 +42,7 @@ pub struct GateArgs {
 
 pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
     crate::compare::fast_reads();
-    let repo = crate::git::open(&super::cwd()?)?;
+    let repo = crate::git::open_any(&super::cwd()?)?;
     let base = match args.base {
         Some(b) => b,
         None => default_base(&repo)?,

@@ -36,6 +36,8 @@ pub enum Command {
     Plot(plot::PlotArgs),
     /// Reject a regression: judge head against base with the base's [gate] policy.
     Gate(gate::GateArgs),
+    /// Install or remove the Git hooks that gate merges and pushes into develop and main.
+    Hooks(hooks::HooksArgs),
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     Device(device::DeviceArgs),
 }
@@ -69,6 +71,7 @@ pub(crate) use outln;
 mod device;
 mod diff;
 mod gate;
+mod hooks;
 mod init;
 mod log;
 mod plot;
@@ -106,5 +109,6 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Plot(args) => plot::execute(args),
         Command::Device(args) => device::execute(args),
         Command::Gate(args) => gate::execute(args),
+        Command::Hooks(args) => hooks::execute(args),
     }
 }

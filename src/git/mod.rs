@@ -113,6 +113,17 @@ pub fn open(dir: &Path) -> Result<Repository, GitError> {
     Ok(repo)
 }
 
+/// Opens the repository for reading or configuring, bare ones included. Inside a Git hook
+/// (GIT_DIR set) the repository comes from Git's environment, which also makes the objects of a
+/// push still in quarantine (pre-receive) visible.
+pub fn open_any(dir: &Path) -> Result<Repository, GitError> {
+    if std::env::var_os("GIT_DIR").is_some() {
+        return Repository::open_from_env()
+            .map_err(|_| GitError::NotARepository(dir.to_path_buf()));
+    }
+    Repository::discover(dir).map_err(|_| GitError::NotARepository(dir.to_path_buf()))
+}
+
 /// The work tree root of a non-bare repository.
 pub fn workdir(repo: &Repository) -> &Path {
     repo.workdir().unwrap_or_else(|| repo.path())

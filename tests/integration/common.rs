@@ -46,6 +46,14 @@ impl Env {
     }
 
     fn apply(&self, cmd: &mut Command) {
+        // The installed Git hooks call `exp` from PATH: the binary under test comes first.
+        let bin = Path::new(env!("CARGO_BIN_EXE_exp"))
+            .parent()
+            .expect("bin dir");
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![bin.to_path_buf()];
+        dirs.extend(std::env::split_paths(&path));
+        cmd.env("PATH", std::env::join_paths(dirs).expect("PATH"));
         cmd.env("HOME", &self.home)
             .env("EXP_DATA", &self.data)
             .env("GIT_CONFIG_GLOBAL", self.home.join(".gitconfig"))

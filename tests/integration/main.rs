@@ -6,5 +6,6 @@ mod compare;
 mod data;
 mod failures;
 mod full_epoch;
+mod gate;
 mod init;
 mod run;

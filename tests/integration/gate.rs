@@ -1,0 +1,224 @@
+//! The regression gate end to end: real runs (small subsets of real MNIST), `exp hooks
+//! install`, and real `git merge` / `git push` into develop, locally and to a bare remote.
+
+use std::path::Path;
+
+use crate::common::*;
+
+/// Spec edit on the current branch, committed.
+fn set_gate(env: &Env, dir: &Path, gate: &str) {
+    let path = dir.join("experiments/mnist-cnn.toml");
+    let spec = std::fs::read_to_string(&path).unwrap();
+    let spec = match spec.find("\n[gate]") {
+        Some(i) => spec[..i].to_string(),
+        None => spec,
+    };
+    std::fs::write(&path, format!("{spec}\n[gate]\n{gate}\n")).unwrap();
+    env.git(dir, &["commit", "-q", "-am", "gate policy"]);
+}
+
+/// A run on a new feature branch from develop; returns the branch.
+fn feature_run(env: &Env, dir: &Path, branch: &str, extra: &[&str]) -> String {
+    env.git(dir, &["switch", "-q", "-c", branch, "develop"]);
+    let out = quick_run(env, dir, "mnist-cnn", extra);
+    assert!(out.status.success(), "{}", describe(&out));
+    branch.to_string()
+}
+
+fn accuracy(env: &Env, dir: &Path, rev: &str) -> f64 {
+    record_at(env, dir, rev, "mnist-cnn").metrics.values["accuracy"]
+}
+
+#[test]
+fn merges_and_pushes_into_develop_are_gated() {
+    let env = Env::new();
+    let dir = env.init_repo("gate");
+    // develop holds a good model and a policy: at most 2 points of accuracy may be lost.
+    env.git(&dir, &["switch", "-q", "develop"]);
+    set_gate(&env, &dir, "max_drop = 0.02");
+    let good = feature_run(&env, &dir, "feature/good", &[]);
+    env.git(&dir, &["switch", "-q", "develop"]);
+    env.git(&dir, &["merge", "-q", "--no-ff", &good, "-m", "merge good"]);
+    let base_accuracy = accuracy(&env, &dir, "develop");
+    let installed = env.exp_ok(&dir, &["hooks", "install"]);
+    assert!(
+        installed.contains("installed pre-merge-commit")
+            && installed.contains("mergeOptions = --no-ff"),
+        "{installed}"
+    );
+
+    // A worse model (a learning rate far too small), whose branch also loosens its own policy.
+    let bad = feature_run(&env, &dir, "feature/bad", &["--set", "train.lr=1e-6"]);
+    set_gate(&env, &dir, "max_drop = 1.0");
+    let bad_accuracy = accuracy(&env, &dir, &bad);
+    assert!(
+        bad_accuracy < base_accuracy - 0.02,
+        "{bad_accuracy} vs {base_accuracy}"
+    );
+    // `exp gate` itself: exit 1, the metric, base and head named, develop's policy applied.
+    let out = env.exp(&dir, &["gate", "--base", "develop"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("regression in mnist-cnn: accuracy fell from")
+            && err.contains(&format!("{base_accuracy:.4}"))
+            && err.contains(&format!("{bad_accuracy:.4}"))
+            && err.contains("more than the tolerance 0.0200"),
+        "{err}"
+    );
+    // git merge --no-ff into develop: refused by pre-merge-commit.
+    env.git(&dir, &["switch", "-q", "develop"]);
+    let develop_before = env.git(&dir, &["rev-parse", "develop"]);
+    let out = env.git_out(&dir, &["merge", "--no-ff", &bad, "-m", "merge bad"]);
+    assert!(
+        !out.status.success(),
+        "the regression was merged: {}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("regression in mnist-cnn: accuracy fell from"),
+        "{}",
+        describe(&out)
+    );
+    env.git(&dir, &["merge", "--abort"]);
+    // A plain `git merge` does not fast-forward past the gate.
+    let out = env.git_out(&dir, &["merge", &bad, "-m", "merge bad"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    env.git(&dir, &["merge", "--abort"]);
+    assert_eq!(env.git(&dir, &["rev-parse", "develop"]), develop_before);
+
+    // A better model merges.
+    let better = feature_run(
+        &env,
+        &dir,
+        "feature/better",
+        &["--set", "data.train_limit=3000"],
+    );
+    assert!(accuracy(&env, &dir, &better) >= base_accuracy - 0.02);
+    env.git(&dir, &["switch", "-q", "develop"]);
+    env.git(
+        &dir,
+        &["merge", "-q", "--no-ff", &better, "-m", "merge better"],
+    );
+
+    // The team's bare remote with the server-side hook; develop pushed there (new branch: passes).
+    let remote = env.path("remote.git");
+    env.git(
+        env.tmp.path(),
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    let server = env.exp_ok(&remote, &["hooks", "install"]);
+    assert!(server.contains("installed pre-receive"), "{server}");
+    env.git(&dir, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    env.git(&dir, &["push", "-q", "origin", "develop"]);
+    // An explicit fast-forward merge of a bad run creates no commit and runs no local hook...
+    let sneaky = feature_run(&env, &dir, "feature/sneaky", &["--set", "train.lr=1e-6"]);
+    env.git(&dir, &["switch", "-q", "develop"]);
+    env.git(&dir, &["merge", "-q", "--ff", &sneaky]);
+    // ...but the push is refused by pre-push,
+    let out = env.git_out(&dir, &["push", "origin", "develop"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("regression in mnist-cnn"),
+        "{}",
+        describe(&out)
+    );
+    // and, past pre-push with --no-verify, by the remote's pre-receive.
+    let out = env.git_out(&dir, &["push", "--no-verify", "origin", "develop"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("regression in mnist-cnn") && err.contains("pre-receive hook declined"),
+        "{err}"
+    );
+
+    // Uninstall undoes exactly what install did.
+    let removed = env.exp_ok(&dir, &["hooks", "uninstall"]);
+    assert!(removed.contains("removed pre-push"), "{removed}");
+    let out = env.git_out(&dir, &["config", "branch.develop.mergeOptions"]);
+    assert!(!out.status.success(), "mergeOptions left behind");
+    // git-lfs's own pre-push, kept as pre-push.local during the install, is back.
+    if dir.join(".git/hooks/pre-push").exists() {
+        let hook = std::fs::read_to_string(dir.join(".git/hooks/pre-push")).unwrap();
+        assert!(!hook.contains("# exp hook"), "{hook}");
+    }
+}
+
+#[test]
+fn the_gate_fails_closed() {
+    let env = Env::new();
+    let dir = env.init_repo("closed");
+    env.git(&dir, &["switch", "-q", "develop"]);
+    let first = feature_run(&env, &dir, "feature/first", &[]);
+    env.git(&dir, &["switch", "-q", "develop"]);
+    env.git(&dir, &["merge", "-q", "--no-ff", &first, "-m", "merge"]);
+    // The first run of an experiment passes (nothing to regress from).
+    let out = env.exp_ok(&dir, &["gate", "--base", "develop~1", "--head", "develop"]);
+    assert!(
+        out.contains("new") && out.contains("exp gate: pass."),
+        "{out}"
+    );
+    // A record deleted on the head cannot be decided.
+    env.git(&dir, &["switch", "-q", "-c", "feature/delete", "develop"]);
+    env.git(&dir, &["rm", "-q", "-r", "experiments/mnist-cnn"]);
+    env.git(&dir, &["commit", "-q", "-m", "delete the run"]);
+    let out = env.exp(&dir, &["gate", "--base", "develop"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("the head deletes experiments/mnist-cnn/metrics.toml")
+            && stderr(&out).contains("hint:"),
+        "{}",
+        describe(&out)
+    );
+    // A run evaluated on another eval set is refused.
+    let other = feature_run(
+        &env,
+        &dir,
+        "feature/other-eval",
+        &["--set", "data.test_limit=400"],
+    );
+    let out = env.exp(&dir, &["gate", "--base", "develop", "--head", &other]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("different eval sets"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_conflicted_merge_concluded_by_commit_is_gated() {
+    let env = Env::new();
+    let dir = env.init_repo("conflict");
+    env.git(&dir, &["switch", "-q", "develop"]);
+    // Two branches from the same develop record the same experiment: their merge conflicts.
+    let good = feature_run(&env, &dir, "feature/good", &[]);
+    let bad = feature_run(&env, &dir, "feature/bad", &["--set", "train.lr=1e-6"]);
+    env.git(&dir, &["switch", "-q", "develop"]);
+    env.git(&dir, &["merge", "-q", "--no-ff", &good, "-m", "merge good"]);
+    env.exp_ok(&dir, &["hooks", "install"]);
+    let out = env.git_out(&dir, &["merge", "--no-ff", &bad, "-m", "merge bad"]);
+    assert!(
+        !out.status.success(),
+        "expected a conflict: {}",
+        describe(&out)
+    );
+    assert!(dir.join(".git/MERGE_HEAD").exists());
+    // Resolved by taking the bad branch's run, then concluded with `git commit`: pre-commit gates it.
+    env.git(
+        &dir,
+        &["checkout", "--theirs", "--", "experiments/mnist-cnn"],
+    );
+    env.git(&dir, &["add", "-A"]);
+    let out = env.git_out(&dir, &["commit", "--no-edit"]);
+    assert!(
+        !out.status.success(),
+        "the conflicted regression was committed: {}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("regression in mnist-cnn: accuracy fell from"),
+        "{}",
+        describe(&out)
+    );
+}
