@@ -53,6 +53,9 @@ pub enum Error {
     /// `exp device --check` found a kernel that disagrees with the reference.
     #[error(transparent)]
     DeviceCheck(#[from] crate::device::CheckFailed),
+    /// A Git Flow step failed or was refused.
+    #[error(transparent)]
+    Flow(#[from] crate::flow::FlowError),
     /// Installing or removing hooks failed.
     #[error(transparent)]
     Hooks(crate::hooks::HooksError),
@@ -71,6 +74,7 @@ impl Error {
             Error::Train(e) => e.exit_code(),
             Error::DeviceCheck(_) => ExitCode::Negative,
             Error::Gate(e) => e.code,
+            Error::Flow(e) => e.exit_code(),
             _ => ExitCode::Usage,
         }
     }
@@ -91,6 +95,7 @@ impl Error {
             }
             Error::Gate(e) => Some(e.hint.clone()),
             Error::Hooks(e) => e.hint(),
+            Error::Flow(e) => e.hint(),
             Error::Lfs(_) | Error::Record(_) | Error::Usage(_) => None,
         }
     }

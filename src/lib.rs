@@ -15,6 +15,7 @@
 //! - [`git`]: repository access, Git Flow branches, commits and run tags;
 //! - [`compare`]: records across revisions (diff, log, show) and the McNemar test;
 //! - [`gate`]: the regression gate (`exp gate`, the hooks);
+//! - [`flow`]: Git Flow steps with the gate, released model versions;
 //! - [`hooks`]: installing the gate's Git hooks;
 //! - [`report`]: tables for people;
 //! - [`run`] and [`init`]: the two workflows that tie the rest together.
@@ -28,6 +29,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod flow;
 pub mod gate;
 pub mod git;
 pub mod hooks;

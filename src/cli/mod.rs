@@ -38,6 +38,12 @@ pub enum Command {
     Gate(gate::GateArgs),
     /// Install or remove the Git hooks that gate merges and pushes into develop and main.
     Hooks(hooks::HooksArgs),
+    /// Git Flow with the gate: finish a feature, release, start a hotfix.
+    Flow(flow::FlowArgs),
+    /// List released model versions (tags vVERSION) with their metrics.
+    Models(flow::ModelsArgs),
+    /// Released models: `exp model get NAME@VERSION`.
+    Model(flow::ModelArgs),
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     Device(device::DeviceArgs),
 }
@@ -70,6 +76,7 @@ pub(crate) use outln;
 
 mod device;
 mod diff;
+mod flow;
 mod gate;
 mod hooks;
 mod init;
@@ -110,5 +117,8 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Device(args) => device::execute(args),
         Command::Gate(args) => gate::execute(args),
         Command::Hooks(args) => hooks::execute(args),
+        Command::Flow(args) => flow::execute_flow(args),
+        Command::Models(args) => flow::execute_models(args),
+        Command::Model(args) => flow::execute_model(args),
     }
 }

@@ -5,6 +5,7 @@ mod common;
 mod compare;
 mod data;
 mod failures;
+mod flow;
 mod full_epoch;
 mod gate;
 mod init;

@@ -1,0 +1,458 @@
+//! Git Flow with the gate in the loop: `exp flow finish | release | hotfix`, released model
+//! versions (`exp models`) and `exp model get NAME@VERSION`.
+//!
+//! Merges go through the `git` binary, so that the user's hooks, merge drivers and LFS filter
+//! take part exactly as in a merge typed by hand; every merge into develop or main is gated
+//! (by its result, before the merge commit is made) with the library's gate.
+
+use std::path::{Path, PathBuf};
+
+use git2::Repository;
+use serde::Serialize;
+
+use crate::compare::{parse_record, record_blobs, resolve, CompareError};
+use crate::gate::{gate, GateReport, Outcome};
+use crate::git::{self, GitError};
+use crate::lfs::{LfsStore, Oid};
+
+/// A flow step that could not be completed; the repository is left as it was before it.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// A Git operation failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// Reading records failed.
+    #[error(transparent)]
+    Compare(#[from] CompareError),
+    /// The gate refused the merge.
+    #[error("the gate refused merging {branch} into {target}:\n  {details}")]
+    Refused {
+        /// The branch being merged.
+        branch: String,
+        /// develop or main.
+        target: String,
+        /// One line per failing experiment.
+        details: String,
+        /// 1 regression, 2 cannot decide.
+        code: crate::ExitCode,
+    },
+    /// The step cannot start from here.
+    #[error("{0}")]
+    Precondition(String),
+    /// A merge conflicted outside the run records, which flow does not resolve for the user.
+    #[error(
+        "merging {branch} into {target} conflicts in files that are not run records:\n  {files}"
+    )]
+    Conflict {
+        /// The branch being merged.
+        branch: String,
+        /// The target.
+        target: String,
+        /// The conflicting paths.
+        files: String,
+    },
+    /// A model version does not exist or its weights are not available.
+    #[error("{0}")]
+    Model(String),
+    /// Writing the weights failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl FlowError {
+    /// The exit code: a refused gate answers 1 or 2, everything else is 2.
+    pub fn exit_code(&self) -> crate::ExitCode {
+        match self {
+            FlowError::Refused { code, .. } => *code,
+            _ => crate::ExitCode::Usage,
+        }
+    }
+
+    /// What the user can do.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            FlowError::Refused { .. } => Some(
+                "improve the model on the branch and record a new run (exp run); nothing was merged".into(),
+            ),
+            FlowError::Conflict { .. } => Some(
+                "merge by hand (git merge --no-ff), resolve, and commit: the hooks gate the result".into(),
+            ),
+            FlowError::Git(e) => e.hint(),
+            FlowError::Compare(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
+fn clean_worktree(dir: &Path) -> Result<(), FlowError> {
+    let status = git::git(dir, &["status", "--porcelain", "--untracked-files=no"])?;
+    if !status.trim().is_empty() {
+        return Err(FlowError::Precondition(format!(
+            "the work tree has uncommitted changes; commit or stash them first:\n{}",
+            status.trim_end()
+        )));
+    }
+    Ok(())
+}
+
+fn branch_exists(dir: &Path, branch: &str) -> bool {
+    git::git(
+        dir,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("refs/heads/{branch}"),
+        ],
+    )
+    .is_ok()
+}
+
+/// Merges `branch` into `target` with `--no-ff`, resolving conflicts in run records by taking
+/// `branch`'s experiment directories and specs whole, and gates the result before committing.
+/// On refusal the merge is aborted and HEAD is back on `target` as it was.
+fn gated_merge(
+    repo: &Repository,
+    dir: &Path,
+    branch: &str,
+    target: &str,
+    message: &str,
+) -> Result<GateReport, FlowError> {
+    git::git(dir, &["switch", "-q", target])?;
+    let merged = git::git(dir, &["merge", "--no-ff", "--no-commit", branch]);
+    if merged.is_err() {
+        let conflicts = git::git(dir, &["diff", "--name-only", "--diff-filter=U"])?;
+        let files: Vec<&str> = conflicts.lines().filter(|l| !l.is_empty()).collect();
+        let run_files = |f: &&str| f.starts_with("experiments/");
+        if files.is_empty() || !files.iter().all(run_files) {
+            let _ = git::git(dir, &["merge", "--abort"]);
+            return Err(FlowError::Conflict {
+                branch: branch.into(),
+                target: target.into(),
+                files: if files.is_empty() {
+                    "(git stopped the merge without naming files)".into()
+                } else {
+                    files.join("\n  ")
+                },
+            });
+        }
+        // Both sides recorded a run of the same experiment: the branch's run is the one being
+        // merged, so its directory and spec are taken whole (never a mix of two runs' files).
+        let mut experiments: Vec<String> = files
+            .iter()
+            .filter_map(|f| f.strip_prefix("experiments/"))
+            .map(|rest| {
+                rest.split('/')
+                    .next()
+                    .unwrap_or(rest)
+                    .trim_end_matches(".toml")
+                    .to_string()
+            })
+            .collect();
+        experiments.sort();
+        experiments.dedup();
+        for name in &experiments {
+            let mut paths = vec![format!("experiments/{name}")];
+            if git::git(
+                dir,
+                &[
+                    "cat-file",
+                    "-e",
+                    &format!("{branch}:experiments/{name}.toml"),
+                ],
+            )
+            .is_ok()
+            {
+                paths.push(format!("experiments/{name}.toml"));
+            }
+            let mut args = vec!["checkout", branch, "--"];
+            args.extend(paths.iter().map(String::as_str));
+            git::git(dir, &args)?;
+            let mut add = vec!["add", "--"];
+            add.extend(paths.iter().map(String::as_str));
+            git::git(dir, &add)?;
+        }
+    }
+    let tree = git::git(dir, &["write-tree"])?.trim().to_string();
+    let report = gate(repo, &resolve(repo, target)?, &resolve(repo, &tree)?)?;
+    let code = report.exit_code();
+    if code != crate::ExitCode::Success {
+        let _ = git::git(dir, &["merge", "--abort"]);
+        return Err(FlowError::Refused {
+            branch: branch.into(),
+            target: target.into(),
+            details: describe_failures(&report),
+            code,
+        });
+    }
+    git::git(dir, &["commit", "-q", "-m", message])?;
+    Ok(report)
+}
+
+/// One line per failing experiment of a report.
+pub fn describe_failures(report: &GateReport) -> String {
+    let mut lines = Vec::new();
+    for e in &report.experiments {
+        match e.outcome {
+            Outcome::Regression => {
+                for c in e.checks.iter().filter(|c| !c.passed) {
+                    lines.push(format!(
+                        "regression in {}: {} fell from {} to {} ({})",
+                        e.name,
+                        c.metric,
+                        c.base.map_or("-".into(), |v| format!("{v:.4}")),
+                        c.head.map_or("-".into(), |v| format!("{v:.4}")),
+                        c.reason
+                    ));
+                }
+            }
+            Outcome::Undecidable => lines.push(format!(
+                "cannot decide {}: {}",
+                e.name,
+                e.reason.as_deref().unwrap_or("")
+            )),
+            _ => {}
+        }
+    }
+    lines.join("\n  ")
+}
+
+/// What a flow step did.
+#[derive(Debug, Default, Serialize)]
+pub struct FlowReport {
+    /// One line per step.
+    pub steps: Vec<String>,
+}
+
+/// `exp flow finish [BRANCH] [--keep]`: feature → develop with `--no-ff`, gated.
+pub fn finish(
+    repo: &Repository,
+    branch: Option<&str>,
+    keep: bool,
+) -> Result<FlowReport, FlowError> {
+    let dir = git::workdir(repo).to_path_buf();
+    let (current, _) = git::current_branch(repo)?;
+    let branch = branch.map(str::to_string).unwrap_or(current);
+    if !branch.starts_with("feature/") {
+        return Err(FlowError::Precondition(format!(
+            "{branch} is not a feature branch; name one: exp flow finish feature/<name>"
+        )));
+    }
+    if !branch_exists(&dir, &branch) {
+        return Err(FlowError::Precondition(format!(
+            "there is no branch {branch}"
+        )));
+    }
+    clean_worktree(&dir)?;
+    let mut report = FlowReport::default();
+    let gate_report = match gated_merge(
+        repo,
+        &dir,
+        &branch,
+        "develop",
+        &format!("Merge branch '{branch}' into develop"),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = git::git(&dir, &["switch", "-q", &branch]);
+            return Err(e);
+        }
+    };
+    report.steps.push(format!(
+        "merged {branch} into develop (--no-ff); the gate passed for {} experiment(s)",
+        gate_report.experiments.len()
+    ));
+    if keep {
+        report.steps.push(format!("kept {branch}"));
+    } else {
+        git::git(&dir, &["branch", "-q", "-D", &branch])?;
+        report.steps.push(format!("deleted {branch}"));
+    }
+    Ok(report)
+}
+
+/// `exp flow release VERSION`: develop → release/VERSION → main (gated, tagged vVERSION with
+/// the models it ships) → merged back into develop.
+pub fn release(repo: &Repository, version: &str) -> Result<FlowReport, FlowError> {
+    let dir = git::workdir(repo).to_path_buf();
+    if version.is_empty() || version.starts_with('v') || version.contains(char::is_whitespace) {
+        return Err(FlowError::Precondition(format!(
+            "{version:?} is not a version: give it without the v (exp flow release 1.2.0 tags v1.2.0)"
+        )));
+    }
+    let tag = format!("v{version}");
+    if git::git(
+        &dir,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("refs/tags/{tag}"),
+        ],
+    )
+    .is_ok()
+    {
+        return Err(FlowError::Precondition(format!("{tag} exists already")));
+    }
+    clean_worktree(&dir)?;
+    let release = format!("release/{version}");
+    let mut report = FlowReport::default();
+    git::git(&dir, &["switch", "-q", "-c", &release, "develop"])?;
+    report.steps.push(format!("created {release} from develop"));
+    if let Err(e) = gated_merge(
+        repo,
+        &dir,
+        &release,
+        "main",
+        &format!("Merge branch '{release}'"),
+    ) {
+        let _ = git::git(&dir, &["switch", "-q", "develop"]);
+        let _ = git::git(&dir, &["branch", "-q", "-D", &release]);
+        return Err(e);
+    }
+    report
+        .steps
+        .push(format!("merged {release} into main (--no-ff, gated)"));
+    let message = release_message(repo, &tag)?;
+    git::git(&dir, &["tag", "-a", &tag, "-m", &message])?;
+    report.steps.push(format!(
+        "tagged main {tag}:\n    {}",
+        message.lines().skip(2).collect::<Vec<_>>().join("\n    ")
+    ));
+    // The tagged release (with anything committed on the release branch) goes back into
+    // develop, so that develop's history contains every release.
+    gated_merge(
+        repo,
+        &dir,
+        &tag,
+        "develop",
+        &format!("Merge tag '{tag}' into develop"),
+    )?;
+    report.steps.push(format!("merged {tag} back into develop"));
+    git::git(&dir, &["branch", "-q", "-d", &release])?;
+    report.steps.push(format!("deleted {release}"));
+    Ok(report)
+}
+
+/// The tag message: the release and, per experiment, its model version and metrics.
+fn release_message(repo: &Repository, tag: &str) -> Result<String, FlowError> {
+    let head = resolve(repo, "HEAD")?;
+    let mut lines = vec![format!("Release {tag}"), String::new()];
+    let version = tag.trim_start_matches('v');
+    for (name, blob) in record_blobs(repo, &head.tree)? {
+        let r = parse_record(repo, blob, "HEAD", &name)?;
+        let metrics: Vec<String> = r
+            .metrics
+            .values
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.4}"))
+            .collect();
+        lines.push(format!(
+            "{name}@{version}: {} (run {}, weights sha256:{})",
+            metrics.join(" "),
+            &r.run.id[..12],
+            r.model.oid
+        ));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// `exp flow hotfix NAME`: a hotfix branch from main.
+pub fn hotfix(repo: &Repository, name: &str) -> Result<FlowReport, FlowError> {
+    let dir = git::workdir(repo).to_path_buf();
+    clean_worktree(&dir)?;
+    let branch = format!("hotfix/{name}");
+    git::git(&dir, &["switch", "-q", "-c", &branch, "main"])?;
+    Ok(FlowReport {
+        steps: vec![format!("created {branch} from main; record the fix with exp run, then merge it into main and develop (the hooks gate both)")],
+    })
+}
+
+/// One released model version.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelVersion {
+    /// Experiment (model) name.
+    pub name: String,
+    /// Version (the tag without its v).
+    pub version: String,
+    /// Metrics of the released run.
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// LFS oid of the weights.
+    pub oid: String,
+    /// Size of the weights in bytes.
+    pub size: u64,
+}
+
+/// Every released model version (tags `v*`), oldest version tag first by name.
+pub fn models(repo: &Repository, name: Option<&str>) -> Result<Vec<ModelVersion>, FlowError> {
+    let mut out = Vec::new();
+    let tags = repo.tag_names(Some("v*")).map_err(|e| GitError::Command {
+        command: "tag -l v*".into(),
+        stderr: e.message().into(),
+    })?;
+    let mut tags: Vec<String> = tags.iter().flatten().map(String::from).collect();
+    tags.sort();
+    for tag in tags {
+        let snapshot = resolve(repo, &tag)?;
+        for (experiment, blob) in record_blobs(repo, &snapshot.tree)? {
+            if name.is_some_and(|n| n != experiment) {
+                continue;
+            }
+            let r = parse_record(repo, blob, &tag, &experiment)?;
+            out.push(ModelVersion {
+                name: experiment,
+                version: tag.trim_start_matches('v').to_string(),
+                metrics: r.metrics.values.clone(),
+                oid: r.model.oid.clone(),
+                size: r.model.size,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `exp model get NAME@VERSION`: writes the released weights to `out` (verified against the
+/// record's sha256); returns the path written.
+pub fn model_get(repo: &Repository, spec: &str, out: Option<&Path>) -> Result<PathBuf, FlowError> {
+    let Some((name, version)) = spec.split_once('@') else {
+        return Err(FlowError::Model(format!(
+            "{spec:?} is not NAME@VERSION (e.g. mnist-cnn@1.0.0)"
+        )));
+    };
+    let tag = format!("v{version}");
+    let snapshot = resolve(repo, &tag).map_err(|_| {
+        FlowError::Model(format!("there is no release {tag} (exp models lists them)"))
+    })?;
+    let blobs = record_blobs(repo, &snapshot.tree)?;
+    let blob = blobs
+        .get(name)
+        .ok_or_else(|| FlowError::Model(format!("release {tag} has no model {name:?}")))?;
+    let record = parse_record(repo, *blob, &tag, name)?;
+    let oid = Oid::parse(&record.model.oid).map_err(|e| FlowError::Model(e.to_string()))?;
+    let store = LfsStore::for_repo(repo);
+    if !store.contains(&oid) {
+        return Err(FlowError::Model(format!(
+            "the weights of {name}@{version} (LFS object {}) are not in this repository's LFS store; fetch them (git lfs fetch --all) first",
+            &record.model.oid[..12]
+        )));
+    }
+    store.verify(&oid).map_err(|e| {
+        FlowError::Model(format!(
+            "the stored weights of {name}@{version} are damaged: {e}"
+        ))
+    })?;
+    let target = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(format!("{name}-{version}.safetensors")));
+    std::fs::copy(store.object_path(&oid), &target).map_err(|source| FlowError::Write {
+        path: target.clone(),
+        source,
+    })?;
+    Ok(target)
+}

@@ -1,0 +1,120 @@
+//! Git Flow with the gate: `exp flow finish`, `exp flow release`, `exp models`, `exp model get`.
+
+use std::path::Path;
+
+use crate::common::*;
+
+fn feature_run(env: &Env, dir: &Path, branch: &str, extra: &[&str]) {
+    env.git(dir, &["switch", "-q", "-c", branch, "develop"]);
+    let out = quick_run(env, dir, "mnist-cnn", extra);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[test]
+fn finish_release_and_get_a_released_model() {
+    let env = Env::new();
+    let dir = env.init_repo("flow");
+    env.git(&dir, &["switch", "-q", "develop"]);
+    // Two features from the same develop record the same experiment.
+    feature_run(&env, &dir, "feature/a", &[]);
+    feature_run(&env, &dir, "feature/b", &["--set", "data.train_limit=3000"]);
+    let b_record = record_at(&env, &dir, "feature/b", "mnist-cnn");
+    env.git(&dir, &["switch", "-q", "feature/a"]);
+    let out = env.exp_ok(&dir, &["flow", "finish"]);
+    assert!(
+        out.contains("merged feature/a into develop") && out.contains("deleted feature/a"),
+        "{out}"
+    );
+    assert_eq!(
+        env.git(&dir, &["branch", "--show-current"]).trim(),
+        "develop"
+    );
+    assert!(
+        env.git_out(&dir, &["rev-parse", "--verify", "feature/a"])
+            .status
+            .code()
+            != Some(0)
+    );
+    let parents = env.git(&dir, &["log", "-1", "--format=%P", "develop"]);
+    assert_eq!(parents.split_whitespace().count(), 2, "not a --no-ff merge");
+    // feature/b's run directory conflicts with a's, now on develop: finish takes b's whole.
+    let out = env.exp_ok(&dir, &["flow", "finish", "feature/b"]);
+    assert!(out.contains("merged feature/b into develop"), "{out}");
+    assert_eq!(record_at(&env, &dir, "develop", "mnist-cnn"), b_record);
+
+    // A worse feature is refused; nothing is merged and the branch stays.
+    feature_run(&env, &dir, "feature/worse", &["--set", "train.lr=1e-6"]);
+    let develop = env.git(&dir, &["rev-parse", "develop"]);
+    let out = env.exp(&dir, &["flow", "finish"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("regression in mnist-cnn: accuracy fell from"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(env.git(&dir, &["rev-parse", "develop"]), develop);
+    assert_eq!(
+        env.git(&dir, &["branch", "--show-current"]).trim(),
+        "feature/worse"
+    );
+    assert!(env
+        .git(&dir, &["status", "--porcelain", "--untracked-files=no"])
+        .is_empty());
+
+    // Release 1.0.0: release/1.0.0 → main, tagged v1.0.0, merged back into develop.
+    env.git(&dir, &["switch", "-q", "develop"]);
+    let out = env.exp_ok(&dir, &["flow", "release", "1.0.0"]);
+    assert!(
+        out.contains("tagged main v1.0.0") && out.contains("merged v1.0.0 back into develop"),
+        "{out}"
+    );
+    assert_eq!(
+        env.git(&dir, &["rev-parse", "v1.0.0^{commit}"]),
+        env.git(&dir, &["rev-parse", "main"])
+    );
+    let message = env.git(&dir, &["tag", "-l", "--format=%(contents)", "v1.0.0"]);
+    assert!(
+        message.contains("mnist-cnn@1.0.0: accuracy=") && message.contains(&b_record.model.oid),
+        "{message}"
+    );
+    assert!(env
+        .git(&dir, &["merge-base", "--is-ancestor", "main", "develop"])
+        .is_empty());
+    assert!(
+        env.git_out(&dir, &["rev-parse", "--verify", "release/1.0.0"])
+            .status
+            .code()
+            != Some(0)
+    );
+
+    // The released model: listed, and its weights byte for byte.
+    let models = env.exp_ok(&dir, &["models"]);
+    assert!(
+        models.contains("mnist-cnn@1.0.0") && models.contains(&b_record.model.oid[..12]),
+        "{models}"
+    );
+    let out_path = env.path("released.safetensors");
+    env.exp_ok(
+        &dir,
+        &[
+            "model",
+            "get",
+            "mnist-cnn@1.0.0",
+            "--out",
+            out_path.to_str().unwrap(),
+        ],
+    );
+    let bytes = std::fs::read(&out_path).unwrap();
+    assert_eq!(sha256_hex(&bytes), b_record.model.oid);
+    assert_eq!(
+        bytes,
+        std::fs::read(dir.join("experiments/mnist-cnn/model.safetensors")).unwrap()
+    );
+    let out = env.exp(&dir, &["model", "get", "mnist-cnn@9.9.9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("there is no release v9.9.9"),
+        "{}",
+        describe(&out)
+    );
+}
