@@ -11,7 +11,7 @@ use git2::Repository;
 use serde::Serialize;
 
 use crate::compare::{parse_record, record_blobs, resolve, CompareError};
-use crate::gate::{gate, GateReport, Outcome};
+use crate::gate::{gate, GateReport};
 use crate::git::{self, GitError};
 use crate::lfs::{LfsStore, Oid};
 
@@ -187,40 +187,12 @@ fn gated_merge(
         return Err(FlowError::Refused {
             branch: branch.into(),
             target: target.into(),
-            details: describe_failures(&report),
+            details: report.failures("").join("\n  "),
             code,
         });
     }
     git::git(dir, &["commit", "-q", "-m", message])?;
     Ok(report)
-}
-
-/// One line per failing experiment of a report.
-pub fn describe_failures(report: &GateReport) -> String {
-    let mut lines = Vec::new();
-    for e in &report.experiments {
-        match e.outcome {
-            Outcome::Regression => {
-                for c in e.checks.iter().filter(|c| !c.passed) {
-                    lines.push(format!(
-                        "regression in {}: {} fell from {} to {} ({})",
-                        e.name,
-                        c.metric,
-                        c.base.map_or("-".into(), |v| format!("{v:.4}")),
-                        c.head.map_or("-".into(), |v| format!("{v:.4}")),
-                        c.reason
-                    ));
-                }
-            }
-            Outcome::Undecidable => lines.push(format!(
-                "cannot decide {}: {}",
-                e.name,
-                e.reason.as_deref().unwrap_or("")
-            )),
-            _ => {}
-        }
-    }
-    lines.join("\n  ")
 }
 
 /// What a flow step did.

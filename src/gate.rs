@@ -101,6 +101,36 @@ pub struct GateReport {
 }
 
 impl GateReport {
+    /// One line per failing experiment: the metric, from what to what and why, or why it cannot
+    /// be decided. `context` (e.g. "base develop, head 1a2b3c") ends each regression line.
+    pub fn failures(&self, context: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        let value = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+        for e in &self.experiments {
+            match e.outcome {
+                Outcome::Regression => {
+                    for c in e.checks.iter().filter(|c| !c.passed) {
+                        lines.push(format!(
+                            "regression in {}: {} fell from {} to {} ({}{context})",
+                            e.name,
+                            c.metric,
+                            value(c.base),
+                            value(c.head),
+                            c.reason
+                        ));
+                    }
+                }
+                Outcome::Undecidable => lines.push(format!(
+                    "cannot decide {}: {}",
+                    e.name,
+                    e.reason.as_deref().unwrap_or("")
+                )),
+                Outcome::Pass | Outcome::New => {}
+            }
+        }
+        lines
+    }
+
     /// 1 when an experiment regressed, else 2 when one cannot be decided, else 0.
     pub fn exit_code(&self) -> crate::ExitCode {
         let any = |o| self.experiments.iter().any(|e| e.outcome == o);

@@ -117,29 +117,7 @@ pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
         }
         return Ok(());
     }
-    let mut lines = Vec::new();
-    for e in &report.experiments {
-        match e.outcome {
-            Outcome::Regression => {
-                for c in e.checks.iter().filter(|c| !c.passed) {
-                    lines.push(format!(
-                        "regression in {}: {} fell from {} to {} ({}; base {base_name}, head {head_name})",
-                        e.name,
-                        c.metric,
-                        c.base.map_or("-".into(), |v| format!("{v:.4}")),
-                        c.head.map_or("-".into(), |v| format!("{v:.4}")),
-                        c.reason
-                    ));
-                }
-            }
-            Outcome::Undecidable => lines.push(format!(
-                "cannot decide {}: {}",
-                e.name,
-                e.reason.as_deref().unwrap_or("")
-            )),
-            _ => {}
-        }
-    }
+    let lines = report.failures(&format!("; base {base_name}, head {head_name}"));
     let hint = if code == crate::ExitCode::Negative {
         "improve the model on the feature branch and record a new run (exp run); the policy is \
          [gate] in experiments/<name>.toml on the base branch. A merge the hook rejected is still \
