@@ -53,6 +53,9 @@ pub enum Error {
     /// `exp device --check` found a kernel that disagrees with the reference.
     #[error(transparent)]
     DeviceCheck(#[from] crate::device::CheckFailed),
+    /// Uploading LFS objects for a push failed.
+    #[error(transparent)]
+    LfsPush(#[from] crate::lfs::push::PushError),
     /// A Git Flow step failed or was refused.
     #[error(transparent)]
     Flow(#[from] crate::flow::FlowError),
@@ -96,6 +99,9 @@ impl Error {
             Error::Gate(e) => Some(e.hint.clone()),
             Error::Hooks(e) => e.hint(),
             Error::Flow(e) => e.hint(),
+            Error::LfsPush(_) => Some(
+                "install git-lfs (then `exp init` again) to push to an LFS server; `git push --no-verify` skips the check, leaving the remote without the weights".into(),
+            ),
             Error::Lfs(_) | Error::Record(_) | Error::Usage(_) => None,
         }
     }

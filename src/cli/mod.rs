@@ -44,6 +44,8 @@ pub enum Command {
     Models(flow::ModelsArgs),
     /// Released models: `exp model get NAME@VERSION`.
     Model(flow::ModelArgs),
+    /// Git LFS without git-lfs: `exp lfs pre-push` (called by exp's pre-push hook).
+    Lfs(lfs::LfsArgs),
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     Device(device::DeviceArgs),
 }
@@ -80,6 +82,7 @@ mod flow;
 mod gate;
 mod hooks;
 mod init;
+mod lfs;
 mod log;
 mod plot;
 mod run;
@@ -120,5 +123,6 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Flow(args) => flow::execute_flow(args),
         Command::Models(args) => flow::execute_models(args),
         Command::Model(args) => flow::execute_model(args),
+        Command::Lfs(args) => lfs::execute(args),
     }
 }

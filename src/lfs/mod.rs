@@ -2,6 +2,7 @@
 //! byte-for-byte what git-lfs itself reads and writes (DESIGN §2).
 
 mod pointer;
+pub mod push;
 mod store;
 
 pub use pointer::{LfsPointer, Oid};
