@@ -120,8 +120,8 @@ pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
     let lines = report.failures(&format!("; base {base_name}, head {head_name}"));
     let hint = if code == crate::ExitCode::Negative {
         "improve the model on the feature branch and record a new run (exp run); the policy is \
-         [gate] in experiments/<name>.toml on the base branch. A merge the hook rejected is still \
-         in progress: `git merge --abort` undoes it."
+         [gate] in experiments/<name>.toml on the base branch. If a hook refused a merge, it is \
+         still in progress: `git merge --abort` undoes it."
     } else {
         "the gate fails closed: restore or re-record the run on the head (exp run), and make sure \
          both sides used the same eval set and the weights are committed through LFS"
