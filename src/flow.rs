@@ -114,15 +114,25 @@ fn branch_exists(dir: &Path, branch: &str) -> bool {
     .is_ok()
 }
 
+/// Which side's run wins when both sides recorded the same experiment.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// The branch being merged (a finished feature brings its run).
+    Merged,
+    /// The target (a release merged back keeps develop's newer runs).
+    Target,
+}
+
 /// Merges `branch` into `target` with `--no-ff`, resolving conflicts in run records by taking
-/// `branch`'s experiment directories and specs whole, and gates the result before committing.
-/// On refusal the merge is aborted and HEAD is back on `target` as it was.
+/// one side's experiment directories and specs whole (`keep`), and gates the result before
+/// committing. On refusal the merge is aborted and HEAD is back on `target` as it was.
 fn gated_merge(
     repo: &Repository,
     dir: &Path,
     branch: &str,
     target: &str,
     message: &str,
+    keep: Keep,
 ) -> Result<GateReport, FlowError> {
     git::git(dir, &["switch", "-q", target])?;
     let merged = git::git(dir, &["merge", "--no-ff", "--no-commit", branch]);
@@ -142,8 +152,12 @@ fn gated_merge(
                 },
             });
         }
-        // Both sides recorded a run of the same experiment: the branch's run is the one being
-        // merged, so its directory and spec are taken whole (never a mix of two runs' files).
+        // Both sides recorded a run of the same experiment: one side's directory and spec are
+        // taken whole (never a mix of two runs' files).
+        let source = match keep {
+            Keep::Merged => branch,
+            Keep::Target => "HEAD",
+        };
         let mut experiments: Vec<String> = files
             .iter()
             .filter_map(|f| f.strip_prefix("experiments/"))
@@ -164,14 +178,14 @@ fn gated_merge(
                 &[
                     "cat-file",
                     "-e",
-                    &format!("{branch}:experiments/{name}.toml"),
+                    &format!("{source}:experiments/{name}.toml"),
                 ],
             )
             .is_ok()
             {
                 paths.push(format!("experiments/{name}.toml"));
             }
-            let mut args = vec!["checkout", branch, "--"];
+            let mut args = vec!["checkout", source, "--"];
             args.extend(paths.iter().map(String::as_str));
             git::git(dir, &args)?;
             let mut add = vec!["add", "--"];
@@ -229,6 +243,7 @@ pub fn finish(
         &branch,
         "develop",
         &format!("Merge branch '{branch}' into develop"),
+        Keep::Merged,
     ) {
         Ok(r) => r,
         Err(e) => {
@@ -283,6 +298,7 @@ pub fn release(repo: &Repository, version: &str) -> Result<FlowReport, FlowError
         &release,
         "main",
         &format!("Merge branch '{release}'"),
+        Keep::Merged,
     ) {
         let _ = git::git(&dir, &["switch", "-q", "develop"]);
         let _ = git::git(&dir, &["branch", "-q", "-D", &release]);
@@ -305,6 +321,7 @@ pub fn release(repo: &Repository, version: &str) -> Result<FlowReport, FlowError
         &tag,
         "develop",
         &format!("Merge tag '{tag}' into develop"),
+        Keep::Target,
     )?;
     report.steps.push(format!("merged {tag} back into develop"));
     git::git(&dir, &["branch", "-q", "-d", &release])?;
