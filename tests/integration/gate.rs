@@ -236,16 +236,27 @@ fn a_small_drop_passes_and_missing_exp_or_records_fail_closed() {
         &["merge", "-q", "--no-ff", &good, "-m", "merge seed 1"],
     );
     env.exp_ok(&dir, &["hooks", "install"]);
-    // Another seed: 1.4 points worse on these 500 test images, within the tolerance and not
-    // significant (McNemar p ≈ 0.49): the merge goes through the hook.
-    let other = feature_run(&env, &dir, "feature/seed2", &["--set", "train.seed=2"]);
-    assert!(accuracy(&env, &dir, &other) < accuracy(&env, &dir, "develop"));
-    let out = env.exp_ok(&dir, &["gate", "--base", "develop", "--head", &other]);
-    assert!(
-        out.contains("within the tolerance 0.0200 and not significant"),
-        "{out}"
-    );
-
+    // Another seed: a little worse on these 500 test images, within the tolerance and not
+    // significant (here seed 2: 1.4 points, McNemar p = 0.49). Which seed does that depends on
+    // the floating-point path of the machine, so the first of a few that does is used.
+    let mut other = None;
+    for seed in 2..=6 {
+        let branch = feature_run(
+            &env,
+            &dir,
+            &format!("feature/seed{seed}"),
+            &["--set", &format!("train.seed={seed}")],
+        );
+        let out = env.exp(&dir, &["gate", "--base", "develop", "--head", &branch]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("within the tolerance 0.0200 and not significant") {
+            assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+            assert!(text.contains("exp gate: pass."), "{text}");
+            other = Some(branch);
+            break;
+        }
+    }
+    let other = other.expect("no seed gave a small, non-significant drop");
     // Without exp on PATH the hook refuses, and says why.
     env.git(&dir, &["switch", "-q", "develop"]);
     let mut merge = std::process::Command::new("git");
