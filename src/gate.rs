@@ -159,6 +159,17 @@ pub fn gate(
     for name in names {
         let (b, h) = (base_blobs.get(name), head_blobs.get(name));
         if b == h {
+            // The same record, but are its weights still the recorded ones? A weights file
+            // replaced without a new run must not slip through.
+            if let Some(blob) = h {
+                if weights_changed(repo, base, head, name, *blob) {
+                    if let Ok(stored) = read(repo, head, name, *blob) {
+                        if let Err(reason) = check_weights(repo, head, name, &stored.record) {
+                            experiments.push(undecidable(name, GateSpec::default(), reason));
+                        }
+                    }
+                }
+            }
             continue;
         }
         let policy = match base_policy(repo, base, name) {
@@ -238,6 +249,22 @@ fn read(
         record_blob: blob,
         predictions_blob,
     })
+}
+
+/// Whether the file at the record's weights path differs between base and head.
+fn weights_changed(
+    repo: &Repository,
+    base: &Snapshot,
+    head: &Snapshot,
+    name: &str,
+    record: git2::Oid,
+) -> bool {
+    let Ok(stored) = read(repo, head, name, record) else {
+        return true;
+    };
+    let path = format!("experiments/{name}/{}", stored.record.model.weights);
+    let id = |s: &Snapshot| s.tree.get_path(Path::new(&path)).ok().map(|e| e.id());
+    id(base) != id(head)
 }
 
 /// The committed weights must be the object the record names.

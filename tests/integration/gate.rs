@@ -170,6 +170,38 @@ fn the_gate_fails_closed() {
         "{}",
         describe(&out)
     );
+    // Weights replaced without a new run: the record is unchanged, the pointer is not.
+    env.git(&dir, &["switch", "-q", "-c", "feature/swap", "develop"]);
+    let pointer = format!(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 12\n",
+        "ab".repeat(32)
+    );
+    std::fs::write(env.path("pointer"), &pointer).unwrap();
+    let blob = env.git(
+        &dir,
+        &["hash-object", "-w", env.path("pointer").to_str().unwrap()],
+    );
+    env.git(
+        &dir,
+        &[
+            "update-index",
+            "--cacheinfo",
+            &format!(
+                "100644,{},experiments/mnist-cnn/model.safetensors",
+                blob.trim()
+            ),
+        ],
+    );
+    env.git(&dir, &["commit", "-q", "-m", "swap the weights"]);
+    let out = env.exp(&dir, &["gate", "--base", "develop"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("points to LFS object abababababab, but the record names"),
+        "{}",
+        describe(&out)
+    );
+    // (The work tree still holds the real weights under the swapped pointer: leave it.)
+    env.git(&dir, &["checkout", "-q", "-f", "develop"]);
     // A run evaluated on another eval set is refused.
     let other = feature_run(
         &env,
