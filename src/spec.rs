@@ -326,6 +326,54 @@ pub struct TrainSpec {
     pub precision: Precision,
     /// Micro-batches whose gradients are summed before each optimiser step.
     pub accumulate: usize,
+    /// Learning-rate schedule over epochs: constant | cosine | step.
+    pub schedule: Schedule,
+    /// Epochs of linear warm-up before the schedule (epoch e ≤ W runs at lr·e/(W+1)).
+    pub warmup_epochs: usize,
+    /// Cosine: the learning rate the last epoch approaches.
+    pub min_lr: f64,
+    /// Step: epochs between decays.
+    pub step_size: usize,
+    /// Step: the factor of each decay.
+    pub gamma: f64,
+    /// Label smoothing ε of the training loss (0 = plain cross-entropy; evaluation never smooths).
+    pub label_smoothing: f64,
+}
+
+/// Learning-rate schedules (applied per epoch, after any warm-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// The same learning rate every epoch.
+    Constant,
+    /// Cosine annealing from lr to min_lr (PyTorch's CosineAnnealingLR stepped per epoch).
+    Cosine,
+    /// Multiplied by gamma every step_size epochs (PyTorch's StepLR).
+    Step,
+}
+
+impl TrainSpec {
+    /// The learning rate of 1-based epoch `epoch`.
+    pub fn learning_rate(&self, epoch: usize) -> f64 {
+        let warmup = self.warmup_epochs;
+        if epoch <= warmup {
+            return self.lr * epoch as f64 / (warmup + 1) as f64;
+        }
+        // Epochs after warm-up, 0-based, and how many there are.
+        let t = (epoch - warmup - 1) as f64;
+        let span = self.epochs.saturating_sub(warmup).max(1) as f64;
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                self.min_lr
+                    + (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t / span).cos())
+                        / 2.0
+            }
+            Schedule::Step => {
+                self.lr * self.gamma.powi((t as usize / self.step_size.max(1)) as i32)
+            }
+        }
+    }
 }
 
 impl Default for TrainSpec {
@@ -341,6 +389,12 @@ impl Default for TrainSpec {
             device: "auto".into(),
             precision: Precision::F32,
             accumulate: 1,
+            schedule: Schedule::Constant,
+            warmup_epochs: 0,
+            min_lr: 0.0,
+            step_size: 1,
+            gamma: 0.1,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -367,6 +421,7 @@ const STRING_KEYS: &[&str] = &[
     "train.optimizer",
     "train.device",
     "train.precision",
+    "train.schedule",
     "init.from",
 ];
 
@@ -684,6 +739,37 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             "freezing needs init.from, which this exp does not support yet".into(),
         ));
     }
+    let t = &spec.train;
+    if t.warmup_epochs > 0 && t.warmup_epochs >= t.epochs {
+        return Err(invalid(
+            "train.warmup_epochs",
+            format!(
+                "must be fewer than train.epochs ({}), got {}",
+                t.epochs, t.warmup_epochs
+            ),
+        ));
+    }
+    if t.step_size == 0 {
+        return Err(invalid("train.step_size", "must be at least 1".into()));
+    }
+    if !(t.gamma > 0.0 && t.gamma <= 1.0) {
+        return Err(invalid(
+            "train.gamma",
+            format!("must be in (0, 1], got {}", t.gamma),
+        ));
+    }
+    if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+        return Err(invalid(
+            "train.min_lr",
+            format!("must be in [0, train.lr], got {}", t.min_lr),
+        ));
+    }
+    if !(0.0..1.0).contains(&t.label_smoothing) {
+        return Err(invalid(
+            "train.label_smoothing",
+            format!("must be in [0, 1), got {}", t.label_smoothing),
+        ));
+    }
     spec.gate
         .check()
         .map_err(|(key, message)| invalid(key, message))?;
@@ -836,6 +922,12 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "train.device",
         "train.precision",
         "train.accumulate",
+        "train.schedule",
+        "train.warmup_epochs",
+        "train.min_lr",
+        "train.step_size",
+        "train.gamma",
+        "train.label_smoothing",
         "init.from",
         "init.freeze",
         "gate.metrics",
@@ -848,6 +940,53 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
     ]
     .into_iter()
     .collect()
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    fn train(schedule: Schedule, epochs: usize, warmup: usize) -> TrainSpec {
+        TrainSpec {
+            lr: 0.1,
+            epochs,
+            schedule,
+            warmup_epochs: warmup,
+            min_lr: 0.01,
+            step_size: 2,
+            gamma: 0.5,
+            ..TrainSpec::default()
+        }
+    }
+
+    #[test]
+    fn schedules_follow_pytorch() {
+        let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        let c = train(Schedule::Constant, 3, 0);
+        (1..=3).for_each(|e| close(c.learning_rate(e), 0.1));
+        // CosineAnnealingLR(T_max = 4, eta_min = 0.01) stepped per epoch: 0.1, 0.08682, 0.055, 0.02318.
+        let c = train(Schedule::Cosine, 4, 0);
+        close(c.learning_rate(1), 0.1);
+        close(
+            c.learning_rate(2),
+            0.01 + 0.09 * (1.0 + (std::f64::consts::PI / 4.0).cos()) / 2.0,
+        );
+        close(c.learning_rate(3), 0.055);
+        close(
+            c.learning_rate(4),
+            0.01 + 0.09 * (1.0 + (3.0 * std::f64::consts::PI / 4.0).cos()) / 2.0,
+        );
+        // StepLR(step_size = 2, gamma = 0.5): 0.1, 0.1, 0.05, 0.05, 0.025.
+        let s = train(Schedule::Step, 5, 0);
+        let expected = [0.1, 0.1, 0.05, 0.05, 0.025];
+        (1..=5).for_each(|e| close(s.learning_rate(e), expected[e - 1]));
+        // Two warm-up epochs (lr/3, 2·lr/3), then cosine over the remaining two.
+        let w = train(Schedule::Cosine, 4, 2);
+        close(w.learning_rate(1), 0.1 / 3.0);
+        close(w.learning_rate(2), 0.2 / 3.0);
+        close(w.learning_rate(3), 0.1);
+        close(w.learning_rate(4), 0.055);
+    }
 }
 
 #[cfg(test)]

@@ -288,6 +288,7 @@ pub fn train(
     let batches_per_epoch = n.div_ceil(spec.batch_size);
 
     for epoch in 1..=spec.epochs {
+        optimizer.set_learning_rate(spec.learning_rate(epoch));
         let epoch_start = Instant::now();
         progress.start_epoch(epoch, spec.epochs, batches_per_epoch);
         // Like PyTorch's DataLoader(shuffle=True): a fresh permutation each epoch, the last
@@ -319,7 +320,7 @@ pub fn train(
                 .forward(&xs, &mut Mode::Train(&mut dropout))?
                 .to_dtype(DType::F32)?;
             let loss = span("fwd loss", device, || {
-                candle_nn::loss::cross_entropy(&logits, &ys)
+                training_loss(&logits, &ys, spec.label_smoothing)
             })?;
             if on_cpu {
                 // Reading a CPU tensor costs nothing: check every step.
@@ -452,6 +453,23 @@ pub fn train(
     })
 }
 
+/// Cross-entropy with label smoothing ε (PyTorch's `label_smoothing`): the target puts 1 − ε on
+/// the label and ε spread evenly over all classes, so the loss is
+/// (1 − ε)·NLL(label) + ε·mean over classes of −log p. ε = 0 is candle's cross-entropy itself.
+pub fn training_loss(
+    logits: &Tensor,
+    labels: &Tensor,
+    epsilon: f64,
+) -> candle_core::Result<Tensor> {
+    if epsilon == 0.0 {
+        return candle_nn::loss::cross_entropy(logits, labels);
+    }
+    let log_probs = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
+    let nll = candle_nn::loss::nll(&log_probs, labels)?;
+    let uniform = log_probs.mean(candle_core::D::Minus1)?.mean_all()?.neg()?;
+    nll.affine(1.0 - epsilon, 0.0)? + uniform.affine(epsilon, 0.0)?
+}
+
 /// The per-operation table of `EXP_PROFILE_OPS=1`, on stderr.
 fn print_profile(total_seconds: f64) {
     eprintln!("op profile (EXP_PROFILE_OPS=1; each op synchronised; training and evaluation):");
@@ -474,4 +492,30 @@ fn accuracy(e: &Evaluation) -> f64 {
         .filter(|(a, b)| a == b)
         .count();
     correct as f64 / e.labels.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the formula computed by hand: logits [2, 0, 0] with label 0, ε = 0.3, K = 3.
+    #[test]
+    fn label_smoothing_matches_the_formula() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[2.0f32, 0.0, 0.0]], &dev).unwrap();
+        let labels = Tensor::new(&[0u32], &dev).unwrap();
+        let z = (2f64.exp() + 2.0).ln();
+        let (lp0, lp1) = (2.0 - z, -z);
+        let expected = 0.7 * -lp0 + 0.3 * -(lp0 + 2.0 * lp1) / 3.0;
+        let got = training_loss(&logits, &labels, 0.3)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+        let plain = training_loss(&logits, &labels, 0.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        assert!((plain + lp0).abs() < 1e-6);
+    }
 }

@@ -390,3 +390,50 @@ epochs = 2
     assert_eq!(r.training.epochs, 2);
     assert_eq!(r.training.steps, 6);
 }
+
+/// The learning rate of every epoch follows the schedule (warm-up, then cosine) and is in
+/// history.csv; label smoothing trains and is recorded.
+#[test]
+fn schedule_and_label_smoothing() {
+    let env = Env::new();
+    let dir = env.init_repo("schedule");
+    env.git(&dir, &["switch", "-q", "-c", "feature/schedule", "develop"]);
+    let out = quick_run(
+        &env,
+        &dir,
+        "mnist-cnn",
+        &[
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.schedule=cosine",
+            "--set",
+            "train.warmup_epochs=1",
+            "--set",
+            "train.label_smoothing=0.1",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let history = std::fs::read_to_string(dir.join("experiments/mnist-cnn/history.csv")).unwrap();
+    let lrs: Vec<f64> = history
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    // lr 1e-3: warm-up epoch 1 at lr/2, then cosine over epochs 2–3 (T = 2): lr, lr/2.
+    let expected = [0.0005, 0.001, 0.0005];
+    assert_eq!(lrs.len(), 3, "{history}");
+    for (got, want) in lrs.iter().zip(expected) {
+        assert!((got - want).abs() < 1e-12, "{lrs:?}");
+    }
+    let record = record_at(&env, &dir, "HEAD", "mnist-cnn");
+    assert_eq!(record.params.train.label_smoothing, 0.1);
+    assert_eq!(record.params.train.schedule, exp::spec::Schedule::Cosine);
+    let out = quick_run(&env, &dir, "mnist-cnn", &["--set", "train.warmup_epochs=1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("train.warmup_epochs"),
+        "{}",
+        describe(&out)
+    );
+}
