@@ -5,18 +5,19 @@ use clap::Args;
 use crate::device::{cuda_devices, run_checks, CheckFailed, DeviceError, DeviceRequest};
 use crate::Error;
 
-/// Arguments of `exp device`.
-#[derive(Debug, Args)]
-#[command(
-    long_about = "Show the devices exp can train on: the CPU (threads candle uses), whether this \
+/// The long help of `exp device`.
+pub(super) const DEVICE_LONG_ABOUT: &str =
+    "Show the devices exp can train on: the CPU (threads candle uses), whether this \
 build has CUDA, and each GPU it can open (name, driver, CUDA versions, compute capability, \
 memory). `auto` picks cuda:0 when it opens, else the CPU.
 
 With --check, run exp's own kernels (2×2 max-pool forward and backward in f32, bf16 and f16, the \
 kernel-gradient-only convolution, fused Adam and AdamW) on DEVICE and compare each with the CPU \
 implementation; exit 1 when one is outside its tolerance. Build and run it on a GPU machine to \
-test a CUDA setup before training."
-)]
+test a CUDA setup before training.";
+
+/// Arguments of `exp device`.
+#[derive(Debug, Args)]
 pub struct DeviceArgs {
     /// Check exp's kernels on this device (auto | cpu | cuda | cuda:N).
     #[arg(long, value_name = "DEVICE", num_args = 0..=1, default_missing_value = "auto")]

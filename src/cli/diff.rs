@@ -7,10 +7,9 @@ use crate::compare::{default_base, resolve};
 use crate::report::{self, delta, markdown_table, metric, p_value, short};
 use crate::Error;
 
-/// Arguments of `exp diff`.
-#[derive(Debug, Args)]
-#[command(
-    long_about = "Compare the run records of two revisions (branches, commits, tags, run tags or tree ids).
+/// The long help of `exp diff`.
+pub(super) const DIFF_LONG_ABOUT: &str =
+    "Compare the run records of two revisions (branches, commits, tags, run tags or tree ids).
 
 For every experiment whose record differs: the parameters that changed; each metric base → head \
 with the delta and whether that is better or worse (the direction comes from the record); data \
@@ -20,8 +19,10 @@ those discordant pairs). Metrics and examples are compared only when both runs u
 eval set (same BLAKE3); otherwise the output says why not.
 
 Defaults: HEAD against its merge-base with develop (or main). Everything is read from Git \
-objects; nothing is checked out."
-)]
+objects; nothing is checked out.";
+
+/// Arguments of `exp diff`.
+#[derive(Debug, Args)]
 pub struct DiffArgs {
     /// Base revision (default: merge-base of HEAD and develop).
     pub base: Option<String>,

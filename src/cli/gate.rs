@@ -6,10 +6,9 @@ use crate::compare::{default_base, resolve};
 use crate::gate::{gate, GateRejected, Outcome};
 use crate::Error;
 
-/// Arguments of `exp gate`.
-#[derive(Debug, Args)]
-#[command(
-    long_about = "Decide whether HEAD (or --head) may be merged into the branch at --base: for every \
+/// The long help of `exp gate`.
+pub(super) const GATE_LONG_ABOUT: &str =
+    "Decide whether HEAD (or --head) may be merged into the branch at --base: for every \
 experiment whose record differs, apply the [gate] policy of the BASE's experiments/<name>.toml (a \
 branch cannot loosen the rule it is judged by).
 
@@ -26,8 +25,10 @@ or not `completed`, a different eval set (unless gate.allow_different_eval_set =
 metric, or committed weights whose LFS pointer is not the record's object cannot be decided.
 
 --head accepts a tree id, so a hook can judge a merge by its result (`git write-tree`).
-Exit: 0 pass, 1 regression, 2 cannot decide (or a usage error)."
-)]
+Exit: 0 pass, 1 regression, 2 cannot decide (or a usage error).";
+
+/// Arguments of `exp gate`.
+#[derive(Debug, Args)]
 pub struct GateArgs {
     /// Base revision (default: merge-base of HEAD and develop, or main).
     #[arg(long)]

@@ -7,10 +7,9 @@ use clap::Args;
 use crate::init::{init, LfsFilter};
 use crate::Error;
 
-/// Arguments of `exp init`.
-#[derive(Debug, Args)]
-#[command(
-    long_about = "Make DIR (default: the current directory) a Git repository ready for exp.
+/// The long help of `exp init`.
+pub(super) const INIT_LONG_ABOUT: &str =
+    "Make DIR (default: the current directory) a Git repository ready for exp.
 
 - creates the repository (branch main) when DIR is not one; an existing repository keeps its \
 history and files;
@@ -19,8 +18,10 @@ history and files;
 - commits what it added (only that), and creates the Git Flow branches main and develop;
 - runs `git lfs install --local` when git-lfs is installed.
 
-Running it twice changes nothing."
-)]
+Running it twice changes nothing.";
+
+/// Arguments of `exp init`.
+#[derive(Debug, Args)]
 pub struct InitArgs {
     /// The directory to initialise.
     #[arg(default_value = ".")]

@@ -6,10 +6,9 @@ use crate::compare::history::{log, log_output_key, show, varying_params, Filter,
 use crate::report::{self, metric, short};
 use crate::Error;
 
-/// Arguments of `exp log`.
-#[derive(Debug, Args)]
-#[command(
-    long_about = "One row per commit that changed a run record, oldest first: commit, run tag, \
+/// The long help of `exp log`.
+pub(super) const LOG_LONG_ABOUT: &str =
+    "One row per commit that changed a run record, oldest first: commit, run tag, \
 branch, date, the parameters that vary between the listed runs, and the metrics. Read from Git \
 objects alone.
 
@@ -17,8 +16,10 @@ Examples:
   exp log                              the history of HEAD
   exp log develop..HEAD                what this branch added
   exp log --all --experiment mnist-cnn every branch
-  exp log --where 'accuracy>0.97' --sort accuracy"
-)]
+  exp log --where 'accuracy>0.97' --sort accuracy";
+
+/// Arguments of `exp log`.
+#[derive(Debug, Args)]
 pub struct LogArgs {
     /// A revision (history up to it) or a range A..B (default: HEAD).
     pub range: Option<String>,
@@ -39,12 +40,13 @@ pub struct LogArgs {
     pub json: bool,
 }
 
+/// The long help of `exp show`.
+pub(super) const SHOW_LONG_ABOUT: &str =
+    "The run record of every experiment at a revision (default HEAD), or at the tip \
+of every local branch with --all-branches: what `dvc exp show` answers, from Git objects alone.";
+
 /// Arguments of `exp show`.
 #[derive(Debug, Args)]
-#[command(
-    long_about = "The run record of every experiment at a revision (default HEAD), or at the tip \
-of every local branch with --all-branches: what `dvc exp show` answers, from Git objects alone."
-)]
 pub struct ShowArgs {
     /// The revision (default: HEAD).
     #[arg(default_value = "HEAD")]

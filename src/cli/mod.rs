@@ -23,18 +23,25 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Make a directory a Git repository ready for exp.
+    #[command(long_about = init::INIT_LONG_ABOUT)]
     Init(init::InitArgs),
     /// Train an experiment and record the run as a commit and a tag.
+    #[command(long_about = run::RUN_LONG_ABOUT)]
     Run(run::RunArgs),
     /// Compare the run records of two revisions: metrics, parameters, fixed and broken examples.
+    #[command(long_about = diff::DIFF_LONG_ABOUT)]
     Diff(diff::DiffArgs),
     /// List the commits that changed run records, with parameters and metrics.
+    #[command(long_about = log::LOG_LONG_ABOUT)]
     Log(log::LogArgs),
     /// Show every experiment's record at a revision or on every branch.
+    #[command(long_about = log::SHOW_LONG_ABOUT)]
     Show(log::ShowArgs),
     /// Write an HTML report with charts: metrics across runs, training curves, confusion matrix.
+    #[command(long_about = plot::PLOT_LONG_ABOUT)]
     Plot(plot::PlotArgs),
     /// Reject a regression: judge head against base with the base's [gate] policy.
+    #[command(long_about = gate::GATE_LONG_ABOUT)]
     Gate(gate::GateArgs),
     /// Install or remove the Git hooks that gate merges and pushes into develop and main.
     Hooks(hooks::HooksArgs),
@@ -47,6 +54,7 @@ pub enum Command {
     /// Git LFS without git-lfs: `exp lfs pre-push` (called by exp's pre-push hook).
     Lfs(lfs::LfsArgs),
     /// Show the devices exp can train on; --check tests exp's kernels on them.
+    #[command(long_about = device::DEVICE_LONG_ABOUT)]
     Device(device::DeviceArgs),
 }
 

@@ -10,16 +10,16 @@ use crate::report::plot::{confusion_chart, escape, html, line_chart, parse_histo
 use crate::report::short;
 use crate::Error;
 
-/// Arguments of `exp plot`.
-#[derive(Debug, Args)]
-#[command(
-    long_about = "Write a self-contained HTML report with SVG charts, from Git objects alone:
+/// The long help of `exp plot`.
+pub(super) const PLOT_LONG_ABOUT: &str = "Write a self-contained HTML report with SVG charts, from Git objects alone:
   - a metric across the runs of one or more branches, one line per branch;
   - the training curves (eval accuracy and training loss per epoch, from history.csv) of two or more \
 runs overlaid;
   - a run's confusion matrix.
-Open the file in any browser; it needs nothing else."
-)]
+Open the file in any browser; it needs nothing else.";
+
+/// Arguments of `exp plot`.
+#[derive(Debug, Args)]
 pub struct PlotArgs {
     /// Where to write the report.
     #[arg(long, default_value = "exp-report.html")]

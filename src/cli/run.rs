@@ -6,10 +6,8 @@ use crate::run::{run, RunOptions};
 use crate::train::StopFlag;
 use crate::{run::RunError, Error};
 
-/// Arguments of `exp run`.
-#[derive(Debug, Args)]
-#[command(
-    long_about = "Train experiment NAME (experiments/NAME.toml) and record the run in Git.
+/// The long help of `exp run`.
+pub(super) const RUN_LONG_ABOUT: &str = "Train experiment NAME (experiments/NAME.toml) and record the run in Git.
 
 Steps, in this order:
   1. Resolve the spec: the file plus every --set override, validated against the schema. An \
@@ -36,8 +34,10 @@ Spec keys: [model] name (mlp | seed-cnn | cnn), hidden, dropout, conv_dropout; [
 train_limit, val_limit, test_limit; [train] optimizer (adam | adamw | sgd), lr, momentum, \
 weight_decay, batch_size, epochs, seed, device (auto | cpu | cuda[:N]), precision (f32 | bf16 | \
 f16; the half precisions need CUDA), accumulate, schedule (constant | cosine | step), warmup_epochs, \
-min_lr, step_size, gamma, label_smoothing; [init] from, freeze; [gate] (read by exp gate, not by the run)."
-)]
+min_lr, step_size, gamma, label_smoothing; [init] from, freeze; [gate] (read by exp gate, not by the run).";
+
+/// Arguments of `exp run`.
+#[derive(Debug, Args)]
 pub struct RunArgs {
     /// The experiment: experiments/NAME.toml.
     #[arg(value_name = "NAME")]
