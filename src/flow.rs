@@ -101,19 +101,6 @@ fn clean_worktree(dir: &Path) -> Result<(), FlowError> {
     Ok(())
 }
 
-fn branch_exists(dir: &Path, branch: &str) -> bool {
-    git::git(
-        dir,
-        &[
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("refs/heads/{branch}"),
-        ],
-    )
-    .is_ok()
-}
-
 /// Which side's run wins when both sides recorded the same experiment.
 #[derive(Clone, Copy)]
 enum Keep {
@@ -230,7 +217,7 @@ pub fn finish(
             "{branch} is not a feature branch; name one: exp flow finish feature/<name>"
         )));
     }
-    if !branch_exists(&dir, &branch) {
+    if repo.find_branch(&branch, git2::BranchType::Local).is_err() {
         return Err(FlowError::Precondition(format!(
             "there is no branch {branch}"
         )));
@@ -274,17 +261,7 @@ pub fn release(repo: &Repository, version: &str) -> Result<FlowReport, FlowError
         )));
     }
     let tag = format!("v{version}");
-    if git::git(
-        &dir,
-        &[
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("refs/tags/{tag}"),
-        ],
-    )
-    .is_ok()
-    {
+    if repo.find_reference(&format!("refs/tags/{tag}")).is_ok() {
         return Err(FlowError::Precondition(format!("{tag} exists already")));
     }
     clean_worktree(&dir)?;
@@ -381,10 +358,12 @@ pub struct ModelVersion {
 /// Every released model version (tags `v*`), oldest version tag first by name.
 pub fn models(repo: &Repository, name: Option<&str>) -> Result<Vec<ModelVersion>, FlowError> {
     let mut out = Vec::new();
-    let tags = repo.tag_names(Some("v*")).map_err(|e| GitError::Command {
-        command: "tag -l v*".into(),
-        stderr: e.message().into(),
-    })?;
+    let tags = repo
+        .tag_names(Some("v*"))
+        .map_err(|source| CompareError::Git {
+            context: "release tags".into(),
+            source,
+        })?;
     let mut tags: Vec<String> = tags.iter().flatten().map(String::from).collect();
     tags.sort();
     for tag in tags {

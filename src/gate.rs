@@ -24,7 +24,7 @@ use git2::{ObjectType, Repository};
 use serde::Serialize;
 
 use crate::compare::diff::{compare_one, Examples};
-use crate::compare::{parse_record, record_blobs, CompareError, Snapshot, StoredRecord};
+use crate::compare::{record_blobs, stored_record, CompareError, Snapshot, StoredRecord};
 use crate::record::{Direction, RunRecord, STATUS_COMPLETED};
 use crate::spec::GateSpec;
 
@@ -159,16 +159,11 @@ pub fn gate(
     for name in names {
         let (b, h) = (base_blobs.get(name), head_blobs.get(name));
         if b == h {
-            // The same record, but are its weights still the recorded ones? A weights file
-            // replaced without a new run must not slip through.
-            if let Some(blob) = h {
-                if weights_changed(repo, base, head, name, *blob) {
-                    if let Ok(stored) = read(repo, head, name, *blob) {
-                        if let Err(reason) = check_weights(repo, head, name, &stored.record) {
-                            experiments.push(undecidable(name, GateSpec::default(), reason));
-                        }
-                    }
-                }
+            // The same record; but a weights file replaced without a new run must not slip
+            // through.
+            if let Some(reason) = h.and_then(|blob| swapped_weights(repo, base, head, name, *blob))
+            {
+                experiments.push(undecidable(name, GateSpec::default(), reason));
             }
             continue;
         }
@@ -238,33 +233,25 @@ fn read(
     name: &str,
     blob: git2::Oid,
 ) -> Result<StoredRecord, String> {
-    let record = parse_record(repo, blob, &snapshot.name, name).map_err(|e| e.to_string())?;
-    let predictions_blob = snapshot
-        .tree
-        .get_path(Path::new(&format!("experiments/{name}/predictions.bin")))
-        .ok()
-        .map(|e| e.id());
-    Ok(StoredRecord {
-        record,
-        record_blob: blob,
-        predictions_blob,
-    })
+    stored_record(repo, snapshot, name, blob).map_err(|e| e.to_string())
 }
 
-/// Whether the file at the record's weights path differs between base and head.
-fn weights_changed(
+/// Why the weights of an unchanged record are not the recorded ones, when the weights file
+/// differs between base and head. (A record unreadable on both sides is not this change's doing.)
+fn swapped_weights(
     repo: &Repository,
     base: &Snapshot,
     head: &Snapshot,
     name: &str,
     record: git2::Oid,
-) -> bool {
-    let Ok(stored) = read(repo, head, name, record) else {
-        return true;
-    };
+) -> Option<String> {
+    let stored = read(repo, head, name, record).ok()?;
     let path = format!("experiments/{name}/{}", stored.record.model.weights);
     let id = |s: &Snapshot| s.tree.get_path(Path::new(&path)).ok().map(|e| e.id());
-    id(base) != id(head)
+    if id(base) == id(head) {
+        return None;
+    }
+    check_weights(repo, head, name, &stored.record).err()
 }
 
 /// The committed weights must be the object the record names.

@@ -3,8 +3,7 @@
 use clap::Args;
 
 use crate::compare::diff::{diff, Change, Examples, ExperimentDiff};
-use crate::compare::{default_base, resolve};
-use crate::report::{self, delta, markdown_table, metric, p_value, short};
+use crate::report::{self, delta, markdown_table, metric, p_value};
 use crate::Error;
 
 /// The long help of `exp diff`.
@@ -39,20 +38,12 @@ pub struct DiffArgs {
 pub(super) fn execute(args: DiffArgs) -> Result<(), Error> {
     crate::compare::fast_reads();
     let repo = crate::git::open(&super::cwd()?)?;
-    let base = match args.base {
-        Some(b) => b,
-        None => default_base(&repo)?,
-    };
-    let head = args.head.unwrap_or_else(|| "HEAD".to_string());
-    let d = diff(&repo, &resolve(&repo, &base)?, &resolve(&repo, &head)?)?;
+    let (base, head) = super::base_and_head(&repo, args.base, args.head)?;
+    let d = diff(&repo, &base, &head)?;
     if args.json {
         return super::emit_json(&d);
     }
-    let base_name = if d.base.len() == 40 {
-        short(&d.base).to_string()
-    } else {
-        d.base.clone()
-    };
+    let base_name = crate::report::rev_name(&d.base);
     if d.experiments.is_empty() {
         super::outln!("No run record differs between {base_name} and {}.", d.head);
         return Ok(());

@@ -2,7 +2,6 @@
 
 use clap::Args;
 
-use crate::compare::{default_base, resolve};
 use crate::gate::{gate, GateRejected, Outcome};
 use crate::Error;
 
@@ -44,20 +43,12 @@ pub struct GateArgs {
 pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
     crate::compare::fast_reads();
     let repo = crate::git::open_any(&super::cwd()?)?;
-    let base = match args.base {
-        Some(b) => b,
-        None => default_base(&repo)?,
-    };
-    let head = args.head.unwrap_or_else(|| "HEAD".to_string());
-    let report = gate(&repo, &resolve(&repo, &base)?, &resolve(&repo, &head)?)?;
-    let short = |rev: &str| {
-        if rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit()) {
-            rev[..10].to_string()
-        } else {
-            rev.to_string()
-        }
-    };
-    let (base_name, head_name) = (short(&report.base), short(&report.head));
+    let (base, head) = super::base_and_head(&repo, args.base, args.head)?;
+    let report = gate(&repo, &base, &head)?;
+    let (base_name, head_name) = (
+        crate::report::rev_name(&report.base),
+        crate::report::rev_name(&report.head),
+    );
     if args.json {
         super::emit_json(&report)?;
     } else if report.experiments.is_empty() {

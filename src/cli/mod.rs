@@ -116,6 +116,24 @@ fn emit_json<T: serde::Serialize>(value: &T) -> Result<(), Error> {
     Ok(())
 }
 
+/// The base and head a comparison command was given: base defaults to HEAD's merge-base with
+/// develop (or main), head to HEAD.
+fn base_and_head<'r>(
+    repo: &'r git2::Repository,
+    base: Option<String>,
+    head: Option<String>,
+) -> Result<(crate::compare::Snapshot<'r>, crate::compare::Snapshot<'r>), Error> {
+    let base = match base {
+        Some(b) => b,
+        None => crate::compare::default_base(repo)?,
+    };
+    let head = head.unwrap_or_else(|| "HEAD".to_string());
+    Ok((
+        crate::compare::resolve(repo, &base)?,
+        crate::compare::resolve(repo, &head)?,
+    ))
+}
+
 /// Runs the parsed command; returns the exit code for success paths.
 pub fn execute(cli: Cli) -> Result<(), Error> {
     match cli.command {

@@ -7,7 +7,6 @@ use clap::Args;
 use crate::compare::history::{log, LogQuery};
 use crate::compare::{records_at, resolve};
 use crate::report::plot::{confusion_chart, escape, html, line_chart, parse_history, Series};
-use crate::report::short;
 use crate::Error;
 
 /// The long help of `exp plot`.
@@ -147,11 +146,7 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
                 .map_err(|e| usage(e.to_string()))?;
             let history = parse_history(blob.content())
                 .map_err(|e| usage(format!("{path} at {rev}: {e}")))?;
-            let label = if rev.len() == 40 {
-                short(rev).to_string()
-            } else {
-                rev.clone()
-            };
+            let label = crate::report::rev_name(rev);
             accuracy.push(Series {
                 label: label.clone(),
                 points: history

@@ -184,24 +184,32 @@ pub fn records_at(
 ) -> Result<BTreeMap<String, StoredRecord>, CompareError> {
     let mut out = BTreeMap::new();
     for (name, blob) in record_blobs(repo, &snapshot.tree)? {
-        let record = parse_record(repo, blob, &snapshot.name, &name)?;
-        let predictions_blob = snapshot
-            .tree
-            .get_path(std::path::Path::new(&format!(
-                "experiments/{name}/{PREDICTIONS_FILE}"
-            )))
-            .ok()
-            .map(|e| e.id());
-        out.insert(
-            name,
-            StoredRecord {
-                record,
-                record_blob: blob,
-                predictions_blob,
-            },
-        );
+        let stored = stored_record(repo, snapshot, &name, blob)?;
+        out.insert(name, stored);
     }
     Ok(out)
+}
+
+/// Experiment `name`'s record (blob `blob`) in a snapshot, with its predictions' blob id.
+pub fn stored_record(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    name: &str,
+    blob: Oid,
+) -> Result<StoredRecord, CompareError> {
+    let record = parse_record(repo, blob, &snapshot.name, name)?;
+    let predictions_blob = snapshot
+        .tree
+        .get_path(std::path::Path::new(&format!(
+            "experiments/{name}/{PREDICTIONS_FILE}"
+        )))
+        .ok()
+        .map(|e| e.id());
+    Ok(StoredRecord {
+        record,
+        record_blob: blob,
+        predictions_blob,
+    })
 }
 
 /// The default base of a comparison: the merge-base of HEAD and `develop` (or `main` when there

@@ -96,8 +96,9 @@ fn max_pool(device: &Device, dtype: DType, rng: &mut ExpRng) -> Result<CheckResu
     ))
 }
 
-/// The kernel-gradient-only convolution on `device` against the CPU.
-fn conv_kernel_grad(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
+/// exp's convolution on `device` (on a GPU: the direct first-layer kernel for an input without
+/// gradient, im2col + GEMM for one with) against candle's on the CPU, output and gradients.
+fn conv2d_paths(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
     let (n, c_in, c_out, h, w, k) = (8, 3, 16, 17, 15, 3);
     let x = Tensor::from_vec(
         rng.uniform(n * c_in * h * w, 1.0),
@@ -203,7 +204,7 @@ pub fn run_checks(device: &Device) -> Result<Vec<CheckResult>> {
         }
         results.push(max_pool(device, dtype, &mut rng)?);
     }
-    results.push(conv_kernel_grad(device, &mut rng)?);
+    results.push(conv2d_paths(device, &mut rng)?);
     results.push(fused_adam(device, OptimizerName::Adam, &mut rng)?);
     results.push(fused_adam(device, OptimizerName::Adamw, &mut rng)?);
     Ok(results)

@@ -95,4 +95,13 @@ pub fn p_value(p: f64) -> String {
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(10)]
 }
+
+/// A revision as people read it: a full hex id shortened, any other name as given.
+pub fn rev_name(rev: &str) -> String {
+    if rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+        short(rev).to_string()
+    } else {
+        rev.to_string()
+    }
+}
 pub mod plot;

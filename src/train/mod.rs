@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
 use crate::device::DeviceError;
-pub use crate::device::DeviceRequest;
 use crate::error::ExitCode;
 use crate::eval::{evaluate, Evaluation};
 use crate::model::{Mode, Model};
