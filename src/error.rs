@@ -53,6 +53,12 @@ pub enum Error {
     /// `exp device --check` found a kernel that disagrees with the reference.
     #[error(transparent)]
     DeviceCheck(#[from] crate::device::CheckFailed),
+    /// An LFS check answered no (raw weights staged, fsck problems).
+    #[error(transparent)]
+    LfsRefused(#[from] crate::lfs::LfsRefusal),
+    /// `exp push` or `exp pull` failed.
+    #[error(transparent)]
+    Sync(#[from] crate::lfs::sync::SyncError),
     /// Uploading LFS objects for a push failed.
     #[error(transparent)]
     LfsPush(#[from] crate::lfs::push::PushError),
@@ -75,7 +81,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Train(e) => e.exit_code(),
-            Error::DeviceCheck(_) => ExitCode::Negative,
+            Error::DeviceCheck(_) | Error::LfsRefused(_) => ExitCode::Negative,
             Error::Gate(e) => e.code,
             Error::Flow(e) => e.exit_code(),
             _ => ExitCode::Usage,
@@ -97,10 +103,14 @@ impl Error {
                 Some("train on another device (--device cpu) and report the failing check".into())
             }
             Error::Gate(e) => Some(e.hint.clone()),
+            Error::LfsRefused(e) => Some(e.hint.clone()),
+            Error::Sync(_) => Some(
+                "nothing was pushed if objects could not be uploaded; check the remote's URL and `git config lfs.url`".into(),
+            ),
             Error::Hooks(e) => e.hint(),
             Error::Flow(e) => e.hint(),
             Error::LfsPush(_) => Some(
-                "install git-lfs (then `exp init` again) to push to an LFS server; `git push --no-verify` skips the check, leaving the remote without the weights".into(),
+                "set `git config lfs.url` to the remote's Git LFS server; `git push --no-verify` skips the check, leaving the remote without the weights".into(),
             ),
             Error::Lfs(_) | Error::Record(_) | Error::Usage(_) => None,
         }

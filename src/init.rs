@@ -2,7 +2,6 @@
 //! disturbing an existing repository's history or files.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use git2::Repository;
 
@@ -60,8 +59,8 @@ impl InitError {
 pub enum LfsFilter {
     /// git-lfs is installed and configured for the repository.
     GitLfs,
-    /// git-lfs is not installed; exp stores the objects, but nothing cleans or smudges.
-    Missing,
+    /// exp's own filter (`exp lfs filter-process`): git-lfs is not installed.
+    Exp,
 }
 
 /// What `exp init` did.
@@ -211,27 +210,25 @@ fn write(path: &Path, text: &str) -> Result<(), InitError> {
     })
 }
 
-/// Installs git-lfs's filter for the repository when git-lfs exists, and says who is in
-/// charge. Decided with the `git` on PATH (DESIGN §2): never from `which git-lfs` alone nor
-/// from libgit2's view of the config.
+/// Puts a filter in charge of `filter=lfs` files (DESIGN §2): git-lfs when it is installed
+/// (`git lfs install --local`), else exp's own filter. A repository where exp's filter is
+/// already in charge keeps it. Decided with the `git` on PATH.
 pub fn configure_lfs(worktree: &Path) -> Result<LfsFilter, InitError> {
-    let has_git_lfs = Command::new("git")
-        .arg("-C")
-        .arg(worktree)
-        .args(["lfs", "version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if has_git_lfs {
-        git::git(worktree, &["lfs", "install", "--local"])?;
+    use crate::lfs::config::{self, InCharge};
+    match config::in_charge(worktree) {
+        InCharge::Exp => return Ok(LfsFilter::Exp),
+        InCharge::GitLfs if config::git_lfs_available(worktree) => {
+            git::git(worktree, &["lfs", "install", "--local"])?;
+            return Ok(LfsFilter::GitLfs);
+        }
+        _ => {}
     }
-    Ok(if git_lfs_in_charge(worktree) {
-        LfsFilter::GitLfs
-    } else {
-        LfsFilter::Missing
-    })
-}
-
-/// Whether `git config filter.lfs.process` names git-lfs.
-pub fn git_lfs_in_charge(worktree: &Path) -> bool {
-    git::git(worktree, &["config", "filter.lfs.process"]).is_ok_and(|v| v.contains("git-lfs"))
+    if config::git_lfs_available(worktree) {
+        git::git(worktree, &["lfs", "install", "--local"])?;
+        if config::in_charge(worktree) == InCharge::GitLfs {
+            return Ok(LfsFilter::GitLfs);
+        }
+    }
+    config::install_exp(worktree)?;
+    Ok(LfsFilter::Exp)
 }

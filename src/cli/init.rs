@@ -53,10 +53,8 @@ pub(super) fn execute(args: InitArgs) -> Result<(), Error> {
     }
     match report.lfs {
         LfsFilter::GitLfs => super::outln!("  Git LFS: git-lfs handles *.safetensors in this repository"),
-        LfsFilter::Missing => eprintln!(
-            "warning: git-lfs is not installed. exp still stores weights as LFS objects and commits \
-pointers, but `git status` will show the weights modified and a clone will not restore them \
-until git-lfs is installed (then run `exp init` again)."
+        LfsFilter::Exp => super::outln!(
+            "  Git LFS: git-lfs is not installed; exp's own filter (`exp lfs filter-process`) handles *.safetensors"
         ),
     }
     super::outln!("Next: exp run mnist-cnn");

@@ -51,8 +51,13 @@ pub enum Command {
     Models(flow::ModelsArgs),
     /// Released models: `exp model get NAME@VERSION`.
     Model(flow::ModelArgs),
-    /// Git LFS without git-lfs: `exp lfs pre-push` (called by exp's pre-push hook).
+    /// Git LFS without git-lfs: the filter, install/uninstall, ls, fsck, prune, hook helpers.
     Lfs(lfs::LfsArgs),
+    /// Push branches, their run and release tags, and the LFS objects they reference (objects
+    /// first, confirmed on the remote, then refs).
+    Push(sync::PushArgs),
+    /// Fetch and fast-forward, then download the LFS objects HEAD references into the work tree.
+    Pull(sync::PullArgs),
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     #[command(long_about = device::DEVICE_LONG_ABOUT)]
     Device(device::DeviceArgs),
@@ -94,6 +99,7 @@ mod lfs;
 mod log;
 mod plot;
 mod run;
+mod sync;
 
 /// A command-line argument that parses but makes no sense (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -150,5 +156,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Models(args) => flow::execute_models(args),
         Command::Model(args) => flow::execute_model(args),
         Command::Lfs(args) => lfs::execute(args),
+        Command::Push(args) => sync::execute_push(args),
+        Command::Pull(args) => sync::execute_pull(args),
     }
 }

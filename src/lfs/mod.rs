@@ -1,12 +1,20 @@
 //! Git LFS, natively: spec-v1 pointers and the object store under `.git/lfs/objects`,
 //! byte-for-byte what git-lfs itself reads and writes (DESIGN §2).
 
+pub mod config;
+pub mod filter;
+pub mod maintain;
+pub mod pktline;
 mod pointer;
 pub mod push;
+pub mod remote;
+pub mod scan;
+pub mod statcache;
 mod store;
+pub mod sync;
 
 pub use pointer::{LfsPointer, Oid};
-pub use store::LfsStore;
+pub use store::{LfsStore, ObjectWriter};
 
 use std::path::PathBuf;
 
@@ -37,4 +45,38 @@ pub enum LfsError {
         /// The digest of its content.
         actual: String,
     },
+    /// Reading the repository failed.
+    #[error("reading the repository: {0}")]
+    Git(#[from] git2::Error),
+    /// A revision does not resolve to a tree.
+    #[error("cannot resolve revision {rev:?}: {message}")]
+    Revision {
+        /// As given.
+        rev: String,
+        /// libgit2's reason.
+        message: String,
+    },
+    /// Reading the content to filter, or writing the filtered content, failed.
+    #[error("LFS filter stream: {0}")]
+    Stream(std::io::Error),
+    /// Downloaded or copied content is not the object it was fetched as.
+    #[error("expected LFS object {expected}, got content with sha256 {actual} ({size} bytes)")]
+    Mismatch {
+        /// The oid asked for.
+        expected: String,
+        /// The digest of what arrived.
+        actual: String,
+        /// How many bytes arrived.
+        size: u64,
+    },
+}
+
+/// A negative answer from an LFS check (exit 1): raw weights staged, a failed fsck.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct LfsRefusal {
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it.
+    pub hint: String,
 }

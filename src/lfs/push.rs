@@ -2,33 +2,28 @@
 //!
 //! Called by exp's pre-push hook with Git's arguments (remote name, URL) and its stdin (`<local
 //! ref> <local sha> <remote ref> <remote sha>` per line). Every commit the push sends (reachable
-//! from a pushed sha, not from what the remote already has) is scanned for LFS pointer blobs, and
-//! each object the remote's store lacks is copied there, verified, through a temp file. This
-//! version speaks to remotes on the file system (`/path`, `file://`); for an HTTP(S) remote the
-//! Git LFS batch API is needed, and the push is refused rather than leaving the remote with
-//! pointers whose objects it lacks.
+//! from a pushed sha, not from what the remote already has) is scanned for LFS pointer blobs;
+//! the objects the remote lacks are uploaded (file system or batch API) and the remote is asked
+//! again before Git may update its refs, so the push never leaves it with a pointer whose
+//! object it lacks.
 
-use std::collections::BTreeSet;
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
 
-use git2::{ObjectType, Oid as GitOid, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{Oid as GitOid, Repository};
 
-use super::{LfsError, LfsPointer, LfsStore, Oid};
+use super::remote::{RemoteStore, TransferError};
+use super::{LfsError, LfsPointer, LfsStore};
 
-/// Pointer files are small; anything larger is content, not a pointer.
-const MAX_POINTER: usize = 1024;
-
-/// What a pre-push upload did.
+/// What an upload for a push did.
 #[derive(Debug, Default)]
 pub struct PushReport {
-    /// Objects the push references.
+    /// Objects the pushed commits reference.
     pub referenced: usize,
-    /// Objects copied to the remote.
+    /// Objects sent to the remote.
     pub uploaded: usize,
 }
 
-/// A pre-push upload that could not be made.
+/// An upload for a push that could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
     /// Reading the repository failed.
@@ -37,19 +32,16 @@ pub enum PushError {
     /// The store failed.
     #[error(transparent)]
     Lfs(#[from] LfsError),
+    /// Talking to the remote failed.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
     /// The input is not what Git gives a pre-push hook.
     #[error(
         "pre-push input line {0:?} is not `<local ref> <local sha> <remote ref> <remote sha>`"
     )]
     Input(String),
-    /// The remote is not on the file system.
-    #[error("remote {url} is not a path or file:// URL; uploading to it needs the Git LFS batch API, which this exp does not speak yet")]
-    Unsupported {
-        /// The remote's URL.
-        url: String,
-    },
-    /// An object the push references is not in the local store.
-    #[error("the push references LFS object {oid} ({path} in {commit}), which is not in the local store: the remote would get a pointer without its object")]
+    /// An object the push references is neither local nor on the remote.
+    #[error("the push references LFS object {oid} ({path} in {commit}), which is not in the local store nor on the remote: the remote would get a pointer without its object")]
     Missing {
         /// The object.
         oid: String,
@@ -60,35 +52,48 @@ pub enum PushError {
     },
 }
 
-/// The remote's LFS store for a file-system URL: `<repo>/lfs` for a bare repository,
-/// `<repo>/.git/lfs` for one with a work tree.
-pub fn remote_store(url: &str) -> Result<LfsStore, PushError> {
-    let path = url.strip_prefix("file://").unwrap_or(url);
-    let path = Path::new(path);
-    if url.contains("://") && !url.starts_with("file://") || !path.is_absolute() && !path.exists() {
-        return Err(PushError::Unsupported {
-            url: url.to_string(),
-        });
-    }
-    let dotgit = path.join(".git");
-    let root: PathBuf = if dotgit.is_dir() {
-        dotgit.join("lfs")
-    } else {
-        path.join("lfs")
+/// Uploads the LFS objects referenced by commits reachable from `tips` and not from `hidden`
+/// that `remote` lacks; checks the remote has all of them afterwards.
+pub fn upload_for_push(
+    repo: &Repository,
+    remote: &RemoteStore,
+    tips: &[GitOid],
+    hidden: &[GitOid],
+) -> Result<PushReport, PushError> {
+    let referenced = super::scan::referenced_objects(repo, tips, hidden)?;
+    let mut report = PushReport {
+        referenced: referenced.len(),
+        uploaded: 0,
     };
-    Ok(LfsStore::at(root))
+    if referenced.is_empty() {
+        return Ok(report);
+    }
+    let local = LfsStore::for_repo(repo);
+    let pointers: Vec<LfsPointer> = referenced.values().map(|r| r.pointer.clone()).collect();
+    let lacking = remote.missing(&pointers)?;
+    for p in &lacking {
+        if !local.contains(&p.oid) {
+            let r = &referenced[&p.oid];
+            return Err(PushError::Missing {
+                oid: p.oid.as_str().to_string(),
+                path: r.path.clone(),
+                commit: r.commit.to_string()[..10].to_string(),
+            });
+        }
+    }
+    report.uploaded = remote.upload(&local, &lacking)?;
+    Ok(report)
 }
 
 /// Reads Git's pre-push lines and uploads what the pushed commits reference.
 pub fn pre_push(
     repo: &Repository,
+    remote_name: &str,
     url: &str,
     input: impl BufRead,
 ) -> Result<PushReport, PushError> {
-    let remote = remote_store(url)?;
-    let local = LfsStore::for_repo(repo);
-    let mut walk = repo.revwalk()?;
-    let mut any = false;
+    let mut tips = Vec::new();
+    let mut hidden = Vec::new();
     for line in input.lines() {
         let line = line.map_err(|e| PushError::Input(e.to_string()))?;
         if line.trim().is_empty() {
@@ -102,73 +107,19 @@ pub fn pre_push(
         if zero(local_sha) {
             continue; // a deletion sends nothing
         }
-        walk.push(GitOid::from_str(local_sha)?)?;
-        any = true;
+        tips.push(GitOid::from_str(local_sha)?);
         if !zero(remote_sha) {
             if let Ok(oid) = GitOid::from_str(remote_sha) {
                 // What the remote has needs no upload (if we know it).
                 if repo.find_commit(oid).is_ok() {
-                    walk.hide(oid)?;
+                    hidden.push(oid);
                 }
             }
         }
     }
-    let mut report = PushReport::default();
-    if !any {
-        return Ok(report);
+    if tips.is_empty() {
+        return Ok(PushReport::default());
     }
-    let mut seen_trees = BTreeSet::new();
-    let mut oids: Vec<(Oid, String, String)> = Vec::new();
-    for commit in walk {
-        let commit = repo.find_commit(commit?)?;
-        let tree = commit.tree()?;
-        if !seen_trees.insert(tree.id()) {
-            continue;
-        }
-        let short = commit.id().to_string()[..10].to_string();
-        tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
-            if entry.kind() == Some(ObjectType::Blob) {
-                if let Ok(blob) = repo.find_blob(entry.id()) {
-                    if blob.size() <= MAX_POINTER {
-                        if let Ok(pointer) = LfsPointer::parse(blob.content()) {
-                            let path = format!("{dir}{}", entry.name().unwrap_or(""));
-                            oids.push((pointer.oid, path, short.clone()));
-                        }
-                    }
-                }
-            }
-            TreeWalkResult::Ok
-        })?;
-    }
-    oids.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-    oids.dedup_by(|a, b| a.0.as_str() == b.0.as_str());
-    report.referenced = oids.len();
-    for (oid, path, commit) in oids {
-        if remote.contains(&oid) {
-            continue;
-        }
-        if !local.contains(&oid) {
-            return Err(PushError::Missing {
-                oid: oid.as_str().to_string(),
-                path,
-                commit,
-            });
-        }
-        local.verify(&oid)?;
-        let file = std::fs::File::open(local.object_path(&oid)).map_err(|source| LfsError::Io {
-            action: "read",
-            path: local.object_path(&oid),
-            source,
-        })?;
-        // insert hashes while copying and names the object by what it read: a damaged copy
-        // cannot take the oid's name.
-        let written = remote.insert(file)?;
-        if written.oid.as_str() != oid.as_str() {
-            return Err(PushError::Lfs(LfsError::BadOid(
-                written.oid.as_str().to_string(),
-            )));
-        }
-        report.uploaded += 1;
-    }
-    Ok(report)
+    let remote = RemoteStore::for_remote(repo, remote_name, url)?;
+    upload_for_push(repo, &remote, &tips, &hidden)
 }

@@ -55,50 +55,119 @@ impl LfsStore {
 
     /// Streams `content` into the store, hashing while writing; returns its pointer. An object
     /// already present is left as it is (content addressing makes it the same bytes).
-    pub fn insert(&self, mut content: impl Read) -> Result<LfsPointer, LfsError> {
+    pub fn insert(&self, content: impl Read) -> Result<LfsPointer, LfsError> {
+        let mut writer = self.writer()?;
+        writer.copy_from(content)?;
+        writer.finish()
+    }
+
+    /// Like [`LfsStore::insert`], for content that must be object `expected` (a download): a
+    /// different digest or size stores nothing and is an error.
+    pub fn insert_expected(
+        &self,
+        expected: &LfsPointer,
+        content: impl Read,
+    ) -> Result<(), LfsError> {
+        let mut writer = self.writer()?;
+        writer.expect = Some(expected.clone());
+        writer.copy_from(content)?;
+        writer.finish().map(|_| ())
+    }
+
+    /// A streaming writer of one new object: feed it chunks, then `finish` names it.
+    pub fn writer(&self) -> Result<ObjectWriter, LfsError> {
         let tmp_dir = self.root.join("tmp");
         std::fs::create_dir_all(&tmp_dir).map_err(|source| LfsError::Io {
             action: "creating",
             path: tmp_dir.clone(),
             source,
         })?;
-        let io = |action, source| LfsError::Io {
-            action,
-            path: tmp_dir.clone(),
-            source,
-        };
         // Dropped (and deleted) on every early return: no partial object survives.
-        let mut tmp = tempfile::Builder::new()
+        let tmp = tempfile::Builder::new()
             .prefix("exp-object-")
             .tempfile_in(&tmp_dir)
-            .map_err(|e| io("creating a temp file in", e))?;
-        let mut writer = HashingWriter {
-            inner: tmp.as_file_mut(),
-            hasher: Sha256::new(),
-            size: 0,
-        };
-        io::copy(&mut content, &mut writer).map_err(|e| io("writing a temp file in", e))?;
-        let (digest, size) = (writer.hasher.finalize(), writer.size);
-        tmp.as_file()
-            .sync_all()
-            .map_err(|e| io("syncing a temp file in", e))?;
-        let oid = Oid::from_digest(&digest);
-        let target = self.object_path(&oid);
-        if !target.is_file() {
-            let parent = target.parent().unwrap_or(&self.root).to_path_buf();
-            std::fs::create_dir_all(&parent).map_err(|source| LfsError::Io {
-                action: "creating",
-                path: parent,
+            .map_err(|source| LfsError::Io {
+                action: "creating a temp file in",
+                path: tmp_dir.clone(),
                 source,
             })?;
-            set_readable(tmp.as_file());
-            tmp.persist(&target).map_err(|e| LfsError::Io {
-                action: "renaming a temp file to",
-                path: target.clone(),
-                source: e.error,
-            })?;
+        Ok(ObjectWriter {
+            store: self.clone(),
+            tmp_dir,
+            out: io::BufWriter::with_capacity(COPY_BUFFER, tmp),
+            hasher: Sha256::new(),
+            size: 0,
+            expect: None,
+        })
+    }
+
+    /// Moves a corrupt object out of the way, to `<lfs dir>/bad/<oid>` (where git-lfs's fsck
+    /// puts them): never deleted, no longer served.
+    pub fn quarantine(&self, oid: &Oid) -> Result<PathBuf, LfsError> {
+        let bad = self.root.join("bad");
+        std::fs::create_dir_all(&bad).map_err(|source| LfsError::Io {
+            action: "creating",
+            path: bad.clone(),
+            source,
+        })?;
+        let target = bad.join(oid.as_str());
+        std::fs::rename(self.object_path(oid), &target).map_err(|source| LfsError::Io {
+            action: "moving aside",
+            path: self.object_path(oid),
+            source,
+        })?;
+        Ok(target)
+    }
+
+    /// Every object in the store, with its size (files whose names are not oids, or that sit
+    /// in the wrong directory, are skipped: they are not objects).
+    pub fn objects(&self) -> Result<Vec<(Oid, u64)>, LfsError> {
+        let mut found = Vec::new();
+        let objects = self.root.join("objects");
+        if !objects.is_dir() {
+            return Ok(found);
         }
-        Ok(LfsPointer::new(oid, size))
+        let read = |dir: &Path| {
+            std::fs::read_dir(dir).map_err(|source| LfsError::Io {
+                action: "listing",
+                path: dir.to_path_buf(),
+                source,
+            })
+        };
+        for a in read(&objects)?.flatten() {
+            if !a.path().is_dir() {
+                continue;
+            }
+            for b in read(&a.path())?.flatten() {
+                if !b.path().is_dir() {
+                    continue;
+                }
+                for f in read(&b.path())?.flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    let Ok(oid) = Oid::parse(&name) else { continue };
+                    if self.object_path(&oid) != f.path() {
+                        continue;
+                    }
+                    if let Ok(meta) = f.metadata() {
+                        if meta.is_file() {
+                            found.push((oid, meta.len()));
+                        }
+                    }
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// Deletes object `oid` (prune decides which).
+    pub fn remove(&self, oid: &Oid) -> Result<(), LfsError> {
+        let path = self.object_path(oid);
+        std::fs::remove_file(&path).map_err(|source| LfsError::Io {
+            action: "deleting",
+            path,
+            source,
+        })
     }
 
     /// Re-hashes object `oid` and checks it against its name.
@@ -135,22 +204,105 @@ fn set_readable(file: &File) {
     let _ = file;
 }
 
-struct HashingWriter<'a> {
-    inner: &'a mut File,
+/// Reads and writes in chunks this large: few syscalls, and well inside the L2 cache.
+const COPY_BUFFER: usize = 1 << 20;
+
+/// One object being written: bytes go to a temp file and into SHA-256 as they come.
+pub struct ObjectWriter {
+    store: LfsStore,
+    tmp_dir: PathBuf,
+    out: io::BufWriter<tempfile::NamedTempFile>,
     hasher: Sha256,
     size: u64,
+    expect: Option<LfsPointer>,
 }
 
-impl Write for HashingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
+impl ObjectWriter {
+    /// Appends `chunk`.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), LfsError> {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+        self.out
+            .write_all(chunk)
+            .map_err(|e| self.io_error("writing a temp file in", e))
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+    /// Appends everything `content` yields.
+    pub fn copy_from(&mut self, mut content: impl Read) -> Result<(), LfsError> {
+        let mut buf = vec![0u8; COPY_BUFFER];
+        loop {
+            let n = match content.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io_error("reading the content for", e)),
+            };
+            self.write(&buf[..n])?;
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn io_error(&self, action: &'static str, source: io::Error) -> LfsError {
+        LfsError::Io {
+            action,
+            path: self.tmp_dir.clone(),
+            source,
+        }
+    }
+
+    /// Names the object by its digest and moves it into place (unless it is already there:
+    /// then the temp file is dropped unsynced, so re-cleaning a known file costs no disk
+    /// writes). The object is synced to disk before it takes its name.
+    pub fn finish(self) -> Result<LfsPointer, LfsError> {
+        let ObjectWriter {
+            store,
+            tmp_dir,
+            out,
+            hasher,
+            size,
+            expect,
+        } = self;
+        let io = |action, source| LfsError::Io {
+            action,
+            path: tmp_dir.clone(),
+            source,
+        };
+        let tmp = out
+            .into_inner()
+            .map_err(|e| io("writing a temp file in", e.into_error()))?;
+        let oid = Oid::from_digest(&hasher.finalize());
+        if let Some(expected) = expect {
+            if expected.oid != oid || expected.size != size {
+                return Err(LfsError::Mismatch {
+                    expected: expected.oid.as_str().to_string(),
+                    actual: oid.as_str().to_string(),
+                    size,
+                });
+            }
+        }
+        let target = store.object_path(&oid);
+        if !target.is_file() {
+            tmp.as_file()
+                .sync_all()
+                .map_err(|e| io("syncing a temp file in", e))?;
+            let parent = target.parent().unwrap_or(&store.root).to_path_buf();
+            std::fs::create_dir_all(&parent).map_err(|source| LfsError::Io {
+                action: "creating",
+                path: parent,
+                source,
+            })?;
+            set_readable(tmp.as_file());
+            tmp.persist(&target).map_err(|e| LfsError::Io {
+                action: "renaming a temp file to",
+                path: target.clone(),
+                source: e.error,
+            })?;
+        }
+        Ok(LfsPointer::new(oid, size))
     }
 }
 

@@ -1,0 +1,67 @@
+//! `exp push` and `exp pull`.
+
+use clap::Args;
+
+use super::UsageError;
+use crate::lfs::sync;
+use crate::Error;
+
+/// Arguments of `exp push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The remote (default: the current branch's upstream remote, else origin).
+    pub remote: Option<String>,
+    /// Branches to push (default: the current branch). Run tags (`run/…`) and release tags
+    /// (`v…`) on them go too.
+    pub branches: Vec<String>,
+}
+
+/// Arguments of `exp pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The remote (default: the current branch's upstream remote, else origin).
+    pub remote: Option<String>,
+}
+
+fn remote_or_default(repo: &git2::Repository, remote: Option<String>) -> Result<String, Error> {
+    remote
+        .or_else(|| sync::default_remote(repo))
+        .ok_or_else(|| {
+            UsageError("no remote given and none to default to (no upstream, no origin)".into())
+                .into()
+        })
+}
+
+pub(super) fn execute_push(args: PushArgs) -> Result<(), Error> {
+    let repo = crate::git::open_any(&super::cwd()?)?;
+    let remote = remote_or_default(&repo, args.remote)?;
+    let summary = sync::push(&repo, &remote, &args.branches)?;
+    if summary.by_git_lfs {
+        outln!("LFS objects pushed by git-lfs");
+    } else {
+        outln!(
+            "{} LFS object(s) referenced, {} uploaded and confirmed on {remote}",
+            summary.objects.referenced,
+            summary.objects.uploaded
+        );
+    }
+    for r in &summary.refs {
+        outln!("pushed {r}");
+    }
+    Ok(())
+}
+
+pub(super) fn execute_pull(args: PullArgs) -> Result<(), Error> {
+    let repo = crate::git::open_any(&super::cwd()?)?;
+    let remote = remote_or_default(&repo, args.remote)?;
+    let summary = sync::pull(&repo, &remote)?;
+    if summary.by_git_lfs {
+        outln!("LFS objects pulled by git-lfs");
+    } else {
+        outln!("{} LFS object(s) downloaded from {remote}", summary.objects);
+    }
+    for path in &summary.restored {
+        outln!("restored {path}");
+    }
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! exp's own `filter.lfs`: clean (content → object + pointer), smudge (pointer → content), and
+//! Git's long-running filter process (gitattributes(5), "Long Running Filter Process"), so a
+//! repository behaves without git-lfs installed (DESIGN §2).
+//!
+//! Both directions stream in bounded memory. Clean writes the object through the store's temp
+//! file and rename; smudge verifies the SHA-256 while it streams and, for an object that is not
+//! in the store, writes the pointer and warns rather than failing the checkout.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use super::pktline::{PktError, PktReader, PktWriter};
+use super::statcache::{FileStat, StatCache};
+use super::{LfsError, LfsPointer, LfsStore, Oid};
+
+/// Git never takes a blob above this size for a pointer (git-lfs's limit too).
+pub const MAX_POINTER: usize = 1024;
+const CHUNK: usize = 1 << 20;
+
+/// A filter-process failure that ends the process (a per-file failure is answered with
+/// `status=error` and the process goes on).
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// Git is not speaking the protocol we expect.
+    #[error("filter protocol: {0}")]
+    Protocol(#[from] PktError),
+    /// Writing to Git failed.
+    #[error("filter protocol: writing to git: {0}")]
+    Write(#[from] io::Error),
+    /// The handshake named something other than a version-2 filter client.
+    #[error("filter protocol: git offered {0:?}; exp speaks git-filter-client version 2")]
+    Handshake(Vec<String>),
+}
+
+/// What the smudge filter wrote.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Smudged {
+    /// The object's content, verified.
+    Object(LfsPointer),
+    /// The object is not in the local store: the pointer itself was written.
+    Missing(LfsPointer),
+    /// The input was not a pointer and was written unchanged.
+    NotAPointer,
+}
+
+/// The clean and smudge filters of one repository.
+pub struct Filter {
+    store: LfsStore,
+    worktree: Option<PathBuf>,
+    cache: StatCache,
+    /// Where a missing object is fetched from when smudging (the default remote), if any.
+    remote: Option<super::remote::RemoteStore>,
+}
+
+impl Filter {
+    /// The filters of `repo` (its store, work tree and stat cache).
+    pub fn open(repo: &git2::Repository) -> Filter {
+        Filter {
+            store: LfsStore::for_repo(repo),
+            worktree: repo.workdir().map(Path::to_path_buf),
+            cache: StatCache::load(stat_cache_path(repo)),
+            remote: super::sync::default_remote(repo).and_then(|name| {
+                let url = repo.find_remote(&name).ok()?.url()?.to_string();
+                super::remote::RemoteStore::for_remote(repo, &name, &url).ok()
+            }),
+        }
+    }
+
+    /// The store the filters write to.
+    pub fn store(&self) -> &LfsStore {
+        &self.store
+    }
+
+    /// Cleans `input` (the content of work-tree file `path`, relative to the work tree, when
+    /// known): stores it as an object and returns the pointer text. A pointer comes back
+    /// unchanged (cleaning is idempotent, as with git-lfs).
+    pub fn clean(
+        &mut self,
+        input: &mut impl Read,
+        path: Option<&Path>,
+    ) -> Result<Vec<u8>, LfsError> {
+        let start = SystemTime::now();
+        let mut buf = vec![0u8; CHUNK];
+        let head = read_full(input, &mut buf[..MAX_POINTER + 1])?;
+        if head <= MAX_POINTER && LfsPointer::parse(&buf[..head]).is_ok() {
+            return Ok(buf[..head].to_vec());
+        }
+        let file = path.and_then(|p| self.worktree.as_ref().map(|w| w.join(p)));
+        let before = file.as_deref().and_then(FileStat::of);
+        let mut twin = match (&file, &before) {
+            (Some(f), Some(_)) => FileTwin::open(f),
+            _ => None,
+        };
+        let cached = match (&file, &before) {
+            (Some(f), Some(stat)) => self.cache.get(f, stat).filter(|o| self.store.contains(o)),
+            _ => None,
+        };
+
+        // A stat-cache hit: confirm that Git is streaming exactly that file, without hashing.
+        let mut chunk_len = head;
+        if let (Some(oid), Some(t), Some(stat)) = (&cached, twin.as_mut(), &before) {
+            loop {
+                if chunk_len == 0 {
+                    if t.pos == stat.size && FileStat::of(&t.path).as_ref() == Some(stat) {
+                        return Ok(LfsPointer::new(oid.clone(), stat.size)
+                            .encode()
+                            .into_bytes());
+                    }
+                    break;
+                }
+                if !t.matches(&buf[..chunk_len]) {
+                    break;
+                }
+                chunk_len = read_full(input, &mut buf)?;
+            }
+            // Not the file (or not any more): hash it after all. The bytes before this chunk
+            // were compared equal to the file's, so they are read back from it.
+            let mut writer = self.store.writer()?;
+            let prefix = t.pos;
+            t.read_prefix(prefix, &mut writer)?;
+            if FileStat::of(&t.path).as_ref() != Some(stat) {
+                return Err(LfsError::Io {
+                    action: "cleaning (it changed while being read; run the command again)",
+                    path: t.path.clone(),
+                    source: io::Error::other("file modified during clean"),
+                });
+            }
+            writer.write(&buf[..chunk_len])?;
+            copy_into(input, &mut buf, &mut writer)?;
+            return writer.finish().map(|p| p.encode().into_bytes());
+        }
+
+        let mut writer = self.store.writer()?;
+        while chunk_len > 0 {
+            writer.write(&buf[..chunk_len])?;
+            if let Some(t) = twin.as_mut() {
+                if !t.matches(&buf[..chunk_len]) {
+                    twin = None;
+                }
+            }
+            chunk_len = read_full(input, &mut buf)?;
+        }
+        let pointer = writer.finish()?;
+        // Record the file only if what Git streamed is the file, as it was before and after
+        // the read, and not racily fresh.
+        if let (Some(mut t), Some(stat)) = (twin, before) {
+            if t.pos == stat.size
+                && t.at_end()
+                && FileStat::of(&t.path) == Some(stat)
+                && stat.settled_before(start)
+            {
+                self.cache.insert(t.path, stat, &pointer.oid);
+            }
+        }
+        Ok(pointer.encode().into_bytes())
+    }
+
+    /// Writes the stat cache if it changed.
+    pub fn save_cache(&mut self) {
+        self.cache.save();
+    }
+
+    /// Every oid the stat cache names.
+    pub fn cached_oids(&self) -> Vec<Oid> {
+        self.cache.oids().collect()
+    }
+
+    /// Smudges `input` into `out`: the object's content for a pointer whose object is present
+    /// (verified against its oid and size while streaming), the pointer itself when the object
+    /// is missing, and anything that is not a pointer unchanged.
+    pub fn smudge(&self, input: &mut impl Read, out: &mut impl Write) -> Result<Smudged, LfsError> {
+        let mut head = vec![0u8; MAX_POINTER + 1];
+        let n = read_full(input, &mut head)?;
+        let pointer = if n <= MAX_POINTER {
+            LfsPointer::parse(&head[..n]).ok()
+        } else {
+            None
+        };
+        let Some(pointer) = pointer else {
+            out.write_all(&head[..n]).map_err(stream_error)?;
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let k = read_full(input, &mut buf)?;
+                if k == 0 {
+                    return Ok(Smudged::NotAPointer);
+                }
+                out.write_all(&buf[..k]).map_err(stream_error)?;
+            }
+        };
+        let path = self.store.object_path(&pointer.oid);
+        if !path.is_file() {
+            // As git-lfs does: fetch the object from the default remote during checkout, so
+            // a clone through exp's filter gets its weights.
+            if let Some(remote) = &self.remote {
+                if let Err(e) = remote.download(&self.store, std::slice::from_ref(&pointer)) {
+                    eprintln!("exp lfs: fetching {} from the remote: {e}", pointer.oid);
+                }
+            }
+        }
+        let mut object = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                out.write_all(&head[..n]).map_err(stream_error)?;
+                return Ok(Smudged::Missing(pointer));
+            }
+            Err(source) => {
+                return Err(LfsError::Io {
+                    action: "opening",
+                    path,
+                    source,
+                })
+            }
+        };
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let k = read_full(&mut object, &mut buf).map_err(|e| match e {
+                LfsError::Stream(source) => LfsError::Io {
+                    action: "reading",
+                    path: path.clone(),
+                    source,
+                },
+                other => other,
+            })?;
+            if k == 0 {
+                break;
+            }
+            hasher.update(&buf[..k]);
+            size += k as u64;
+            out.write_all(&buf[..k]).map_err(stream_error)?;
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != pointer.oid.as_str() || size != pointer.size {
+            return Err(LfsError::Corrupt { path, actual });
+        }
+        Ok(Smudged::Object(pointer))
+    }
+}
+
+/// Where the stat cache of `repo` lives (one per repository, shared by its worktrees: entries
+/// are keyed by absolute path).
+pub fn stat_cache_path(repo: &git2::Repository) -> PathBuf {
+    repo.commondir().join("exp").join("lfs-stat-cache.json")
+}
+
+fn stream_error(e: io::Error) -> LfsError {
+    LfsError::Stream(e)
+}
+
+/// Reads until `buf` is full or the input ends; returns how much was read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> Result<usize, LfsError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(stream_error(e)),
+        }
+    }
+    Ok(filled)
+}
+
+fn copy_into(
+    input: &mut impl Read,
+    buf: &mut [u8],
+    writer: &mut super::ObjectWriter,
+) -> Result<(), LfsError> {
+    loop {
+        let n = read_full(input, buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        writer.write(&buf[..n])?;
+    }
+}
+
+/// The work-tree file read alongside the stream, to tell whether Git is streaming that file.
+struct FileTwin {
+    path: PathBuf,
+    file: File,
+    buf: Vec<u8>,
+    pos: u64,
+}
+
+impl FileTwin {
+    fn open(path: &Path) -> Option<FileTwin> {
+        Some(FileTwin {
+            path: path.to_path_buf(),
+            file: File::open(path).ok()?,
+            buf: vec![0u8; CHUNK],
+            pos: 0,
+        })
+    }
+
+    /// Whether the file's next bytes are `chunk` (advancing past them when they are).
+    fn matches(&mut self, chunk: &[u8]) -> bool {
+        let n = chunk.len();
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
+        }
+        if self.file.read_exact(&mut self.buf[..n]).is_err() || self.buf[..n] != *chunk {
+            return false;
+        }
+        self.pos += n as u64;
+        true
+    }
+
+    fn at_end(&mut self) -> bool {
+        matches!(self.file.read(&mut [0u8; 1]), Ok(0))
+    }
+
+    /// Writes the file's first `len` bytes into `writer`.
+    fn read_prefix(&mut self, len: u64, writer: &mut super::ObjectWriter) -> Result<(), LfsError> {
+        let io = |source| LfsError::Io {
+            action: "re-reading",
+            path: self.path.clone(),
+            source,
+        };
+        self.file.rewind().map_err(io)?;
+        let mut left = len;
+        while left > 0 {
+            let n = (left as usize).min(self.buf.len());
+            self.file.read_exact(&mut self.buf[..n]).map_err(io)?;
+            writer.write(&self.buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Runs Git's long-running filter protocol on `input`/`output` until Git closes the pipe.
+pub fn filter_process(
+    filter: &mut Filter,
+    input: impl Read,
+    output: impl Write,
+) -> Result<(), FilterError> {
+    let mut reader = PktReader::new(io::BufReader::with_capacity(1 << 17, input));
+    let mut writer = PktWriter::new(io::BufWriter::with_capacity(1 << 17, output));
+
+    let hello = reader.read_text_list()?.unwrap_or_default();
+    if hello.first().map(String::as_str) != Some("git-filter-client")
+        || !hello.iter().any(|l| l == "version=2")
+    {
+        return Err(FilterError::Handshake(hello));
+    }
+    writer.text("git-filter-server")?;
+    writer.text("version=2")?;
+    writer.flush_pkt()?;
+    writer.flush_io()?;
+    let offered = reader.read_text_list()?.unwrap_or_default();
+    for capability in ["clean", "smudge"] {
+        if offered
+            .iter()
+            .any(|c| c == &format!("capability={capability}"))
+        {
+            writer.text(&format!("capability={capability}"))?;
+        }
+    }
+    writer.flush_pkt()?;
+    writer.flush_io()?;
+
+    while let Some(header) = reader.read_text_list()? {
+        let value = |key: &str| {
+            header
+                .iter()
+                .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+                .map(str::to_string)
+        };
+        let command = value("command").unwrap_or_default();
+        let pathname = value("pathname").unwrap_or_default();
+        match command.as_str() {
+            "clean" => {
+                let mut content = reader.content();
+                let result = filter.clean(&mut content, Some(Path::new(&pathname)));
+                content.drain()?;
+                match result {
+                    Ok(pointer) => {
+                        writer.text("status=success")?;
+                        writer.flush_pkt()?;
+                        writer.data(&pointer)?;
+                        writer.flush_pkt()?;
+                        writer.flush_pkt()?; // the status list stays "success"
+                    }
+                    Err(e) => {
+                        eprintln!("exp lfs: cleaning {pathname}: {e}");
+                        writer.text("status=error")?;
+                        writer.flush_pkt()?;
+                    }
+                }
+                filter.save_cache();
+            }
+            "smudge" => {
+                // Git writes the whole input before it reads the answer: take it all first
+                // (a pointer is tiny; other content spills to a temp file past 16 MiB).
+                let mut spool = tempfile::SpooledTempFile::new(16 << 20);
+                io::copy(&mut reader.content(), &mut spool)?;
+                spool.rewind()?;
+                writer.text("status=success")?;
+                writer.flush_pkt()?;
+                let mut content = writer.content();
+                let result = filter.smudge(&mut spool, &mut content);
+                content.finish()?;
+                writer.flush_pkt()?;
+                match result {
+                    Ok(outcome) => {
+                        if let Smudged::Missing(p) = outcome {
+                            warn_missing(&pathname, &p);
+                        }
+                        writer.flush_pkt()?;
+                    }
+                    Err(e) => {
+                        eprintln!("exp lfs: smudging {pathname}: {e}");
+                        writer.text("status=error")?;
+                        writer.flush_pkt()?;
+                    }
+                }
+            }
+            other => {
+                reader.content().drain()?;
+                eprintln!("exp lfs: git asked for {other:?}, which exp's filter does not do");
+                writer.text("status=error")?;
+                writer.flush_pkt()?;
+            }
+        }
+        writer.flush_io()?;
+    }
+    filter.save_cache();
+    Ok(())
+}
+
+/// The warning for a checkout that got a pointer instead of its weights.
+pub fn warn_missing(path: &str, pointer: &LfsPointer) {
+    eprintln!(
+        "exp lfs: warning: the LFS object {} for {path} is not in the local store; the file holds its pointer (run `exp pull` to fetch the object)",
+        pointer.oid
+    );
+}

@@ -1,0 +1,213 @@
+//! Looking after the store: `exp lfs ls`, `exp lfs fsck`, `exp lfs prune`, and the pre-commit
+//! guard against raw weights.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use git2::Repository;
+use serde::Serialize;
+
+use super::scan::{self, TreeFile};
+use super::{LfsError, LfsStore, Oid};
+
+/// Objects younger than this are never pruned: an `exp run` or `git add` in progress has
+/// stored its object but not yet committed the pointer.
+pub const PRUNE_GRACE: Duration = Duration::from_secs(3600);
+
+/// One `filter=lfs` file at a revision.
+#[derive(Debug, Clone, Serialize)]
+pub struct LsEntry {
+    /// Path in the tree.
+    pub path: String,
+    /// The object id, when the file is a pointer.
+    pub oid: Option<String>,
+    /// The object's size, when the file is a pointer.
+    pub size: Option<u64>,
+    /// `present`, `missing` (pointer without local object), `raw` (content committed in place
+    /// of a pointer) or `malformed` (looks like a pointer but does not parse).
+    pub state: &'static str,
+}
+
+fn peel_tree<'r>(repo: &'r Repository, rev: &str) -> Result<git2::Tree<'r>, LfsError> {
+    repo.revparse_single(rev)
+        .and_then(|o| o.peel_to_tree())
+        .map_err(|e| LfsError::Revision {
+            rev: rev.to_string(),
+            message: e.message().to_string(),
+        })
+}
+
+fn state_of(repo: &Repository, store: &LfsStore, file: &TreeFile) -> &'static str {
+    match &file.pointer {
+        Some(p) if store.contains(&p.oid) => "present",
+        Some(_) => "missing",
+        None => {
+            let looks_like_pointer = repo
+                .find_blob(file.blob)
+                .is_ok_and(|b| b.content().starts_with(b"version https://git-lfs"));
+            if looks_like_pointer {
+                "malformed"
+            } else {
+                "raw"
+            }
+        }
+    }
+}
+
+/// The pointer files (and `filter=lfs` files that are not pointers) at `rev`.
+pub fn ls(repo: &Repository, rev: &str) -> Result<Vec<LsEntry>, LfsError> {
+    let store = LfsStore::for_repo(repo);
+    let tree = peel_tree(repo, rev)?;
+    let files = scan::lfs_files(repo, &tree)?;
+    Ok(files
+        .iter()
+        .map(|f| LsEntry {
+            path: f.path.clone(),
+            oid: f.pointer.as_ref().map(|p| p.oid.as_str().to_string()),
+            size: f.pointer.as_ref().map(|p| p.size),
+            state: state_of(repo, &store, f),
+        })
+        .collect())
+}
+
+/// What `exp lfs fsck` found.
+#[derive(Debug, Default, Serialize)]
+pub struct FsckReport {
+    /// Objects re-hashed.
+    pub objects_checked: usize,
+    /// Objects whose content is not their name: moved to this path.
+    pub corrupt: Vec<(String, PathBuf)>,
+    /// `filter=lfs` files at the revision that are not healthy pointers with a present object.
+    pub problems: Vec<LsEntry>,
+}
+
+impl FsckReport {
+    /// Whether everything checked out.
+    pub fn ok(&self) -> bool {
+        self.corrupt.is_empty() && self.problems.is_empty()
+    }
+}
+
+/// Re-hashes every object (moving corrupt ones aside to `lfs/bad/`, never deleting them) and
+/// checks the pointers at `rev`: each parses and its object is present.
+pub fn fsck(repo: &Repository, rev: &str) -> Result<FsckReport, LfsError> {
+    let store = LfsStore::for_repo(repo);
+    let mut report = FsckReport::default();
+    for (oid, _) in store.objects()? {
+        report.objects_checked += 1;
+        match store.verify(&oid) {
+            Ok(()) => {}
+            Err(LfsError::Corrupt { .. }) => {
+                let moved = store.quarantine(&oid)?;
+                report.corrupt.push((oid.as_str().to_string(), moved));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    report.problems = ls(repo, rev)?
+        .into_iter()
+        .filter(|e| e.state != "present")
+        .collect();
+    Ok(report)
+}
+
+/// What `exp lfs prune` did (or would do, with `dry_run`).
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Objects something still reaches.
+    pub kept: usize,
+    /// Unreferenced objects younger than the grace period, kept.
+    pub recent: usize,
+    /// Objects deleted (or that would be).
+    pub deleted: Vec<(String, u64)>,
+}
+
+/// Deletes the objects that nothing reaches: no commit reachable from any ref (branches,
+/// tags, remote-tracking refs, notes, the stash and its reflog, every worktree's HEAD), no
+/// staged pointer, no work-tree file in the stat cache. Objects younger than [`PRUNE_GRACE`]
+/// are kept too.
+pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, LfsError> {
+    let store = LfsStore::for_repo(repo);
+    let mut tips = Vec::new();
+    let mut staged: Vec<Oid> = Vec::new();
+    for reference in repo.references()? {
+        let reference = reference?;
+        if let Some(target) = reference.target() {
+            tips.push(target);
+        }
+    }
+    if let Ok(head) = repo.head() {
+        tips.extend(head.target());
+    }
+    // Older stash entries live only in the stash's reflog.
+    if let Ok(reflog) = repo.reflog("refs/stash") {
+        tips.extend(reflog.iter().map(|e| e.id_new()));
+    }
+    if let Ok(names) = repo.worktrees() {
+        for name in names.iter().flatten() {
+            if let Ok(wt) = repo.find_worktree(name) {
+                if let Ok(wrepo) = Repository::open_from_worktree(&wt) {
+                    if let Ok(head) = wrepo.head() {
+                        tips.extend(head.target());
+                    }
+                    staged.extend(scan::index_pointers(&wrepo)?.into_iter().map(|p| p.oid));
+                }
+            }
+        }
+    }
+    let mut keep: BTreeSet<Oid> = scan::referenced_objects(repo, &tips, &[])?
+        .into_keys()
+        .collect();
+    keep.extend(scan::index_pointers(repo)?.into_iter().map(|p| p.oid));
+    keep.extend(staged);
+    keep.extend(super::filter::Filter::open(repo).cached_oids());
+
+    let now = SystemTime::now();
+    let mut report = PruneReport::default();
+    for (oid, size) in store.objects()? {
+        if keep.contains(&oid) {
+            report.kept += 1;
+            continue;
+        }
+        let age = std::fs::metadata(store.object_path(&oid))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .unwrap_or_default();
+        if age < PRUNE_GRACE {
+            report.recent += 1;
+            continue;
+        }
+        if !dry_run {
+            store.remove(&oid)?;
+        }
+        report.deleted.push((oid.as_str().to_string(), size));
+    }
+    Ok(report)
+}
+
+/// Staged `filter=lfs` files whose staged content is not a pointer and differs from HEAD's:
+/// what the pre-commit guard refuses.
+pub fn staged_raw_files(repo: &Repository) -> Result<Vec<String>, LfsError> {
+    let index = repo.index()?;
+    let head_tree = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
+    let mut raw = Vec::new();
+    for entry in index.iter() {
+        let path = String::from_utf8_lossy(&entry.path).into_owned();
+        if !scan::routed_through_lfs(repo, &path) {
+            continue;
+        }
+        let unchanged = head_tree
+            .as_ref()
+            .and_then(|t| t.get_path(std::path::Path::new(&path)).ok())
+            .is_some_and(|e| e.id() == entry.id);
+        if unchanged {
+            continue;
+        }
+        if scan::pointer_in_blob(repo, entry.id)?.is_none() {
+            raw.push(path);
+        }
+    }
+    Ok(raw)
+}

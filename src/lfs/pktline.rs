@@ -1,0 +1,337 @@
+//! Git's pkt-line framing (gitprotocol-common): a 4-hex-digit length that counts itself, then
+//! the payload; `0000` is a flush packet. The long-running filter protocol
+//! (gitattributes(5), "Long Running Filter Process") is built from it.
+
+use std::io::{self, Read, Write};
+
+/// The largest payload of one packet (65520 bytes on the wire, minus the 4-byte length).
+pub const MAX_PAYLOAD: usize = 65516;
+
+/// A pkt-line framing error: the peer is not speaking the protocol (or hung up mid-packet).
+#[derive(Debug, thiserror::Error)]
+pub enum PktError {
+    /// Reading or writing the stream failed.
+    #[error("pkt-line I/O: {0}")]
+    Io(#[from] io::Error),
+    /// The length prefix is not 4 hex digits, or names an impossible size.
+    #[error("bad pkt-line length {0:?}")]
+    BadLength(String),
+    /// The stream ended inside a packet.
+    #[error("the stream ended inside a pkt-line packet")]
+    Truncated,
+    /// A text packet was expected to be valid UTF-8 ending in a newline.
+    #[error("bad pkt-line text packet {0:?}")]
+    BadText(String),
+    /// A packet arrived where the protocol allows another.
+    #[error("pkt-line protocol: expected {expected}, got {got:?}")]
+    Unexpected {
+        /// What the protocol allows here.
+        expected: &'static str,
+        /// What came.
+        got: String,
+    },
+}
+
+/// One packet as read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// `0000`.
+    Flush,
+    /// A data packet's payload (never empty: `0004` is read as an empty payload).
+    Data(&'a [u8]),
+}
+
+/// Reads packets from a byte stream, reusing one buffer.
+pub struct PktReader<R> {
+    inner: R,
+    buf: Box<[u8; MAX_PAYLOAD]>,
+}
+
+impl<R: Read> PktReader<R> {
+    /// Reads from `inner` (buffer it: packets are read with two small reads each).
+    pub fn new(inner: R) -> Self {
+        PktReader {
+            inner,
+            buf: Box::new([0; MAX_PAYLOAD]),
+        }
+    }
+
+    /// The next packet, or `None` when the stream ends cleanly between packets.
+    pub fn read_packet(&mut self) -> Result<Option<Packet<'_>>, PktError> {
+        let mut len = [0u8; 4];
+        let mut filled = 0;
+        while filled < 4 {
+            match self.inner.read(&mut len[filled..]) {
+                Ok(0) if filled == 0 => return Ok(None),
+                Ok(0) => return Err(PktError::Truncated),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let text = std::str::from_utf8(&len)
+            .ok()
+            .filter(|t| t.bytes().all(|b| b.is_ascii_hexdigit()));
+        let size = text
+            .and_then(|t| usize::from_str_radix(t, 16).ok())
+            .ok_or_else(|| PktError::BadLength(String::from_utf8_lossy(&len).into_owned()))?;
+        match size {
+            0 => Ok(Some(Packet::Flush)),
+            // 0001 (delim) and 0002 (response end) belong to protocol v2 of fetch, not to
+            // the filter protocol; 0003 cannot hold its own length.
+            1..=3 => Err(PktError::BadLength(format!("{size:04x}"))),
+            _ if size - 4 > MAX_PAYLOAD => Err(PktError::BadLength(format!("{size:04x}"))),
+            _ => {
+                let payload = &mut self.buf[..size - 4];
+                self.inner.read_exact(payload).map_err(|e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        PktError::Truncated
+                    } else {
+                        PktError::Io(e)
+                    }
+                })?;
+                Ok(Some(Packet::Data(payload)))
+            }
+        }
+    }
+
+    /// Text packets up to the next flush, each without its trailing newline. `None` when the
+    /// stream ends before the first packet (the peer is done).
+    pub fn read_text_list(&mut self) -> Result<Option<Vec<String>>, PktError> {
+        let mut lines = Vec::new();
+        loop {
+            match self.read_packet()? {
+                None if lines.is_empty() => return Ok(None),
+                None => return Err(PktError::Truncated),
+                Some(Packet::Flush) => return Ok(Some(lines)),
+                Some(Packet::Data(payload)) => lines.push(text_line(payload)?),
+            }
+        }
+    }
+
+    /// A reader over the data packets up to the next flush: the content of one file.
+    pub fn content(&mut self) -> ContentReader<'_, R> {
+        ContentReader {
+            packets: self,
+            pending: 0..0,
+            done: false,
+        }
+    }
+}
+
+fn text_line(payload: &[u8]) -> Result<String, PktError> {
+    let bad = || PktError::BadText(String::from_utf8_lossy(payload).into_owned());
+    let text = std::str::from_utf8(payload).map_err(|_| bad())?;
+    // Git sends text packets with a trailing LF; the protocol says receivers must also accept
+    // them without one.
+    Ok(text.strip_suffix('\n').unwrap_or(text).to_string())
+}
+
+/// The data packets of one file, as a byte stream that ends at the flush packet.
+pub struct ContentReader<'a, R> {
+    packets: &'a mut PktReader<R>,
+    pending: std::ops::Range<usize>,
+    done: bool,
+}
+
+impl<R: Read> ContentReader<'_, R> {
+    /// Reads and discards the rest of the content, so the stream is positioned after the
+    /// flush (needed before answering, whatever went wrong with the content).
+    pub fn drain(&mut self) -> Result<u64, PktError> {
+        let mut skipped = self.pending.len() as u64;
+        self.pending = 0..0;
+        while !self.done {
+            match self.packets.read_packet()? {
+                None => return Err(PktError::Truncated),
+                Some(Packet::Flush) => self.done = true,
+                Some(Packet::Data(p)) => skipped += p.len() as u64,
+            }
+        }
+        Ok(skipped)
+    }
+
+    /// The next chunk of content (one packet's payload), or `None` after the flush.
+    pub fn next_chunk(&mut self) -> Result<Option<&[u8]>, PktError> {
+        if !self.pending.is_empty() {
+            let range = std::mem::replace(&mut self.pending, 0..0);
+            return Ok(Some(&self.packets.buf[range]));
+        }
+        if self.done {
+            return Ok(None);
+        }
+        match self.packets.read_packet()? {
+            None => Err(PktError::Truncated),
+            Some(Packet::Flush) => {
+                self.done = true;
+                Ok(None)
+            }
+            Some(Packet::Data(p)) => {
+                let n = p.len();
+                Ok(Some(&self.packets.buf[..n]))
+            }
+        }
+    }
+}
+
+impl<R: Read> Read for ContentReader<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        // An empty data packet (`0004`) is not the end: only the flush is.
+        while self.pending.is_empty() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.packets.read_packet().map_err(io::Error::other)? {
+                None => return Err(io::Error::other(PktError::Truncated)),
+                Some(Packet::Flush) => self.done = true,
+                Some(Packet::Data(p)) => self.pending = 0..p.len(),
+            }
+        }
+        let n = out.len().min(self.pending.len());
+        let start = self.pending.start;
+        out[..n].copy_from_slice(&self.packets.buf[start..start + n]);
+        self.pending.start += n;
+        Ok(n)
+    }
+}
+
+/// Writes packets.
+pub struct PktWriter<W: Write> {
+    inner: W,
+}
+
+impl<W: Write> PktWriter<W> {
+    /// Writes to `inner` (buffer it; call [`PktWriter::flush_io`] when the peer must see it).
+    pub fn new(inner: W) -> Self {
+        PktWriter { inner }
+    }
+
+    /// One data packet per `MAX_PAYLOAD` bytes of `data` (nothing for empty data).
+    pub fn data(&mut self, data: &[u8]) -> io::Result<()> {
+        for chunk in data.chunks(MAX_PAYLOAD) {
+            write!(self.inner, "{:04x}", chunk.len() + 4)?;
+            self.inner.write_all(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// A text packet: `line` and a newline.
+    pub fn text(&mut self, line: &str) -> io::Result<()> {
+        let len = line.len() + 1;
+        if len > MAX_PAYLOAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "pkt-line text too long",
+            ));
+        }
+        writeln!(self.inner, "{:04x}{line}", len + 4)
+    }
+
+    /// A flush packet.
+    pub fn flush_pkt(&mut self) -> io::Result<()> {
+        self.inner.write_all(b"0000")
+    }
+
+    /// Pushes buffered bytes to the peer.
+    pub fn flush_io(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
+    /// A `Write` that frames everything written into packets of the largest size.
+    pub fn content(&mut self) -> ContentWriter<'_, W> {
+        ContentWriter {
+            packets: self,
+            buf: Vec::with_capacity(MAX_PAYLOAD),
+        }
+    }
+}
+
+/// Frames a byte stream into full-size data packets; [`ContentWriter::finish`] writes the
+/// last partial packet (but not the flush).
+pub struct ContentWriter<'a, W: Write> {
+    packets: &'a mut PktWriter<W>,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> ContentWriter<'_, W> {
+    /// Writes what is buffered.
+    pub fn finish(mut self) -> io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        self.packets.data(&buf)
+    }
+}
+
+impl<W: Write> Write for ContentWriter<'_, W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            if self.buf.is_empty() && rest.len() >= MAX_PAYLOAD {
+                // Whole packets straight from the caller's buffer.
+                let whole = rest.len() - rest.len() % MAX_PAYLOAD;
+                self.packets.data(&rest[..whole])?;
+                rest = &rest[whole..];
+                continue;
+            }
+            let take = (MAX_PAYLOAD - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() == MAX_PAYLOAD {
+                self.packets.data(&self.buf)?;
+                self.buf.clear();
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_git_writes() {
+        let wire = b"0016git-filter-client\n000eversion=2\n0000";
+        let mut r = PktReader::new(&wire[..]);
+        assert_eq!(
+            r.read_text_list().unwrap().unwrap(),
+            vec!["git-filter-client", "version=2"]
+        );
+        assert!(r.read_packet().unwrap().is_none());
+    }
+
+    #[test]
+    fn content_round_trips_across_packet_boundaries() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut wire = Vec::new();
+        {
+            let mut w = PktWriter::new(&mut wire);
+            let mut c = w.content();
+            for piece in data.chunks(1000) {
+                c.write_all(piece).unwrap();
+            }
+            c.finish().unwrap();
+            w.flush_pkt().unwrap();
+        }
+        // Full packets except the last.
+        assert_eq!(&wire[..4], b"fff0");
+        let mut r = PktReader::new(&wire[..]);
+        let mut back = Vec::new();
+        r.content().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn rejects_bad_framing() {
+        for wire in [&b"00"[..], b"zzzz", b"0003", b"0001", b"ffff", b"0009abc"] {
+            let mut r = PktReader::new(wire);
+            assert!(
+                r.read_packet().is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! `exp push` and `exp pull`: branches, run tags and the LFS objects they reference, together.
+//!
+//! With git-lfs in charge they delegate to it (`git lfs push`, `git lfs pull`). Otherwise the
+//! objects move first on push (uploaded and confirmed present before any ref is updated) and
+//! after the fetch on pull (downloaded, verified, then the work-tree files that still hold
+//! pointers are checked out again through exp's filter).
+
+use std::path::Path;
+
+use git2::{Oid as GitOid, Repository};
+
+use super::config::{self, InCharge};
+use super::push::{self, PushError, PushReport};
+use super::remote::{RemoteStore, TransferError};
+use super::{LfsPointer, LfsStore};
+use crate::git::{self, GitError};
+
+/// A push or pull that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// A Git command failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+    /// Reading the repository failed.
+    #[error("reading the repository: {0}")]
+    Repo(#[from] git2::Error),
+    /// Uploading objects failed (nothing was pushed).
+    #[error(transparent)]
+    Push(#[from] PushError),
+    /// Downloading objects failed.
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// No remote to talk to.
+    #[error("no remote named {0:?}")]
+    NoRemote(String),
+    /// HEAD is not on a branch.
+    #[error("HEAD is detached: name the branch to push")]
+    Detached,
+}
+
+/// What `exp push` did.
+#[derive(Debug, Default)]
+pub struct PushSummary {
+    /// The refspecs pushed.
+    pub refs: Vec<String>,
+    /// Objects uploaded (exp's transfer; 0 when git-lfs did it).
+    pub objects: PushReport,
+    /// Whether git-lfs moved the objects.
+    pub by_git_lfs: bool,
+}
+
+/// The remote `exp push`/`exp pull` use by default: the current branch's upstream remote,
+/// else `origin`, else the only remote.
+pub fn default_remote(repo: &Repository) -> Option<String> {
+    if let Ok((branch, _)) = git::current_branch(repo) {
+        if let Ok(Some(r)) = repo
+            .config()
+            .map(|c| c.get_string(&format!("branch.{branch}.remote")).ok())
+        {
+            return Some(r);
+        }
+    }
+    let remotes = repo.remotes().ok()?;
+    let names: Vec<&str> = remotes.iter().flatten().collect();
+    if names.contains(&"origin") {
+        return Some("origin".into());
+    }
+    match names[..] {
+        [only] => Some(only.to_string()),
+        _ => None,
+    }
+}
+
+fn remote_url(repo: &Repository, remote: &str) -> Result<String, SyncError> {
+    repo.find_remote(remote)
+        .ok()
+        .and_then(|r| r.url().map(String::from))
+        .ok_or_else(|| SyncError::NoRemote(remote.to_string()))
+}
+
+/// Pushes `branches` (default: the current branch) and the run and release tags that point
+/// into them to `remote`, with their LFS objects.
+pub fn push(
+    repo: &Repository,
+    remote: &str,
+    branches: &[String],
+) -> Result<PushSummary, SyncError> {
+    let worktree = git::workdir(repo).to_path_buf();
+    let url = remote_url(repo, remote)?;
+    let branches: Vec<String> = if branches.is_empty() {
+        let (current, _) = git::current_branch(repo).map_err(|_| SyncError::Detached)?;
+        vec![current]
+    } else {
+        branches.to_vec()
+    };
+    let mut tips = Vec::new();
+    for b in &branches {
+        let commit = repo
+            .revparse_single(&format!("refs/heads/{b}"))
+            .and_then(|o| o.peel_to_commit())?;
+        tips.push(commit.id());
+    }
+    let mut refs: Vec<String> = branches.iter().map(|b| format!("refs/heads/{b}")).collect();
+    for tag in tags_into(repo, &tips)? {
+        refs.push(format!("refs/tags/{tag}"));
+    }
+
+    let mut summary = PushSummary {
+        refs: refs.clone(),
+        ..PushSummary::default()
+    };
+    if config::in_charge(&worktree) == InCharge::GitLfs {
+        let mut args = vec!["lfs", "push", remote];
+        args.extend(refs.iter().map(String::as_str));
+        git::git(&worktree, &args)?;
+        summary.by_git_lfs = true;
+    } else {
+        let remote_store = RemoteStore::for_remote(repo, remote, &url)?;
+        let hidden = remote_tips(&worktree, repo, remote);
+        summary.objects = push::upload_for_push(repo, &remote_store, &tips, &hidden)?;
+    }
+    let mut args = vec!["push", "--quiet", remote];
+    let specs: Vec<String> = refs.iter().map(|r| format!("{r}:{r}")).collect();
+    args.extend(specs.iter().map(String::as_str));
+    git::git(&worktree, &args)?;
+    Ok(summary)
+}
+
+/// Run tags (`run/…`) and release tags (`v…`) whose commits the tips reach.
+fn tags_into(repo: &Repository, tips: &[GitOid]) -> Result<Vec<String>, git2::Error> {
+    let mut tags = Vec::new();
+    for name in repo.tag_names(None)?.iter().flatten() {
+        if !(name.starts_with("run/") || name.starts_with('v')) {
+            continue;
+        }
+        let Ok(commit) = repo
+            .revparse_single(&format!("refs/tags/{name}"))
+            .and_then(|o| o.peel_to_commit())
+        else {
+            continue;
+        };
+        let reached = tips.iter().any(|t| {
+            *t == commit.id() || repo.graph_descendant_of(*t, commit.id()).unwrap_or(false)
+        });
+        if reached {
+            tags.push(name.to_string());
+        }
+    }
+    Ok(tags)
+}
+
+/// The commits the remote's refs point at, where we have them (their objects need no upload).
+fn remote_tips(worktree: &Path, repo: &Repository, remote: &str) -> Vec<GitOid> {
+    git::git(worktree, &["ls-remote", remote])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|sha| GitOid::from_str(sha).ok())
+        .filter(|oid| repo.find_commit(*oid).is_ok())
+        .collect()
+}
+
+/// What `exp pull` did.
+#[derive(Debug, Default)]
+pub struct PullSummary {
+    /// Objects downloaded (exp's transfer; 0 when git-lfs did it).
+    pub objects: usize,
+    /// Work-tree files rewritten from pointers to their content.
+    pub restored: Vec<String>,
+    /// Whether git-lfs moved the objects.
+    pub by_git_lfs: bool,
+}
+
+/// Fetches `remote`'s branches and tags, fast-forwards the current branch to its counterpart,
+/// then brings the LFS objects of HEAD and puts them in the work tree.
+pub fn pull(repo: &Repository, remote: &str) -> Result<PullSummary, SyncError> {
+    let worktree = git::workdir(repo).to_path_buf();
+    let url = remote_url(repo, remote)?;
+    git::git(&worktree, &["fetch", "--quiet", "--tags", remote])?;
+    if let Ok((branch, _)) = git::current_branch(repo) {
+        let theirs = format!("refs/remotes/{remote}/{branch}");
+        if repo.revparse_single(&theirs).is_ok() {
+            git::git(&worktree, &["merge", "--quiet", "--ff-only", &theirs])?;
+        }
+    }
+    let mut summary = PullSummary::default();
+    if config::in_charge(&worktree) == InCharge::GitLfs {
+        git::git(&worktree, &["lfs", "pull", remote])?;
+        summary.by_git_lfs = true;
+        return Ok(summary);
+    }
+    let head_tree = repo.head()?.peel_to_tree()?;
+    let files = super::scan::lfs_files(repo, &head_tree)?;
+    let pointers: Vec<LfsPointer> = files.iter().filter_map(|f| f.pointer.clone()).collect();
+    let local = LfsStore::for_repo(repo);
+    let remote_store = RemoteStore::for_remote(repo, remote, &url)?;
+    summary.objects = remote_store.download(&local, &pointers)?;
+    // Files checked out while their objects were missing still hold the pointer text.
+    let mut stale = Vec::new();
+    for f in &files {
+        let Some(p) = &f.pointer else { continue };
+        let on_disk = worktree.join(&f.path);
+        let holds_pointer = std::fs::metadata(&on_disk)
+            .is_ok_and(|m| m.len() as usize <= super::filter::MAX_POINTER)
+            && std::fs::read(&on_disk)
+                .ok()
+                .and_then(|b| LfsPointer::parse(&b).ok())
+                .is_some_and(|q| q.oid == p.oid);
+        if holds_pointer && local.contains(&p.oid) {
+            stale.push(f.path.clone());
+        }
+    }
+    if !stale.is_empty() {
+        // The index has the pointer file's stat, so `git checkout` would think the file up to
+        // date: remove the pointer text first (it is only a pointer), then check out.
+        for path in &stale {
+            let _ = std::fs::remove_file(worktree.join(path));
+        }
+        let mut args = vec!["checkout", "--"];
+        args.extend(stale.iter().map(String::as_str));
+        git::git(&worktree, &args)?;
+    }
+    summary.restored = stale;
+    Ok(summary)
+}
