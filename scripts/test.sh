@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite (README's test command; .ci/run calls it).
-# Installs git-lfs if missing, fetches the data into ~/.cache/exp/data when EXP_DATA is unset,
+# Installs git-lfs if missing and the giftless LFS server (a venv under ~/.cache/exp), fetches the data into ~/.cache/exp/data when EXP_DATA is unset,
 # then runs `cargo test --release` (one dependency build shared with the main job and benches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
+# A real Git LFS server (giftless, from PyPI) for the push/pull tests.
+scripts/lfs-server.sh install
 if [ -z "${EXP_DATA:-}" ]; then
   export EXP_DATA="$HOME/.cache/exp/data"
   scripts/fetch-data.sh "$EXP_DATA"

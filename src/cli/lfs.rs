@@ -160,7 +160,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
             if !report.ok() {
                 return Err(crate::lfs::LfsRefusal {
                     message: "exp lfs fsck found problems".into(),
-                    hint: "objects moved to lfs/bad/ can be fetched again with `exp pull`; a raw file is fixed by `git rm --cached PATH`, `exp lfs install`, `git add PATH`".into(),
+                    hint: "objects moved to lfs/bad/ can be fetched again with `exp pull`; a raw file is fixed by `exp lfs install` and `git add --renormalize PATH`".into(),
                 }
                 .into());
             }
@@ -192,7 +192,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
                         "refusing to commit raw content for LFS-tracked file(s): {list}"
                     ),
                     hint: format!(
-                        "no LFS filter cleaned them. Run `exp lfs install` (or install git-lfs and `git lfs install --local`), then `git rm --cached {} && git add` them again",
+                        "no LFS filter cleaned them. Run `exp lfs install` (or install git-lfs and run `git lfs install --local`), then `git add --renormalize {}`",
                         raw.join(" ")
                     ),
                 }

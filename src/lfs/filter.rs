@@ -106,6 +106,7 @@ impl Filter {
             loop {
                 if chunk_len == 0 {
                     if t.pos == stat.size && FileStat::of(&t.path).as_ref() == Some(stat) {
+                        trace(format_args!("stat cache hit: {}", t.path.display()));
                         return Ok(LfsPointer::new(oid.clone(), stat.size)
                             .encode()
                             .into_bytes());
@@ -117,6 +118,10 @@ impl Filter {
                 }
                 chunk_len = read_full(input, &mut buf)?;
             }
+            trace(format_args!(
+                "stat cache entry not confirmed: {}",
+                t.path.display()
+            ));
             // Not the file (or not any more): hash it after all. The bytes before this chunk
             // were compared equal to the file's, so they are read back from it.
             let mut writer = self.store.writer()?;
@@ -153,6 +158,7 @@ impl Filter {
                 && FileStat::of(&t.path) == Some(stat)
                 && stat.settled_before(start)
             {
+                trace(format_args!("hashed and cached: {}", t.path.display()));
                 self.cache.insert(t.path, stat, &pointer.oid);
             }
         }
@@ -239,6 +245,14 @@ impl Filter {
             return Err(LfsError::Corrupt { path, actual });
         }
         Ok(Smudged::Object(pointer))
+    }
+}
+
+/// With `EXP_LFS_TRACE=1`, one line on stderr per stat-cache decision (Git passes a filter's
+/// stderr through), to see why `git status` did or did not hash a file.
+fn trace(message: std::fmt::Arguments) {
+    if std::env::var_os("EXP_LFS_TRACE").is_some_and(|v| v == "1") {
+        eprintln!("exp lfs: {message}");
     }
 }
 
@@ -440,4 +454,142 @@ pub fn warn_missing(path: &str, pointer: &LfsPointer) {
         "exp lfs: warning: the LFS object {} for {path} is not in the local store; the file holds its pointer (run `exp pull` to fetch the object)",
         pointer.oid
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter_in(dir: &Path) -> Filter {
+        Filter {
+            store: LfsStore::at(dir.join("lfs")),
+            worktree: Some(dir.to_path_buf()),
+            cache: StatCache::load(dir.join("cache.json")),
+            remote: None,
+        }
+    }
+
+    /// A whole session as Git sends it: handshake, capabilities, a clean, a smudge of what the
+    /// clean stored, a smudge of a missing object, an unknown command.
+    #[test]
+    fn speaks_git_filter_protocol_v2() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut filter = filter_in(dir.path());
+        let content: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+        let pointer = {
+            let mut scratch = filter_in(&dir.path().join("scratch"));
+            String::from_utf8(scratch.clean(&mut &content[..], None).unwrap()).unwrap()
+        };
+        let missing = LfsPointer::new(Oid::parse(&"b".repeat(64)).unwrap(), 9).encode();
+        let mut wire = Vec::new();
+        {
+            let mut w = PktWriter::new(&mut wire);
+            for l in ["git-filter-client", "version=2"] {
+                w.text(l).unwrap();
+            }
+            w.flush_pkt().unwrap();
+            for l in ["capability=clean", "capability=smudge", "capability=delay"] {
+                w.text(l).unwrap();
+            }
+            w.flush_pkt().unwrap();
+            for (command, path, data) in [
+                ("clean", "w.bin", &content[..]),
+                ("smudge", "w.bin", pointer.as_bytes()),
+                ("smudge", "gone.bin", missing.as_bytes()),
+                ("frobnicate", "x", b"x".as_slice()),
+            ] {
+                w.text(&format!("command={command}")).unwrap();
+                w.text(&format!("pathname={path}")).unwrap();
+                w.flush_pkt().unwrap();
+                w.data(data).unwrap();
+                w.flush_pkt().unwrap();
+            }
+        }
+        let mut out = Vec::new();
+        filter_process(&mut filter, &wire[..], &mut out).unwrap();
+
+        let mut r = PktReader::new(&out[..]);
+        let mut list = || r.read_text_list().unwrap().unwrap();
+        assert_eq!(list(), vec!["git-filter-server", "version=2"]);
+        assert_eq!(list(), vec!["capability=clean", "capability=smudge"]);
+        let mut r = PktReader::new(&out[..]);
+        r.read_text_list().unwrap();
+        r.read_text_list().unwrap();
+        let answer = |r: &mut PktReader<&[u8]>| {
+            let status = r.read_text_list().unwrap().unwrap();
+            let mut body = Vec::new();
+            if status == ["status=success"] {
+                r.content().read_to_end(&mut body).unwrap();
+                let last = r.read_text_list().unwrap().unwrap();
+                assert!(last.is_empty(), "{last:?}");
+            }
+            (status, body)
+        };
+        let (status, body) = answer(&mut r);
+        assert_eq!(status, ["status=success"]);
+        assert_eq!(String::from_utf8(body).unwrap(), pointer);
+        let (status, body) = answer(&mut r);
+        assert_eq!(status, ["status=success"]);
+        assert_eq!(body, content);
+        let (status, body) = answer(&mut r);
+        assert_eq!(status, ["status=success"]);
+        assert_eq!(String::from_utf8(body).unwrap(), missing);
+        let (status, _) = answer(&mut r);
+        assert_eq!(status, ["status=error"]);
+        assert!(matches!(r.read_packet(), Ok(None)));
+    }
+
+    #[test]
+    fn clean_passes_pointers_through_and_smudge_rejects_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut filter = filter_in(dir.path());
+        let pointer = filter.clean(&mut &b"weights"[..], None).unwrap();
+        assert_eq!(filter.clean(&mut &pointer[..], None).unwrap(), pointer);
+        let parsed = LfsPointer::parse(&pointer).unwrap();
+        std::fs::write(filter.store().object_path(&parsed.oid), b"weightz").unwrap();
+        let mut out = Vec::new();
+        assert!(matches!(
+            filter.smudge(&mut &pointer[..], &mut out),
+            Err(LfsError::Corrupt { .. })
+        ));
+        // Not a pointer: unchanged.
+        let mut out = Vec::new();
+        assert_eq!(
+            filter.smudge(&mut &b"plain"[..], &mut out).unwrap(),
+            Smudged::NotAPointer
+        );
+        assert_eq!(out, b"plain");
+    }
+
+    /// The stat cache answers only for the file itself: other bytes streamed under the same
+    /// path (`git hash-object --path`) are hashed, and a hit is confirmed byte for byte.
+    #[test]
+    fn stat_cache_never_answers_for_other_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut filter = filter_in(dir.path());
+        let file = dir.path().join("w.bin");
+        let content = vec![7u8; 3 << 20];
+        std::fs::write(&file, &content).unwrap();
+        // Back-date the file past the racy window.
+        let old = SystemTime::now() - std::time::Duration::from_secs(10);
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        // Setting the mtime stamped the ctime now: let it age past the racy margin too.
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let rel = Path::new("w.bin");
+        let first = filter.clean(&mut &content[..], Some(rel)).unwrap();
+        let stat = FileStat::of(&file).unwrap();
+        assert!(filter.cache.get(&file, &stat).is_some(), "not cached");
+        assert_eq!(filter.clean(&mut &content[..], Some(rel)).unwrap(), first);
+        let mut other = content.clone();
+        other[2 << 20] = 8;
+        let second = filter.clean(&mut &other[..], Some(rel)).unwrap();
+        assert_ne!(second, first);
+        let mut plain = filter_in(&dir.path().join("plain"));
+        assert_eq!(second, plain.clean(&mut &other[..], None).unwrap());
+    }
 }

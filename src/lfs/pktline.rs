@@ -335,3 +335,60 @@ mod tests {
         }
     }
 }
+
+/// Fuzzing by property: any byte stream is read without panicking, and what the writer frames
+/// reads back. `PROPTEST_CASES` sets the run length.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_wire_never_panics(wire in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut r = PktReader::new(&wire[..]);
+            for _ in 0..64 {
+                match r.read_packet() {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let mut r = PktReader::new(&wire[..]);
+            let _ = r.read_text_list();
+            let mut sink = Vec::new();
+            let _ = PktReader::new(&wire[..]).content().read_to_end(&mut sink);
+        }
+
+        #[test]
+        fn hex_prefixed_wire_never_panics(
+            parts in proptest::collection::vec((0u32..0x1_0000, proptest::collection::vec(any::<u8>(), 0..80)), 0..8)
+        ) {
+            let mut wire = Vec::new();
+            for (len, body) in parts {
+                wire.extend_from_slice(format!("{len:04x}").as_bytes());
+                wire.extend_from_slice(&body);
+            }
+            let mut r = PktReader::new(&wire[..]);
+            while let Ok(Some(_)) = r.read_packet() {}
+        }
+
+        #[test]
+        fn framed_content_reads_back(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..70_000), 0..4)) {
+            let mut wire = Vec::new();
+            let mut all = Vec::new();
+            {
+                let mut w = PktWriter::new(&mut wire);
+                let mut c = w.content();
+                for chunk in &chunks {
+                    c.write_all(chunk).unwrap();
+                    all.extend_from_slice(chunk);
+                }
+                c.finish().unwrap();
+                w.flush_pkt().unwrap();
+            }
+            let mut back = Vec::new();
+            PktReader::new(&wire[..]).content().read_to_end(&mut back).unwrap();
+            prop_assert_eq!(back, all);
+        }
+    }
+}

@@ -91,7 +91,8 @@ impl LfsPointer {
         if !text.ends_with('\n') {
             return Err(bad("the last line does not end with a newline"));
         }
-        let mut lines = text.lines();
+        // Lines end in LF alone (`str::lines` would also take CRLF, which the spec does not).
+        let mut lines = text[..text.len() - 1].split('\n');
         match lines.next() {
             Some(line) if line == format!("version {VERSION_URL}") => {}
             _ => {
@@ -192,5 +193,48 @@ mod tests {
             );
         }
         assert!(Oid::parse(&OID[..63]).is_err());
+    }
+}
+
+/// Fuzzing by property (`PROPTEST_CASES` sets the run length): the parser never panics, what
+/// it accepts re-encodes to text it accepts as the same pointer, and encoded pointers parse.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1100)) {
+            if let Ok(p) = LfsPointer::parse(&bytes) {
+                prop_assert_eq!(LfsPointer::parse(p.encode().as_bytes()).unwrap(), p);
+            }
+        }
+
+        #[test]
+        fn pointer_like_text_never_panics(
+            lines in proptest::collection::vec("(oid sha256:[0-9a-f]{60,66}|size [0-9]{0,21}|[a-z.-]{0,6} [ -~]{0,20}|[ -~]{0,30}|\r)", 0..5),
+        ) {
+            let mut text = format!("version {VERSION_URL}\n");
+            for l in &lines {
+                text.push_str(l);
+                text.push('\n');
+            }
+            if let Ok(p) = LfsPointer::parse(text.as_bytes()) {
+                prop_assert_eq!(LfsPointer::parse(p.encode().as_bytes()).unwrap(), p);
+            }
+        }
+
+        #[test]
+        fn encoded_pointers_round_trip(
+            digest in proptest::collection::vec(any::<u8>(), 32),
+            size in any::<u64>(),
+            ext in proptest::collection::btree_map("ext-[0-9]-[a-z]{1,8}", "[a-z0-9:]{1,20}", 0..3),
+        ) {
+            let mut p = LfsPointer::new(Oid::from_digest(&digest), size);
+            p.extra = ext.into_iter().collect();
+            let text = p.encode();
+            prop_assert_eq!(LfsPointer::parse(text.as_bytes()).unwrap(), p);
+        }
     }
 }

@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 use super::Oid;
 
 /// How much older than the read the file's mtime must be: kernels stamp files from a coarse
-/// clock (a scheduler tick, up to 10 ms), so a margin well above it.
-const RACY_MARGIN: Duration = Duration::from_secs(1);
+/// clock (a scheduler tick, up to 10 ms), so a margin well above it...
+const RACY_MARGIN: Duration = Duration::from_millis(100);
+/// ...and on file systems that store whole seconds (ext3, FAT, HFS+), above their granularity.
+const RACY_MARGIN_COARSE: Duration = Duration::from_secs(2);
 
 /// What identifies one version of a file without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +73,13 @@ impl FileStat {
         let Ok(since_epoch) = start.duration_since(SystemTime::UNIX_EPOCH) else {
             return false;
         };
-        let limit = since_epoch.saturating_sub(RACY_MARGIN).as_nanos() as i128;
+        let whole_seconds = self.mtime_ns % 1_000_000_000 == 0;
+        let margin = if whole_seconds {
+            RACY_MARGIN_COARSE
+        } else {
+            RACY_MARGIN
+        };
+        let limit = since_epoch.saturating_sub(margin).as_nanos() as i128;
         self.mtime_ns < limit && self.ctime_ns < limit
     }
 }
@@ -199,6 +207,6 @@ mod tests {
         std::fs::write(&file, b"abc").unwrap();
         let stat = FileStat::of(&file).unwrap();
         assert!(!stat.settled_before(SystemTime::now()));
-        assert!(stat.settled_before(SystemTime::now() + Duration::from_secs(2)));
+        assert!(stat.settled_before(SystemTime::now() + Duration::from_secs(3)));
     }
 }

@@ -197,3 +197,88 @@ pub fn repo_state(env: &Env, dir: &Path) -> RepoState {
             .unwrap_or(0),
     }
 }
+
+/// An environment where git-lfs is honestly absent (DESIGN §2): no system gitconfig, an
+/// identity-only global config, and a PATH of every tool of this machine except git-lfs, with
+/// the exp under test first.
+pub struct NoLfs<'e> {
+    pub env: &'e Env,
+    path: std::ffi::OsString,
+    global: PathBuf,
+}
+
+impl Env {
+    pub fn without_git_lfs(&self) -> NoLfs<'_> {
+        let bin = self.path("nolfs-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for dir in ["/usr/local/bin", "/usr/bin", "/bin"] {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with("git-lfs") || bin.join(&name).exists() {
+                    continue;
+                }
+                let _ = std::os::unix::fs::symlink(entry.path(), bin.join(&name));
+            }
+        }
+        let exp_dir = Path::new(env!("CARGO_BIN_EXE_exp")).parent().unwrap();
+        let path = std::env::join_paths([exp_dir, bin.as_path()]).unwrap();
+        let global = self.path("nolfs.gitconfig");
+        std::fs::write(
+            &global,
+            "[user]\n\tname = No LFS\n\temail = nolfs@example.com\n[protocol \"file\"]\n\tallow = always\n",
+        )
+        .unwrap();
+        let probe = Command::new("git")
+            .args(["lfs", "version"])
+            .env("PATH", &path)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .unwrap();
+        assert!(!probe.status.success(), "git-lfs is still reachable");
+        NoLfs {
+            env: self,
+            path,
+            global,
+        }
+    }
+}
+
+impl NoLfs<'_> {
+    pub fn cmd(&self, program: &str, dir: &Path, args: &[&str]) -> Command {
+        let program = if program == "exp" {
+            env!("CARGO_BIN_EXE_exp")
+        } else {
+            program
+        };
+        let mut cmd = Command::new(program);
+        cmd.current_dir(dir)
+            .args(args)
+            .env("PATH", &self.path)
+            .env("HOME", &self.env.home)
+            .env("EXP_DATA", &self.env.data)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", &self.global)
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .env_remove("GIT_INDEX_FILE");
+        cmd
+    }
+
+    pub fn out(&self, program: &str, dir: &Path, args: &[&str]) -> Output {
+        self.cmd(program, dir, args).output().expect("run")
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok(&self, program: &str, dir: &Path, args: &[&str]) -> String {
+        let out = self.out(program, dir, args);
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
