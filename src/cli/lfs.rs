@@ -95,7 +95,11 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
         }
         LfsAction::Clean { path } => {
             let mut filter = Filter::open(&repo);
-            let pointer = filter.clean(&mut std::io::stdin().lock(), path.as_deref())?;
+            let pointer = match stdin_file() {
+                // `exp lfs clean < FILE`: hash first, copy only a new object.
+                Some(mut file) => filter.clean_file(&mut file)?,
+                None => filter.clean(&mut std::io::stdin().lock(), path.as_deref())?,
+            };
             filter.save_cache();
             write_stdout(&pointer)?;
         }
@@ -219,6 +223,15 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// Standard input as a file, when it is a regular file (redirected from one) rather than a
+/// pipe or terminal.
+fn stdin_file() -> Option<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let file = std::fs::File::from(fd);
+    file.metadata().ok()?.is_file().then_some(file)
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<(), Error> {

@@ -165,6 +165,59 @@ impl Filter {
         Ok(pointer.encode().into_bytes())
     }
 
+    /// Cleans a regular file (`exp lfs clean < FILE`): one thread hashes it while another
+    /// copies it into a temp file in the store inside the kernel (`copy_file_range`, no
+    /// user-space copy); the copy becomes the object only if the file's stat did not change
+    /// meanwhile and the object is new.
+    pub fn clean_file(&mut self, file: &mut File) -> Result<Vec<u8>, LfsError> {
+        let io = |action, source| LfsError::Io {
+            action,
+            path: PathBuf::from("<stdin>"),
+            source,
+        };
+        let before = file.metadata().map_err(|e| io("reading", e))?;
+        let mut buf = vec![0u8; CHUNK];
+        let head = read_full(file, &mut buf[..MAX_POINTER + 1])?;
+        if head <= MAX_POINTER && LfsPointer::parse(&buf[..head]).is_ok() {
+            return Ok(buf[..head].to_vec());
+        }
+        // The copy needs its own file offset: a second open of the same file.
+        let mut twin = reopen(file).map_err(|e| io("reopening", e))?;
+        let store = self.store.clone();
+        let (copy, pointer) = std::thread::scope(|scope| {
+            let copier = scope.spawn(move || store.copy_to_temp(&mut twin));
+            let mut hasher = Sha256::new();
+            hasher.update(&buf[..head]);
+            let mut size = head as u64;
+            let hashed = loop {
+                match read_full(file, &mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        hasher.update(&buf[..n]);
+                        size += n as u64;
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            let copy = copier
+                .join()
+                .unwrap_or_else(|_| Err(io("copying", io::Error::other("copy thread panicked"))));
+            let pointer = LfsPointer::new(Oid::from_digest(&hasher.finalize()), size);
+            hashed.map(|_| (copy, pointer))
+        })?;
+        let (tmp, copied) = copy?;
+        let after = file.metadata().map_err(|e| io("reading", e))?;
+        let same = |m: &std::fs::Metadata| (m.len(), m.modified().ok());
+        if same(&before) != same(&after) || copied != pointer.size {
+            return Err(io(
+                "cleaning (it changed while being read; run the command again)",
+                io::Error::other("file modified during clean"),
+            ));
+        }
+        self.store.persist(tmp, &pointer.oid)?;
+        Ok(pointer.encode().into_bytes())
+    }
+
     /// Writes the stat cache if it changed.
     pub fn save_cache(&mut self) {
         self.cache.save();
@@ -253,6 +306,19 @@ impl Filter {
 fn trace(message: std::fmt::Arguments) {
     if std::env::var_os("EXP_LFS_TRACE").is_some_and(|v| v == "1") {
         eprintln!("exp lfs: {message}");
+    }
+}
+
+/// A second, independent open of `file` (its own offset).
+fn reopen(file: &File) -> io::Result<File> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        file.try_clone()
     }
 }
 
@@ -559,6 +625,38 @@ mod tests {
             Smudged::NotAPointer
         );
         assert_eq!(out, b"plain");
+    }
+
+    #[test]
+    fn cleaning_a_regular_file_matches_cleaning_its_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut filter = filter_in(dir.path());
+        let path = dir.path().join("w.bin");
+        let content: Vec<u8> = (0..5_000_000u32).map(|i| (i * 31 % 255) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let from_file = filter.clean_file(&mut File::open(&path).unwrap()).unwrap();
+        let mut other = filter_in(&dir.path().join("other"));
+        assert_eq!(from_file, other.clean(&mut &content[..], None).unwrap());
+        let pointer = LfsPointer::parse(&from_file).unwrap();
+        assert_eq!(
+            std::fs::read(filter.store().object_path(&pointer.oid)).unwrap(),
+            content
+        );
+        // Known object: same answer, nothing left in tmp.
+        assert_eq!(
+            filter.clean_file(&mut File::open(&path).unwrap()).unwrap(),
+            from_file
+        );
+        let leftovers = std::fs::read_dir(dir.path().join("lfs/tmp"))
+            .unwrap()
+            .count();
+        assert_eq!(leftovers, 0);
+        // A pointer file is its own clean.
+        std::fs::write(&path, &from_file).unwrap();
+        assert_eq!(
+            filter.clean_file(&mut File::open(&path).unwrap()).unwrap(),
+            from_file
+        );
     }
 
     /// The stat cache answers only for the file itself: other bytes streamed under the same

@@ -74,15 +74,57 @@ impl LfsStore {
         writer.finish().map(|_| ())
     }
 
-    /// A streaming writer of one new object: feed it chunks, then `finish` names it.
-    pub fn writer(&self) -> Result<ObjectWriter, LfsError> {
+    /// Copies `file` from its current position into a new temp file of the store (std's
+    /// File-to-File copy is `copy_file_range` on Linux); [`LfsStore::persist`] names it.
+    pub fn copy_to_temp(
+        &self,
+        file: &mut File,
+    ) -> Result<(tempfile::NamedTempFile, u64), LfsError> {
+        let (mut tmp, tmp_dir) = self.new_temp()?;
+        let io = |action, source| LfsError::Io {
+            action,
+            path: tmp_dir.clone(),
+            source,
+        };
+        let copied = io::copy(file, tmp.as_file_mut()).map_err(|e| io("copying into", e))?;
+        Ok((tmp, copied))
+    }
+
+    /// Moves a complete temp file into place as object `oid` (synced first), unless the object
+    /// is already there (then the temp file is dropped unsynced: no disk writes).
+    pub fn persist(&self, tmp: tempfile::NamedTempFile, oid: &Oid) -> Result<(), LfsError> {
+        let target = self.object_path(oid);
+        if target.is_file() {
+            return Ok(());
+        }
+        tmp.as_file().sync_all().map_err(|source| LfsError::Io {
+            action: "syncing a temp file for",
+            path: target.clone(),
+            source,
+        })?;
+        let parent = target.parent().unwrap_or(&self.root).to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(|source| LfsError::Io {
+            action: "creating",
+            path: parent,
+            source,
+        })?;
+        set_readable(tmp.as_file());
+        tmp.persist(&target).map_err(|e| LfsError::Io {
+            action: "renaming a temp file to",
+            path: target.clone(),
+            source: e.error,
+        })?;
+        Ok(())
+    }
+
+    /// A new temp file in `<lfs dir>/tmp` (deleted when dropped unless persisted).
+    fn new_temp(&self) -> Result<(tempfile::NamedTempFile, PathBuf), LfsError> {
         let tmp_dir = self.root.join("tmp");
         std::fs::create_dir_all(&tmp_dir).map_err(|source| LfsError::Io {
             action: "creating",
             path: tmp_dir.clone(),
             source,
         })?;
-        // Dropped (and deleted) on every early return: no partial object survives.
         let tmp = tempfile::Builder::new()
             .prefix("exp-object-")
             .tempfile_in(&tmp_dir)
@@ -91,10 +133,30 @@ impl LfsStore {
                 path: tmp_dir.clone(),
                 source,
             })?;
+        Ok((tmp, tmp_dir))
+    }
+
+    /// A streaming writer of one new object: feed it chunks, then `finish` names it. The
+    /// caller's thread hashes while a second thread writes the temp file, so a new object
+    /// costs about one SHA-256 pass, not a hash plus a write.
+    pub fn writer(&self) -> Result<ObjectWriter, LfsError> {
+        let (tmp, tmp_dir) = self.new_temp()?;
+        let (to_disk, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT);
+        let (recycle, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+        let disk = std::thread::spawn(move || -> io::Result<tempfile::NamedTempFile> {
+            let mut tmp = tmp;
+            for chunk in chunks {
+                tmp.as_file_mut().write_all(&chunk)?;
+                let _ = recycle.send(chunk);
+            }
+            Ok(tmp)
+        });
         Ok(ObjectWriter {
             store: self.clone(),
             tmp_dir,
-            out: io::BufWriter::with_capacity(COPY_BUFFER, tmp),
+            disk: Some((to_disk, disk)),
+            spare,
+            pending: Vec::with_capacity(COPY_BUFFER),
             hasher: Sha256::new(),
             size: 0,
             expect: None,
@@ -207,11 +269,30 @@ fn set_readable(file: &File) {
 /// Reads and writes in chunks this large: few syscalls, and well inside the L2 cache.
 const COPY_BUFFER: usize = 1 << 20;
 
-/// One object being written: bytes go to a temp file and into SHA-256 as they come.
+impl Drop for ObjectWriter {
+    /// An abandoned writer waits for its disk thread, so the temp file is gone on return.
+    fn drop(&mut self) {
+        if self.disk.is_some() {
+            let _ = self.join_disk();
+        }
+    }
+}
+
+/// Chunks queued for the disk thread (bounded: memory stays at a few MiB).
+const IN_FLIGHT: usize = 4;
+
+type DiskThread = (
+    std::sync::mpsc::SyncSender<Vec<u8>>,
+    std::thread::JoinHandle<io::Result<tempfile::NamedTempFile>>,
+);
+
+/// One object being written: bytes go into SHA-256 here and to a temp file on a second thread.
 pub struct ObjectWriter {
     store: LfsStore,
     tmp_dir: PathBuf,
-    out: io::BufWriter<tempfile::NamedTempFile>,
+    disk: Option<DiskThread>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    pending: Vec<u8>,
     hasher: Sha256,
     size: u64,
     expect: Option<LfsPointer>,
@@ -222,9 +303,51 @@ impl ObjectWriter {
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), LfsError> {
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
-        self.out
-            .write_all(chunk)
-            .map_err(|e| self.io_error("writing a temp file in", e))
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() >= COPY_BUFFER {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    /// Hands the pending bytes to the disk thread, taking a recycled buffer in exchange.
+    fn send(&mut self) -> Result<(), LfsError> {
+        let next = self
+            .spare
+            .try_recv()
+            .map(|mut v| {
+                v.clear();
+                v
+            })
+            .unwrap_or_else(|_| Vec::with_capacity(COPY_BUFFER));
+        let full = std::mem::replace(&mut self.pending, next);
+        let sent = match &self.disk {
+            Some((to_disk, _)) => to_disk.send(full).is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            // The disk thread stopped: its error says why.
+            Err(self.join_disk().err().unwrap_or_else(|| {
+                self.io_error("writing a temp file in", io::Error::other("writer stopped"))
+            }))
+        }
+    }
+
+    fn join_disk(&mut self) -> Result<tempfile::NamedTempFile, LfsError> {
+        let Some((to_disk, thread)) = self.disk.take() else {
+            return Err(self.io_error("writing a temp file in", io::Error::other("writer closed")));
+        };
+        drop(to_disk);
+        match thread.join() {
+            Ok(Ok(tmp)) => Ok(tmp),
+            Ok(Err(e)) => Err(self.io_error("writing a temp file in", e)),
+            Err(_) => Err(self.io_error(
+                "writing a temp file in",
+                io::Error::other("writer panicked"),
+            )),
+        }
     }
 
     /// Appends everything `content` yields.
@@ -257,52 +380,23 @@ impl ObjectWriter {
     /// Names the object by its digest and moves it into place (unless it is already there:
     /// then the temp file is dropped unsynced, so re-cleaning a known file costs no disk
     /// writes). The object is synced to disk before it takes its name.
-    pub fn finish(self) -> Result<LfsPointer, LfsError> {
-        let ObjectWriter {
-            store,
-            tmp_dir,
-            out,
-            hasher,
-            size,
-            expect,
-        } = self;
-        let io = |action, source| LfsError::Io {
-            action,
-            path: tmp_dir.clone(),
-            source,
-        };
-        let tmp = out
-            .into_inner()
-            .map_err(|e| io("writing a temp file in", e.into_error()))?;
-        let oid = Oid::from_digest(&hasher.finalize());
-        if let Some(expected) = expect {
-            if expected.oid != oid || expected.size != size {
+    pub fn finish(mut self) -> Result<LfsPointer, LfsError> {
+        if !self.pending.is_empty() {
+            self.send()?;
+        }
+        let tmp = self.join_disk()?;
+        let oid = Oid::from_digest(&std::mem::take(&mut self.hasher).finalize());
+        if let Some(expected) = &self.expect {
+            if expected.oid != oid || expected.size != self.size {
                 return Err(LfsError::Mismatch {
                     expected: expected.oid.as_str().to_string(),
                     actual: oid.as_str().to_string(),
-                    size,
+                    size: self.size,
                 });
             }
         }
-        let target = store.object_path(&oid);
-        if !target.is_file() {
-            tmp.as_file()
-                .sync_all()
-                .map_err(|e| io("syncing a temp file in", e))?;
-            let parent = target.parent().unwrap_or(&store.root).to_path_buf();
-            std::fs::create_dir_all(&parent).map_err(|source| LfsError::Io {
-                action: "creating",
-                path: parent,
-                source,
-            })?;
-            set_readable(tmp.as_file());
-            tmp.persist(&target).map_err(|e| LfsError::Io {
-                action: "renaming a temp file to",
-                path: target.clone(),
-                source: e.error,
-            })?;
-        }
-        Ok(LfsPointer::new(oid, size))
+        self.store.persist(tmp, &oid)?;
+        Ok(LfsPointer::new(oid, self.size))
     }
 }
 
