@@ -341,39 +341,9 @@ fn a_small_drop_passes_and_missing_exp_or_records_fail_closed() {
 #[test]
 fn pre_push_uploads_lfs_objects_without_git_lfs() {
     let env = Env::new();
-    let bin = env.path("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for tool in ["git", "sh", "cat", "grep", "env"] {
-        let found = ["/usr/local/bin", "/usr/bin", "/bin"]
-            .iter()
-            .map(|d| Path::new(d).join(tool))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| panic!("no {tool}"));
-        std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
-    }
-    let exp_dir = Path::new(env!("CARGO_BIN_EXE_exp")).parent().unwrap();
-    let path = format!("{}:{}", exp_dir.display(), bin.display());
-    let global = env.path("identity.gitconfig");
-    std::fs::write(&global, "[user]\n\tname = No LFS\n\temail = nolfs@example.com\n[protocol \"file\"]\n\tallow = always\n").unwrap();
-    let run = |program: &str, dir: &Path, args: &[&str]| {
-        let mut cmd = std::process::Command::new(program);
-        cmd.current_dir(dir)
-            .args(args)
-            .env("PATH", &path)
-            .env("HOME", &env.home)
-            .env("EXP_DATA", &env.data)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", &global)
-            .env_remove("GIT_DIR");
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{program} {args:?}: {}",
-            describe(&out)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let exp = env!("CARGO_BIN_EXE_exp");
+    let nolfs = env.without_git_lfs();
+    let run = |program: &str, dir: &Path, args: &[&str]| nolfs.ok(program, dir, args);
+    let exp = "exp";
     let dir = env.path("nolfs");
     run(exp, env.tmp.path(), &["init", dir.to_str().unwrap()]);
     let mut args = vec!["run", "mnist-cnn"];
