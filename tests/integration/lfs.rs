@@ -252,6 +252,40 @@ fn interop_with_git_lfs() {
         "git-lfs smudge"
     );
 
+    // With git-lfs in charge, exp push and exp pull delegate to it.
+    let remote = env.path("exp-writes-remote.git");
+    env.git(
+        env.tmp.path(),
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    env.git(&dir, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    let pushed = env.exp_ok(&dir, &["push"]);
+    assert!(pushed.contains("pushed by git-lfs"), "{pushed}");
+    let oid = sha256_hex(&original);
+    assert!(remote
+        .join("lfs/objects")
+        .join(&oid[0..2])
+        .join(&oid[2..4])
+        .join(&oid)
+        .is_file());
+    let branch = env.git(&dir, &["branch", "--show-current"]);
+    let clone = env.path("exp-writes-clone");
+    env.git(
+        env.tmp.path(),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            branch.trim(),
+            remote.to_str().unwrap(),
+            clone.to_str().unwrap(),
+        ],
+    );
+    env.git(&clone, &["lfs", "install", "--local"]);
+    let pulled = env.exp_ok(&clone, &["pull"]);
+    assert!(pulled.contains("pulled by git-lfs"), "{pulled}");
+    assert_eq!(std::fs::read(weights(&clone)).unwrap(), original);
+
     // git-lfs writes; exp's filter reads.
     let other = env.init_repo("lfs-writes");
     assert!(env
