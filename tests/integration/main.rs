@@ -9,4 +9,5 @@ mod flow;
 mod full_epoch;
 mod gate;
 mod init;
+mod recipes;
 mod run;
