@@ -338,6 +338,30 @@ pub struct TrainSpec {
     pub gamma: f64,
     /// Label smoothing ε of the training loss (0 = plain cross-entropy; evaluation never smooths).
     pub label_smoothing: f64,
+    /// Random transformations of the training batches (left out of the record when off, so
+    /// the run ids of runs without augmentation stay as they were).
+    #[serde(skip_serializing_if = "AugmentSpec::is_off")]
+    pub augment: AugmentSpec,
+}
+
+/// `[train.augment]`: random transformations of every training batch, drawn afresh each epoch
+/// from the run's augmentation stream; validation and evaluation images are never augmented.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSpec {
+    /// Random crop: pad each side by this many black pixels, crop back to the original size at
+    /// a random offset (torchvision's `RandomCrop(size, padding)`); 0 = no crop.
+    pub crop_padding: usize,
+    /// Random horizontal flip with probability 1/2. Off by default: a mirrored digit is not the
+    /// same digit.
+    pub flip: bool,
+}
+
+impl AugmentSpec {
+    /// True when no transformation is on.
+    pub fn is_off(&self) -> bool {
+        *self == AugmentSpec::default()
+    }
 }
 
 /// Learning-rate schedules (applied per epoch, after any warm-up).
@@ -395,6 +419,7 @@ impl Default for TrainSpec {
             step_size: 1,
             gamma: 0.1,
             label_smoothing: 0.0,
+            augment: AugmentSpec::default(),
         }
     }
 }
@@ -408,6 +433,9 @@ pub struct InitSpec {
     /// Tensor-name prefixes to freeze, each ending at a '.' boundary.
     pub freeze: Vec<String>,
 }
+
+/// The largest `train.augment.crop_padding`: beyond it a crop is mostly padding.
+const MAX_CROP_PADDING: usize = 64;
 
 /// Keys whose schema type is a string: for these `--set` takes the raw text unless it is a
 /// quoted TOML string (DESIGN §3), so `init.from=2024` is the string "2024".
@@ -770,6 +798,15 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             format!("must be in [0, 1), got {}", t.label_smoothing),
         ));
     }
+    if t.augment.crop_padding > MAX_CROP_PADDING {
+        return Err(invalid(
+            "train.augment.crop_padding",
+            format!(
+                "must be at most {MAX_CROP_PADDING}, got {}",
+                t.augment.crop_padding
+            ),
+        ));
+    }
     spec.gate
         .check()
         .map_err(|(key, message)| invalid(key, message))?;
@@ -928,6 +965,9 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "train.step_size",
         "train.gamma",
         "train.label_smoothing",
+        "train.augment",
+        "train.augment.crop_padding",
+        "train.augment.flip",
         "init.from",
         "init.freeze",
         "gate.metrics",

@@ -4,6 +4,7 @@
 //! `~/.cache/exp/data`. Every file is fingerprinted with BLAKE3 over its decompressed bytes,
 //! so a gzipped and a raw copy of the same data agree.
 
+pub mod augment;
 pub mod cifar;
 pub mod idx;
 
@@ -466,6 +467,13 @@ impl Dataset {
             test_files: test_raw.files,
             lut,
         })
+    }
+
+    /// Per channel, the normalised value of a black pixel (byte 0): what crop padding holds.
+    pub fn black(&self) -> Vec<f32> {
+        (0..self.shape.channels)
+            .map(|c| self.lut[c * 256])
+            .collect()
     }
 
     /// Gathers examples `indices` of `split` into a normalised NCHW f32 buffer and labels.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::Augmenter;
 use crate::data::Dataset;
 use crate::device::DeviceError;
 use crate::error::ExitCode;
@@ -269,6 +270,7 @@ pub fn train(
         None => None,
     };
     let test_split = data.upload(&data.test, device, dtype)?;
+    let mut augmenter = Augmenter::new(&spec.augment, spec.seed, &data.black(), device, dtype)?;
     let profile = std::env::var_os("EXP_PROFILE_SYNC").is_some_and(|v| v == "1");
     let sync = |d: &Device| -> Result<(), TrainError> {
         if profile {
@@ -308,8 +310,12 @@ pub fn train(
             let len = spec.batch_size.min(n - start);
             let (xs, ys) = span("data gather", device, || {
                 let indices = order.narrow(0, start, len)?;
+                let images = train_split.images.index_select(&indices, 0)?;
                 Ok((
-                    train_split.images.index_select(&indices, 0)?,
+                    match augmenter.as_mut() {
+                        Some(a) => a.apply(&images)?,
+                        None => images,
+                    },
                     train_split.labels.index_select(&indices, 0)?,
                 ))
             })?;

@@ -117,3 +117,42 @@ fn accumulation_matches_the_large_batch() {
         "batch 8 without accumulation is indistinguishable: {small_batch_difference}"
     );
 }
+
+/// Augmentation is seeded (same seed: bit-identical weights), changes what the model sees
+/// (other weights than without it), is recorded in the resolved params, and is off unless
+/// asked for.
+#[test]
+fn augmentation_is_seeded_and_recorded() {
+    let base = ["data.train_limit=300", "data.test_limit=100"];
+    let plain = mnist_spec(&base);
+    assert!(plain.train.augment.is_off() && !plain.train.augment.flip);
+    let toml_plain = toml::to_string(&plain).unwrap();
+    assert!(!toml_plain.contains("augment"), "{toml_plain}");
+    let mut sets = base.to_vec();
+    sets.extend(["train.augment.crop_padding=2", "train.augment.flip=true"]);
+    let augmented = mnist_spec(&sets);
+    assert_eq!(augmented.train.augment.crop_padding, 2);
+    let flat = exp::spec::flatten(&augmented);
+    assert!(flat
+        .iter()
+        .any(|(k, v)| k == "train.augment.crop_padding" && v.as_integer() == Some(2)));
+    assert!(flat
+        .iter()
+        .any(|(k, v)| k == "train.augment.flip" && v.as_bool() == Some(true)));
+
+    let (a, _, _) = train_spec(&augmented);
+    let (b, _, _) = train_spec(&augmented);
+    let (c, _, _) = train_spec(&plain);
+    let hash = |m: &Model| exp::record::tensor_hash(&m.params().tensors()).unwrap();
+    assert_eq!(hash(&a), hash(&b), "same seed, same augmentation");
+    assert_ne!(hash(&a), hash(&c), "augmentation changed nothing");
+
+    let bad = exp::spec::parse(
+        Path::new("x.toml"),
+        include_str!("../../experiments/mnist-cnn.toml"),
+        &["train.augment.mirror=true".to_string()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("mirror"), "{bad}");
+}
