@@ -181,6 +181,9 @@ pub struct TrainingRecord {
     /// Updates skipped by f16 loss scaling (a gradient overflowed).
     #[serde(default)]
     pub skipped_steps: usize,
+    /// The class weights of the training loss, one per class, as computed for this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<Vec<f64>>,
     /// Where the time went.
     pub timing: Timing,
 }

@@ -10,7 +10,7 @@
 //!    that belong to another model) and resolved: defaults filled in, so the record stores the
 //!    complete spec that ran.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -252,6 +252,28 @@ pub struct DataSpec {
     /// across seeds).
     #[serde(default)]
     pub test_limit: usize,
+    /// Keep only these labels, in every split, relabelled 0, 1, … in this order (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<u8>,
+    /// Per-class caps on the training split, keyed by the label as the files have it: at most
+    /// N examples of that class, the first of the seeded permutation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub class_limit: BTreeMap<String, usize>,
+}
+
+impl DataSpec {
+    /// `class_limit` with its keys as labels; Err names a key that is not one.
+    pub fn class_caps(&self) -> Result<BTreeMap<u8, usize>, String> {
+        self.class_limit
+            .iter()
+            .map(|(k, &v)| match k.trim().parse::<u8>() {
+                Ok(label) => Ok((label, v)),
+                Err(_) => Err(format!(
+                    "keys are class labels as the files have them (0–255), got {k:?}"
+                )),
+            })
+            .collect()
+    }
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -342,6 +364,31 @@ pub struct TrainSpec {
     /// the run ids of runs without augmentation stay as they were).
     #[serde(skip_serializing_if = "AugmentSpec::is_off")]
     pub augment: AugmentSpec,
+    /// Per-class weights of the training loss (none: every class weighs 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<ClassWeights>,
+}
+
+/// `train.class_weights`: a rule, or one weight per class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "\"inverse-frequency\" or an array of weights, one per class"
+)]
+pub enum ClassWeights {
+    /// A rule computed from the training split.
+    Rule(ClassWeightRule),
+    /// One weight per class, in label order (after any `data.classes` relabelling).
+    Explicit(Vec<f64>),
+}
+
+/// Rules for class weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassWeightRule {
+    /// n / (K · n_c) for class c with n_c of the n training examples (scikit-learn's
+    /// "balanced"): a class half as frequent weighs twice as much.
+    InverseFrequency,
 }
 
 /// `[train.augment]`: random transformations of every training batch, drawn afresh each epoch
@@ -420,6 +467,7 @@ impl Default for TrainSpec {
             gamma: 0.1,
             label_smoothing: 0.0,
             augment: AugmentSpec::default(),
+            class_weights: None,
         }
     }
 }
@@ -708,6 +756,34 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             }
         }
     }
+    let mut seen = BTreeSet::new();
+    if let Some(dup) = d.classes.iter().find(|c| !seen.insert(**c)) {
+        return Err(invalid(
+            "data.classes",
+            format!("label {dup} is listed twice"),
+        ));
+    }
+    if d.classes.len() == 1 {
+        return Err(invalid(
+            "data.classes",
+            "list at least two classes (or none, for all)".into(),
+        ));
+    }
+    let caps = d.class_caps().map_err(|m| invalid("data.class_limit", m))?;
+    for label in caps.keys() {
+        if !d.classes.is_empty() && !d.classes.contains(label) {
+            return Err(invalid(
+                "data.class_limit",
+                format!("label {label} is not one of data.classes {:?}", d.classes),
+            ));
+        }
+    }
+    if caps.values().any(|&n| n == 0) {
+        return Err(invalid(
+            "data.class_limit",
+            "a cap must be at least 1 (leave a class out with data.classes)".into(),
+        ));
+    }
     if let Some(n) = &d.normalize {
         if n.mean.is_empty() || n.mean.len() != n.std.len() {
             return Err(invalid(
@@ -797,6 +873,14 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             "train.label_smoothing",
             format!("must be in [0, 1), got {}", t.label_smoothing),
         ));
+    }
+    if let Some(ClassWeights::Explicit(w)) = &t.class_weights {
+        if w.len() < 2 || w.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(invalid(
+                "train.class_weights",
+                "give one positive weight per class (at least two)".into(),
+            ));
+        }
     }
     if t.augment.crop_padding > MAX_CROP_PADDING {
         return Err(invalid(
@@ -949,6 +1033,8 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "data.train_limit",
         "data.val_limit",
         "data.test_limit",
+        "data.classes",
+        "data.class_limit",
         "train.optimizer",
         "train.lr",
         "train.momentum",
@@ -968,6 +1054,7 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "train.augment",
         "train.augment.crop_padding",
         "train.augment.flip",
+        "train.class_weights",
         "init.from",
         "init.freeze",
         "gate.metrics",
@@ -1159,6 +1246,49 @@ epochs = 1
                 schema_keys().contains(root.as_str()),
                 "{k} not in schema_keys"
             );
+        }
+    }
+
+    #[test]
+    fn classes_and_class_weights_are_checked() {
+        let s = p(
+            MNIST,
+            &[
+                "data.classes=[3, 5]",
+                "data.class_limit={5 = 20}",
+                "train.class_weights=inverse-frequency",
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.data.classes, vec![3, 5]);
+        assert_eq!(
+            s.data.class_caps().unwrap(),
+            BTreeMap::from([(5u8, 20usize)])
+        );
+        assert_eq!(
+            s.train.class_weights,
+            Some(ClassWeights::Rule(ClassWeightRule::InverseFrequency))
+        );
+        let s = p(MNIST, &["train.class_weights=[1, 2.5]"]).unwrap();
+        assert_eq!(
+            s.train.class_weights,
+            Some(ClassWeights::Explicit(vec![1.0, 2.5]))
+        );
+        for (sets, key) in [
+            (&["data.classes=[3, 3]"][..], "data.classes"),
+            (&["data.classes=[3]"][..], "data.classes"),
+            (&["data.classes=[300]"][..], "data.classes"),
+            (&["data.class_limit={x = 2}"][..], "data.class_limit"),
+            (&["data.class_limit={1 = 0}"][..], "data.class_limit"),
+            (
+                &["data.classes=[3, 5]", "data.class_limit={4 = 2}"][..],
+                "data.class_limit",
+            ),
+            (&["train.class_weights=[1, -1]"][..], "train.class_weights"),
+            (&["train.class_weights=balanced"][..], "train.class_weights"),
+        ] {
+            let e = p(MNIST, sets).unwrap_err().to_string();
+            assert!(e.contains(key), "{sets:?}: {e}");
         }
     }
 

@@ -332,7 +332,41 @@ fn hwc_to_chw(pixels: &[u8], shape: ImageShape) -> Vec<u8> {
     out
 }
 
-fn split_fingerprint(files: &[FileFingerprint], selection: Option<&[u32]>) -> String {
+/// `data.classes`: which labels of the files are kept, and their new, dense labels.
+struct Relabel {
+    listed: Vec<u8>,
+    new_label: [Option<u8>; 256],
+}
+
+impl Relabel {
+    fn new(classes: &[u8]) -> Option<Relabel> {
+        if classes.is_empty() {
+            return None;
+        }
+        let mut new_label = [None; 256];
+        for (i, &c) in classes.iter().enumerate() {
+            new_label[c as usize] = Some(i as u8);
+        }
+        Some(Relabel {
+            listed: classes.to_vec(),
+            new_label,
+        })
+    }
+
+    fn map(&self, label: u8) -> Option<u8> {
+        self.new_label[label as usize]
+    }
+
+    fn classes(&self) -> usize {
+        self.listed.len()
+    }
+}
+
+fn split_fingerprint(
+    files: &[FileFingerprint],
+    selection: Option<&[u32]>,
+    relabel: Option<&Relabel>,
+) -> String {
     let mut h = blake3::Hasher::new();
     h.update(b"exp-split-v1\0");
     for f in files {
@@ -345,13 +379,30 @@ fn split_fingerprint(files: &[FileFingerprint], selection: Option<&[u32]>) -> St
             h.update(&i.to_le_bytes());
         }
     }
+    if let Some(r) = relabel {
+        // The same examples under other labels are another data set.
+        h.update(b"classes\0");
+        h.update(&r.listed);
+    }
     h.finalize().to_hex().to_string()
 }
 
 impl Split {
-    fn select(raw: &RawSet, selection: Option<Vec<u32>>) -> Split {
+    fn select(raw: &RawSet, selection: Option<Vec<u32>>, relabel: Option<&Relabel>) -> Split {
+        let mut split = Split::select_examples(raw, selection);
+        if let Some(r) = relabel {
+            for label in &mut split.labels {
+                // Selections under a relabelling hold kept classes only.
+                *label = r.map(*label).unwrap_or(u8::MAX);
+            }
+            split.blake3 = split_fingerprint(&raw.files, split.selection.as_deref(), Some(r));
+        }
+        split
+    }
+
+    fn select_examples(raw: &RawSet, selection: Option<Vec<u32>>) -> Split {
         let size = raw.shape.size();
-        let blake3 = split_fingerprint(&raw.files, selection.as_deref());
+        let blake3 = split_fingerprint(&raw.files, selection.as_deref(), None);
         match &selection {
             None => Split {
                 len: raw.labels.len(),
@@ -419,33 +470,61 @@ impl Dataset {
             .copied()
             .max()
             .unwrap_or(0);
-        let classes = match spec.format {
+        let file_classes = match spec.format {
             DataFormat::Cifar10 => cifar::CLASSES,
             DataFormat::Idx => max_label as usize + 1,
         };
+        if let Some(&label) = spec.classes.iter().find(|&&c| c as usize >= file_classes) {
+            return Err(DataError::Inconsistent(format!(
+                "data.classes lists label {label}, but the data has labels 0–{}",
+                file_classes - 1
+            )));
+        }
+        let relabel = Relabel::new(&spec.classes);
+        let classes = relabel.as_ref().map_or(file_classes, |r| r.classes());
         if classes < 2 {
             return Err(DataError::Inconsistent(
                 "the labels name fewer than two classes".into(),
             ));
         }
+        let caps = spec.class_caps().map_err(DataError::Inconsistent)?;
+        let kept = |label: u8| relabel.as_ref().is_none_or(|r| r.map(label).is_some());
 
         let n_train = train_raw.labels.len();
-        if spec.val_limit >= n_train {
+        let n_kept = match &relabel {
+            Some(_) => train_raw.labels.iter().filter(|&&l| kept(l)).count(),
+            None => n_train,
+        };
+        if spec.val_limit >= n_kept {
             return Err(DataError::Inconsistent(format!(
-                "data.val_limit = {} leaves no training examples out of {n_train}",
+                "data.val_limit = {} leaves no training examples out of {n_kept}",
                 spec.val_limit
             )));
         }
-        let (train_sel, val_sel) = if spec.train_limit > 0 || spec.val_limit > 0 {
-            // One seeded permutation: validation first, then the training subset.
-            let order = ExpRng::new(seed, Purpose::Subset).permutation(n_train);
+        let subset = spec.train_limit > 0 || spec.val_limit > 0 || relabel.is_some();
+        let (train_sel, val_sel) = if subset || !caps.is_empty() {
+            // One seeded permutation of the kept classes: validation first, then the training
+            // subset (each class up to its cap), so a subset never depends on the file order.
+            let order: Vec<u32> = ExpRng::new(seed, Purpose::Subset)
+                .permutation(n_train)
+                .into_iter()
+                .filter(|&i| kept(train_raw.labels[i as usize]))
+                .collect();
             let (val, rest) = order.split_at(spec.val_limit);
-            let take = if spec.train_limit > 0 {
-                spec.train_limit.min(rest.len())
-            } else {
-                rest.len()
-            };
-            let mut train = rest[..take].to_vec();
+            let mut taken = [0usize; 256];
+            let mut train: Vec<u32> = rest
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let label = train_raw.labels[i as usize];
+                    taken[label as usize] += 1;
+                    caps.get(&label)
+                        .is_none_or(|&cap| taken[label as usize] <= cap)
+                })
+                .collect();
+            if spec.train_limit > 0 {
+                train.truncate(spec.train_limit);
+            }
             train.sort_unstable();
             let mut val = val.to_vec();
             val.sort_unstable();
@@ -453,14 +532,26 @@ impl Dataset {
         } else {
             (None, None)
         };
-        let test_sel = (spec.test_limit > 0 && spec.test_limit < test_raw.labels.len())
-            .then(|| (0..spec.test_limit as u32).collect::<Vec<u32>>());
+        let n_test = test_raw.labels.len();
+        let test_sel = match &relabel {
+            Some(_) => {
+                let mut sel: Vec<u32> = (0..n_test as u32)
+                    .filter(|&i| kept(test_raw.labels[i as usize]))
+                    .collect();
+                if spec.test_limit > 0 {
+                    sel.truncate(spec.test_limit);
+                }
+                Some(sel)
+            }
+            None => (spec.test_limit > 0 && spec.test_limit < n_test)
+                .then(|| (0..spec.test_limit as u32).collect::<Vec<u32>>()),
+        };
 
         let lut = normalisation_table(spec, shape.channels)?;
         Ok(Dataset {
-            train: Split::select(&train_raw, train_sel),
-            val: val_sel.map(|v| Split::select(&train_raw, Some(v))),
-            test: Split::select(&test_raw, test_sel),
+            train: Split::select(&train_raw, train_sel, relabel.as_ref()),
+            val: val_sel.map(|v| Split::select(&train_raw, Some(v), relabel.as_ref())),
+            test: Split::select(&test_raw, test_sel, relabel.as_ref()),
             shape,
             classes,
             train_files: train_raw.files,
@@ -593,10 +684,13 @@ mod tests {
             path: "a".into(),
             blake3: "00".into(),
         }];
-        let all = split_fingerprint(&f, None);
-        let some = split_fingerprint(&f, Some(&[1, 2]));
-        let other = split_fingerprint(&f, Some(&[1, 3]));
+        let all = split_fingerprint(&f, None, None);
+        let some = split_fingerprint(&f, Some(&[1, 2]), None);
+        let other = split_fingerprint(&f, Some(&[1, 3]), None);
         assert_ne!(all, some);
         assert_ne!(some, other);
+        let r = Relabel::new(&[1, 0]);
+        let relabelled = split_fingerprint(&f, Some(&[1, 2]), r.as_ref());
+        assert_ne!(some, relabelled);
     }
 }

@@ -21,6 +21,8 @@ fn spec(
         train_limit: 0,
         val_limit: 0,
         test_limit: 0,
+        classes: Vec::new(),
+        class_limit: Default::default(),
     }
 }
 

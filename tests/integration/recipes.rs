@@ -156,3 +156,96 @@ fn augmentation_is_seeded_and_recorded() {
     .to_string();
     assert!(bad.contains("mirror"), "{bad}");
 }
+
+/// The recall of each class on the eval set.
+fn recalls(outcome: &TrainOutcome, classes: usize) -> Vec<f64> {
+    exp::eval::Metrics::new(&outcome.evaluation, classes).per_class_accuracy
+}
+
+/// `data.classes` keeps and relabels two MNIST digits, `data.class_limit` makes the training
+/// split imbalanced (500 fours, 10 nines); inverse-frequency class weights then recover the
+/// minority class's recall that the plain loss gives up.
+#[test]
+fn class_weights_recover_the_minority_class() {
+    let base = [
+        "data.classes=[4, 9]",
+        "data.class_limit={4 = 500, 9 = 10}",
+        "data.test_limit=1000",
+        "train.epochs=4",
+    ];
+    let plain = mnist_spec(&base);
+    let (_, data, plain_out) = train_spec(&plain);
+    assert_eq!(data.classes, 2);
+    let count = |labels: &[u8], l: u8| labels.iter().filter(|&&x| x == l).count();
+    assert_eq!(
+        (count(&data.train.labels, 0), count(&data.train.labels, 1)),
+        (500, 10)
+    );
+    assert_eq!(data.test.len, 1000);
+    assert!(data.test.labels.iter().all(|&l| l < 2));
+    // The test set holds both digits in file order, roughly balanced.
+    assert!(
+        count(&data.test.labels, 1) > 400,
+        "{}",
+        count(&data.test.labels, 1)
+    );
+
+    let mut sets = base.to_vec();
+    sets.push("train.class_weights=inverse-frequency");
+    let weighted = mnist_spec(&sets);
+    let (_, _, weighted_out) = train_spec(&weighted);
+    assert_eq!(
+        weighted_out.class_weights,
+        Some(vec![510.0 / 1000.0, 510.0 / 20.0])
+    );
+    let (p, w) = (recalls(&plain_out, 2), recalls(&weighted_out, 2));
+    eprintln!("recall without weights {p:?}, with inverse-frequency weights {w:?}");
+    assert!(
+        w[1] > p[1] + 0.2,
+        "weights did not recover the minority class: {p:?} → {w:?}"
+    );
+}
+
+/// From `exp run --set`: the classes, caps and weights reach the record, and the split
+/// fingerprint tells the relabelled subset from the plain one.
+#[test]
+fn classes_and_weights_are_recorded() {
+    let env = Env::new();
+    let dir = env.init_repo("classes");
+    env.git(&dir, &["switch", "-q", "-c", "feature/classes", "develop"]);
+    let out = quick_run(&env, &dir, "mnist-cnn", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let plain = record_at(&env, &dir, "HEAD", "mnist-cnn");
+    let out = quick_run(
+        &env,
+        &dir,
+        "mnist-cnn",
+        &[
+            "--set",
+            "data.classes=[4,9]",
+            "--set",
+            "data.class_limit={9=20}",
+            "--set",
+            "train.class_weights=inverse-frequency",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let r = record_at(&env, &dir, "HEAD", "mnist-cnn");
+    assert_eq!(r.params.data.classes, vec![4, 9]);
+    assert_eq!(r.params.data.class_caps().unwrap()[&9], 20);
+    assert_eq!(
+        (r.data.train.classes, r.eval.classes, r.eval.confusion.len()),
+        (2, 2, 2)
+    );
+    let weights = r.training.class_weights.expect("class weights recorded");
+    assert_eq!(weights.len(), 2);
+    assert!(weights[1] > 5.0 * weights[0], "{weights:?}");
+    assert_ne!(r.data.train.blake3, plain.data.train.blake3);
+    assert_ne!(r.data.test.blake3, plain.data.test.blake3);
+    assert!(plain.training.class_weights.is_none());
+    let text = env.git(&dir, &["show", "HEAD~1:experiments/mnist-cnn/metrics.toml"]);
+    assert!(
+        !text.contains("class_weights") && !text.contains("class_limit"),
+        "{text}"
+    );
+}
