@@ -196,6 +196,7 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
             steps: outcome.steps,
             final_train_loss: outcome.history.last().map_or(f64::NAN, |h| h.train_loss),
             skipped_steps: outcome.skipped_steps,
+            best_epoch: outcome.best_epoch,
             class_weights: outcome.class_weights.clone(),
             timing: outcome.timing.clone(),
         },

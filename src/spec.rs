@@ -252,6 +252,10 @@ pub struct DataSpec {
     /// across seeds).
     #[serde(default)]
     pub test_limit: usize,
+    /// When positive: this fraction of the training examples (of `train_limit` when set) is
+    /// held out as the validation set, from the same seeded permutation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub val_fraction: f64,
     /// Keep only these labels, in every split, relabelled 0, 1, … in this order (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<u8>,
@@ -274,6 +278,10 @@ impl DataSpec {
             })
             .collect()
     }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -364,9 +372,52 @@ pub struct TrainSpec {
     /// the run ids of runs without augmentation stay as they were).
     #[serde(skip_serializing_if = "AugmentSpec::is_off")]
     pub augment: AugmentSpec,
+    /// Stop when the validation metric stops improving, keeping the best epoch's weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
     /// Per-class weights of the training loss (none: every class weighs 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class_weights: Option<ClassWeights>,
+}
+
+/// `train.early_stopping`: watch a validation metric after every epoch; stop after `patience`
+/// epochs without an improvement larger than `min_delta`; the best epoch's weights are the
+/// ones recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// Epochs without improvement before training stops.
+    pub patience: usize,
+    /// The validation metric watched.
+    #[serde(default = "StopMetric::default_metric")]
+    pub metric: StopMetric,
+    /// The smallest change that counts as an improvement.
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+/// Validation metrics early stopping can watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMetric {
+    /// Mean cross-entropy on the validation set (lower is better).
+    ValLoss,
+    /// Accuracy on the validation set (higher is better).
+    ValAccuracy,
+}
+
+impl StopMetric {
+    fn default_metric() -> StopMetric {
+        StopMetric::ValLoss
+    }
+
+    /// The name as written in specs and history.csv.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopMetric::ValLoss => "val_loss",
+            StopMetric::ValAccuracy => "val_accuracy",
+        }
+    }
 }
 
 /// `train.class_weights`: a rule, or one weight per class.
@@ -467,6 +518,7 @@ impl Default for TrainSpec {
             gamma: 0.1,
             label_smoothing: 0.0,
             augment: AugmentSpec::default(),
+            early_stopping: None,
             class_weights: None,
         }
     }
@@ -756,6 +808,18 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             }
         }
     }
+    if !(0.0..1.0).contains(&d.val_fraction) {
+        return Err(invalid(
+            "data.val_fraction",
+            format!("must be in [0, 1), got {}", d.val_fraction),
+        ));
+    }
+    if d.val_fraction > 0.0 && d.val_limit > 0 {
+        return Err(invalid(
+            "data.val_fraction",
+            "give data.val_fraction or data.val_limit, not both".into(),
+        ));
+    }
     let mut seen = BTreeSet::new();
     if let Some(dup) = d.classes.iter().find(|c| !seen.insert(**c)) {
         return Err(invalid(
@@ -873,6 +937,26 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             "train.label_smoothing",
             format!("must be in [0, 1), got {}", t.label_smoothing),
         ));
+    }
+    if let Some(stop) = &t.early_stopping {
+        if stop.patience == 0 {
+            return Err(invalid(
+                "train.early_stopping",
+                "patience must be at least 1".into(),
+            ));
+        }
+        if !(stop.min_delta >= 0.0 && stop.min_delta.is_finite()) {
+            return Err(invalid(
+                "train.early_stopping",
+                format!("min_delta must be a number ≥ 0, got {}", stop.min_delta),
+            ));
+        }
+        if spec.data.val_limit == 0 && spec.data.val_fraction == 0.0 {
+            return Err(invalid(
+                "train.early_stopping",
+                "needs a validation set (data.val_fraction or data.val_limit): early stopping never looks at the test set".into(),
+            ));
+        }
     }
     if let Some(ClassWeights::Explicit(w)) = &t.class_weights {
         if w.len() < 2 || w.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
@@ -1033,6 +1117,7 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "data.train_limit",
         "data.val_limit",
         "data.test_limit",
+        "data.val_fraction",
         "data.classes",
         "data.class_limit",
         "train.optimizer",
@@ -1055,6 +1140,10 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "train.augment.crop_padding",
         "train.augment.flip",
         "train.class_weights",
+        "train.early_stopping",
+        "train.early_stopping.patience",
+        "train.early_stopping.metric",
+        "train.early_stopping.min_delta",
         "init.from",
         "init.freeze",
         "gate.metrics",
@@ -1289,6 +1378,42 @@ epochs = 1
         ] {
             let e = p(MNIST, sets).unwrap_err().to_string();
             assert!(e.contains(key), "{sets:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn validation_and_early_stopping_are_checked() {
+        let s = p(
+            MNIST,
+            &[
+                "data.val_fraction=0.2",
+                "train.early_stopping={patience = 3, metric = \"val_accuracy\"}",
+            ],
+        )
+        .unwrap();
+        let stop = s.train.early_stopping.unwrap();
+        assert_eq!((stop.patience, stop.metric), (3, StopMetric::ValAccuracy));
+        assert_eq!(stop.min_delta, 0.0);
+        let default_metric = p(
+            MNIST,
+            &["data.val_limit=10", "train.early_stopping={patience = 1}"],
+        )
+        .unwrap();
+        assert_eq!(
+            default_metric.train.early_stopping.unwrap().metric,
+            StopMetric::ValLoss
+        );
+        for sets in [
+            &["data.val_fraction=1.0"][..],
+            &["data.val_fraction=0.1", "data.val_limit=10"][..],
+            &["train.early_stopping={patience = 2}"][..],
+            &["data.val_limit=10", "train.early_stopping={patience = 0}"][..],
+            &[
+                "data.val_limit=10",
+                "train.early_stopping={patience = 1, metric = \"eval_loss\"}",
+            ][..],
+        ] {
+            assert!(p(MNIST, sets).is_err(), "{sets:?}");
         }
     }
 

@@ -31,10 +31,11 @@ commit, tag, branch or LFS object.
 
 Spec keys: [model] name (mlp | seed-cnn | cnn), hidden, dropout, conv_dropout; [data] format \
 (idx | cifar10), train_images, train_labels, test_images, test_labels, normalize = { mean, std }, \
-train_limit, val_limit, test_limit, classes, class_limit; [train] optimizer (adam | adamw | sgd), lr, momentum, \
+train_limit, val_limit, val_fraction, test_limit, classes, class_limit; [train] optimizer (adam | adamw | sgd), lr, momentum, \
 weight_decay, batch_size, epochs, seed, device (auto | cpu | cuda[:N]), precision (f32 | bf16 | \
 f16; the half precisions need CUDA), accumulate, schedule (constant | cosine | step), warmup_epochs, \
-min_lr, step_size, gamma, label_smoothing, class_weights (\"inverse-frequency\" | [w, …]), augment = \
+min_lr, step_size, gamma, label_smoothing, class_weights (\"inverse-frequency\" | [w, …]), early_stopping = { patience, \
+metric (val_loss | val_accuracy), min_delta }, augment = \
 { crop_padding, flip }; [init] from, freeze; [gate] (read by exp gate, not by the run).";
 
 /// Arguments of `exp run`.

@@ -191,7 +191,7 @@ impl ImageShape {
 pub struct Dataset {
     /// Training split (after `train_limit`).
     pub train: Split,
-    /// Validation split (`val_limit` examples held out of the training files).
+    /// Validation split (`val_limit` or `val_fraction`, held out of the training files).
     pub val: Option<Split>,
     /// Test split, the eval set (after `test_limit`).
     pub test: Split,
@@ -495,13 +495,32 @@ impl Dataset {
             Some(_) => train_raw.labels.iter().filter(|&&l| kept(l)).count(),
             None => n_train,
         };
-        if spec.val_limit >= n_kept {
-            return Err(DataError::Inconsistent(format!(
-                "data.val_limit = {} leaves no training examples out of {n_kept}",
-                spec.val_limit
-            )));
+        // The examples training may use: with val_fraction, the validation share comes out
+        // of them; val_limit holds its examples out besides.
+        let pool = match spec.train_limit {
+            0 => n_kept,
+            limit => limit.min(n_kept),
+        };
+        let (n_val, train_limit) = if spec.val_fraction > 0.0 {
+            let n_val = ((spec.val_fraction * pool as f64).round() as usize).max(1);
+            (n_val, pool.saturating_sub(n_val))
+        } else {
+            (spec.val_limit, spec.train_limit)
+        };
+        if n_val >= n_kept || (spec.val_fraction > 0.0 && train_limit == 0) {
+            return Err(DataError::Inconsistent(if spec.val_fraction > 0.0 {
+                format!(
+                    "data.val_fraction = {} holds out {n_val} of {pool} examples: none are left to train on",
+                    spec.val_fraction
+                )
+            } else {
+                format!(
+                    "data.val_limit = {} leaves no training examples out of {n_kept}",
+                    spec.val_limit
+                )
+            }));
         }
-        let subset = spec.train_limit > 0 || spec.val_limit > 0 || relabel.is_some();
+        let subset = spec.train_limit > 0 || n_val > 0 || relabel.is_some();
         let (train_sel, val_sel) = if subset || !caps.is_empty() {
             // One seeded permutation of the kept classes: validation first, then the training
             // subset (each class up to its cap), so a subset never depends on the file order.
@@ -510,7 +529,7 @@ impl Dataset {
                 .into_iter()
                 .filter(|&i| kept(train_raw.labels[i as usize]))
                 .collect();
-            let (val, rest) = order.split_at(spec.val_limit);
+            let (val, rest) = order.split_at(n_val);
             let mut taken = [0usize; 256];
             let mut train: Vec<u32> = rest
                 .iter()
@@ -522,8 +541,8 @@ impl Dataset {
                         .is_none_or(|&cap| taken[label as usize] <= cap)
                 })
                 .collect();
-            if spec.train_limit > 0 {
-                train.truncate(spec.train_limit);
+            if train_limit > 0 {
+                train.truncate(train_limit);
             }
             train.sort_unstable();
             let mut val = val.to_vec();

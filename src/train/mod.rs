@@ -1,6 +1,7 @@
 //! The training loop: seeded shuffling, gradient accumulation, per-epoch evaluation,
 //! divergence and signal checks, progress on stderr and a time breakdown per phase.
 
+mod early_stop;
 pub mod optim;
 mod progress;
 mod scaler;
@@ -21,6 +22,7 @@ use crate::model::{Mode, Model};
 use crate::profile::span;
 use crate::rng::{ExpRng, Purpose};
 use crate::spec::{ClassWeightRule, ClassWeights, Precision, TrainSpec};
+use early_stop::{EarlyStopper, Verdict};
 pub use optim::Optimizer;
 pub use progress::Progress;
 use scaler::LossScaler;
@@ -200,6 +202,8 @@ pub struct TrainOutcome {
     pub timing: Timing,
     /// The class weights of the training loss, when it had any.
     pub class_weights: Option<Vec<f64>>,
+    /// With early stopping: the epoch whose weights (and evaluation) are the outcome.
+    pub best_epoch: Option<usize>,
 }
 
 /// The dtype activations are computed in; parameters stay f32 (the optimiser's master copy)
@@ -288,6 +292,7 @@ pub fn train(
         )?),
         None => None,
     };
+    let mut stopper = spec.early_stopping.as_ref().map(EarlyStopper::new);
     let mut augmenter = Augmenter::new(&spec.augment, spec.seed, &data.black(), device, dtype)?;
     let profile = std::env::var_os("EXP_PROFILE_SYNC").is_some_and(|v| v == "1");
     let sync = |d: &Device| -> Result<(), TrainError> {
@@ -456,12 +461,28 @@ pub fn train(
         };
         progress.end_epoch(&row);
         history.push(row);
+        let verdict = match (stopper.as_mut(), val_loss, val_accuracy) {
+            (Some(s), Some(loss), Some(acc)) => {
+                s.observe(epoch, loss, acc, model.params().vars().as_slice(), &e)?
+            }
+            _ => Verdict::Continue,
+        };
         evaluation = Some(e);
+        if verdict == Verdict::Stop {
+            break;
+        }
+    }
+    let mut best_epoch = None;
+    if let Some(s) = stopper {
+        if let Some((epoch, e)) = s.restore_best(model.params().vars().as_slice())? {
+            best_epoch = Some(epoch);
+            evaluation = Some(e);
+        }
     }
     if crate::profile::enabled() {
         print_profile(train_time.as_secs_f64() + timing.eval_seconds);
     }
-    let examples = n * spec.epochs;
+    let examples = n * history.len();
     timing.images_per_second = examples as f64 / train_time.as_secs_f64().max(1e-9);
     let evaluation = match evaluation {
         Some(e) => e,
@@ -474,6 +495,7 @@ pub fn train(
         skipped_steps,
         timing,
         class_weights: weights,
+        best_epoch,
     })
 }
 

@@ -249,3 +249,92 @@ fn classes_and_weights_are_recorded() {
         "{text}"
     );
 }
+
+/// The rows of `experiments/mnist-cnn/history.csv` in the work tree.
+fn history_rows(dir: &Path) -> Vec<exp::train::EpochRecord> {
+    let text = std::fs::read_to_string(dir.join("experiments/mnist-cnn/history.csv")).unwrap();
+    csv::Reader::from_reader(text.as_bytes())
+        .deserialize()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+/// `data.val_fraction` carves a seeded validation set out of the training examples (never
+/// the test set); early stopping watches it, stops after `patience` epochs without
+/// improvement and records the best epoch's weights and metrics.
+#[test]
+fn validation_split_and_early_stopping() {
+    // The split: 10 % of the 1000 examples training may use, disjoint from the other 900.
+    let spec = mnist_spec(&["data.train_limit=1000", "data.val_fraction=0.1"]);
+    let data = Dataset::load(&data_root(), &spec.data, 1, &|k| k.to_string()).unwrap();
+    let val = data.val.as_ref().expect("a validation split");
+    assert_eq!((data.train.len, val.len), (900, 100));
+    let train_sel = data.train.selection.as_ref().unwrap();
+    let val_sel = val.selection.as_ref().unwrap();
+    assert!(val_sel.iter().all(|i| train_sel.binary_search(i).is_err()));
+    let other_seed = Dataset::load(&data_root(), &spec.data, 2, &|k| k.to_string()).unwrap();
+    assert_ne!(other_seed.val.unwrap().selection.unwrap(), *val_sel);
+
+    let env = Env::new();
+    let dir = env.init_repo("early");
+    env.git(&dir, &["switch", "-q", "-c", "feature/early", "develop"]);
+    let run = |epochs: &str, rule: &str| {
+        let out = quick_run(
+            &env,
+            &dir,
+            "mnist-cnn",
+            &[
+                "--set",
+                "data.val_fraction=0.1",
+                "--set",
+                &format!("train.epochs={epochs}"),
+                "--set",
+                &format!("train.early_stopping={rule}"),
+            ],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        (
+            record_at(&env, &dir, "HEAD", "mnist-cnn"),
+            history_rows(&dir),
+        )
+    };
+    // min_delta = 10 in loss: no epoch after the first can improve, so the run stops after
+    // epoch 1 + patience and must record epoch 1's weights.
+    let (r, rows) = run(
+        "6",
+        "{patience = 2, metric = \"val_loss\", min_delta = 10.0}",
+    );
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows
+        .iter()
+        .all(|r| r.val_loss.is_some() && r.val_accuracy.is_some()));
+    assert_eq!((r.training.epochs, r.training.best_epoch), (3, Some(1)));
+    assert_eq!(r.data.val.as_ref().map(|v| v.examples), Some(100));
+    assert_eq!(r.data.train.examples, 900);
+    assert_eq!(r.metrics.values["accuracy"], rows[0].eval_accuracy);
+    assert_ne!(
+        rows[0].eval_accuracy, rows[2].eval_accuracy,
+        "epochs 1 and 3 agree: the check above proves nothing"
+    );
+    let stop = r.params.train.early_stopping.as_ref().unwrap();
+    assert_eq!(stop.patience, 2);
+
+    // The ordinary rule: the best epoch is the one with the lowest validation loss.
+    let (r, rows) = run("3", "{patience = 1}");
+    let best = rows
+        .iter()
+        .min_by(|a, b| a.val_loss.unwrap().total_cmp(&b.val_loss.unwrap()))
+        .unwrap();
+    assert_eq!(r.training.best_epoch, Some(best.epoch));
+    assert_eq!(r.metrics.values["accuracy"], best.eval_accuracy);
+
+    // Early stopping without a validation set is refused before training.
+    let out = quick_run(
+        &env,
+        &dir,
+        "mnist-cnn",
+        &["--set", "train.early_stopping={patience = 1}"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(stderr(&out).contains("validation"), "{}", describe(&out));
+}
