@@ -65,6 +65,9 @@ pub enum Error {
     /// `exp gate` found a regression or could not decide.
     #[error(transparent)]
     Gate(#[from] crate::gate::GateRejected),
+    /// The weights `init.from` names cannot start this run.
+    #[error(transparent)]
+    Transfer(#[from] crate::transfer::TransferError),
     /// Arguments that parse but make no sense.
     #[error(transparent)]
     Usage(#[from] crate::cli::UsageError),
@@ -98,6 +101,7 @@ impl Error {
             }
             Error::Gate(e) => Some(e.hint.clone()),
             Error::Hooks(e) => e.hint(),
+            Error::Transfer(e) => e.hint(),
             Error::Flow(e) => e.hint(),
             Error::LfsPush(_) => Some(
                 "install git-lfs (then `exp init` again) to push to an LFS server; `git push --no-verify` skips the check, leaving the remote without the weights".into(),

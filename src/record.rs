@@ -47,6 +47,9 @@ pub struct RunRecord {
     pub eval: EvalRecord,
     /// How training went.
     pub training: TrainingRecord,
+    /// The run whose weights this run started from (`init.from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<crate::transfer::InitRecord>,
 }
 
 /// `[run]`.

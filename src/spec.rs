@@ -895,16 +895,21 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
         }
     }
     crate::device::DeviceRequest::parse(&t.device).map_err(|m| invalid("train.device", m))?;
-    if !spec.init.from.is_empty() {
-        return Err(invalid(
-            "init.from",
-            "starting from an earlier run's weights is not supported by this exp yet; remove the key".into(),
-        ));
-    }
-    if !spec.init.freeze.is_empty() {
+    if !spec.init.freeze.is_empty() && spec.init.from.trim().is_empty() {
         return Err(invalid(
             "init.freeze",
-            "freezing needs init.from, which this exp does not support yet".into(),
+            "freezing needs init.from: frozen random weights would stay random".into(),
+        ));
+    }
+    if let Some(p) = spec
+        .init
+        .freeze
+        .iter()
+        .find(|p| p.is_empty() || !p.ends_with('.'))
+    {
+        return Err(invalid(
+            "init.freeze",
+            format!("{p:?}: a prefix ends at a '.' boundary, e.g. \"conv1.\""),
         ));
     }
     let t = &spec.train;
@@ -1414,6 +1419,24 @@ epochs = 1
             ][..],
         ] {
             assert!(p(MNIST, sets).is_err(), "{sets:?}");
+        }
+    }
+
+    #[test]
+    fn freeze_prefixes_are_checked() {
+        let s = p(
+            MNIST,
+            &["init.from=run/f-x/mnist-cnn/1", "init.freeze=[\"conv.\"]"],
+        )
+        .unwrap();
+        assert_eq!(s.init.freeze, vec!["conv."]);
+        for sets in [
+            &["init.freeze=[\"conv.\"]"][..],
+            &["init.from=v1", "init.freeze=[\"conv\"]"][..],
+            &["init.from=v1", "init.freeze=[\"\"]"][..],
+        ] {
+            let e = p(MNIST, sets).unwrap_err().to_string();
+            assert!(e.contains("init.freeze"), "{sets:?}: {e}");
         }
     }
 

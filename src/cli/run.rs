@@ -36,7 +36,7 @@ weight_decay, batch_size, epochs, seed, device (auto | cpu | cuda[:N]), precisio
 f16; the half precisions need CUDA), accumulate, schedule (constant | cosine | step), warmup_epochs, \
 min_lr, step_size, gamma, label_smoothing, class_weights (\"inverse-frequency\" | [w, …]), early_stopping = { patience, \
 metric (val_loss | val_accuracy), min_delta }, augment = \
-{ crop_padding, flip }; [init] from, freeze; [gate] (read by exp gate, not by the run).";
+{ crop_padding, flip }; [init] from (run tag, commit or branch), freeze (tensor-name prefixes); [gate] (read by exp gate, not by the run).";
 
 /// Arguments of `exp run`.
 #[derive(Debug, Args)]

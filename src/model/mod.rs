@@ -33,12 +33,23 @@ pub enum Mode<'a> {
 #[derive(Default)]
 pub struct ParamStore {
     vars: BTreeMap<String, Var>,
+    /// Names of the parameters the optimiser leaves alone (`init.freeze`).
+    frozen: std::collections::BTreeSet<String>,
 }
 
 impl ParamStore {
     /// Every parameter, in name order.
     pub fn vars(&self) -> Vec<Var> {
         self.vars.values().cloned().collect()
+    }
+
+    /// The parameters the optimiser updates, in name order: all but the frozen ones.
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        self.vars
+            .iter()
+            .filter(|(k, _)| !self.frozen.contains(*k))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// `(name, var)` pairs in name order.
@@ -350,6 +361,21 @@ impl Model {
     /// The architecture's name.
     pub fn name(&self) -> ModelName {
         self.name
+    }
+
+    /// The name prefix of the classifier head: the layer whose width is the number of
+    /// classes, re-initialised when a run starts from weights trained on other classes.
+    pub fn head_prefix(&self) -> &'static str {
+        match self.architecture {
+            Architecture::Mlp { .. } => "out.",
+            Architecture::SeedCnn { .. } => "fc.",
+            Architecture::Cnn { .. } => "fc2.",
+        }
+    }
+
+    /// Keeps the parameters `names` fixed: the optimiser will not update them.
+    pub fn freeze(&mut self, names: std::collections::BTreeSet<String>) {
+        self.params.frozen = names;
     }
 }
 

@@ -268,7 +268,7 @@ pub fn train(
         });
     }
     let on_cpu = device.is_cpu();
-    let mut optimizer = Optimizer::new(model.params().vars(), spec);
+    let mut optimizer = Optimizer::new(model.params().trainable_vars(), spec);
     let mut shuffle = ExpRng::new(spec.seed, Purpose::Shuffle);
     let mut dropout = ExpRng::new(spec.seed, Purpose::Dropout);
     if !on_cpu {

@@ -11,3 +11,4 @@ mod gate;
 mod init;
 mod recipes;
 mod run;
+mod transfer;
