@@ -170,6 +170,8 @@ pub enum ModelName {
     SeedCnn,
     /// A deeper CNN with dropout.
     Cnn,
+    /// CIFAR-style ResNet-18 with batch norm.
+    Resnet18,
 }
 
 impl ModelName {
@@ -179,6 +181,7 @@ impl ModelName {
             ModelName::Mlp => "mlp",
             ModelName::SeedCnn => "seed-cnn",
             ModelName::Cnn => "cnn",
+            ModelName::Resnet18 => "resnet18",
         }
     }
 }
@@ -199,6 +202,9 @@ pub struct ModelSpec {
     /// cnn: dropout probability after the convolutional block (default 0.25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conv_dropout: Option<f64>,
+    /// resnet18: channels of the first stage (default 64; the stages have w, 2w, 4w, 8w).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
 }
 
 /// Data set file formats.
@@ -743,7 +749,14 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             }
             m.dropout.get_or_insert(0.0);
         }
-        ModelName::SeedCnn => {
+        ModelName::Cnn => {
+            if m.hidden.is_some() {
+                return Err(not_for("model.hidden", m.name));
+            }
+            m.dropout.get_or_insert(0.5);
+            m.conv_dropout.get_or_insert(0.25);
+        }
+        ModelName::SeedCnn | ModelName::Resnet18 => {
             for (key, set) in [
                 ("model.hidden", m.hidden.is_some()),
                 ("model.dropout", m.dropout.is_some()),
@@ -753,14 +766,13 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
                     return Err(not_for(key, m.name));
                 }
             }
-        }
-        ModelName::Cnn => {
-            if m.hidden.is_some() {
-                return Err(not_for("model.hidden", m.name));
+            if m.name == ModelName::Resnet18 && *m.width.get_or_insert(64) == 0 {
+                return Err(invalid("model.width", "must be at least 1".into()));
             }
-            m.dropout.get_or_insert(0.5);
-            m.conv_dropout.get_or_insert(0.25);
         }
+    }
+    if m.width.is_some() && m.name != ModelName::Resnet18 {
+        return Err(not_for("model.width", m.name));
     }
     check_p("model.dropout", m.dropout)?;
     check_p("model.conv_dropout", m.conv_dropout)?;
@@ -1113,6 +1125,7 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "model.hidden",
         "model.dropout",
         "model.conv_dropout",
+        "model.width",
         "data.format",
         "data.train_images",
         "data.train_labels",
@@ -1325,6 +1338,14 @@ epochs = 1
         );
         let e = p(MNIST, &["model.hidden=[10]"]).unwrap_err().to_string();
         assert!(e.contains("does not apply"), "{e}");
+        let e = p(MNIST, &["model.width=8"]).unwrap_err().to_string();
+        assert!(
+            e.contains("model.width") && e.contains("does not apply"),
+            "{e}"
+        );
+        let r = p(MNIST, &["model.name=resnet18"]).unwrap();
+        assert_eq!(r.model.width, Some(64));
+        assert!(p(MNIST, &["model.name=resnet18", "model.width=0"]).is_err());
     }
 
     #[test]

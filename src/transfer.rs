@@ -284,7 +284,7 @@ impl Parent {
         }
         let head = model.head_prefix();
         let new_head = classes != self.classes;
-        for (name, var) in model.params().named() {
+        for (name, var) in model.params().named_state() {
             if new_head && name.starts_with(head) {
                 self.record.reinitialized.push(name.clone());
                 continue;

@@ -29,7 +29,7 @@ run/<branch with / as ->/NAME/<n>.
 A run that fails (bad data, a NaN loss: exit 1, SIGINT: 130, SIGTERM: 143) records nothing: no \
 commit, tag, branch or LFS object.
 
-Spec keys: [model] name (mlp | seed-cnn | cnn), hidden, dropout, conv_dropout; [data] format \
+Spec keys: [model] name (mlp | seed-cnn | cnn | resnet18), hidden, dropout, conv_dropout, width; [data] format \
 (idx | cifar10), train_images, train_labels, test_images, test_labels, normalize = { mean, std }, \
 train_limit, val_limit, val_fraction, test_limit, classes, class_limit; [train] optimizer (adam | adamw | sgd), lr, momentum, \
 weight_decay, batch_size, epochs, seed, device (auto | cpu | cuda[:N]), precision (f32 | bf16 | \

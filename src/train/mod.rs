@@ -463,7 +463,7 @@ pub fn train(
         history.push(row);
         let verdict = match (stopper.as_mut(), val_loss, val_accuracy) {
             (Some(s), Some(loss), Some(acc)) => {
-                s.observe(epoch, loss, acc, model.params().vars().as_slice(), &e)?
+                s.observe(epoch, loss, acc, model.params().state_vars().as_slice(), &e)?
             }
             _ => Verdict::Continue,
         };
@@ -474,7 +474,7 @@ pub fn train(
     }
     let mut best_epoch = None;
     if let Some(s) = stopper {
-        if let Some((epoch, e)) = s.restore_best(model.params().vars().as_slice())? {
+        if let Some((epoch, e)) = s.restore_best(model.params().state_vars().as_slice())? {
             best_epoch = Some(epoch);
             evaluation = Some(e);
         }

@@ -338,3 +338,57 @@ fn validation_split_and_early_stopping() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(stderr(&out).contains("validation"), "{}", describe(&out));
 }
+
+/// ResNet-18 (narrow, to stay a smoke test on the CPU) trains on the real CIFAR-10 sample
+/// through `exp run` with augmentation: finite losses, a record whose weights file holds the
+/// batch-norm running statistics, and the same weights again from the same seed.
+#[test]
+fn resnet18_smoke_on_the_cifar10_sample() {
+    let env = Env::new();
+    let dir = env.init_repo("resnet");
+    env.git(&dir, &["switch", "-q", "-c", "feature/resnet", "develop"]);
+    std::fs::write(
+        dir.join("experiments/cifar-resnet.toml"),
+        format!(
+            "[model]\nname = \"resnet18\"\nwidth = 8\n\n{CIFAR_SAMPLE_DATA}\n[train]\n\
+             optimizer = \"sgd\"\nlr = 0.05\nmomentum = 0.9\nbatch_size = 8\nepochs = 2\n\
+             augment = {{ crop_padding = 4, flip = true }}\n"
+        ),
+    )
+    .unwrap();
+    let out = env.exp(&dir, &["run", "cifar-resnet", "--quiet"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let r = record_at(&env, &dir, "HEAD", "cifar-resnet");
+    assert_eq!(r.model.architecture, "resnet18");
+    assert_eq!((r.training.epochs, r.training.steps), (2, 6));
+    assert!(r.training.final_train_loss.is_finite());
+    assert!(r.metrics.values["loss"].is_finite());
+    let bytes = std::fs::read(dir.join("experiments/cifar-resnet/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names = st.names();
+    assert!(names.contains(&"layer1.0.bn1.running_mean"));
+    assert!(names.contains(&"fc.weight"));
+    let mean = st.tensor("bn1.running_mean").unwrap();
+    assert!(
+        mean.data().iter().any(|b| *b != 0),
+        "the saved running mean is still its initial value"
+    );
+
+    // 28×28 grey through the library: a few steps on real MNIST, then determinism.
+    let spec = mnist_spec(&[
+        "model.name=resnet18",
+        "model.width=4",
+        "data.train_limit=64",
+        "data.test_limit=64",
+        "train.batch_size=16",
+    ]);
+    let (a, _, outcome) = train_spec(&spec);
+    assert!(outcome.history[0].train_loss.is_finite());
+    let (b, _, _) = train_spec(&spec);
+    let hash = |m: &Model| exp::record::tensor_hash(&m.params().tensors()).unwrap();
+    assert_eq!(
+        hash(&a),
+        hash(&b),
+        "ResNet-18 on the CPU is not deterministic"
+    );
+}
