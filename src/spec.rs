@@ -292,7 +292,7 @@ fn is_zero(x: &f64) -> bool {
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
-    #[serde(untagged, expecting = "a path or an array of paths")]
+    #[serde(untagged, expecting = "a string or an array of strings")]
     enum OneOrMany {
         One(String),
         Many(Vec<String>),
@@ -536,7 +536,9 @@ impl Default for TrainSpec {
 pub struct InitSpec {
     /// A revision or run tag whose weights start this run ("" = fresh initialisation).
     pub from: String,
-    /// Tensor-name prefixes to freeze, each ending at a '.' boundary.
+    /// Tensor-name prefixes to freeze, each ending at a '.' boundary (one prefix may be given
+    /// as a plain string: `--set init.freeze=conv.`).
+    #[serde(deserialize_with = "one_or_many")]
     pub freeze: Vec<String>,
 }
 
@@ -1451,6 +1453,8 @@ epochs = 1
         )
         .unwrap();
         assert_eq!(s.init.freeze, vec!["conv."]);
+        let one = p(MNIST, &["init.from=v1", "init.freeze=conv."]).unwrap();
+        assert_eq!(one.init.freeze, vec!["conv."]);
         for sets in [
             &["init.freeze=[\"conv.\"]"][..],
             &["init.from=v1", "init.freeze=[\"conv\"]"][..],
