@@ -374,6 +374,43 @@ fn resnet18_smoke_on_the_cifar10_sample() {
         "the saved running mean is still its initial value"
     );
 
+    // Fine-tuning it on two of the classes with the stem frozen: the stem's weights and
+    // batch-norm parameters stay bit-identical, the rest trains, the head is new.
+    let out = env.exp(
+        &dir,
+        &[
+            "run",
+            "cifar-resnet",
+            "--quiet",
+            "--set",
+            "init.from=run/feature-resnet/cifar-resnet/1",
+            "--set",
+            "init.freeze=[\"conv1.\", \"bn1.\"]",
+            "--set",
+            "data.classes=[3, 8]",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let child = record_at(&env, &dir, "HEAD", "cifar-resnet");
+    let init = child.init.unwrap();
+    assert_eq!(init.reinitialized, ["fc.bias", "fc.weight"]);
+    assert_eq!(init.frozen, ["bn1.bias", "bn1.weight", "conv1.weight"]);
+    let child_bytes =
+        std::fs::read(dir.join("experiments/cifar-resnet/model.safetensors")).unwrap();
+    let child_st = safetensors::SafeTensors::deserialize(&child_bytes).unwrap();
+    for name in ["conv1.weight", "bn1.weight", "bn1.bias"] {
+        assert_eq!(
+            child_st.tensor(name).unwrap().data(),
+            st.tensor(name).unwrap().data(),
+            "{name}"
+        );
+    }
+    assert_ne!(
+        child_st.tensor("layer1.0.conv1.weight").unwrap().data(),
+        st.tensor("layer1.0.conv1.weight").unwrap().data()
+    );
+    assert_eq!(child_st.tensor("fc.weight").unwrap().shape(), [2, 64]);
+
     // 28×28 grey through the library: a few steps on real MNIST, then determinism.
     let spec = mnist_spec(&[
         "model.name=resnet18",
