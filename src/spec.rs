@@ -597,11 +597,18 @@ struct Origins<'a> {
 
 impl Origins<'_> {
     fn of(&self, key: &str) -> String {
+        // An override of the key, of a key inside it (`train.early_stopping.patience` for
+        // `train.early_stopping`) or of the table holding it.
+        let touches = |set: &str| {
+            set == key
+                || set.strip_prefix(key).is_some_and(|r| r.starts_with('.'))
+                || key.strip_prefix(set).is_some_and(|r| r.starts_with('.'))
+        };
         if let Some((_, arg)) = self
             .overrides
             .iter()
             .rev()
-            .find(|(k, _)| k.join(".") == key)
+            .find(|(k, _)| touches(&k.join(".")))
         {
             return format!("--set {arg}");
         }
@@ -1323,6 +1330,16 @@ epochs = 1
         );
         let e = p(MNIST, &["trainepochs"]).unwrap_err().to_string();
         assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = p(
+            MNIST,
+            &["train.early_stopping.patience=0", "data.val_limit=5"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--set train.early_stopping.patience=0"),
+            "{e}"
+        );
         let e = p(MNIST, &["train.lr=-1"]).unwrap_err().to_string();
         assert!(
             e.contains("--set train.lr=-1") && e.contains("train.lr"),
