@@ -71,6 +71,9 @@ pub enum Error {
     /// `exp gate` found a regression or could not decide.
     #[error(transparent)]
     Gate(#[from] crate::gate::GateRejected),
+    /// The weights `init.from` names cannot start this run.
+    #[error(transparent)]
+    Transfer(#[from] crate::transfer::TransferError),
     /// Arguments that parse but make no sense.
     #[error(transparent)]
     Usage(#[from] crate::cli::UsageError),
@@ -108,6 +111,7 @@ impl Error {
                 "nothing was pushed if objects could not be uploaded; check the remote's URL and `git config lfs.url`".into(),
             ),
             Error::Hooks(e) => e.hint(),
+            Error::Transfer(e) => e.hint(),
             Error::Flow(e) => e.hint(),
             Error::LfsPush(_) => Some(
                 "set `git config lfs.url` to the remote's Git LFS server; `git push --no-verify` skips the check, leaving the remote without the weights".into(),

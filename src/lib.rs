@@ -18,6 +18,7 @@
 //! - [`flow`]: Git Flow steps with the gate, released model versions;
 //! - [`hooks`]: installing the gate's Git hooks;
 //! - [`report`]: tables for people;
+//! - [`transfer`]: starting from an earlier run's weights, freezing, lineage;
 //! - [`run`] and [`init`]: the two workflows that tie the rest together.
 #![deny(missing_docs)]
 
@@ -43,6 +44,7 @@ pub mod rng;
 pub mod run;
 pub mod spec;
 pub mod train;
+pub mod transfer;
 
 pub use error::{Error, ExitCode};
 

@@ -47,6 +47,9 @@ pub struct RunRecord {
     pub eval: EvalRecord,
     /// How training went.
     pub training: TrainingRecord,
+    /// The run whose weights this run started from (`init.from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<crate::transfer::InitRecord>,
 }
 
 /// `[run]`.
@@ -181,6 +184,12 @@ pub struct TrainingRecord {
     /// Updates skipped by f16 loss scaling (a gradient overflowed).
     #[serde(default)]
     pub skipped_steps: usize,
+    /// With early stopping: the epoch whose weights were recorded (the best on validation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<usize>,
+    /// The class weights of the training loss, one per class, as computed for this run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<Vec<f64>>,
     /// Where the time went.
     pub timing: Timing,
 }

@@ -19,6 +19,8 @@ pub enum Purpose {
     Dropout = 3,
     /// The `train_limit` / `val_limit` subset of the training set.
     Subset = 4,
+    /// Random crops and flips of training batches.
+    Augment = 5,
 }
 
 /// A seeded random stream.
@@ -49,6 +51,16 @@ impl ExpRng {
                 }
             })
             .collect()
+    }
+
+    /// A uniform draw from `0..n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0.random_range(0..n)
+    }
+
+    /// A fair coin.
+    pub fn coin(&mut self) -> bool {
+        self.0.random()
     }
 
     /// One 64-bit draw, e.g. to seed a device's own generator.

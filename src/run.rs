@@ -20,6 +20,7 @@ use crate::record::{
 };
 use crate::spec::{self, Precision, ResolvedSpec};
 use crate::train::{self, Progress, StopFlag};
+use crate::transfer;
 use crate::Error;
 
 /// File names inside `experiments/<name>/`.
@@ -115,21 +116,36 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
     }
     stop.check()?;
 
+    // The parent's weights are read (and checked) before the data: a missing LFS object is
+    // the user's to fix, and must not wait for the data to load.
+    let mut parent = match spec.init.from.trim() {
+        "" => None,
+        from => Some(transfer::load_parent(
+            &repo,
+            from,
+            &options.experiment,
+            &device,
+        )?),
+    };
+
     let root = data_root(&options.cwd)?;
     let data = Dataset::load(&root, &spec.data, spec.train.seed, &|key| {
         resolved.origin(key)
     })?;
+    // The parent's weights are an input like the data: `init.from = "develop"` names other
+    // weights as develop moves.
     let split_ids: Vec<&str> = [Some(&data.train), data.val.as_ref(), Some(&data.test)]
         .into_iter()
         .flatten()
         .map(|s| s.blake3.as_str())
+        .chain(parent.as_ref().map(|p| p.record.tensor_hash.as_str()))
         .collect();
     let run_id = record::run_id(spec, &split_ids, spec.train.seed)?;
     git::check_identity(&repo)?;
     let plan = git::plan_branch(&repo, &options.experiment, &run_id)?;
     stop.check()?;
 
-    let model = Model::new(
+    let mut model = Model::new(
         &spec.model,
         data.shape,
         data.classes,
@@ -137,6 +153,12 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
         &device,
     )
     .map_err(train::TrainError::from)?;
+    if let Some(p) = parent.as_mut() {
+        p.apply(&model, data.classes)?;
+        let frozen = transfer::frozen_names(&model, &spec.init.freeze)?;
+        p.record.frozen = frozen.iter().cloned().collect();
+        model.freeze(frozen);
+    }
     let mut progress = Progress::stderr(options.quiet);
     let outcome = train::train(&model, &data, &spec.train, &device, stop, &mut progress)?;
     stop.check()?;
@@ -196,8 +218,11 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
             steps: outcome.steps,
             final_train_loss: outcome.history.last().map_or(f64::NAN, |h| h.train_loss),
             skipped_steps: outcome.skipped_steps,
+            best_epoch: outcome.best_epoch,
+            class_weights: outcome.class_weights.clone(),
             timing: outcome.timing.clone(),
         },
+        init: parent.map(|p| p.record),
     };
 
     // From here on the run is complete: signals no longer abort it, so that a commit is

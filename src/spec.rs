@@ -10,7 +10,7 @@
 //!    that belong to another model) and resolved: defaults filled in, so the record stores the
 //!    complete spec that ran.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -170,6 +170,8 @@ pub enum ModelName {
     SeedCnn,
     /// A deeper CNN with dropout.
     Cnn,
+    /// CIFAR-style ResNet-18 with batch norm.
+    Resnet18,
 }
 
 impl ModelName {
@@ -179,6 +181,7 @@ impl ModelName {
             ModelName::Mlp => "mlp",
             ModelName::SeedCnn => "seed-cnn",
             ModelName::Cnn => "cnn",
+            ModelName::Resnet18 => "resnet18",
         }
     }
 }
@@ -199,6 +202,9 @@ pub struct ModelSpec {
     /// cnn: dropout probability after the convolutional block (default 0.25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conv_dropout: Option<f64>,
+    /// resnet18: channels of the first stage (default 64; the stages have w, 2w, 4w, 8w).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
 }
 
 /// Data set file formats.
@@ -252,11 +258,41 @@ pub struct DataSpec {
     /// across seeds).
     #[serde(default)]
     pub test_limit: usize,
+    /// When positive: this fraction of the training examples (of `train_limit` when set) is
+    /// held out as the validation set, from the same seeded permutation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub val_fraction: f64,
+    /// Keep only these labels, in every split, relabelled 0, 1, … in this order (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<u8>,
+    /// Per-class caps on the training split, keyed by the label as the files have it: at most
+    /// N examples of that class, the first of the seeded permutation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub class_limit: BTreeMap<String, usize>,
+}
+
+impl DataSpec {
+    /// `class_limit` with its keys as labels; Err names a key that is not one.
+    pub fn class_caps(&self) -> Result<BTreeMap<u8, usize>, String> {
+        self.class_limit
+            .iter()
+            .map(|(k, &v)| match k.trim().parse::<u8>() {
+                Ok(label) => Ok((label, v)),
+                Err(_) => Err(format!(
+                    "keys are class labels as the files have them (0–255), got {k:?}"
+                )),
+            })
+            .collect()
+    }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
-    #[serde(untagged, expecting = "a path or an array of paths")]
+    #[serde(untagged, expecting = "a string or an array of strings")]
     enum OneOrMany {
         One(String),
         Many(Vec<String>),
@@ -338,6 +374,98 @@ pub struct TrainSpec {
     pub gamma: f64,
     /// Label smoothing ε of the training loss (0 = plain cross-entropy; evaluation never smooths).
     pub label_smoothing: f64,
+    /// Random transformations of the training batches (left out of the record when off, so
+    /// the run ids of runs without augmentation stay as they were).
+    #[serde(skip_serializing_if = "AugmentSpec::is_off")]
+    pub augment: AugmentSpec,
+    /// Stop when the validation metric stops improving, keeping the best epoch's weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+    /// Per-class weights of the training loss (none: every class weighs 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<ClassWeights>,
+}
+
+/// `train.early_stopping`: watch a validation metric after every epoch; stop after `patience`
+/// epochs without an improvement larger than `min_delta`; the best epoch's weights are the
+/// ones recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// Epochs without improvement before training stops.
+    pub patience: usize,
+    /// The validation metric watched.
+    #[serde(default = "StopMetric::default_metric")]
+    pub metric: StopMetric,
+    /// The smallest change that counts as an improvement.
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+/// Validation metrics early stopping can watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMetric {
+    /// Mean cross-entropy on the validation set (lower is better).
+    ValLoss,
+    /// Accuracy on the validation set (higher is better).
+    ValAccuracy,
+}
+
+impl StopMetric {
+    fn default_metric() -> StopMetric {
+        StopMetric::ValLoss
+    }
+
+    /// The name as written in specs and history.csv.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopMetric::ValLoss => "val_loss",
+            StopMetric::ValAccuracy => "val_accuracy",
+        }
+    }
+}
+
+/// `train.class_weights`: a rule, or one weight per class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "\"inverse-frequency\" or an array of weights, one per class"
+)]
+pub enum ClassWeights {
+    /// A rule computed from the training split.
+    Rule(ClassWeightRule),
+    /// One weight per class, in label order (after any `data.classes` relabelling).
+    Explicit(Vec<f64>),
+}
+
+/// Rules for class weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassWeightRule {
+    /// n / (K · n_c) for class c with n_c of the n training examples (scikit-learn's
+    /// "balanced"): a class half as frequent weighs twice as much.
+    InverseFrequency,
+}
+
+/// `[train.augment]`: random transformations of every training batch, drawn afresh each epoch
+/// from the run's augmentation stream; validation and evaluation images are never augmented.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSpec {
+    /// Random crop: pad each side by this many black pixels, crop back to the original size at
+    /// a random offset (torchvision's `RandomCrop(size, padding)`); 0 = no crop.
+    pub crop_padding: usize,
+    /// Random horizontal flip with probability 1/2. Off by default: a mirrored digit is not the
+    /// same digit.
+    pub flip: bool,
+}
+
+impl AugmentSpec {
+    /// True when no transformation is on.
+    pub fn is_off(&self) -> bool {
+        *self == AugmentSpec::default()
+    }
 }
 
 /// Learning-rate schedules (applied per epoch, after any warm-up).
@@ -395,6 +523,9 @@ impl Default for TrainSpec {
             step_size: 1,
             gamma: 0.1,
             label_smoothing: 0.0,
+            augment: AugmentSpec::default(),
+            early_stopping: None,
+            class_weights: None,
         }
     }
 }
@@ -405,9 +536,14 @@ impl Default for TrainSpec {
 pub struct InitSpec {
     /// A revision or run tag whose weights start this run ("" = fresh initialisation).
     pub from: String,
-    /// Tensor-name prefixes to freeze, each ending at a '.' boundary.
+    /// Tensor-name prefixes to freeze, each ending at a '.' boundary (one prefix may be given
+    /// as a plain string: `--set init.freeze=conv.`).
+    #[serde(deserialize_with = "one_or_many")]
     pub freeze: Vec<String>,
 }
+
+/// The largest `train.augment.crop_padding`: beyond it a crop is mostly padding.
+const MAX_CROP_PADDING: usize = 64;
 
 /// Keys whose schema type is a string: for these `--set` takes the raw text unless it is a
 /// quoted TOML string (DESIGN §3), so `init.from=2024` is the string "2024".
@@ -461,11 +597,18 @@ struct Origins<'a> {
 
 impl Origins<'_> {
     fn of(&self, key: &str) -> String {
+        // An override of the key, of a key inside it (`train.early_stopping.patience` for
+        // `train.early_stopping`) or of the table holding it.
+        let touches = |set: &str| {
+            set == key
+                || set.strip_prefix(key).is_some_and(|r| r.starts_with('.'))
+                || key.strip_prefix(set).is_some_and(|r| r.starts_with('.'))
+        };
         if let Some((_, arg)) = self
             .overrides
             .iter()
             .rev()
-            .find(|(k, _)| k.join(".") == key)
+            .find(|(k, _)| touches(&k.join(".")))
         {
             return format!("--set {arg}");
         }
@@ -615,7 +758,14 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
             }
             m.dropout.get_or_insert(0.0);
         }
-        ModelName::SeedCnn => {
+        ModelName::Cnn => {
+            if m.hidden.is_some() {
+                return Err(not_for("model.hidden", m.name));
+            }
+            m.dropout.get_or_insert(0.5);
+            m.conv_dropout.get_or_insert(0.25);
+        }
+        ModelName::SeedCnn | ModelName::Resnet18 => {
             for (key, set) in [
                 ("model.hidden", m.hidden.is_some()),
                 ("model.dropout", m.dropout.is_some()),
@@ -625,14 +775,13 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
                     return Err(not_for(key, m.name));
                 }
             }
-        }
-        ModelName::Cnn => {
-            if m.hidden.is_some() {
-                return Err(not_for("model.hidden", m.name));
+            if m.name == ModelName::Resnet18 && *m.width.get_or_insert(64) == 0 {
+                return Err(invalid("model.width", "must be at least 1".into()));
             }
-            m.dropout.get_or_insert(0.5);
-            m.conv_dropout.get_or_insert(0.25);
         }
+    }
+    if m.width.is_some() && m.name != ModelName::Resnet18 {
+        return Err(not_for("model.width", m.name));
     }
     check_p("model.dropout", m.dropout)?;
     check_p("model.conv_dropout", m.conv_dropout)?;
@@ -679,6 +828,46 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
                 }
             }
         }
+    }
+    if !(0.0..1.0).contains(&d.val_fraction) {
+        return Err(invalid(
+            "data.val_fraction",
+            format!("must be in [0, 1), got {}", d.val_fraction),
+        ));
+    }
+    if d.val_fraction > 0.0 && d.val_limit > 0 {
+        return Err(invalid(
+            "data.val_fraction",
+            "give data.val_fraction or data.val_limit, not both".into(),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    if let Some(dup) = d.classes.iter().find(|c| !seen.insert(**c)) {
+        return Err(invalid(
+            "data.classes",
+            format!("label {dup} is listed twice"),
+        ));
+    }
+    if d.classes.len() == 1 {
+        return Err(invalid(
+            "data.classes",
+            "list at least two classes (or none, for all)".into(),
+        ));
+    }
+    let caps = d.class_caps().map_err(|m| invalid("data.class_limit", m))?;
+    for label in caps.keys() {
+        if !d.classes.is_empty() && !d.classes.contains(label) {
+            return Err(invalid(
+                "data.class_limit",
+                format!("label {label} is not one of data.classes {:?}", d.classes),
+            ));
+        }
+    }
+    if caps.values().any(|&n| n == 0) {
+        return Err(invalid(
+            "data.class_limit",
+            "a cap must be at least 1 (leave a class out with data.classes)".into(),
+        ));
     }
     if let Some(n) = &d.normalize {
         if n.mean.is_empty() || n.mean.len() != n.std.len() {
@@ -727,16 +916,21 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
         }
     }
     crate::device::DeviceRequest::parse(&t.device).map_err(|m| invalid("train.device", m))?;
-    if !spec.init.from.is_empty() {
-        return Err(invalid(
-            "init.from",
-            "starting from an earlier run's weights is not supported by this exp yet; remove the key".into(),
-        ));
-    }
-    if !spec.init.freeze.is_empty() {
+    if !spec.init.freeze.is_empty() && spec.init.from.trim().is_empty() {
         return Err(invalid(
             "init.freeze",
-            "freezing needs init.from, which this exp does not support yet".into(),
+            "freezing needs init.from: frozen random weights would stay random".into(),
+        ));
+    }
+    if let Some(p) = spec
+        .init
+        .freeze
+        .iter()
+        .find(|p| p.is_empty() || !p.ends_with('.'))
+    {
+        return Err(invalid(
+            "init.freeze",
+            format!("{p:?}: a prefix ends at a '.' boundary, e.g. \"conv1.\""),
         ));
     }
     let t = &spec.train;
@@ -768,6 +962,43 @@ fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
         return Err(invalid(
             "train.label_smoothing",
             format!("must be in [0, 1), got {}", t.label_smoothing),
+        ));
+    }
+    if let Some(stop) = &t.early_stopping {
+        if stop.patience == 0 {
+            return Err(invalid(
+                "train.early_stopping",
+                "patience must be at least 1".into(),
+            ));
+        }
+        if !(stop.min_delta >= 0.0 && stop.min_delta.is_finite()) {
+            return Err(invalid(
+                "train.early_stopping",
+                format!("min_delta must be a number ≥ 0, got {}", stop.min_delta),
+            ));
+        }
+        if spec.data.val_limit == 0 && spec.data.val_fraction == 0.0 {
+            return Err(invalid(
+                "train.early_stopping",
+                "needs a validation set (data.val_fraction or data.val_limit): early stopping never looks at the test set".into(),
+            ));
+        }
+    }
+    if let Some(ClassWeights::Explicit(w)) = &t.class_weights {
+        if w.len() < 2 || w.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(invalid(
+                "train.class_weights",
+                "give one positive weight per class (at least two)".into(),
+            ));
+        }
+    }
+    if t.augment.crop_padding > MAX_CROP_PADDING {
+        return Err(invalid(
+            "train.augment.crop_padding",
+            format!(
+                "must be at most {MAX_CROP_PADDING}, got {}",
+                t.augment.crop_padding
+            ),
         ));
     }
     spec.gate
@@ -903,6 +1134,7 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "model.hidden",
         "model.dropout",
         "model.conv_dropout",
+        "model.width",
         "data.format",
         "data.train_images",
         "data.train_labels",
@@ -912,6 +1144,9 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "data.train_limit",
         "data.val_limit",
         "data.test_limit",
+        "data.val_fraction",
+        "data.classes",
+        "data.class_limit",
         "train.optimizer",
         "train.lr",
         "train.momentum",
@@ -928,6 +1163,14 @@ pub fn schema_keys() -> BTreeSet<&'static str> {
         "train.step_size",
         "train.gamma",
         "train.label_smoothing",
+        "train.augment",
+        "train.augment.crop_padding",
+        "train.augment.flip",
+        "train.class_weights",
+        "train.early_stopping",
+        "train.early_stopping.patience",
+        "train.early_stopping.metric",
+        "train.early_stopping.min_delta",
         "init.from",
         "init.freeze",
         "gate.metrics",
@@ -1087,6 +1330,16 @@ epochs = 1
         );
         let e = p(MNIST, &["trainepochs"]).unwrap_err().to_string();
         assert!(e.contains("KEY=VALUE"), "{e}");
+        let e = p(
+            MNIST,
+            &["train.early_stopping.patience=0", "data.val_limit=5"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("--set train.early_stopping.patience=0"),
+            "{e}"
+        );
         let e = p(MNIST, &["train.lr=-1"]).unwrap_err().to_string();
         assert!(
             e.contains("--set train.lr=-1") && e.contains("train.lr"),
@@ -1104,6 +1357,14 @@ epochs = 1
         );
         let e = p(MNIST, &["model.hidden=[10]"]).unwrap_err().to_string();
         assert!(e.contains("does not apply"), "{e}");
+        let e = p(MNIST, &["model.width=8"]).unwrap_err().to_string();
+        assert!(
+            e.contains("model.width") && e.contains("does not apply"),
+            "{e}"
+        );
+        let r = p(MNIST, &["model.name=resnet18"]).unwrap();
+        assert_eq!(r.model.width, Some(64));
+        assert!(p(MNIST, &["model.name=resnet18", "model.width=0"]).is_err());
     }
 
     #[test]
@@ -1119,6 +1380,105 @@ epochs = 1
                 schema_keys().contains(root.as_str()),
                 "{k} not in schema_keys"
             );
+        }
+    }
+
+    #[test]
+    fn classes_and_class_weights_are_checked() {
+        let s = p(
+            MNIST,
+            &[
+                "data.classes=[3, 5]",
+                "data.class_limit={5 = 20}",
+                "train.class_weights=inverse-frequency",
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.data.classes, vec![3, 5]);
+        assert_eq!(
+            s.data.class_caps().unwrap(),
+            BTreeMap::from([(5u8, 20usize)])
+        );
+        assert_eq!(
+            s.train.class_weights,
+            Some(ClassWeights::Rule(ClassWeightRule::InverseFrequency))
+        );
+        let s = p(MNIST, &["train.class_weights=[1, 2.5]"]).unwrap();
+        assert_eq!(
+            s.train.class_weights,
+            Some(ClassWeights::Explicit(vec![1.0, 2.5]))
+        );
+        for (sets, key) in [
+            (&["data.classes=[3, 3]"][..], "data.classes"),
+            (&["data.classes=[3]"][..], "data.classes"),
+            (&["data.classes=[300]"][..], "data.classes"),
+            (&["data.class_limit={x = 2}"][..], "data.class_limit"),
+            (&["data.class_limit={1 = 0}"][..], "data.class_limit"),
+            (
+                &["data.classes=[3, 5]", "data.class_limit={4 = 2}"][..],
+                "data.class_limit",
+            ),
+            (&["train.class_weights=[1, -1]"][..], "train.class_weights"),
+            (&["train.class_weights=balanced"][..], "train.class_weights"),
+        ] {
+            let e = p(MNIST, sets).unwrap_err().to_string();
+            assert!(e.contains(key), "{sets:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn validation_and_early_stopping_are_checked() {
+        let s = p(
+            MNIST,
+            &[
+                "data.val_fraction=0.2",
+                "train.early_stopping={patience = 3, metric = \"val_accuracy\"}",
+            ],
+        )
+        .unwrap();
+        let stop = s.train.early_stopping.unwrap();
+        assert_eq!((stop.patience, stop.metric), (3, StopMetric::ValAccuracy));
+        assert_eq!(stop.min_delta, 0.0);
+        let default_metric = p(
+            MNIST,
+            &["data.val_limit=10", "train.early_stopping={patience = 1}"],
+        )
+        .unwrap();
+        assert_eq!(
+            default_metric.train.early_stopping.unwrap().metric,
+            StopMetric::ValLoss
+        );
+        for sets in [
+            &["data.val_fraction=1.0"][..],
+            &["data.val_fraction=0.1", "data.val_limit=10"][..],
+            &["train.early_stopping={patience = 2}"][..],
+            &["data.val_limit=10", "train.early_stopping={patience = 0}"][..],
+            &[
+                "data.val_limit=10",
+                "train.early_stopping={patience = 1, metric = \"eval_loss\"}",
+            ][..],
+        ] {
+            assert!(p(MNIST, sets).is_err(), "{sets:?}");
+        }
+    }
+
+    #[test]
+    fn freeze_prefixes_are_checked() {
+        let s = p(
+            MNIST,
+            &["init.from=run/f-x/mnist-cnn/1", "init.freeze=[\"conv.\"]"],
+        )
+        .unwrap();
+        assert_eq!(s.init.freeze, vec!["conv."]);
+        let one = p(MNIST, &["init.from=v1", "init.freeze=conv."]).unwrap();
+        assert_eq!(one.init.freeze, vec!["conv."]);
+        for sets in [
+            &["init.freeze=[\"conv.\"]"][..],
+            &["init.from=v1", "init.freeze=[\"conv\"]"][..],
+            &["init.from=v1", "init.freeze=[\"\"]"][..],
+        ] {
+            let e = p(MNIST, sets).unwrap_err().to_string();
+            assert!(e.contains("init.freeze"), "{sets:?}: {e}");
         }
     }
 

@@ -37,6 +37,8 @@ pub enum Command {
     /// Show every experiment's record at a revision or on every branch.
     #[command(long_about = log::SHOW_LONG_ABOUT)]
     Show(log::ShowArgs),
+    /// The chain of runs a model descends from (init.from), newest first.
+    Lineage(lineage::LineageArgs),
     /// Write an HTML report with charts: metrics across runs, training curves, confusion matrix.
     #[command(long_about = plot::PLOT_LONG_ABOUT)]
     Plot(plot::PlotArgs),
@@ -96,6 +98,7 @@ mod gate;
 mod hooks;
 mod init;
 mod lfs;
+mod lineage;
 mod log;
 mod plot;
 mod run;
@@ -149,6 +152,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Log(args) => log::execute_log(args),
         Command::Show(args) => log::execute_show(args),
         Command::Plot(args) => plot::execute(args),
+        Command::Lineage(args) => lineage::execute(args),
         Command::Device(args) => device::execute(args),
         Command::Gate(args) => gate::execute(args),
         Command::Hooks(args) => hooks::execute(args),

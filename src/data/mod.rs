@@ -4,6 +4,7 @@
 //! `~/.cache/exp/data`. Every file is fingerprinted with BLAKE3 over its decompressed bytes,
 //! so a gzipped and a raw copy of the same data agree.
 
+pub mod augment;
 pub mod cifar;
 pub mod idx;
 
@@ -190,7 +191,7 @@ impl ImageShape {
 pub struct Dataset {
     /// Training split (after `train_limit`).
     pub train: Split,
-    /// Validation split (`val_limit` examples held out of the training files).
+    /// Validation split (`val_limit` or `val_fraction`, held out of the training files).
     pub val: Option<Split>,
     /// Test split, the eval set (after `test_limit`).
     pub test: Split,
@@ -331,7 +332,41 @@ fn hwc_to_chw(pixels: &[u8], shape: ImageShape) -> Vec<u8> {
     out
 }
 
-fn split_fingerprint(files: &[FileFingerprint], selection: Option<&[u32]>) -> String {
+/// `data.classes`: which labels of the files are kept, and their new, dense labels.
+struct Relabel {
+    listed: Vec<u8>,
+    new_label: [Option<u8>; 256],
+}
+
+impl Relabel {
+    fn new(classes: &[u8]) -> Option<Relabel> {
+        if classes.is_empty() {
+            return None;
+        }
+        let mut new_label = [None; 256];
+        for (i, &c) in classes.iter().enumerate() {
+            new_label[c as usize] = Some(i as u8);
+        }
+        Some(Relabel {
+            listed: classes.to_vec(),
+            new_label,
+        })
+    }
+
+    fn map(&self, label: u8) -> Option<u8> {
+        self.new_label[label as usize]
+    }
+
+    fn classes(&self) -> usize {
+        self.listed.len()
+    }
+}
+
+fn split_fingerprint(
+    files: &[FileFingerprint],
+    selection: Option<&[u32]>,
+    relabel: Option<&Relabel>,
+) -> String {
     let mut h = blake3::Hasher::new();
     h.update(b"exp-split-v1\0");
     for f in files {
@@ -344,13 +379,30 @@ fn split_fingerprint(files: &[FileFingerprint], selection: Option<&[u32]>) -> St
             h.update(&i.to_le_bytes());
         }
     }
+    if let Some(r) = relabel {
+        // The same examples under other labels are another data set.
+        h.update(b"classes\0");
+        h.update(&r.listed);
+    }
     h.finalize().to_hex().to_string()
 }
 
 impl Split {
-    fn select(raw: &RawSet, selection: Option<Vec<u32>>) -> Split {
+    fn select(raw: &RawSet, selection: Option<Vec<u32>>, relabel: Option<&Relabel>) -> Split {
+        let mut split = Split::select_examples(raw, selection);
+        if let Some(r) = relabel {
+            for label in &mut split.labels {
+                // Selections under a relabelling hold kept classes only.
+                *label = r.map(*label).unwrap_or(u8::MAX);
+            }
+            split.blake3 = split_fingerprint(&raw.files, split.selection.as_deref(), Some(r));
+        }
+        split
+    }
+
+    fn select_examples(raw: &RawSet, selection: Option<Vec<u32>>) -> Split {
         let size = raw.shape.size();
-        let blake3 = split_fingerprint(&raw.files, selection.as_deref());
+        let blake3 = split_fingerprint(&raw.files, selection.as_deref(), None);
         match &selection {
             None => Split {
                 len: raw.labels.len(),
@@ -418,33 +470,80 @@ impl Dataset {
             .copied()
             .max()
             .unwrap_or(0);
-        let classes = match spec.format {
+        let file_classes = match spec.format {
             DataFormat::Cifar10 => cifar::CLASSES,
             DataFormat::Idx => max_label as usize + 1,
         };
+        if let Some(&label) = spec.classes.iter().find(|&&c| c as usize >= file_classes) {
+            return Err(DataError::Inconsistent(format!(
+                "data.classes lists label {label}, but the data has labels 0–{}",
+                file_classes - 1
+            )));
+        }
+        let relabel = Relabel::new(&spec.classes);
+        let classes = relabel.as_ref().map_or(file_classes, |r| r.classes());
         if classes < 2 {
             return Err(DataError::Inconsistent(
                 "the labels name fewer than two classes".into(),
             ));
         }
+        let caps = spec.class_caps().map_err(DataError::Inconsistent)?;
+        let kept = |label: u8| relabel.as_ref().is_none_or(|r| r.map(label).is_some());
 
         let n_train = train_raw.labels.len();
-        if spec.val_limit >= n_train {
-            return Err(DataError::Inconsistent(format!(
-                "data.val_limit = {} leaves no training examples out of {n_train}",
-                spec.val_limit
-            )));
-        }
-        let (train_sel, val_sel) = if spec.train_limit > 0 || spec.val_limit > 0 {
-            // One seeded permutation: validation first, then the training subset.
-            let order = ExpRng::new(seed, Purpose::Subset).permutation(n_train);
-            let (val, rest) = order.split_at(spec.val_limit);
-            let take = if spec.train_limit > 0 {
-                spec.train_limit.min(rest.len())
+        let n_kept = match &relabel {
+            Some(_) => train_raw.labels.iter().filter(|&&l| kept(l)).count(),
+            None => n_train,
+        };
+        // The examples training may use: with val_fraction, the validation share comes out
+        // of them; val_limit holds its examples out besides.
+        let pool = match spec.train_limit {
+            0 => n_kept,
+            limit => limit.min(n_kept),
+        };
+        let (n_val, train_limit) = if spec.val_fraction > 0.0 {
+            let n_val = ((spec.val_fraction * pool as f64).round() as usize).max(1);
+            (n_val, pool.saturating_sub(n_val))
+        } else {
+            (spec.val_limit, spec.train_limit)
+        };
+        if n_val >= n_kept || (spec.val_fraction > 0.0 && train_limit == 0) {
+            return Err(DataError::Inconsistent(if spec.val_fraction > 0.0 {
+                format!(
+                    "data.val_fraction = {} holds out {n_val} of {pool} examples: none are left to train on",
+                    spec.val_fraction
+                )
             } else {
-                rest.len()
-            };
-            let mut train = rest[..take].to_vec();
+                format!(
+                    "data.val_limit = {} leaves no training examples out of {n_kept}",
+                    spec.val_limit
+                )
+            }));
+        }
+        let subset = spec.train_limit > 0 || n_val > 0 || relabel.is_some();
+        let (train_sel, val_sel) = if subset || !caps.is_empty() {
+            // One seeded permutation of the kept classes: validation first, then the training
+            // subset (each class up to its cap), so a subset never depends on the file order.
+            let order: Vec<u32> = ExpRng::new(seed, Purpose::Subset)
+                .permutation(n_train)
+                .into_iter()
+                .filter(|&i| kept(train_raw.labels[i as usize]))
+                .collect();
+            let (val, rest) = order.split_at(n_val);
+            let mut taken = [0usize; 256];
+            let mut train: Vec<u32> = rest
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let label = train_raw.labels[i as usize];
+                    taken[label as usize] += 1;
+                    caps.get(&label)
+                        .is_none_or(|&cap| taken[label as usize] <= cap)
+                })
+                .collect();
+            if train_limit > 0 {
+                train.truncate(train_limit);
+            }
             train.sort_unstable();
             let mut val = val.to_vec();
             val.sort_unstable();
@@ -452,20 +551,39 @@ impl Dataset {
         } else {
             (None, None)
         };
-        let test_sel = (spec.test_limit > 0 && spec.test_limit < test_raw.labels.len())
-            .then(|| (0..spec.test_limit as u32).collect::<Vec<u32>>());
+        let n_test = test_raw.labels.len();
+        let test_sel = match &relabel {
+            Some(_) => {
+                let mut sel: Vec<u32> = (0..n_test as u32)
+                    .filter(|&i| kept(test_raw.labels[i as usize]))
+                    .collect();
+                if spec.test_limit > 0 {
+                    sel.truncate(spec.test_limit);
+                }
+                Some(sel)
+            }
+            None => (spec.test_limit > 0 && spec.test_limit < n_test)
+                .then(|| (0..spec.test_limit as u32).collect::<Vec<u32>>()),
+        };
 
         let lut = normalisation_table(spec, shape.channels)?;
         Ok(Dataset {
-            train: Split::select(&train_raw, train_sel),
-            val: val_sel.map(|v| Split::select(&train_raw, Some(v))),
-            test: Split::select(&test_raw, test_sel),
+            train: Split::select(&train_raw, train_sel, relabel.as_ref()),
+            val: val_sel.map(|v| Split::select(&train_raw, Some(v), relabel.as_ref())),
+            test: Split::select(&test_raw, test_sel, relabel.as_ref()),
             shape,
             classes,
             train_files: train_raw.files,
             test_files: test_raw.files,
             lut,
         })
+    }
+
+    /// Per channel, the normalised value of a black pixel (byte 0): what crop padding holds.
+    pub fn black(&self) -> Vec<f32> {
+        (0..self.shape.channels)
+            .map(|c| self.lut[c * 256])
+            .collect()
     }
 
     /// Gathers examples `indices` of `split` into a normalised NCHW f32 buffer and labels.
@@ -585,10 +703,13 @@ mod tests {
             path: "a".into(),
             blake3: "00".into(),
         }];
-        let all = split_fingerprint(&f, None);
-        let some = split_fingerprint(&f, Some(&[1, 2]));
-        let other = split_fingerprint(&f, Some(&[1, 3]));
+        let all = split_fingerprint(&f, None, None);
+        let some = split_fingerprint(&f, Some(&[1, 2]), None);
+        let other = split_fingerprint(&f, Some(&[1, 3]), None);
         assert_ne!(all, some);
         assert_ne!(some, other);
+        let r = Relabel::new(&[1, 0]);
+        let relabelled = split_fingerprint(&f, Some(&[1, 2]), r.as_ref());
+        assert_ne!(some, relabelled);
     }
 }

@@ -20,6 +20,7 @@ mod conv_testing;
 mod direct;
 mod im2col;
 mod pool;
+mod resnet;
 
 /// Training (dropout active, drawing from the dropout stream) or evaluation.
 pub enum Mode<'a> {
@@ -33,6 +34,10 @@ pub enum Mode<'a> {
 #[derive(Default)]
 pub struct ParamStore {
     vars: BTreeMap<String, Var>,
+    /// Names of the parameters the optimiser leaves alone (`init.freeze`).
+    frozen: std::collections::BTreeSet<String>,
+    /// State that is saved with the weights but not trained: batch norm's running statistics.
+    buffers: BTreeMap<String, Var>,
 }
 
 impl ParamStore {
@@ -41,9 +46,28 @@ impl ParamStore {
         self.vars.values().cloned().collect()
     }
 
-    /// `(name, var)` pairs in name order.
+    /// The parameters the optimiser updates, in name order: all but the frozen ones.
+    pub fn trainable_vars(&self) -> Vec<Var> {
+        self.vars
+            .iter()
+            .filter(|(k, _)| !self.frozen.contains(*k))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// `(name, var)` pairs of the parameters, in name order.
     pub fn named(&self) -> impl Iterator<Item = (&String, &Var)> {
         self.vars.iter()
+    }
+
+    /// Parameters and buffers: everything the weights file holds, by name.
+    pub fn named_state(&self) -> BTreeMap<&String, &Var> {
+        self.vars.iter().chain(self.buffers.iter()).collect()
+    }
+
+    /// Parameters and buffers, in name order (to snapshot and restore a model).
+    pub fn state_vars(&self) -> Vec<Var> {
+        self.named_state().into_values().cloned().collect()
     }
 
     /// Number of scalar parameters.
@@ -51,10 +75,10 @@ impl ParamStore {
         self.vars.values().map(|v| v.elem_count()).sum()
     }
 
-    /// The parameters as plain tensors, for saving.
+    /// The parameters and buffers as plain tensors, for saving.
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars
-            .iter()
+        self.named_state()
+            .into_iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
             .collect()
     }
@@ -213,6 +237,7 @@ enum Architecture {
         conv_dropout: f64,
         dropout: f64,
     },
+    ResNet(Box<resnet::ResNet>),
 }
 
 /// A classifier from the zoo and its parameters.
@@ -282,6 +307,14 @@ impl Model {
                     dropout: spec.dropout.unwrap_or(0.5),
                 }
             }
+            ModelName::Resnet18 => {
+                // Three stride-2 stages: 8×8 leaves a 1×1 map for the average pool.
+                if h < 8 || w < 8 {
+                    return Err(too_small(8));
+                }
+                let width = spec.width.unwrap_or(64);
+                Architecture::ResNet(Box::new(resnet::ResNet::new(&mut pb, c, width, classes)?))
+            }
         };
         Ok(Model {
             name: spec.name,
@@ -339,6 +372,7 @@ impl Model {
                 let x = span("fwd dropout2", dev, || dropout(&x, *p, mode))?;
                 span("fwd fc2", dev, || linear(fc2, &x))
             }
+            Architecture::ResNet(net) => net.forward(xs, training),
         }
     }
 
@@ -350,6 +384,22 @@ impl Model {
     /// The architecture's name.
     pub fn name(&self) -> ModelName {
         self.name
+    }
+
+    /// The name prefix of the classifier head: the layer whose width is the number of
+    /// classes, re-initialised when a run starts from weights trained on other classes.
+    pub fn head_prefix(&self) -> &'static str {
+        match self.architecture {
+            Architecture::Mlp { .. } => "out.",
+            Architecture::SeedCnn { .. } => "fc.",
+            Architecture::Cnn { .. } => "fc2.",
+            Architecture::ResNet(_) => "fc.",
+        }
+    }
+
+    /// Keeps the parameters `names` fixed: the optimiser will not update them.
+    pub fn freeze(&mut self, names: std::collections::BTreeSet<String>) {
+        self.params.frozen = names;
     }
 }
 
@@ -364,6 +414,7 @@ mod tests {
             hidden: None,
             dropout: None,
             conv_dropout: None,
+            width: None,
         }
     }
 
@@ -399,6 +450,65 @@ mod tests {
         assert_ne!(w(&a), w(&c));
         let bound = 1.0 / (64.0f32 * 12.0 * 12.0).sqrt();
         assert!(w(&a).iter().all(|x| x.abs() <= bound));
+        Ok(())
+    }
+
+    /// ResNet-18 on grey 28×28 and colour 32×32 inputs: logits of the right shape, batch norm
+    /// updating its running statistics in training and using them in evaluation, the
+    /// statistics saved with the weights, and gradients reaching the stem.
+    #[test]
+    fn resnet18_trains_and_evaluates_batch_norm() -> Result<()> {
+        let mut s = spec(ModelName::Resnet18);
+        s.width = Some(4);
+        for (shape, classes) in [
+            (MNIST, 10),
+            (
+                ImageShape {
+                    channels: 3,
+                    height: 32,
+                    width: 32,
+                },
+                10,
+            ),
+        ] {
+            let m = Model::new(&s, shape, classes, 1, &Device::Cpu)?;
+            let mut rng = ExpRng::new(3, Purpose::Init);
+            let n = 4 * shape.size();
+            let x = Tensor::from_vec(
+                rng.uniform(n, 1.0),
+                (4, shape.channels, shape.height, shape.width),
+                &Device::Cpu,
+            )?;
+            let tensors = m.params().tensors();
+            assert!(tensors.contains_key("bn1.running_mean"));
+            assert!(tensors.contains_key("layer4.1.bn2.running_var"));
+            assert!(tensors.contains_key("layer2.0.shortcut.0.weight"));
+            assert_eq!(tensors["fc.weight"].dims(), &[classes, 32]);
+            // Running statistics are buffers: saved, not trained.
+            assert!(!m.params().named().any(|(k, _)| k.contains("running")));
+            let before = m.forward(&x, &mut Mode::Eval)?;
+            assert_eq!(before.dims(), &[4, classes]);
+            let mut drng = ExpRng::new(1, Purpose::Dropout);
+            let train_out = m.forward(&x, &mut Mode::Train(&mut drng))?;
+            let loss = candle_nn::loss::cross_entropy(
+                &train_out,
+                &Tensor::new(&[0u32, 1, 2, 3], &Device::Cpu)?,
+            )?;
+            let grads = loss.backward()?;
+            let stem = &m
+                .params()
+                .named()
+                .find(|(k, _)| *k == "conv1.weight")
+                .unwrap()
+                .1;
+            assert!(grads.get(stem).is_some(), "no gradient reaches the stem");
+            let mean = m.params().tensors()["bn1.running_mean"].to_vec1::<f32>()?;
+            assert!(mean.iter().any(|v| *v != 0.0), "running mean not updated");
+            // Evaluation uses the updated running statistics: the output changed.
+            let after = m.forward(&x, &mut Mode::Eval)?;
+            let diff = (after - &before)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff > 0.0);
+        }
         Ok(())
     }
 

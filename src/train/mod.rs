@@ -1,6 +1,7 @@
 //! The training loop: seeded shuffling, gradient accumulation, per-epoch evaluation,
 //! divergence and signal checks, progress on stderr and a time breakdown per phase.
 
+mod early_stop;
 pub mod optim;
 mod progress;
 mod scaler;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::data::augment::Augmenter;
 use crate::data::Dataset;
 use crate::device::DeviceError;
 use crate::error::ExitCode;
@@ -19,7 +21,8 @@ use crate::eval::{evaluate, Evaluation};
 use crate::model::{Mode, Model};
 use crate::profile::span;
 use crate::rng::{ExpRng, Purpose};
-use crate::spec::{Precision, TrainSpec};
+use crate::spec::{ClassWeightRule, ClassWeights, Precision, TrainSpec};
+use early_stop::{EarlyStopper, Verdict};
 pub use optim::Optimizer;
 pub use progress::Progress;
 use scaler::LossScaler;
@@ -46,6 +49,9 @@ pub enum TrainError {
     /// The requested device is not available.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// The class weights do not fit the data.
+    #[error("{0}")]
+    ClassWeights(String),
     /// The precision cannot run on the device.
     #[error(
         "train.precision = {precision:?} needs a CUDA device, but this run's device is the CPU"
@@ -74,6 +80,10 @@ impl TrainError {
                 "lower train.lr (e.g. --set train.lr=1e-4) or check the data normalisation".into(),
             ),
             TrainError::Device(_) => Some("use --device cpu, or --device auto".into()),
+            TrainError::ClassWeights(_) => Some(
+                "give one weight per class (after data.classes), or use train.class_weights = \"inverse-frequency\""
+                    .into(),
+            ),
             TrainError::PrecisionNeedsCuda { .. } => Some(
                 "train on a GPU (--device cuda, with a CUDA build of exp), or use --set train.precision=f32"
                     .into(),
@@ -190,6 +200,10 @@ pub struct TrainOutcome {
     pub skipped_steps: usize,
     /// Time breakdown.
     pub timing: Timing,
+    /// The class weights of the training loss, when it had any.
+    pub class_weights: Option<Vec<f64>>,
+    /// With early stopping: the epoch whose weights (and evaluation) are the outcome.
+    pub best_epoch: Option<usize>,
 }
 
 /// The dtype activations are computed in; parameters stay f32 (the optimiser's master copy)
@@ -254,7 +268,7 @@ pub fn train(
         });
     }
     let on_cpu = device.is_cpu();
-    let mut optimizer = Optimizer::new(model.params().vars(), spec);
+    let mut optimizer = Optimizer::new(model.params().trainable_vars(), spec);
     let mut shuffle = ExpRng::new(spec.seed, Purpose::Shuffle);
     let mut dropout = ExpRng::new(spec.seed, Purpose::Dropout);
     if !on_cpu {
@@ -269,6 +283,17 @@ pub fn train(
         None => None,
     };
     let test_split = data.upload(&data.test, device, dtype)?;
+    let weights = class_weights(spec, &data.train.labels, data.classes)?;
+    let weight_tensor = match &weights {
+        Some(w) => Some(Tensor::from_vec(
+            w.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
+            w.len(),
+            device,
+        )?),
+        None => None,
+    };
+    let mut stopper = spec.early_stopping.as_ref().map(EarlyStopper::new);
+    let mut augmenter = Augmenter::new(&spec.augment, spec.seed, &data.black(), device, dtype)?;
     let profile = std::env::var_os("EXP_PROFILE_SYNC").is_some_and(|v| v == "1");
     let sync = |d: &Device| -> Result<(), TrainError> {
         if profile {
@@ -308,8 +333,12 @@ pub fn train(
             let len = spec.batch_size.min(n - start);
             let (xs, ys) = span("data gather", device, || {
                 let indices = order.narrow(0, start, len)?;
+                let images = train_split.images.index_select(&indices, 0)?;
                 Ok((
-                    train_split.images.index_select(&indices, 0)?,
+                    match augmenter.as_mut() {
+                        Some(a) => a.apply(&images)?,
+                        None => images,
+                    },
                     train_split.labels.index_select(&indices, 0)?,
                 ))
             })?;
@@ -319,7 +348,7 @@ pub fn train(
                 .forward(&xs, &mut Mode::Train(&mut dropout))?
                 .to_dtype(DType::F32)?;
             let loss = span("fwd loss", device, || {
-                training_loss(&logits, &ys, spec.label_smoothing)
+                training_loss(&logits, &ys, spec.label_smoothing, weight_tensor.as_ref())
             })?;
             if on_cpu {
                 // Reading a CPU tensor costs nothing: check every step.
@@ -432,12 +461,28 @@ pub fn train(
         };
         progress.end_epoch(&row);
         history.push(row);
+        let verdict = match (stopper.as_mut(), val_loss, val_accuracy) {
+            (Some(s), Some(loss), Some(acc)) => {
+                s.observe(epoch, loss, acc, model.params().state_vars().as_slice(), &e)?
+            }
+            _ => Verdict::Continue,
+        };
         evaluation = Some(e);
+        if verdict == Verdict::Stop {
+            break;
+        }
+    }
+    let mut best_epoch = None;
+    if let Some(s) = stopper {
+        if let Some((epoch, e)) = s.restore_best(model.params().state_vars().as_slice())? {
+            best_epoch = Some(epoch);
+            evaluation = Some(e);
+        }
     }
     if crate::profile::enabled() {
         print_profile(train_time.as_secs_f64() + timing.eval_seconds);
     }
-    let examples = n * spec.epochs;
+    let examples = n * history.len();
     timing.images_per_second = examples as f64 / train_time.as_secs_f64().max(1e-9);
     let evaluation = match evaluation {
         Some(e) => e,
@@ -449,24 +494,91 @@ pub fn train(
         steps,
         skipped_steps,
         timing,
+        class_weights: weights,
+        best_epoch,
     })
 }
 
-/// Cross-entropy with label smoothing ε (PyTorch's `label_smoothing`): the target puts 1 − ε on
-/// the label and ε spread evenly over all classes, so the loss is
-/// (1 − ε)·NLL(label) + ε·mean over classes of −log p. ε = 0 is candle's cross-entropy itself.
+/// Cross-entropy with label smoothing ε and optional class weights, PyTorch's
+/// `cross_entropy(weight = w, label_smoothing = ε)` with mean reduction: the target puts 1 − ε
+/// on the label and ε spread evenly over the K classes, each term weighted by its class, and
+/// the sum divided by the total weight of the batch's labels, W = Σᵢ w(yᵢ):
+///
+/// loss = (1 − ε)·Σᵢ w(yᵢ)·(−log pᵢ(yᵢ)) / W + (ε / K)·Σᵢ Σ_c w(c)·(−log pᵢ(c)) / W.
+///
+/// Without weights (all 1) this is (1 − ε)·NLL + ε·mean over classes of −log p; ε = 0 and no
+/// weights is candle's cross-entropy itself.
 pub fn training_loss(
     logits: &Tensor,
     labels: &Tensor,
     epsilon: f64,
+    weights: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
+    use candle_core::D;
+    let Some(weights) = weights else {
+        if epsilon == 0.0 {
+            return candle_nn::loss::cross_entropy(logits, labels);
+        }
+        let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        let nll = candle_nn::loss::nll(&log_probs, labels)?;
+        let uniform = log_probs.mean(D::Minus1)?.mean_all()?.neg()?;
+        return nll.affine(1.0 - epsilon, 0.0)? + uniform.affine(epsilon, 0.0)?;
+    };
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let label_weights = weights.index_select(labels, 0)?;
+    let total = label_weights.sum_all()?;
+    let picked = log_probs.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let nll = (picked * &label_weights)?
+        .sum_all()?
+        .neg()?
+        .broadcast_div(&total)?;
     if epsilon == 0.0 {
-        return candle_nn::loss::cross_entropy(logits, labels);
+        return Ok(nll);
     }
-    let log_probs = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1)?;
-    let nll = candle_nn::loss::nll(&log_probs, labels)?;
-    let uniform = log_probs.mean(candle_core::D::Minus1)?.mean_all()?.neg()?;
-    nll.affine(1.0 - epsilon, 0.0)? + uniform.affine(epsilon, 0.0)?
+    let classes = log_probs.dim(D::Minus1)? as f64;
+    let smooth = log_probs
+        .broadcast_mul(&weights.unsqueeze(0)?)?
+        .sum_all()?
+        .neg()?
+        .broadcast_div(&total)?;
+    nll.affine(1.0 - epsilon, 0.0)? + smooth.affine(epsilon / classes, 0.0)?
+}
+
+/// The class weights `spec` asks for, given the training labels: None without
+/// `train.class_weights`.
+pub fn class_weights(
+    spec: &TrainSpec,
+    train_labels: &[u8],
+    classes: usize,
+) -> Result<Option<Vec<f64>>, TrainError> {
+    match &spec.class_weights {
+        None => Ok(None),
+        Some(ClassWeights::Explicit(w)) if w.len() != classes => {
+            Err(TrainError::ClassWeights(format!(
+                "train.class_weights lists {} weights but the data has {classes} classes",
+                w.len()
+            )))
+        }
+        Some(ClassWeights::Explicit(w)) => Ok(Some(w.clone())),
+        Some(ClassWeights::Rule(ClassWeightRule::InverseFrequency)) => {
+            let mut counts = vec![0usize; classes];
+            for &l in train_labels {
+                counts[l as usize] += 1;
+            }
+            if let Some(c) = counts.iter().position(|&n| n == 0) {
+                return Err(TrainError::ClassWeights(format!(
+                    "class {c} has no training example: inverse-frequency weights are undefined"
+                )));
+            }
+            let n = train_labels.len() as f64;
+            Ok(Some(
+                counts
+                    .iter()
+                    .map(|&n_c| n / (classes as f64 * n_c as f64))
+                    .collect(),
+            ))
+        }
+    }
 }
 
 /// The per-operation table of `EXP_PROFILE_OPS=1`, on stderr.
@@ -506,15 +618,72 @@ mod tests {
         let z = (2f64.exp() + 2.0).ln();
         let (lp0, lp1) = (2.0 - z, -z);
         let expected = 0.7 * -lp0 + 0.3 * -(lp0 + 2.0 * lp1) / 3.0;
-        let got = training_loss(&logits, &labels, 0.3)
+        let got = training_loss(&logits, &labels, 0.3, None)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap() as f64;
         assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
-        let plain = training_loss(&logits, &labels, 0.0)
+        let plain = training_loss(&logits, &labels, 0.0, None)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap() as f64;
         assert!((plain + lp0).abs() < 1e-6);
+    }
+
+    /// Against PyTorch's formula worked by hand: two examples, three classes, weights
+    /// [1, 2, 0.5], with and without smoothing; unit weights give the unweighted loss.
+    #[test]
+    fn class_weights_follow_pytorch() {
+        let dev = Device::Cpu;
+        let rows = [[2.0f64, 0.0, -1.0], [0.5, 1.5, 0.0]];
+        let logits = Tensor::new(&[[2.0f32, 0.0, -1.0], [0.5, 1.5, 0.0]], &dev).unwrap();
+        let labels = Tensor::new(&[0u32, 2], &dev).unwrap();
+        let w = [1.0f64, 2.0, 0.5];
+        let weights = Tensor::new(&[1.0f32, 2.0, 0.5], &dev).unwrap();
+        let log_p = |r: &[f64; 3], c: usize| {
+            let z = r.iter().map(|x| x.exp()).sum::<f64>().ln();
+            r[c] - z
+        };
+        let total = w[0] + w[2];
+        let nll = (w[0] * -log_p(&rows[0], 0) + w[2] * -log_p(&rows[1], 2)) / total;
+        let smooth = rows
+            .iter()
+            .map(|r| (0..3).map(|c| w[c] * -log_p(r, c)).sum::<f64>())
+            .sum::<f64>()
+            / total;
+        let loss = |eps: f64, weights: Option<&Tensor>| {
+            training_loss(&logits, &labels, eps, weights)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let got = loss(0.0, Some(&weights));
+        assert!((got - nll).abs() < 1e-6, "{got} vs {nll}");
+        let expected = 0.8 * nll + 0.2 / 3.0 * smooth;
+        let got = loss(0.2, Some(&weights));
+        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+        let ones = Tensor::ones(3, DType::F32, &dev).unwrap();
+        for eps in [0.0, 0.2] {
+            assert!((loss(eps, Some(&ones)) - loss(eps, None)).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn inverse_frequency_weights() {
+        let spec = TrainSpec {
+            class_weights: Some(ClassWeights::Rule(ClassWeightRule::InverseFrequency)),
+            ..TrainSpec::default()
+        };
+        // 6 examples: class 0 ×4, class 1 ×2 → 6/(2·4), 6/(2·2).
+        let w = class_weights(&spec, &[0, 0, 1, 0, 1, 0], 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(w, vec![0.75, 1.5]);
+        assert!(class_weights(&spec, &[0, 0], 2).is_err());
+        let explicit = TrainSpec {
+            class_weights: Some(ClassWeights::Explicit(vec![1.0, 2.0])),
+            ..TrainSpec::default()
+        };
+        assert!(class_weights(&explicit, &[0, 1], 3).is_err());
     }
 }

@@ -128,6 +128,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The `[data]` table of the real 20-image CIFAR-10 sample, used as training and test set.
+pub const CIFAR_SAMPLE_DATA: &str = r#"[data]
+format = "cifar10"
+train_images = "cifar10-sample/test_batch_first20.bin"
+test_images = ["cifar10-sample/test_batch_first20.bin"]
+normalize = { mean = [0.4914, 0.4822, 0.4465], std = [0.2470, 0.2435, 0.2616] }
+"#;
+
 /// Overrides that make a seed-cnn run take a couple of seconds on real MNIST.
 pub const QUICK: &[&str] = &[
     "--set",

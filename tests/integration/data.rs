@@ -20,7 +20,10 @@ fn spec(
         normalize: None,
         train_limit: 0,
         val_limit: 0,
+        val_fraction: 0.0,
         test_limit: 0,
+        classes: Vec::new(),
+        class_limit: Default::default(),
     }
 }
 

@@ -10,4 +10,6 @@ mod full_epoch;
 mod gate;
 mod init;
 mod lfs;
+mod recipes;
 mod run;
+mod transfer;

@@ -359,20 +359,9 @@ fn cifar10_sample_trains_end_to_end() {
     let dir = env.init_repo("cifar");
     std::fs::write(
         dir.join("experiments/cifar-smoke.toml"),
-        r#"[model]
-name = "mlp"
-hidden = [32]
-
-[data]
-format = "cifar10"
-train_images = "cifar10-sample/test_batch_first20.bin"
-test_images = ["cifar10-sample/test_batch_first20.bin"]
-normalize = { mean = [0.4914, 0.4822, 0.4465], std = [0.2470, 0.2435, 0.2616] }
-
-[train]
-batch_size = 8
-epochs = 2
-"#,
+        format!(
+            "[model]\nname = \"mlp\"\nhidden = [32]\n\n{CIFAR_SAMPLE_DATA}\n[train]\nbatch_size = 8\nepochs = 2\n"
+        ),
     )
     .unwrap();
     let out = env.exp(&dir, &["run", "cifar-smoke", "--quiet"]);

@@ -1,0 +1,190 @@
+//! A CIFAR-style ResNet-18 (He et al. 2016, as in the common CIFAR recipes): a 3×3 stem
+//! without max-pool, four stages of two BasicBlocks (widths w, 2w, 4w, 8w; w = 64 by
+//! default), global average pooling and a linear classifier. Batch norm normalises with the
+//! batch's statistics in training and with running statistics (momentum 0.1, as PyTorch) in
+//! evaluation; the running statistics are buffers saved with the weights.
+//!
+//! candle-transformers' ResNet is an inference model with an ImageNet stem and frozen batch
+//! norm; this one borrows its layout only. Convolutions go through exp's conv2d (its CPU
+//! backward and CUDA kernels), batch norm is candle-nn's, built on exp's own variables so the
+//! running statistics it updates are the ones saved.
+
+use candle_core::{DType, ModuleT, Result, Tensor, Var};
+use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear};
+
+use super::{conv2d, linear, ConvNames, ParamBuilder};
+use crate::profile::span;
+
+static RESNET_CONV: ConvNames = ConvNames {
+    forward: "fwd resnet conv",
+    bias: "fwd resnet conv bias",
+    kernel_grad: "bwd resnet conv kernel grad",
+    input_grad: "bwd resnet conv input grad",
+};
+
+/// PyTorch's BatchNorm2d defaults.
+const BN_EPS: f64 = 1e-5;
+const BN_MOMENTUM: f64 = 0.1;
+
+impl ParamBuilder {
+    /// A bias-free conv layer `name` with `stride` and `padding`, PyTorch's `Conv2d` init.
+    fn conv2d_no_bias(
+        &mut self,
+        name: &str,
+        (in_channels, out_channels): (usize, usize),
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv2d> {
+        let bound = 1.0 / ((in_channels * kernel * kernel) as f32).sqrt();
+        let w = self.uniform(
+            &format!("{name}.weight"),
+            &[out_channels, in_channels, kernel, kernel],
+            bound,
+        )?;
+        let config = Conv2dConfig {
+            stride,
+            padding,
+            ..Conv2dConfig::default()
+        };
+        Ok(Conv2d::new(w, None, config))
+    }
+
+    /// A batch-norm layer `name`: weight 1 and bias 0 (trained), running mean 0 and variance
+    /// 1 (buffers, updated in training mode).
+    fn batch_norm(&mut self, name: &str, features: usize) -> Result<BatchNorm> {
+        let ones = Tensor::ones(features, DType::F32, &self.device)?;
+        let zeros = Tensor::zeros(features, DType::F32, &self.device)?;
+        let weight = self.parameter(&format!("{name}.weight"), &ones)?;
+        let bias = self.parameter(&format!("{name}.bias"), &zeros)?;
+        let mean = self.buffer(&format!("{name}.running_mean"), &zeros)?;
+        let var = self.buffer(&format!("{name}.running_var"), &ones)?;
+        // Tensors that are variables are taken as they are: candle's batch norm updates the
+        // very buffers the store saves.
+        BatchNorm::new_with_momentum(features, mean, var, weight, bias, BN_EPS, BN_MOMENTUM)
+    }
+
+    fn parameter(&mut self, name: &str, init: &Tensor) -> Result<Tensor> {
+        let var = Var::from_tensor(&init.copy()?)?;
+        let t = var.as_tensor().clone();
+        self.store.vars.insert(name.to_string(), var);
+        Ok(t)
+    }
+
+    fn buffer(&mut self, name: &str, init: &Tensor) -> Result<Tensor> {
+        let var = Var::from_tensor(&init.copy()?)?;
+        let t = var.as_tensor().clone();
+        self.store.buffers.insert(name.to_string(), var);
+        Ok(t)
+    }
+}
+
+struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    shortcut: Option<(Conv2d, BatchNorm)>,
+}
+
+/// Batch norm computed in f32 (candle's keeps f32 parameters), returned in `x`'s dtype.
+fn bn(layer: &BatchNorm, x: &Tensor, training: bool) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let y = span("fwd batch-norm", x.device(), || {
+        layer.forward_t(&x.to_dtype(DType::F32)?, training)
+    })?;
+    y.to_dtype(dtype)
+}
+
+impl BasicBlock {
+    fn new(
+        pb: &mut ParamBuilder,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+    ) -> Result<Self> {
+        let shortcut = if stride != 1 || c_in != c_out {
+            Some((
+                pb.conv2d_no_bias(&format!("{name}.shortcut.0"), (c_in, c_out), 1, stride, 0)?,
+                pb.batch_norm(&format!("{name}.shortcut.1"), c_out)?,
+            ))
+        } else {
+            None
+        };
+        Ok(BasicBlock {
+            conv1: pb.conv2d_no_bias(&format!("{name}.conv1"), (c_in, c_out), 3, stride, 1)?,
+            bn1: pb.batch_norm(&format!("{name}.bn1"), c_out)?,
+            conv2: pb.conv2d_no_bias(&format!("{name}.conv2"), (c_out, c_out), 3, 1, 1)?,
+            bn2: pb.batch_norm(&format!("{name}.bn2"), c_out)?,
+            shortcut,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        let y = conv2d(&self.conv1, x, training, &RESNET_CONV)?;
+        let y = bn(&self.bn1, &y, training)?.relu()?;
+        let y = conv2d(&self.conv2, &y, training, &RESNET_CONV)?;
+        let y = bn(&self.bn2, &y, training)?;
+        let skip = match &self.shortcut {
+            Some((conv, norm)) => bn(norm, &conv2d(conv, x, training, &RESNET_CONV)?, training)?,
+            None => x.clone(),
+        };
+        (y + skip)?.relu()
+    }
+}
+
+/// ResNet-18 for small images.
+pub(super) struct ResNet {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    blocks: Vec<BasicBlock>,
+    fc: Linear,
+}
+
+impl ResNet {
+    /// Tensor names: `conv1.`, `bn1.`, `layer{1..4}.{0,1}.{conv1,bn1,conv2,bn2,shortcut.0,shortcut.1}.`,
+    /// `fc.` (torchvision's and the CIFAR recipes' names).
+    pub(super) fn new(
+        pb: &mut ParamBuilder,
+        channels: usize,
+        width: usize,
+        classes: usize,
+    ) -> Result<Self> {
+        let conv1 = pb.conv2d_no_bias("conv1", (channels, width), 3, 1, 1)?;
+        let bn1 = pb.batch_norm("bn1", width)?;
+        let mut blocks = Vec::new();
+        let mut c_in = width;
+        for (stage, (mult, stride)) in [(1, 1), (2, 2), (4, 2), (8, 2)].into_iter().enumerate() {
+            let c_out = width * mult;
+            for i in 0..2 {
+                let s = if i == 0 { stride } else { 1 };
+                blocks.push(BasicBlock::new(
+                    pb,
+                    &format!("layer{}.{i}", stage + 1),
+                    c_in,
+                    c_out,
+                    s,
+                )?);
+                c_in = c_out;
+            }
+        }
+        let fc = pb.linear("fc", c_in, classes)?;
+        Ok(ResNet {
+            conv1,
+            bn1,
+            blocks,
+            fc,
+        })
+    }
+
+    pub(super) fn forward(&self, xs: &Tensor, training: bool) -> Result<Tensor> {
+        let x = conv2d(&self.conv1, xs, training, &RESNET_CONV)?;
+        let mut x = bn(&self.bn1, &x, training)?.relu()?;
+        for block in &self.blocks {
+            x = block.forward(&x, training)?;
+        }
+        let x = span("fwd avg-pool", xs.device(), || x.mean((2, 3)))?;
+        span("fwd fc", xs.device(), || linear(&self.fc, &x))
+    }
+}

@@ -1,0 +1,416 @@
+//! Transfer learning (`[init]`, DESIGN §3): start a run from the weights of an earlier run,
+//! read from Git (record and LFS pointer at a revision) and the local LFS store, never from
+//! the network; freeze tensors by name prefix; follow the chain of parents (`exp lineage`).
+
+use std::collections::{BTreeSet, HashMap};
+
+use candle_core::{Device, Tensor};
+use git2::Repository;
+use serde::{Deserialize, Serialize};
+
+use crate::compare::{self, CompareError};
+use crate::lfs::{LfsPointer, LfsStore};
+use crate::model::Model;
+use crate::record::RunRecord;
+use crate::run::WEIGHTS_FILE;
+
+/// Why a run cannot start from the weights `init.from` names.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The revision or its record cannot be read.
+    #[error("init.from = {from:?}: {source}")]
+    Revision {
+        /// As given.
+        from: String,
+        /// The cause.
+        source: CompareError,
+    },
+    /// The revision holds several runs and none is the obvious one.
+    #[error("init.from = {from:?}: the revision holds the runs of {names:?}; which one is meant is not clear")]
+    Ambiguous {
+        /// As given.
+        from: String,
+        /// The experiments recorded there.
+        names: Vec<String>,
+    },
+    /// The weights of the parent cannot be read.
+    #[error("init.from = {from:?}: {message}")]
+    Weights {
+        /// As given.
+        from: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The LFS object of the parent's weights is not in the local store.
+    #[error("init.from = {from:?}: the weights of {experiment} (LFS object {oid}) are not in the local store {path}")]
+    MissingObject {
+        /// As given.
+        from: String,
+        /// The parent experiment.
+        experiment: String,
+        /// The object id.
+        oid: String,
+        /// Where it was looked for.
+        path: String,
+    },
+    /// The parent's tensors do not fit this model.
+    #[error("init.from = {from:?}: {message}")]
+    Mismatch {
+        /// As given.
+        from: String,
+        /// What does not fit.
+        message: String,
+    },
+    /// A freeze prefix matches no tensor.
+    #[error("init.freeze: {prefix:?} matches none of the model's tensors ({names})")]
+    Freeze {
+        /// The prefix.
+        prefix: String,
+        /// The tensor names, for the message.
+        names: String,
+    },
+}
+
+impl TransferError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            TransferError::Revision { source, .. } => source.hint(),
+            TransferError::Ambiguous { .. } => Some(
+                "name the parent by its run tag (`git tag -l 'run/*'`), which names the experiment"
+                    .into(),
+            ),
+            TransferError::MissingObject { .. } => Some(
+                "fetch the weights: `git lfs pull` (or `git lfs fetch` for that revision)".into(),
+            ),
+            TransferError::Mismatch { .. } => Some(
+                "start from a run of the same architecture (model.name and its options)".into(),
+            ),
+            TransferError::Freeze { .. } => Some(
+                "a prefix is the start of tensor names, ending at a '.', e.g. \"conv1.\"".into(),
+            ),
+            TransferError::Weights { .. } => None,
+        }
+    }
+}
+
+/// `[init]` of the run record: the run whose weights this run started from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitRecord {
+    /// `init.from` as given.
+    pub from: String,
+    /// The parent run's commit.
+    pub commit: String,
+    /// The parent's experiment.
+    pub experiment: String,
+    /// The parent's run id.
+    pub run_id: String,
+    /// The parent's run tag, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The parent's canonical tensor hash.
+    pub tensor_hash: String,
+    /// Tensors that kept their fresh initialisation (the classifier head, when the number of
+    /// classes differs).
+    pub reinitialized: Vec<String>,
+    /// Tensors held fixed during training (`init.freeze`).
+    pub frozen: Vec<String>,
+}
+
+/// The weights of a parent run, loaded and checked.
+pub struct Parent {
+    /// What the record will say about it.
+    pub record: InitRecord,
+    /// The parent's architecture.
+    pub architecture: String,
+    /// The parent's number of classes.
+    pub classes: usize,
+    tensors: HashMap<String, Tensor>,
+}
+
+/// Reads the parent run `from` names: its record and LFS pointer from Git, its weights from
+/// the local LFS store (checked against the record's tensor hash). `experiment` is the run's
+/// own experiment, used when the revision holds several records.
+pub fn load_parent(
+    repo: &Repository,
+    from: &str,
+    experiment: &str,
+    device: &Device,
+) -> Result<Parent, TransferError> {
+    let revision = |source| TransferError::Revision {
+        from: from.to_string(),
+        source,
+    };
+    let weights_error = |message: String| TransferError::Weights {
+        from: from.to_string(),
+        message,
+    };
+    let snapshot = compare::resolve(repo, from).map_err(revision)?;
+    let commit = snapshot.commit.as_ref().ok_or_else(|| {
+        weights_error("names a tree, not a commit: give a commit, branch or run tag".into())
+    })?;
+    let blobs = compare::record_blobs(repo, &snapshot.tree).map_err(revision)?;
+    if blobs.is_empty() {
+        return Err(revision(CompareError::NoRecords(from.to_string())));
+    }
+    let name = pick_experiment(from, commit.message().unwrap_or(""), &blobs, experiment)?;
+    let record: RunRecord =
+        compare::parse_record(repo, blobs[&name], from, &name).map_err(revision)?;
+
+    let pointer_path = format!("experiments/{name}/{WEIGHTS_FILE}");
+    let entry = snapshot
+        .tree
+        .get_path(std::path::Path::new(&pointer_path))
+        .map_err(|_| weights_error(format!("{pointer_path} is not in that revision")))?;
+    let blob = repo
+        .find_blob(entry.id())
+        .map_err(|e| weights_error(format!("{pointer_path}: {}", e.message())))?;
+    let pointer = LfsPointer::parse(blob.content())
+        .map_err(|e| weights_error(format!("{pointer_path} is not an LFS pointer: {e}")))?;
+    if pointer.oid.as_str() != record.model.oid {
+        return Err(weights_error(format!(
+            "{pointer_path} points at {} but the record names {}",
+            pointer.oid.as_str(),
+            record.model.oid
+        )));
+    }
+    let store = LfsStore::for_repo(repo);
+    let path = store.object_path(&pointer.oid);
+    if !path.is_file() {
+        return Err(TransferError::MissingObject {
+            from: from.to_string(),
+            experiment: name,
+            oid: pointer.oid.as_str().to_string(),
+            path: path.display().to_string(),
+        });
+    }
+    let bytes = std::fs::read(&path)
+        .map_err(|e| weights_error(format!("cannot read {}: {e}", path.display())))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| weights_error(format!("{}: {e}", path.display())))?;
+    let sorted = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.clone()))
+        .collect();
+    let hash = crate::record::tensor_hash(&sorted).map_err(|e| weights_error(e.to_string()))?;
+    if hash != record.model.tensor_hash {
+        return Err(weights_error(format!(
+            "the weights in the store do not hash to the record's tensor_hash ({hash} vs {})",
+            record.model.tensor_hash
+        )));
+    }
+    Ok(Parent {
+        record: InitRecord {
+            from: from.to_string(),
+            commit: commit.id().to_string(),
+            experiment: name.clone(),
+            run_id: record.run.id.clone(),
+            tag: run_tag_of(repo, commit.id(), &name),
+            tensor_hash: hash,
+            reinitialized: Vec::new(),
+            frozen: Vec::new(),
+        },
+        architecture: record.model.architecture.clone(),
+        classes: record.eval.classes,
+        tensors,
+    })
+}
+
+/// Which experiment of the revision `from` means: the one its run tag or run commit names,
+/// else the only one, else the run's own experiment.
+fn pick_experiment(
+    from: &str,
+    message: &str,
+    blobs: &std::collections::BTreeMap<String, git2::Oid>,
+    experiment: &str,
+) -> Result<String, TransferError> {
+    let tag = from.strip_prefix("refs/tags/").unwrap_or(from);
+    let parts: Vec<&str> = tag.split('/').collect();
+    let from_tag = (parts.len() == 4 && parts[0] == "run").then(|| parts[2].to_string());
+    let from_commit = message
+        .strip_prefix("exp run ")
+        .and_then(|m| m.split_once(':'))
+        .map(|(name, _)| name.to_string());
+    let only = (blobs.len() == 1)
+        .then(|| blobs.keys().next().cloned())
+        .flatten();
+    let own = blobs
+        .contains_key(experiment)
+        .then(|| experiment.to_string());
+    [from_tag, from_commit, only, own]
+        .into_iter()
+        .flatten()
+        .find(|name| blobs.contains_key(name))
+        .ok_or_else(|| TransferError::Ambiguous {
+            from: from.to_string(),
+            names: blobs.keys().cloned().collect(),
+        })
+}
+
+/// The run tag of experiment `name` on `commit`, if there is one.
+fn run_tag_of(repo: &Repository, commit: git2::Oid, name: &str) -> Option<String> {
+    let tags = repo.tag_names(Some("run/*")).ok()?;
+    let mut matching: Vec<String> = tags
+        .iter()
+        .flatten()
+        .filter(|t| t.split('/').nth(2) == Some(name))
+        .filter(|t| {
+            repo.revparse_single(t)
+                .and_then(|o| o.peel_to_commit())
+                .is_ok_and(|c| c.id() == commit)
+        })
+        .map(str::to_string)
+        .collect();
+    matching.sort();
+    matching.pop()
+}
+
+impl Parent {
+    /// Copies the parent's tensors into `model`. With another number of classes than the
+    /// parent's, the classifier head keeps its fresh (seeded) initialisation; any other
+    /// difference is an error.
+    pub fn apply(&mut self, model: &Model, classes: usize) -> Result<(), TransferError> {
+        let from = self.record.from.clone();
+        let mismatch = |message: String| TransferError::Mismatch {
+            from: from.clone(),
+            message,
+        };
+        if self.architecture != model.name().as_str() {
+            return Err(mismatch(format!(
+                "the parent is a {} model, this run trains a {}",
+                self.architecture,
+                model.name().as_str()
+            )));
+        }
+        let head = model.head_prefix();
+        let new_head = classes != self.classes;
+        for (name, var) in model.params().named_state() {
+            if new_head && name.starts_with(head) {
+                self.record.reinitialized.push(name.clone());
+                continue;
+            }
+            let Some(t) = self.tensors.get(name) else {
+                return Err(mismatch(format!("the parent has no tensor {name}")));
+            };
+            if t.dims() != var.dims() {
+                return Err(mismatch(format!(
+                    "tensor {name} is {:?} in the parent but {:?} here",
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(
+                &t.to_dtype(var.dtype())
+                    .map_err(|e| mismatch(e.to_string()))?,
+            )
+            .map_err(|e| mismatch(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The tensors of `model` whose names start with one of `prefixes`; Err on a prefix that
+/// matches none (a typo would otherwise freeze nothing, silently).
+pub fn frozen_names(model: &Model, prefixes: &[String]) -> Result<BTreeSet<String>, TransferError> {
+    let names: Vec<&String> = model.params().named().map(|(k, _)| k).collect();
+    let mut frozen = BTreeSet::new();
+    for prefix in prefixes {
+        let hits: Vec<&&String> = names
+            .iter()
+            .filter(|n| n.starts_with(prefix.as_str()))
+            .collect();
+        if hits.is_empty() {
+            return Err(TransferError::Freeze {
+                prefix: prefix.clone(),
+                names: names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        frozen.extend(hits.into_iter().map(|s| s.to_string()));
+    }
+    Ok(frozen)
+}
+
+/// One run in a lineage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LineageEntry {
+    /// The run's commit.
+    pub commit: String,
+    /// Its experiment.
+    pub experiment: String,
+    /// Its run id.
+    pub run_id: String,
+    /// Its run tag, when it has one.
+    pub tag: Option<String>,
+    /// Its test accuracy.
+    pub accuracy: Option<f64>,
+    /// The tensors it froze.
+    pub frozen: Vec<String>,
+}
+
+/// The chain of runs the model of experiment `experiment` (None: the only one, or the one
+/// the run commit names) at `rev` descends from: that run first, then its parent, and so on.
+pub fn lineage(
+    repo: &Repository,
+    rev: &str,
+    experiment: Option<&str>,
+) -> Result<Vec<LineageEntry>, TransferError> {
+    let revision = |from: &str, source| TransferError::Revision {
+        from: from.to_string(),
+        source,
+    };
+    let mut chain = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut next = Some((rev.to_string(), experiment.map(str::to_string)));
+    while let Some((at, name)) = next.take() {
+        let snapshot = compare::resolve(repo, &at).map_err(|e| revision(&at, e))?;
+        let commit = snapshot.commit.as_ref().map(|c| c.id());
+        let blobs = compare::record_blobs(repo, &snapshot.tree).map_err(|e| revision(&at, e))?;
+        if blobs.is_empty() {
+            return Err(revision(&at, CompareError::NoRecords(at.clone())));
+        }
+        let message = snapshot
+            .commit
+            .as_ref()
+            .and_then(|c| c.message().map(str::to_string))
+            .unwrap_or_default();
+        let name = match name {
+            Some(n) if blobs.contains_key(&n) => n,
+            Some(n) => {
+                return Err(TransferError::Ambiguous {
+                    from: format!("{at} (experiment {n} is not recorded there)"),
+                    names: blobs.keys().cloned().collect(),
+                })
+            }
+            None => pick_experiment(&at, &message, &blobs, "")?,
+        };
+        let record =
+            compare::parse_record(repo, blobs[&name], &at, &name).map_err(|e| revision(&at, e))?;
+        if !seen.insert(record.run.id.clone()) {
+            break;
+        }
+        let commit = commit.map(|c| c.to_string()).unwrap_or_else(|| at.clone());
+        chain.push(LineageEntry {
+            tag: git2::Oid::from_str(&commit)
+                .ok()
+                .and_then(|c| run_tag_of(repo, c, &name)),
+            commit,
+            experiment: name.clone(),
+            run_id: record.run.id.clone(),
+            accuracy: record.metrics.values.get("accuracy").copied(),
+            frozen: record
+                .init
+                .as_ref()
+                .map(|i| i.frozen.clone())
+                .unwrap_or_default(),
+        });
+        next = record
+            .init
+            .as_ref()
+            .map(|i| (i.commit.clone(), Some(i.experiment.clone())));
+    }
+    Ok(chain)
+}
