@@ -81,7 +81,7 @@ impl TransferError {
                     .into(),
             ),
             TransferError::MissingObject { .. } => Some(
-                "fetch the weights: `git lfs pull` (or `git lfs fetch` for that revision)".into(),
+                "fetch the parent's weights: `git lfs fetch REMOTE REV` where git-lfs is in charge; with exp's filter, check out the parent revision and run `exp pull`".into(),
             ),
             TransferError::Mismatch { .. } => Some(
                 "start from a run of the same architecture (model.name and its options)".into(),
