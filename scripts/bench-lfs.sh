@@ -22,6 +22,10 @@ rm -rf exp-repo lfs-repo && git init -q exp-repo && git init -q lfs-repo
 (cd lfs-repo && git lfs install --local > /dev/null)
 
 openssl_s=$(t openssl dgst -sha256 big.bin)
+pipe_s=$(t sh -c "cat big.bin | cat > /dev/null")
+rm -f copy.bin
+fsync_s=$(t dd if=big.bin of=copy.bin bs=1M conv=fsync status=none)
+rm -f copy.bin
 rm -rf exp-repo/.git/lfs
 exp_new_s=$(cd exp-repo && t sh -c "'$exp' lfs clean < ../big.bin")
 exp_known_s=$(cd exp-repo && t sh -c "'$exp' lfs clean < ../big.bin")
@@ -55,6 +59,8 @@ cat <<MD
 | 1 GB file | seconds | vs openssl | git lfs clean / exp |
 |---|---:|---:|---:|
 | \`openssl dgst -sha256\` (hashing floor) | $openssl_s | 1.00 | |
+| \`cat file \| cat\` (this machine's pipe floor) | $pipe_s | $(r $pipe_s $openssl_s) | |
+| \`dd conv=fsync\` (copy-to-disk floor) | $fsync_s | $(r $fsync_s $openssl_s) | |
 | \`exp lfs clean < file\`, new object (hash, kernel copy, fsync) | $exp_new_s | $(r $exp_new_s $openssl_s) | $(r $lfs_new_s $exp_new_s) |
 | \`exp lfs clean < file\`, object known | $exp_known_s | $(r $exp_known_s $openssl_s) | $(r $lfs_known_s $exp_known_s) |
 | \`cat file \| exp lfs clean\` (a pipe, as Git streams), object known | $exp_pipe_s | $(r $exp_pipe_s $openssl_s) | |

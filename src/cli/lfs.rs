@@ -86,6 +86,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
     match args.action {
         LfsAction::FilterProcess => {
             let mut filter = Filter::open(&repo);
+            filter::widen_pipe(&std::io::stdin());
             filter::filter_process(
                 &mut filter,
                 std::io::stdin().lock(),
@@ -95,6 +96,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
         }
         LfsAction::Clean { path } => {
             let mut filter = Filter::open(&repo);
+            filter::widen_pipe(&std::io::stdin());
             let pointer = match stdin_file() {
                 // `exp lfs clean < FILE`: hash first, copy only a new object.
                 Some(mut file) => filter.clean_file(&mut file)?,

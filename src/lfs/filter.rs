@@ -414,13 +414,30 @@ impl FileTwin {
     }
 }
 
+/// How much of Git's stream one read takes, and the pipe size asked for.
+const PIPE_BUFFER: usize = 1 << 20;
+
+/// Asks the kernel for a 1 MiB pipe on `fd` (the default 64 KiB costs a context switch
+/// between Git and exp per packet; `git status` on stale multi-GB files is pipe-bound). A
+/// refusal (not a pipe, over `/proc/sys/fs/pipe-max-size`) changes nothing.
+pub fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: F_SETPIPE_SZ only resizes the pipe's buffer; it takes an int and touches no
+    // memory of ours.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BUFFER as libc::c_int);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = fd;
+}
+
 /// Runs Git's long-running filter protocol on `input`/`output` until Git closes the pipe.
 pub fn filter_process(
     filter: &mut Filter,
     input: impl Read,
     output: impl Write,
 ) -> Result<(), FilterError> {
-    let mut reader = PktReader::new(io::BufReader::with_capacity(1 << 17, input));
+    let mut reader = PktReader::new(io::BufReader::with_capacity(PIPE_BUFFER, input));
     let mut writer = PktWriter::new(io::BufWriter::with_capacity(1 << 17, output));
 
     let hello = reader.read_text_list()?.unwrap_or_default();
