@@ -86,7 +86,9 @@ impl Filter {
         let start = SystemTime::now();
         let mut buf = vec![0u8; CHUNK];
         let head = read_full(input, &mut buf[..MAX_POINTER + 1])?;
-        if head <= MAX_POINTER && LfsPointer::parse(&buf[..head]).is_ok() {
+        // Empty stays empty (git-lfs stores an empty file as the empty blob); a pointer is
+        // its own clean.
+        if head == 0 || head <= MAX_POINTER && LfsPointer::parse(&buf[..head]).is_ok() {
             return Ok(buf[..head].to_vec());
         }
         let file = path.and_then(|p| self.worktree.as_ref().map(|w| w.join(p)));
@@ -175,11 +177,22 @@ impl Filter {
             path: PathBuf::from("<stdin>"),
             source,
         };
-        let before = file.metadata().map_err(|e| io("reading", e))?;
+        let start = SystemTime::now();
+        let stat_of = |f: &File| FileStat::of(&PathBuf::from(format!("/proc/self/fd/{}", fd(f))));
+        let before = stat_of(file);
         let mut buf = vec![0u8; CHUNK];
         let head = read_full(file, &mut buf[..MAX_POINTER + 1])?;
-        if head <= MAX_POINTER && LfsPointer::parse(&buf[..head]).is_ok() {
+        if head == 0 || head <= MAX_POINTER && LfsPointer::parse(&buf[..head]).is_ok() {
             return Ok(buf[..head].to_vec());
+        }
+        // Hashing one read and copying another is only sound for a file that is not being
+        // written: one whose stat is known and not racily fresh. Anything else is streamed
+        // through the hashing writer.
+        if !before.is_some_and(|b| b.settled_before(start)) {
+            let mut writer = self.store.writer()?;
+            writer.write(&buf[..head])?;
+            copy_into(file, &mut buf, &mut writer)?;
+            return writer.finish().map(|p| p.encode().into_bytes());
         }
         // The copy needs its own file offset: a second open of the same file.
         let mut twin = reopen(file).map_err(|e| io("reopening", e))?;
@@ -206,9 +219,8 @@ impl Filter {
             hashed.map(|_| (copy, pointer))
         })?;
         let (tmp, copied) = copy?;
-        let after = file.metadata().map_err(|e| io("reading", e))?;
-        let same = |m: &std::fs::Metadata| (m.len(), m.modified().ok());
-        if same(&before) != same(&after) || copied != pointer.size {
+        // Size, mtime, ctime, inode and device: any write in between changes the ctime.
+        if stat_of(file) != before || copied != pointer.size {
             return Err(io(
                 "cleaning (it changed while being read; run the command again)",
                 io::Error::other("file modified during clean"),
@@ -306,6 +318,19 @@ impl Filter {
 fn trace(message: std::fmt::Arguments) {
     if std::env::var_os("EXP_LFS_TRACE").is_some_and(|v| v == "1") {
         eprintln!("exp lfs: {message}");
+    }
+}
+
+fn fd(file: &File) -> i32 {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        file.as_raw_fd()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        -1
     }
 }
 
@@ -425,7 +450,11 @@ pub fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
     // SAFETY: F_SETPIPE_SZ only resizes the pipe's buffer; it takes an int and touches no
     // memory of ours.
     unsafe {
-        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BUFFER as libc::c_int);
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETPIPE_SZ,
+            PIPE_BUFFER as libc::c_int,
+        );
     }
     #[cfg(not(target_os = "linux"))]
     let _ = fd;

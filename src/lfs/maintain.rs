@@ -124,9 +124,10 @@ pub struct PruneReport {
 }
 
 /// Deletes the objects that nothing reaches: no commit reachable from any ref (branches,
-/// tags, remote-tracking refs, notes, the stash and its reflog, every worktree's HEAD), no
-/// staged pointer, no work-tree file in the stat cache. Objects younger than [`PRUNE_GRACE`]
-/// are kept too.
+/// tags, remote-tracking refs, notes, the stash) or any reflog entry (amended and reset-away
+/// commits, older stashes), no HEAD of any work tree, no staged pointer in any work tree's
+/// index, no work-tree file in the stat cache. Objects younger than [`PRUNE_GRACE`] are kept
+/// too (storing an object again refreshes its age).
 pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, LfsError> {
     let store = LfsStore::for_repo(repo);
     let mut tips = Vec::new();
@@ -136,25 +137,44 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, LfsError> 
         if let Some(target) = reference.target() {
             tips.push(target);
         }
-    }
-    if let Ok(head) = repo.head() {
-        tips.extend(head.target());
-    }
-    // Older stash entries live only in the stash's reflog.
-    if let Ok(reflog) = repo.reflog("refs/stash") {
-        tips.extend(reflog.iter().map(|e| e.id_new()));
-    }
-    if let Ok(names) = repo.worktrees() {
-        for name in names.iter().flatten() {
-            if let Ok(wt) = repo.find_worktree(name) {
-                if let Ok(wrepo) = Repository::open_from_worktree(&wt) {
-                    if let Ok(head) = wrepo.head() {
-                        tips.extend(head.target());
-                    }
-                    staged.extend(scan::index_pointers(&wrepo)?.into_iter().map(|p| p.oid));
-                }
+        // A reflog keeps amended and reset-away commits reachable for `git reset HEAD@{1}`
+        // (the stash's older entries live only there, too).
+        if let Some(name) = reference.name() {
+            if let Ok(reflog) = repo.reflog(name) {
+                tips.extend(reflog.iter().map(|e| e.id_new()));
             }
         }
+    }
+    // Every work tree: the main one (wherever prune runs from) and each linked one: its HEAD,
+    // HEAD's reflog and its index. A work tree that cannot be opened stops the prune rather
+    // than have its objects deleted.
+    let main = Repository::open(repo.commondir())?;
+    let mut worktrees = vec![main];
+    for name in repo.worktrees()?.iter().flatten() {
+        let opened = repo
+            .find_worktree(name)
+            .and_then(|wt| Repository::open_from_worktree(&wt));
+        match opened {
+            Ok(w) => worktrees.push(w),
+            Err(e) => {
+                return Err(LfsError::Revision {
+                    rev: format!("worktree {name}"),
+                    message: format!(
+                        "{} (run `git worktree prune` if it is gone, then prune again)",
+                        e.message()
+                    ),
+                })
+            }
+        }
+    }
+    for w in &worktrees {
+        if let Ok(head) = w.head() {
+            tips.extend(head.target());
+        }
+        if let Ok(reflog) = w.reflog("HEAD") {
+            tips.extend(reflog.iter().map(|e| e.id_new()));
+        }
+        staged.extend(scan::index_pointers(w)?.into_iter().map(|p| p.oid));
     }
     let mut keep: BTreeSet<Oid> = scan::referenced_objects(repo, &tips, &[])?
         .into_keys()
@@ -190,7 +210,22 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, LfsError> 
 /// Staged `filter=lfs` files whose staged content is not a pointer and differs from HEAD's:
 /// what the pre-commit guard refuses.
 pub fn staged_raw_files(repo: &Repository) -> Result<Vec<String>, LfsError> {
-    let index = repo.index()?;
+    // Git runs pre-commit with GIT_INDEX_FILE naming the index it is about to commit
+    // (`.git/index.lock` for `commit -a`, a temporary one for `commit PATH`): that one, not
+    // `.git/index`, is what must hold pointers. A relative path is relative to the hook's
+    // directory, the top of the work tree.
+    let index = match std::env::var_os("GIT_INDEX_FILE").filter(|v| !v.is_empty()) {
+        Some(path) => {
+            let path = std::path::PathBuf::from(path);
+            let path = if path.is_absolute() {
+                path
+            } else {
+                crate::git::workdir(repo).join(path)
+            };
+            git2::Index::open(&path)?
+        }
+        None => repo.index()?,
+    };
     let head_tree = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
     let mut raw = Vec::new();
     for entry in index.iter() {
@@ -205,7 +240,8 @@ pub fn staged_raw_files(repo: &Repository) -> Result<Vec<String>, LfsError> {
         if unchanged {
             continue;
         }
-        if scan::pointer_in_blob(repo, entry.id)?.is_none() {
+        // git-lfs stores an empty file as the empty blob, not as a pointer.
+        if entry.file_size > 0 && scan::pointer_in_blob(repo, entry.id)?.is_none() {
             raw.push(path);
         }
     }

@@ -83,7 +83,14 @@ impl RemoteStore {
         {
             return RemoteStore::from_url(&endpoint, true);
         }
-        RemoteStore::from_url(url, false)
+        // A relative path is relative to the top of the work tree, as Git resolves it.
+        let base = crate::git::workdir(repo);
+        let resolved = if url.contains("://") || Path::new(url).is_absolute() {
+            url.to_string()
+        } else {
+            base.join(url).to_string_lossy().into_owned()
+        };
+        RemoteStore::from_url(&resolved, false)
     }
 
     /// From a URL: `is_endpoint` says it is already an LFS endpoint (no `info/lfs` added).
@@ -172,11 +179,41 @@ impl RemoteStore {
                 }
             }
         }
-        let still = self.missing(objects)?;
-        if !still.is_empty() {
-            return Err(TransferError::NotStored(still.len()));
+        let absent = self.confirm(objects)?;
+        if absent > 0 {
+            return Err(TransferError::NotStored(absent));
         }
         Ok(sent)
+    }
+
+    /// How many of `objects` the remote cannot serve. Asked as a download: a server may offer
+    /// an upload for an object it has (the batch API allows it), but it offers a download only
+    /// for one it has.
+    pub fn confirm(&self, objects: &[LfsPointer]) -> Result<usize, TransferError> {
+        match self {
+            RemoteStore::File(_) => Ok(self.missing(objects)?.len()),
+            RemoteStore::Http(client) => {
+                let mut absent = 0;
+                for chunk in objects.chunks(BATCH_SIZE) {
+                    match client.batch_one("download", chunk) {
+                        Ok(answer) => {
+                            absent += answer
+                                .iter()
+                                .filter(|(_, o)| {
+                                    !o.actions
+                                        .as_ref()
+                                        .is_some_and(|a| a.contains_key("download"))
+                                })
+                                .count();
+                        }
+                        // Per-object errors (404: not there) fail the whole answer.
+                        Err(TransferError::Object { .. }) => absent += 1,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(absent)
+            }
+        }
     }
 
     /// Downloads the objects of `objects` that `local` lacks, each verified against its oid.
@@ -239,6 +276,7 @@ fn open(store: &LfsStore, p: &LfsPointer) -> Result<std::fs::File, LfsError> {
 }
 
 const LFS_JSON: &str = "application/vnd.git-lfs+json";
+const BATCH_SIZE: usize = 100;
 
 #[derive(Serialize)]
 struct BatchRequest<'a> {
@@ -300,8 +338,14 @@ struct Credential {
 
 impl BatchClient {
     fn new(endpoint: String) -> BatchClient {
+        // No overall limit (a multi-GB upload takes what it takes), but a dead server must not
+        // hang a checkout: connecting and every read or write stall time out.
+        let stall = Some(std::time::Duration::from_secs(120));
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .timeout_connect(Some(std::time::Duration::from_secs(30)))
+            .timeout_per_read(stall)
+            .timeout_per_write(stall)
             .build()
             .new_agent();
         BatchClient {
@@ -318,8 +362,22 @@ impl BatchClient {
         }
     }
 
-    /// One batch request; answers each object with what the server said, in request order.
+    /// Batch requests of at most [`BATCH_SIZE`] objects (git-lfs's limit; servers reject
+    /// larger ones); answers each object with what the server said, in request order.
     fn batch(
+        &self,
+        operation: &str,
+        objects: &[LfsPointer],
+    ) -> Result<Vec<(LfsPointer, BatchObject)>, TransferError> {
+        let mut answer = Vec::with_capacity(objects.len());
+        for chunk in objects.chunks(BATCH_SIZE) {
+            answer.extend(self.batch_one(operation, chunk)?);
+        }
+        Ok(answer)
+    }
+
+    /// One batch request.
+    fn batch_one(
         &self,
         operation: &str,
         objects: &[LfsPointer],
@@ -370,12 +428,18 @@ impl BatchClient {
             .body_mut()
             .read_to_string()
             .map_err(|e| self.http_error(&url, e))?;
+        if status == 401 && asked_for_credentials {
+            // The helper's credentials were refused: forget them, as git-lfs does.
+            if let Some(c) = self.auth.borrow_mut().take() {
+                credential_report("reject", &self.endpoint, &c);
+            }
+        }
         if status != 200 {
             return Err(self.http_error(&url, format!("HTTP {status}: {}", text.trim())));
         }
         if asked_for_credentials {
             if let Some(c) = self.auth.borrow().as_ref() {
-                credential_approve(&self.endpoint, c);
+                credential_report("approve", &self.endpoint, c);
             }
         }
         let parsed: BatchResponse = serde_json::from_str(&text)
@@ -495,9 +559,10 @@ fn credential_fill(endpoint: &str) -> Option<Credential> {
     })
 }
 
-fn credential_approve(endpoint: &str, c: &Credential) {
+/// Tells Git's credential helpers how `c` fared (`approve` or `reject`).
+fn credential_report(action: &str, endpoint: &str, c: &Credential) {
     let _ = credential(
-        "approve",
+        action,
         &format!(
             "url={endpoint}\nusername={}\npassword={}\n\n",
             c.username, c.password

@@ -29,6 +29,10 @@ pub fn lfs_files(repo: &Repository, tree: &git2::Tree) -> Result<Vec<TreeFile>, 
             return TreeWalkResult::Ok;
         }
         let path = format!("{dir}{}", entry.name().unwrap_or(""));
+        // An empty file is the empty blob under git-lfs too: not a pointer, not raw content.
+        if entry.id() == empty_blob() {
+            return TreeWalkResult::Ok;
+        }
         match pointer_in_blob(repo, entry.id()) {
             Ok(pointer) => {
                 if pointer.is_some() || routed_through_lfs(repo, &path) {
@@ -50,6 +54,11 @@ pub fn lfs_files(repo: &Repository, tree: &git2::Tree) -> Result<Vec<TreeFile>, 
         Some(e) => Err(e),
         None => Ok(files),
     }
+}
+
+/// The id of the empty blob (`git hash-object /dev/null`).
+fn empty_blob() -> GitOid {
+    GitOid::hash_object(ObjectType::Blob, b"").unwrap_or_else(|_| GitOid::zero())
 }
 
 /// The pointer held by blob `id`, if it is one (sized first: a large blob is never read).

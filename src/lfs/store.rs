@@ -95,6 +95,11 @@ impl LfsStore {
     pub fn persist(&self, tmp: tempfile::NamedTempFile, oid: &Oid) -> Result<(), LfsError> {
         let target = self.object_path(oid);
         if target.is_file() {
+            // Stored again: young again, so a prune running now keeps it (its grace period
+            // protects objects whose pointers are about to be committed).
+            if let Ok(f) = File::options().append(true).open(&target) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return Ok(());
         }
         tmp.as_file().sync_all().map_err(|source| LfsError::Io {
@@ -172,7 +177,13 @@ impl LfsStore {
             path: bad.clone(),
             source,
         })?;
-        let target = bad.join(oid.as_str());
+        // Never overwrite an earlier quarantined copy.
+        let mut target = bad.join(oid.as_str());
+        let mut n = 1;
+        while target.exists() {
+            target = bad.join(format!("{}.{n}", oid.as_str()));
+            n += 1;
+        }
         std::fs::rename(self.object_path(oid), &target).map_err(|source| LfsError::Io {
             action: "moving aside",
             path: self.object_path(oid),

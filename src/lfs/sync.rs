@@ -216,7 +216,8 @@ pub fn pull(repo: &Repository, remote: &str) -> Result<PullSummary, SyncError> {
         for path in &stale {
             let _ = std::fs::remove_file(worktree.join(path));
         }
-        let mut args = vec!["checkout", "--"];
+        // Literal paths: `w[1].bin` must not also match `w1.bin`.
+        let mut args = vec!["--literal-pathspecs", "checkout", "--"];
         args.extend(stale.iter().map(String::as_str));
         git::git(&worktree, &args)?;
     }

@@ -97,7 +97,39 @@ fn exp_filter_without_git_lfs() {
         "{}",
         describe(&refused)
     );
+    // `git commit -a` commits the index Git prepares in `.git/index.lock` (GIT_INDEX_FILE):
+    // a tracked weights file overwritten with raw content is refused there too.
+    std::fs::write(dir.join("experiments/extra.safetensors"), &extra[..7000]).unwrap();
+    let refused = nolfs.out("git", &dir, &["commit", "-q", "-a", "-m", "raw via -a"]);
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    assert!(
+        stderr(&refused).contains("experiments/extra.safetensors"),
+        "{}",
+        describe(&refused)
+    );
+    nolfs.ok(
+        "git",
+        &dir,
+        &["checkout", "--", "experiments/extra.safetensors"],
+    );
+    // An empty LFS-tracked file is the empty blob, as with git-lfs: not raw content.
+    nolfs.ok("git", &dir, &["reset", "-q", "raw.safetensors"]);
+    std::fs::write(dir.join("empty.safetensors"), b"").unwrap();
+    nolfs.ok("git", &dir, &["add", "empty.safetensors"]);
+    nolfs.ok(
+        "git",
+        &dir,
+        &["commit", "-q", "-m", "an empty weights file"],
+    );
     nolfs.ok("exp", &dir, &["lfs", "install"]);
+    assert_eq!(
+        nolfs
+            .ok("git", &dir, &["rev-parse", "HEAD:empty.safetensors"])
+            .trim(),
+        "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    );
+    nolfs.ok("exp", &dir, &["lfs", "fsck"]);
+    nolfs.ok("git", &dir, &["add", "raw.safetensors"]);
     nolfs.ok("git", &dir, &["add", "--renormalize", "raw.safetensors"]);
     nolfs.ok("git", &dir, &["commit", "-q", "-m", "weights as a pointer"]);
     assert!(exp::lfs::LfsPointer::parse(
@@ -204,6 +236,32 @@ fn exp_filter_without_git_lfs() {
         .join(&stray.oid.as_str()[0..2])
         .join(&stray.oid.as_str()[2..4])
         .join(stray.oid.as_str());
+    // Objects only a stash, only a reflog (a commit reset away) or only another work tree's
+    // index reaches are kept, whichever work tree prune runs in.
+    let store_bytes = |bytes: &[u8], name: &str, repo: &Path| {
+        std::fs::write(repo.join(name), bytes).unwrap();
+        nolfs.ok("git", repo, &["add", name]);
+        let staged = nolfs.ok("git", repo, &["cat-file", "-p", &format!(":{name}")]);
+        exp::lfs::LfsPointer::parse(staged.as_bytes()).unwrap().oid
+    };
+    let stashed = store_bytes(&extra[..30_000], "stashed.safetensors", &dir);
+    nolfs.ok("git", &dir, &["stash", "-q"]);
+    let reset_away = store_bytes(&extra[..40_000], "reset.safetensors", &dir);
+    nolfs.ok("git", &dir, &["commit", "-q", "-m", "to be reset away"]);
+    nolfs.ok("git", &dir, &["reset", "-q", "--hard", "HEAD~1"]);
+    let linked = env.path("linked");
+    nolfs.ok(
+        "git",
+        &dir,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "--detach",
+            linked.to_str().unwrap(),
+        ],
+    );
+    let in_other_index = store_bytes(&extra[..50_000], "staged.safetensors", &linked);
     let young = nolfs.ok("exp", &dir, &["lfs", "prune", "--dry-run"]);
     assert!(young.contains("would delete 0 object(s)"), "{young}");
     for object in lfs_objects(&dir) {
@@ -215,9 +273,18 @@ fn exp_filter_without_git_lfs() {
         "{dry}"
     );
     assert!(stray_path.exists());
-    let pruned = nolfs.ok("exp", &dir, &["lfs", "prune"]);
+    // Run from the linked work tree: the main one's HEAD, index and reflogs still count.
+    let pruned = nolfs.ok("exp", &linked, &["lfs", "prune"]);
     assert!(pruned.contains("deleted 1 object(s)"), "{pruned}");
     assert!(!stray_path.exists());
+    for kept in [&stashed, &reset_away, &in_other_index] {
+        let path = dir
+            .join(".git/lfs/objects")
+            .join(&kept.as_str()[0..2])
+            .join(&kept.as_str()[2..4])
+            .join(kept.as_str());
+        assert!(path.exists(), "pruned {kept}, which is still reachable");
+    }
     nolfs.ok("exp", &dir, &["lfs", "fsck"]);
 }
 
@@ -394,7 +461,13 @@ fn push_and_pull_through_an_lfs_server() {
         &["remote", "add", "origin", remote.to_str().unwrap()],
     );
     nolfs.ok("git", &dir, &["config", "lfs.url", &server.endpoint]);
+    // A pre-push hook of the user's own: kept as pre-push.local, it must not replace the upload.
+    let hooks = dir.join(".git/hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("pre-push"), "#!/bin/sh\necho lint ok >&2\n").unwrap();
+    nolfs.ok("chmod", &dir, &["+x", ".git/hooks/pre-push"]);
     nolfs.ok("exp", &dir, &["hooks", "install"]);
+    assert!(hooks.join("pre-push.local").is_file());
     let branch = nolfs.ok("git", &dir, &["branch", "--show-current"]);
     let branch = branch.trim();
     nolfs.ok("git", &dir, &["push", "-q", "origin", branch]);
