@@ -81,7 +81,7 @@ impl TransferError {
                     .into(),
             ),
             TransferError::MissingObject { .. } => Some(
-                "fetch the parent's weights: `git lfs fetch REMOTE REV` where git-lfs is in charge; with exp's filter, check out the parent revision and run `exp pull`".into(),
+                "exp looked in the local store and on the default remote; fetch the parent's weights with `git lfs fetch REMOTE REV`, or check out the parent revision and run `exp pull`".into(),
             ),
             TransferError::Mismatch { .. } => Some(
                 "start from a run of the same architecture (model.name and its options)".into(),
@@ -176,6 +176,15 @@ pub fn load_parent(
     }
     let store = LfsStore::for_repo(repo);
     let path = store.object_path(&pointer.oid);
+    if !path.is_file() {
+        // Not here: fetch it (verified) from the default remote's LFS store or server, as a
+        // checkout through exp's filter would.
+        if let Some(remote) = crate::lfs::sync::default_remote_store(repo) {
+            if let Err(e) = remote.download(&store, std::slice::from_ref(&pointer)) {
+                eprintln!("exp: fetching the parent's weights {}: {e}", pointer.oid);
+            }
+        }
+    }
     if !path.is_file() {
         return Err(TransferError::MissingObject {
             from: from.to_string(),

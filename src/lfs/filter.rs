@@ -63,10 +63,7 @@ impl Filter {
             store: LfsStore::for_repo(repo),
             worktree: repo.workdir().map(Path::to_path_buf),
             cache: StatCache::load(stat_cache_path(repo)),
-            remote: super::sync::default_remote(repo).and_then(|name| {
-                let url = repo.find_remote(&name).ok()?.url()?.to_string();
-                super::remote::RemoteStore::for_remote(repo, &name, &url).ok()
-            }),
+            remote: super::sync::default_remote_store(repo),
         }
     }
 

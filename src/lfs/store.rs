@@ -87,6 +87,12 @@ impl LfsStore {
             source,
         };
         let copied = io::copy(file, tmp.as_file_mut()).map_err(|e| io("copying into", e))?;
+        // Synced here, while the caller is still hashing: the fsync (as long as the copy on
+        // this disk) overlaps the SHA-256 instead of following it. For an object that turns
+        // out to be known the write was wasted, but not the caller's time.
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| io("syncing a temp file in", e))?;
         Ok((tmp, copied))
     }
 

@@ -71,6 +71,13 @@ pub fn default_remote(repo: &Repository) -> Option<String> {
     }
 }
 
+/// The LFS objects of the default remote, if there is one exp can reach.
+pub fn default_remote_store(repo: &Repository) -> Option<RemoteStore> {
+    let name = default_remote(repo)?;
+    let url = repo.find_remote(&name).ok()?.url()?.to_string();
+    RemoteStore::for_remote(repo, &name, &url).ok()
+}
+
 fn remote_url(repo: &Repository, remote: &str) -> Result<String, SyncError> {
     repo.find_remote(remote)
         .ok()

@@ -131,6 +131,35 @@ fn transfer_errors_say_what_to_do() {
     );
     // The weights object gone from the store: a hint to fetch it, nothing trained.
     let oid = record_at(&env, &dir, tag, "mnist-cnn").model.oid;
+    let object = std::fs::read(lfs_object(&dir, &oid)).unwrap();
     std::fs::remove_file(lfs_object(&dir, &oid)).unwrap();
-    expect_error(&[&format!("init.from={tag}")], &[&oid, "git lfs pull"]);
+    expect_error(&[&format!("init.from={tag}")], &[&oid, "git lfs fetch"]);
+
+    // With the object on the default remote's store, the run fetches it (verified) and trains.
+    let remote = env.path("transfer-remote.git");
+    env.git(
+        env.tmp.path(),
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    env.git(&dir, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    let remote_object = remote
+        .join("lfs/objects")
+        .join(&oid[0..2])
+        .join(&oid[2..4])
+        .join(&oid);
+    std::fs::create_dir_all(remote_object.parent().unwrap()).unwrap();
+    std::fs::write(&remote_object, &object).unwrap();
+    let out = quick_run(
+        &env,
+        &dir,
+        "mnist-cnn",
+        &[
+            "--set",
+            "data.train_limit=200",
+            "--set",
+            &format!("init.from={tag}"),
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(std::fs::read(lfs_object(&dir, &oid)).unwrap(), object);
 }
