@@ -215,13 +215,8 @@ fn write(path: &Path, text: &str) -> Result<(), InitError> {
 /// already in charge keeps it. Decided with the `git` on PATH.
 pub fn configure_lfs(worktree: &Path) -> Result<LfsFilter, InitError> {
     use crate::lfs::config::{self, InCharge};
-    match config::in_charge(worktree) {
-        InCharge::Exp => return Ok(LfsFilter::Exp),
-        InCharge::GitLfs if config::git_lfs_available(worktree) => {
-            git::git(worktree, &["lfs", "install", "--local"])?;
-            return Ok(LfsFilter::GitLfs);
-        }
-        _ => {}
+    if config::in_charge(worktree) == InCharge::Exp {
+        return Ok(LfsFilter::Exp);
     }
     if config::git_lfs_available(worktree) {
         git::git(worktree, &["lfs", "install", "--local"])?;

@@ -52,8 +52,11 @@ pub struct Filter {
     store: LfsStore,
     worktree: Option<PathBuf>,
     cache: StatCache,
-    /// Where a missing object is fetched from when smudging (the default remote), if any.
-    remote: Option<super::remote::RemoteStore>,
+    /// The repository, reopened only if a smudge needs the default remote.
+    git_dir: PathBuf,
+    /// Where a missing object is fetched from when smudging (the default remote), resolved on
+    /// first need: most filter runs never fetch.
+    remote: std::cell::OnceCell<Option<super::remote::RemoteStore>>,
 }
 
 impl Filter {
@@ -63,7 +66,8 @@ impl Filter {
             store: LfsStore::for_repo(repo),
             worktree: repo.workdir().map(Path::to_path_buf),
             cache: StatCache::load(stat_cache_path(repo)),
-            remote: super::sync::default_remote_store(repo),
+            git_dir: repo.path().to_path_buf(),
+            remote: std::cell::OnceCell::new(),
         }
     }
 
@@ -134,7 +138,7 @@ impl Filter {
                 });
             }
             writer.write(&buf[..chunk_len])?;
-            copy_into(input, &mut buf, &mut writer)?;
+            writer.copy_from(input)?;
             return writer.finish().map(|p| p.encode().into_bytes());
         }
 
@@ -188,7 +192,7 @@ impl Filter {
         if !before.is_some_and(|b| b.settled_before(start)) {
             let mut writer = self.store.writer()?;
             writer.write(&buf[..head])?;
-            copy_into(file, &mut buf, &mut writer)?;
+            writer.copy_from(&mut *file)?;
             return writer.finish().map(|p| p.encode().into_bytes());
         }
         // The copy needs its own file offset: a second open of the same file.
@@ -232,11 +236,6 @@ impl Filter {
         self.cache.save();
     }
 
-    /// Every oid the stat cache names.
-    pub fn cached_oids(&self) -> Vec<Oid> {
-        self.cache.oids().collect()
-    }
-
     /// Smudges `input` into `out`: the object's content for a pointer whose object is present
     /// (verified against its oid and size while streaming), the pointer itself when the object
     /// is missing, and anything that is not a pointer unchanged.
@@ -263,7 +262,11 @@ impl Filter {
         if !path.is_file() {
             // As git-lfs does: fetch the object from the default remote during checkout, so
             // a clone through exp's filter gets its weights.
-            if let Some(remote) = &self.remote {
+            let remote = self.remote.get_or_init(|| {
+                let repo = git2::Repository::open(&self.git_dir).ok()?;
+                super::sync::default_remote_store(&repo)
+            });
+            if let Some(remote) = remote {
                 if let Err(e) = remote.download(&self.store, std::slice::from_ref(&pointer)) {
                     eprintln!("exp lfs: fetching {} from the remote: {e}", pointer.oid);
                 }
@@ -366,20 +369,6 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> Result<usize, LfsError> {
         }
     }
     Ok(filled)
-}
-
-fn copy_into(
-    input: &mut impl Read,
-    buf: &mut [u8],
-    writer: &mut super::ObjectWriter,
-) -> Result<(), LfsError> {
-    loop {
-        let n = read_full(input, buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        writer.write(&buf[..n])?;
-    }
 }
 
 /// The work-tree file read alongside the stream, to tell whether Git is streaming that file.
@@ -574,7 +563,8 @@ mod tests {
             store: LfsStore::at(dir.join("lfs")),
             worktree: Some(dir.to_path_buf()),
             cache: StatCache::load(dir.join("cache.json")),
-            remote: None,
+            git_dir: dir.join(".git"),
+            remote: std::cell::OnceCell::from(None),
         }
     }
 

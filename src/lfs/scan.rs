@@ -24,13 +24,14 @@ pub struct TreeFile {
 pub fn lfs_files(repo: &Repository, tree: &git2::Tree) -> Result<Vec<TreeFile>, git2::Error> {
     let mut files = Vec::new();
     let mut failure = None;
+    let empty = empty_blob();
     tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         if entry.kind() != Some(ObjectType::Blob) {
             return TreeWalkResult::Ok;
         }
         let path = format!("{dir}{}", entry.name().unwrap_or(""));
         // An empty file is the empty blob under git-lfs too: not a pointer, not raw content.
-        if entry.id() == empty_blob() {
+        if entry.id() == empty {
             return TreeWalkResult::Ok;
         }
         match pointer_in_blob(repo, entry.id()) {

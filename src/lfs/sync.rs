@@ -133,23 +133,23 @@ pub fn push(
     Ok(summary)
 }
 
-/// Run tags (`run/…`) and release tags (`v…`) whose commits the tips reach.
+/// Run tags (`run/…`) and release tags (`v…`) whose commits the tips reach (one walk of the
+/// history, not one reachability query per tag: a repository has a tag per run).
 fn tags_into(repo: &Repository, tips: &[GitOid]) -> Result<Vec<String>, git2::Error> {
+    let mut walk = repo.revwalk()?;
+    for tip in tips {
+        walk.push(*tip)?;
+    }
+    let reached: std::collections::HashSet<GitOid> = walk.collect::<Result<_, _>>()?;
     let mut tags = Vec::new();
     for name in repo.tag_names(None)?.iter().flatten() {
         if !(name.starts_with("run/") || name.starts_with('v')) {
             continue;
         }
-        let Ok(commit) = repo
+        let target = repo
             .revparse_single(&format!("refs/tags/{name}"))
-            .and_then(|o| o.peel_to_commit())
-        else {
-            continue;
-        };
-        let reached = tips.iter().any(|t| {
-            *t == commit.id() || repo.graph_descendant_of(*t, commit.id()).unwrap_or(false)
-        });
-        if reached {
+            .and_then(|o| o.peel_to_commit());
+        if target.is_ok_and(|c| reached.contains(&c.id())) {
             tags.push(name.to_string());
         }
     }

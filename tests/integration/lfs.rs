@@ -143,20 +143,14 @@ fn exp_filter_without_git_lfs() {
     let branch = nolfs.ok("git", &dir, &["branch", "--show-current"]);
     let branch = branch.trim();
     let clone = env.path("clone");
-    nolfs.ok(
-        "git",
-        env.tmp.path(),
+    git_clone(
+        &nolfs,
+        &dir,
+        &clone,
+        branch,
         &[
-            "clone",
-            "-q",
-            "-c",
             "filter.lfs.process=exp lfs filter-process",
-            "-c",
             "filter.lfs.required=true",
-            "-b",
-            branch,
-            dir.to_str().unwrap(),
-            clone.to_str().unwrap(),
         ],
     );
     assert_eq!(
@@ -171,18 +165,7 @@ fn exp_filter_without_git_lfs() {
 
     // A plain clone gets pointers; `exp init` + `exp pull` bring the weights.
     let plain = env.path("plain");
-    nolfs.ok(
-        "git",
-        env.tmp.path(),
-        &[
-            "clone",
-            "-q",
-            "-b",
-            branch,
-            dir.to_str().unwrap(),
-            plain.to_str().unwrap(),
-        ],
-    );
+    git_clone(&nolfs, &dir, &plain, branch, &[]);
     assert!(exp::lfs::LfsPointer::parse(&std::fs::read(weights(&plain)).unwrap()).is_ok());
     let listed = nolfs.ok("exp", &plain, &["lfs", "ls"]);
     assert!(listed.contains("missing"), "{listed}");
@@ -495,46 +478,44 @@ fn push_and_pull_through_an_lfs_server() {
     // A clone through exp's filter downloads from the server during checkout.
     let clone = env.path("clone");
     let lfs_url = format!("lfs.url={}", server.endpoint);
-    nolfs.ok(
-        "git",
-        env.tmp.path(),
+    git_clone(
+        &nolfs,
+        &remote,
+        &clone,
+        branch,
         &[
-            "clone",
-            "-q",
-            "-c",
             &lfs_url,
-            "-c",
             "filter.lfs.process=exp lfs filter-process",
-            "-c",
             "filter.lfs.required=true",
-            "-b",
-            branch,
-            remote.to_str().unwrap(),
-            clone.to_str().unwrap(),
         ],
     );
     assert_eq!(sha256_hex(&std::fs::read(weights(&clone)).unwrap()), second);
 
     // A plain clone, then exp pull.
     let plain = env.path("plain");
-    nolfs.ok(
-        "git",
-        env.tmp.path(),
-        &[
-            "clone",
-            "-q",
-            "-b",
-            branch,
-            remote.to_str().unwrap(),
-            plain.to_str().unwrap(),
-        ],
-    );
+    git_clone(&nolfs, &remote, &plain, branch, &[]);
     nolfs.ok("exp", &plain, &["init", "."]);
     nolfs.ok("git", &plain, &["config", "lfs.url", &server.endpoint]);
     let pulled = nolfs.ok("exp", &plain, &["pull"]);
     assert!(pulled.contains("1 LFS object(s) downloaded"), "{pulled}");
     assert_eq!(sha256_hex(&std::fs::read(weights(&plain)).unwrap()), second);
     assert_eq!(nolfs.ok("git", &plain, &["status", "--porcelain"]), "");
+}
+
+/// `git clone -q -b BRANCH SOURCE DEST` with `-c` settings for the clone (as exp's filter
+/// needs before the checkout), git-lfs absent.
+fn git_clone(nolfs: &NoLfs, source: &Path, dest: &Path, branch: &str, config: &[&str]) {
+    let mut args = vec!["clone", "-q"];
+    for c in config {
+        args.extend(["-c", c]);
+    }
+    args.extend([
+        "-b",
+        branch,
+        source.to_str().unwrap(),
+        dest.to_str().unwrap(),
+    ]);
+    nolfs.ok("git", dest.parent().unwrap(), &args);
 }
 
 /// Peak resident memory of a running process, from /proc (kB).
