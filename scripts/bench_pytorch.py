@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch CPU reference for the `exp` trainer: "seed-cnn" on MNIST.
+"""PyTorch CPU reference for the `exp` trainer: "seed-cnn" (or "cnn", `--model cnn`) on MNIST.
 
 Model: Conv2d(1,32,3) -> ReLU -> MaxPool2d(2) -> flatten -> Linear(32*13*13, 10), PyTorch
 default initialisation (after torch.manual_seed(seed)). Adam lr 1e-3, cross-entropy, batch 64,
@@ -91,6 +91,25 @@ def cpu_busy(interval=0.5):
     return 1.0 - (i1 - i0) / (t1 - t0) if t1 > t0 else None
 
 
+class Cnn(nn.Module):
+    """PyTorch's MNIST example net (exp's `cnn`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        x = self.dropout1(F.max_pool2d(x, 2))
+        x = self.dropout2(F.relu(self.fc1(torch.flatten(x, 1))))
+        return self.fc2(x)
+
+
 class SeedCnn(nn.Module):
     def __init__(self):
         super().__init__()
@@ -151,6 +170,9 @@ def main():
     ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--model", choices=("seed-cnn", "cnn"), default="seed-cnn")
+    ap.add_argument("--train-limit", type=int, default=0,
+                    help="train on the first N images only (0: all; for quick looks, not for the table)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not seeds or args.epochs < 1 or args.batch_size < 1 or args.threads < 1:
@@ -159,6 +181,8 @@ def main():
     torch.set_num_threads(args.threads)
     x_train, y_train = load_split(args.data, "train")
     x_test, y_test = load_split(args.data, "t10k")
+    if args.train_limit:
+        x_train, y_train = x_train[:args.train_limit], y_train[:args.train_limit]
     busy = cpu_busy()
     if busy is not None and busy > 0.25:
         print(f"bench_pytorch: warning: CPUs are {busy:.0%} busy before training; timings will be "
@@ -169,12 +193,12 @@ def main():
     rows = []
     for seed in seeds:
         torch.manual_seed(seed)
-        model = SeedCnn()
+        model = SeedCnn() if args.model == "seed-cnn" else Cnn()
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         total, fwd, bwd, optim, data = train(model, opt, x_train, y_train, seed, args.epochs, args.batch_size)
         acc, loss = evaluate(model, x_test, y_test)
         row = {
-            "framework": "pytorch", "torch": torch.__version__, "seed": seed,
+            "framework": "pytorch", "torch": torch.__version__, "model": args.model, "seed": seed,
             "threads": torch.get_num_threads(), "batch_size": args.batch_size, "epochs": args.epochs,
             "train_seconds": round(total, 4),
             "images_per_second": round(args.epochs * x_train.shape[0] / total, 1),

@@ -120,6 +120,8 @@ fn conv2d_paths(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
             bias: "check conv bias",
             kernel_grad: "check conv kernel grad",
             input_grad: "check conv input grad",
+            backward: "check conv",
+            relu: "check conv relu",
         };
         // The image-batch case (no input gradient), then an input that needs its gradient.
         let xv = Var::from_tensor(&x.to_device(dev)?)?;

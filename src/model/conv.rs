@@ -109,6 +109,10 @@ pub struct ConvNames {
     pub kernel_grad: &'static str,
     /// The input gradient.
     pub input_grad: &'static str,
+    /// A backward pass computed as one op (exp's CPU kernels, src/model/cpu).
+    pub backward: &'static str,
+    /// The ReLU after the layer, where it is a separate op.
+    pub relu: &'static str,
 }
 
 /// Forward: passes the precomputed convolution through (one device copy). Backward: the
@@ -215,6 +219,8 @@ mod tests {
         bias: "test bias",
         kernel_grad: "test kernel grad",
         input_grad: "test input grad",
+        backward: "test",
+        relu: "test relu",
     };
 
     /// Same output and the same weight, bias and input gradients as candle's own conv2d, bit

@@ -11,6 +11,8 @@ pub(super) static NAMES: ConvNames = ConvNames {
     bias: "test bias",
     kernel_grad: "test kernel grad",
     input_grad: "test input grad",
+    backward: "test",
+    relu: "test relu",
 };
 
 /// An input that tracks a gradient, a kernel and a bias, uniformly random.

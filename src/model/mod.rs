@@ -17,6 +17,7 @@ use crate::spec::{ModelName, ModelSpec};
 mod conv;
 #[cfg(test)]
 mod conv_testing;
+pub mod cpu;
 mod direct;
 mod im2col;
 mod pool;
@@ -155,6 +156,7 @@ impl ParamBuilder {
 /// (bit-reproducible); on a GPU from the device's seeded generator, drawn where it is used.
 fn dropout(xs: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
     match mode {
+        Mode::Train(rng) if p > 0.0 && cpu::applies(xs) => cpu::dropout::dropout(xs, p as f32, rng),
         Mode::Train(_) if p > 0.0 && !xs.device().is_cpu() => {
             let keep = Tensor::rand(0f32, 1f32, xs.shape(), xs.device())?.ge(p)?;
             xs.mul(&keep.to_dtype(xs.dtype())?.affine(1.0 / (1.0 - p), 0.0)?)
@@ -167,6 +169,46 @@ fn dropout(xs: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
         _ => Ok(xs.clone()),
     }
 }
+
+/// Convolution, then the ReLU and the 2×2 max-pool `epilogue` asks for: one fused op on
+/// exp's CPU kernels, separate ops elsewhere (each a profile span).
+fn conv_block(
+    layer: &Conv2d,
+    xs: &Tensor,
+    training: bool,
+    epilogue: Epilogue,
+    names: &'static ConvNames,
+) -> Result<Tensor> {
+    if cpu::applies(xs) {
+        return cpu::conv::conv2d(layer, xs, epilogue, names);
+    }
+    let dev = xs.device();
+    let mut x = conv2d(layer, xs, training, names)?;
+    if epilogue.relu {
+        x = span(names.relu, dev, || x.relu())?;
+    }
+    if epilogue.max_pool {
+        x = span("fwd max-pool", dev, || max_pool_2x2(&x))?;
+    }
+    Ok(x)
+}
+
+/// A dense layer, then a ReLU if asked: one fused op on exp's CPU kernels.
+fn dense(layer: &Linear, xs: &Tensor, relu: bool, names: &'static DenseNames) -> Result<Tensor> {
+    if cpu::applies(xs) {
+        return cpu::linear::linear(layer, xs, relu, names);
+    }
+    let dev = xs.device();
+    let x = span(names.forward, dev, || linear(layer, xs))?;
+    if relu {
+        span(names.relu, dev, || x.relu())
+    } else {
+        Ok(x)
+    }
+}
+
+use cpu::conv::Epilogue;
+pub use cpu::linear::DenseNames;
 
 pub use conv::{conv2d, ConvNames};
 pub use im2col::{conv2d_gemm, ConvGeometry};
@@ -195,18 +237,54 @@ static SEED_CONV: ConvNames = ConvNames {
     bias: "fwd conv bias",
     kernel_grad: "bwd conv kernel grad",
     input_grad: "bwd conv input grad",
+    backward: "bwd conv",
+    relu: "fwd relu",
 };
 static CONV1: ConvNames = ConvNames {
     forward: "fwd conv1",
     bias: "fwd conv1 bias",
     kernel_grad: "bwd conv1 kernel grad",
     input_grad: "bwd conv1 input grad",
+    backward: "bwd conv1",
+    relu: "fwd relu1",
 };
 static CONV2: ConvNames = ConvNames {
     forward: "fwd conv2",
     bias: "fwd conv2 bias",
     kernel_grad: "bwd conv2 kernel grad",
     input_grad: "bwd conv2 input grad",
+    backward: "bwd conv2",
+    relu: "fwd relu2",
+};
+
+const RELU: Epilogue = Epilogue {
+    relu: true,
+    max_pool: false,
+};
+const RELU_POOL: Epilogue = Epilogue {
+    relu: true,
+    max_pool: true,
+};
+
+static MLP_LAYER: DenseNames = DenseNames {
+    forward: "fwd linear",
+    relu: "fwd relu",
+    backward: "bwd linear",
+};
+static FC: DenseNames = DenseNames {
+    forward: "fwd fc",
+    relu: "fwd fc relu",
+    backward: "bwd fc",
+};
+static FC1: DenseNames = DenseNames {
+    forward: "fwd fc1",
+    relu: "fwd relu3",
+    backward: "bwd fc1",
+};
+static FC2: DenseNames = DenseNames {
+    forward: "fwd fc2",
+    relu: "fwd fc2 relu",
+    backward: "bwd fc2",
 };
 
 /// `layer` applied in `xs`'s dtype. Parameters are f32 master copies; under bf16/f16 they are
@@ -328,7 +406,6 @@ impl Model {
     pub fn forward(&self, xs: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let training = matches!(mode, Mode::Train(_));
         let dev = xs.device();
-        let relu = |name, x: &Tensor| span(name, dev, || x.relu());
         match &self.architecture {
             Architecture::Mlp { layers, dropout: p } => {
                 let mut x = xs.flatten_from(1)?;
@@ -337,21 +414,13 @@ impl Model {
                     if i > 0 {
                         x = span("fwd dropout", dev, || dropout(&x, *p, mode))?;
                     }
-                    x = span("fwd linear", dev, || linear(layer, &x))?;
-                    if i < last {
-                        x = relu("fwd relu", &x)?;
-                    }
+                    x = dense(layer, &x, i < last, &MLP_LAYER)?;
                 }
                 Ok(x)
             }
-            Architecture::SeedCnn {
-                conv: conv_layer,
-                fc,
-            } => {
-                let x = conv2d(conv_layer, xs, training, &SEED_CONV)?;
-                let x = relu("fwd relu", &x)?;
-                let x = span("fwd max-pool", dev, || max_pool_2x2(&x))?;
-                span("fwd fc", dev, || linear(fc, &x.flatten_from(1)?))
+            Architecture::SeedCnn { conv, fc } => {
+                let x = conv_block(conv, xs, training, RELU_POOL, &SEED_CONV)?;
+                dense(fc, &x.flatten_from(1)?, false, &FC)
             }
             Architecture::Cnn {
                 conv1,
@@ -361,16 +430,12 @@ impl Model {
                 conv_dropout,
                 dropout: p,
             } => {
-                let x = conv2d(conv1, xs, training, &CONV1)?;
-                let x = relu("fwd relu1", &x)?;
-                let x = conv2d(conv2, &x, training, &CONV2)?;
-                let x = relu("fwd relu2", &x)?;
-                let x = span("fwd max-pool", dev, || max_pool_2x2(&x))?;
+                let x = conv_block(conv1, xs, training, RELU, &CONV1)?;
+                let x = conv_block(conv2, &x, training, RELU_POOL, &CONV2)?;
                 let x = span("fwd dropout1", dev, || dropout(&x, *conv_dropout, mode))?;
-                let x = span("fwd fc1", dev, || linear(fc1, &x.flatten_from(1)?))?;
-                let x = relu("fwd relu3", &x)?;
+                let x = dense(fc1, &x.flatten_from(1)?, true, &FC1)?;
                 let x = span("fwd dropout2", dev, || dropout(&x, *p, mode))?;
-                span("fwd fc2", dev, || linear(fc2, &x))
+                dense(fc2, &x, false, &FC2)
             }
             Architecture::ResNet(net) => net.forward(xs, training),
         }

@@ -51,26 +51,32 @@ fn max_pool_2x2_generic(xs: &Tensor) -> Result<Tensor> {
     (windows * weights)?.sum(5)?.sum(3)
 }
 
-/// Index (0..4, row-major) of the window's first maximum, and the maximum. NaN wins, as in
-/// PyTorch, so a NaN propagates instead of vanishing.
+/// Index into the plane of the window's first maximum, and the maximum (see
+/// [`window_first_max`]).
 #[inline]
 fn window_argmax(x: &[f32], plane_w: usize, top_left: usize) -> (usize, f32) {
-    let candidates = [
-        top_left,
-        top_left + 1,
-        top_left + plane_w,
-        top_left + plane_w + 1,
+    let (k, v) = window_first_max(x, plane_w, top_left);
+    (top_left + (k / 2) * plane_w + k % 2, v)
+}
+
+/// Position (0..4, row-major) in the 2×2 window at `top_left` of its first maximum, and the
+/// maximum. NaN wins, as in PyTorch, so a NaN propagates instead of vanishing.
+#[inline]
+pub(super) fn window_first_max(x: &[f32], plane_w: usize, top_left: usize) -> (usize, f32) {
+    let window = [
+        x[top_left],
+        x[top_left + 1],
+        x[top_left + plane_w],
+        x[top_left + plane_w + 1],
     ];
     let mut best = 0;
-    let mut best_value = x[candidates[0]];
-    for (k, &i) in candidates.iter().enumerate().skip(1) {
-        let v = x[i];
+    for (k, &v) in window.iter().enumerate().skip(1) {
+        let best_value = window[best];
         if v > best_value || (v.is_nan() && !best_value.is_nan()) {
             best = k;
-            best_value = v;
         }
     }
-    (candidates[best], best_value)
+    (best, window[best])
 }
 
 struct MaxPool2x2;

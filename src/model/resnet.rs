@@ -20,6 +20,8 @@ static RESNET_CONV: ConvNames = ConvNames {
     bias: "fwd resnet conv bias",
     kernel_grad: "bwd resnet conv kernel grad",
     input_grad: "bwd resnet conv input grad",
+    backward: "bwd resnet conv",
+    relu: "fwd resnet conv relu",
 };
 
 /// PyTorch's BatchNorm2d defaults.

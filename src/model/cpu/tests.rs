@@ -1,0 +1,482 @@
+//! exp's CPU kernels against candle's reference ops (forward and every gradient), against
+//! finite differences, and across thread counts (bit-identical).
+//!
+//! References: candle's `conv2d` + bias, `matmul` + bias, `x * mask`; the ReLU as
+//! `x * (x > 0)` (PyTorch's gradient: none at exactly 0, where candle's `relu` passes it) and
+//! the max-pool as exp's `max_pool_2x2` (PyTorch's first-maximum gradient, tested in pool.rs
+//! against candle; candle's own `max_pool2d` backward scales the gradient by ties/4).
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::{Conv2d, Conv2dConfig, Linear};
+
+use super::conv::{conv2d, Epilogue};
+use super::linear::{linear, DenseNames};
+use crate::model::{max_pool_2x2, ConvNames};
+use crate::rng::{ExpRng, Purpose};
+
+static NAMES: ConvNames = ConvNames {
+    forward: "test fwd",
+    bias: "test bias",
+    kernel_grad: "test kernel grad",
+    input_grad: "test input grad",
+    backward: "test bwd",
+    relu: "test relu",
+};
+static DENSE: DenseNames = DenseNames {
+    forward: "test dense fwd",
+    backward: "test dense bwd",
+    relu: "test dense relu",
+};
+
+/// Summation order differs from candle's (GEMM blocking, chunked batch sums): outputs and
+/// gradients must agree within this fraction of the largest magnitude.
+const TOLERANCE: f32 = 2e-5;
+
+fn uniform(rng: &mut ExpRng, shape: &[usize], scale: f32) -> Result<Tensor> {
+    Tensor::from_vec(
+        rng.uniform(shape.iter().product(), scale),
+        shape,
+        &Device::Cpu,
+    )
+}
+
+/// PyTorch's ReLU: gradient only where the input is > 0.
+fn relu_reference(x: &Tensor) -> Result<Tensor> {
+    x.mul(&x.gt(0f32)?.to_dtype(DType::F32)?)
+}
+
+fn max_relative_difference(a: &Tensor, b: &Tensor) -> Result<f32> {
+    let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+    Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / scale)
+}
+
+/// The values of `ours` and `theirs` and the gradients a random linear function of each sends
+/// to `vars` agree within [`TOLERANCE`]; a variable gets a gradient from both or from neither.
+fn assert_same(
+    rng: &mut ExpRng,
+    ours: &Tensor,
+    theirs: &Tensor,
+    vars: &[(&Var, &str)],
+    case: &str,
+) -> Result<()> {
+    assert_eq!(ours.dims(), theirs.dims(), "{case}: shape");
+    let d = max_relative_difference(ours, theirs)?;
+    assert!(d <= TOLERANCE, "{case}: output differs by {d}");
+    let probe = uniform(rng, theirs.dims(), 1.0)?;
+    let g_ours = (ours * &probe)?.sum_all()?.backward()?;
+    let g_theirs = (theirs * &probe)?.sum_all()?.backward()?;
+    for (var, what) in vars {
+        match (g_ours.get(var), g_theirs.get(var)) {
+            (Some(a), Some(b)) => {
+                let d = max_relative_difference(a, b)?;
+                assert!(d <= TOLERANCE, "{case}: {what} gradient differs by {d}");
+            }
+            (None, None) => {}
+            (a, b) => panic!(
+                "{case}: {what} gradient from ours: {}, from the reference: {}",
+                a.is_some(),
+                b.is_some()
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// One convolution case: input (n, c, h, w), c_out, square kernel k, stride, padding,
+/// dilation.
+#[derive(Debug, Clone, Copy)]
+struct ConvCase {
+    input: (usize, usize, usize, usize),
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+}
+
+const fn case(
+    input: (usize, usize, usize, usize),
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> ConvCase {
+    ConvCase {
+        input,
+        c_out,
+        k,
+        stride,
+        padding,
+        dilation,
+    }
+}
+
+/// Shapes of the zoo (seed-cnn's and cnn's layers, a ResNet 1×1 shortcut) and edge cases:
+/// one image, a batch that does not split evenly into the reduction chunks, odd maps (the
+/// pool drops the last row/column), padding wider than the kernel (rows entirely in the
+/// padding), strides with dilation, a kernel as large as the input.
+const CASES: &[ConvCase] = &[
+    case((4, 1, 28, 28), 32, 3, 1, 0, 1),
+    case((3, 32, 14, 14), 64, 3, 1, 0, 1),
+    case((5, 8, 8, 8), 16, 1, 2, 0, 1),
+    case((2, 6, 9, 9), 4, 1, 1, 0, 1),
+    case((1, 3, 7, 9), 5, 3, 1, 1, 1),
+    case((17, 2, 6, 5), 3, 2, 1, 0, 1),
+    case((3, 2, 5, 6), 4, 3, 2, 4, 1),
+    case((2, 3, 13, 11), 2, 3, 3, 2, 2),
+    case((2, 4, 9, 10), 3, 5, 1, 2, 1),
+    case((2, 2, 4, 4), 3, 4, 1, 0, 1),
+];
+
+struct ConvOperands {
+    /// The input's storage; the op sees `input`, which may be a strided view of it.
+    base: Var,
+    input: Tensor,
+    weight: Var,
+    bias: Option<Var>,
+}
+
+impl ConvOperands {
+    fn new(
+        rng: &mut ExpRng,
+        c: &ConvCase,
+        strided: bool,
+        track_input: bool,
+        bias: bool,
+    ) -> Result<Self> {
+        let (n, ci, h, w) = c.input;
+        // A strided input: the transpose of a (n, c, w, h) tensor.
+        let base = if strided {
+            Var::from_tensor(&uniform(rng, &[n, ci, w, h], 1.0)?)?
+        } else {
+            Var::from_tensor(&uniform(rng, &[n, ci, h, w], 1.0)?)?
+        };
+        let input = if strided {
+            base.as_tensor().transpose(2, 3)?
+        } else {
+            base.as_tensor().clone()
+        };
+        let input = if track_input { input } else { input.detach() };
+        let weight = Var::from_tensor(&uniform(rng, &[c.c_out, ci, c.k, c.k], 0.5)?)?;
+        let bias = if bias {
+            Some(Var::from_tensor(&uniform(rng, &[c.c_out], 0.5)?)?)
+        } else {
+            None
+        };
+        Ok(ConvOperands {
+            base,
+            input,
+            weight,
+            bias,
+        })
+    }
+
+    fn layer(&self, c: &ConvCase) -> Conv2d {
+        Conv2d::new(
+            self.weight.as_tensor().clone(),
+            self.bias.as_ref().map(|b| b.as_tensor().clone()),
+            Conv2dConfig {
+                padding: c.padding,
+                stride: c.stride,
+                dilation: c.dilation,
+                groups: 1,
+                cudnn_fwd_algo: None,
+            },
+        )
+    }
+
+    fn reference(&self, c: &ConvCase, epilogue: Epilogue) -> Result<Tensor> {
+        // candle 0.11.1's conv2d backward gets the input gradient's shape wrong for some
+        // strided, padded cases; a stride-1 convolution sampled every `stride` pixels is the
+        // same function, with a gradient candle computes correctly.
+        let mut y = self
+            .input
+            .conv2d(self.weight.as_tensor(), c.padding, 1, c.dilation, 1)?;
+        if c.stride > 1 {
+            for dim in [2, 3] {
+                let kept: Vec<u32> = (0..y.dim(dim)?)
+                    .step_by(c.stride)
+                    .map(|i| i as u32)
+                    .collect();
+                let kept = Tensor::new(kept.as_slice(), &Device::Cpu)?;
+                y = y.index_select(&kept, dim)?;
+            }
+        }
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.as_tensor().reshape((1, c.c_out, 1, 1))?)?;
+        }
+        if epilogue.relu {
+            y = relu_reference(&y)?;
+        }
+        if epilogue.max_pool {
+            y = max_pool_2x2(&y)?;
+        }
+        Ok(y)
+    }
+
+    fn vars(&self) -> Vec<(&Var, &'static str)> {
+        let mut vars = vec![(&self.base, "input"), (&self.weight, "kernel")];
+        if let Some(b) = &self.bias {
+            vars.push((b, "bias"));
+        }
+        vars
+    }
+}
+
+fn output_size(len: usize, c: &ConvCase) -> usize {
+    (len + 2 * c.padding - c.dilation * (c.k - 1) - 1) / c.stride + 1
+}
+
+#[test]
+fn conv_matches_candle_forward_and_backward() -> Result<()> {
+    let mut rng = ExpRng::new(11, Purpose::Init);
+    let mut checked = 0;
+    for (i, c) in CASES.iter().enumerate() {
+        let pool_fits = output_size(c.input.2, c) >= 2 && output_size(c.input.3, c) >= 2;
+        for (relu, max_pool) in [(false, false), (true, false), (true, true), (false, true)] {
+            if max_pool && !pool_fits {
+                continue;
+            }
+            let epilogue = Epilogue { relu, max_pool };
+            // Vary the rest with the case: strided input, tracked input, bias.
+            let strided = i % 2 == 1;
+            let track_input = i % 3 != 0;
+            let bias = i % 4 != 3;
+            let ops = ConvOperands::new(&mut rng, c, strided, track_input, bias)?;
+            let ours = conv2d(&ops.layer(c), &ops.input, epilogue, &NAMES)?;
+            let theirs = ops.reference(c, epilogue)?;
+            let label = format!("{c:?} {epilogue:?} strided={strided} bias={bias}");
+            assert_same(&mut rng, &ours, &theirs, &ops.vars(), &label)?;
+            checked += 1;
+        }
+    }
+    assert!(checked >= 35, "{checked} cases");
+    Ok(())
+}
+
+#[test]
+fn conv_refuses_a_pool_on_a_map_smaller_than_its_window() -> Result<()> {
+    let mut rng = ExpRng::new(12, Purpose::Init);
+    let c = case((1, 1, 3, 3), 2, 3, 1, 0, 1);
+    let ops = ConvOperands::new(&mut rng, &c, false, true, true)?;
+    let err = conv2d(
+        &ops.layer(&c),
+        &ops.input,
+        Epilogue {
+            relu: true,
+            max_pool: true,
+        },
+        &NAMES,
+    )
+    .expect_err("a 1×1 map cannot be pooled");
+    assert!(err.to_string().contains("2×2"), "{err}");
+    Ok(())
+}
+
+/// Central differences of `loss` at each of a few coordinates of `var` against its gradient.
+fn assert_finite_differences(
+    var: &Var,
+    coordinates: &[usize],
+    loss: &dyn Fn() -> Result<Tensor>,
+    what: &str,
+) -> Result<()> {
+    let grads = loss()?.backward()?;
+    let analytic = grads
+        .get(var)
+        .expect("a gradient")
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let original = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+    let shape = var.as_tensor().shape().clone();
+    let eps = 1e-2f32;
+    for &i in coordinates {
+        let at = |d: f32| -> Result<f32> {
+            let mut v = original.clone();
+            v[i] += d;
+            var.set(&Tensor::from_vec(v, &shape, &Device::Cpu)?)?;
+            loss()?.to_scalar::<f32>()
+        };
+        let numeric = (at(eps)? - at(-eps)?) / (2.0 * eps);
+        var.set(&Tensor::from_vec(original.clone(), &shape, &Device::Cpu)?)?;
+        let a = analytic[i];
+        assert!(
+            (numeric - a).abs() <= 2e-2 * a.abs().max(1.0),
+            "{what}[{i}]: finite difference {numeric}, backward {a}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn conv_gradients_match_finite_differences() -> Result<()> {
+    let mut rng = ExpRng::new(13, Purpose::Init);
+    let c = case((2, 3, 7, 6), 4, 3, 1, 1, 1);
+    let ops = ConvOperands::new(&mut rng, &c, false, true, true)?;
+    let probe = uniform(&mut rng, &[2, 4, 3, 3], 1.0)?;
+    let layer = || ops.layer(&c);
+    let epilogue = Epilogue {
+        relu: true,
+        max_pool: true,
+    };
+    let loss = || (conv2d(&layer(), &ops.input, epilogue, &NAMES)? * &probe)?.sum_all();
+    assert_finite_differences(&ops.weight, &[0, 17, 53, 107], &loss, "kernel")?;
+    if let Some(b) = &ops.bias {
+        assert_finite_differences(b, &[0, 1, 2, 3], &loss, "bias")?;
+    }
+    assert_finite_differences(&ops.base, &[0, 40, 100, 251], &loss, "input")?;
+    Ok(())
+}
+
+/// Forward and backward of `f` in a rayon pool of each size: every run's output and
+/// gradients bit-identical.
+fn assert_thread_count_invariant(
+    vars: &[&Var],
+    f: &(dyn Fn() -> Result<Tensor> + Sync),
+) -> Result<()> {
+    let mut runs: Vec<Vec<Vec<f32>>> = Vec::new();
+    for threads in [1, 2, 3, 4] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool");
+        let run = pool.install(|| -> Result<Vec<Vec<f32>>> {
+            let y = f()?;
+            let grads = y.sqr()?.sum_all()?.backward()?;
+            let mut values = vec![y.flatten_all()?.to_vec1::<f32>()?];
+            for v in vars {
+                values.push(
+                    grads
+                        .get(v)
+                        .expect("gradient")
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                );
+            }
+            Ok(values)
+        })?;
+        if let Some(first) = runs.first() {
+            assert!(first == &run, "{threads} threads differ from 1");
+        }
+        runs.push(run);
+    }
+    Ok(())
+}
+
+#[test]
+fn conv_results_do_not_depend_on_the_thread_count() -> Result<()> {
+    let mut rng = ExpRng::new(14, Purpose::Init);
+    let c = case((37, 8, 12, 12), 16, 3, 1, 0, 1);
+    let ops = ConvOperands::new(&mut rng, &c, false, true, true)?;
+    let bias = ops.bias.as_ref().expect("bias");
+    assert_thread_count_invariant(&[&ops.base, &ops.weight, bias], &|| {
+        conv2d(
+            &ops.layer(&c),
+            &ops.input,
+            Epilogue {
+                relu: true,
+                max_pool: true,
+            },
+            &NAMES,
+        )
+    })
+}
+
+struct DenseOperands {
+    input: Var,
+    weight: Var,
+    bias: Option<Var>,
+}
+
+impl DenseOperands {
+    fn new(rng: &mut ExpRng, n: usize, inputs: usize, outputs: usize, bias: bool) -> Result<Self> {
+        Ok(DenseOperands {
+            input: Var::from_tensor(&uniform(rng, &[n, inputs], 1.0)?)?,
+            weight: Var::from_tensor(&uniform(rng, &[outputs, inputs], 0.5)?)?,
+            bias: if bias {
+                Some(Var::from_tensor(&uniform(rng, &[outputs], 0.5)?)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn layer(&self) -> Linear {
+        Linear::new(
+            self.weight.as_tensor().clone(),
+            self.bias.as_ref().map(|b| b.as_tensor().clone()),
+        )
+    }
+}
+
+#[test]
+fn linear_matches_candle_forward_and_backward() -> Result<()> {
+    let mut rng = ExpRng::new(15, Purpose::Init);
+    let shapes = [
+        (64, 5408, 10),
+        (64, 9216, 128),
+        (1, 7, 3),
+        (5, 1, 4),
+        (33, 20, 1),
+        (3, 4, 5),
+    ];
+    for (i, &(n, inputs, outputs)) in shapes.iter().enumerate() {
+        for relu in [false, true] {
+            let bias = i % 3 != 2;
+            let track_input = i % 2 == 0;
+            let ops = DenseOperands::new(&mut rng, n, inputs, outputs, bias)?;
+            let x = if track_input {
+                ops.input.as_tensor().clone()
+            } else {
+                ops.input.as_tensor().detach()
+            };
+            let ours = linear(&ops.layer(), &x, relu, &DENSE)?;
+            let mut theirs = x.matmul(&ops.weight.as_tensor().t()?)?;
+            if let Some(b) = &ops.bias {
+                theirs = theirs.broadcast_add(b.as_tensor())?;
+            }
+            if relu {
+                theirs = relu_reference(&theirs)?;
+            }
+            let mut vars = vec![(&ops.input, "input"), (&ops.weight, "weight")];
+            if let Some(b) = &ops.bias {
+                vars.push((b, "bias"));
+            }
+            let label = format!("linear {n}×{inputs}→{outputs} relu={relu} bias={bias}");
+            assert_same(&mut rng, &ours, &theirs, &vars, &label)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn linear_gradients_match_finite_differences_and_thread_counts() -> Result<()> {
+    let mut rng = ExpRng::new(16, Purpose::Init);
+    let ops = DenseOperands::new(&mut rng, 6, 9, 5, true)?;
+    let probe = uniform(&mut rng, &[6, 5], 1.0)?;
+    let loss = || (linear(&ops.layer(), ops.input.as_tensor(), true, &DENSE)? * &probe)?.sum_all();
+    assert_finite_differences(&ops.weight, &[0, 11, 44], &loss, "weight")?;
+    assert_finite_differences(&ops.input, &[3, 30, 53], &loss, "input")?;
+    let bias = ops.bias.as_ref().expect("bias");
+    assert_finite_differences(bias, &[0, 4], &loss, "bias")?;
+    let big = DenseOperands::new(&mut rng, 70, 300, 130, true)?;
+    let bias = big.bias.as_ref().expect("bias");
+    assert_thread_count_invariant(&[&big.input, &big.weight, bias], &|| {
+        linear(&big.layer(), big.input.as_tensor(), true, &DENSE)
+    })
+}
+
+#[test]
+fn dropout_uses_the_stream_and_masks_its_gradient() -> Result<()> {
+    let mut rng = ExpRng::new(17, Purpose::Init);
+    let x = Var::from_tensor(&uniform(&mut rng, &[8, 50], 1.0)?)?;
+    let ours = super::dropout::dropout(x.as_tensor(), 0.25, &mut ExpRng::new(3, Purpose::Dropout))?;
+    let mask = ExpRng::new(3, Purpose::Dropout).dropout_mask(400, 0.25);
+    let mask = Tensor::from_vec(mask, (8, 50), &Device::Cpu)?;
+    let theirs = x.as_tensor().mul(&mask)?;
+    assert_eq!(
+        ours.flatten_all()?.to_vec1::<f32>()?,
+        theirs.flatten_all()?.to_vec1::<f32>()?
+    );
+    assert_same(&mut rng, &ours, &theirs, &[(&x, "input")], "dropout")
+}
