@@ -40,11 +40,19 @@ impl ExpRng {
     }
 
     /// A keep-mask for inverted dropout: `1/(1-p)` with probability `1-p`, else 0.
+    ///
+    /// The words are drawn in bulk (a dropout layer draws hundreds of thousands per step), and
+    /// each is turned into a uniform float exactly as `rand`'s `random::<f32>()` does — the top
+    /// 24 bits times 2⁻²⁴ — so the masks are the per-draw ones, bit for bit (tested).
     pub fn dropout_mask(&mut self, n: usize, p: f32) -> Vec<f32> {
         let scale = 1.0 / (1.0 - p);
-        (0..n)
-            .map(|_| {
-                if self.0.random::<f32>() < p {
+        let mut words = vec![0u32; n];
+        self.0.fill(&mut words[..]);
+        words
+            .into_iter()
+            .map(|word| {
+                let uniform = (word >> 8) as f32 * (1.0 / (1u32 << 24) as f32);
+                if uniform < p {
                     0.0
                 } else {
                     scale
@@ -101,6 +109,26 @@ mod tests {
         assert!(xs.iter().all(|x| (-0.25..0.25).contains(x)));
         let mean: f32 = xs.iter().sum::<f32>() / xs.len() as f32;
         assert!(mean.abs() < 0.01, "mean {mean}");
+    }
+
+    #[test]
+    fn bulk_dropout_mask_equals_per_draw_sampling() {
+        for (n, p) in [(1, 0.5), (17, 0.25), (100_003, 0.5), (4096, 0.1)] {
+            let mut per_draw = ExpRng::new(7, Purpose::Dropout);
+            let expected: Vec<f32> = (0..n)
+                .map(|_| {
+                    if per_draw.0.random::<f32>() < p {
+                        0.0
+                    } else {
+                        1.0 / (1.0 - p)
+                    }
+                })
+                .collect();
+            let mut bulk = ExpRng::new(7, Purpose::Dropout);
+            assert_eq!(bulk.dropout_mask(n, p), expected, "n = {n}, p = {p}");
+            // The stream continues at the same place.
+            assert_eq!(bulk.0.random::<u32>(), per_draw.0.random::<u32>());
+        }
     }
 
     #[test]

@@ -219,6 +219,32 @@ fn same_seed_same_weights_other_seed_other_weights() {
     );
 }
 
+/// exp's CPU kernels split batch sums into fixed chunks, not per thread: the deeper `cnn`
+/// (two conv kinds, pool, dropout, dense + ReLU) trains to the same bits on 1, 2 and 3 threads.
+#[test]
+fn weights_do_not_depend_on_the_thread_count() {
+    let env = Env::new();
+    let dir = env.init_repo("threads");
+    env.git(&dir, &["switch", "-q", "-c", "feature/threads"]);
+    let mut runs = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let mut args = vec!["run", "mnist-cnn"];
+        args.extend_from_slice(QUICK);
+        args.extend_from_slice(&["--set", "model.name=cnn", "--set", "data.train_limit=320"]);
+        let out = env
+            .exp_cmd(&dir, &args)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .expect("run exp");
+        assert!(out.status.success(), "{}", describe(&out));
+        let r = record_at(&env, &dir, "HEAD", "mnist-cnn");
+        assert_eq!(r.run.threads.to_string(), threads);
+        runs.push((r.model.tensor_hash, r.metrics.values.get("loss").copied()));
+    }
+    assert_eq!(runs[0], runs[1], "1 and 2 threads");
+    assert_eq!(runs[0], runs[2], "1 and 3 threads");
+}
+
 #[test]
 fn run_on_develop_carries_uncommitted_changes_elsewhere() {
     let env = Env::new();
