@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU benchmark, exp vs PyTorch side by side (see scripts/bench_cpu.py). Installs Debian's
+# CPU benchmark, exp vs PyTorch side by side (see scripts/bench_cpu.py for the options). Installs Debian's
 # python3-torch if missing, builds exp (the same `--release` build the tests use), then measures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
