@@ -74,6 +74,10 @@ pub struct RunInfo {
     pub gpu: Option<crate::device::GpuInfo>,
     /// CPU threads candle used.
     pub threads: usize,
+    /// `candle` when a CPU run used candle's own ops instead of exp's CPU kernels
+    /// (`EXP_CPU_OPS=candle`, for comparisons): the weights differ in the last bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ops: Option<String>,
     /// exp version.
     pub exp_version: String,
     /// candle version.

@@ -183,6 +183,8 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
             device: opened.description.clone(),
             gpu: opened.gpu.clone(),
             threads: candle_core::utils::get_num_threads(),
+            cpu_ops: (opened.device.is_cpu() && crate::model::candle_cpu_ops_forced())
+                .then(|| "candle".to_string()),
             exp_version: crate::VERSION.to_string(),
             candle_version: crate::CANDLE_VERSION.to_string(),
             seed: spec.train.seed,

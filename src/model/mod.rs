@@ -17,7 +17,7 @@ use crate::spec::{ModelName, ModelSpec};
 mod conv;
 #[cfg(test)]
 mod conv_testing;
-pub mod cpu;
+mod cpu;
 mod direct;
 mod im2col;
 mod pool;
@@ -179,7 +179,7 @@ fn conv_block(
     epilogue: Epilogue,
     names: &'static ConvNames,
 ) -> Result<Tensor> {
-    if cpu::applies(xs) {
+    if cpu::applies(xs) && layer.config().groups == 1 {
         return cpu::conv::conv2d(layer, xs, epilogue, names);
     }
     let dev = xs.device();
@@ -208,7 +208,12 @@ fn dense(layer: &Linear, xs: &Tensor, relu: bool, names: &'static DenseNames) ->
 }
 
 use cpu::conv::Epilogue;
-pub use cpu::linear::DenseNames;
+use cpu::linear::DenseNames;
+
+/// Whether `EXP_CPU_OPS=candle` replaced exp's CPU kernels with candle's ops in this process.
+pub fn candle_cpu_ops_forced() -> bool {
+    cpu::candle_forced()
+}
 
 pub use conv::{conv2d, ConvNames};
 pub use im2col::{conv2d_gemm, ConvGeometry};
@@ -488,6 +493,68 @@ mod tests {
         height: 28,
         width: 28,
     };
+
+    /// The models wired onto exp's CPU kernels compute what they compute on candle's ops:
+    /// the same loss and parameter gradients (dropout masks from the same stream), on real-sized
+    /// MNIST batches of random pixels, for every model the kernels serve.
+    #[test]
+    fn models_on_exp_kernels_match_candle_ops() -> Result<()> {
+        let images = Tensor::from_vec(
+            ExpRng::new(5, Purpose::Init).uniform(16 * 28 * 28, 1.0),
+            (16, 1, 28, 28),
+            &Device::Cpu,
+        )?;
+        let labels = Tensor::from_vec(
+            (0..16u32).map(|i| i % 10).collect::<Vec<_>>(),
+            16,
+            &Device::Cpu,
+        )?;
+        let mlp = ModelSpec {
+            hidden: Some(vec![64, 32]),
+            dropout: Some(0.2),
+            ..spec(ModelName::Mlp)
+        };
+        for spec in [spec(ModelName::SeedCnn), spec(ModelName::Cnn), mlp] {
+            let model = Model::new(&spec, MNIST, 10, 1, &Device::Cpu)?;
+            let run = |candle: bool| -> Result<(f32, Vec<Tensor>)> {
+                cpu::TEST_CANDLE_OPS.with(|c| c.set(candle));
+                let mut dropout = ExpRng::new(9, Purpose::Dropout);
+                let logits = model.forward(&images, &mut Mode::Train(&mut dropout))?;
+                cpu::TEST_CANDLE_OPS.with(|c| c.set(false));
+                let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+                let grads = loss.backward()?;
+                let grads = model
+                    .params()
+                    .vars()
+                    .iter()
+                    .map(|v| {
+                        grads
+                            .get(v)
+                            .cloned()
+                            .expect("every parameter has a gradient")
+                    })
+                    .collect();
+                Ok((loss.to_scalar::<f32>()?, grads))
+            };
+            let (ours, theirs) = (run(false)?, run(true)?);
+            let name = spec.name.as_str();
+            assert!(
+                (ours.0 - theirs.0).abs() < 1e-5,
+                "{name}: loss {} vs {}",
+                ours.0,
+                theirs.0
+            );
+            for (a, b) in ours.1.iter().zip(&theirs.1) {
+                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
+                let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "{name}: a gradient differs by {diff} (scale {scale})"
+                );
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn seed_cnn_has_the_tutorial_shape() -> Result<()> {

@@ -166,18 +166,15 @@ impl LayerKernel for Kernel {
                 };
                 let convolve = |z: &mut [f32]| {
                     clock.time("gemm", || {
-                        match bias {
-                            Some(bias) => {
-                                for (row, &b) in z.chunks_exact_mut(pixels).zip(bias) {
-                                    row.fill(b);
-                                }
+                        if let Some(bias) = bias {
+                            for (row, &b) in z.chunks_exact_mut(pixels).zip(bias) {
+                                row.fill(b);
                             }
-                            None => z.fill(0.0),
                         }
                         gemm(
                             z,
                             Mat::row_major(c_out, pixels),
-                            true,
+                            bias.is_some(),
                             w,
                             Mat::row_major(c_out, taps),
                             col,
@@ -355,7 +352,10 @@ impl LayerKernel for Kernel {
         drop(argmax);
         clock.report(self.names.backward);
         let mut parts = partials.into_iter();
-        let (mut dw, mut db) = parts.next().unwrap_or_default();
+        // An empty batch has no chunks: zero gradients.
+        let (mut dw, mut db) = parts
+            .next()
+            .unwrap_or_else(|| (vec![0f32; c_out * taps], vec![0f32; c_out]));
         for (pw, pb) in parts {
             dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
             db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
@@ -464,10 +464,11 @@ fn relu_in_place(values: &mut [f32]) {
     }
 }
 
-/// The gradient where the ReLU's output is positive, zero elsewhere.
+/// The gradient except where the ReLU's output is ≤ 0 (PyTorch's `threshold_backward`: a NaN
+/// output passes its gradient, so the NaN reaches the parameters).
 fn relu_backward(grad: &[f32], output: &[f32], dz: &mut [f32]) {
     for ((d, &g), &y) in dz.iter_mut().zip(grad).zip(output) {
-        *d = if y > 0.0 { g } else { 0.0 };
+        *d = if y <= 0.0 { 0.0 } else { g };
     }
 }
 

@@ -120,7 +120,7 @@ impl LayerKernel for Dense {
             masked = g
                 .iter()
                 .zip(y)
-                .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 })
+                .map(|(&g, &y)| if y <= 0.0 { 0.0 } else { g })
                 .collect::<Vec<f32>>();
             &masked
         } else {

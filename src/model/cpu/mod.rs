@@ -27,12 +27,32 @@ pub mod linear;
 #[cfg(test)]
 mod tests;
 
-/// Whether a tensor runs on exp's CPU kernels: f32 on the CPU, unless `EXP_CPU_OPS=candle`
-/// asks for candle's own ops (to compare the two; see docs/benchmarks.md).
-pub fn applies(xs: &Tensor) -> bool {
+/// Whether `EXP_CPU_OPS=candle` asks for candle's own CPU ops instead of exp's kernels (to
+/// compare the two; see docs/benchmarks.md). The run record says so (`run.cpu_ops`).
+pub fn candle_forced() -> bool {
     static CANDLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let candle = *CANDLE.get_or_init(|| std::env::var("EXP_CPU_OPS").is_ok_and(|v| v == "candle"));
-    xs.device().is_cpu() && xs.dtype() == DType::F32 && !candle
+    *CANDLE.get_or_init(|| std::env::var("EXP_CPU_OPS").is_ok_and(|v| v == "candle"))
+}
+
+/// Whether a tensor runs on exp's CPU kernels: f32 on the CPU, unless [`candle_forced`].
+pub fn applies(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32 && !candle_forced() && !test_override()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests compare a model on exp's kernels with the same model on candle's ops.
+    pub static TEST_CANDLE_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn test_override() -> bool {
+    TEST_CANDLE_OPS.with(|c| c.get())
+}
+
+#[cfg(not(test))]
+fn test_override() -> bool {
+    false
 }
 
 /// A strided view of an f32 matrix inside a slice.
@@ -65,13 +85,18 @@ impl Mat {
         }
     }
 
-    /// Elements of the slice the view reaches (one past its last element).
+    /// Elements of the slice the view reaches (one past its last element); panics on
+    /// overflow, which no slice could hold.
     fn extent(&self) -> usize {
         if self.rows == 0 || self.cols == 0 {
-            0
-        } else {
-            (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+            return 0;
         }
+        (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .zip((self.cols - 1).checked_mul(self.col_stride))
+            .and_then(|(a, b)| a.checked_add(b)?.checked_add(1))
+            .filter(|&end| end <= isize::MAX as usize)
+            .expect("gemm: a matrix view larger than memory")
     }
 }
 
@@ -130,9 +155,12 @@ pub fn gemm(
             n => gemm::Parallelism::Rayon(n),
         },
     };
+    // Strides fit isize: each is at most the extent of its view, checked above.
     let s = |v: usize| v as isize;
-    // SAFETY: the asserts above keep every element the three views address inside its slice;
-    // `dst` is a unique borrow, so it aliases neither operand.
+    // SAFETY: the asserts above keep every element the three views address inside its slice
+    // (extents computed without overflow); `dst` is a unique borrow, so it aliases neither
+    // operand; and no `Mat` overlaps itself (each `row_major` view has distinct elements, and
+    // a transpose keeps them), so gemm's threads never write one element twice.
     unsafe {
         gemm::gemm(
             d.rows,
@@ -189,7 +217,8 @@ pub fn with_scratch<R>(
 }
 
 /// Chunks a batch of `n` images is split into for a reduction over the batch: a fixed number
-/// (not the thread count), so the summation order, and the result, is the same on any machine.
+/// (not the thread count), so the summation order, and the result, is the same for any number
+/// of threads. (Not across CPUs: gemm's blocking follows the cache sizes and SIMD width.)
 pub const REDUCTION_CHUNKS: usize = 16;
 
 /// Images per reduction chunk for a batch of `n`.
@@ -212,11 +241,6 @@ pub fn slice<'a>(
 /// A CPU f32 tensor of `shape` owning `values`.
 pub fn tensor(values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(values, shape, &Device::Cpu)
-}
-
-/// The f32 storage a CPU op returns.
-pub fn storage(values: Vec<f32>) -> CpuStorage {
-    CpuStorage::F32(values)
 }
 
 /// Thread time spent in one phase of a kernel, summed over threads, for `EXP_PROFILE_OPS=1`

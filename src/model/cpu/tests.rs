@@ -112,16 +112,18 @@ const fn case(
     }
 }
 
-/// Shapes of the zoo (seed-cnn's and cnn's layers, a ResNet 1×1 shortcut) and edge cases:
-/// one image, a batch that does not split evenly into the reduction chunks, odd maps (the
-/// pool drops the last row/column), padding wider than the kernel (rows entirely in the
-/// padding), strides with dilation, a kernel as large as the input.
+/// Shapes of the zoo (seed-cnn's and cnn's layers, a ResNet 1×1 stride-2 shortcut) and edge
+/// cases: a 1×1 stride-1 kernel (no im2col: the image is its own column matrix), one image, a
+/// batch that does not split evenly into the reduction chunks, odd maps (the pool drops the
+/// last row/column), padding wider than the kernel (rows entirely in the padding), strides
+/// with dilation, a kernel as large as the input. The loop below varies strided input, input
+/// gradient and bias with the index: every case with index ≢ 0 (mod 3) tracks the input.
 const CASES: &[ConvCase] = &[
     case((4, 1, 28, 28), 32, 3, 1, 0, 1),
     case((3, 32, 14, 14), 64, 3, 1, 0, 1),
     case((5, 8, 8, 8), 16, 1, 2, 0, 1),
-    case((2, 6, 9, 9), 4, 1, 1, 0, 1),
     case((1, 3, 7, 9), 5, 3, 1, 1, 1),
+    case((2, 6, 9, 9), 4, 1, 1, 0, 1),
     case((17, 2, 6, 5), 3, 2, 1, 0, 1),
     case((3, 2, 5, 6), 4, 3, 2, 4, 1),
     case((2, 3, 13, 11), 2, 3, 3, 2, 2),
@@ -187,6 +189,18 @@ impl ConvOperands {
     }
 
     fn reference(&self, c: &ConvCase, epilogue: Epilogue) -> Result<Tensor> {
+        let mut y = self.convolution_reference(c)?;
+        if epilogue.relu {
+            y = relu_reference(&y)?;
+        }
+        if epilogue.max_pool {
+            y = max_pool_2x2(&y)?;
+        }
+        Ok(y)
+    }
+
+    /// candle's convolution plus the bias.
+    fn convolution_reference(&self, c: &ConvCase) -> Result<Tensor> {
         // candle 0.11.1's conv2d backward gets the input gradient's shape wrong for some
         // strided, padded cases; a stride-1 convolution sampled every `stride` pixels is the
         // same function, with a gradient candle computes correctly.
@@ -205,12 +219,6 @@ impl ConvOperands {
         }
         if let Some(b) = &self.bias {
             y = y.broadcast_add(&b.as_tensor().reshape((1, c.c_out, 1, 1))?)?;
-        }
-        if epilogue.relu {
-            y = relu_reference(&y)?;
-        }
-        if epilogue.max_pool {
-            y = max_pool_2x2(&y)?;
         }
         Ok(y)
     }
@@ -479,4 +487,97 @@ fn dropout_uses_the_stream_and_masks_its_gradient() -> Result<()> {
         theirs.flatten_all()?.to_vec1::<f32>()?
     );
     assert_same(&mut rng, &ours, &theirs, &[(&x, "input")], "dropout")
+}
+
+#[test]
+fn conv_ties_zeros_and_nan_follow_pytorch() -> Result<()> {
+    let mut rng = ExpRng::new(18, Purpose::Init);
+    let c = case((2, 2, 6, 7), 3, 3, 1, 0, 1);
+    // A zero kernel: every output is its channel's bias, so every window ties. A positive
+    // bias sends each window's gradient to its first element; a zero bias puts every output
+    // at exactly 0, where the ReLU passes no gradient (candle's `relu` would).
+    for (bias, epilogue) in [
+        (
+            0.5,
+            Epilogue {
+                relu: false,
+                max_pool: true,
+            },
+        ),
+        (
+            0.5,
+            Epilogue {
+                relu: true,
+                max_pool: true,
+            },
+        ),
+        (
+            0.0,
+            Epilogue {
+                relu: true,
+                max_pool: true,
+            },
+        ),
+        (
+            0.0,
+            Epilogue {
+                relu: true,
+                max_pool: false,
+            },
+        ),
+    ] {
+        let ops = ConvOperands::new(&mut rng, &c, false, true, true)?;
+        ops.weight.set(&ops.weight.as_tensor().zeros_like()?)?;
+        let b = ops.bias.as_ref().expect("bias");
+        b.set(&Tensor::full(bias as f32, c.c_out, &Device::Cpu)?)?;
+        let ours = conv2d(&ops.layer(&c), &ops.input, epilogue, &NAMES)?;
+        let theirs = ops.reference(&c, epilogue)?;
+        assert_same(
+            &mut rng,
+            &ours,
+            &theirs,
+            &ops.vars(),
+            &format!("ties {bias} {epilogue:?}"),
+        )?;
+    }
+    // A NaN or an infinity in the input: the outputs whose windows see it match the
+    // reference's (the pool keeps a NaN maximum, as PyTorch's; the ReLU keeps NaN).
+    for (poison, expected_nan) in [(f32::NAN, 12), (f32::INFINITY, 0)] {
+        let ops = ConvOperands::new(&mut rng, &c, false, false, true)?;
+        let mut x = ops.input.flatten_all()?.to_vec1::<f32>()?;
+        x[3 * 7 + 3] = poison; // image 0, channel 0, row 3, column 3
+        let x = Tensor::from_vec(x, (2, 2, 6, 7), &Device::Cpu)?;
+        let epilogue = Epilogue {
+            relu: true,
+            max_pool: true,
+        };
+        let ours = conv2d(&ops.layer(&c), &x, epilogue, &NAMES)?;
+        let poisoned = ConvOperands { input: x, ..ops };
+        // The ReLU's values: `x · (x > 0)` keeps NaN but turns −∞ into NaN; candle's `relu`
+        // maps −∞ to 0 but NaN to 0 too. PyTorch's keeps NaN and maps −∞ to 0.
+        let z = poisoned.convolution_reference(&c)?;
+        let relu = if poison.is_nan() {
+            relu_reference(&z)?
+        } else {
+            z.relu()?
+        };
+        let theirs = max_pool_2x2(&relu)?;
+        let (ours, theirs) = (
+            ours.flatten_all()?.to_vec1::<f32>()?,
+            theirs.flatten_all()?.to_vec1::<f32>()?,
+        );
+        // Every output channel sees the poisoned pixel in all four 2×2 windows of image 0.
+        assert_eq!(
+            ours.iter().filter(|v| v.is_nan()).count(),
+            expected_nan,
+            "{poison}"
+        );
+        for (a, b) in ours.iter().zip(&theirs) {
+            let same = (a.is_nan() && b.is_nan())
+                || a == b
+                || (a - b).abs() <= TOLERANCE * b.abs().max(1.0);
+            assert!(same, "{poison}: {a} vs the reference's {b}");
+        }
+    }
+    Ok(())
 }
