@@ -84,13 +84,30 @@ impl Filter {
         input: &mut impl Read,
         path: Option<&Path>,
     ) -> Result<Vec<u8>, LfsError> {
+        self.clean_chunks(&mut ReadChunks::new(input), path)
+    }
+
+    /// [`Filter::clean`] over borrowed chunks: the filter process passes Git's packets as they
+    /// lie in the packet buffer, so a stat-cache hit compares them with the file without
+    /// copying them first.
+    pub fn clean_chunks(
+        &mut self,
+        input: &mut impl ChunkSource,
+        path: Option<&Path>,
+    ) -> Result<Vec<u8>, LfsError> {
         let start = SystemTime::now();
-        let mut buf = vec![0u8; CHUNK];
-        let head = read_full(input, &mut buf[..MAX_POINTER + 1])?;
+        // Enough of the start to tell a pointer (Git sends 64 KiB packets: one, as a rule).
+        let mut head = Vec::new();
+        while head.len() <= MAX_POINTER {
+            match input.next_chunk()? {
+                Some(chunk) => head.extend_from_slice(chunk),
+                None => break,
+            }
+        }
         // Empty stays empty (git-lfs stores an empty file as the empty blob); a pointer is
         // its own clean.
-        if head == 0 || head <= MAX_POINTER && LfsPointer::parse(&buf[..head]).is_ok() {
-            return Ok(buf[..head].to_vec());
+        if head.is_empty() || head.len() <= MAX_POINTER && LfsPointer::parse(&head).is_ok() {
+            return Ok(head);
         }
         let file = path.and_then(|p| self.worktree.as_ref().map(|w| w.join(p)));
         let before = file.as_deref().and_then(FileStat::of);
@@ -104,22 +121,28 @@ impl Filter {
         };
 
         // A stat-cache hit: confirm that Git is streaming exactly that file, without hashing.
-        let mut chunk_len = head;
         if let (Some(oid), Some(t), Some(stat)) = (&cached, twin.as_mut(), &before) {
-            loop {
-                if chunk_len == 0 {
-                    if t.pos == stat.size && FileStat::of(&t.path).as_ref() == Some(stat) {
-                        trace(format_args!("stat cache hit: {}", t.path.display()));
-                        return Ok(LfsPointer::new(oid.clone(), stat.size)
-                            .encode()
-                            .into_bytes());
+            let mut mismatch = (!t.matches(&head)).then_some(head);
+            while mismatch.is_none() {
+                match input.next_chunk()? {
+                    Some(chunk) => {
+                        if !t.matches(chunk) {
+                            mismatch = Some(chunk.to_vec());
+                        }
                     }
-                    break;
+                    None => {
+                        if t.pos == stat.size
+                            && t.at_end()
+                            && FileStat::of(&t.path).as_ref() == Some(stat)
+                        {
+                            trace(format_args!("stat cache hit: {}", t.path.display()));
+                            return Ok(LfsPointer::new(oid.clone(), stat.size)
+                                .encode()
+                                .into_bytes());
+                        }
+                        mismatch = Some(Vec::new());
+                    }
                 }
-                if !t.matches(&buf[..chunk_len]) {
-                    break;
-                }
-                chunk_len = read_full(input, &mut buf)?;
             }
             trace(format_args!(
                 "stat cache entry not confirmed: {}",
@@ -137,20 +160,24 @@ impl Filter {
                     source: io::Error::other("file modified during clean"),
                 });
             }
-            writer.write(&buf[..chunk_len])?;
-            writer.copy_from(input)?;
+            writer.write(&mismatch.unwrap_or_default())?;
+            while let Some(chunk) = input.next_chunk()? {
+                writer.write(chunk)?;
+            }
             return writer.finish().map(|p| p.encode().into_bytes());
         }
 
         let mut writer = self.store.writer()?;
-        while chunk_len > 0 {
-            writer.write(&buf[..chunk_len])?;
-            if let Some(t) = twin.as_mut() {
-                if !t.matches(&buf[..chunk_len]) {
-                    twin = None;
-                }
+        let mut consume = |chunk: &[u8], twin: &mut Option<FileTwin>| -> Result<(), LfsError> {
+            writer.write(chunk)?;
+            if twin.as_mut().is_some_and(|t| !t.matches(chunk)) {
+                *twin = None;
             }
-            chunk_len = read_full(input, &mut buf)?;
+            Ok(())
+        };
+        consume(&head, &mut twin)?;
+        while let Some(chunk) = input.next_chunk()? {
+            consume(chunk, &mut twin)?;
         }
         let pointer = writer.finish()?;
         // Record the file only if what Git streamed is the file, as it was before and after
@@ -372,10 +399,15 @@ fn read_full(input: &mut impl Read, buf: &mut [u8]) -> Result<usize, LfsError> {
 }
 
 /// The work-tree file read alongside the stream, to tell whether Git is streaming that file.
+/// It is read in blocks of [`CHUNK`] and compared with the stream's chunks where they lie.
 struct FileTwin {
     path: PathBuf,
     file: File,
     buf: Vec<u8>,
+    /// The unread part of the block is `buf[at..filled]`.
+    at: usize,
+    filled: usize,
+    /// Bytes of the file matched so far (whole chunks only).
     pos: u64,
 }
 
@@ -385,25 +417,35 @@ impl FileTwin {
             path: path.to_path_buf(),
             file: File::open(path).ok()?,
             buf: vec![0u8; CHUNK],
+            at: 0,
+            filled: 0,
             pos: 0,
         })
     }
 
     /// Whether the file's next bytes are `chunk` (advancing past them when they are).
     fn matches(&mut self, chunk: &[u8]) -> bool {
-        let n = chunk.len();
-        if self.buf.len() < n {
-            self.buf.resize(n, 0);
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            if self.at == self.filled {
+                match read_full(&mut self.file, &mut self.buf) {
+                    Ok(n) if n > 0 => (self.at, self.filled) = (0, n),
+                    _ => return false,
+                }
+            }
+            let n = rest.len().min(self.filled - self.at);
+            if self.buf[self.at..self.at + n] != rest[..n] {
+                return false;
+            }
+            self.at += n;
+            rest = &rest[n..];
         }
-        if self.file.read_exact(&mut self.buf[..n]).is_err() || self.buf[..n] != *chunk {
-            return false;
-        }
-        self.pos += n as u64;
+        self.pos += chunk.len() as u64;
         true
     }
 
     fn at_end(&mut self) -> bool {
-        matches!(self.file.read(&mut [0u8; 1]), Ok(0))
+        self.at == self.filled && matches!(self.file.read(&mut [0u8; 1]), Ok(0))
     }
 
     /// Writes the file's first `len` bytes into `writer`.
@@ -414,6 +456,7 @@ impl FileTwin {
             source,
         };
         self.file.rewind().map_err(io)?;
+        (self.at, self.filled) = (0, 0);
         let mut left = len;
         while left > 0 {
             let n = (left as usize).min(self.buf.len());
@@ -422,6 +465,43 @@ impl FileTwin {
             left -= n as u64;
         }
         Ok(())
+    }
+}
+
+/// Content in borrowed chunks, up to its end (an empty chunk is not the end).
+pub trait ChunkSource {
+    /// The next chunk, or `None` at the end.
+    fn next_chunk(&mut self) -> Result<Option<&[u8]>, LfsError>;
+}
+
+/// Git's packets of one file, where they lie in the packet buffer.
+impl<R: Read> ChunkSource for super::pktline::ContentReader<'_, R> {
+    fn next_chunk(&mut self) -> Result<Option<&[u8]>, LfsError> {
+        super::pktline::ContentReader::next_chunk(self)
+            .map_err(|e| stream_error(io::Error::other(e)))
+    }
+}
+
+/// Any reader, through a buffer of [`CHUNK`].
+pub struct ReadChunks<R> {
+    inner: R,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> ReadChunks<R> {
+    /// Chunks of `inner`.
+    pub fn new(inner: R) -> Self {
+        ReadChunks {
+            inner,
+            buf: vec![0u8; CHUNK],
+        }
+    }
+}
+
+impl<R: Read> ChunkSource for ReadChunks<R> {
+    fn next_chunk(&mut self) -> Result<Option<&[u8]>, LfsError> {
+        let n = read_full(&mut self.inner, &mut self.buf)?;
+        Ok((n > 0).then(|| &self.buf[..n]))
     }
 }
 
@@ -489,7 +569,7 @@ pub fn filter_process(
         match command.as_str() {
             "clean" => {
                 let mut content = reader.content();
-                let result = filter.clean(&mut content, Some(Path::new(&pathname)));
+                let result = filter.clean_chunks(&mut content, Some(Path::new(&pathname)));
                 content.drain()?;
                 match result {
                     Ok(pointer) => {
@@ -722,5 +802,64 @@ mod tests {
         assert_ne!(second, first);
         let mut plain = filter_in(&dir.path().join("plain"));
         assert_eq!(second, plain.clean(&mut &other[..], None).unwrap());
+
+        // However Git cuts the stream (its 64 KiB packets, empty packets, odd sizes): a hit
+        // for the file, and for other bytes (a difference at the start, inside a chunk, at a
+        // block boundary of the file, at the end) the oid of those bytes.
+        let cuts: [&[usize]; 3] = [&[65516], &[0, 700, 1, 65516, 3 << 20], &[1 << 20, 5]];
+        for sizes in cuts {
+            assert_eq!(
+                filter
+                    .clean_chunks(&mut Ragged::new(&content, sizes), Some(rel))
+                    .unwrap(),
+                first,
+                "{sizes:?}"
+            );
+            for at in [0, 65516 + 3, 1 << 20, (3 << 20) - 1] {
+                let mut other = content.clone();
+                other[at] ^= 1;
+                let expected = plain.clean(&mut &other[..], None).unwrap();
+                let got = filter.clean_chunks(&mut Ragged::new(&other, sizes), Some(rel));
+                assert_eq!(got.unwrap(), expected, "{sizes:?}, difference at {at}");
+            }
+        }
+        // A pointer cut into pieces is still its own clean.
+        assert_eq!(
+            filter
+                .clean_chunks(&mut Ragged::new(&first, &[7, 0]), Some(rel))
+                .unwrap(),
+            first
+        );
+    }
+
+    /// Content in chunks of the given sizes, cycled (0: an empty chunk, which is not the end).
+    struct Ragged<'a> {
+        data: &'a [u8],
+        at: usize,
+        sizes: &'a [usize],
+        next: usize,
+    }
+
+    impl<'a> Ragged<'a> {
+        fn new(data: &'a [u8], sizes: &'a [usize]) -> Self {
+            Ragged {
+                data,
+                at: 0,
+                sizes,
+                next: 0,
+            }
+        }
+    }
+
+    impl ChunkSource for Ragged<'_> {
+        fn next_chunk(&mut self) -> Result<Option<&[u8]>, LfsError> {
+            if self.at == self.data.len() {
+                return Ok(None);
+            }
+            let n = self.sizes[self.next % self.sizes.len()].min(self.data.len() - self.at);
+            self.next += 1;
+            self.at += n;
+            Ok(Some(&self.data[self.at - n..self.at]))
+        }
     }
 }
