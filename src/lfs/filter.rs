@@ -222,39 +222,62 @@ impl Filter {
             writer.copy_from(&mut *file)?;
             return writer.finish().map(|p| p.encode().into_bytes());
         }
+        // The stat cache as a hint, never as the answer: a file it knows (same path, size,
+        // times, inode) most likely holds a stored object, so it is hashed alone and copied only
+        // if its object turns out to be missing; other files are hashed while they are copied.
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", fd(file))).ok();
+        let likely_known = path
+            .as_ref()
+            .zip(before.as_ref())
+            .and_then(|(p, stat)| self.cache.get(p, stat))
+            .is_some_and(|oid| self.store.contains(&oid));
+        let changed = || {
+            io(
+                "cleaning (it changed while being read; run the command again)",
+                io::Error::other("file modified during clean"),
+            )
+        };
+        if likely_known {
+            let pointer = hash_rest(file, &mut buf, head)?;
+            if stat_of(file) != before {
+                return Err(changed());
+            }
+            if !self.store.refresh(&pointer.oid) {
+                trace(format_args!("stat cache hint wrong: copying after hashing"));
+                let (tmp, copied) = self
+                    .store
+                    .copy_to_temp(&mut reopen(file).map_err(|e| io("reopening", e))?)?;
+                if stat_of(file) != before || copied != pointer.size {
+                    return Err(changed());
+                }
+                self.store.persist(tmp, &pointer.oid)?;
+            }
+            if let (Some(path), Some(stat)) = (path, before) {
+                self.cache.insert(path, stat, &pointer.oid);
+            }
+            return Ok(pointer.encode().into_bytes());
+        }
         // The copy needs its own file offset: a second open of the same file.
         let mut twin = reopen(file).map_err(|e| io("reopening", e))?;
         let store = self.store.clone();
         let (copy, pointer) = std::thread::scope(|scope| {
             let copier = scope.spawn(move || store.copy_to_temp(&mut twin));
-            let mut hasher = Sha256::new();
-            hasher.update(&buf[..head]);
-            let mut size = head as u64;
-            let hashed = loop {
-                match read_full(file, &mut buf) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => {
-                        hasher.update(&buf[..n]);
-                        size += n as u64;
-                    }
-                    Err(e) => break Err(e),
-                }
-            };
+            let hashed = hash_rest(file, &mut buf, head);
             let copy = copier
                 .join()
                 .unwrap_or_else(|_| Err(io("copying", io::Error::other("copy thread panicked"))));
-            let pointer = LfsPointer::new(Oid::from_digest(&hasher.finalize()), size);
-            hashed.map(|_| (copy, pointer))
+            hashed.map(|pointer| (copy, pointer))
         })?;
         let (tmp, copied) = copy?;
         // Size, mtime, ctime, inode and device: any write in between changes the ctime.
         if stat_of(file) != before || copied != pointer.size {
-            return Err(io(
-                "cleaning (it changed while being read; run the command again)",
-                io::Error::other("file modified during clean"),
-            ));
+            return Err(changed());
         }
         self.store.persist(tmp, &pointer.oid)?;
+        // Hashed from the file itself, stat unchanged and settled: a hint for the next clean.
+        if let (Some(path), Some(stat)) = (path, before) {
+            self.cache.insert(path, stat, &pointer.oid);
+        }
         Ok(pointer.encode().into_bytes())
     }
 
@@ -382,6 +405,22 @@ pub fn stat_cache_path(repo: &git2::Repository) -> PathBuf {
 
 fn stream_error(e: io::Error) -> LfsError {
     LfsError::Stream(e)
+}
+
+/// The pointer of `buf[..head]` followed by the rest of `file` (read through `buf`).
+fn hash_rest(file: &mut File, buf: &mut [u8], head: usize) -> Result<LfsPointer, LfsError> {
+    let mut hasher = Sha256::new();
+    hasher.update(&buf[..head]);
+    let mut size = head as u64;
+    loop {
+        match read_full(file, buf)? {
+            0 => return Ok(LfsPointer::new(Oid::from_digest(&hasher.finalize()), size)),
+            n => {
+                hasher.update(&buf[..n]);
+                size += n as u64;
+            }
+        }
+    }
 }
 
 /// Reads until `buf` is full or the input ends; returns how much was read.
@@ -770,6 +809,56 @@ mod tests {
             filter.clean_file(&mut File::open(&path).unwrap()).unwrap(),
             from_file
         );
+    }
+
+    /// `exp lfs clean < FILE` takes the stat cache as a hint only: a known settled file is
+    /// hashed without the speculative copy, and a wrong hint still stores the right object.
+    #[test]
+    fn clean_file_uses_the_stat_cache_as_a_hint_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut filter = filter_in(dir.path());
+        let path = dir.path().join("w.bin");
+        let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let old = SystemTime::now() - std::time::Duration::from_secs(10);
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let clean = |f: &mut Filter| f.clean_file(&mut File::open(&path).unwrap()).unwrap();
+        let expected = filter_in(&dir.path().join("plain"))
+            .clean(&mut &content[..], None)
+            .unwrap();
+        let oid = LfsPointer::parse(&expected).unwrap().oid;
+        // New: hashed while copied, and recorded.
+        assert_eq!(clean(&mut filter), expected);
+        let stat = FileStat::of(&path).unwrap();
+        let canonical = path.canonicalize().unwrap();
+        assert_eq!(filter.cache.get(&canonical, &stat), Some(oid.clone()));
+        // Known: the same answer, the object in place.
+        assert_eq!(clean(&mut filter), expected);
+        assert_eq!(
+            std::fs::read(filter.store().object_path(&oid)).unwrap(),
+            content
+        );
+        // A wrong hint (another stored object under this stat, this object gone): the bytes
+        // decide, and the missing object is stored.
+        let other = filter.store().insert(&b"other weights"[..]).unwrap();
+        filter.cache.insert(canonical.clone(), stat, &other.oid);
+        std::fs::remove_file(filter.store().object_path(&oid)).unwrap();
+        assert_eq!(clean(&mut filter), expected);
+        assert_eq!(
+            std::fs::read(filter.store().object_path(&oid)).unwrap(),
+            content
+        );
+        assert_eq!(filter.cache.get(&canonical, &stat), Some(oid));
+        let leftovers = std::fs::read_dir(dir.path().join("lfs/tmp"))
+            .unwrap()
+            .count();
+        assert_eq!(leftovers, 0);
     }
 
     /// The stat cache answers only for the file itself: other bytes streamed under the same

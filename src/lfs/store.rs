@@ -94,16 +94,25 @@ impl LfsStore {
         Ok((tmp, copied))
     }
 
+    /// Whether object `oid` is present; if it is, it counts as stored again: young again, so
+    /// a prune running now keeps it (its grace period protects objects whose pointers are
+    /// about to be committed).
+    pub fn refresh(&self, oid: &Oid) -> bool {
+        let target = self.object_path(oid);
+        if !target.is_file() {
+            return false;
+        }
+        if let Ok(f) = File::options().append(true).open(&target) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+        true
+    }
+
     /// Moves a complete temp file into place as object `oid` (synced first), unless the object
     /// is already there (then the temp file is dropped unsynced: no disk writes).
     pub fn persist(&self, tmp: tempfile::NamedTempFile, oid: &Oid) -> Result<(), LfsError> {
         let target = self.object_path(oid);
-        if target.is_file() {
-            // Stored again: young again, so a prune running now keeps it (its grace period
-            // protects objects whose pointers are about to be committed).
-            if let Ok(f) = File::options().append(true).open(&target) {
-                let _ = f.set_modified(std::time::SystemTime::now());
-            }
+        if self.refresh(oid) {
             return Ok(());
         }
         tmp.as_file().sync_all().map_err(|source| LfsError::Io {
