@@ -136,7 +136,7 @@ def main():
     print(f"### exp vs PyTorch on the CPU, MNIST, {a.epochs} epoch(s), Adam 1e-3 — {datetime.date.today()}\n")
     print(f"Command: `{cmd}`  ")
     print(f"Machine: {cpu_model()}, {os.cpu_count()} cores; {a.threads} threads each; "
-          f"exp {subprocess.run([EXP, '--version'], capture_output=True, text=True).stdout.strip()} (candle 0.11.1), "
+          f"{subprocess.run([EXP, '--version'], capture_output=True, text=True).stdout.strip()} (candle 0.11.1), "
           f"PyTorch {torch_version} (Debian python3-torch, CPU). Seeds {a.seeds}; exp and PyTorch "
           "alternate seed by seed.\n")
     names = ["exp", "PyTorch"] + (["exp (candle ops)"] if a.baseline else [])
