@@ -99,6 +99,21 @@ fn io<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// Whether Git will run exp's hook `name` in `repo`: exp's script, executable, where Git looks.
+pub fn runs_exp_hook(repo: &Repository, name: &str) -> bool {
+    let Ok(path) = hooks_dir(repo).map(|d| d.join(name)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    let executable = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+    };
+    #[cfg(not(unix))]
+    let executable = path.is_file();
+    executable && is_exp_hook(&path)
+}
+
 fn hooks_dir(repo: &Repository) -> Result<PathBuf, HooksError> {
     let configured = repo.config()?.get_path("core.hooksPath").ok();
     Ok(match configured {

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use super::{emit_json, UsageError};
 use crate::lfs::config::{self, InCharge};
 use crate::lfs::filter::{self, Filter, Smudged};
-use crate::lfs::maintain;
+use crate::lfs::{maintain, LfsStore};
 use crate::Error;
 
 /// Arguments of `exp lfs`.
@@ -66,8 +66,9 @@ pub enum LfsAction {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Refuse a commit that stages a `filter=lfs` file as raw content instead of a pointer
-    /// (called by exp's pre-commit hook).
+    /// Refuse a commit that stages a `filter=lfs` file as raw content instead of a pointer,
+    /// or a pointer whose object is stored short of its size; make the staged objects
+    /// durable (fsync) before the commit names them (called by exp's pre-commit hook).
     PreCommit,
     /// Upload the LFS objects a push references to a remote on the file system (path or
     /// file:// URL) or through the Git LFS batch API, with Git's pre-push arguments and stdin;
@@ -190,7 +191,8 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
             );
         }
         LfsAction::PreCommit => {
-            let raw = maintain::staged_raw_files(&repo)?;
+            let staged = maintain::staged_lfs(&repo)?;
+            let raw = staged.raw;
             if !raw.is_empty() {
                 let list = raw.join(", ");
                 return Err(crate::lfs::LfsRefusal {
@@ -200,6 +202,42 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
                     hint: format!(
                         "no LFS filter cleaned them. Run `exp lfs install` (or install git-lfs and run `git lfs install --local`), then `git add --renormalize {}`",
                         raw.join(" ")
+                    ),
+                }
+                .into());
+            }
+            let pointers: Vec<_> = staged.pointers.iter().map(|(_, p)| p.clone()).collect();
+            let unsynced = LfsStore::for_repo(&repo).sync_objects(&pointers)?;
+            let mut incomplete = Vec::new();
+            let mut paths = Vec::new();
+            for (path, pointer) in &staged.pointers {
+                let Some(u) = unsynced.iter().find(|u| u.pointer == *pointer) else {
+                    continue;
+                };
+                match u.stored {
+                    None => eprintln!(
+                        "warning: {path}: its object {} is not in this repository's LFS store; the commit will name weights only another copy has (`exp push` refuses until they are here)",
+                        pointer.oid.as_str()
+                    ),
+                    Some(stored) => {
+                        incomplete.push(format!(
+                            "{path} (object {}: {stored} of {} bytes stored)",
+                            &pointer.oid.as_str()[..12],
+                            pointer.size
+                        ));
+                        paths.push(path.as_str());
+                    }
+                }
+            }
+            if !incomplete.is_empty() {
+                return Err(crate::lfs::LfsRefusal {
+                    message: format!(
+                        "refusing to commit LFS objects stored incomplete (a crash before they reached the disk?): {}",
+                        incomplete.join("; ")
+                    ),
+                    hint: format!(
+                        "store them again from the work-tree files: `git add --renormalize {}`",
+                        paths.join(" ")
                     ),
                 }
                 .into());

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::store::Durability;
 use crate::git::{self, GitError};
 
 /// The program that cleans and smudges `filter=lfs` files in a repository.
@@ -35,6 +36,44 @@ pub fn in_charge(worktree: &Path) -> InCharge {
     } else {
         InCharge::Other(process)
     }
+}
+
+/// When exp's filter makes new objects durable in `repo`: before they take their names when
+/// Git is configured to fsync loose objects (the user asked for it) or when exp's pre-commit
+/// hook would not run `exp lfs pre-commit` (not installed, or no `exp` on PATH for it: nothing
+/// else would sync them before a commit names them); otherwise at commit, by that hook, so
+/// that `git add` and `git status` never wait for the disk.
+pub fn filter_durability(repo: &git2::Repository) -> Durability {
+    let fsync_asked = repo.config().is_ok_and(|c| git_fsyncs_loose_objects(&c));
+    let hook_syncs = crate::hooks::runs_exp_hook(repo, "pre-commit") && on_path("exp").is_some();
+    if !fsync_asked && hook_syncs {
+        Durability::AtCommit
+    } else {
+        Durability::BeforeNaming
+    }
+}
+
+/// Whether Git's own configuration fsyncs loose objects: `core.fsync` naming `loose-object`
+/// or an aggregate holding it (`objects`, `committed`, `added`, `all`), or the older
+/// `core.fsyncObjectFiles`.
+fn git_fsyncs_loose_objects(config: &git2::Config) -> bool {
+    let named = config
+        .get_string("core.fsync")
+        .is_ok_and(|value| fsync_value_covers_loose_objects(&value));
+    named || config.get_bool("core.fsyncObjectFiles").unwrap_or(false)
+}
+
+/// Git's reading of a `core.fsync` value, for loose objects: the set starts from the platform
+/// default (loose objects left out), `-name` removes, `name` adds, and an added component wins
+/// over a removed one; a name matches every component it begins (Git compares the given
+/// length only, so `obj` is `objects`).
+fn fsync_value_covers_loose_objects(value: &str) -> bool {
+    const COVERING: [&str; 5] = ["loose-object", "objects", "committed", "added", "all"];
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && !name.starts_with('-'))
+        .any(|name| COVERING.iter().any(|c| c.starts_with(name)))
 }
 
 /// Whether `git lfs` runs with the `git` on PATH.
@@ -108,4 +147,68 @@ fn on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_core_fsync_as_git_does_for_loose_objects() {
+        for (value, covered) in [
+            ("", false),
+            ("none", false),
+            ("pack,pack-metadata,commit-graph,index,reference", false),
+            ("-loose-object", false),
+            ("derived-metadata", false),
+            ("loose-object", true),
+            ("objects", true),
+            ("committed", true),
+            ("added", true),
+            ("all", true),
+            ("none, all", true),
+            // Git's own spelling of its default adds `committed`, which wins over the `-`.
+            ("committed,-loose-object", true),
+            ("-all,loose-object", true),
+            ("obj", true),
+            ("commit", true),
+            ("reference,-objects", false),
+        ] {
+            assert_eq!(
+                fsync_value_covers_loose_objects(value),
+                covered,
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn defers_syncing_only_to_an_installed_executable_hook_and_not_when_git_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init(dir.path()).unwrap();
+        // No exp hook: nothing would sync before a commit.
+        assert!(!crate::hooks::runs_exp_hook(&repo, "pre-commit"));
+        assert_eq!(filter_durability(&repo), Durability::BeforeNaming);
+        crate::hooks::install(&repo).unwrap();
+        assert!(crate::hooks::runs_exp_hook(&repo, "pre-commit"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let hook = repo.path().join("hooks/pre-commit");
+            let mode = std::fs::Permissions::from_mode(0o644);
+            std::fs::set_permissions(&hook, mode).unwrap();
+            assert!(!crate::hooks::runs_exp_hook(&repo, "pre-commit"));
+            assert_eq!(filter_durability(&repo), Durability::BeforeNaming);
+        }
+        // The user asked Git to harden loose objects: exp's objects too.
+        let mut config = repo.config().unwrap();
+        assert!(!git_fsyncs_loose_objects(&config.snapshot().unwrap()));
+        config.set_str("core.fsync", "index").unwrap();
+        assert!(!git_fsyncs_loose_objects(&config.snapshot().unwrap()));
+        config.set_str("core.fsync", "added").unwrap();
+        assert!(git_fsyncs_loose_objects(&config.snapshot().unwrap()));
+        config.remove("core.fsync").unwrap();
+        config.set_bool("core.fsyncObjectFiles", true).unwrap();
+        assert!(git_fsyncs_loose_objects(&config.snapshot().unwrap()));
+    }
 }

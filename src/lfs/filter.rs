@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::pktline::{PktError, PktReader, PktWriter};
 use super::statcache::{FileStat, StatCache};
-use super::{LfsError, LfsPointer, LfsStore, Oid};
+use super::{Durability, LfsError, LfsPointer, LfsStore, Oid};
 
 /// Git never takes a blob above this size for a pointer (git-lfs's limit too).
 pub const MAX_POINTER: usize = 1024;
@@ -62,8 +62,16 @@ pub struct Filter {
 impl Filter {
     /// The filters of `repo` (its store, work tree and stat cache).
     pub fn open(repo: &git2::Repository) -> Filter {
+        let durability = super::config::filter_durability(repo);
+        trace(format_args!(
+            "new objects synced {}",
+            match durability {
+                Durability::BeforeNaming => "before they take their names",
+                Durability::AtCommit => "at commit, by exp's pre-commit hook",
+            }
+        ));
         Filter {
-            store: LfsStore::for_repo(repo),
+            store: LfsStore::for_repo(repo).with_durability(durability),
             worktree: repo.workdir().map(Path::to_path_buf),
             cache: StatCache::load(stat_cache_path(repo)),
             git_dir: repo.path().to_path_buf(),
@@ -116,7 +124,10 @@ impl Filter {
             _ => None,
         };
         let cached = match (&file, &before) {
-            (Some(f), Some(stat)) => self.cache.get(f, stat).filter(|o| self.store.contains(o)),
+            (Some(f), Some(stat)) => self
+                .cache
+                .get(f, stat)
+                .filter(|o| self.store.holds(&LfsPointer::new(o.clone(), stat.size))),
             _ => None,
         };
 
@@ -229,8 +240,8 @@ impl Filter {
         let likely_known = path
             .as_ref()
             .zip(before.as_ref())
-            .and_then(|(p, stat)| self.cache.get(p, stat))
-            .is_some_and(|oid| self.store.contains(&oid));
+            .and_then(|(p, stat)| Some(LfsPointer::new(self.cache.get(p, stat)?, stat.size)))
+            .is_some_and(|pointer| self.store.holds(&pointer));
         let changed = || {
             io(
                 "cleaning (it changed while being read; run the command again)",
@@ -242,7 +253,7 @@ impl Filter {
             if stat_of(file) != before {
                 return Err(changed());
             }
-            if !self.store.refresh(&pointer.oid) {
+            if !self.store.refresh(&pointer) {
                 trace(format_args!("stat cache hint wrong: copying after hashing"));
                 let (tmp, copied) = self
                     .store
@@ -250,7 +261,7 @@ impl Filter {
                 if stat_of(file) != before || copied != pointer.size {
                     return Err(changed());
                 }
-                self.store.persist(tmp, &pointer.oid)?;
+                self.store.persist(tmp, &pointer)?;
             }
             if let (Some(path), Some(stat)) = (path, before) {
                 self.cache.insert(path, stat, &pointer.oid);
@@ -273,7 +284,7 @@ impl Filter {
         if stat_of(file) != before || copied != pointer.size {
             return Err(changed());
         }
-        self.store.persist(tmp, &pointer.oid)?;
+        self.store.persist(tmp, &pointer)?;
         // Hashed from the file itself, stat unchanged and settled: a hint for the next clean.
         if let (Some(path), Some(stat)) = (path, before) {
             self.cache.insert(path, stat, &pointer.oid);
@@ -309,7 +320,7 @@ impl Filter {
             }
         };
         let path = self.store.object_path(&pointer.oid);
-        if !path.is_file() {
+        if !self.store.holds(&pointer) {
             // As git-lfs does: fetch the object from the default remote during checkout, so
             // a clone through exp's filter gets its weights.
             let remote = self.remote.get_or_init(|| {
@@ -317,7 +328,9 @@ impl Filter {
                 super::sync::default_remote_store(&repo)
             });
             if let Some(remote) = remote {
-                if let Err(e) = remote.download(&self.store, std::slice::from_ref(&pointer)) {
+                // No commit follows a checkout to sync a download: it is synced as it lands.
+                let store = self.store.clone().with_durability(Durability::BeforeNaming);
+                if let Err(e) = remote.download(&store, std::slice::from_ref(&pointer)) {
                     eprintln!("exp lfs: fetching {} from the remote: {e}", pointer.oid);
                 }
             }
@@ -363,8 +376,9 @@ impl Filter {
     }
 }
 
-/// With `EXP_LFS_TRACE=1`, one line on stderr per stat-cache decision (Git passes a filter's
-/// stderr through), to see why `git status` did or did not hash a file.
+/// With `EXP_LFS_TRACE=1`, one line on stderr per stat-cache decision, and one saying when new
+/// objects are synced (Git passes a filter's stderr through), to see why `git status` did or
+/// did not hash a file.
 fn trace(message: std::fmt::Arguments) {
     if std::env::var_os("EXP_LFS_TRACE").is_some_and(|v| v == "1") {
         eprintln!("exp lfs: {message}");
@@ -854,7 +868,20 @@ mod tests {
             std::fs::read(filter.store().object_path(&oid)).unwrap(),
             content
         );
-        assert_eq!(filter.cache.get(&canonical, &stat), Some(oid));
+        assert_eq!(filter.cache.get(&canonical, &stat), Some(oid.clone()));
+        // A right hint whose object a crash left short (written AtCommit, never synced): not
+        // known after all; stored again whole.
+        File::options()
+            .write(true)
+            .open(filter.store().object_path(&oid))
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
+        assert_eq!(clean(&mut filter), expected);
+        assert_eq!(
+            std::fs::read(filter.store().object_path(&oid)).unwrap(),
+            content
+        );
         let leftovers = std::fs::read_dir(dir.path().join("lfs/tmp"))
             .unwrap()
             .count();
@@ -885,6 +912,14 @@ mod tests {
         let stat = FileStat::of(&file).unwrap();
         assert!(filter.cache.get(&file, &stat).is_some(), "not cached");
         assert_eq!(filter.clean(&mut &content[..], Some(rel)).unwrap(), first);
+        // The object short of its size (a crash before it reached the disk): the entry is no
+        // hit, and the stream stores the object again.
+        let object = filter
+            .store()
+            .object_path(&LfsPointer::parse(&first).unwrap().oid);
+        std::fs::write(&object, &content[..10]).unwrap();
+        assert_eq!(filter.clean(&mut &content[..], Some(rel)).unwrap(), first);
+        assert_eq!(std::fs::read(&object).unwrap(), content);
         let mut other = content.clone();
         other[2 << 20] = 8;
         let second = filter.clean(&mut &other[..], Some(rel)).unwrap();

@@ -1,5 +1,5 @@
 //! Looking after the store: `exp lfs ls`, `exp lfs fsck`, `exp lfs prune`, and the pre-commit
-//! guard against raw weights.
+//! guard against raw weights and objects not yet on disk.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use git2::Repository;
 use serde::Serialize;
 
 use super::scan::{self, TreeFile};
-use super::{LfsError, LfsStore, Oid};
+use super::{LfsError, LfsPointer, LfsStore, Oid};
 
 /// Objects younger than this are never pruned: an `exp run` or `git add` in progress has
 /// stored its object but not yet committed the pointer.
@@ -207,9 +207,20 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, LfsError> 
     Ok(report)
 }
 
-/// Staged `filter=lfs` files whose staged content is not a pointer and differs from HEAD's:
-/// what the pre-commit guard refuses.
-pub fn staged_raw_files(repo: &Repository) -> Result<Vec<String>, LfsError> {
+/// What a commit is about to add under LFS: the staged files that differ from HEAD's.
+#[derive(Debug, Default)]
+pub struct StagedLfs {
+    /// `filter=lfs` files staged as raw content instead of a pointer: the pre-commit guard
+    /// refuses them.
+    pub raw: Vec<String>,
+    /// Pointers staged, with their paths: their objects must be durable (and present)
+    /// before the commit names them.
+    pub pointers: Vec<(String, LfsPointer)>,
+}
+
+/// The LFS files of the index Git is about to commit that differ from HEAD's (what
+/// exp's pre-commit hook checks).
+pub fn staged_lfs(repo: &Repository) -> Result<StagedLfs, LfsError> {
     // Git runs pre-commit with GIT_INDEX_FILE naming the index it is about to commit
     // (`.git/index.lock` for `commit -a`, a temporary one for `commit PATH`): that one, not
     // `.git/index`, is what must hold pointers. A relative path is relative to the hook's
@@ -227,23 +238,70 @@ pub fn staged_raw_files(repo: &Repository) -> Result<Vec<String>, LfsError> {
         None => repo.index()?,
     };
     let head_tree = repo.head().ok().and_then(|h| h.peel_to_tree().ok());
-    let mut raw = Vec::new();
+    let mut staged = StagedLfs::default();
+    let empty = scan::empty_blob();
     for entry in index.iter() {
         let path = String::from_utf8_lossy(&entry.path).into_owned();
-        if !scan::routed_through_lfs(repo, &path) {
-            continue;
-        }
         let unchanged = head_tree
             .as_ref()
             .and_then(|t| t.get_path(std::path::Path::new(&path)).ok())
             .is_some_and(|e| e.id() == entry.id);
-        if unchanged {
+        // git-lfs stores an empty file as the empty blob, not as a pointer.
+        if unchanged || entry.id == empty || !scan::routed_through_lfs(repo, &path) {
             continue;
         }
-        // git-lfs stores an empty file as the empty blob, not as a pointer.
-        if entry.file_size > 0 && scan::pointer_in_blob(repo, entry.id)?.is_none() {
-            raw.push(path);
+        match scan::pointer_in_blob(repo, entry.id)? {
+            Some(pointer) => staged.pointers.push((path, pointer)),
+            None => staged.raw.push(path),
         }
     }
-    Ok(raw)
+    Ok(staged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> git2::IndexEntry {
+        git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            // As `git update-index --cacheinfo` leaves it: no stat data, not even the size.
+            file_size: 0,
+            id: git2::Oid::zero(),
+            flags: 0,
+            flags_extended: 0,
+            path: path.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn staged_lfs_judges_the_staged_blobs_not_the_stat_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        std::fs::write(dir.path().join(".gitattributes"), "*.bin filter=lfs\n").unwrap();
+        let store = LfsStore::at(dir.path().join("lfs"));
+        let pointer = store.insert(&b"weights"[..]).unwrap();
+        let mut index = repo.index().unwrap();
+        let staged = [
+            ("w.bin", pointer.encode().into_bytes()),
+            ("raw.bin", b"raw weights".to_vec()),
+            ("empty.bin", Vec::new()),
+            ("notes.txt", b"not routed through LFS".to_vec()),
+        ];
+        for (path, content) in &staged {
+            let mut e = entry(path);
+            e.id = repo.blob(content).unwrap();
+            index.add(&e).unwrap();
+        }
+        index.write().unwrap();
+        let found = staged_lfs(&repo).unwrap();
+        assert_eq!(found.raw, vec!["raw.bin".to_string()]);
+        assert_eq!(found.pointers, vec![("w.bin".to_string(), pointer)]);
+    }
 }

@@ -14,7 +14,7 @@ mod store;
 pub mod sync;
 
 pub use pointer::{LfsPointer, Oid};
-pub use store::{LfsStore, ObjectWriter};
+pub use store::{Durability, LfsStore, ObjectWriter, Unsynced};
 
 use std::path::PathBuf;
 

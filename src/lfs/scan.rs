@@ -58,7 +58,7 @@ pub fn lfs_files(repo: &Repository, tree: &git2::Tree) -> Result<Vec<TreeFile>, 
 }
 
 /// The id of the empty blob (`git hash-object /dev/null`).
-fn empty_blob() -> GitOid {
+pub fn empty_blob() -> GitOid {
     GitOid::hash_object(ObjectType::Blob, b"").unwrap_or_else(|_| GitOid::zero())
 }
 

@@ -13,6 +13,31 @@ use super::{LfsError, LfsPointer, Oid};
 #[derive(Debug, Clone)]
 pub struct LfsStore {
     root: PathBuf,
+    durability: Durability,
+}
+
+/// When a new object's bytes must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Before it takes its name (the object is fsynced, then renamed): a crash can never leave
+    /// an incomplete file under an oid. The default.
+    BeforeNaming,
+    /// Before a commit names it: the object is renamed into place with its writeback started
+    /// but not awaited, and exp's pre-commit hook fsyncs the staged objects
+    /// ([`LfsStore::sync_objects`]). `git add` and `git status` then cost no disk wait, as
+    /// with Git's own loose objects. A crash in between can leave an object short of its size;
+    /// [`LfsStore::holds`] treats it as absent, so cleaning the file again replaces it, and the
+    /// hook refuses to commit it.
+    AtCommit,
+}
+
+/// A staged object [`LfsStore::sync_objects`] could not make durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsynced {
+    /// The object.
+    pub pointer: LfsPointer,
+    /// How many bytes the store holds under its oid: `None` when it is absent.
+    pub stored: Option<u64>,
 }
 
 impl LfsStore {
@@ -30,12 +55,29 @@ impl LfsStore {
             Some(s) => common.join(s),
             None => common.join("lfs"),
         };
-        LfsStore { root }
+        LfsStore {
+            root,
+            durability: Durability::BeforeNaming,
+        }
     }
 
     /// A store rooted at `root` (the directory holding `objects/` and `tmp/`).
     pub fn at(root: impl Into<PathBuf>) -> LfsStore {
-        LfsStore { root: root.into() }
+        LfsStore {
+            root: root.into(),
+            durability: Durability::BeforeNaming,
+        }
+    }
+
+    /// This store, writing new objects with `durability`.
+    pub fn with_durability(mut self, durability: Durability) -> LfsStore {
+        self.durability = durability;
+        self
+    }
+
+    /// When this store's new objects reach the disk.
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     /// Where object `oid` lives.
@@ -51,6 +93,50 @@ impl LfsStore {
     /// Whether object `oid` is present.
     pub fn contains(&self, oid: &Oid) -> bool {
         self.object_path(oid).is_file()
+    }
+
+    /// Whether the object of `pointer` is present and whole: of the pointer's size (a crash
+    /// before a [`Durability::AtCommit`] object reached the disk can leave it shorter).
+    pub fn holds(&self, pointer: &LfsPointer) -> bool {
+        self.stored_size(&pointer.oid) == Some(pointer.size)
+    }
+
+    fn stored_size(&self, oid: &Oid) -> Option<u64> {
+        std::fs::metadata(self.object_path(oid))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+    }
+
+    /// Makes the objects of `pointers` durable (fsyncs each and the directories naming it) and
+    /// returns those that are absent or short of their size, untouched: a commit must not name
+    /// those. An object written [`Durability::BeforeNaming`], or already written back by the
+    /// kernel, costs one quick fsync.
+    pub fn sync_objects(&self, pointers: &[LfsPointer]) -> Result<Vec<Unsynced>, LfsError> {
+        let mut unsynced = Vec::new();
+        let mut dirs = std::collections::BTreeSet::new();
+        for pointer in pointers {
+            let path = self.object_path(&pointer.oid);
+            let stored = self.stored_size(&pointer.oid);
+            if stored != Some(pointer.size) {
+                unsynced.push(Unsynced {
+                    pointer: pointer.clone(),
+                    stored,
+                });
+                continue;
+            }
+            sync_path(&path)?;
+            // The file's name lives in its directory, and a new directory's in its parent.
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| d.starts_with(&self.root)) {
+                dirs.insert(d.to_path_buf());
+                dir = d.parent();
+            }
+        }
+        for dir in dirs {
+            sync_path(&dir)?;
+        }
+        Ok(unsynced)
     }
 
     /// Streams `content` into the store, hashing while writing; returns its pointer. An object
@@ -94,32 +180,43 @@ impl LfsStore {
         Ok((tmp, copied))
     }
 
-    /// Whether object `oid` is present; if it is, it counts as stored again: young again, so
-    /// a prune running now keeps it (its grace period protects objects whose pointers are
-    /// about to be committed).
-    pub fn refresh(&self, oid: &Oid) -> bool {
-        let target = self.object_path(oid);
-        if !target.is_file() {
+    /// Whether the object of `pointer` is present and whole ([`LfsStore::holds`]); if it is,
+    /// it counts as stored again: young again, so a prune running now keeps it (its grace
+    /// period protects objects whose pointers are about to be committed).
+    pub fn refresh(&self, pointer: &LfsPointer) -> bool {
+        if !self.holds(pointer) {
             return false;
         }
+        let target = self.object_path(&pointer.oid);
         if let Ok(f) = File::options().append(true).open(&target) {
             let _ = f.set_modified(std::time::SystemTime::now());
         }
         true
     }
 
-    /// Moves a complete temp file into place as object `oid` (synced first), unless the object
-    /// is already there (then the temp file is dropped unsynced: no disk writes).
-    pub fn persist(&self, tmp: tempfile::NamedTempFile, oid: &Oid) -> Result<(), LfsError> {
-        let target = self.object_path(oid);
-        if self.refresh(oid) {
+    /// Moves a complete temp file into place as the object of `pointer` (synced first unless
+    /// the store syncs [`Durability::AtCommit`]), unless the object is already there whole
+    /// (then the temp file is dropped unsynced: no disk writes). An object short of its size is
+    /// replaced.
+    pub fn persist(
+        &self,
+        tmp: tempfile::NamedTempFile,
+        pointer: &LfsPointer,
+    ) -> Result<(), LfsError> {
+        let target = self.object_path(&pointer.oid);
+        if self.refresh(pointer) {
             return Ok(());
         }
-        tmp.as_file().sync_all().map_err(|source| LfsError::Io {
-            action: "syncing a temp file for",
-            path: target.clone(),
-            source,
-        })?;
+        match self.durability {
+            Durability::BeforeNaming => {
+                tmp.as_file().sync_all().map_err(|source| LfsError::Io {
+                    action: "syncing a temp file for",
+                    path: target.clone(),
+                    source,
+                })?
+            }
+            Durability::AtCommit => start_writeback(tmp.as_file()),
+        }
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
         std::fs::create_dir_all(&parent).map_err(|source| LfsError::Io {
             action: "creating",
@@ -293,6 +390,17 @@ fn start_writeback(file: &File) {
     let _ = file;
 }
 
+/// fsyncs the file or directory at `path`.
+fn sync_path(path: &Path) -> Result<(), LfsError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| LfsError::Io {
+            action: "syncing",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// git-lfs leaves objects readable by group and others; a temp file starts as 0600.
 fn set_readable(file: &File) {
     #[cfg(unix)]
@@ -417,7 +525,7 @@ impl ObjectWriter {
 
     /// Names the object by its digest and moves it into place (unless it is already there:
     /// then the temp file is dropped unsynced, so re-cleaning a known file costs no disk
-    /// writes). The object is synced to disk before it takes its name.
+    /// writes). The store's [`Durability`] says whether it is synced before it takes its name.
     pub fn finish(mut self) -> Result<LfsPointer, LfsError> {
         if !self.pending.is_empty() {
             self.send()?;
@@ -433,8 +541,9 @@ impl ObjectWriter {
                 });
             }
         }
-        self.store.persist(tmp, &oid)?;
-        Ok(LfsPointer::new(oid, self.size))
+        let pointer = LfsPointer::new(oid, self.size);
+        self.store.persist(tmp, &pointer)?;
+        Ok(pointer)
     }
 }
 
@@ -496,5 +605,56 @@ mod tests {
             store.verify(&p.oid),
             Err(LfsError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn an_object_short_of_its_size_counts_as_absent_and_is_replaced() {
+        for durability in [Durability::BeforeNaming, Durability::AtCommit] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = LfsStore::at(dir.path()).with_durability(durability);
+            let content = vec![7u8; 3 << 20];
+            let p = store.insert(&content[..]).unwrap();
+            assert!(store.holds(&p));
+            assert_eq!(std::fs::read(store.object_path(&p.oid)).unwrap(), content);
+            // What a crash before the data reached the disk leaves: the name, fewer bytes.
+            let short = File::options()
+                .write(true)
+                .open(store.object_path(&p.oid))
+                .unwrap();
+            short.set_len(4096).unwrap();
+            drop(short);
+            assert!(store.contains(&p.oid) && !store.holds(&p), "{durability:?}");
+            assert!(!store.refresh(&p));
+            assert_eq!(store.insert(&content[..]).unwrap(), p);
+            assert!(store.holds(&p));
+            store.verify(&p.oid).unwrap();
+        }
+    }
+
+    #[test]
+    fn sync_objects_syncs_whole_objects_and_reports_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LfsStore::at(dir.path()).with_durability(Durability::AtCommit);
+        let whole = store.insert(&b"whole weights"[..]).unwrap();
+        let short = store.insert(&b"short weights"[..]).unwrap();
+        std::fs::write(store.object_path(&short.oid), b"short").unwrap();
+        let absent = LfsPointer::new(Oid::from_digest(&Sha256::digest(b"never stored")), 12);
+        let unsynced = store
+            .sync_objects(&[whole.clone(), short.clone(), absent.clone()])
+            .unwrap();
+        assert_eq!(
+            unsynced,
+            vec![
+                Unsynced {
+                    pointer: short,
+                    stored: Some(5)
+                },
+                Unsynced {
+                    pointer: absent,
+                    stored: None
+                },
+            ]
+        );
+        assert!(store.sync_objects(&[whole]).unwrap().is_empty());
     }
 }

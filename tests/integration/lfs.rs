@@ -139,6 +139,58 @@ fn exp_filter_without_git_lfs() {
     )
     .is_ok());
 
+    // With exp's pre-commit hook installed, exp's filter names new objects without waiting for
+    // the disk, and the hook syncs them before the commit names them. An object a crash left
+    // short is refused at commit, with a hint that stores it again.
+    let fresh: Vec<u8> = extra.iter().rev().copied().collect();
+    std::fs::write(dir.join("fresh.safetensors"), &fresh).unwrap();
+    // Not racily fresh, or Git would clean the file again at commit (which stores the object
+    // again: the damage would heal before the hook could see it).
+    backdate(&dir.join("fresh.safetensors"));
+    let mut add = nolfs.cmd("git", &dir, &["add", "fresh.safetensors"]);
+    add.env("EXP_LFS_TRACE", "1");
+    let added = add.output().unwrap();
+    assert!(added.status.success(), "{}", describe(&added));
+    assert!(
+        stderr(&added).contains("new objects synced at commit"),
+        "{}",
+        describe(&added)
+    );
+    let object = dir
+        .join(".git/lfs/objects")
+        .join(&sha256_hex(&fresh)[0..2])
+        .join(&sha256_hex(&fresh)[2..4])
+        .join(sha256_hex(&fresh));
+    std::fs::write(&object, &fresh[..100]).unwrap();
+    let refused = nolfs.out("git", &dir, &["commit", "-q", "-m", "short object"]);
+    assert!(!refused.status.success(), "{}", describe(&refused));
+    for needle in [
+        "fresh.safetensors",
+        "100 of",
+        "git add --renormalize fresh.safetensors",
+    ] {
+        assert!(stderr(&refused).contains(needle), "{}", describe(&refused));
+    }
+    nolfs.ok("git", &dir, &["add", "--renormalize", "fresh.safetensors"]);
+    nolfs.ok("git", &dir, &["commit", "-q", "-m", "fresh weights"]);
+    assert_eq!(std::fs::read(&object).unwrap(), fresh);
+    // An object that is not here at all (as in a clone that skipped smudging) is a warning:
+    // the commit may name weights another copy holds; `exp push` checks before sending.
+    nolfs.ok(
+        "git",
+        &dir,
+        &["mv", "fresh.safetensors", "moved.safetensors"],
+    );
+    std::fs::remove_file(&object).unwrap();
+    let warned = nolfs.out("git", &dir, &["commit", "-q", "-m", "moved"]);
+    assert!(warned.status.success(), "{}", describe(&warned));
+    assert!(
+        stderr(&warned).contains("moved.safetensors") && stderr(&warned).contains("not in"),
+        "{}",
+        describe(&warned)
+    );
+    std::fs::write(&object, &fresh).unwrap();
+
     // A clone through exp's filter: smudge fetches each object from the origin's store.
     let branch = nolfs.ok("git", &dir, &["branch", "--show-current"]);
     let branch = branch.trim();
