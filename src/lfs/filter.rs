@@ -527,8 +527,8 @@ pub trait ChunkSource {
     fn next_chunk(&mut self) -> Result<Option<&[u8]>, LfsError>;
 }
 
-/// Git's packets of one file, where they lie in the packet buffer.
-impl<R: Read> ChunkSource for super::pktline::ContentReader<'_, R> {
+/// Git's packets of one file, where they lie in the stream's buffer.
+impl<R: io::BufRead> ChunkSource for super::pktline::ContentReader<'_, R> {
     fn next_chunk(&mut self) -> Result<Option<&[u8]>, LfsError> {
         super::pktline::ContentReader::next_chunk(self)
             .map_err(|e| stream_error(io::Error::other(e)))
