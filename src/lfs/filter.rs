@@ -235,7 +235,8 @@ impl Filter {
         }
         // The stat cache as a hint, never as the answer: a file it knows (same path, size,
         // times, inode) most likely holds a stored object, so it is hashed alone and copied only
-        // if its object turns out to be missing; other files are hashed while they are copied.
+        // if its object turns out to be missing or short; other files are hashed while they are
+        // copied.
         let path = std::fs::read_link(format!("/proc/self/fd/{}", fd(file))).ok();
         let likely_known = path
             .as_ref()
