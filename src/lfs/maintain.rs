@@ -242,12 +242,15 @@ pub fn staged_lfs(repo: &Repository) -> Result<StagedLfs, LfsError> {
     let empty = scan::empty_blob();
     for entry in index.iter() {
         let path = String::from_utf8_lossy(&entry.path).into_owned();
+        // git-lfs stores an empty file as the empty blob, not as a pointer.
+        if entry.id == empty || !scan::routed_through_lfs(repo, &path) {
+            continue;
+        }
         let unchanged = head_tree
             .as_ref()
             .and_then(|t| t.get_path(std::path::Path::new(&path)).ok())
             .is_some_and(|e| e.id() == entry.id);
-        // git-lfs stores an empty file as the empty blob, not as a pointer.
-        if unchanged || entry.id == empty || !scan::routed_through_lfs(repo, &path) {
+        if unchanged {
             continue;
         }
         match scan::pointer_in_blob(repo, entry.id)? {

@@ -75,11 +75,6 @@ impl LfsStore {
         self
     }
 
-    /// When this store's new objects reach the disk.
-    pub fn durability(&self) -> Durability {
-        self.durability
-    }
-
     /// Where object `oid` lives.
     pub fn object_path(&self, oid: &Oid) -> PathBuf {
         let hex = oid.as_str();
