@@ -2,20 +2,7 @@
 
 use std::fmt;
 
-/// Exit codes shared by every command (DESIGN §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitCode {
-    /// The command succeeded.
-    Success = 0,
-    /// The command ran and the answer is negative (a regression, a diverged run).
-    Negative = 1,
-    /// Usage, data or environment error.
-    Usage = 2,
-    /// Interrupted by SIGINT.
-    Interrupted = 130,
-    /// Terminated by SIGTERM.
-    Terminated = 143,
-}
+pub use crate::exit::ExitCode;
 
 /// Any error a command can end with.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +28,10 @@ pub enum Error {
     /// `exp init` failed.
     #[error(transparent)]
     Init(#[from] crate::init::InitError),
-    /// `exp run` failed outside the other modules.
+    /// `exp run` failed outside the other modules (the others' errors are unwrapped into
+    /// their own variants, with their hints and exit codes).
     #[error(transparent)]
-    Run(#[from] crate::run::RunError),
+    Run(crate::run::RunError),
     /// A comparison could not be made.
     #[error(transparent)]
     Compare(#[from] crate::compare::CompareError),
@@ -52,7 +40,7 @@ pub enum Error {
     Device(#[from] crate::device::DeviceError),
     /// `exp device --check` found a kernel that disagrees with the reference.
     #[error(transparent)]
-    DeviceCheck(#[from] crate::device::CheckFailed),
+    DeviceCheck(#[from] crate::kernel_check::CheckFailed),
     /// An LFS check answered no (raw weights staged, fsck problems).
     #[error(transparent)]
     LfsRefused(#[from] crate::lfs::LfsRefusal),
@@ -73,10 +61,13 @@ pub enum Error {
     Gate(#[from] crate::gate::GateRejected),
     /// The weights `init.from` names cannot start this run.
     #[error(transparent)]
-    Transfer(#[from] crate::transfer::TransferError),
+    InitFrom(#[from] crate::init_from::InitFromError),
     /// Arguments that parse but make no sense.
     #[error(transparent)]
-    Usage(#[from] crate::cli::UsageError),
+    Usage(#[from] UsageError),
+    /// The command's output could not be written (a closed pipe ends the command quietly).
+    #[error("cannot write to stdout: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 impl Error {
@@ -111,12 +102,35 @@ impl Error {
                 "nothing was pushed if objects could not be uploaded; check the remote's URL and `git config lfs.url`".into(),
             ),
             Error::Hooks(e) => e.hint(),
-            Error::Transfer(e) => e.hint(),
+            Error::InitFrom(e) => e.hint(),
             Error::Flow(e) => e.hint(),
             Error::LfsPush(_) => Some(
                 "set `git config lfs.url` to the remote's Git LFS server; `git push --no-verify` skips the check, leaving the remote without the weights".into(),
             ),
-            Error::Lfs(_) | Error::Record(_) | Error::Usage(_) => None,
+            Error::Lfs(_) | Error::Record(_) | Error::Usage(_) | Error::Output(_) => None,
+        }
+    }
+}
+
+/// Arguments that parse but make no sense, or an environment the command cannot work in
+/// (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+impl From<crate::run::RunError> for Error {
+    fn from(e: crate::run::RunError) -> Error {
+        use crate::run::RunError as R;
+        match e {
+            R::Spec(e) => Error::Spec(e),
+            R::Data(e) => Error::Data(e),
+            R::Device(e) => Error::Device(e),
+            R::Train(e) => Error::Train(e),
+            R::Lfs(e) => Error::Lfs(e),
+            R::Git(e) => Error::Git(e),
+            R::Record(e) => Error::Record(e),
+            R::InitFrom(e) => Error::InitFrom(e),
+            other => Error::Run(other),
         }
     }
 }

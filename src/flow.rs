@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::compare::{parse_record, record_blobs, resolve, CompareError};
 use crate::gate::{gate, GateReport};
 use crate::git::{self, GitError};
+use crate::record::layout;
 use crate::lfs::{LfsStore, Oid};
 
 /// A flow step that could not be completed; the repository is left as it was before it.
@@ -34,7 +35,7 @@ pub enum FlowError {
         /// One line per failing experiment.
         details: String,
         /// 1 regression, 2 cannot decide.
-        code: crate::ExitCode,
+        code: crate::exit::ExitCode,
     },
     /// The step cannot start from here.
     #[error("{0}")]
@@ -67,10 +68,10 @@ pub enum FlowError {
 
 impl FlowError {
     /// The exit code: a refused gate answers 1 or 2, everything else is 2.
-    pub fn exit_code(&self) -> crate::ExitCode {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
         match self {
             FlowError::Refused { code, .. } => *code,
-            _ => crate::ExitCode::Usage,
+            _ => crate::exit::ExitCode::Usage,
         }
     }
 
@@ -126,7 +127,7 @@ fn gated_merge(
     if merged.is_err() {
         let conflicts = git::git(dir, &["diff", "--name-only", "--diff-filter=U"])?;
         let files: Vec<&str> = conflicts.lines().filter(|l| !l.is_empty()).collect();
-        let run_files = |f: &&str| f.starts_with("experiments/");
+        let run_files = |f: &&str| layout::experiment_of(f).is_some();
         if files.is_empty() || !files.iter().all(run_files) {
             let _ = git::git(dir, &["merge", "--abort"]);
             return Err(FlowError::Conflict {
@@ -147,30 +148,24 @@ fn gated_merge(
         };
         let mut experiments: Vec<String> = files
             .iter()
-            .filter_map(|f| f.strip_prefix("experiments/"))
-            .map(|rest| {
-                rest.split('/')
-                    .next()
-                    .unwrap_or(rest)
-                    .trim_end_matches(".toml")
-                    .to_string()
-            })
+            .filter_map(|f| layout::experiment_of(f))
+            .map(str::to_string)
             .collect();
         experiments.sort();
         experiments.dedup();
         for name in &experiments {
-            let mut paths = vec![format!("experiments/{name}")];
+            let mut paths = vec![layout::run_dir(name)];
             if git::git(
                 dir,
                 &[
                     "cat-file",
                     "-e",
-                    &format!("{source}:experiments/{name}.toml"),
+                    &format!("{source}:{}", layout::spec_path(name)),
                 ],
             )
             .is_ok()
             {
-                paths.push(format!("experiments/{name}.toml"));
+                paths.push(layout::spec_path(name));
             }
             let mut args = vec!["checkout", source, "--"];
             args.extend(paths.iter().map(String::as_str));
@@ -183,7 +178,7 @@ fn gated_merge(
     let tree = git::git(dir, &["write-tree"])?.trim().to_string();
     let report = gate(repo, &resolve(repo, target)?, &resolve(repo, &tree)?)?;
     let code = report.exit_code();
-    if code != crate::ExitCode::Success {
+    if code != crate::exit::ExitCode::Success {
         let _ = git::git(dir, &["merge", "--abort"]);
         return Err(FlowError::Refused {
             branch: branch.into(),

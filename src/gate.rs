@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::compare::diff::{compare_one, Examples};
 use crate::compare::{record_blobs, stored_record, CompareError, Snapshot, StoredRecord};
+use crate::record::layout;
 use crate::record::{Direction, RunRecord, STATUS_COMPLETED};
 use crate::spec::GateSpec;
 
@@ -86,7 +87,7 @@ pub struct GateRejected {
     /// What to do next.
     pub hint: String,
     /// 1 (regression) or 2 (cannot decide).
-    pub code: crate::ExitCode,
+    pub code: crate::exit::ExitCode,
 }
 
 /// The gate's answer for a base and a head.
@@ -132,14 +133,14 @@ impl GateReport {
     }
 
     /// 1 when an experiment regressed, else 2 when one cannot be decided, else 0.
-    pub fn exit_code(&self) -> crate::ExitCode {
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
         let any = |o| self.experiments.iter().any(|e| e.outcome == o);
         if any(Outcome::Regression) {
-            crate::ExitCode::Negative
+            crate::exit::ExitCode::Negative
         } else if any(Outcome::Undecidable) {
-            crate::ExitCode::Usage
+            crate::exit::ExitCode::Usage
         } else {
-            crate::ExitCode::Success
+            crate::exit::ExitCode::Success
         }
     }
 }
@@ -204,7 +205,7 @@ fn undecidable(name: &str, policy: GateSpec, reason: String) -> ExperimentGate {
 /// The `[gate]` table of `experiments/<name>.toml` at the base (the default policy when the
 /// base has no spec or no table; an invalid table cannot be applied).
 fn base_policy(repo: &Repository, base: &Snapshot, name: &str) -> Result<GateSpec, String> {
-    let path = format!("experiments/{name}.toml");
+    let path = layout::spec_path(name);
     let Ok(entry) = base.tree.get_path(Path::new(&path)) else {
         return Ok(GateSpec::default());
     };
@@ -246,7 +247,7 @@ fn swapped_weights(
     record: git2::Oid,
 ) -> Option<String> {
     let stored = read(repo, head, name, record).ok()?;
-    let path = format!("experiments/{name}/{}", stored.record.model.weights);
+    let path = layout::run_file(name, &stored.record.model.weights);
     let id = |s: &Snapshot| s.tree.get_path(Path::new(&path)).ok().map(|e| e.id());
     if id(base) == id(head) {
         return None;
@@ -261,7 +262,7 @@ fn check_weights(
     name: &str,
     record: &RunRecord,
 ) -> Result<(), String> {
-    let path = format!("experiments/{name}/{}", record.model.weights);
+    let path = layout::run_file(name, &record.model.weights);
     let entry = head
         .tree
         .get_path(Path::new(&path))
@@ -300,7 +301,8 @@ fn judge(
             name,
             policy,
             format!(
-                "the head deletes experiments/{name}/metrics.toml; a model cannot be gated away"
+                "the head deletes {}; a model cannot be gated away",
+                layout::run_file(name, layout::RECORD_FILE)
             ),
         ));
     };

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use git2::Repository;
 
 use crate::git::{self, ctx, CommitFile, GitError};
+use crate::record::layout::EXPERIMENTS_DIR;
 
 /// The attributes line that routes weights through Git LFS (DESIGN §1).
 pub const LFS_ATTRIBUTES: &str = "*.safetensors filter=lfs diff=lfs merge=lfs -text";
@@ -129,14 +130,14 @@ pub fn init(dir: &Path) -> Result<InitReport, InitError> {
         });
     }
     for (name, text) in EXAMPLES {
-        let rel = format!("experiments/{name}");
+        let rel = format!("{EXPERIMENTS_DIR}/{name}");
         let path = worktree.join(&rel);
         if path.exists() {
             continue;
         }
-        std::fs::create_dir_all(worktree.join("experiments")).map_err(|source| InitError::Io {
+        std::fs::create_dir_all(worktree.join(EXPERIMENTS_DIR)).map_err(|source| InitError::Io {
             action: "create",
-            path: worktree.join("experiments"),
+            path: worktree.join(EXPERIMENTS_DIR),
             source,
         })?;
         write(&path, text)?;

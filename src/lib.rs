@@ -18,11 +18,10 @@
 //! - [`flow`]: Git Flow steps with the gate, released model versions;
 //! - [`hooks`]: installing the gate's Git hooks;
 //! - [`report`]: tables for people;
-//! - [`transfer`]: starting from an earlier run's weights, freezing, lineage;
+//! - [`init_from`]: starting from an earlier run's weights, freezing, lineage;
 //! - [`run`] and [`init`]: the two workflows that tie the rest together.
 #![deny(missing_docs)]
 
-pub mod cli;
 pub mod compare;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -30,11 +29,15 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod exit;
 pub mod flow;
 pub mod gate;
 pub mod git;
 pub mod hooks;
 pub mod init;
+pub mod init_from;
+pub mod kernel_args;
+pub mod kernel_check;
 pub mod lfs;
 pub mod model;
 pub mod profile;
@@ -44,9 +47,12 @@ pub mod rng;
 pub mod run;
 pub mod spec;
 pub mod train;
-pub mod transfer;
 
-pub use error::{Error, ExitCode};
+pub use error::Error;
+pub use exit::ExitCode;
+
+#[cfg(test)]
+mod layering_tests;
 
 /// The exp version, recorded in every run.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

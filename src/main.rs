@@ -2,6 +2,9 @@
 
 use clap::Parser;
 use exp::error::Report;
+use exp::Error;
+
+mod cli;
 
 // Training allocates and frees multi-megabyte tensors every step. glibc's malloc serves those
 // with fresh mmap/munmap calls, and the page faults cost a third of a CPU epoch; mimalloc
@@ -22,9 +25,13 @@ fn main() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", CANDLE_SPIN_LIMIT);
     }
-    let cli = exp::cli::Cli::parse();
-    let code = match exp::cli::execute(cli) {
+    let cli = cli::Cli::parse();
+    let code = match cli::execute(cli) {
         Ok(()) => exp::ExitCode::Success,
+        // A closed pipe (`exp log | head`) is how a reader says it has seen enough.
+        Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            exp::ExitCode::Success
+        }
         Err(e) => {
             eprintln!("error: {}", Report(&e));
             if let Some(hint) = e.hint() {

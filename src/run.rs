@@ -14,23 +14,14 @@ use crate::eval::{encode_predictions, Metrics};
 use crate::git::{self, BranchPlan, CommitFile};
 use crate::lfs::LfsStore;
 use crate::model::Model;
+use crate::record::layout::{self, HISTORY_FILE, PREDICTIONS_FILE, RECORD_FILE, WEIGHTS_FILE};
 use crate::record::{
     self, DataRecord, Direction, EvalRecord, MetricMeta, MetricsTable, ModelRecord, RunInfo,
     RunRecord, SplitRecord, TrainingRecord,
 };
 use crate::spec::{self, Precision, ResolvedSpec};
 use crate::train::{self, Progress, StopFlag};
-use crate::transfer;
-use crate::Error;
-
-/// File names inside `experiments/<name>/`.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// The run record.
-pub const RECORD_FILE: &str = "metrics.toml";
-/// Per-example labels and predictions.
-pub const PREDICTIONS_FILE: &str = "predictions.bin";
-/// Per-epoch curves.
-pub const HISTORY_FILE: &str = "history.csv";
+use crate::init_from;
 
 /// A failure of the run workflow itself.
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +43,46 @@ pub enum RunError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// A data set could not be read.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// The device cannot be used.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Training failed or was interrupted.
+    #[error(transparent)]
+    Train(#[from] train::TrainError),
+    /// The weights could not be stored.
+    #[error(transparent)]
+    Lfs(#[from] crate::lfs::LfsError),
+    /// Committing or tagging failed.
+    #[error(transparent)]
+    Git(#[from] git::GitError),
+    /// The record could not be written.
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
+    /// `init.from` names weights that cannot start this run.
+    #[error(transparent)]
+    InitFrom(#[from] crate::init_from::InitFromError),
 }
 
 impl RunError {
-    /// What the user can do about it.
+    /// What the user can do about the failures of the workflow itself; the wrapped errors of
+    /// other modules carry their own hints (the top-level error unwraps them).
     pub fn hint(&self) -> Option<String> {
-        None
+        match self {
+            RunError::Write { .. } | RunError::Csv(_) => Some(
+                "nothing was committed; check that the work tree is writable and the disk has space, then run again".into(),
+            ),
+            RunError::Safetensors(_) => Some(
+                "nothing was committed; this is a bug in exp: please report it with the spec and `exp --version`".into(),
+            ),
+            RunError::Signals(_) => Some("nothing was trained; run again".into()),
+            _ => None,
+        }
     }
 }
 
@@ -88,14 +113,15 @@ pub struct RunSummary {
 }
 
 /// Runs an experiment and records it.
-pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
+pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, RunError> {
     let started_at = chrono::Utc::now();
     let clock = Instant::now();
     let repo = git::open(&options.cwd)?;
     let worktree = git::workdir(&repo).to_path_buf();
     let (_, parent_commit) = git::current_branch(&repo)?;
+    spec::check_name(&options.experiment)?;
     let resolved = spec::load(
-        &spec::spec_path(&worktree, &options.experiment)?,
+        &layout::spec_file_in(&worktree, &options.experiment),
         &options.overrides,
     )?;
     let spec = &resolved.spec;
@@ -120,7 +146,7 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
     // the user's to fix, and must not wait for the data to load.
     let mut parent = match spec.init.from.trim() {
         "" => None,
-        from => Some(transfer::load_parent(
+        from => Some(init_from::load_parent(
             &repo,
             from,
             &options.experiment,
@@ -155,7 +181,7 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, Error> {
     .map_err(train::TrainError::from)?;
     if let Some(p) = parent.as_mut() {
         p.apply(&model, data.classes)?;
-        let frozen = transfer::frozen_names(&model, &spec.init.freeze)?;
+        let frozen = init_from::frozen_names(&model, &spec.init.freeze)?;
         p.record.frozen = frozen.iter().cloned().collect();
         model.freeze(frozen);
     }
@@ -270,8 +296,8 @@ fn write_and_commit(
     pointer: &crate::lfs::LfsPointer,
     outcome: &train::TrainOutcome,
     clock: Instant,
-) -> Result<RunSummary, Error> {
-    let out_dir = worktree.join("experiments").join(experiment);
+) -> Result<RunSummary, RunError> {
+    let out_dir = layout::run_dir_in(worktree, experiment);
     std::fs::create_dir_all(&out_dir).map_err(|source| RunError::Write {
         path: out_dir.clone(),
         source,
@@ -302,31 +328,31 @@ fn write_and_commit(
     let record_text = record.to_toml()?;
     write_atomic(&out_dir.join(RECORD_FILE), record_text.as_bytes())?;
 
-    let spec_rel = format!("experiments/{experiment}.toml");
+    let spec_rel = layout::spec_path(experiment);
     let spec_bytes = std::fs::read(&resolved.path).map_err(|source| RunError::Write {
         path: resolved.path.clone(),
         source,
     })?;
-    let dir_rel = format!("experiments/{experiment}");
+    let dir_rel = layout::run_dir(experiment);
     let files = vec![
         CommitFile {
             path: spec_rel,
             blob: spec_bytes,
         },
         CommitFile {
-            path: format!("{dir_rel}/{WEIGHTS_FILE}"),
+            path: layout::run_file(experiment, WEIGHTS_FILE),
             blob: pointer.encode().into_bytes(),
         },
         CommitFile {
-            path: format!("{dir_rel}/{RECORD_FILE}"),
+            path: layout::run_file(experiment, RECORD_FILE),
             blob: record_text.into_bytes(),
         },
         CommitFile {
-            path: format!("{dir_rel}/{PREDICTIONS_FILE}"),
+            path: layout::run_file(experiment, PREDICTIONS_FILE),
             blob: predictions,
         },
         CommitFile {
-            path: format!("{dir_rel}/{HISTORY_FILE}"),
+            path: layout::run_file(experiment, HISTORY_FILE),
             blob: history,
         },
     ];
@@ -422,8 +448,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
 
 /// After a failed commit: put the experiment's directory back as HEAD has it.
 fn restore_outputs(worktree: &Path, experiment: &str) {
-    let dir_rel = format!("experiments/{experiment}");
-    for file in [WEIGHTS_FILE, RECORD_FILE, PREDICTIONS_FILE, HISTORY_FILE] {
+    let dir_rel = layout::run_dir(experiment);
+    for file in layout::RUN_FILES {
         let _ = std::fs::remove_file(worktree.join(&dir_rel).join(file));
     }
     let _ = git::git(worktree, &["checkout", "HEAD", "--", &dir_rel]);

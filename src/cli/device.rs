@@ -2,8 +2,9 @@
 
 use clap::Args;
 
-use crate::device::{cuda_devices, run_checks, CheckFailed, DeviceError, DeviceRequest};
-use crate::Error;
+use exp::device::{cuda_devices, DeviceError, DeviceRequest};
+use exp::kernel_check::{run_checks, CheckFailed};
+use exp::Error;
 
 /// The long help of `exp device`.
 pub(super) const DEVICE_LONG_ABOUT: &str =
@@ -70,7 +71,7 @@ pub(super) fn execute(args: DeviceArgs) -> Result<(), Error> {
         .open(&request)?;
     super::outln!();
     super::outln!("Checking exp's kernels on {}:", opened.description);
-    let results = run_checks(&opened.device).map_err(crate::train::TrainError::from)?;
+    let results = run_checks(&opened.device).map_err(exp::train::TrainError::from)?;
     let mut failed = 0;
     for r in &results {
         failed += usize::from(!r.passed);

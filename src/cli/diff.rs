@@ -2,9 +2,9 @@
 
 use clap::Args;
 
-use crate::compare::diff::{diff, Change, Examples, ExperimentDiff};
-use crate::report::{self, delta, markdown_table, metric, p_value};
-use crate::Error;
+use exp::compare::diff::{diff, Change, Examples, ExperimentDiff};
+use exp::report::{self, delta, markdown_table, metric, p_value};
+use exp::Error;
 
 /// The long help of `exp diff`.
 pub(super) const DIFF_LONG_ABOUT: &str =
@@ -36,14 +36,14 @@ pub struct DiffArgs {
 }
 
 pub(super) fn execute(args: DiffArgs) -> Result<(), Error> {
-    crate::compare::fast_reads();
-    let repo = crate::git::open(&super::cwd()?)?;
+    exp::compare::fast_reads();
+    let repo = exp::git::open(&super::cwd()?)?;
     let (base, head) = super::base_and_head(&repo, args.base, args.head)?;
     let d = diff(&repo, &base, &head)?;
     if args.json {
         return super::emit_json(&d);
     }
-    let base_name = crate::report::rev_name(&d.base);
+    let base_name = exp::report::rev_name(&d.base);
     if d.experiments.is_empty() {
         super::outln!("No run record differs between {base_name} and {}.", d.head);
         return Ok(());

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::flow;
-use crate::Error;
+use exp::flow;
+use exp::Error;
 
 /// Arguments of `exp flow`.
 #[derive(Debug, Args)]
@@ -74,7 +74,7 @@ pub enum ModelAction {
 }
 
 pub(super) fn execute_flow(args: FlowArgs) -> Result<(), Error> {
-    let repo = crate::git::open(&super::cwd()?)?;
+    let repo = exp::git::open(&super::cwd()?)?;
     let report = match args.step {
         FlowStep::Finish { branch, keep } => flow::finish(&repo, branch.as_deref(), keep),
         FlowStep::Release { version } => flow::release(&repo, &version),
@@ -87,7 +87,7 @@ pub(super) fn execute_flow(args: FlowArgs) -> Result<(), Error> {
 }
 
 pub(super) fn execute_models(args: ModelsArgs) -> Result<(), Error> {
-    let repo = crate::git::open_any(&super::cwd()?)?;
+    let repo = exp::git::open_any(&super::cwd()?)?;
     let versions = flow::models(&repo, args.name.as_deref())?;
     if args.json {
         return super::emit_json(&versions);
@@ -101,7 +101,7 @@ pub(super) fn execute_models(args: ModelsArgs) -> Result<(), Error> {
     let mut header = vec!["model".to_string(), "version".into()];
     header.extend(metrics.iter().map(|m| m.to_string()));
     header.extend(["weights (sha256)".to_string(), "bytes".into()]);
-    let mut table = crate::report::table(header);
+    let mut table = exp::report::table(header);
     for v in &versions {
         let mut row = vec![format!("{}@{}", v.name, v.version), v.version.clone()];
         row.extend(
@@ -118,7 +118,7 @@ pub(super) fn execute_models(args: ModelsArgs) -> Result<(), Error> {
 }
 
 pub(super) fn execute_model(args: ModelArgs) -> Result<(), Error> {
-    let repo = crate::git::open_any(&super::cwd()?)?;
+    let repo = exp::git::open_any(&super::cwd()?)?;
     match args.action {
         ModelAction::Get { model, out } => {
             let path = flow::model_get(&repo, &model, out.as_deref())?;

@@ -2,8 +2,8 @@
 
 use clap::Args;
 
-use crate::gate::{gate, GateRejected, Outcome};
-use crate::Error;
+use exp::gate::{gate, GateRejected, Outcome};
+use exp::Error;
 
 /// The long help of `exp gate`.
 pub(super) const GATE_LONG_ABOUT: &str =
@@ -41,20 +41,20 @@ pub struct GateArgs {
 }
 
 pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
-    crate::compare::fast_reads();
-    let repo = crate::git::open_any(&super::cwd()?)?;
+    exp::compare::fast_reads();
+    let repo = exp::git::open_any(&super::cwd()?)?;
     let (base, head) = super::base_and_head(&repo, args.base, args.head)?;
     let report = gate(&repo, &base, &head)?;
     let (base_name, head_name) = (
-        crate::report::rev_name(&report.base),
-        crate::report::rev_name(&report.head),
+        exp::report::rev_name(&report.base),
+        exp::report::rev_name(&report.head),
     );
     if args.json {
         super::emit_json(&report)?;
     } else if report.experiments.is_empty() {
         super::outln!("exp gate: no run record differs between {base_name} and {head_name}: pass.");
     } else {
-        let mut table = crate::report::table(
+        let mut table = exp::report::table(
             [
                 "experiment",
                 "metric",
@@ -103,14 +103,14 @@ pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
         super::outln!("{table}");
     }
     let code = report.exit_code();
-    if code == crate::ExitCode::Success {
+    if code == exp::ExitCode::Success {
         if !args.json && !report.experiments.is_empty() {
             super::outln!("exp gate: pass.");
         }
         return Ok(());
     }
     let lines = report.failures(&format!("; base {base_name}, head {head_name}"));
-    let hint = if code == crate::ExitCode::Negative {
+    let hint = if code == exp::ExitCode::Negative {
         "improve the model on the feature branch and record a new run (exp run); the policy is \
          [gate] in experiments/<name>.toml on the base branch. If a hook refused a merge, it is \
          still in progress: `git merge --abort` undoes it."

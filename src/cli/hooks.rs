@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use crate::Error;
+use exp::Error;
 
 /// Arguments of `exp hooks`.
 #[derive(Debug, Args)]
@@ -26,10 +26,10 @@ pub enum HooksAction {
 }
 
 pub(super) fn execute(args: HooksArgs) -> Result<(), Error> {
-    let repo = crate::git::open_any(&super::cwd()?)?;
+    let repo = exp::git::open_any(&super::cwd()?)?;
     let report = match args.action {
-        HooksAction::Install => crate::hooks::install(&repo),
-        HooksAction::Uninstall => crate::hooks::uninstall(&repo),
+        HooksAction::Install => exp::hooks::install(&repo),
+        HooksAction::Uninstall => exp::hooks::uninstall(&repo),
     }
     .map_err(Error::Hooks)?;
     super::outln!("{}:", report.dir.display());

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::init::{init, LfsFilter};
-use crate::Error;
+use exp::init::{init, LfsFilter};
+use exp::Error;
 
 /// The long help of `exp init`.
 pub(super) const INIT_LONG_ABOUT: &str =

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::{emit_json, UsageError};
-use crate::lfs::config::{self, InCharge};
-use crate::lfs::filter::{self, Filter, Smudged};
-use crate::lfs::{maintain, LfsStore};
-use crate::Error;
+use exp::lfs::config::{self, InCharge};
+use exp::lfs::filter::{self, Filter, Smudged};
+use exp::lfs::{maintain, LfsStore};
+use exp::Error;
 
 /// Arguments of `exp lfs`.
 #[derive(Debug, Args)]
@@ -83,7 +83,7 @@ pub enum LfsAction {
 }
 
 pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
-    let repo = crate::git::open_any(&super::cwd()?)?;
+    let repo = exp::git::open_any(&super::cwd()?)?;
     match args.action {
         LfsAction::FilterProcess => {
             let mut filter = Filter::open(&repo);
@@ -110,14 +110,14 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
             let filter = Filter::open(&repo);
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             let outcome = filter.smudge(&mut std::io::stdin().lock(), &mut out)?;
-            out.flush().map_err(crate::lfs::LfsError::Stream)?;
+            out.flush().map_err(exp::lfs::LfsError::Stream)?;
             if let Smudged::Missing(p) = outcome {
                 let name = path.map(|p| p.display().to_string()).unwrap_or_default();
                 filter::warn_missing(&name, &p);
             }
         }
         LfsAction::Install => {
-            let worktree = crate::git::workdir(&repo).to_path_buf();
+            let worktree = exp::git::workdir(&repo).to_path_buf();
             config::install_exp(&worktree)?;
             outln!(
                 "exp's filter now handles filter=lfs files in {}",
@@ -125,7 +125,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
             );
         }
         LfsAction::Uninstall => {
-            let worktree = crate::git::workdir(&repo).to_path_buf();
+            let worktree = exp::git::workdir(&repo).to_path_buf();
             match config::uninstall_exp(&worktree)? {
                 InCharge::GitLfs => outln!("git-lfs now handles filter=lfs files"),
                 InCharge::Exp => outln!("exp's filter is still configured (globally or system-wide)"),
@@ -165,7 +165,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
                 }
             }
             if !report.ok() {
-                return Err(crate::lfs::LfsRefusal {
+                return Err(exp::lfs::LfsRefusal {
                     message: "exp lfs fsck found problems".into(),
                     hint: "objects moved to lfs/bad/ can be fetched again with `exp pull`; a raw file is fixed by `exp lfs install` and `git add --renormalize PATH`".into(),
                 }
@@ -195,7 +195,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
             let raw = staged.raw;
             if !raw.is_empty() {
                 let list = raw.join(", ");
-                return Err(crate::lfs::LfsRefusal {
+                return Err(exp::lfs::LfsRefusal {
                     message: format!(
                         "refusing to commit raw content for LFS-tracked file(s): {list}"
                     ),
@@ -230,7 +230,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
                 }
             }
             if !incomplete.is_empty() {
-                return Err(crate::lfs::LfsRefusal {
+                return Err(exp::lfs::LfsRefusal {
                     message: format!(
                         "refusing to commit LFS objects stored incomplete (a crash before they reached the disk?): {}",
                         incomplete.join("; ")
@@ -253,7 +253,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
                     .unwrap_or(remote.clone()),
             };
             let stdin = std::io::stdin();
-            let report = crate::lfs::push::pre_push(&repo, &remote, &url, stdin.lock())?;
+            let report = exp::lfs::push::pre_push(&repo, &remote, &url, stdin.lock())?;
             if report.uploaded > 0 {
                 eprintln!(
                     "exp lfs: uploaded {} of {} LFS object(s) to {remote}",
@@ -278,7 +278,7 @@ fn write_stdout(bytes: &[u8]) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)
         .and_then(|_| out.flush())
-        .map_err(|e| crate::lfs::LfsError::Stream(e).into())
+        .map_err(|e| exp::lfs::LfsError::Stream(e).into())
 }
 
 fn human_size(bytes: u64) -> String {

@@ -2,8 +2,8 @@
 
 use clap::Args;
 
-use crate::report;
-use crate::Error;
+use exp::report;
+use exp::Error;
 
 /// Arguments of `exp lineage`.
 #[derive(Debug, Args)]
@@ -20,9 +20,9 @@ pub struct LineageArgs {
 }
 
 pub(super) fn execute(args: LineageArgs) -> Result<(), Error> {
-    crate::compare::fast_reads();
-    let repo = crate::git::open(&super::cwd()?)?;
-    let chain = crate::transfer::lineage(&repo, &args.rev, args.experiment.as_deref())?;
+    exp::compare::fast_reads();
+    let repo = exp::git::open(&super::cwd()?)?;
+    let chain = exp::init_from::lineage(&repo, &args.rev, args.experiment.as_deref())?;
     if args.json {
         return super::emit_json(&chain);
     }

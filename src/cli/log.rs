@@ -2,9 +2,9 @@
 
 use clap::Args;
 
-use crate::compare::history::{log, log_output_key, show, varying_params, Filter, LogQuery};
-use crate::report::{self, metric, short};
-use crate::Error;
+use exp::compare::log::{log, log_output_key, show, varying_params, Filter, LogQuery};
+use exp::report::{self, metric, short};
+use exp::Error;
 
 /// The long help of `exp log`.
 pub(super) const LOG_LONG_ABOUT: &str =
@@ -60,8 +60,8 @@ pub struct ShowArgs {
 }
 
 pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
-    crate::compare::fast_reads();
-    let repo = crate::git::open(&super::cwd()?)?;
+    exp::compare::fast_reads();
+    let repo = exp::git::open(&super::cwd()?)?;
     let filters = args
         .filters
         .iter()
@@ -98,7 +98,7 @@ pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
 }
 
 /// The rows as a table for people.
-fn log_table(rows: &[crate::compare::history::LogRow]) -> String {
+fn log_table(rows: &[exp::compare::log::LogRow]) -> String {
     if rows.is_empty() {
         return "No commit in that history changed a run record.".into();
     }
@@ -138,8 +138,8 @@ fn log_table(rows: &[crate::compare::history::LogRow]) -> String {
 }
 
 pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {
-    crate::compare::fast_reads();
-    let repo = crate::git::open(&super::cwd()?)?;
+    exp::compare::fast_reads();
+    let repo = exp::git::open(&super::cwd()?)?;
     let rows = show(&repo, &args.rev, args.all_branches)?;
     if args.json {
         return super::emit_json(&rows);

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::Error;
+use exp::Error;
 
 /// Git-native experiment tracking: train Candle models, record every run as a commit with its
 /// weights in Git LFS, compare and gate them with Git.
@@ -65,29 +65,22 @@ pub enum Command {
     Device(device::DeviceArgs),
 }
 
-/// Writes a line to stdout. A closed pipe (`exp log | head`) ends the process quietly with
-/// success, as `git log | head` does, instead of a panic.
-pub(crate) fn emit(text: std::fmt::Arguments) {
+/// Writes a line to stdout. A closed pipe (`exp log | head`) comes back as
+/// [`Error::Output`], which `main` turns into a quiet success, as `git log | head` does.
+pub(crate) fn emit(text: std::fmt::Arguments) -> Result<(), Error> {
     use std::io::Write;
     // Stdout is line-buffered: a 1,000-row table would be 1,000 write calls.
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    if let Err(e) = out
-        .write_fmt(text)
+    out.write_fmt(text)
         .and_then(|_| out.write_all(b"\n"))
         .and_then(|_| out.flush())
-    {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        eprintln!("error: cannot write to stdout: {e}");
-        std::process::exit(2);
-    }
+        .map_err(Error::Output)
 }
 
-/// `println!` through [`emit`].
+/// `println!` through [`emit`]; returns from the enclosing function on a write error.
 macro_rules! outln {
-    () => { $crate::cli::emit(format_args!("")) };
-    ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*)) };
+    () => { $crate::cli::emit(format_args!(""))? };
+    ($($arg:tt)*) => { $crate::cli::emit(format_args!($($arg)*))? };
 }
 pub(crate) use outln;
 
@@ -104,10 +97,7 @@ mod plot;
 mod run;
 mod sync;
 
-/// A command-line argument that parses but makes no sense (exit 2).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+pub use exp::error::UsageError;
 
 fn cwd() -> Result<std::path::PathBuf, Error> {
     std::env::current_dir().map_err(|e| {
@@ -131,15 +121,15 @@ fn base_and_head<'r>(
     repo: &'r git2::Repository,
     base: Option<String>,
     head: Option<String>,
-) -> Result<(crate::compare::Snapshot<'r>, crate::compare::Snapshot<'r>), Error> {
+) -> Result<(exp::compare::Snapshot<'r>, exp::compare::Snapshot<'r>), Error> {
     let base = match base {
         Some(b) => b,
-        None => crate::compare::default_base(repo)?,
+        None => exp::compare::default_base(repo)?,
     };
     let head = head.unwrap_or_else(|| "HEAD".to_string());
     Ok((
-        crate::compare::resolve(repo, &base)?,
-        crate::compare::resolve(repo, &head)?,
+        exp::compare::resolve(repo, &base)?,
+        exp::compare::resolve(repo, &head)?,
     ))
 }
 

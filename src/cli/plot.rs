@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::compare::history::{log, LogQuery};
-use crate::compare::{records_at, resolve};
-use crate::report::plot::{confusion_chart, escape, html, line_chart, parse_history, Series};
-use crate::Error;
+use exp::compare::log::{log, LogQuery};
+use exp::compare::{records_at, resolve};
+use exp::report::plot::{confusion_chart, escape, html, line_chart, parse_history, Series};
+use exp::Error;
 
 /// The long help of `exp plot`.
 pub(super) const PLOT_LONG_ABOUT: &str = "Write a self-contained HTML report with SVG charts, from Git objects alone:
@@ -41,8 +41,8 @@ pub struct PlotArgs {
 }
 
 pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
-    crate::compare::fast_reads();
-    let repo = crate::git::open(&super::cwd()?)?;
+    exp::compare::fast_reads();
+    let repo = exp::git::open(&super::cwd()?)?;
     let usage = |m: String| Error::Usage(super::UsageError(m));
     let branches: Vec<String> = if args.branches.is_empty() {
         let mut names = Vec::new();
@@ -80,7 +80,7 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
     experiments.sort();
     experiments.dedup();
     if experiments.is_empty() {
-        return Err(crate::compare::CompareError::NoRecords(branches.join(", ")).into());
+        return Err(exp::compare::CompareError::NoRecords(branches.join(", ")).into());
     }
 
     let mut sections = Vec::new();
@@ -134,7 +134,7 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
         let mut seen = std::collections::BTreeSet::new();
         for rev in &revs {
             let snapshot = resolve(&repo, rev)?;
-            let path = format!("experiments/{experiment}/history.csv");
+            let path = exp::record::layout::run_file(&experiment, exp::record::layout::HISTORY_FILE);
             let Ok(entry) = snapshot.tree.get_path(std::path::Path::new(&path)) else {
                 continue;
             };
@@ -146,7 +146,7 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
                 .map_err(|e| usage(e.to_string()))?;
             let history = parse_history(blob.content())
                 .map_err(|e| usage(format!("{path} at {rev}: {e}")))?;
-            let label = crate::report::rev_name(rev);
+            let label = exp::report::rev_name(rev);
             accuracy.push(Series {
                 label: label.clone(),
                 points: history

@@ -2,9 +2,9 @@
 
 use clap::Args;
 
-use crate::run::{run, RunOptions};
-use crate::train::StopFlag;
-use crate::{run::RunError, Error};
+use exp::run::{run, RunOptions};
+use exp::train::StopFlag;
+use exp::{run::RunError, Error};
 
 /// The long help of `exp run`.
 pub(super) const RUN_LONG_ABOUT: &str = "Train experiment NAME (experiments/NAME.toml) and record the run in Git.
@@ -83,13 +83,13 @@ pub(super) fn execute(args: RunArgs) -> Result<(), Error> {
         "Recorded {} on {}: {}",
         r.run.experiment,
         r.run.branch,
-        crate::run::headline(r)
+        exp::run::headline(r)
     );
     super::outln!("  commit  {}", &summary.commit[..10]);
     super::outln!("  tag     {}", summary.tag);
     super::outln!(
-        "  weights experiments/{}/model.safetensors (LFS oid {}, {} bytes)",
-        r.run.experiment,
+        "  weights {} (LFS oid {}, {} bytes)",
+        exp::record::layout::run_file(&r.run.experiment, &r.model.weights),
         &r.model.oid[..12],
         r.model.size
     );

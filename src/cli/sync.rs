@@ -3,8 +3,8 @@
 use clap::Args;
 
 use super::UsageError;
-use crate::lfs::sync;
-use crate::Error;
+use exp::lfs::sync;
+use exp::Error;
 
 /// Arguments of `exp push`.
 #[derive(Debug, Args)]
@@ -25,7 +25,7 @@ pub struct PullArgs {
 
 fn remote_or_default(repo: &git2::Repository, remote: Option<String>) -> Result<String, Error> {
     remote
-        .or_else(|| sync::default_remote(repo))
+        .or_else(|| exp::lfs::remote::default_remote(repo))
         .ok_or_else(|| {
             UsageError("no remote given and none to default to (no upstream, no origin)".into())
                 .into()
@@ -33,7 +33,7 @@ fn remote_or_default(repo: &git2::Repository, remote: Option<String>) -> Result<
 }
 
 pub(super) fn execute_push(args: PushArgs) -> Result<(), Error> {
-    let repo = crate::git::open_any(&super::cwd()?)?;
+    let repo = exp::git::open_any(&super::cwd()?)?;
     let remote = remote_or_default(&repo, args.remote)?;
     let summary = sync::push(&repo, &remote, &args.branches)?;
     if summary.by_git_lfs {
@@ -52,7 +52,7 @@ pub(super) fn execute_push(args: PushArgs) -> Result<(), Error> {
 }
 
 pub(super) fn execute_pull(args: PullArgs) -> Result<(), Error> {
-    let repo = crate::git::open_any(&super::cwd()?)?;
+    let repo = exp::git::open_any(&super::cwd()?)?;
     let remote = remote_or_default(&repo, args.remote)?;
     let summary = sync::pull(&repo, &remote)?;
     if summary.by_git_lfs {

@@ -4,7 +4,7 @@
 
 pub mod cache;
 pub mod diff;
-pub mod history;
+pub mod log;
 pub mod output_cache;
 pub mod stats;
 
@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use git2::{ObjectType, Oid, Repository, Tree};
 
 use crate::record::RunRecord;
-use crate::run::{PREDICTIONS_FILE, RECORD_FILE};
+use crate::record::layout::{self, PREDICTIONS_FILE, RECORD_FILE};
 
 /// A comparison that cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +129,7 @@ pub struct StoredRecord {
 /// Blob ids of every `experiments/<name>/metrics.toml` in `tree`, by experiment name.
 pub fn record_blobs(repo: &Repository, tree: &Tree) -> Result<BTreeMap<String, Oid>, CompareError> {
     let mut out = BTreeMap::new();
-    let Ok(entry) = tree.get_path(std::path::Path::new("experiments")) else {
+    let Ok(entry) = tree.get_path(std::path::Path::new(layout::EXPERIMENTS_DIR)) else {
         return Ok(out);
     };
     if entry.kind() != Some(ObjectType::Tree) {
@@ -137,7 +137,7 @@ pub fn record_blobs(repo: &Repository, tree: &Tree) -> Result<BTreeMap<String, O
     }
     let experiments = repo
         .find_tree(entry.id())
-        .map_err(git_err("experiments/"))?;
+        .map_err(git_err(format!("{}/", layout::EXPERIMENTS_DIR)))?;
     for e in experiments.iter() {
         if e.kind() != Some(ObjectType::Tree) {
             continue;
@@ -145,7 +145,7 @@ pub fn record_blobs(repo: &Repository, tree: &Tree) -> Result<BTreeMap<String, O
         let Some(name) = e.name() else { continue };
         let dir = repo
             .find_tree(e.id())
-            .map_err(git_err(format!("experiments/{name}/")))?;
+            .map_err(git_err(format!("{}/", layout::run_dir(name))))?;
         let record = dir.get_name(RECORD_FILE).map(|entry| entry.id());
         if let Some(id) = record {
             out.insert(name.to_string(), id);
@@ -161,7 +161,7 @@ pub fn parse_record(
     rev: &str,
     name: &str,
 ) -> Result<RunRecord, CompareError> {
-    let path = format!("experiments/{name}/{RECORD_FILE}");
+    let path = layout::run_file(name, RECORD_FILE);
     let blob = repo.find_blob(blob).map_err(git_err(path))?;
     parse_record_bytes(blob.content(), rev, name)
 }
@@ -170,7 +170,7 @@ pub fn parse_record(
 pub fn parse_record_bytes(bytes: &[u8], rev: &str, name: &str) -> Result<RunRecord, CompareError> {
     let corrupt = |message: String| CompareError::CorruptRecord {
         rev: rev.to_string(),
-        path: format!("experiments/{name}/{RECORD_FILE}"),
+        path: layout::run_file(name, RECORD_FILE),
         message,
     };
     let text = std::str::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))?;
@@ -200,8 +200,9 @@ pub fn stored_record(
     let record = parse_record(repo, blob, &snapshot.name, name)?;
     let predictions_blob = snapshot
         .tree
-        .get_path(std::path::Path::new(&format!(
-            "experiments/{name}/{PREDICTIONS_FILE}"
+        .get_path(std::path::Path::new(&layout::run_file(
+            name,
+            PREDICTIONS_FILE,
         )))
         .ok()
         .map(|e| e.id());

@@ -150,7 +150,7 @@ pub fn adam_step(
     grad: &CudaStorage,
     grad_layout: &Layout,
     moments: &mut Option<AdamMoments>,
-    h: &crate::train::optim::AdamHyper,
+    h: &crate::kernel_args::AdamHyper,
 ) -> Result<()> {
     let n = param_layout.shape().elem_count();
     if param_layout.contiguous_offsets() != Some((0, n)) {
@@ -198,7 +198,7 @@ pub fn adam_step(
 pub fn im2col(
     storage: &CudaStorage,
     layout: &Layout,
-    geometry: &crate::model::ConvGeometry,
+    geometry: &crate::kernel_args::ConvGeometry,
     ld: usize,
     col2im: bool,
 ) -> Result<(CudaStorage, Shape)> {
@@ -253,7 +253,7 @@ pub fn im2col(
 /// kernel-and-bias gradient `(c_out, c·kh·kw + 1)` (`wgrad == true`, operands x, grad).
 pub fn conv_direct(
     operands: &[(&CudaStorage, &Layout)],
-    geometry: &crate::model::ConvGeometry,
+    geometry: &crate::kernel_args::ConvGeometry,
     c_out: usize,
     wgrad: bool,
 ) -> Result<(CudaStorage, Shape)> {

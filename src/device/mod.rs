@@ -5,24 +5,8 @@
 //! the feature, or where no GPU answers, is an error before anything is loaded or trained: a
 //! run the user meant for the GPU must never train silently on the CPU. Only `auto` falls back.
 
-mod check;
-
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
-
-pub use check::{run_checks, CheckResult};
-
-/// Some of exp's kernels disagree with the reference on this device.
-#[derive(Debug, thiserror::Error)]
-#[error("{failed} of {total} kernel checks failed on {device}")]
-pub struct CheckFailed {
-    /// Checks outside tolerance.
-    pub failed: usize,
-    /// Checks run.
-    pub total: usize,
-    /// The device.
-    pub device: String,
-}
 
 /// The requested device is not available.
 #[derive(Debug, thiserror::Error)]

@@ -259,7 +259,7 @@ pub fn plan_branch(
 }
 
 fn check_outputs_clean(dir: &Path, experiment: &str) -> Result<(), GitError> {
-    let outputs = format!("experiments/{experiment}");
+    let outputs = crate::record::layout::run_dir(experiment);
     // `git status` runs the LFS clean filter, so real weights over a pointer count as clean.
     let status = git(
         dir,

@@ -14,11 +14,10 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use super::pktline::{PktError, PktReader, PktWriter};
-use super::statcache::{FileStat, StatCache};
+use super::pointer::MAX_POINTER;
+use super::statcache::{stat_cache_path, FileStat, StatCache};
 use super::{Durability, LfsError, LfsPointer, LfsStore, Oid};
 
-/// Git never takes a blob above this size for a pointer (git-lfs's limit too).
-pub const MAX_POINTER: usize = 1024;
 const CHUNK: usize = 1 << 20;
 
 /// A filter-process failure that ends the process (a per-file failure is answered with
@@ -326,7 +325,7 @@ impl Filter {
             // a clone through exp's filter gets its weights.
             let remote = self.remote.get_or_init(|| {
                 let repo = git2::Repository::open(&self.git_dir).ok()?;
-                super::sync::default_remote_store(&repo)
+                super::remote::default_remote_store(&repo)
             });
             if let Some(remote) = remote {
                 // No commit follows a checkout to sync a download: it is synced as it lands.
@@ -410,12 +409,6 @@ fn reopen(file: &File) -> io::Result<File> {
     {
         file.try_clone()
     }
-}
-
-/// Where the stat cache of `repo` lives (one per repository, shared by its worktrees: entries
-/// are keyed by absolute path).
-pub fn stat_cache_path(repo: &git2::Repository) -> PathBuf {
-    repo.commondir().join("exp").join("lfs-stat-cache.json")
 }
 
 fn stream_error(e: io::Error) -> LfsError {

@@ -181,7 +181,7 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, LfsError> 
         .collect();
     keep.extend(scan::index_pointers(repo)?.into_iter().map(|p| p.oid));
     keep.extend(staged);
-    keep.extend(super::statcache::StatCache::load(super::filter::stat_cache_path(repo)).oids());
+    keep.extend(super::statcache::StatCache::load(super::statcache::stat_cache_path(repo)).oids());
 
     let now = SystemTime::now();
     let mut report = PruneReport::default();

@@ -5,8 +5,8 @@ use std::fmt;
 use super::LfsError;
 
 const VERSION_URL: &str = "https://git-lfs.github.com/spec/v1";
-/// Pointer files are small; git-lfs never treats a blob above this size as a pointer.
-const MAX_POINTER_SIZE: usize = 1024;
+/// Pointer files are small: Git and git-lfs never take a blob above this size for a pointer.
+pub const MAX_POINTER: usize = 1024;
 
 /// A SHA-256 LFS object id: exactly 64 lower-case hex digits, checked before it touches a path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,7 +84,7 @@ impl LfsPointer {
     /// keys in sorted order, extension keys) and rejects everything else.
     pub fn parse(bytes: &[u8]) -> Result<LfsPointer, LfsError> {
         let bad = |m: &str| LfsError::BadPointer(m.to_string());
-        if bytes.len() > MAX_POINTER_SIZE {
+        if bytes.len() > MAX_POINTER {
             return Err(bad("larger than any pointer file"));
         }
         let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;

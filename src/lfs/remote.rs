@@ -10,6 +10,35 @@ use serde::{Deserialize, Serialize};
 
 use super::{LfsError, LfsPointer, LfsStore};
 
+/// The remote `exp push`/`exp pull` use by default: the current branch's upstream remote,
+/// else `origin`, else the only remote.
+pub fn default_remote(repo: &git2::Repository) -> Option<String> {
+    if let Ok((branch, _)) = crate::git::current_branch(repo) {
+        if let Ok(Some(r)) = repo
+            .config()
+            .map(|c| c.get_string(&format!("branch.{branch}.remote")).ok())
+        {
+            return Some(r);
+        }
+    }
+    let remotes = repo.remotes().ok()?;
+    let names: Vec<&str> = remotes.iter().flatten().collect();
+    if names.contains(&"origin") {
+        return Some("origin".into());
+    }
+    match names[..] {
+        [only] => Some(only.to_string()),
+        _ => None,
+    }
+}
+
+/// The LFS objects of the default remote, if there is one exp can reach.
+pub fn default_remote_store(repo: &git2::Repository) -> Option<RemoteStore> {
+    let name = default_remote(repo)?;
+    let url = repo.find_remote(&name).ok()?.url()?.to_string();
+    RemoteStore::for_remote(repo, &name, &url).ok()
+}
+
 /// A transfer that could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use git2::{ObjectType, Oid as GitOid, Repository, TreeWalkMode, TreeWalkResult};
 
-use super::filter::MAX_POINTER;
+use super::pointer::MAX_POINTER;
 use super::{LfsPointer, Oid};
 
 /// A file in a tree.

@@ -18,6 +18,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+/// Where the stat cache of `repo` lives (one per repository, shared by its worktrees: entries
+/// are keyed by absolute path).
+pub fn stat_cache_path(repo: &git2::Repository) -> PathBuf {
+    repo.commondir().join("exp").join("lfs-stat-cache.json")
+}
+
 use super::Oid;
 
 /// How much older than the read the file's mtime must be: kernels stamp files from a coarse

@@ -49,35 +49,6 @@ pub struct PushSummary {
     pub by_git_lfs: bool,
 }
 
-/// The remote `exp push`/`exp pull` use by default: the current branch's upstream remote,
-/// else `origin`, else the only remote.
-pub fn default_remote(repo: &Repository) -> Option<String> {
-    if let Ok((branch, _)) = git::current_branch(repo) {
-        if let Ok(Some(r)) = repo
-            .config()
-            .map(|c| c.get_string(&format!("branch.{branch}.remote")).ok())
-        {
-            return Some(r);
-        }
-    }
-    let remotes = repo.remotes().ok()?;
-    let names: Vec<&str> = remotes.iter().flatten().collect();
-    if names.contains(&"origin") {
-        return Some("origin".into());
-    }
-    match names[..] {
-        [only] => Some(only.to_string()),
-        _ => None,
-    }
-}
-
-/// The LFS objects of the default remote, if there is one exp can reach.
-pub fn default_remote_store(repo: &Repository) -> Option<RemoteStore> {
-    let name = default_remote(repo)?;
-    let url = repo.find_remote(&name).ok()?.url()?.to_string();
-    RemoteStore::for_remote(repo, &name, &url).ok()
-}
-
 fn remote_url(repo: &Repository, remote: &str) -> Result<String, SyncError> {
     repo.find_remote(remote)
         .ok()
@@ -208,7 +179,7 @@ pub fn pull(repo: &Repository, remote: &str) -> Result<PullSummary, SyncError> {
         let Some(p) = &f.pointer else { continue };
         let on_disk = worktree.join(&f.path);
         let holds_pointer = std::fs::metadata(&on_disk)
-            .is_ok_and(|m| m.len() as usize <= super::filter::MAX_POINTER)
+            .is_ok_and(|m| m.len() as usize <= super::pointer::MAX_POINTER)
             && std::fs::read(&on_disk)
                 .ok()
                 .and_then(|b| LfsPointer::parse(&b).ok())

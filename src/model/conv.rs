@@ -11,6 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use candle_nn::{Conv2d, Module};
 
+use super::ConvNames;
 use crate::profile::span;
 
 /// `layer(xs)` in `xs`'s dtype; `training` says whether a backward pass may follow. `name`
@@ -97,22 +98,6 @@ pub fn conv2d(
 fn candle_conv_forced() -> bool {
     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FORCED.get_or_init(|| std::env::var("EXP_CUDA_CONV").is_ok_and(|v| v == "candle"))
-}
-
-/// Profile labels of one convolution layer.
-pub struct ConvNames {
-    /// The convolution's forward pass.
-    pub forward: &'static str,
-    /// The bias addition.
-    pub bias: &'static str,
-    /// The kernel gradient.
-    pub kernel_grad: &'static str,
-    /// The input gradient.
-    pub input_grad: &'static str,
-    /// A backward pass computed as one op (exp's CPU kernels, src/model/cpu).
-    pub backward: &'static str,
-    /// The ReLU after the layer, where it is a separate op.
-    pub relu: &'static str,
 }
 
 /// Forward: passes the precomputed convolution through (one device copy). Backward: the

@@ -11,76 +11,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+use crate::kernel_args::ConvGeometry;
 use crate::profile::span;
-
-/// The shape of one convolution: input `(n, c, h, w)`, kernel `kh × kw`, output `oh × ow`.
-#[derive(Debug, Clone, Copy)]
-pub struct ConvGeometry {
-    /// Batch.
-    pub n: usize,
-    /// Input channels.
-    pub c: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Kernel height.
-    pub kh: usize,
-    /// Kernel width.
-    pub kw: usize,
-    /// Output height.
-    pub oh: usize,
-    /// Output width.
-    pub ow: usize,
-    /// Stride.
-    pub stride: usize,
-    /// Zero padding on every side.
-    pub padding: usize,
-    /// Dilation.
-    pub dilation: usize,
-}
-
-impl ConvGeometry {
-    /// The geometry of a convolution of an NCHW `input` by a `kernel` (kh, kw).
-    pub fn new(
-        input: &[usize],
-        kernel: (usize, usize),
-        stride: usize,
-        padding: usize,
-        dilation: usize,
-    ) -> Result<ConvGeometry> {
-        let &[n, c, h, w] = input else {
-            candle_core::bail!("conv2d: expected an NCHW input, got {input:?}")
-        };
-        let (kh, kw) = kernel;
-        let span_h = dilation * (kh - 1) + 1;
-        let span_w = dilation * (kw - 1) + 1;
-        if h + 2 * padding < span_h || w + 2 * padding < span_w || stride == 0 {
-            candle_core::bail!("conv2d: a {kh}×{kw} kernel does not fit a {h}×{w} input")
-        }
-        Ok(ConvGeometry {
-            n,
-            c,
-            h,
-            w,
-            kh,
-            kw,
-            oh: (h + 2 * padding - span_h) / stride + 1,
-            ow: (w + 2 * padding - span_w) / stride + 1,
-            stride,
-            padding,
-            dilation,
-        })
-    }
-
-    /// Input row and column of output pixel `(oy, ox)`'s kernel tap `(ky, kx)`, if inside.
-    #[inline]
-    pub fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
-        let iy = (oy * self.stride + ky * self.dilation).checked_sub(self.padding)?;
-        let ix = (ox * self.stride + kx * self.dilation).checked_sub(self.padding)?;
-        (iy < self.h && ix < self.w).then_some((iy, ix))
-    }
-}
 
 /// `conv2d(xs, weight) + bias` as im2col + GEMM (see the module docs). `xs`, `weight` and
 /// `bias` share a dtype.

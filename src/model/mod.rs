@@ -215,8 +215,26 @@ pub fn candle_cpu_ops_forced() -> bool {
     cpu::candle_forced()
 }
 
-pub use conv::{conv2d, ConvNames};
-pub use im2col::{conv2d_gemm, ConvGeometry};
+/// Profile labels of one convolution layer (shared by the convolution paths: candle's, im2col,
+/// direct and the CPU kernels).
+pub struct ConvNames {
+    /// The convolution's forward pass.
+    pub forward: &'static str,
+    /// The bias addition.
+    pub bias: &'static str,
+    /// The kernel gradient.
+    pub kernel_grad: &'static str,
+    /// The input gradient.
+    pub input_grad: &'static str,
+    /// A backward pass computed as one op (exp's CPU kernels, src/model/cpu).
+    pub backward: &'static str,
+    /// The ReLU after the layer, where it is a separate op.
+    pub relu: &'static str,
+}
+
+pub use conv::conv2d;
+pub use crate::kernel_args::ConvGeometry;
+pub use im2col::conv2d_gemm;
 pub use pool::max_pool_2x2;
 
 use crate::profile::span;

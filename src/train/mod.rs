@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
 
 use crate::data::augment::Augmenter;
 use crate::data::Dataset;
 use crate::device::DeviceError;
-use crate::error::ExitCode;
+use crate::exit::ExitCode;
+use crate::record::{EpochRecord, Timing};
 use crate::eval::{evaluate, Evaluation};
 use crate::model::{Mode, Model};
 use crate::profile::span;
@@ -146,46 +146,6 @@ impl StopFlag {
             Ok(())
         }
     }
-}
-
-/// One row of `history.csv`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Learning rate at the end of the epoch.
-    pub lr: f64,
-    /// Mean training loss over the epoch's batches.
-    pub train_loss: f64,
-    /// Validation loss (empty without `val_limit`).
-    pub val_loss: Option<f64>,
-    /// Validation accuracy (empty without `val_limit`).
-    pub val_accuracy: Option<f64>,
-    /// Loss on the eval (test) set.
-    pub eval_loss: f64,
-    /// Accuracy on the eval (test) set.
-    pub eval_accuracy: f64,
-    /// Wall seconds of the epoch, evaluation included.
-    pub seconds: f64,
-    /// Wall seconds of the epoch's training steps alone (evaluation excluded).
-    pub train_seconds: f64,
-}
-
-/// Where training time went, summed over the run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Timing {
-    /// Gathering and normalising batches.
-    pub data_seconds: f64,
-    /// Forward pass and loss.
-    pub forward_seconds: f64,
-    /// Backward pass.
-    pub backward_seconds: f64,
-    /// Gradient accumulation and optimiser updates.
-    pub optimizer_seconds: f64,
-    /// Per-epoch evaluation.
-    pub eval_seconds: f64,
-    /// Training images per second (training steps only, evaluation excluded).
-    pub images_per_second: f64,
 }
 
 /// What a completed training run produced.

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var};
 
+use crate::kernel_args::AdamHyper;
 use crate::spec::{OptimizerName, TrainSpec};
 
 const BETA1: f64 = 0.9;
@@ -34,27 +35,6 @@ enum State {
     None,
 }
 
-/// The scalars of one Adam/AdamW step, as f32 the way candle's `affine` applies them.
-pub struct AdamHyper {
-    /// β1.
-    pub beta1: f32,
-    /// 1 − β1.
-    pub one_minus_beta1: f32,
-    /// β2.
-    pub beta2: f32,
-    /// 1 − β2.
-    pub one_minus_beta2: f32,
-    /// lr / (1 − β1ᵗ).
-    pub step_size: f32,
-    /// 1 / √(1 − β2ᵗ).
-    pub inv_sqrt_bias2: f32,
-    /// ε.
-    pub eps: f32,
-    /// Adam's L2 weight decay, added to the gradient (0 for AdamW).
-    pub l2: f32,
-    /// AdamW's decoupled decay factor 1 − lr·wd (1 for Adam).
-    pub decay_factor: f32,
-}
 
 /// One of exp's optimisers over a fixed list of variables.
 pub struct Optimizer {

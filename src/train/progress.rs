@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::EpochRecord;
+use crate::record::EpochRecord;
 
 /// Reports training progress.
 pub struct Progress {

@@ -12,4 +12,4 @@ mod init;
 mod lfs;
 mod recipes;
 mod run;
-mod transfer;
+mod init_from;

@@ -251,7 +251,7 @@ fn classes_and_weights_are_recorded() {
 }
 
 /// The rows of `experiments/mnist-cnn/history.csv` in the work tree.
-fn history_rows(dir: &Path) -> Vec<exp::train::EpochRecord> {
+fn history_rows(dir: &Path) -> Vec<exp::record::EpochRecord> {
     let text = std::fs::read_to_string(dir.join("experiments/mnist-cnn/history.csv")).unwrap();
     csv::Reader::from_reader(text.as_bytes())
         .deserialize()

@@ -1,6 +1,7 @@
 //! `exp device --check`: runs exp's own device kernels (max-pool forward and backward, the
 //! kernel-gradient-only convolution, the fused Adam update) on a device and compares them with
-//! the CPU implementations, which the unit tests pin to candle's reference ops. On a GPU this is
+//! the CPU implementations, which the unit tests pin to candle's reference ops. It sits above
+//! `device/`, `model/` and `train/`, whose code it runs (docs/design.md §1). On a GPU this is
 //! the test of the CUDA kernels; on the CPU it compares the CPU paths with themselves and
 //! passes trivially.
 
@@ -11,6 +12,18 @@ use crate::model::{conv2d, max_pool_2x2, ConvNames};
 use crate::rng::{ExpRng, Purpose};
 use crate::spec::{OptimizerName, TrainSpec};
 use crate::train::Optimizer;
+
+/// Some of exp's kernels disagree with the reference on this device.
+#[derive(Debug, thiserror::Error)]
+#[error("{failed} of {total} kernel checks failed on {device}")]
+pub struct CheckFailed {
+    /// Checks outside tolerance.
+    pub failed: usize,
+    /// Checks run.
+    pub total: usize,
+    /// The device.
+    pub device: String,
+}
 
 /// One comparison.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -11,7 +11,54 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::FileFingerprint;
 use crate::spec::Spec;
-use crate::train::Timing;
+
+pub mod layout;
+
+/// One row of `history.csv` (docs/design.md §4), written by training and read by `exp plot`.
+/// Columns added after the first records default when absent, so old histories still read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Learning rate at the end of the epoch.
+    #[serde(default)]
+    pub lr: f64,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Validation loss (empty without `val_limit`).
+    #[serde(default)]
+    pub val_loss: Option<f64>,
+    /// Validation accuracy (empty without `val_limit`).
+    #[serde(default)]
+    pub val_accuracy: Option<f64>,
+    /// Loss on the eval (test) set.
+    pub eval_loss: f64,
+    /// Accuracy on the eval (test) set.
+    pub eval_accuracy: f64,
+    /// Wall seconds of the epoch, evaluation included.
+    #[serde(default)]
+    pub seconds: f64,
+    /// Wall seconds of the epoch's training steps alone (evaluation excluded).
+    #[serde(default)]
+    pub train_seconds: f64,
+}
+
+/// Where training time went, summed over the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    /// Gathering and normalising batches.
+    pub data_seconds: f64,
+    /// Forward pass and loss.
+    pub forward_seconds: f64,
+    /// Backward pass.
+    pub backward_seconds: f64,
+    /// Gradient accumulation and optimiser updates.
+    pub optimizer_seconds: f64,
+    /// Per-epoch evaluation.
+    pub eval_seconds: f64,
+    /// Training images per second (training steps only, evaluation excluded).
+    pub images_per_second: f64,
+}
 
 /// A record that cannot be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +96,30 @@ pub struct RunRecord {
     pub training: TrainingRecord,
     /// The run whose weights this run started from (`init.from`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init: Option<crate::transfer::InitRecord>,
+    pub init: Option<InitRecord>,
+}
+
+/// `[init]` of the run record: the run whose weights this run started from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitRecord {
+    /// `init.from` as given.
+    pub from: String,
+    /// The parent run's commit.
+    pub commit: String,
+    /// The parent's experiment.
+    pub experiment: String,
+    /// The parent's run id.
+    pub run_id: String,
+    /// The parent's run tag, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The parent's canonical tensor hash.
+    pub tensor_hash: String,
+    /// Tensors that kept their fresh initialisation (the classifier head, when the number of
+    /// classes differs).
+    pub reinitialized: Vec<String>,
+    /// Tensors held fixed during training (`init.freeze`).
+    pub frozen: Vec<String>,
 }
 
 /// `[run]`.

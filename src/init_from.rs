@@ -6,17 +6,18 @@ use std::collections::{BTreeSet, HashMap};
 
 use candle_core::{Device, Tensor};
 use git2::Repository;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::compare::{self, CompareError};
 use crate::lfs::{LfsPointer, LfsStore};
 use crate::model::Model;
 use crate::record::RunRecord;
-use crate::run::WEIGHTS_FILE;
+use crate::record::layout::{self, WEIGHTS_FILE};
+use crate::record::InitRecord;
 
 /// Why a run cannot start from the weights `init.from` names.
 #[derive(Debug, thiserror::Error)]
-pub enum TransferError {
+pub enum InitFromError {
     /// The revision or its record cannot be read.
     #[error("init.from = {from:?}: {source}")]
     Revision {
@@ -71,50 +72,27 @@ pub enum TransferError {
     },
 }
 
-impl TransferError {
+impl InitFromError {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
         match self {
-            TransferError::Revision { source, .. } => source.hint(),
-            TransferError::Ambiguous { .. } => Some(
+            InitFromError::Revision { source, .. } => source.hint(),
+            InitFromError::Ambiguous { .. } => Some(
                 "name the parent by its run tag (`git tag -l 'run/*'`), which names the experiment"
                     .into(),
             ),
-            TransferError::MissingObject { .. } => Some(
+            InitFromError::MissingObject { .. } => Some(
                 "exp looked in the local store and on the default remote; fetch the parent's weights with `git lfs fetch REMOTE REV`, or check out the parent revision and run `exp pull`".into(),
             ),
-            TransferError::Mismatch { .. } => Some(
+            InitFromError::Mismatch { .. } => Some(
                 "start from a run of the same architecture (model.name and its options)".into(),
             ),
-            TransferError::Freeze { .. } => Some(
+            InitFromError::Freeze { .. } => Some(
                 "a prefix is the start of tensor names, ending at a '.', e.g. \"conv1.\"".into(),
             ),
-            TransferError::Weights { .. } => None,
+            InitFromError::Weights { .. } => None,
         }
     }
-}
-
-/// `[init]` of the run record: the run whose weights this run started from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InitRecord {
-    /// `init.from` as given.
-    pub from: String,
-    /// The parent run's commit.
-    pub commit: String,
-    /// The parent's experiment.
-    pub experiment: String,
-    /// The parent's run id.
-    pub run_id: String,
-    /// The parent's run tag, when it has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
-    /// The parent's canonical tensor hash.
-    pub tensor_hash: String,
-    /// Tensors that kept their fresh initialisation (the classifier head, when the number of
-    /// classes differs).
-    pub reinitialized: Vec<String>,
-    /// Tensors held fixed during training (`init.freeze`).
-    pub frozen: Vec<String>,
 }
 
 /// The weights of a parent run, loaded and checked.
@@ -136,12 +114,12 @@ pub fn load_parent(
     from: &str,
     experiment: &str,
     device: &Device,
-) -> Result<Parent, TransferError> {
-    let revision = |source| TransferError::Revision {
+) -> Result<Parent, InitFromError> {
+    let revision = |source| InitFromError::Revision {
         from: from.to_string(),
         source,
     };
-    let weights_error = |message: String| TransferError::Weights {
+    let weights_error = |message: String| InitFromError::Weights {
         from: from.to_string(),
         message,
     };
@@ -157,7 +135,7 @@ pub fn load_parent(
     let record: RunRecord =
         compare::parse_record(repo, blobs[&name], from, &name).map_err(revision)?;
 
-    let pointer_path = format!("experiments/{name}/{WEIGHTS_FILE}");
+    let pointer_path = layout::run_file(&name, WEIGHTS_FILE);
     let entry = snapshot
         .tree
         .get_path(std::path::Path::new(&pointer_path))
@@ -179,14 +157,14 @@ pub fn load_parent(
     if !path.is_file() {
         // Not here: fetch it (verified) from the default remote's LFS store or server, as a
         // checkout through exp's filter would.
-        if let Some(remote) = crate::lfs::sync::default_remote_store(repo) {
+        if let Some(remote) = crate::lfs::remote::default_remote_store(repo) {
             if let Err(e) = remote.download(&store, std::slice::from_ref(&pointer)) {
                 eprintln!("exp: fetching the parent's weights {}: {e}", pointer.oid);
             }
         }
     }
     if !path.is_file() {
-        return Err(TransferError::MissingObject {
+        return Err(InitFromError::MissingObject {
             from: from.to_string(),
             experiment: name,
             oid: pointer.oid.as_str().to_string(),
@@ -232,7 +210,7 @@ fn pick_experiment(
     message: &str,
     blobs: &std::collections::BTreeMap<String, git2::Oid>,
     experiment: &str,
-) -> Result<String, TransferError> {
+) -> Result<String, InitFromError> {
     let tag = from.strip_prefix("refs/tags/").unwrap_or(from);
     let parts: Vec<&str> = tag.split('/').collect();
     let from_tag = (parts.len() == 4 && parts[0] == "run").then(|| parts[2].to_string());
@@ -250,7 +228,7 @@ fn pick_experiment(
         .into_iter()
         .flatten()
         .find(|name| blobs.contains_key(name))
-        .ok_or_else(|| TransferError::Ambiguous {
+        .ok_or_else(|| InitFromError::Ambiguous {
             from: from.to_string(),
             names: blobs.keys().cloned().collect(),
         })
@@ -278,9 +256,9 @@ impl Parent {
     /// Copies the parent's tensors into `model`. With another number of classes than the
     /// parent's, the classifier head keeps its fresh (seeded) initialisation; any other
     /// difference is an error.
-    pub fn apply(&mut self, model: &Model, classes: usize) -> Result<(), TransferError> {
+    pub fn apply(&mut self, model: &Model, classes: usize) -> Result<(), InitFromError> {
         let from = self.record.from.clone();
-        let mismatch = |message: String| TransferError::Mismatch {
+        let mismatch = |message: String| InitFromError::Mismatch {
             from: from.clone(),
             message,
         };
@@ -320,7 +298,7 @@ impl Parent {
 
 /// The tensors of `model` whose names start with one of `prefixes`; Err on a prefix that
 /// matches none (a typo would otherwise freeze nothing, silently).
-pub fn frozen_names(model: &Model, prefixes: &[String]) -> Result<BTreeSet<String>, TransferError> {
+pub fn frozen_names(model: &Model, prefixes: &[String]) -> Result<BTreeSet<String>, InitFromError> {
     let names: Vec<&String> = model.params().named().map(|(k, _)| k).collect();
     let mut frozen = BTreeSet::new();
     for prefix in prefixes {
@@ -329,7 +307,7 @@ pub fn frozen_names(model: &Model, prefixes: &[String]) -> Result<BTreeSet<Strin
             .filter(|n| n.starts_with(prefix.as_str()))
             .collect();
         if hits.is_empty() {
-            return Err(TransferError::Freeze {
+            return Err(InitFromError::Freeze {
                 prefix: prefix.clone(),
                 names: names
                     .iter()
@@ -366,8 +344,8 @@ pub fn lineage(
     repo: &Repository,
     rev: &str,
     experiment: Option<&str>,
-) -> Result<Vec<LineageEntry>, TransferError> {
-    let revision = |from: &str, source| TransferError::Revision {
+) -> Result<Vec<LineageEntry>, InitFromError> {
+    let revision = |from: &str, source| InitFromError::Revision {
         from: from.to_string(),
         source,
     };
@@ -389,7 +367,7 @@ pub fn lineage(
         let name = match name {
             Some(n) if blobs.contains_key(&n) => n,
             Some(n) => {
-                return Err(TransferError::Ambiguous {
+                return Err(InitFromError::Ambiguous {
                     from: format!("{at} (experiment {n} is not recorded there)"),
                     names: blobs.keys().cloned().collect(),
                 })
