@@ -12,7 +12,7 @@ pub enum Error {
     Spec(#[from] crate::spec::SpecError),
     /// A data set could not be read.
     #[error(transparent)]
-    Data(#[from] crate::data::DataError),
+    Data(Box<crate::data::DataError>),
     /// Training failed or was interrupted.
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
@@ -31,7 +31,7 @@ pub enum Error {
     /// `exp run` failed outside the other modules (the others' errors are unwrapped into
     /// their own variants, with their hints and exit codes).
     #[error(transparent)]
-    Run(crate::run::RunError),
+    Run(Box<crate::run::RunError>),
     /// A comparison could not be made.
     #[error(transparent)]
     Compare(#[from] crate::compare::CompareError),
@@ -61,7 +61,7 @@ pub enum Error {
     Gate(#[from] crate::gate::GateRejected),
     /// The weights `init.from` names cannot start this run.
     #[error(transparent)]
-    InitFrom(#[from] crate::init_from::InitFromError),
+    InitFrom(Box<crate::init_from::InitFromError>),
     /// Arguments that parse but make no sense.
     #[error(transparent)]
     Usage(#[from] UsageError),
@@ -118,19 +118,32 @@ impl Error {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+// The two largest errors are boxed so that every `Result<_, Error>` stays small.
+impl From<crate::data::DataError> for Error {
+    fn from(e: crate::data::DataError) -> Error {
+        Error::Data(Box::new(e))
+    }
+}
+
+impl From<crate::init_from::InitFromError> for Error {
+    fn from(e: crate::init_from::InitFromError) -> Error {
+        Error::InitFrom(Box::new(e))
+    }
+}
+
 impl From<crate::run::RunError> for Error {
     fn from(e: crate::run::RunError) -> Error {
         use crate::run::RunError as R;
         match e {
             R::Spec(e) => Error::Spec(e),
-            R::Data(e) => Error::Data(e),
+            R::Data(e) => Error::Data(Box::new(e)),
             R::Device(e) => Error::Device(e),
             R::Train(e) => Error::Train(e),
             R::Lfs(e) => Error::Lfs(e),
             R::Git(e) => Error::Git(e),
             R::Record(e) => Error::Record(e),
-            R::InitFrom(e) => Error::InitFrom(e),
-            other => Error::Run(other),
+            R::InitFrom(e) => Error::InitFrom(Box::new(e)),
+            other => Error::Run(Box::new(other)),
         }
     }
 }

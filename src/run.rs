@@ -316,13 +316,7 @@ fn write_and_commit(
         record.eval.classes,
     );
     write_atomic(&out_dir.join(PREDICTIONS_FILE), &predictions)?;
-    let mut history = csv::Writer::from_writer(Vec::new());
-    for row in &outcome.history {
-        history.serialize(row).map_err(RunError::Csv)?;
-    }
-    let history = history
-        .into_inner()
-        .map_err(|e| RunError::Csv(e.into_error().into()))?;
+    let history = record::encode_history(&outcome.history)?;
     write_atomic(&out_dir.join(HISTORY_FILE), &history)?;
     record.run.wall_seconds = (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     let record_text = record.to_toml()?;

@@ -26,7 +26,7 @@ pub enum Command {
     #[command(long_about = init::INIT_LONG_ABOUT)]
     Init(init::InitArgs),
     /// Train an experiment and record the run as a commit and a tag.
-    #[command(long_about = run::RUN_LONG_ABOUT)]
+    #[command(long_about = run::long_about())]
     Run(run::RunArgs),
     /// Compare the run records of two revisions: metrics, parameters, fixed and broken examples.
     #[command(long_about = diff::DIFF_LONG_ABOUT)]

@@ -6,7 +6,8 @@ use clap::Args;
 
 use exp::compare::log::{log, LogQuery};
 use exp::compare::{records_at, resolve};
-use exp::report::plot::{confusion_chart, escape, html, line_chart, parse_history, Series};
+use exp::report::curves::{local_branches, training_curves};
+use exp::report::plot::{confusion_chart, escape, html, line_chart, Series};
 use exp::Error;
 
 /// The long help of `exp plot`.
@@ -45,17 +46,7 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
     let repo = exp::git::open(&super::cwd()?)?;
     let usage = |m: String| Error::Usage(super::UsageError(m));
     let branches: Vec<String> = if args.branches.is_empty() {
-        let mut names = Vec::new();
-        for b in repo
-            .branches(Some(git2::BranchType::Local))
-            .map_err(|e| usage(e.to_string()))?
-        {
-            let (b, _) = b.map_err(|e| usage(e.to_string()))?;
-            if let Ok(Some(name)) = b.name() {
-                names.push(name.to_string());
-            }
-        }
-        names
+        local_branches(&repo)?
     } else {
         args.branches.clone()
     };
@@ -130,38 +121,21 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
         } else {
             args.runs.clone()
         };
-        let (mut accuracy, mut loss) = (Vec::new(), Vec::new());
-        let mut seen = std::collections::BTreeSet::new();
-        for rev in &revs {
-            let snapshot = resolve(&repo, rev)?;
-            let path = exp::record::layout::run_file(&experiment, exp::record::layout::HISTORY_FILE);
-            let Ok(entry) = snapshot.tree.get_path(std::path::Path::new(&path)) else {
-                continue;
-            };
-            if !seen.insert(entry.id()) {
-                continue; // the same run reached from two branches
-            }
-            let blob = repo
-                .find_blob(entry.id())
-                .map_err(|e| usage(e.to_string()))?;
-            let history = parse_history(blob.content())
-                .map_err(|e| usage(format!("{path} at {rev}: {e}")))?;
-            let label = exp::report::rev_name(rev);
-            accuracy.push(Series {
-                label: label.clone(),
-                points: history
-                    .iter()
-                    .map(|h| (h.epoch as f64, h.eval_accuracy))
-                    .collect(),
-            });
-            loss.push(Series {
-                label,
-                points: history
-                    .iter()
-                    .map(|h| (h.epoch as f64, h.train_loss))
-                    .collect(),
-            });
-        }
+        let curves = training_curves(&repo, experiment, &revs)?;
+        let accuracy: Vec<Series> = curves
+            .iter()
+            .map(|c| Series {
+                label: c.label.clone(),
+                points: c.rows.iter().map(|h| (h.epoch as f64, h.eval_accuracy)).collect(),
+            })
+            .collect();
+        let loss: Vec<Series> = curves
+            .iter()
+            .map(|c| Series {
+                label: c.label.clone(),
+                points: c.rows.iter().map(|h| (h.epoch as f64, h.train_loss)).collect(),
+            })
+            .collect();
         let title = format!("{experiment}: training curves");
         let body = if accuracy.is_empty() {
             "<p class=\"note\">No history.csv in the selected runs.</p>".to_string()

@@ -7,7 +7,7 @@ use exp::train::StopFlag;
 use exp::{run::RunError, Error};
 
 /// The long help of `exp run`.
-pub(super) const RUN_LONG_ABOUT: &str = "Train experiment NAME (experiments/NAME.toml) and record the run in Git.
+const RUN_LONG_ABOUT: &str = "Train experiment NAME (experiments/NAME.toml) and record the run in Git.
 
 Steps, in this order:
   1. Resolve the spec: the file plus every --set override, validated against the schema. An \
@@ -27,16 +27,12 @@ commit it with experiments/NAME.toml (the weights as an LFS pointer), and tag th
 run/<branch with / as ->/NAME/<n>.
 
 A run that fails (bad data, a NaN loss: exit 1, SIGINT: 130, SIGTERM: 143) records nothing: no \
-commit, tag, branch or LFS object.
+commit, tag, branch or LFS object.";
 
-Spec keys: [model] name (mlp | seed-cnn | cnn | resnet18), hidden, dropout, conv_dropout, width; [data] format \
-(idx | cifar10), train_images, train_labels, test_images, test_labels, normalize = { mean, std }, \
-train_limit, val_limit, val_fraction, test_limit, classes, class_limit; [train] optimizer (adam | adamw | sgd), lr, momentum, \
-weight_decay, batch_size, epochs, seed, device (auto | cpu | cuda[:N]), precision (f32 | bf16 | \
-f16; the half precisions need CUDA), accumulate, schedule (constant | cosine | step), warmup_epochs, \
-min_lr, step_size, gamma, label_smoothing, class_weights (\"inverse-frequency\" | [w, …]), early_stopping = { patience, \
-metric (val_loss | val_accuracy), min_delta }, augment = \
-{ crop_padding, flip }; [init] from (run tag, commit or branch), freeze (tensor-name prefixes); [gate] (read by exp gate, not by the run).";
+/// `exp run --help`: the steps, then the spec keys from their one table.
+pub(super) fn long_about() -> String {
+    format!("{RUN_LONG_ABOUT}\n\n{}", exp::spec::keys::help_text())
+}
 
 /// Arguments of `exp run`.
 #[derive(Debug, Args)]

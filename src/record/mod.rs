@@ -43,6 +43,20 @@ pub struct EpochRecord {
     pub train_seconds: f64,
 }
 
+/// `history.csv`'s bytes: a header, then one row per epoch.
+pub fn encode_history(rows: &[EpochRecord]) -> Result<Vec<u8>, csv::Error> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    for row in rows {
+        writer.serialize(row)?;
+    }
+    writer.into_inner().map_err(|e| e.into_error().into())
+}
+
+/// Parses `history.csv`.
+pub fn parse_history(bytes: &[u8]) -> Result<Vec<EpochRecord>, csv::Error> {
+    csv::Reader::from_reader(bytes).deserialize().collect()
+}
+
 /// Where training time went, summed over the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timing {

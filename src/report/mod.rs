@@ -104,4 +104,5 @@ pub fn rev_name(rev: &str) -> String {
         rev.to_string()
     }
 }
+pub mod curves;
 pub mod plot;

@@ -3,7 +3,6 @@
 use std::fmt::Write as _;
 
 use plotters::prelude::*;
-use serde::Deserialize;
 
 /// One series of (x, y) points with a label.
 #[derive(Debug, Clone)]
@@ -175,24 +174,6 @@ pub fn confusion_chart(title: &str, matrix: &[Vec<u64>]) -> Result<String, PlotE
         root.present().map_err(|x| e(x.to_string()))?;
     }
     Ok(svg)
-}
-
-/// One row of `history.csv`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct HistoryRow {
-    /// 1-based epoch.
-    pub epoch: usize,
-    /// Training loss.
-    pub train_loss: f64,
-    /// Eval loss.
-    pub eval_loss: f64,
-    /// Eval accuracy.
-    pub eval_accuracy: f64,
-}
-
-/// Parses `history.csv`.
-pub fn parse_history(bytes: &[u8]) -> Result<Vec<HistoryRow>, csv::Error> {
-    csv::Reader::from_reader(bytes).deserialize().collect()
 }
 
 /// An HTML report: a title, then sections of (heading, SVG or note).

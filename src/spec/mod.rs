@@ -1,0 +1,591 @@
+//! The experiment spec (`experiments/<name>.toml`, docs/design.md §3): one schema, `--set` overrides,
+//! and errors that name the key, the file and the line.
+//!
+//! Parsing happens in three steps so that every error can point at its origin:
+//! 1. the file alone is deserialised (serde + toml give the line of any unknown key or wrong
+//!    type);
+//! 2. each `--set KEY=VALUE` is applied and the result deserialised again, so an override that
+//!    breaks the schema is reported as that override;
+//! 3. the typed spec is checked for what a schema cannot say (positive learning rate, options
+//!    that belong to another model) and resolved: defaults filled in, so the record stores the
+//!    complete spec that ran.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub mod keys;
+mod lines;
+mod parse;
+mod validate;
+
+pub use parse::{load, parse, ResolvedSpec};
+
+/// An error in an experiment spec. Every variant names where the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The spec file does not exist or cannot be read.
+    #[error("cannot read experiment spec {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file does not parse or does not fit the schema.
+    #[error("{path}:{line}:{column}: {key}{message}")]
+    Schema {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// `key: ` when the offending key is known, else empty.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A `--set` argument is malformed or breaks the schema.
+    #[error("--set {arg}: {message}")]
+    Override {
+        /// The argument as given.
+        arg: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is well-typed but not allowed.
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        /// `file:line` or `--set KEY=VALUE`.
+        origin: String,
+        /// The dotted key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The experiment name cannot name a spec file.
+    #[error("invalid experiment name {0:?}: use letters, digits, '.', '_' and '-' (the file is experiments/<name>.toml)")]
+    BadName(String),
+}
+
+impl SpecError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            SpecError::Read { path, .. } => Some(format!(
+                "create {} (see the examples `exp init` writes to experiments/), or check the experiment name",
+                path.display()
+            )),
+            SpecError::Override { .. } => {
+                Some("overrides look like --set train.epochs=3 or --set model.hidden=[256,128]".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The complete experiment spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Which model to train.
+    pub model: ModelSpec,
+    /// Where the data comes from.
+    pub data: DataSpec,
+    /// The training recipe.
+    #[serde(default)]
+    pub train: TrainSpec,
+    /// Where the initial weights come from.
+    #[serde(default)]
+    pub init: InitSpec,
+    /// The regression gate's policy. Not a training parameter: it stays out of the run
+    /// record and the run id, and `exp gate` reads it from the base revision's spec file.
+    #[serde(default, skip_serializing)]
+    pub gate: GateSpec,
+}
+
+/// `[gate]`: when a merge into develop or main is a regression (docs/gate.md has the rule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateSpec {
+    /// Gated metrics (their better direction comes from the records).
+    pub metrics: Vec<String>,
+    /// Largest tolerated worsening, absolute (e.g. 0.005 = half a point of accuracy).
+    pub max_drop: Option<f64>,
+    /// Largest tolerated worsening relative to the base value (e.g. 0.01 = 1 %).
+    pub max_relative_drop: Option<f64>,
+    /// Floor for metrics whose better direction is up: the head must reach it.
+    pub min: Option<f64>,
+    /// Ceiling for metrics whose better direction is down: the head must not exceed it.
+    pub max: Option<f64>,
+    /// Significance level of the paired (McNemar) test on accuracy.
+    pub alpha: f64,
+    /// Whether records evaluated on different eval sets are an error (the default) or are
+    /// compared on their metrics alone.
+    pub allow_different_eval_set: bool,
+}
+
+impl Default for GateSpec {
+    fn default() -> Self {
+        GateSpec {
+            metrics: vec!["accuracy".into()],
+            max_drop: None,
+            max_relative_drop: None,
+            min: None,
+            max: None,
+            alpha: 0.05,
+            allow_different_eval_set: false,
+        }
+    }
+}
+
+impl GateSpec {
+    /// Checks the values (not only the types); the key of the first bad one and why.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.metrics.is_empty() {
+            return Err(("gate.metrics", "name at least one metric".into()));
+        }
+        for (key, value) in [
+            ("gate.max_drop", self.max_drop),
+            ("gate.max_relative_drop", self.max_relative_drop),
+        ] {
+            if let Some(v) = value {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err((key, format!("must be a number ≥ 0, got {v}")));
+                }
+            }
+        }
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err((
+                "gate.alpha",
+                format!("must be between 0 and 1, got {}", self.alpha),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The model zoo's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelName {
+    /// Multi-layer perceptron with configurable hidden sizes.
+    Mlp,
+    /// The classic one-conv MNIST tutorial net.
+    SeedCnn,
+    /// A deeper CNN with dropout.
+    Cnn,
+    /// CIFAR-style ResNet-18 with batch norm.
+    Resnet18,
+}
+
+impl ModelName {
+    /// The name as written in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelName::Mlp => "mlp",
+            ModelName::SeedCnn => "seed-cnn",
+            ModelName::Cnn => "cnn",
+            ModelName::Resnet18 => "resnet18",
+        }
+    }
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Architecture.
+    pub name: ModelName,
+    /// mlp: hidden layer widths (default `[128]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Vec<usize>>,
+    /// mlp, cnn: dropout probability before each dense layer after the first (mlp default 0,
+    /// cnn default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<f64>,
+    /// cnn: dropout probability after the convolutional block (default 0.25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv_dropout: Option<f64>,
+    /// resnet18: channels of the first stage (default 64; the stages have w, 2w, 4w, 8w).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
+}
+
+/// Data set file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// LeCun's IDX (MNIST, Fashion-MNIST), raw or gzipped.
+    Idx,
+    /// The CIFAR-10 binary version: 3073-byte records, label first.
+    Cifar10,
+}
+
+/// Per-channel normalisation applied to pixels / 255.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalize {
+    /// Per-channel mean (one value applies to every channel).
+    pub mean: Vec<f64>,
+    /// Per-channel standard deviation.
+    pub std: Vec<f64>,
+}
+
+/// `[data]`. Paths are relative to the data root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// File format of every file below.
+    pub format: DataFormat,
+    /// Training images (idx) or training batch files (cifar10: one path or a list).
+    #[serde(deserialize_with = "one_or_many")]
+    pub train_images: Vec<String>,
+    /// Training labels (idx only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub train_labels: String,
+    /// Test images (idx) or test batch files (cifar10).
+    #[serde(deserialize_with = "one_or_many")]
+    pub test_images: Vec<String>,
+    /// Test labels (idx only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub test_labels: String,
+    /// Normalisation of pixels / 255; none means pixels / 255 as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<Normalize>,
+    /// When positive: train on the first N of a seeded permutation of the training set.
+    #[serde(default)]
+    pub train_limit: usize,
+    /// When positive: hold out N training examples (from the same permutation) as a validation set.
+    #[serde(default)]
+    pub val_limit: usize,
+    /// When positive: evaluate on the first N test examples only (in file order, so eval sets agree
+    /// across seeds).
+    #[serde(default)]
+    pub test_limit: usize,
+    /// When positive: this fraction of the training examples (of `train_limit` when set) is
+    /// held out as the validation set, from the same seeded permutation.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub val_fraction: f64,
+    /// Keep only these labels, in every split, relabelled 0, 1, … in this order (empty: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<u8>,
+    /// Per-class caps on the training split, keyed by the label as the files have it: at most
+    /// N examples of that class, the first of the seeded permutation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub class_limit: BTreeMap<String, usize>,
+}
+
+impl DataSpec {
+    /// `class_limit` with its keys as labels; Err names a key that is not one.
+    pub fn class_caps(&self) -> Result<BTreeMap<u8, usize>, String> {
+        self.class_limit
+            .iter()
+            .map(|(k, &v)| match k.trim().parse::<u8>() {
+                Ok(label) => Ok((label, v)),
+                Err(_) => Err(format!(
+                    "keys are class labels as the files have them (0–255), got {k:?}"
+                )),
+            })
+            .collect()
+    }
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a string or an array of strings")]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Optimisers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerName {
+    /// Adam with L2 weight decay added to the gradient (PyTorch's `Adam`).
+    Adam,
+    /// Adam with decoupled weight decay (PyTorch's `AdamW`).
+    Adamw,
+    /// Stochastic gradient descent with optional momentum (PyTorch's `SGD`).
+    Sgd,
+}
+
+impl Precision {
+    /// The name as written in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        }
+    }
+}
+
+/// Floating-point precision of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// 32-bit floats throughout.
+    F32,
+    /// bfloat16 activations with f32 master weights.
+    Bf16,
+    /// float16 activations with f32 master weights.
+    F16,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSpec {
+    /// adam | adamw | sgd.
+    pub optimizer: OptimizerName,
+    /// Learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay (L2 for adam and sgd, decoupled for adamw).
+    pub weight_decay: f64,
+    /// Examples per optimiser step (per micro-batch with `accumulate` > 1).
+    pub batch_size: usize,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// auto | cpu | cuda | cuda:N.
+    pub device: String,
+    /// f32 | bf16 | f16.
+    pub precision: Precision,
+    /// Micro-batches whose gradients are summed before each optimiser step.
+    pub accumulate: usize,
+    /// Learning-rate schedule over epochs: constant | cosine | step.
+    pub schedule: Schedule,
+    /// Epochs of linear warm-up before the schedule (epoch e ≤ W runs at lr·e/(W+1)).
+    pub warmup_epochs: usize,
+    /// Cosine: the learning rate the last epoch approaches.
+    pub min_lr: f64,
+    /// Step: epochs between decays.
+    pub step_size: usize,
+    /// Step: the factor of each decay.
+    pub gamma: f64,
+    /// Label smoothing ε of the training loss (0 = plain cross-entropy; evaluation never smooths).
+    pub label_smoothing: f64,
+    /// Random transformations of the training batches (left out of the record when off, so
+    /// the run ids of runs without augmentation stay as they were).
+    #[serde(skip_serializing_if = "AugmentSpec::is_off")]
+    pub augment: AugmentSpec,
+    /// Stop when the validation metric stops improving, keeping the best epoch's weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+    /// Per-class weights of the training loss (none: every class weighs 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<ClassWeights>,
+}
+
+/// `train.early_stopping`: watch a validation metric after every epoch; stop after `patience`
+/// epochs without an improvement larger than `min_delta`; the best epoch's weights are the
+/// ones recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    /// Epochs without improvement before training stops.
+    pub patience: usize,
+    /// The validation metric watched.
+    #[serde(default = "StopMetric::default_metric")]
+    pub metric: StopMetric,
+    /// The smallest change that counts as an improvement.
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+/// Validation metrics early stopping can watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopMetric {
+    /// Mean cross-entropy on the validation set (lower is better).
+    ValLoss,
+    /// Accuracy on the validation set (higher is better).
+    ValAccuracy,
+}
+
+impl StopMetric {
+    fn default_metric() -> StopMetric {
+        StopMetric::ValLoss
+    }
+
+    /// The name as written in specs and history.csv.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopMetric::ValLoss => "val_loss",
+            StopMetric::ValAccuracy => "val_accuracy",
+        }
+    }
+}
+
+/// `train.class_weights`: a rule, or one weight per class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "\"inverse-frequency\" or an array of weights, one per class"
+)]
+pub enum ClassWeights {
+    /// A rule computed from the training split.
+    Rule(ClassWeightRule),
+    /// One weight per class, in label order (after any `data.classes` relabelling).
+    Explicit(Vec<f64>),
+}
+
+/// Rules for class weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClassWeightRule {
+    /// n / (K · n_c) for class c with n_c of the n training examples (scikit-learn's
+    /// "balanced"): a class half as frequent weighs twice as much.
+    InverseFrequency,
+}
+
+/// `[train.augment]`: random transformations of every training batch, drawn afresh each epoch
+/// from the run's augmentation stream; validation and evaluation images are never augmented.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentSpec {
+    /// Random crop: pad each side by this many black pixels, crop back to the original size at
+    /// a random offset (torchvision's `RandomCrop(size, padding)`); 0 = no crop.
+    pub crop_padding: usize,
+    /// Random horizontal flip with probability 1/2. Off by default: a mirrored digit is not the
+    /// same digit.
+    pub flip: bool,
+}
+
+impl AugmentSpec {
+    /// True when no transformation is on.
+    pub fn is_off(&self) -> bool {
+        *self == AugmentSpec::default()
+    }
+}
+
+/// Learning-rate schedules (applied per epoch, after any warm-up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// The same learning rate every epoch.
+    Constant,
+    /// Cosine annealing from lr to min_lr (PyTorch's CosineAnnealingLR stepped per epoch).
+    Cosine,
+    /// Multiplied by gamma every step_size epochs (PyTorch's StepLR).
+    Step,
+}
+
+impl TrainSpec {
+    /// The learning rate of 1-based epoch `epoch`.
+    pub fn learning_rate(&self, epoch: usize) -> f64 {
+        let warmup = self.warmup_epochs;
+        if epoch <= warmup {
+            return self.lr * epoch as f64 / (warmup + 1) as f64;
+        }
+        // Epochs after warm-up, 0-based, and how many there are.
+        let t = (epoch - warmup - 1) as f64;
+        let span = self.epochs.saturating_sub(warmup).max(1) as f64;
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                self.min_lr
+                    + (self.lr - self.min_lr) * (1.0 + (std::f64::consts::PI * t / span).cos())
+                        / 2.0
+            }
+            Schedule::Step => {
+                self.lr * self.gamma.powi((t as usize / self.step_size.max(1)) as i32)
+            }
+        }
+    }
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        TrainSpec {
+            optimizer: OptimizerName::Adam,
+            lr: 1e-3,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            batch_size: 64,
+            epochs: 1,
+            seed: 1,
+            device: "auto".into(),
+            precision: Precision::F32,
+            accumulate: 1,
+            schedule: Schedule::Constant,
+            warmup_epochs: 0,
+            min_lr: 0.0,
+            step_size: 1,
+            gamma: 0.1,
+            label_smoothing: 0.0,
+            augment: AugmentSpec::default(),
+            early_stopping: None,
+            class_weights: None,
+        }
+    }
+}
+
+/// `[init]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitSpec {
+    /// A revision or run tag whose weights start this run ("" = fresh initialisation).
+    pub from: String,
+    /// Tensor-name prefixes to freeze, each ending at a '.' boundary (one prefix may be given
+    /// as a plain string: `--set init.freeze=conv.`).
+    #[serde(deserialize_with = "one_or_many")]
+    pub freeze: Vec<String>,
+}
+
+/// Flattens a spec into `dotted.key = value` pairs (the record's params and `exp diff` use it).
+pub fn flatten(spec: &Spec) -> Vec<(String, toml::Value)> {
+    fn walk(prefix: &str, value: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.clone())),
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(value) = toml::Value::try_from(spec) {
+        walk("", &value, &mut out);
+    }
+    out
+}
+
+/// Checks that `name` can name an experiment (`experiments/<name>.toml`).
+pub fn check_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !ok {
+        return Err(SpecError::BadName(name.to_string()));
+    }
+    Ok(())
+}
+
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+//! What a schema cannot say, checked section by section after the types have parsed:
+//! ranges, options that belong to another model or optimiser, keys that need each other.
+//! Defaults that depend on other keys (a model's dropout) are filled in here, so the record
+//! holds the complete spec that ran.
+
+use std::collections::BTreeSet;
+
+use super::parse::Origins;
+use super::{
+    ClassWeights, DataFormat, DataSpec, InitSpec, ModelName, ModelSpec, OptimizerName, Spec,
+    SpecError, TrainSpec,
+};
+
+/// The largest `train.augment.crop_padding`: beyond it a crop is mostly padding.
+const MAX_CROP_PADDING: usize = 64;
+
+/// Checks every section and fills in the defaults that depend on other keys.
+pub(super) fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecError> {
+    model(&mut spec.model, origins)?;
+    data(&spec.data, origins)?;
+    train(&spec.train, &spec.data, origins)?;
+    init(&spec.init, origins)?;
+    spec.gate
+        .check()
+        .map_err(|(key, message)| error_at(origins, key, message))?;
+    Ok(spec)
+}
+
+/// `key` is invalid: the message names where its value came from.
+fn error_at(origins: &Origins, key: &str, message: String) -> SpecError {
+    SpecError::Invalid {
+        origin: origins.of(key),
+        key: key.to_string(),
+        message,
+    }
+}
+
+/// A probability-like value in [0, 1).
+fn check_fraction(origins: &Origins, key: &str, p: Option<f64>) -> Result<(), SpecError> {
+    match p {
+        Some(p) if !(0.0..1.0).contains(&p) => Err(error_at(
+            origins,
+            key,
+            format!("must be in [0, 1), got {p}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `[model]`: options apply to some models only.
+fn model(m: &mut ModelSpec, origins: &Origins) -> Result<(), SpecError> {
+    let invalid = |key: &str, message: String| error_at(origins, key, message);
+    let not_for = |key: &str, name: ModelName| {
+        invalid(key, format!("does not apply to model {:?}", name.as_str()))
+    };
+    // Model options apply to some models only: an option that would be silently ignored is
+    // an error, not a no-op.
+    match m.name {
+        ModelName::Mlp => {
+            if m.conv_dropout.is_some() {
+                return Err(not_for("model.conv_dropout", m.name));
+            }
+            let hidden = m.hidden.get_or_insert_with(|| vec![128]);
+            if hidden.contains(&0) {
+                return Err(invalid(
+                    "model.hidden",
+                    "layer widths must be positive".into(),
+                ));
+            }
+            m.dropout.get_or_insert(0.0);
+        }
+        ModelName::Cnn => {
+            if m.hidden.is_some() {
+                return Err(not_for("model.hidden", m.name));
+            }
+            m.dropout.get_or_insert(0.5);
+            m.conv_dropout.get_or_insert(0.25);
+        }
+        ModelName::SeedCnn | ModelName::Resnet18 => {
+            for (key, set) in [
+                ("model.hidden", m.hidden.is_some()),
+                ("model.dropout", m.dropout.is_some()),
+                ("model.conv_dropout", m.conv_dropout.is_some()),
+            ] {
+                if set {
+                    return Err(not_for(key, m.name));
+                }
+            }
+            if m.name == ModelName::Resnet18 && *m.width.get_or_insert(64) == 0 {
+                return Err(invalid("model.width", "must be at least 1".into()));
+            }
+        }
+    }
+    if m.width.is_some() && m.name != ModelName::Resnet18 {
+        return Err(not_for("model.width", m.name));
+    }
+    check_fraction(origins, "model.dropout", m.dropout)?;
+    check_fraction(origins, "model.conv_dropout", m.conv_dropout)?;
+
+    Ok(())
+}
+
+/// `[data]`: files per format, splits, classes, normalisation.
+fn data(d: &DataSpec, origins: &Origins) -> Result<(), SpecError> {
+    let invalid = |key: &str, message: String| error_at(origins, key, message);
+    if d.train_images.is_empty() || d.train_images.iter().any(|p| p.is_empty()) {
+        return Err(invalid("data.train_images", "must name a file".into()));
+    }
+    if d.test_images.is_empty() || d.test_images.iter().any(|p| p.is_empty()) {
+        return Err(invalid("data.test_images", "must name a file".into()));
+    }
+    match d.format {
+        DataFormat::Idx => {
+            for (key, images, labels) in [
+                ("data.train", &d.train_images, &d.train_labels),
+                ("data.test", &d.test_images, &d.test_labels),
+            ] {
+                if images.len() != 1 {
+                    return Err(invalid(
+                        &format!("{key}_images"),
+                        "idx takes one images file".into(),
+                    ));
+                }
+                if labels.is_empty() {
+                    return Err(invalid(
+                        &format!("{key}_labels"),
+                        "idx needs a labels file".into(),
+                    ));
+                }
+            }
+        }
+        DataFormat::Cifar10 => {
+            for key in ["data.train_labels", "data.test_labels"] {
+                let set = if key == "data.train_labels" {
+                    &d.train_labels
+                } else {
+                    &d.test_labels
+                };
+                if !set.is_empty() {
+                    return Err(invalid(
+                        key,
+                        "cifar10 files carry their labels; remove this key".into(),
+                    ));
+                }
+            }
+        }
+    }
+    if !(0.0..1.0).contains(&d.val_fraction) {
+        return Err(invalid(
+            "data.val_fraction",
+            format!("must be in [0, 1), got {}", d.val_fraction),
+        ));
+    }
+    if d.val_fraction > 0.0 && d.val_limit > 0 {
+        return Err(invalid(
+            "data.val_fraction",
+            "give data.val_fraction or data.val_limit, not both".into(),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    if let Some(dup) = d.classes.iter().find(|c| !seen.insert(**c)) {
+        return Err(invalid(
+            "data.classes",
+            format!("label {dup} is listed twice"),
+        ));
+    }
+    if d.classes.len() == 1 {
+        return Err(invalid(
+            "data.classes",
+            "list at least two classes (or none, for all)".into(),
+        ));
+    }
+    let caps = d.class_caps().map_err(|m| invalid("data.class_limit", m))?;
+    for label in caps.keys() {
+        if !d.classes.is_empty() && !d.classes.contains(label) {
+            return Err(invalid(
+                "data.class_limit",
+                format!("label {label} is not one of data.classes {:?}", d.classes),
+            ));
+        }
+    }
+    if caps.values().any(|&n| n == 0) {
+        return Err(invalid(
+            "data.class_limit",
+            "a cap must be at least 1 (leave a class out with data.classes)".into(),
+        ));
+    }
+    if let Some(n) = &d.normalize {
+        if n.mean.is_empty() || n.mean.len() != n.std.len() {
+            return Err(invalid(
+                "data.normalize",
+                "mean and std need the same number of values (one, or one per channel)".into(),
+            ));
+        }
+        if n.mean.iter().any(|m| !m.is_finite()) {
+            return Err(invalid(
+                "data.normalize",
+                "mean values must be finite numbers".into(),
+            ));
+        }
+        if n.std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
+            return Err(invalid(
+                "data.normalize",
+                "std values must be positive".into(),
+            ));
+        }
+    }
+
+    Ok(())
+}
+
+/// `[train]`: the optimiser, schedule, early stopping, class weights and augmentation.
+fn train(t: &TrainSpec, data: &DataSpec, origins: &Origins) -> Result<(), SpecError> {
+    let invalid = |key: &str, message: String| error_at(origins, key, message);
+    if !(t.lr > 0.0 && t.lr.is_finite()) {
+        return Err(invalid(
+            "train.lr",
+            format!("must be positive, got {}", t.lr),
+        ));
+    }
+    if !(0.0..1.0).contains(&t.momentum) {
+        return Err(invalid(
+            "train.momentum",
+            format!("must be in [0, 1), got {}", t.momentum),
+        ));
+    }
+    if t.momentum != 0.0 && t.optimizer != OptimizerName::Sgd {
+        return Err(invalid(
+            "train.momentum",
+            "applies to optimizer \"sgd\" only".into(),
+        ));
+    }
+    if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+        return Err(invalid("train.weight_decay", "must be >= 0".into()));
+    }
+    for (key, v) in [
+        ("train.batch_size", t.batch_size),
+        ("train.epochs", t.epochs),
+        ("train.accumulate", t.accumulate),
+    ] {
+        if v == 0 {
+            return Err(invalid(key, "must be at least 1".into()));
+        }
+    }
+    crate::device::DeviceRequest::parse(&t.device).map_err(|m| invalid("train.device", m))?;
+    if t.warmup_epochs > 0 && t.warmup_epochs >= t.epochs {
+        return Err(invalid(
+            "train.warmup_epochs",
+            format!(
+                "must be fewer than train.epochs ({}), got {}",
+                t.epochs, t.warmup_epochs
+            ),
+        ));
+    }
+    if t.step_size == 0 {
+        return Err(invalid("train.step_size", "must be at least 1".into()));
+    }
+    if !(t.gamma > 0.0 && t.gamma <= 1.0) {
+        return Err(invalid(
+            "train.gamma",
+            format!("must be in (0, 1], got {}", t.gamma),
+        ));
+    }
+    if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+        return Err(invalid(
+            "train.min_lr",
+            format!("must be in [0, train.lr], got {}", t.min_lr),
+        ));
+    }
+    if !(0.0..1.0).contains(&t.label_smoothing) {
+        return Err(invalid(
+            "train.label_smoothing",
+            format!("must be in [0, 1), got {}", t.label_smoothing),
+        ));
+    }
+    if let Some(stop) = &t.early_stopping {
+        if stop.patience == 0 {
+            return Err(invalid(
+                "train.early_stopping",
+                "patience must be at least 1".into(),
+            ));
+        }
+        if !(stop.min_delta >= 0.0 && stop.min_delta.is_finite()) {
+            return Err(invalid(
+                "train.early_stopping",
+                format!("min_delta must be a number ≥ 0, got {}", stop.min_delta),
+            ));
+        }
+        if data.val_limit == 0 && data.val_fraction == 0.0 {
+            return Err(invalid(
+                "train.early_stopping",
+                "needs a validation set (data.val_fraction or data.val_limit): early stopping never looks at the test set".into(),
+            ));
+        }
+    }
+    if let Some(ClassWeights::Explicit(w)) = &t.class_weights {
+        if w.len() < 2 || w.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(invalid(
+                "train.class_weights",
+                "give one positive weight per class (at least two)".into(),
+            ));
+        }
+    }
+    if t.augment.crop_padding > MAX_CROP_PADDING {
+        return Err(invalid(
+            "train.augment.crop_padding",
+            format!(
+                "must be at most {MAX_CROP_PADDING}, got {}",
+                t.augment.crop_padding
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[init]`: freezing needs a parent, and prefixes end at a '.'.
+fn init(init: &InitSpec, origins: &Origins) -> Result<(), SpecError> {
+    let invalid = |key: &str, message: String| error_at(origins, key, message);
+    if !init.freeze.is_empty() && init.from.trim().is_empty() {
+        return Err(invalid(
+            "init.freeze",
+            "freezing needs init.from: frozen random weights would stay random".into(),
+        ));
+    }
+    if let Some(p) = init
+        .freeze
+        .iter()
+        .find(|p| p.is_empty() || !p.ends_with('.'))
+    {
+        return Err(invalid(
+            "init.freeze",
+            format!("{p:?}: a prefix ends at a '.' boundary, e.g. \"conv1.\""),
+        ));
+    }
+    Ok(())
+}
