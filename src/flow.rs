@@ -13,8 +13,8 @@ use serde::Serialize;
 use crate::compare::{parse_record, record_blobs, resolve, CompareError};
 use crate::gate::{gate, GateReport};
 use crate::git::{self, GitError};
-use crate::record::layout;
 use crate::lfs::{LfsStore, Oid};
+use crate::record::layout;
 
 /// A flow step that could not be completed; the repository is left as it was before it.
 #[derive(Debug, thiserror::Error)]

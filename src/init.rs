@@ -135,10 +135,12 @@ pub fn init(dir: &Path) -> Result<InitReport, InitError> {
         if path.exists() {
             continue;
         }
-        std::fs::create_dir_all(worktree.join(EXPERIMENTS_DIR)).map_err(|source| InitError::Io {
-            action: "create",
-            path: worktree.join(EXPERIMENTS_DIR),
-            source,
+        std::fs::create_dir_all(worktree.join(EXPERIMENTS_DIR)).map_err(|source| {
+            InitError::Io {
+                action: "create",
+                path: worktree.join(EXPERIMENTS_DIR),
+                source,
+            }
         })?;
         write(&path, text)?;
         files_written.push(rel.clone());

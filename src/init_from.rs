@@ -11,9 +11,9 @@ use serde::Serialize;
 use crate::compare::{self, CompareError};
 use crate::lfs::{LfsPointer, LfsStore};
 use crate::model::Model;
-use crate::record::RunRecord;
 use crate::record::layout::{self, WEIGHTS_FILE};
 use crate::record::InitRecord;
+use crate::record::RunRecord;
 
 /// Why a run cannot start from the weights `init.from` names.
 #[derive(Debug, thiserror::Error)]

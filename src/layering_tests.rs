@@ -34,7 +34,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn module_of(src: &Path, file: &Path) -> ModPath {
-    let rel = file.strip_prefix(src).expect("under src/").with_extension("");
+    let rel = file
+        .strip_prefix(src)
+        .expect("under src/")
+        .with_extension("");
     let mut parts: ModPath = rel
         .components()
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -64,7 +67,8 @@ fn production_code(text: &str, test_children: &mut Vec<String>) -> String {
                 test_children.push(name.trim().to_string());
                 continue;
             }
-            let mut depth = item_code.matches('{').count() as i64 - item_code.matches('}').count() as i64;
+            let mut depth =
+                item_code.matches('{').count() as i64 - item_code.matches('}').count() as i64;
             let mut opened = depth > 0;
             while !(opened && depth <= 0) {
                 let Some(next) = lines.next() else { break };
@@ -130,7 +134,11 @@ fn named_paths(code: &str) -> Vec<Vec<String>> {
             .split_once("use ")
             .filter(|(before, _)| {
                 let b = before.trim();
-                b.is_empty() || b.ends_with('}') || b.ends_with(']') || b.starts_with("pub") || b.ends_with('{')
+                b.is_empty()
+                    || b.ends_with('}')
+                    || b.ends_with(']')
+                    || b.starts_with("pub")
+                    || b.ends_with('{')
             })
             .map(|(_, body)| body);
         if let Some(body) = body {
@@ -143,7 +151,11 @@ fn named_paths(code: &str) -> Vec<Vec<String>> {
         while let Some(i) = code[from..].find(anchor) {
             let start = from + i;
             from = start + anchor.len();
-            if code[..start].chars().next_back().is_some_and(|c| is_ident_char(c) || c == '$') {
+            if code[..start]
+                .chars()
+                .next_back()
+                .is_some_and(|c| is_ident_char(c) || c == '$')
+            {
                 continue;
             }
             let rest = &code[start..];
@@ -228,11 +240,17 @@ fn module_graph() -> BTreeMap<ModPath, BTreeSet<ModPath>> {
         let module = module_of(&src, file);
         let text = std::fs::read_to_string(file).expect("read a source file");
         let is_facade = module == ["lib"] || file.file_name().is_some_and(|n| n == "mod.rs");
-        let facade: ModPath = if module == ["lib"] { Vec::new() } else { module.clone() };
+        let facade: ModPath = if module == ["lib"] {
+            Vec::new()
+        } else {
+            module.clone()
+        };
         if is_facade {
             // A facade's `pub use child::…::Item;` makes `facade::Item` name `child`.
             for line in text.lines() {
-                let Some(used) = line.trim().strip_prefix("pub use ") else { continue };
+                let Some(used) = line.trim().strip_prefix("pub use ") else {
+                    continue;
+                };
                 for path in named_paths(&format!("use {used}")) {
                     let path: Vec<String> = path.into_iter().filter(|s| s != "self").collect();
                     let (child, name) = match &path[..] {
@@ -268,7 +286,9 @@ fn module_graph() -> BTreeMap<ModPath, BTreeSet<ModPath>> {
         }
         sources.push((file.clone(), SourceFile { module, text: code }));
     }
-    sources.retain(|(_, s)| !test_only.contains(&s.module) && !s.module.ends_with(&["layering_tests".to_string()]));
+    sources.retain(|(_, s)| {
+        !test_only.contains(&s.module) && !s.module.ends_with(&["layering_tests".to_string()])
+    });
     let modules: BTreeSet<ModPath> = sources.iter().map(|(_, s)| s.module.clone()).collect();
     let mut graph: BTreeMap<ModPath, BTreeSet<ModPath>> = BTreeMap::new();
     for (_, source) in &sources {
@@ -333,7 +353,9 @@ fn cycles(graph: &BTreeMap<ModPath, BTreeSet<ModPath>>) -> Vec<String> {
     for (from, targets) in graph {
         for to in targets {
             if from[0] != to[0] {
-                top.entry(from[0].clone()).or_default().insert(to[0].clone());
+                top.entry(from[0].clone())
+                    .or_default()
+                    .insert(to[0].clone());
             }
         }
     }
@@ -341,7 +363,11 @@ fn cycles(graph: &BTreeMap<ModPath, BTreeSet<ModPath>>) -> Vec<String> {
         found.push(format!("top-level modules: {}", cycle.join(" -> ")));
     }
     // Rule 2: the files of each folder module.
-    let folders: BTreeSet<ModPath> = graph.keys().filter(|m| m.len() > 1).map(|m| m[..m.len() - 1].to_vec()).collect();
+    let folders: BTreeSet<ModPath> = graph
+        .keys()
+        .filter(|m| m.len() > 1)
+        .map(|m| m[..m.len() - 1].to_vec())
+        .collect();
     for folder in folders {
         let depth = folder.len();
         let mut siblings: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -351,7 +377,10 @@ fn cycles(graph: &BTreeMap<ModPath, BTreeSet<ModPath>>) -> Vec<String> {
             }
             for to in targets {
                 if to.len() > depth && to[..depth] == folder[..] && from[depth] != to[depth] {
-                    siblings.entry(from[depth].clone()).or_default().insert(to[depth].clone());
+                    siblings
+                        .entry(from[depth].clone())
+                        .or_default()
+                        .insert(to[depth].clone());
                 }
             }
         }
@@ -367,7 +396,10 @@ fn library_modules_form_no_cycle() {
     let graph = module_graph();
     // The scan sees the modules it must: a broken scan would find no edges and pass.
     let names = |m: &[&str]| m.iter().map(|s| s.to_string()).collect::<ModPath>();
-    assert!(graph[&names(&["run"])].contains(&names(&["train"])), "{graph:?}");
+    assert!(
+        graph[&names(&["run"])].contains(&names(&["train"])),
+        "{graph:?}"
+    );
     assert!(graph[&names(&["lfs", "filter"])].contains(&names(&["lfs", "store"])));
     assert!(graph[&names(&["compare", "diff"])].contains(&names(&["record"])));
     // `crate::ExitCode`, `crate::Error` count as the modules lib.rs re-exports them from.
@@ -416,6 +448,9 @@ fn paths_are_read_from_use_trees_and_code() {
         "use crate::a;\n#[cfg(test)]\nmod tests {\n    use crate::b;\n}\n#[cfg(test)]\nmod helper;\n",
         &mut children,
     );
-    assert!(kept.contains("crate::a") && !kept.contains("crate::b"), "{kept}");
+    assert!(
+        kept.contains("crate::a") && !kept.contains("crate::b"),
+        "{kept}"
+    );
     assert_eq!(children, ["helper"]);
 }

@@ -12,6 +12,7 @@ use crate::data::{data_root, Dataset, Split};
 use crate::device::{DeviceError, DeviceRequest};
 use crate::eval::{encode_predictions, Metrics};
 use crate::git::{self, BranchPlan, CommitFile};
+use crate::init_from;
 use crate::lfs::LfsStore;
 use crate::model::Model;
 use crate::record::layout::{self, HISTORY_FILE, PREDICTIONS_FILE, RECORD_FILE, WEIGHTS_FILE};
@@ -21,7 +22,6 @@ use crate::record::{
 };
 use crate::spec::{self, Precision, ResolvedSpec};
 use crate::train::{self, Progress, StopFlag};
-use crate::init_from;
 
 /// A failure of the run workflow itself.
 #[derive(Debug, thiserror::Error)]

@@ -126,14 +126,22 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
             .iter()
             .map(|c| Series {
                 label: c.label.clone(),
-                points: c.rows.iter().map(|h| (h.epoch as f64, h.eval_accuracy)).collect(),
+                points: c
+                    .rows
+                    .iter()
+                    .map(|h| (h.epoch as f64, h.eval_accuracy))
+                    .collect(),
             })
             .collect();
         let loss: Vec<Series> = curves
             .iter()
             .map(|c| Series {
                 label: c.label.clone(),
-                points: c.rows.iter().map(|h| (h.epoch as f64, h.train_loss)).collect(),
+                points: c
+                    .rows
+                    .iter()
+                    .map(|h| (h.epoch as f64, h.train_loss))
+                    .collect(),
             })
             .collect();
         let title = format!("{experiment}: training curves");

@@ -7,7 +7,8 @@ use exp::train::StopFlag;
 use exp::{run::RunError, Error};
 
 /// The long help of `exp run`.
-const RUN_LONG_ABOUT: &str = "Train experiment NAME (experiments/NAME.toml) and record the run in Git.
+const RUN_LONG_ABOUT: &str =
+    "Train experiment NAME (experiments/NAME.toml) and record the run in Git.
 
 Steps, in this order:
   1. Resolve the spec: the file plus every --set override, validated against the schema. An \

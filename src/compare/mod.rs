@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use git2::{ObjectType, Oid, Repository, Tree};
 
-use crate::record::RunRecord;
 use crate::record::layout::{self, PREDICTIONS_FILE, RECORD_FILE};
+use crate::record::RunRecord;
 
 /// A comparison that cannot be made.
 #[derive(Debug, thiserror::Error)]

@@ -232,8 +232,8 @@ pub struct ConvNames {
     pub relu: &'static str,
 }
 
-pub use conv::conv2d;
 pub use crate::kernel_args::ConvGeometry;
+pub use conv::conv2d;
 pub use im2col::conv2d_gemm;
 pub use pool::max_pool_2x2;
 

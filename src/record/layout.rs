@@ -69,7 +69,10 @@ mod tests {
             spec_file_in(Path::new("/w"), "a"),
             Path::new("/w/experiments/a.toml")
         );
-        assert_eq!(run_dir_in(Path::new("/w"), "a"), Path::new("/w/experiments/a"));
+        assert_eq!(
+            run_dir_in(Path::new("/w"), "a"),
+            Path::new("/w/experiments/a")
+        );
         assert_eq!(experiment_of("experiments/a/metrics.toml"), Some("a"));
         assert_eq!(experiment_of("experiments/a.toml"), Some("a"));
         assert_eq!(experiment_of("experiments/a"), None);

@@ -54,10 +54,12 @@ pub fn training_curves(
         if !seen.insert(entry.id()) {
             continue;
         }
-        let blob = repo.find_blob(entry.id()).map_err(|source| CompareError::Git {
-            context: format!("{path} at {rev}"),
-            source,
-        })?;
+        let blob = repo
+            .find_blob(entry.id())
+            .map_err(|source| CompareError::Git {
+                context: format!("{path} at {rev}"),
+                source,
+            })?;
         let rows = parse_history(blob.content()).map_err(|e| CompareError::CorruptRecord {
             rev: rev.clone(),
             path: path.clone(),

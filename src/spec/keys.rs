@@ -59,7 +59,11 @@ pub const SPEC_KEYS: &[SpecKey] = &[
     key("train.epochs", T, ""),
     key("train.seed", T, ""),
     key("train.device", S, "auto | cpu | cuda[:N]"),
-    key("train.precision", S, "f32 | bf16 | f16; the half precisions need CUDA"),
+    key(
+        "train.precision",
+        S,
+        "f32 | bf16 | f16; the half precisions need CUDA",
+    ),
     key("train.accumulate", T, ""),
     key("train.schedule", S, "constant | cosine | step"),
     key("train.warmup_epochs", T, ""),
@@ -67,7 +71,11 @@ pub const SPEC_KEYS: &[SpecKey] = &[
     key("train.step_size", T, ""),
     key("train.gamma", T, ""),
     key("train.label_smoothing", T, ""),
-    key("train.early_stopping", T, "{ patience, metric = val_loss | val_accuracy, min_delta }"),
+    key(
+        "train.early_stopping",
+        T,
+        "{ patience, metric = val_loss | val_accuracy, min_delta }",
+    ),
     key("train.class_weights", T, "\"inverse-frequency\" | [w, …]"),
     key("train.augment.crop_padding", T, ""),
     key("train.augment.flip", T, ""),
@@ -96,8 +104,12 @@ pub fn value_kind(dotted: &str) -> ValueKind {
 pub fn is_known(dotted: &str) -> bool {
     SPEC_KEYS.iter().any(|k| {
         k.key == dotted
-            || dotted.strip_prefix(k.key).is_some_and(|r| r.starts_with('.'))
-            || k.key.strip_prefix(dotted).is_some_and(|r| r.starts_with('.'))
+            || dotted
+                .strip_prefix(k.key)
+                .is_some_and(|r| r.starts_with('.'))
+            || k.key
+                .strip_prefix(dotted)
+                .is_some_and(|r| r.starts_with('.'))
     })
 }
 

@@ -87,4 +87,3 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
             .map(|t| t.trim().to_string())
     })
 }
-

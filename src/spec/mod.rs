@@ -586,6 +586,5 @@ pub fn check_name(name: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests;

@@ -169,4 +169,3 @@ fn set_key(table: &mut toml::Table, path: &[String], value: toml::Value) -> Resu
     current.insert(last.clone(), value);
     Ok(())
 }
-

@@ -1,13 +1,14 @@
 //! The training loop: seeded shuffling, gradient accumulation, per-epoch evaluation,
 //! divergence and signal checks, progress on stderr and a time breakdown per phase.
 
+mod accumulate;
 mod early_stop;
+mod loss;
 pub mod optim;
 mod progress;
 mod scaler;
+mod signals;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
@@ -15,17 +16,21 @@ use candle_core::{DType, Device, Tensor};
 use crate::data::augment::Augmenter;
 use crate::data::Dataset;
 use crate::device::DeviceError;
-use crate::exit::ExitCode;
-use crate::record::{EpochRecord, Timing};
 use crate::eval::{evaluate, Evaluation};
+use crate::exit::ExitCode;
 use crate::model::{Mode, Model};
 use crate::profile::span;
+use crate::record::{EpochRecord, Timing};
 use crate::rng::{ExpRng, Purpose};
-use crate::spec::{ClassWeightRule, ClassWeights, Precision, TrainSpec};
+use crate::spec::{Precision, TrainSpec};
+use accumulate::Accumulator;
 use early_stop::{EarlyStopper, Verdict};
+pub use loss::{class_weights, training_loss};
+use loss::{PendingLosses, GPU_LOSS_READ_INTERVAL};
 pub use optim::Optimizer;
 pub use progress::Progress;
 use scaler::LossScaler;
+pub use signals::{Signal, StopFlag};
 
 /// A training run that did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -93,61 +98,6 @@ impl TrainError {
     }
 }
 
-/// The signal that stopped a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    /// Ctrl-C.
-    Int,
-    /// `kill`, a CI timeout.
-    Term,
-}
-
-impl std::fmt::Display for Signal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Signal::Int => "SIGINT",
-            Signal::Term => "SIGTERM",
-        })
-    }
-}
-
-/// Flags set by SIGINT/SIGTERM handlers; the loop checks them between steps so a run stops
-/// cleanly, committing nothing.
-#[derive(Clone, Default)]
-pub struct StopFlag {
-    int: Arc<AtomicBool>,
-    term: Arc<AtomicBool>,
-}
-
-impl StopFlag {
-    /// Installs handlers for SIGINT and SIGTERM. A second signal of the same kind ends the
-    /// process at once, for a user who does not want to wait for the current step.
-    pub fn install() -> std::io::Result<StopFlag> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let flag = StopFlag::default();
-        for (signal, state) in [(SIGINT, &flag.int), (SIGTERM, &flag.term)] {
-            signal_hook::flag::register_conditional_shutdown(
-                signal,
-                128 + signal,
-                Arc::clone(state),
-            )?;
-            signal_hook::flag::register(signal, Arc::clone(state))?;
-        }
-        Ok(flag)
-    }
-
-    /// Err when a signal has arrived.
-    pub fn check(&self) -> Result<(), TrainError> {
-        if self.int.load(Ordering::Relaxed) {
-            Err(TrainError::Interrupted(Signal::Int))
-        } else if self.term.load(Ordering::Relaxed) {
-            Err(TrainError::Interrupted(Signal::Term))
-        } else {
-            Ok(())
-        }
-    }
-}
-
 /// What a completed training run produced.
 pub struct TrainOutcome {
     /// One row per epoch.
@@ -173,39 +123,6 @@ pub fn compute_dtype(precision: Precision) -> DType {
         Precision::F32 => DType::F32,
         Precision::Bf16 => DType::BF16,
         Precision::F16 => DType::F16,
-    }
-}
-
-/// On a GPU, reading the loss back forces the host to wait for the step: the loop reads it
-/// once every this many steps (each value is still checked, so a divergence names its step).
-const GPU_LOSS_READ_INTERVAL: usize = 50;
-
-/// Losses of the steps since the last read, kept on the device.
-struct PendingLosses {
-    first_step: usize,
-    values: Vec<Tensor>,
-}
-
-impl PendingLosses {
-    /// Reads them back; Err on the first non-finite one.
-    fn drain(&mut self, epoch: usize, sum: &mut f64) -> Result<Option<f32>, TrainError> {
-        if self.values.is_empty() {
-            return Ok(None);
-        }
-        let values = Tensor::stack(&self.values, 0)?.to_vec1::<f32>()?;
-        self.values.clear();
-        for (i, &loss) in values.iter().enumerate() {
-            if !loss.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch,
-                    step: self.first_step + i,
-                    loss,
-                });
-            }
-            *sum += loss as f64;
-        }
-        self.first_step += values.len();
-        Ok(values.last().copied())
     }
 }
 
@@ -244,14 +161,10 @@ pub fn train(
     };
     let test_split = data.upload(&data.test, device, dtype)?;
     let weights = class_weights(spec, &data.train.labels, data.classes)?;
-    let weight_tensor = match &weights {
-        Some(w) => Some(Tensor::from_vec(
-            w.iter().map(|&x| x as f32).collect::<Vec<f32>>(),
-            w.len(),
-            device,
-        )?),
-        None => None,
-    };
+    let weight_tensor = weights
+        .as_deref()
+        .map(|w| loss::weight_tensor(w, device))
+        .transpose()?;
     let mut stopper = spec.early_stopping.as_ref().map(EarlyStopper::new);
     let mut augmenter = Augmenter::new(&spec.augment, spec.seed, &data.black(), device, dtype)?;
     let profile = std::env::var_os("EXP_PROFILE_SYNC").is_some_and(|v| v == "1");
@@ -284,8 +197,7 @@ pub fn train(
             first_step: 1,
             values: Vec::new(),
         };
-        let mut accumulated: Vec<Option<Tensor>> = vec![None; optimizer.vars().len()];
-        let mut pending = 0;
+        let mut accumulator = Accumulator::new(optimizer.vars().len(), spec.accumulate);
         for step in 0..batches_per_epoch {
             stop.check()?;
             let t0 = Instant::now();
@@ -354,33 +266,18 @@ pub fn train(
                 if let Some(s) = scaler.as_mut() {
                     s.overflowed();
                 }
-                accumulated.iter_mut().for_each(|g| *g = None);
-                pending = 0;
+                accumulator.discard();
                 skipped_steps += 1;
             } else {
-                for (slot, var) in accumulated.iter_mut().zip(optimizer.vars()) {
-                    if let Some(g) = grads.get(var) {
-                        *slot = Some(match slot.take() {
-                            Some(sum) => (sum + g)?,
-                            None => g.clone(),
-                        });
-                    }
-                }
-                pending += 1;
+                accumulator.add(&grads, optimizer.vars())?;
             }
-            // Step every `accumulate` micro-batches, and once more for the epoch's remainder.
-            if pending > 0 && (pending == spec.accumulate || step + 1 == batches_per_epoch) {
-                if loss_scale != 1.0 {
-                    for g in accumulated.iter_mut().flatten() {
-                        *g = g.affine(1.0 / loss_scale, 0.0)?;
-                    }
-                }
-                span("optimizer step", device, || optimizer.step(&accumulated))?;
+            if accumulator.ready(step + 1 == batches_per_epoch) {
+                let sums = accumulator.unscaled(loss_scale)?;
+                span("optimizer step", device, || optimizer.step(sums))?;
                 if let Some(s) = scaler.as_mut() {
                     s.stepped();
                 }
-                accumulated.iter_mut().for_each(|g| *g = None);
-                pending = 0;
+                accumulator.discard();
                 steps += 1;
             }
             sync(device)?;
@@ -399,15 +296,9 @@ pub fn train(
 
         stop.check()?;
         let eval_start = Instant::now();
-        let (val_loss, val_accuracy) = match &val_split {
-            Some(val) => {
-                let e = evaluate(model, val)?;
-                (Some(e.loss), Some(accuracy(&e)))
-            }
-            None => (None, None),
-        };
-        let e = evaluate(model, &test_split)?;
+        let (val, e) = evaluate_epoch(model, val_split.as_ref(), &test_split)?;
         timing.eval_seconds += eval_start.elapsed().as_secs_f64();
+        let (val_loss, val_accuracy) = (val.map(|v| v.0), val.map(|v| v.1));
         let row = EpochRecord {
             epoch,
             lr: optimizer.learning_rate(),
@@ -459,86 +350,21 @@ pub fn train(
     })
 }
 
-/// Cross-entropy with label smoothing ε and optional class weights, PyTorch's
-/// `cross_entropy(weight = w, label_smoothing = ε)` with mean reduction: the target puts 1 − ε
-/// on the label and ε spread evenly over the K classes, each term weighted by its class, and
-/// the sum divided by the total weight of the batch's labels, W = Σᵢ w(yᵢ):
-///
-/// loss = (1 − ε)·Σᵢ w(yᵢ)·(−log pᵢ(yᵢ)) / W + (ε / K)·Σᵢ Σ_c w(c)·(−log pᵢ(c)) / W.
-///
-/// Without weights (all 1) this is (1 − ε)·NLL + ε·mean over classes of −log p; ε = 0 and no
-/// weights is candle's cross-entropy itself.
-pub fn training_loss(
-    logits: &Tensor,
-    labels: &Tensor,
-    epsilon: f64,
-    weights: Option<&Tensor>,
-) -> candle_core::Result<Tensor> {
-    use candle_core::D;
-    let Some(weights) = weights else {
-        if epsilon == 0.0 {
-            return candle_nn::loss::cross_entropy(logits, labels);
+/// The epoch's evaluation: the validation set's (loss, accuracy) when there is one, and the
+/// test set's full evaluation.
+fn evaluate_epoch(
+    model: &Model,
+    val: Option<&crate::data::ResidentSplit>,
+    test: &crate::data::ResidentSplit,
+) -> Result<(Option<(f64, f64)>, Evaluation), TrainError> {
+    let val = match val {
+        Some(val) => {
+            let e = evaluate(model, val)?;
+            Some((e.loss, accuracy(&e)))
         }
-        let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-        let nll = candle_nn::loss::nll(&log_probs, labels)?;
-        let uniform = log_probs.mean(D::Minus1)?.mean_all()?.neg()?;
-        return nll.affine(1.0 - epsilon, 0.0)? + uniform.affine(epsilon, 0.0)?;
+        None => None,
     };
-    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let label_weights = weights.index_select(labels, 0)?;
-    let total = label_weights.sum_all()?;
-    let picked = log_probs.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let nll = (picked * &label_weights)?
-        .sum_all()?
-        .neg()?
-        .broadcast_div(&total)?;
-    if epsilon == 0.0 {
-        return Ok(nll);
-    }
-    let classes = log_probs.dim(D::Minus1)? as f64;
-    let smooth = log_probs
-        .broadcast_mul(&weights.unsqueeze(0)?)?
-        .sum_all()?
-        .neg()?
-        .broadcast_div(&total)?;
-    nll.affine(1.0 - epsilon, 0.0)? + smooth.affine(epsilon / classes, 0.0)?
-}
-
-/// The class weights `spec` asks for, given the training labels: None without
-/// `train.class_weights`.
-pub fn class_weights(
-    spec: &TrainSpec,
-    train_labels: &[u8],
-    classes: usize,
-) -> Result<Option<Vec<f64>>, TrainError> {
-    match &spec.class_weights {
-        None => Ok(None),
-        Some(ClassWeights::Explicit(w)) if w.len() != classes => {
-            Err(TrainError::ClassWeights(format!(
-                "train.class_weights lists {} weights but the data has {classes} classes",
-                w.len()
-            )))
-        }
-        Some(ClassWeights::Explicit(w)) => Ok(Some(w.clone())),
-        Some(ClassWeights::Rule(ClassWeightRule::InverseFrequency)) => {
-            let mut counts = vec![0usize; classes];
-            for &l in train_labels {
-                counts[l as usize] += 1;
-            }
-            if let Some(c) = counts.iter().position(|&n| n == 0) {
-                return Err(TrainError::ClassWeights(format!(
-                    "class {c} has no training example: inverse-frequency weights are undefined"
-                )));
-            }
-            let n = train_labels.len() as f64;
-            Ok(Some(
-                counts
-                    .iter()
-                    .map(|&n_c| n / (classes as f64 * n_c as f64))
-                    .collect(),
-            ))
-        }
-    }
+    Ok((val, evaluate(model, test)?))
 }
 
 /// The per-operation table of `EXP_PROFILE_OPS=1`, on stderr.
@@ -568,6 +394,7 @@ fn accuracy(e: &Evaluation) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::{ClassWeightRule, ClassWeights};
 
     /// Against the formula computed by hand: logits [2, 0, 0] with label 0, ε = 0.3, K = 3.
     #[test]

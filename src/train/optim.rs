@@ -35,7 +35,6 @@ enum State {
     None,
 }
 
-
 /// One of exp's optimisers over a fixed list of variables.
 pub struct Optimizer {
     kind: OptimizerName,

@@ -9,7 +9,7 @@ mod flow;
 mod full_epoch;
 mod gate;
 mod init;
+mod init_from;
 mod lfs;
 mod recipes;
 mod run;
-mod init_from;
