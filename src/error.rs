@@ -44,9 +44,12 @@ pub enum Error {
     /// An LFS check answered no (raw weights staged, fsck problems).
     #[error(transparent)]
     LfsRefused(#[from] crate::lfs::LfsRefusal),
-    /// `exp push` or `exp pull` failed.
+    /// `exp push` failed.
     #[error(transparent)]
-    Sync(#[from] crate::lfs::sync::SyncError),
+    Push(crate::lfs::sync::SyncError),
+    /// `exp pull` failed.
+    #[error(transparent)]
+    Pull(crate::lfs::sync::SyncError),
     /// Uploading LFS objects for a push failed.
     #[error(transparent)]
     LfsPush(#[from] crate::lfs::push::PushError),
@@ -98,16 +101,19 @@ impl Error {
             }
             Error::Gate(e) => Some(e.hint.clone()),
             Error::LfsRefused(e) => Some(e.hint.clone()),
-            Error::Sync(_) => Some(
-                "nothing was pushed if objects could not be uploaded; check the remote's URL and `git config lfs.url`".into(),
-            ),
+            Error::Push(e) => e.hint(crate::lfs::sync::SyncCommand::Push),
+            Error::Pull(e) => e.hint(crate::lfs::sync::SyncCommand::Pull),
             Error::Hooks(e) => e.hint(),
             Error::InitFrom(e) => e.hint(),
             Error::Flow(e) => e.hint(),
             Error::LfsPush(_) => Some(
                 "set `git config lfs.url` to the remote's Git LFS server; `git push --no-verify` skips the check, leaving the remote without the weights".into(),
             ),
-            Error::Lfs(_) | Error::Record(_) | Error::Usage(_) | Error::Output(_) => None,
+            Error::Lfs(e) => e.hint(),
+            Error::Record(_) => Some(
+                "this is a bug in exp: please report it with the spec and `exp --version`".into(),
+            ),
+            Error::Usage(_) | Error::Output(_) => None,
         }
     }
 }

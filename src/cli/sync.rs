@@ -35,7 +35,7 @@ fn remote_or_default(repo: &git2::Repository, remote: Option<String>) -> Result<
 pub(super) fn execute_push(args: PushArgs) -> Result<(), Error> {
     let repo = exp::git::open_any(&super::cwd()?)?;
     let remote = remote_or_default(&repo, args.remote)?;
-    let summary = sync::push(&repo, &remote, &args.branches)?;
+    let summary = sync::push(&repo, &remote, &args.branches).map_err(Error::Push)?;
     if summary.by_git_lfs {
         outln!("LFS objects pushed by git-lfs");
     } else {
@@ -54,7 +54,7 @@ pub(super) fn execute_push(args: PushArgs) -> Result<(), Error> {
 pub(super) fn execute_pull(args: PullArgs) -> Result<(), Error> {
     let repo = exp::git::open_any(&super::cwd()?)?;
     let remote = remote_or_default(&repo, args.remote)?;
-    let summary = sync::pull(&repo, &remote)?;
+    let summary = sync::pull(&repo, &remote).map_err(Error::Pull)?;
     if summary.by_git_lfs {
         outln!("LFS objects pulled by git-lfs");
     } else {

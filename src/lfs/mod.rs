@@ -71,6 +71,31 @@ pub enum LfsError {
     },
 }
 
+impl LfsError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            LfsError::BadPointer(_) | LfsError::BadOid(_) => {
+                "the file holds neither an LFS pointer nor its object: `git show HEAD:PATH` shows what was committed".into()
+            }
+            LfsError::Io { .. } => {
+                "check that .git/lfs is writable and the disk has space (`df -h .git`)".into()
+            }
+            LfsError::Corrupt { path, .. } => format!(
+                "remove {} and fetch it again (`exp pull`, or `git lfs pull` where git-lfs is in charge); `exp lfs fsck` checks the rest",
+                path.display()
+            ),
+            LfsError::Mismatch { .. } => {
+                "the remote or the store holds other bytes under this oid; `exp lfs fsck` checks the local store".into()
+            }
+            LfsError::Revision { .. } => {
+                "give a branch, commit or tag (`git log --oneline` lists commits)".into()
+            }
+            LfsError::Git(_) | LfsError::Stream(_) => return None,
+        })
+    }
+}
+
 /// A negative answer from an LFS check (exit 1): raw weights staged, a failed fsck.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]

@@ -38,6 +38,42 @@ pub enum SyncError {
     Detached,
 }
 
+/// The command a [`SyncError`] ended: the same failure means different things to each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncCommand {
+    /// `exp push`: objects first, then refs.
+    Push,
+    /// `exp pull`: refs first, then objects.
+    Pull,
+}
+
+impl SyncError {
+    /// What the user can do after `command` failed this way.
+    pub fn hint(&self, command: SyncCommand) -> Option<String> {
+        let check_url = "check the remote's URL (`git remote -v`) and `git config lfs.url`";
+        Some(match (self, command) {
+            (SyncError::NoRemote(_), _) => {
+                "`git remote -v` lists the remotes; add one with `git remote add origin URL`".into()
+            }
+            (SyncError::Detached, _) => {
+                "switch to a branch, or name it: `exp push REMOTE BRANCH`".into()
+            }
+            (SyncError::Push(_) | SyncError::Transfer(_), SyncCommand::Push) => format!(
+                "no ref was pushed: the weights must reach the remote first; {check_url}"
+            ),
+            (SyncError::Push(_) | SyncError::Transfer(_), SyncCommand::Pull) => format!(
+                "the branch was fetched but its weights were not downloaded; {check_url}, then run `exp pull` again"
+            ),
+            (SyncError::Git(_) | SyncError::Repo(_), SyncCommand::Push) => {
+                "the LFS objects are on the remote; fix what Git reports above and run `exp push` again".into()
+            }
+            (SyncError::Git(_) | SyncError::Repo(_), SyncCommand::Pull) => {
+                "nothing was downloaded; fix what Git reports above (a branch that diverged needs `git pull --rebase` or a merge) and run `exp pull` again".into()
+            }
+        })
+    }
+}
+
 /// What `exp push` did.
 #[derive(Debug, Default)]
 pub struct PushSummary {

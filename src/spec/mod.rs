@@ -74,14 +74,29 @@ impl SpecError {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
         match self {
-            SpecError::Read { path, .. } => Some(format!(
-                "create {} (see the examples `exp init` writes to experiments/), or check the experiment name",
-                path.display()
-            )),
+            SpecError::Read { path, source } => Some(match source.kind() {
+                std::io::ErrorKind::NotFound => format!(
+                    "create {} (see the examples `exp init` writes to experiments/), or check the experiment name",
+                    path.display()
+                ),
+                std::io::ErrorKind::InvalidData => format!(
+                    "{} is not UTF-8 text: save it as UTF-8 (TOML files are UTF-8)",
+                    path.display()
+                ),
+                std::io::ErrorKind::PermissionDenied => {
+                    format!("make {} readable (chmod u+r)", path.display())
+                }
+                _ => format!("check that {} is a readable file", path.display()),
+            }),
             SpecError::Override { .. } => {
                 Some("overrides look like --set train.epochs=3 or --set model.hidden=[256,128]".into())
             }
-            _ => None,
+            SpecError::Schema { .. } | SpecError::Invalid { .. } => Some(
+                "docs/spec.md lists every key, its type and its range; `exp run --help` lists the keys".into(),
+            ),
+            SpecError::BadName(_) => {
+                Some("`ls experiments/` shows the experiments of this repository".into())
+            }
         }
     }
 }

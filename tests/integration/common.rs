@@ -57,6 +57,9 @@ impl Env {
         cmd.env("HOME", &self.home)
             .env("EXP_DATA", &self.data)
             .env("GIT_CONFIG_GLOBAL", self.home.join(".gitconfig"))
+            // The machine's system gitconfig (which may name git-lfs, or set hooks) must not
+            // leak into the tests: every repository says what it needs itself.
+            .env("GIT_CONFIG_NOSYSTEM", "1")
             .env_remove("GIT_DIR")
             .env_remove("GIT_WORK_TREE")
             .env_remove("GIT_INDEX_FILE");
@@ -216,8 +219,10 @@ pub struct NoLfs<'e> {
 }
 
 impl Env {
-    pub fn without_git_lfs(&self) -> NoLfs<'_> {
-        let bin = self.path("nolfs-bin");
+    /// A folder `rel` of links to every program in this machine's system bin folders except
+    /// those `leave_out` names: a PATH without one tool, whatever else is installed.
+    pub fn bin_without(&self, rel: &str, leave_out: impl Fn(&str) -> bool) -> PathBuf {
+        let bin = self.path(rel);
         std::fs::create_dir_all(&bin).unwrap();
         for dir in ["/usr/local/bin", "/usr/bin", "/bin"] {
             let Ok(entries) = std::fs::read_dir(dir) else {
@@ -225,12 +230,17 @@ impl Env {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name();
-                if name.to_string_lossy().starts_with("git-lfs") || bin.join(&name).exists() {
+                if leave_out(&name.to_string_lossy()) || bin.join(&name).exists() {
                     continue;
                 }
                 let _ = std::os::unix::fs::symlink(entry.path(), bin.join(&name));
             }
         }
+        bin
+    }
+
+    pub fn without_git_lfs(&self) -> NoLfs<'_> {
+        let bin = self.bin_without("nolfs-bin", |name| name.starts_with("git-lfs"));
         let exp_dir = Path::new(env!("CARGO_BIN_EXE_exp")).parent().unwrap();
         let path = std::env::join_paths([exp_dir, bin.as_path()]).unwrap();
         let global = self.path("nolfs.gitconfig");

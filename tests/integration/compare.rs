@@ -28,6 +28,8 @@ struct Builder<'a> {
     env: &'a Env,
     dir: PathBuf,
     clock: u64,
+    /// Commit the LFS pointer the record names beside each record (the gate checks it).
+    weights: bool,
 }
 
 impl Builder<'_> {
@@ -74,6 +76,13 @@ impl Builder<'_> {
             encode_predictions(&labels(), preds, 10),
         )
         .unwrap();
+        if self.weights {
+            let pointer = format!(
+                "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n",
+                record.model.oid, record.model.size
+            );
+            std::fs::write(dir.join(&record.model.weights), pointer).unwrap();
+        }
         let accuracy = record.metrics.values["accuracy"];
         let history: String = (1..=3)
             .map(|e| {
@@ -95,12 +104,22 @@ impl Builder<'_> {
 }
 
 fn build(env: &Env) -> PathBuf {
+    build_fixture(env, false)
+}
+
+/// The fixture with the weights' LFS pointers committed, as `exp run` commits them.
+fn build_with_weights(env: &Env) -> PathBuf {
+    build_fixture(env, true)
+}
+
+fn build_fixture(env: &Env, weights: bool) -> PathBuf {
     let dir = env.path("history");
     std::fs::create_dir_all(&dir).unwrap();
     let mut b = Builder {
         env,
         dir: dir.clone(),
         clock: 0,
+        weights,
     };
     b.git(&["init", "-q", "-b", "main"]);
     std::fs::write(dir.join("README.md"), "golden\n").unwrap();
@@ -180,43 +199,58 @@ fn golden(name: &str, actual: &str) {
     assert_eq!(actual, expected, "output differs from {}", path.display());
 }
 
-#[test]
-fn golden_diff_log_show() {
+/// The fixture's run tag `n` of mnist-cnn.
+fn tag(n: u32) -> String {
+    format!("run/feature-golden/mnist-cnn/{n}")
+}
+
+/// `exp ARGS` on a fresh fixture, compared with tests/golden/NAME with the exit code expected.
+/// One test per golden, so one mismatch does not hide the others.
+fn golden_of(name: &str, args: &[&str], code: i32) {
     let env = Env::new();
-    let dir = build(&env);
-    let run = |args: &[&str]| env.exp_ok(&dir, args);
-    golden("log.txt", &run(&["log"]));
-    golden(
-        "log-filtered.txt",
-        &run(&[
-            "log",
-            "--where",
-            "accuracy>=0.93",
-            "--sort",
-            "accuracy",
-            "--experiment",
-            "mnist-cnn",
-        ]),
-    );
-    golden(
-        "log.json",
-        &run(&[
-            "log",
-            "develop..HEAD",
-            "--experiment",
-            "mnist-mlp",
-            "--json",
-        ]),
-    );
-    golden("show.txt", &run(&["show"]));
-    golden("show-all.txt", &run(&["show", "--all-branches"]));
-    let t = |n: u32| format!("run/feature-golden/mnist-cnn/{n}");
-    golden("diff-1-2.txt", &run(&["diff", &t(1), &t(2)]));
-    golden("diff-1-2.md", &run(&["diff", &t(1), &t(2), "--md"]));
-    golden("diff-1-2.json", &run(&["diff", &t(1), &t(2), "--json"]));
-    golden("diff-2-3.txt", &run(&["diff", &t(2), &t(3)]));
-    golden("diff-3-4.txt", &run(&["diff", &t(3), &t(4)]));
-    golden("diff-default.txt", &run(&["diff"]));
+    // The gate checks the committed weights against the record; diff, log and show do not.
+    let dir = if args[0] == "gate" {
+        build_with_weights(&env)
+    } else {
+        build(&env)
+    };
+    let out = env.exp(&dir, args);
+    assert_eq!(out.status.code(), Some(code), "exp {args:?}: {}", describe(&out));
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.stderr.is_empty() {
+        text.push_str("--- stderr\n");
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    golden(name, &text);
+}
+
+macro_rules! golden_tests {
+    ($($test:ident: $file:literal, $code:literal, [$($arg:expr),* $(,)?];)*) => {$(
+        #[test]
+        fn $test() {
+            golden_of($file, &[$(&$arg),*], $code);
+        }
+    )*};
+}
+
+golden_tests! {
+    golden_log: "log.txt", 0, ["log"];
+    golden_log_filtered: "log-filtered.txt", 0,
+        ["log", "--where", "accuracy>=0.93", "--sort", "accuracy", "--experiment", "mnist-cnn"];
+    golden_log_json: "log.json", 0, ["log", "develop..HEAD", "--experiment", "mnist-mlp", "--json"];
+    golden_show: "show.txt", 0, ["show"];
+    golden_show_all: "show-all.txt", 0, ["show", "--all-branches"];
+    golden_diff_1_2: "diff-1-2.txt", 0, ["diff", tag(1), tag(2)];
+    golden_diff_1_2_md: "diff-1-2.md", 0, ["diff", tag(1), tag(2), "--md"];
+    golden_diff_1_2_json: "diff-1-2.json", 0, ["diff", tag(1), tag(2), "--json"];
+    golden_diff_2_3: "diff-2-3.txt", 0, ["diff", tag(2), tag(3)];
+    golden_diff_3_4: "diff-3-4.txt", 0, ["diff", tag(3), tag(4)];
+    golden_diff_default: "diff-default.txt", 0, ["diff"];
+    // The gate's table: an improvement passes; the reverse, 3 points worse with no tolerance,
+    // is a regression (exit 1); another eval set cannot be decided (exit 2).
+    golden_gate_pass: "gate-1-2.txt", 0, ["gate", "--base", tag(1), "--head", tag(2)];
+    golden_gate_regression: "gate-2-1.txt", 1, ["gate", "--base", tag(2), "--head", tag(1)];
+    golden_gate_other_eval_set: "gate-3-4.txt", 2, ["gate", "--base", tag(3), "--head", tag(4)];
 }
 
 #[test]
@@ -459,4 +493,31 @@ fn closed_stdout_is_not_an_error() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+}
+
+/// `exp flow finish` and `exp flow release` on the fixture: their messages, with fixed commit
+/// dates so that the merge commits' ids are stable.
+#[test]
+fn golden_flow_finish_and_release() {
+    let env = Env::new();
+    let dir = build_with_weights(&env);
+    let flow = |args: &[&str]| {
+        let out = env
+            .exp_cmd(&dir, args)
+            .env("GIT_AUTHOR_DATE", "1700009000 +0000")
+            .env("GIT_COMMITTER_DATE", "1700009000 +0000")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "exp {args:?}: {}", describe(&out));
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.stderr.is_empty() {
+            text.push_str("--- stderr\n");
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+        text
+    };
+    let finish = flow(&["flow", "finish"]);
+    let release = flow(&["flow", "release", "1.0.0"]);
+    golden("flow-finish.txt", &finish);
+    golden("flow-release.txt", &release);
 }

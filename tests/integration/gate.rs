@@ -84,6 +84,11 @@ fn merges_and_pushes_into_develop_are_gated() {
     // A plain `git merge` does not fast-forward past the gate.
     let out = env.git_out(&dir, &["merge", &bad, "-m", "merge bad"]);
     assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("regression in mnist-cnn: accuracy fell from"),
+        "refused for another reason: {}",
+        describe(&out)
+    );
     env.git(&dir, &["merge", "--abort"]);
     assert_eq!(env.git(&dir, &["rev-parse", "develop"]), develop_before);
 
@@ -136,12 +141,15 @@ fn merges_and_pushes_into_develop_are_gated() {
     let removed = env.exp_ok(&dir, &["hooks", "uninstall"]);
     assert!(removed.contains("removed pre-push"), "{removed}");
     let out = env.git_out(&dir, &["config", "branch.develop.mergeOptions"]);
-    assert!(!out.status.success(), "mergeOptions left behind");
-    // git-lfs's own pre-push, kept as pre-push.local during the install, is back.
-    if dir.join(".git/hooks/pre-push").exists() {
-        let hook = std::fs::read_to_string(dir.join(".git/hooks/pre-push")).unwrap();
-        assert!(!hook.contains("# exp hook"), "{hook}");
-    }
+    assert_eq!(out.status.code(), Some(1), "mergeOptions left behind: {}", describe(&out));
+    // git-lfs's own pre-push (exp init ran `git lfs install --local`), kept as pre-push.local
+    // during the install, is back.
+    let hook = std::fs::read_to_string(dir.join(".git/hooks/pre-push"))
+        .expect("git-lfs's pre-push hook is back after uninstall");
+    assert!(
+        !hook.contains("# exp hook") && hook.contains("git lfs pre-push"),
+        "{hook}"
+    );
 }
 
 #[test]
@@ -289,30 +297,27 @@ fn a_small_drop_passes_and_missing_exp_or_records_fail_closed() {
         }
     }
     let other = other.expect("no seed gave a small, non-significant drop");
-    // Without exp on PATH the hook refuses, and says why.
+    // Without exp on PATH the hook refuses, and says why (a PATH of every system tool but
+    // exp, so an exp installed on this machine cannot answer).
     env.git(&dir, &["switch", "-q", "develop"]);
-    let mut merge = std::process::Command::new("git");
-    merge
+    let no_exp = env.bin_without("no-exp-bin", |name| name == "exp");
+    let out = std::process::Command::new("git")
         .current_dir(&dir)
         .args(["merge", "--no-ff", &other, "-m", "merge seed 2"])
         .env("HOME", &env.home)
         .env("GIT_CONFIG_GLOBAL", env.home.join(".gitconfig"))
-        .env("PATH", "/usr/bin:/bin:/usr/local/bin")
-        .env_remove("GIT_DIR");
-    // (Skipped where an installed exp would answer from that PATH.)
-    let installed = ["/usr/local/bin/exp", "/usr/bin/exp", "/bin/exp"]
-        .iter()
-        .any(|p| std::path::Path::new(p).exists());
-    if !installed {
-        let out = merge.output().unwrap();
-        assert!(!out.status.success(), "{}", describe(&out));
-        assert!(
-            stderr(&out).contains("`exp` is not on PATH"),
-            "{}",
-            describe(&out)
-        );
-        env.git(&dir, &["merge", "--abort"]);
-    }
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("PATH", &no_exp)
+        .env_remove("GIT_DIR")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("`exp` is not on PATH"),
+        "{}",
+        describe(&out)
+    );
+    env.git(&dir, &["merge", "--abort"]);
     // With exp, the same merge passes.
     env.git(
         &dir,
