@@ -208,6 +208,26 @@ mod tests {
         assert!((m.macro_f1 - 1.3 / 3.0).abs() < 1e-12);
     }
 
+    /// The byte layout of predictions.bin, pinned: a server-side hook reads these files from
+    /// Git with no data set, so every byte is part of the format (docs/design.md §4).
+    #[test]
+    fn predictions_layout_known_answer() {
+        let narrow = encode_predictions(&[0, 1, 2], &[0, 2, 2], 3);
+        let mut want = b"EXPPRED\0".to_vec();
+        want.extend([1, 0, 0, 0, 3, 0, 0, 0, 3, 0, 0, 0]); // version 1, N 3, K 3 (u32 LE)
+        want.extend([0, 1, 2, 0, 2, 2]); // labels, then predictions, a byte each
+        assert_eq!(narrow, want);
+        let wide = encode_predictions(&[0, 299], &[258, 299], 300);
+        let mut want = b"EXPPRED\0".to_vec();
+        want.extend([1, 0, 0, 0, 2, 0, 0, 0, 0x2c, 1, 0, 0]); // N 2, K 300
+        want.extend([0, 0, 0x2b, 1, 2, 1, 0x2b, 1]); // u16 LE each when K > 256
+        assert_eq!(wide, want);
+        assert_eq!(
+            decode_predictions(&want).unwrap(),
+            (vec![0, 299], vec![258, 299], 300)
+        );
+    }
+
     #[test]
     fn predictions_round_trip_narrow_and_wide() {
         for classes in [10, 300] {

@@ -56,5 +56,6 @@ mod layering_tests;
 
 /// The exp version, recorded in every run.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The candle version this build links (pinned in Cargo.toml), recorded in every run.
-pub const CANDLE_VERSION: &str = "0.11.1";
+/// The candle version this build links, read from Cargo.lock at build time (build.rs),
+/// recorded in every run.
+pub const CANDLE_VERSION: &str = env!("EXP_CANDLE_VERSION");

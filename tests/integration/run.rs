@@ -70,7 +70,21 @@ fn run_from_develop_records_everything() {
     assert_eq!(record.run.parent, develop);
     assert_eq!(record.run.device, "cpu");
     assert_eq!(record.run.id.len(), 64);
-    assert_eq!(record.run.candle_version, "0.11.1");
+    // The candle the build links: Cargo.lock's candle-core, read here as TOML.
+    let lock: toml::Table = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.lock"),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let locked = lock["package"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("candle-core"))
+        .and_then(|p| p["version"].as_str())
+        .unwrap();
+    assert_eq!(record.run.candle_version, locked);
     assert_eq!(
         record.params.train.batch_size, 64,
         "resolved spec, defaults included"
