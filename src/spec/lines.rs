@@ -87,3 +87,35 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
             .map(|t| t.trim().to_string())
     })
 }
+
+/// Where a key's value came from, for error messages.
+pub(super) struct Origins<'a> {
+    pub(super) path: &'a Path,
+    pub(super) text: &'a str,
+    pub(super) overrides: &'a [(Vec<String>, String)],
+}
+
+impl Origins<'_> {
+    pub(super) fn of(&self, key: &str) -> String {
+        // An override of the key, of a key inside it (`train.early_stopping.patience` for
+        // `train.early_stopping`) or of the table holding it.
+        let touches = |set: &str| {
+            set == key
+                || set.strip_prefix(key).is_some_and(|r| r.starts_with('.'))
+                || key.strip_prefix(set).is_some_and(|r| r.starts_with('.'))
+        };
+        if let Some((_, arg)) = self
+            .overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| touches(&k.join(".")))
+        {
+            return format!("--set {arg}");
+        }
+        match key_span(self.text, key) {
+            Some(offset) => format!("{}:{}", self.path.display(), line_col(self.text, offset).0),
+            None => format!("{} (default)", self.path.display()),
+        }
+    }
+}
+

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::keys::{self, ValueKind};
-use super::lines::{key_span, line_col, schema_error};
+use super::lines::{schema_error, Origins};
 use super::validate::validate;
 use super::{Spec, SpecError};
 
@@ -32,37 +32,6 @@ impl ResolvedSpec {
             overrides: &self.override_keys,
         }
         .of(key)
-    }
-}
-
-/// Where a key's value came from, for error messages.
-pub(super) struct Origins<'a> {
-    path: &'a Path,
-    text: &'a str,
-    overrides: &'a [(Vec<String>, String)],
-}
-
-impl Origins<'_> {
-    pub(super) fn of(&self, key: &str) -> String {
-        // An override of the key, of a key inside it (`train.early_stopping.patience` for
-        // `train.early_stopping`) or of the table holding it.
-        let touches = |set: &str| {
-            set == key
-                || set.strip_prefix(key).is_some_and(|r| r.starts_with('.'))
-                || key.strip_prefix(set).is_some_and(|r| r.starts_with('.'))
-        };
-        if let Some((_, arg)) = self
-            .overrides
-            .iter()
-            .rev()
-            .find(|(k, _)| touches(&k.join(".")))
-        {
-            return format!("--set {arg}");
-        }
-        match key_span(self.text, key) {
-            Some(offset) => format!("{}:{}", self.path.display(), line_col(self.text, offset).0),
-            None => format!("{} (default)", self.path.display()),
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use super::parse::Origins;
+use super::lines::Origins;
 use super::{
     ClassWeights, DataFormat, DataSpec, InitSpec, ModelName, ModelSpec, OptimizerName, Spec,
     SpecError, TrainSpec,
