@@ -74,7 +74,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The process exit code for this error (DESIGN §5).
+    /// The process exit code for this error (docs/design.md §8).
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Error::Train(e) => e.exit_code(),

@@ -8,7 +8,7 @@ use git2::Repository;
 use crate::git::{self, ctx, CommitFile, GitError};
 use crate::record::layout::EXPERIMENTS_DIR;
 
-/// The attributes line that routes weights through Git LFS (DESIGN §1).
+/// The attributes line that routes weights through Git LFS (docs/design.md §2).
 pub const LFS_ATTRIBUTES: &str = "*.safetensors filter=lfs diff=lfs merge=lfs -text";
 
 /// The example specs shipped in the binary, so an installed `exp` needs no checkout.
@@ -213,7 +213,7 @@ fn write(path: &Path, text: &str) -> Result<(), InitError> {
     })
 }
 
-/// Puts a filter in charge of `filter=lfs` files (DESIGN §2): git-lfs when it is installed
+/// Puts a filter in charge of `filter=lfs` files (docs/design.md §6): git-lfs when it is installed
 /// (`git lfs install --local`), else exp's own filter. A repository where exp's filter is
 /// already in charge keeps it. Decided with the `git` on PATH.
 pub fn configure_lfs(worktree: &Path) -> Result<LfsFilter, InitError> {

@@ -1,4 +1,4 @@
-//! Transfer learning (`[init]`, DESIGN §3): start a run from the weights of an earlier run,
+//! Transfer learning (`[init]`, docs/design.md §3): start a run from the weights of an earlier run,
 //! read from Git (record and LFS pointer at a revision) and the local LFS store, never from
 //! the network; freeze tensors by name prefix; follow the chain of parents (`exp lineage`).
 
@@ -43,7 +43,10 @@ pub enum InitFromError {
         message: String,
     },
     /// The LFS object of the parent's weights is not in the local store.
-    #[error("init.from = {from:?}: the weights of {experiment} (LFS object {oid}) are not in the local store {path}")]
+    #[error(
+        "init.from = {from:?}: the weights of {experiment} (LFS object {oid}) are not in the local store {path}{}",
+        fetch.as_ref().map(|e| format!(", and fetching them from the default remote failed: {e}")).unwrap_or_default()
+    )]
     MissingObject {
         /// As given.
         from: String,
@@ -53,6 +56,8 @@ pub enum InitFromError {
         oid: String,
         /// Where it was looked for.
         path: String,
+        /// Why fetching it from the default remote failed, when exp tried.
+        fetch: Option<String>,
     },
     /// The parent's tensors do not fit this model.
     #[error("init.from = {from:?}: {message}")]
@@ -154,12 +159,13 @@ pub fn load_parent(
     }
     let store = LfsStore::for_repo(repo);
     let path = store.object_path(&pointer.oid);
+    let mut fetch = None;
     if !path.is_file() {
         // Not here: fetch it (verified) from the default remote's LFS store or server, as a
-        // checkout through exp's filter would.
+        // checkout through exp's filter would. If that fails too, the error says why.
         if let Some(remote) = crate::lfs::remote::default_remote_store(repo) {
             if let Err(e) = remote.download(&store, std::slice::from_ref(&pointer)) {
-                eprintln!("exp: fetching the parent's weights {}: {e}", pointer.oid);
+                fetch = Some(e.to_string());
             }
         }
     }
@@ -169,6 +175,7 @@ pub fn load_parent(
             experiment: name,
             oid: pointer.oid.as_str().to_string(),
             path: path.display().to_string(),
+            fetch,
         });
     }
     let bytes = std::fs::read(&path)

@@ -1,4 +1,4 @@
-//! exp's own seeded randomness (DESIGN §3 "Randomness").
+//! exp's own seeded randomness (docs/design.md §3 "Randomness").
 //!
 //! candle's CPU random tensors come from an unseeded thread RNG, so nothing in exp draws from
 //! them. Every random draw comes from a ChaCha8 stream derived from the run's seed and the

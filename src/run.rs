@@ -1,5 +1,5 @@
 //! `exp run`: resolve the spec and the data, train, evaluate, and record the run as one commit
-//! with a run tag, in the order DESIGN §1 fixes: everything that can fail for the user's
+//! with a run tag, in the order docs/design.md §2 fixes: everything that can fail for the user's
 //! reasons (spec, data, device, branch switch) is checked before training, and Git is touched
 //! only after training succeeded.
 
@@ -21,7 +21,7 @@ use crate::record::{
     RunRecord, SplitRecord, TrainingRecord,
 };
 use crate::spec::{self, Precision, ResolvedSpec};
-use crate::train::{self, Progress, StopFlag};
+use crate::train::{self, StopFlag, TrainObserver};
 
 /// A failure of the run workflow itself.
 #[derive(Debug, thiserror::Error)]
@@ -93,8 +93,6 @@ pub struct RunOptions {
     pub experiment: String,
     /// `--set KEY=VALUE` overrides.
     pub overrides: Vec<String>,
-    /// Print no progress.
-    pub quiet: bool,
     /// The directory exp was started in.
     pub cwd: PathBuf,
 }
@@ -110,10 +108,16 @@ pub struct RunSummary {
     pub switched_from: Option<String>,
     /// The record as committed.
     pub record: RunRecord,
+    /// The per-operation time table, with `EXP_PROFILE_OPS=1`.
+    pub op_profile: Option<String>,
 }
 
 /// Runs an experiment and records it.
-pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, RunError> {
+pub fn run(
+    options: &RunOptions,
+    stop: &StopFlag,
+    progress: &mut dyn TrainObserver,
+) -> Result<RunSummary, RunError> {
     let started_at = chrono::Utc::now();
     let clock = Instant::now();
     let repo = git::open(&options.cwd)?;
@@ -185,8 +189,7 @@ pub fn run(options: &RunOptions, stop: &StopFlag) -> Result<RunSummary, RunError
         p.record.frozen = frozen.iter().cloned().collect();
         model.freeze(frozen);
     }
-    let mut progress = Progress::stderr(options.quiet);
-    let outcome = train::train(&model, &data, &spec.train, &device, stop, &mut progress)?;
+    let outcome = train::train(&model, &data, &spec.train, &device, stop, progress)?;
     stop.check()?;
 
     // Weights into the LFS store before Git changes: the store is branch-independent.
@@ -363,6 +366,7 @@ fn write_and_commit(
         tag,
         switched_from: None,
         record,
+        op_profile: outcome.op_profile.clone(),
     })
 }
 

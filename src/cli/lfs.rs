@@ -82,11 +82,16 @@ pub enum LfsAction {
     },
 }
 
+/// The filter's messages: Git passes a filter's stderr through to the user.
+fn to_stderr(message: std::fmt::Arguments) {
+    eprintln!("{message}");
+}
+
 pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
     let repo = exp::git::open_any(&super::cwd()?)?;
     match args.action {
         LfsAction::FilterProcess => {
-            let mut filter = Filter::open(&repo);
+            let mut filter = Filter::open(&repo, to_stderr);
             filter::widen_pipe(&std::io::stdin());
             filter::filter_process(
                 &mut filter,
@@ -96,7 +101,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
             .map_err(|e| UsageError(format!("exp lfs filter-process: {e}")))?;
         }
         LfsAction::Clean { path } => {
-            let mut filter = Filter::open(&repo);
+            let mut filter = Filter::open(&repo, to_stderr);
             filter::widen_pipe(&std::io::stdin());
             let pointer = match stdin_file() {
                 // `exp lfs clean < FILE`: hash first, copy only a new object.
@@ -107,13 +112,13 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
             write_stdout(&pointer)?;
         }
         LfsAction::Smudge { path } => {
-            let filter = Filter::open(&repo);
+            let filter = Filter::open(&repo, to_stderr);
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             let outcome = filter.smudge(&mut std::io::stdin().lock(), &mut out)?;
             out.flush().map_err(exp::lfs::LfsError::Stream)?;
             if let Smudged::Missing(p) = outcome {
                 let name = path.map(|p| p.display().to_string()).unwrap_or_default();
-                filter::warn_missing(&name, &p);
+                eprintln!("{}", filter::missing_warning(&name, &p));
             }
         }
         LfsAction::Install => {

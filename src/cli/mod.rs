@@ -94,6 +94,7 @@ mod lfs;
 mod lineage;
 mod log;
 mod plot;
+mod progress;
 mod run;
 mod sync;
 

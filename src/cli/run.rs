@@ -65,10 +65,13 @@ pub(super) fn execute(args: RunArgs) -> Result<(), Error> {
     let options = RunOptions {
         experiment: args.experiment,
         overrides,
-        quiet: args.quiet,
         cwd,
     };
-    let summary = run(&options, &stop)?;
+    let mut progress = super::progress::Progress::stderr(args.quiet);
+    let summary = run(&options, &stop, &mut progress)?;
+    if let Some(profile) = &summary.op_profile {
+        eprint!("{profile}");
+    }
     let r = &summary.record;
     if let Some(from) = &summary.switched_from {
         super::outln!(

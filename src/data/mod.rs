@@ -1,6 +1,6 @@
 //! Data sets: the data root, IDX and CIFAR-10 readers, fingerprints, subsets and batching.
 //!
-//! Data is only ever reached through the data root (DESIGN §3): `$EXP_DATA`, else
+//! Data is only ever reached through the data root (docs/design.md §3): `$EXP_DATA`, else
 //! `~/.cache/exp/data`. Every file is fingerprinted with BLAKE3 over its decompressed bytes,
 //! so a gzipped and a raw copy of the same data agree.
 
@@ -103,7 +103,7 @@ pub struct FileFingerprint {
 pub type KeyOrigin<'a> = &'a dyn Fn(&str) -> String;
 
 /// Reads a file under the data root, decompressing gzip; `X.gz` and `X` stand in for each
-/// other (DESIGN §3).
+/// other (docs/design.md §3).
 pub fn read_data_file(root: &Path, given: &str) -> Result<(PathBuf, Vec<u8>), DataError> {
     read_spec_file(root, given, "data file", &|_| "data".to_string())
 }

@@ -154,7 +154,7 @@ pub fn current_branch(repo: &Repository) -> Result<(String, Oid), GitError> {
     Ok((name, oid))
 }
 
-/// Whether `branch` may receive runs directly (DESIGN §1: never develop or main).
+/// Whether `branch` may receive runs directly (docs/design.md §2: never develop or main).
 pub fn is_integration_branch(branch: &str) -> bool {
     branch == "develop" || branch == "main"
 }

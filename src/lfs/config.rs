@@ -1,7 +1,7 @@
 //! Who runs `filter.lfs` in a repository, and switching it between git-lfs and exp.
 //!
-//! Decided with the `git` on PATH, as Git itself will decide when it runs the filter (DESIGN
-//! §2): never from `which git-lfs` alone nor from libgit2's view of the config, which reads a
+//! Decided with the `git` on PATH, as Git itself will decide when it runs the filter
+//! (docs/design.md §6): never from `which git-lfs` alone nor from libgit2's view of the config, which reads a
 //! different system gitconfig on these machines.
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! exp's own `filter.lfs`: clean (content → object + pointer), smudge (pointer → content), and
 //! Git's long-running filter process (gitattributes(5), "Long Running Filter Process"), so a
-//! repository behaves without git-lfs installed (DESIGN §2).
+//! repository behaves without git-lfs installed (docs/design.md §6).
 //!
 //! Both directions stream in bounded memory. Clean writes the object through the store's temp
 //! file and rename; smudge verifies the SHA-256 while it streams and, for an object that is not
@@ -46,9 +46,18 @@ pub enum Smudged {
     NotAPointer,
 }
 
+/// Where the filter's messages go. Git shows a filter's stderr to the user, so the command
+/// line passes a function that writes there; the library itself never prints.
+pub type Messages = fn(std::fmt::Arguments);
+
+/// Messages dropped (tests, and callers that report otherwise).
+pub fn no_messages(_: std::fmt::Arguments) {}
+
 /// The clean and smudge filters of one repository.
 pub struct Filter {
     store: LfsStore,
+    /// Warnings, and with `EXP_LFS_TRACE=1` the stat-cache decisions.
+    messages: Messages,
     worktree: Option<PathBuf>,
     cache: StatCache,
     /// The repository, reopened only if a smudge needs the default remote.
@@ -60,16 +69,20 @@ pub struct Filter {
 
 impl Filter {
     /// The filters of `repo` (its store, work tree and stat cache).
-    pub fn open(repo: &git2::Repository) -> Filter {
+    pub fn open(repo: &git2::Repository, messages: Messages) -> Filter {
         let durability = super::config::filter_durability(repo);
-        trace(format_args!(
-            "new objects synced {}",
-            match durability {
-                Durability::BeforeNaming => "before they take their names",
-                Durability::AtCommit => "at commit, by exp's pre-commit hook",
-            }
-        ));
+        trace(
+            messages,
+            format_args!(
+                "new objects synced {}",
+                match durability {
+                    Durability::BeforeNaming => "before they take their names",
+                    Durability::AtCommit => "at commit, by exp's pre-commit hook",
+                }
+            ),
+        );
         Filter {
+            messages,
             store: LfsStore::for_repo(repo).with_durability(durability),
             worktree: repo.workdir().map(Path::to_path_buf),
             cache: StatCache::load(stat_cache_path(repo)),
@@ -145,7 +158,10 @@ impl Filter {
                             && t.at_end()
                             && FileStat::of(&t.path).as_ref() == Some(stat)
                         {
-                            trace(format_args!("stat cache hit: {}", t.path.display()));
+                            trace(
+                                self.messages,
+                                format_args!("stat cache hit: {}", t.path.display()),
+                            );
                             return Ok(LfsPointer::new(oid.clone(), stat.size)
                                 .encode()
                                 .into_bytes());
@@ -154,10 +170,10 @@ impl Filter {
                     }
                 }
             }
-            trace(format_args!(
-                "stat cache entry not confirmed: {}",
-                t.path.display()
-            ));
+            trace(
+                self.messages,
+                format_args!("stat cache entry not confirmed: {}", t.path.display()),
+            );
             // Not the file (or not any more): hash it after all. The bytes before this chunk
             // were compared equal to the file's, so they are read back from it.
             let mut writer = self.store.writer()?;
@@ -198,7 +214,10 @@ impl Filter {
                 && FileStat::of(&t.path) == Some(stat)
                 && stat.settled_before(start)
             {
-                trace(format_args!("hashed and cached: {}", t.path.display()));
+                trace(
+                    self.messages,
+                    format_args!("hashed and cached: {}", t.path.display()),
+                );
                 self.cache.insert(t.path, stat, &pointer.oid);
             }
         }
@@ -254,7 +273,10 @@ impl Filter {
                 return Err(changed());
             }
             if !self.store.refresh(&pointer) {
-                trace(format_args!("stat cache hint wrong: copying after hashing"));
+                trace(
+                    self.messages,
+                    format_args!("stat cache hint wrong: copying after hashing"),
+                );
                 let (tmp, copied) = self
                     .store
                     .copy_to_temp(&mut reopen(file).map_err(|e| io("reopening", e))?)?;
@@ -331,7 +353,10 @@ impl Filter {
                 // No commit follows a checkout to sync a download: it is synced as it lands.
                 let store = self.store.clone().with_durability(Durability::BeforeNaming);
                 if let Err(e) = remote.download(&store, std::slice::from_ref(&pointer)) {
-                    eprintln!("exp lfs: fetching {} from the remote: {e}", pointer.oid);
+                    (self.messages)(format_args!(
+                        "exp lfs: fetching {} from the remote: {e}",
+                        pointer.oid
+                    ));
                 }
             }
         }
@@ -379,9 +404,9 @@ impl Filter {
 /// With `EXP_LFS_TRACE=1`, one line on stderr per stat-cache decision, and one saying when new
 /// objects are synced (Git passes a filter's stderr through), to see why `git status` did or
 /// did not hash a file.
-fn trace(message: std::fmt::Arguments) {
+fn trace(messages: Messages, message: std::fmt::Arguments) {
     if std::env::var_os("EXP_LFS_TRACE").is_some_and(|v| v == "1") {
-        eprintln!("exp lfs: {message}");
+        messages(format_args!("exp lfs: {message}"));
     }
 }
 
@@ -627,7 +652,7 @@ pub fn filter_process(
                         writer.flush_pkt()?; // the status list stays "success"
                     }
                     Err(e) => {
-                        eprintln!("exp lfs: cleaning {pathname}: {e}");
+                        (filter.messages)(format_args!("exp lfs: cleaning {pathname}: {e}"));
                         writer.text("status=error")?;
                         writer.flush_pkt()?;
                     }
@@ -649,12 +674,12 @@ pub fn filter_process(
                 match result {
                     Ok(outcome) => {
                         if let Smudged::Missing(p) = outcome {
-                            warn_missing(&pathname, &p);
+                            (filter.messages)(format_args!("{}", missing_warning(&pathname, &p)));
                         }
                         writer.flush_pkt()?;
                     }
                     Err(e) => {
-                        eprintln!("exp lfs: smudging {pathname}: {e}");
+                        (filter.messages)(format_args!("exp lfs: smudging {pathname}: {e}"));
                         writer.text("status=error")?;
                         writer.flush_pkt()?;
                     }
@@ -662,7 +687,9 @@ pub fn filter_process(
             }
             other => {
                 reader.content().drain()?;
-                eprintln!("exp lfs: git asked for {other:?}, which exp's filter does not do");
+                (filter.messages)(format_args!(
+                    "exp lfs: git asked for {other:?}, which exp's filter does not do"
+                ));
                 writer.text("status=error")?;
                 writer.flush_pkt()?;
             }
@@ -674,11 +701,11 @@ pub fn filter_process(
 }
 
 /// The warning for a checkout that got a pointer instead of its weights.
-pub fn warn_missing(path: &str, pointer: &LfsPointer) {
-    eprintln!(
+pub fn missing_warning(path: &str, pointer: &LfsPointer) -> String {
+    format!(
         "exp lfs: warning: the LFS object {} for {path} is not in the local store; the file holds its pointer (run `exp pull` to fetch the object)",
         pointer.oid
-    );
+    )
 }
 
 #[cfg(test)]
@@ -687,6 +714,7 @@ mod tests {
 
     fn filter_in(dir: &Path) -> Filter {
         Filter {
+            messages: no_messages,
             store: LfsStore::at(dir.join("lfs")),
             worktree: Some(dir.to_path_buf()),
             cache: StatCache::load(dir.join("cache.json")),

@@ -1,5 +1,5 @@
 //! Git LFS, natively: spec-v1 pointers and the object store under `.git/lfs/objects`,
-//! byte-for-byte what git-lfs itself reads and writes (DESIGN §2).
+//! byte-for-byte what git-lfs itself reads and writes (docs/design.md §6).
 
 pub mod config;
 pub mod filter;

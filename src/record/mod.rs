@@ -1,4 +1,4 @@
-//! The run record (`metrics.toml`, DESIGN §4), the canonical tensor hash and the run id.
+//! The run record (`metrics.toml`, docs/design.md §4), the canonical tensor hash and the run id.
 //!
 //! The record is self-describing: every metric carries its direction and the fingerprint of
 //! the eval set it was measured on, so any later tool can tell whether two records are
@@ -374,7 +374,10 @@ mod tests {
             "bn.num_batches".to_string(),
             Tensor::new(&[7u32], &Device::Cpu).unwrap(),
         );
-        assert_eq!(tensor_hash(&m).unwrap(), "881d530d0695c25db4be858bc717562d302168fb61ea99ffbdcd531d667682ea");
+        assert_eq!(
+            tensor_hash(&m).unwrap(),
+            "881d530d0695c25db4be858bc717562d302168fb61ea99ffbdcd531d667682ea"
+        );
     }
 
     /// The run id of the params of a record written by a real `exp run`
@@ -386,18 +389,47 @@ mod tests {
     /// stay valid as names; see docs/design.md §4.
     #[test]
     fn run_id_known_answer_from_a_real_record() {
-        let record = RunRecord::from_toml(include_str!("../../tests/fixtures/record.toml")).unwrap();
-        let splits: Vec<&str> = [Some(&record.data.train), record.data.val.as_ref(), Some(&record.data.test)]
-            .into_iter()
-            .flatten()
-            .map(|s| s.blake3.as_str())
-            .collect();
-        let id = run_id_of_version(&record.run.exp_version, &record.params, &splits, record.run.seed).unwrap();
-        assert_eq!(id, "e788f6c45cc02cb21d930aaa83538850c4fd419230d4ded47f2d617654ff16ec");
+        let record =
+            RunRecord::from_toml(include_str!("../../tests/fixtures/record.toml")).unwrap();
+        let splits: Vec<&str> = [
+            Some(&record.data.train),
+            record.data.val.as_ref(),
+            Some(&record.data.test),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| s.blake3.as_str())
+        .collect();
+        let id = run_id_of_version(
+            &record.run.exp_version,
+            &record.params,
+            &splits,
+            record.run.seed,
+        )
+        .unwrap();
+        assert_eq!(
+            id,
+            "e788f6c45cc02cb21d930aaa83538850c4fd419230d4ded47f2d617654ff16ec"
+        );
         // Every input counts.
-        assert_ne!(run_id_of_version("0.1.1", &record.params, &splits, record.run.seed).unwrap(), id);
-        assert_ne!(run_id_of_version(&record.run.exp_version, &record.params, &splits, 2).unwrap(), id);
-        assert_ne!(run_id_of_version(&record.run.exp_version, &record.params, &splits[..1], record.run.seed).unwrap(), id);
+        assert_ne!(
+            run_id_of_version("0.1.1", &record.params, &splits, record.run.seed).unwrap(),
+            id
+        );
+        assert_ne!(
+            run_id_of_version(&record.run.exp_version, &record.params, &splits, 2).unwrap(),
+            id
+        );
+        assert_ne!(
+            run_id_of_version(
+                &record.run.exp_version,
+                &record.params,
+                &splits[..1],
+                record.run.seed
+            )
+            .unwrap(),
+            id
+        );
     }
 
     /// The record's byte layout: an old record (tests/fixtures/record.toml) reads, and is

@@ -5,7 +5,6 @@ mod accumulate;
 mod early_stop;
 mod loss;
 pub mod optim;
-mod progress;
 mod scaler;
 mod signals;
 
@@ -28,7 +27,6 @@ use early_stop::{EarlyStopper, Verdict};
 pub use loss::{class_weights, training_loss};
 use loss::{PendingLosses, GPU_LOSS_READ_INTERVAL};
 pub use optim::Optimizer;
-pub use progress::Progress;
 use scaler::LossScaler;
 pub use signals::{Signal, StopFlag};
 
@@ -68,7 +66,7 @@ pub enum TrainError {
 }
 
 impl TrainError {
-    /// DESIGN §5: a diverged run is a negative answer (1), a signal 130/143, the rest 2.
+    /// docs/design.md §8: a diverged run is a negative answer (1), a signal 130/143, the rest 2.
     pub fn exit_code(&self) -> ExitCode {
         match self {
             TrainError::Diverged { .. } => ExitCode::Negative,
@@ -98,6 +96,26 @@ impl TrainError {
     }
 }
 
+/// Who hears about training as it goes (the command line draws a progress bar from it).
+pub trait TrainObserver {
+    /// Epoch `epoch` of `epochs` starts, with `steps` micro-batches.
+    fn start_epoch(&mut self, epoch: usize, epochs: usize, steps: usize);
+    /// Micro-batch `step` (1-based) of `images` images is done; `loss` is the latest loss read
+    /// (on a GPU read every few steps, NaN before the first read).
+    fn step(&mut self, step: usize, loss: f32, images: usize);
+    /// The epoch is done and evaluated.
+    fn end_epoch(&mut self, row: &EpochRecord);
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+
+impl TrainObserver for Silent {
+    fn start_epoch(&mut self, _: usize, _: usize, _: usize) {}
+    fn step(&mut self, _: usize, _: f32, _: usize) {}
+    fn end_epoch(&mut self, _: &EpochRecord) {}
+}
+
 /// What a completed training run produced.
 pub struct TrainOutcome {
     /// One row per epoch.
@@ -114,6 +132,8 @@ pub struct TrainOutcome {
     pub class_weights: Option<Vec<f64>>,
     /// With early stopping: the epoch whose weights (and evaluation) are the outcome.
     pub best_epoch: Option<usize>,
+    /// The per-operation time table, with `EXP_PROFILE_OPS=1`.
+    pub op_profile: Option<String>,
 }
 
 /// The dtype activations are computed in; parameters stay f32 (the optimiser's master copy)
@@ -136,7 +156,7 @@ pub fn train(
     spec: &TrainSpec,
     device: &Device,
     stop: &StopFlag,
-    progress: &mut Progress,
+    progress: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome, TrainError> {
     let dtype = compute_dtype(spec.precision);
     if device.is_cpu() && dtype != DType::F32 {
@@ -330,9 +350,8 @@ pub fn train(
             evaluation = Some(e);
         }
     }
-    if crate::profile::enabled() {
-        print_profile(train_time.as_secs_f64() + timing.eval_seconds);
-    }
+    let op_profile = crate::profile::enabled()
+        .then(|| profile_table(train_time.as_secs_f64() + timing.eval_seconds));
     let examples = n * history.len();
     timing.images_per_second = examples as f64 / train_time.as_secs_f64().max(1e-9);
     let evaluation = match evaluation {
@@ -347,6 +366,7 @@ pub fn train(
         timing,
         class_weights: weights,
         best_epoch,
+        op_profile,
     })
 }
 
@@ -367,18 +387,22 @@ fn evaluate_epoch(
     Ok((val, evaluate(model, test)?))
 }
 
-/// The per-operation table of `EXP_PROFILE_OPS=1`, on stderr.
-fn print_profile(total_seconds: f64) {
-    eprintln!("op profile (EXP_PROFILE_OPS=1; each op synchronised; training and evaluation):");
-    eprintln!("| op | calls | total s | ms per call | share of run |");
-    eprintln!("|---|---|---|---|---|");
+/// The per-operation table of `EXP_PROFILE_OPS=1` (Markdown), for the caller to print.
+fn profile_table(total_seconds: f64) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "op profile (EXP_PROFILE_OPS=1; each op synchronised; training and evaluation):\n\
+         | op | calls | total s | ms per call | share of run |\n|---|---|---|---|---|\n",
+    );
     for (name, seconds, calls) in crate::profile::take() {
-        eprintln!(
+        let _ = writeln!(
+            out,
             "| {name} | {calls} | {seconds:.3} | {:.3} | {:.1} % |",
             1e3 * seconds / calls.max(1) as f64,
             100.0 * seconds / total_seconds.max(1e-9)
         );
     }
+    out
 }
 
 fn accuracy(e: &Evaluation) -> f64 {

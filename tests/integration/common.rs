@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
-/// The data root the tests read: `$EXP_DATA`, else `~/.cache/exp/data` (DESIGN §3).
+/// The data root the tests read: `$EXP_DATA`, else `~/.cache/exp/data` (docs/design.md §3).
 pub fn data_root() -> PathBuf {
     match std::env::var_os("EXP_DATA").filter(|v| !v.is_empty()) {
         Some(v) => std::fs::canonicalize(&v).unwrap_or_else(|_| PathBuf::from(v)),
@@ -209,7 +209,7 @@ pub fn repo_state(env: &Env, dir: &Path) -> RepoState {
     }
 }
 
-/// An environment where git-lfs is honestly absent (DESIGN §2): no system gitconfig, an
+/// An environment where git-lfs is honestly absent (docs/design.md §6): no system gitconfig, an
 /// identity-only global config, and a PATH of every tool of this machine except git-lfs, with
 /// the exp under test first.
 pub struct NoLfs<'e> {

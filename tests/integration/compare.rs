@@ -215,7 +215,12 @@ fn golden_of(name: &str, args: &[&str], code: i32) {
         build(&env)
     };
     let out = env.exp(&dir, args);
-    assert_eq!(out.status.code(), Some(code), "exp {args:?}: {}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exp {args:?}: {}",
+        describe(&out)
+    );
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.stderr.is_empty() {
         text.push_str("--- stderr\n");
@@ -508,7 +513,12 @@ fn golden_flow_finish_and_release() {
             .env("GIT_COMMITTER_DATE", "1700009000 +0000")
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(0), "exp {args:?}: {}", describe(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "exp {args:?}: {}",
+            describe(&out)
+        );
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.stderr.is_empty() {
             text.push_str("--- stderr\n");

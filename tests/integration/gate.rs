@@ -141,7 +141,12 @@ fn merges_and_pushes_into_develop_are_gated() {
     let removed = env.exp_ok(&dir, &["hooks", "uninstall"]);
     assert!(removed.contains("removed pre-push"), "{removed}");
     let out = env.git_out(&dir, &["config", "branch.develop.mergeOptions"]);
-    assert_eq!(out.status.code(), Some(1), "mergeOptions left behind: {}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "mergeOptions left behind: {}",
+        describe(&out)
+    );
     // git-lfs's own pre-push (exp init ran `git lfs install --local`), kept as pre-push.local
     // during the install, is back.
     let hook = std::fs::read_to_string(dir.join(".git/hooks/pre-push"))
@@ -341,7 +346,7 @@ fn a_small_drop_passes_and_missing_exp_or_records_fail_closed() {
     );
 }
 
-/// With git-lfs absent (DESIGN §2: no system config, an identity-only global config, a PATH
+/// With git-lfs absent (docs/design.md §6: no system config, an identity-only global config, a PATH
 /// without git-lfs), exp's pre-push hook uploads the pushed run's weights to a file remote.
 #[test]
 fn pre_push_uploads_lfs_objects_without_git_lfs() {

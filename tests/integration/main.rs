@@ -39,5 +39,8 @@ fn every_test_file_is_part_of_the_binary() {
         forgotten.is_empty(),
         "not part of the integration test binary (add `mod NAME;` to tests/integration/main.rs): {forgotten:?}"
     );
-    assert!(declared.contains(&"common") && declared.len() > 10, "{declared:?}");
+    assert!(
+        declared.contains(&"common") && declared.len() > 10,
+        "{declared:?}"
+    );
 }

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use exp::data::Dataset;
 use exp::model::Model;
 use exp::spec::{ResolvedSpec, Spec};
-use exp::train::{train, Progress, StopFlag, TrainOutcome};
+use exp::train::{train, Silent, StopFlag, TrainOutcome};
 
 use crate::common::*;
 
@@ -43,7 +43,7 @@ pub fn train_spec(spec: &Spec) -> (Model, Dataset, TrainOutcome) {
         &spec.train,
         &Device::Cpu,
         &StopFlag::default(),
-        &mut Progress::stderr(true),
+        &mut Silent,
     )
     .expect("training");
     (model, data, outcome)

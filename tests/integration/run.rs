@@ -63,7 +63,7 @@ fn run_from_develop_records_everything() {
         .git(&dir, &["tag", "-l", "--format=%(contents)", &tag])
         .contains("accuracy="));
 
-    // The record: every section of DESIGN §4.
+    // The record: every section of docs/design.md §4.
     assert_eq!(record.run.status, "completed");
     assert_eq!(record.run.experiment, "mnist-cnn");
     assert_eq!(record.run.branch, branch);
@@ -380,7 +380,7 @@ fn lfs_clone_restores_the_exact_weights() {
     assert!(std::fs::read_to_string(&weights)
         .unwrap()
         .starts_with("version https://git-lfs.github.com/spec/v1"));
-    // The git first on PATH here reads no system gitconfig naming git-lfs (DESIGN §2): a clone
+    // The git first on PATH here reads no system gitconfig naming git-lfs (docs/design.md §6): a clone
     // needs git-lfs installed for it, as `exp init` does for the repositories it makes.
     env.git(&clone, &["lfs", "install", "--local"]);
     env.git(&clone, &["lfs", "pull"]);

@@ -1,12 +1,14 @@
-//! Progress on stderr (DESIGN §6): a bar when stderr is a terminal, one plain line per epoch
-//! otherwise (CI logs, pipes).
+//! Training progress on stderr (docs/design.md §5): a bar when stderr is a terminal, one plain
+//! line per epoch otherwise (CI logs, pipes). The library reports through
+//! [`exp::train::TrainObserver`]; printing is the command line's business.
 
 use std::io::IsTerminal;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::record::EpochRecord;
+use exp::record::EpochRecord;
+use exp::train::TrainObserver;
 
 /// Reports training progress.
 pub struct Progress {
@@ -32,8 +34,10 @@ impl Progress {
             epochs: 0,
         }
     }
+}
 
-    pub(crate) fn start_epoch(&mut self, epoch: usize, epochs: usize, steps: usize) {
+impl TrainObserver for Progress {
+    fn start_epoch(&mut self, epoch: usize, epochs: usize, steps: usize) {
         self.epoch_start = Instant::now();
         self.images = 0;
         self.epoch = epoch;
@@ -52,7 +56,7 @@ impl Progress {
         self.bar = Some(bar);
     }
 
-    pub(crate) fn step(&mut self, step: usize, loss: f32, batch: usize) {
+    fn step(&mut self, step: usize, loss: f32, batch: usize) {
         self.images += batch;
         if let Some(bar) = &self.bar {
             // Redrawing every step costs more than a small model's step; every 10th is plenty.
@@ -64,7 +68,7 @@ impl Progress {
         }
     }
 
-    pub(crate) fn end_epoch(&mut self, row: &EpochRecord) {
+    fn end_epoch(&mut self, row: &EpochRecord) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
