@@ -531,3 +531,23 @@ fn golden_flow_finish_and_release() {
     golden("flow-finish.txt", &finish);
     golden("flow-release.txt", &release);
 }
+
+/// `exp log | head`: a reader that closes the pipe early ends exp quietly with success, as
+/// with `git log | head` (the write fails with EPIPE; exp does not report it).
+#[test]
+fn a_closed_stdout_pipe_ends_quietly_with_success() {
+    let env = Env::new();
+    let dir = build(&env);
+    for args in [&["log"][..], &["show", "--all-branches"], &["diff", "--json"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader); // closed before exp writes a byte
+        let out = env
+            .exp_cmd(&dir, args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "exp {args:?}: {}", describe(&out));
+        assert_eq!(stderr(&out), "", "exp {args:?}");
+    }
+}
