@@ -1,4 +1,4 @@
-//! Builds a repository with N run commits for the comparison benchmark (scripts/bench-compare.sh):
+//! Builds a repository with N run commits for the comparison benchmark (scripts/bench/bench-compare.sh):
 //! records written by exp's own record writer, predictions.bin and history.csv as `exp run`
 //! writes them, an annotated run tag per commit. With `--dvc`, the equivalent DVC repository:
 //! `params.yaml` and `metrics.json` declared in `dvc.yaml`, one commit per run.

@@ -4,10 +4,10 @@
 # repository and DVC 3.x on an equivalent one (params.yaml + metrics.json in dvc.yaml).
 # Installs hyperfine (Debian) and DVC (PyPI, into a venv outside the checkout).
 #
-# Usage: scripts/bench-compare.sh [SIZES...]     (default: 100 1000 10000; DVC at ≤ 1000 only)
+# Usage: scripts/bench/bench-compare.sh [SIZES...]     (default: 100 1000 10000; DVC at ≤ 1000 only)
 # Prints a Markdown section for docs/benchmarks.md.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 project=$PWD
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(100 1000 10000)
 
@@ -72,7 +72,7 @@ for f in glob.glob(os.path.join(results, "*.json")):
     med[(name, size, mode)] = r["median"]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"### exp log / diff / show vs git and DVC — {datetime.date.today()}\n")
-print(f"Command: `scripts/bench-compare.sh {' '.join(sizes)}`  ")
+print(f"Command: `scripts/bench/bench-compare.sh {' '.join(sizes)}`  ")
 print(f"Machine: {cpu}, {os.cpu_count()} cores. DVC {dvc_version}. Repositories packed (`git gc`). Medians of hyperfine runs "
       "(10 warm after 1 warm-up; 3 cold: page cache dropped, exp's .git/exp cache and, for DVC, .dvc/tmp and its site cache removed).\n")
 fmt = lambda s: "–" if s is None else (f"{s*1000:.0f} ms" if s >= 0.1 else f"{s*1000:.1f} ms")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# CPU benchmark, exp vs PyTorch side by side (see scripts/bench_cpu.py for the options). Installs Debian's
+# CPU benchmark, exp vs PyTorch side by side (see scripts/bench/bench_cpu.py for the options). Installs Debian's
 # python3-torch if missing, builds exp (the same `--release` build the tests use), then measures.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 scripts/install-deps.sh
 if ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
   sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
@@ -11,4 +11,4 @@ fi
 export EXP_DATA="${EXP_DATA:-$HOME/.cache/exp/data}"
 scripts/fetch-data.sh "$EXP_DATA" >&2
 cargo build --release >&2
-exec python3 scripts/bench_cpu.py "$@"
+exec python3 scripts/bench/bench_cpu.py "$@"

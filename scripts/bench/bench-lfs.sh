@@ -7,10 +7,10 @@
 # taken ROUNDS times, the tools alternating within each round (a slow minute hits both), each
 # command started after a `sync` (nothing of the previous command's left to write back); the
 # tables give medians and ranges, the ratios are ratios of medians.
-# Usage: scripts/bench-lfs.sh [WORKDIR] [ROUNDS] [STATUS_ROUNDS] (defaults: a temp dir, 5, 3;
+# Usage: scripts/bench/bench-lfs.sh [WORKDIR] [ROUNDS] [STATUS_ROUNDS] (defaults: a temp dir, 5, 3;
 # needs ~22 GB free and ~15 minutes). Prints markdown. Build first: cargo build --release.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 exp="$root/target/release/exp"
 "$root/scripts/install-deps.sh" # git-lfs, the peer
 work="${1:-$(mktemp -d)}"

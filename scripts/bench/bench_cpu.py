@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Side-by-side CPU benchmark: `exp run` vs PyTorch (scripts/bench_pytorch.py) on MNIST, same
+"""Side-by-side CPU benchmark: `exp run` vs PyTorch (scripts/bench/bench_pytorch.py) on MNIST, same
 model, initialisation style, batch order style, optimiser and data, same machine, one run.
 Prints a Markdown section for docs/benchmarks.md.
 
-Usage: scripts/bench-cpu.sh [--configs seed-cnn:64,seed-cnn:256,cnn:64] [--seeds 1,2,3]
+Usage: scripts/bench/bench-cpu.sh [--configs seed-cnn:64,seed-cnn:256,cnn:64] [--seeds 1,2,3]
                             [--epochs 1] [--threads 2] [--baseline] [--profile N]
 (bench-cpu.sh builds exp first; this file only measures.)
 
@@ -27,7 +27,7 @@ import sys
 import tempfile
 import tomllib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/bench/ → the checkout
 EXP = os.path.join(ROOT, "target", "release", "exp")
 
 
@@ -64,7 +64,7 @@ def run_exp(repo, model, batch, seed, epochs, env):
 
 def run_torch(model, batch, seed, epochs, threads, env):
     out = subprocess.run(
-        ["/usr/bin/python3", os.path.join(ROOT, "scripts", "bench_pytorch.py"), "--seeds", str(seed),
+        ["/usr/bin/python3", os.path.join(ROOT, "scripts", "bench", "bench_pytorch.py"), "--seeds", str(seed),
          "--epochs", str(epochs), "--threads", str(threads), "--model", model, "--batch-size", str(batch)],
         check=True, env=env, capture_output=True, text=True)
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -128,7 +128,7 @@ def main():
             table = profile(repo, model, batch, a.profile, env) if a.profile else []
             results.append((model, batch, rows, table))
 
-    cmd = f"scripts/bench-cpu.sh --configs {a.configs} --seeds {a.seeds} --epochs {a.epochs} --threads {a.threads}"
+    cmd = f"scripts/bench/bench-cpu.sh --configs {a.configs} --seeds {a.seeds} --epochs {a.epochs} --threads {a.threads}"
     if a.baseline:
         cmd += " --baseline"
     if a.profile:

@@ -7,7 +7,7 @@ each epoch a fresh random permutation from a torch.Generator seeded with the see
 batch kept. Inputs: pixels / 255, then (x - 0.1307) / 0.3081.
 
 Run with Debian's interpreter (package python3-torch, CPU only):
-    /usr/bin/python3 scripts/bench_pytorch.py --data /work/shared/data --seeds 1 --threads 2
+    /usr/bin/python3 scripts/bench/bench_pytorch.py --data /work/shared/data --seeds 1 --threads 2
 
 Only the training epochs are timed (not loading, preprocessing or evaluation). Within them,
 time.perf_counter() splits forward+loss, backward and optimizer.step()+zero_grad(); data_s is

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Compares exp's seed-cnn gradient with PyTorch's on the 10,000 MNIST test images (see
-# scripts/gradcheck_pytorch.py). Needs Debian's python3-torch (scripts/bench-cpu.sh installs it).
+# scripts/bench/gradcheck_pytorch.py). Needs Debian's python3-torch (scripts/bench/bench-cpu.sh installs it).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 project=$PWD
 export EXP_DATA="${EXP_DATA:-$HOME/.cache/exp/data}"
 cargo build --release >&2
@@ -33,4 +33,4 @@ git add experiments/gradcheck.toml && git commit -q -m "gradcheck spec"
 "$project/target/release/exp" run gradcheck --quiet --set train.lr=1e-30 >/dev/null   # lr·g underflows: W0
 cp experiments/gradcheck/model.safetensors "$work/w0.safetensors"
 "$project/target/release/exp" run gradcheck --quiet --set train.lr=1.0 >/dev/null     # W1 = W0 - g
-/usr/bin/python3 "$project/scripts/gradcheck_pytorch.py" "$work/w0.safetensors" experiments/gradcheck/model.safetensors "$EXP_DATA"
+/usr/bin/python3 "$project/scripts/bench/gradcheck_pytorch.py" "$work/w0.safetensors" experiments/gradcheck/model.safetensors "$EXP_DATA"

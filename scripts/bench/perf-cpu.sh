@@ -4,9 +4,9 @@
 # (GEMM, exp's kernels, page zeroing, copies, candle's ops, the optimizer, threads waiting…).
 # Needs `perf` (Debian: linux-perf) and a built exp (cargo build --release).
 #
-# Usage: EXP_DATA=../shared/data scripts/perf-cpu.sh MODEL BATCH [IMAGES] [THREADS]
+# Usage: EXP_DATA=../shared/data scripts/bench/perf-cpu.sh MODEL BATCH [IMAGES] [THREADS]
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 model=${1:?model (seed-cnn, cnn, mlp)}
 batch=${2:?batch size}
 images=${3:-12800}

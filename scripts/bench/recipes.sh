@@ -7,10 +7,10 @@
 # Every arm runs with seeds 1..SEEDS in one scratch repository (`exp init`), one commit per run;
 # the table gives mean ± sample std of the test accuracy (and, for 2, the epochs to a target).
 #
-# Usage: scripts/recipes.sh [WORKDIR] [SEEDS]   (EXP_DATA must name the data root; build first:
+# Usage: scripts/bench/recipes.sh [WORKDIR] [SEEDS]   (EXP_DATA must name the data root; build first:
 # cargo build --release). Budgets are set below so the whole set fits ~25 min on 2 CPU cores.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 exp="${EXP:-$root/target/release/exp}"
 work="${1:-$(mktemp -d)}"
 seeds="${2:-3}"
