@@ -1,5 +1,5 @@
 //! Evaluation: predictions, metrics (accuracy, loss, macro-F1, per-class accuracy, confusion
-//! matrix) and the `predictions.bin` format of docs/design.md §2.
+//! matrix) and the `predictions.bin` format of docs/design.md §4.
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -117,7 +117,7 @@ pub struct PredictionsError(String);
 const MAGIC: &[u8; 8] = b"EXPPRED\0";
 const FORMAT_VERSION: u32 = 1;
 
-/// Encodes labels and predictions as docs/design.md §2's `predictions.bin`.
+/// Encodes labels and predictions as docs/design.md §4's `predictions.bin`.
 pub fn encode_predictions(labels: &[u32], predictions: &[u32], classes: usize) -> Vec<u8> {
     let wide = classes > 256;
     let width = if wide { 2 } else { 1 };

@@ -52,6 +52,8 @@ pub use error::Error;
 pub use exit::ExitCode;
 
 #[cfg(test)]
+mod design_doc_tests;
+#[cfg(test)]
 mod layering_tests;
 
 /// The exp version, recorded in every run.

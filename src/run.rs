@@ -1,5 +1,5 @@
 //! `exp run`: resolve the spec and the data, train, evaluate, and record the run as one commit
-//! with a run tag, in the order docs/design.md §2 fixes: everything that can fail for the user's
+//! with a run tag, in the order docs/design.md §5 fixes: everything that can fail for the user's
 //! reasons (spec, data, device, branch switch) is checked before training, and Git is touched
 //! only after training succeeded.
 

@@ -322,9 +322,13 @@ mod normalize {
                 format!("data.normalize={{ mean = [{value}], std = [0.3081] }}"),
                 format!("data.normalize={{ mean = [0.1307], std = [{value}] }}"),
             ] {
-                let e = parse(Path::new("experiments/x.toml"), &base, std::slice::from_ref(&set))
-                    .unwrap_err()
-                    .to_string();
+                let e = parse(
+                    Path::new("experiments/x.toml"),
+                    &base,
+                    std::slice::from_ref(&set),
+                )
+                .unwrap_err()
+                .to_string();
                 assert!(e.contains("data.normalize"), "{set}: {e}");
                 assert!(e.contains(&format!("--set {set}")), "{set}: {e}");
             }

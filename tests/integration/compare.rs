@@ -538,7 +538,11 @@ fn golden_flow_finish_and_release() {
 fn a_closed_stdout_pipe_ends_quietly_with_success() {
     let env = Env::new();
     let dir = build(&env);
-    for args in [&["log"][..], &["show", "--all-branches"], &["diff", "--json"]] {
+    for args in [
+        &["log"][..],
+        &["show", "--all-branches"],
+        &["diff", "--json"],
+    ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader); // closed before exp writes a byte
         let out = env
@@ -547,7 +551,12 @@ fn a_closed_stdout_pipe_ends_quietly_with_success() {
             .stderr(std::process::Stdio::piped())
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(0), "exp {args:?}: {}", describe(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "exp {args:?}: {}",
+            describe(&out)
+        );
         assert_eq!(stderr(&out), "", "exp {args:?}");
     }
 }
