@@ -68,6 +68,12 @@ pub enum Error {
     /// Arguments that parse but make no sense.
     #[error(transparent)]
     Usage(#[from] UsageError),
+    /// `exp verify` could not start.
+    #[error(transparent)]
+    Verify(Box<crate::verify::VerifyError>),
+    /// A command that ran to the end and answered no, with its own hint and exit code.
+    #[error(transparent)]
+    Verdict(#[from] Verdict),
     /// The command's output could not be written (a closed pipe ends the command quietly).
     #[error("cannot write to stdout: {0}")]
     Output(#[source] std::io::Error),
@@ -80,6 +86,7 @@ impl Error {
             Error::Train(e) => e.exit_code(),
             Error::DeviceCheck(_) | Error::LfsRefused(_) => ExitCode::Negative,
             Error::Gate(e) => e.code,
+            Error::Verdict(e) => e.code,
             Error::Flow(e) => e.exit_code(),
             _ => ExitCode::Usage,
         }
@@ -100,6 +107,8 @@ impl Error {
                 Some("train on another device (--device cpu) and report the failing check".into())
             }
             Error::Gate(e) => Some(e.hint.clone()),
+            Error::Verdict(e) => Some(e.hint.clone()),
+            Error::Verify(e) => e.hint(),
             Error::LfsRefused(e) => Some(e.hint.clone()),
             Error::Push(e) => e.hint(crate::lfs::sync::SyncCommand::Push),
             Error::Pull(e) => e.hint(crate::lfs::sync::SyncCommand::Pull),
@@ -118,6 +127,19 @@ impl Error {
     }
 }
 
+/// A command that ran to the end and answered no (`exp verify` found a record its weights do
+/// not produce): what the CLI prints as the error, with its exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Verdict {
+    /// What was found.
+    pub message: String,
+    /// What to do next.
+    pub hint: String,
+    /// The exit code (docs/design.md §8).
+    pub code: ExitCode,
+}
+
 /// Arguments that parse but make no sense, or an environment the command cannot work in
 /// (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +150,12 @@ pub struct UsageError(pub String);
 impl From<crate::data::DataError> for Error {
     fn from(e: crate::data::DataError) -> Error {
         Error::Data(Box::new(e))
+    }
+}
+
+impl From<crate::verify::VerifyError> for Error {
+    fn from(e: crate::verify::VerifyError) -> Error {
+        Error::Verify(Box::new(e))
     }
 }
 

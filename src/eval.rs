@@ -81,6 +81,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The value of the known metric `name` (crate::metric::KNOWN_METRICS).
+    pub fn get(&self, name: &str) -> Option<f64> {
+        match name {
+            "accuracy" => Some(self.accuracy),
+            "loss" => Some(self.loss),
+            "macro_f1" => Some(self.macro_f1),
+            _ => None,
+        }
+    }
+
     /// Metrics of `evaluation` over `classes` classes.
     pub fn new(evaluation: &Evaluation, classes: usize) -> Metrics {
         let mut confusion = vec![vec![0u64; classes]; classes];
@@ -189,6 +199,25 @@ pub fn decode_predictions(bytes: &[u8]) -> Result<(Vec<u32>, Vec<u32>, usize), P
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_known_metric_is_computed() {
+        let e = Evaluation {
+            labels: vec![0, 1],
+            predictions: vec![0, 0],
+            loss: 0.5,
+        };
+        let m = Metrics::new(&e, 2);
+        for known in crate::metric::KNOWN_METRICS {
+            assert!(
+                m.get(known.name).is_some(),
+                "{} is not computed",
+                known.name
+            );
+        }
+        assert_eq!(m.get("loss"), Some(0.5));
+        assert_eq!(m.get("f1"), None);
+    }
 
     #[test]
     fn metrics_by_hand() {

@@ -11,7 +11,7 @@ use git2::Repository;
 use serde::Serialize;
 
 use crate::compare::{parse_record, record_blobs, resolve, CompareError};
-use crate::gate::{gate, GateReport};
+use crate::gate::{gate, GateOptions, GateReport};
 use crate::git::{self, GitError};
 use crate::lfs::{LfsStore, Oid};
 use crate::record::layout;
@@ -176,7 +176,13 @@ fn gated_merge(
         }
     }
     let tree = git::git(dir, &["write-tree"])?.trim().to_string();
-    let report = gate(repo, &resolve(repo, target)?, &resolve(repo, &tree)?)?;
+    let options = GateOptions::from_config(repo, dir, false).map_err(FlowError::Precondition)?;
+    let report = gate(
+        repo,
+        &resolve(repo, target)?,
+        &resolve(repo, &tree)?,
+        &options,
+    )?;
     let code = report.exit_code();
     if code != crate::exit::ExitCode::Success {
         let _ = git::git(dir, &["merge", "--abort"]);

@@ -20,14 +20,17 @@
 
 use std::path::Path;
 
-use git2::{ObjectType, Repository};
+use git2::Repository;
 use serde::Serialize;
 
+use crate::compare::audit::audit;
 use crate::compare::diff::{compare_one, Examples};
 use crate::compare::{record_blobs, stored_record, CompareError, Snapshot, StoredRecord};
+use crate::metric::Direction;
 use crate::record::layout;
-use crate::record::{Direction, RunRecord, STATUS_COMPLETED};
+use crate::record::{RunRecord, STATUS_COMPLETED};
 use crate::spec::GateSpec;
+use crate::verify::{verify_one, VerifyOutcome};
 
 /// The gate's answer for one experiment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,6 +102,50 @@ pub struct GateReport {
     pub head: String,
     /// One entry per experiment whose record differs.
     pub experiments: Vec<ExperimentGate>,
+    /// What the audit of the judged records noticed without refusing them (an old record
+    /// without artifact bindings).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// How the gate judges, beyond the policy of the base.
+#[derive(Debug, Clone, Default)]
+pub struct GateOptions {
+    /// `--verify`: re-evaluate the committed weights of head and base (`exp verify`) before
+    /// judging, reading the eval sets under this data root.
+    pub verify: Option<std::path::PathBuf>,
+}
+
+/// The git config key that turns `--verify` on for every gate of the repository: the hooks and
+/// `exp flow finish` call the gate, so a CI runner or a server with the data sets it once.
+pub const VERIFY_CONFIG_KEY: &str = "exp.gate.verify";
+
+impl GateOptions {
+    /// The options `exp.gate.verify` in `repo`'s git config asks for (`force_verify`: the
+    /// command line said `--verify`); the data root is resolved from `cwd`. `Err` is a config
+    /// value that is not a boolean.
+    pub fn from_config(
+        repo: &Repository,
+        cwd: &Path,
+        force_verify: bool,
+    ) -> Result<GateOptions, String> {
+        let configured = match repo.config().and_then(|c| c.get_bool(VERIFY_CONFIG_KEY)) {
+            Ok(v) => v,
+            Err(e) if e.code() == git2::ErrorCode::NotFound => false,
+            Err(e) => {
+                return Err(format!(
+                    "git config {VERIFY_CONFIG_KEY} is not a boolean: {}",
+                    e.message()
+                ))
+            }
+        };
+        Ok(GateOptions {
+            verify: (force_verify || configured)
+                // Without HOME or EXP_DATA there is no data root; verification then reports it
+                // cannot find the data, and the gate cannot decide.
+                .then(|| crate::data::data_root(cwd).unwrap_or_default()),
+        })
+    }
 }
 
 impl GateReport {
@@ -150,6 +197,7 @@ pub fn gate(
     repo: &Repository,
     base: &Snapshot,
     head: &Snapshot,
+    options: &GateOptions,
 ) -> Result<GateReport, CompareError> {
     let base_blobs = record_blobs(repo, &base.tree)?;
     let head_blobs = record_blobs(repo, &head.tree)?;
@@ -157,12 +205,14 @@ pub fn gate(
     names.sort();
     names.dedup();
     let mut experiments = Vec::new();
+    let mut warnings = Vec::new();
     for name in names {
         let (b, h) = (base_blobs.get(name), head_blobs.get(name));
         if b == h {
-            // The same record; but a weights file replaced without a new run must not slip
-            // through.
-            if let Some(reason) = h.and_then(|blob| swapped_weights(repo, base, head, name, *blob))
+            // The same record; but a weights file, predictions or history replaced without a
+            // new run must not slip through.
+            if let Some(reason) =
+                h.and_then(|blob| changed_artifacts(repo, base, head, name, *blob))
             {
                 experiments.push(undecidable(name, GateSpec::default(), reason));
             }
@@ -175,21 +225,35 @@ pub fn gate(
                 continue;
             }
         };
-        experiments.push(judge(
+        let sides = Sides {
             repo,
             base,
             head,
+            options,
+        };
+        experiments.push(judge(
+            &sides,
             name,
             b.copied(),
             h.copied(),
             policy,
+            &mut warnings,
         )?);
     }
     Ok(GateReport {
         base: base.name.clone(),
         head: head.name.clone(),
         experiments,
+        warnings,
     })
+}
+
+/// What `judge` reads from.
+struct Sides<'a, 'r> {
+    repo: &'a Repository,
+    base: &'a Snapshot<'r>,
+    head: &'a Snapshot<'r>,
+    options: &'a GateOptions,
 }
 
 fn undecidable(name: &str, policy: GateSpec, reason: String) -> ExperimentGate {
@@ -237,65 +301,82 @@ fn read(
     stored_record(repo, snapshot, name, blob).map_err(|e| e.to_string())
 }
 
-/// Why the weights of an unchanged record are not the recorded ones, when the weights file
+/// Why the run files of an unchanged record are not the recorded ones, when the run's directory
 /// differs between base and head. (A record unreadable on both sides is not this change's doing.)
-fn swapped_weights(
+fn changed_artifacts(
     repo: &Repository,
     base: &Snapshot,
     head: &Snapshot,
     name: &str,
     record: git2::Oid,
 ) -> Option<String> {
-    let stored = read(repo, head, name, record).ok()?;
-    let path = layout::run_file(name, &stored.record.model.weights);
-    let id = |s: &Snapshot| s.tree.get_path(Path::new(&path)).ok().map(|e| e.id());
+    let dir = layout::run_dir(name);
+    let id = |s: &Snapshot| s.tree.get_path(Path::new(&dir)).ok().map(|e| e.id());
     if id(base) == id(head) {
         return None;
+    }
+    let stored = read(repo, head, name, record).ok()?;
+    if let Err(reason) = audit(repo, head, name, &stored) {
+        return Some(reason);
     }
     check_weights(repo, head, name, &stored.record).err()
 }
 
-/// The committed weights must be the object the record names.
+/// The committed weights must be the object (oid and size) the record names.
 fn check_weights(
     repo: &Repository,
     head: &Snapshot,
     name: &str,
     record: &RunRecord,
 ) -> Result<(), String> {
-    let path = layout::run_file(name, &record.model.weights);
-    let entry = head
-        .tree
-        .get_path(Path::new(&path))
-        .map_err(|_| format!("{path} is not committed, so the recorded model cannot be checked"))?;
-    if entry.kind() != Some(ObjectType::Blob) {
-        return Err(format!("{path} is not a file"));
-    }
-    let blob = repo
-        .find_blob(entry.id())
-        .map_err(|e| format!("{path} is unreadable: {}", e.message()))?;
-    let pointer = crate::lfs::LfsPointer::parse(blob.content()).map_err(|_| {
-        format!("{path} is committed as raw content, not as an LFS pointer (is the LFS filter installed? `exp init` sets it up)")
-    })?;
-    if pointer.oid.as_str() != record.model.oid {
-        return Err(format!(
-            "{path} points to LFS object {}, but the record names {}: the weights and the record do not belong together",
-            &pointer.oid.as_str()[..12],
-            &record.model.oid[..record.model.oid.len().min(12)]
-        ));
+    crate::weights::committed_pointer(repo, &head.tree, name, record)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Audits a side's record (and re-evaluates its weights with `--verify`): `Err` is why it cannot
+/// be judged.
+fn trusted(
+    sides: &Sides,
+    snapshot: &Snapshot,
+    side: &str,
+    name: &str,
+    stored: &StoredRecord,
+    warnings: &mut Vec<String>,
+) -> Result<(), String> {
+    warnings.extend(
+        audit(sides.repo, snapshot, name, stored)
+            .map_err(|e| format!("the {side}'s record cannot be trusted: {e}"))?,
+    );
+    if let Some(root) = &sides.options.verify {
+        let verified = verify_one(sides.repo, snapshot, name, stored, root);
+        match verified.outcome {
+            VerifyOutcome::Verified => {}
+            VerifyOutcome::Mismatch => {
+                return Err(format!("exp verify: the {side}'s {}", verified.reason))
+            }
+            VerifyOutcome::CannotVerify => {
+                return Err(format!(
+                    "exp verify cannot verify the {side}: {}",
+                    verified.reason
+                ))
+            }
+        }
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn judge(
-    repo: &Repository,
-    base: &Snapshot,
-    head: &Snapshot,
+    sides: &Sides,
     name: &str,
     base_blob: Option<git2::Oid>,
     head_blob: Option<git2::Oid>,
     policy: GateSpec,
+    warnings: &mut Vec<String>,
 ) -> Result<ExperimentGate, CompareError> {
+    let Sides {
+        repo, base, head, ..
+    } = *sides;
     let Some(head_blob) = head_blob else {
         return Ok(undecidable(
             name,
@@ -321,6 +402,9 @@ fn judge(
     if let Err(e) = check_weights(repo, head, name, &h.record) {
         return Ok(undecidable(name, policy, e));
     }
+    if let Err(e) = trusted(sides, head, "head", name, &h, warnings) {
+        return Ok(undecidable(name, policy, e));
+    }
     let Some(base_blob) = base_blob else {
         return Ok(ExperimentGate {
             name: name.to_string(),
@@ -343,7 +427,20 @@ fn judge(
                 .into(),
         ));
     }
-    let diff = compare_one(repo, name, Some(&b), Some(&h))?;
+    if let Err(e) = trusted(sides, base, "base", name, &b, warnings) {
+        return Ok(undecidable(name, policy, e));
+    }
+    let diff = match compare_one(repo, name, Some(&b), Some(&h)) {
+        Ok(diff) => diff,
+        Err(CompareError::Untrusted { path, reason, .. }) => {
+            return Ok(undecidable(
+                name,
+                policy,
+                format!("the head's {path}: {reason}"),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     let paired = match diff.examples {
         Examples::Compared { p_value, .. } => Some(p_value),
         Examples::NotComparable { .. } => None,
@@ -358,14 +455,13 @@ fn judge(
             undecided = Some(format!("metric {metric:?} is missing from a record"));
             break;
         };
-        let direction = h
-            .record
-            .metrics
-            .meta
-            .get(metric)
-            .or_else(|| b.record.metrics.meta.get(metric))
-            .map(|m| m.direction)
-            .unwrap_or(Direction::Max);
+        // From the table of known metrics (the base's policy was checked against it), never
+        // from a record.
+        let Some(known) = crate::metric::known(metric) else {
+            undecided = Some(format!("metric {metric:?} is not one exp knows"));
+            break;
+        };
+        let direction = known.direction;
         let p_value = if metric == "accuracy" { paired } else { None };
         checks.push(check_metric(&policy, metric, direction, bv, hv, p_value));
     }

@@ -9,11 +9,10 @@ use git2::Repository;
 use serde::Serialize;
 
 use crate::compare::{self, CompareError};
-use crate::lfs::{LfsPointer, LfsStore};
 use crate::model::Model;
-use crate::record::layout::{self, WEIGHTS_FILE};
 use crate::record::InitRecord;
 use crate::record::RunRecord;
+use crate::weights::WeightsError;
 
 /// Why a run cannot start from the weights `init.from` names.
 #[derive(Debug, thiserror::Error)]
@@ -140,59 +139,24 @@ pub fn load_parent(
     let record: RunRecord =
         compare::parse_record(repo, blobs[&name], from, &name).map_err(revision)?;
 
-    let pointer_path = layout::run_file(&name, WEIGHTS_FILE);
-    let entry = snapshot
-        .tree
-        .get_path(std::path::Path::new(&pointer_path))
-        .map_err(|_| weights_error(format!("{pointer_path} is not in that revision")))?;
-    let blob = repo
-        .find_blob(entry.id())
-        .map_err(|e| weights_error(format!("{pointer_path}: {}", e.message())))?;
-    let pointer = LfsPointer::parse(blob.content())
-        .map_err(|e| weights_error(format!("{pointer_path} is not an LFS pointer: {e}")))?;
-    if pointer.oid.as_str() != record.model.oid {
-        return Err(weights_error(format!(
-            "{pointer_path} points at {} but the record names {}",
-            pointer.oid.as_str(),
-            record.model.oid
-        )));
-    }
-    let store = LfsStore::for_repo(repo);
-    let path = store.object_path(&pointer.oid);
-    let mut fetch = None;
-    if !path.is_file() {
-        // Not here: fetch it (verified) from the default remote's LFS store or server, as a
-        // checkout through exp's filter would. If that fails too, the error says why.
-        if let Some(remote) = crate::lfs::remote::default_remote_store(repo) {
-            if let Err(e) = remote.download(&store, std::slice::from_ref(&pointer)) {
-                fetch = Some(e.to_string());
-            }
-        }
-    }
-    if !path.is_file() {
-        return Err(InitFromError::MissingObject {
-            from: from.to_string(),
-            experiment: name,
-            oid: pointer.oid.as_str().to_string(),
-            path: path.display().to_string(),
-            fetch,
-        });
-    }
-    let bytes = std::fs::read(&path)
-        .map_err(|e| weights_error(format!("cannot read {}: {e}", path.display())))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| weights_error(format!("{}: {e}", path.display())))?;
-    let sorted = tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.clone()))
-        .collect();
-    let hash = crate::record::tensor_hash(&sorted).map_err(|e| weights_error(e.to_string()))?;
-    if hash != record.model.tensor_hash {
-        return Err(weights_error(format!(
-            "the weights in the store do not hash to the record's tensor_hash ({hash} vs {})",
-            record.model.tensor_hash
-        )));
-    }
+    let (tensors, hash) =
+        crate::weights::load_committed(repo, &snapshot.tree, &name, &record, device).map_err(
+            |e| match e {
+                WeightsError::MissingObject {
+                    experiment,
+                    oid,
+                    path,
+                    fetch,
+                } => InitFromError::MissingObject {
+                    from: from.to_string(),
+                    experiment,
+                    oid,
+                    path,
+                    fetch,
+                },
+                other => weights_error(other.to_string()),
+            },
+        )?;
     Ok(Parent {
         record: InitRecord {
             from: from.to_string(),

@@ -39,6 +39,7 @@ pub mod init_from;
 pub mod kernel_args;
 pub mod kernel_check;
 pub mod lfs;
+pub mod metric;
 pub mod model;
 pub mod profile;
 pub mod record;
@@ -47,6 +48,8 @@ pub mod rng;
 pub mod run;
 pub mod spec;
 pub mod train;
+pub mod verify;
+pub mod weights;
 
 pub use error::Error;
 pub use exit::ExitCode;

@@ -14,11 +14,12 @@ use crate::eval::{encode_predictions, Metrics};
 use crate::git::{self, BranchPlan, CommitFile};
 use crate::init_from;
 use crate::lfs::LfsStore;
+use crate::metric::KNOWN_METRICS;
 use crate::model::Model;
 use crate::record::layout::{self, HISTORY_FILE, PREDICTIONS_FILE, RECORD_FILE, WEIGHTS_FILE};
 use crate::record::{
-    self, DataRecord, Direction, EvalRecord, MetricMeta, MetricsTable, ModelRecord, RunInfo,
-    RunRecord, SplitRecord, TrainingRecord,
+    self, DataRecord, EvalRecord, MetricMeta, MetricsTable, ModelRecord, RunInfo, RunRecord,
+    SplitRecord, TrainingRecord,
 };
 use crate::spec::{self, Precision, ResolvedSpec};
 use crate::train::{self, StopFlag, TrainObserver};
@@ -244,6 +245,8 @@ pub fn run(
             confusion: metrics.confusion.clone(),
             predictions: PREDICTIONS_FILE.to_string(),
         },
+        // Bound in write_and_commit, once the files' bytes exist.
+        artifacts: BTreeMap::new(),
         training: TrainingRecord {
             epochs: outcome.history.len(),
             steps: outcome.steps,
@@ -321,6 +324,10 @@ fn write_and_commit(
     write_atomic(&out_dir.join(PREDICTIONS_FILE), &predictions)?;
     let history = record::encode_history(&outcome.history)?;
     write_atomic(&out_dir.join(HISTORY_FILE), &history)?;
+    record.artifacts = [(PREDICTIONS_FILE, &predictions), (HISTORY_FILE, &history)]
+        .into_iter()
+        .map(|(file, bytes)| (file.to_string(), record::artifact_hash(bytes)))
+        .collect();
     record.run.wall_seconds = (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     let record_text = record.to_toml()?;
     write_atomic(&out_dir.join(RECORD_FILE), record_text.as_bytes())?;
@@ -392,16 +399,15 @@ fn split_record(
 fn metrics_table(metrics: &Metrics, eval_set: &Split) -> MetricsTable {
     let mut values = BTreeMap::new();
     let mut meta = BTreeMap::new();
-    for (name, value, direction) in [
-        ("accuracy", metrics.accuracy, Direction::Max),
-        ("loss", metrics.loss, Direction::Min),
-        ("macro_f1", metrics.macro_f1, Direction::Max),
-    ] {
-        values.insert(name.to_string(), value);
+    for known in KNOWN_METRICS {
+        let value = metrics
+            .get(known.name)
+            .expect("every known metric is computed by eval::Metrics");
+        values.insert(known.name.to_string(), value);
         meta.insert(
-            name.to_string(),
+            known.name.to_string(),
             MetricMeta {
-                direction,
+                direction: known.direction,
                 eval_set: eval_set.blake3.clone(),
                 samples: eval_set.len,
             },

@@ -40,6 +40,9 @@ pub(super) fn execute(args: DiffArgs) -> Result<(), Error> {
     let repo = exp::git::open(&super::cwd()?)?;
     let (base, head) = super::base_and_head(&repo, args.base, args.head)?;
     let d = diff(&repo, &base, &head)?;
+    for warning in &d.warnings {
+        super::warn(warning);
+    }
     if args.json {
         return super::emit_json(&d);
     }

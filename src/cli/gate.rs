@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use exp::gate::{gate, GateRejected, Outcome};
+use exp::gate::{gate, GateOptions, GateRejected, Outcome};
 use exp::Error;
 
 /// The long help of `exp gate`.
@@ -35,6 +35,11 @@ pub struct GateArgs {
     /// Head revision or tree id (default: HEAD).
     #[arg(long)]
     pub head: Option<String>,
+    /// Re-evaluate the committed weights of head and base on the CPU (`exp verify`) before
+    /// judging; needs the data under the data root and the LFS objects. Also on when git config
+    /// exp.gate.verify is true (the hooks and `exp flow finish` honour it).
+    #[arg(long)]
+    pub verify: bool,
     /// Machine-readable JSON (the exit code is the same).
     #[arg(long)]
     pub json: bool,
@@ -42,9 +47,15 @@ pub struct GateArgs {
 
 pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
     exp::compare::fast_reads();
-    let repo = exp::git::open_any(&super::cwd()?)?;
+    let cwd = super::cwd()?;
+    let repo = exp::git::open_any(&cwd)?;
+    let options = GateOptions::from_config(&repo, &cwd, args.verify)
+        .map_err(exp::error::UsageError)?;
     let (base, head) = super::base_and_head(&repo, args.base, args.head)?;
-    let report = gate(&repo, &base, &head)?;
+    let report = gate(&repo, &base, &head, &options)?;
+    for warning in &report.warnings {
+        super::warn(warning);
+    }
     let (base_name, head_name) = (
         exp::report::rev_name(&report.base),
         exp::report::rev_name(&report.head),

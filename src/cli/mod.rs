@@ -39,6 +39,9 @@ pub enum Command {
     Show(log::ShowArgs),
     /// The chain of runs a model descends from (init.from), newest first.
     Lineage(lineage::LineageArgs),
+    /// Re-evaluate a run's committed weights on the CPU and check they produce its record.
+    #[command(long_about = verify::VERIFY_LONG_ABOUT)]
+    Verify(verify::VerifyArgs),
     /// Write an HTML report with charts: metrics across runs, training curves, confusion matrix.
     #[command(long_about = plot::PLOT_LONG_ABOUT)]
     Plot(plot::PlotArgs),
@@ -84,6 +87,11 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// A warning on stderr: what a command noticed without refusing it.
+pub(crate) fn warn(message: &str) {
+    eprintln!("warning: {message}");
+}
+
 mod device;
 mod diff;
 mod flow;
@@ -97,6 +105,7 @@ mod plot;
 mod progress;
 mod run;
 mod sync;
+mod verify;
 
 pub use exp::error::UsageError;
 
@@ -144,6 +153,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Show(args) => log::execute_show(args),
         Command::Plot(args) => plot::execute(args),
         Command::Lineage(args) => lineage::execute(args),
+        Command::Verify(args) => verify::execute(args),
         Command::Device(args) => device::execute(args),
         Command::Gate(args) => gate::execute(args),
         Command::Hooks(args) => hooks::execute(args),

@@ -5,9 +5,11 @@ use std::collections::BTreeSet;
 use git2::Repository;
 use serde::Serialize;
 
+use super::audit::audit;
 use super::stats::mcnemar_exact;
 use super::{records_at, CompareError, Snapshot, StoredRecord};
 use crate::eval::decode_predictions;
+use crate::record::layout::{run_file, PREDICTIONS_FILE, RECORD_FILE};
 use crate::record::{Direction, RunRecord};
 
 /// The differences between two revisions' records.
@@ -19,6 +21,9 @@ pub struct Diff {
     pub head: String,
     /// One entry per experiment whose record differs.
     pub experiments: Vec<ExperimentDiff>,
+    /// What the audit of the compared records noticed without refusing them (compare/audit.rs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Whether an experiment is new, gone or changed.
@@ -165,11 +170,18 @@ pub fn diff(repo: &Repository, base: &Snapshot, head: &Snapshot) -> Result<Diff,
     }
     let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     let mut experiments = Vec::new();
+    let mut warnings = Vec::new();
     for name in names {
         let (ra, rb) = (a.get(name), b.get(name));
         if let (Some(x), Some(y)) = (ra, rb) {
             if x.record_blob == y.record_blob {
                 continue;
+            }
+        }
+        // What is compared is what the committed artifacts show, not what a record claims.
+        for (snapshot, stored) in [(base, ra), (head, rb)] {
+            if let Some(stored) = stored {
+                warnings.extend(audited(repo, snapshot, name, stored)?);
             }
         }
         experiments.push(compare_one(repo, name, ra, rb)?);
@@ -178,6 +190,7 @@ pub fn diff(repo: &Repository, base: &Snapshot, head: &Snapshot) -> Result<Diff,
         base: base.name.clone(),
         head: head.name.clone(),
         experiments,
+        warnings,
     })
 }
 
@@ -209,7 +222,21 @@ pub(crate) fn compare_one(
             base: ra.map(|r| r.model.oid.clone()),
             head: rb.map(|r| r.model.oid.clone()),
         },
-        examples: compare_examples(repo, a, b)?,
+        examples: compare_examples(repo, name, a, b)?,
+    })
+}
+
+/// The audit's warnings for one side, or its refusal as an error.
+pub(crate) fn audited(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    name: &str,
+    stored: &StoredRecord,
+) -> Result<Vec<String>, CompareError> {
+    audit(repo, snapshot, name, stored).map_err(|reason| CompareError::Untrusted {
+        rev: snapshot.name.clone(),
+        path: run_file(name, RECORD_FILE),
+        reason,
     })
 }
 
@@ -319,6 +346,7 @@ fn data_changes(a: Option<&RunRecord>, b: Option<&RunRecord>) -> Vec<ValueChange
 
 fn compare_examples(
     repo: &Repository,
+    name: &str,
     a: Option<&StoredRecord>,
     b: Option<&StoredRecord>,
 ) -> Result<Examples, CompareError> {
@@ -353,7 +381,18 @@ fn compare_examples(
         Err(e) => return not(&format!("head {e}")),
     };
     if la != lb {
-        return not("the two predictions files carry different labels");
+        // Same eval set, so the same true labels in the same order: one side's file was not
+        // written for that eval set.
+        return Err(CompareError::Untrusted {
+            rev: b.rev.clone(),
+            path: run_file(name, PREDICTIONS_FILE),
+            reason: format!(
+                "its true labels differ from those of {} at {}, yet both records name the eval set {}",
+                run_file(name, PREDICTIONS_FILE),
+                a.rev,
+                a.record.data.test.blake3
+            ),
+        });
     }
     let (mut fixed, mut broken) = (0u64, 0u64);
     for ((label, x), y) in la.iter().zip(&pa).zip(&pb) {

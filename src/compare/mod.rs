@@ -2,6 +2,7 @@
 //! revision, the differences between two revisions, the history of records, and the paired
 //! significance test on per-example predictions.
 
+pub mod audit;
 pub mod cache;
 pub mod diff;
 pub mod log;
@@ -36,6 +37,16 @@ pub enum CompareError {
         /// What is wrong.
         message: String,
     },
+    /// A record disagrees with the artifacts committed beside it (compare/audit.rs).
+    #[error("cannot trust {path} at {rev}: {reason}")]
+    Untrusted {
+        /// The revision.
+        rev: String,
+        /// Path of the record.
+        path: String,
+        /// What disagrees: the field, the recorded and the recomputed value.
+        reason: String,
+    },
     /// The revision holds no run record at all.
     #[error("no run record at {0}")]
     NoRecords(String),
@@ -62,6 +73,9 @@ impl CompareError {
             CompareError::CorruptRecord { .. } => {
                 "the record was edited or damaged; `git log -p -- <path>` shows who changed it".into()
             }
+            CompareError::Untrusted { path, .. } => format!(
+                "the record and the files committed beside it do not belong together (edited by hand?); `git log -p -- {path}` shows who changed it, `exp verify` re-evaluates the weights"
+            ),
             CompareError::Git { .. } => return None,
         })
     }
@@ -124,6 +138,8 @@ pub struct StoredRecord {
     pub record_blob: Oid,
     /// Blob id of `predictions.bin`, if present.
     pub predictions_blob: Option<Oid>,
+    /// The revision it was read at, as given (for messages).
+    pub rev: String,
 }
 
 /// Blob ids of every `experiments/<name>/metrics.toml` in `tree`, by experiment name.
@@ -210,6 +226,7 @@ pub fn stored_record(
         record,
         record_blob: blob,
         predictions_blob,
+        rev: snapshot.name.clone(),
     })
 }
 

@@ -16,6 +16,9 @@ pub const PREDICTIONS_FILE: &str = "predictions.bin";
 pub const HISTORY_FILE: &str = "history.csv";
 /// Every file a run writes into `experiments/<name>/`.
 pub const RUN_FILES: [&str; 4] = [WEIGHTS_FILE, RECORD_FILE, PREDICTIONS_FILE, HISTORY_FILE];
+/// The run files the record binds by BLAKE3 in `[artifacts]` (the weights are bound by
+/// `model.oid` and `model.tensor_hash`).
+pub const BOUND_FILES: [&str; 2] = [PREDICTIONS_FILE, HISTORY_FILE];
 
 /// `experiments/<name>.toml`, as a path in Git's trees.
 pub fn spec_path(experiment: &str) -> String {

@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::data::FileFingerprint;
+pub use crate::metric::Direction;
 use crate::spec::Spec;
 
 pub mod layout;
@@ -106,6 +107,11 @@ pub struct RunRecord {
     pub metrics: MetricsTable,
     /// Per-class results on the eval set.
     pub eval: EvalRecord,
+    /// The run's other files, bound to the record: file name (in the run directory) → BLAKE3
+    /// of its bytes (docs/design.md §4). Empty in records written before bindings existed, which
+    /// are read with a warning.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
     /// How training went.
     pub training: TrainingRecord,
     /// The run whose weights this run started from (`init.from`).
@@ -226,16 +232,6 @@ pub struct MetricsTable {
     pub meta: BTreeMap<String, MetricMeta>,
 }
 
-/// Whether larger or smaller is better.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Larger is better.
-    Max,
-    /// Smaller is better.
-    Min,
-}
-
 /// What makes two values of a metric comparable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricMeta {
@@ -292,6 +288,11 @@ impl RunRecord {
     pub fn from_toml(text: &str) -> Result<RunRecord, RecordError> {
         Ok(toml::from_str(text)?)
     }
+}
+
+/// The `[artifacts]` value of a file: BLAKE3 of its bytes, hex.
+pub fn artifact_hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
 }
 
 /// BLAKE3 over the tensors sorted by name: name, dtype, shape and little-endian bytes, each

@@ -162,6 +162,21 @@ impl GateSpec {
         if self.metrics.is_empty() {
             return Err(("gate.metrics", "name at least one metric".into()));
         }
+        // The gate takes a metric's direction from the table of known metrics, so it can only
+        // judge metrics that table knows.
+        if let Some(unknown) = self
+            .metrics
+            .iter()
+            .find(|m| crate::metric::known(m).is_none())
+        {
+            return Err((
+                "gate.metrics",
+                format!(
+                    "names {unknown:?}, which exp does not know; the known metrics are {}",
+                    crate::metric::known_names()
+                ),
+            ));
+        }
         for (key, value) in [
             ("gate.max_drop", self.max_drop),
             ("gate.max_relative_drop", self.max_relative_drop),

@@ -62,20 +62,31 @@ impl Builder<'_> {
         record.run.experiment = name.into();
         record.run.branch = branch.into();
         record.data.test.examples = N as usize;
-        let correct = labels().iter().zip(preds).filter(|(a, b)| a == b).count();
-        record
-            .metrics
-            .values
-            .insert("accuracy".into(), correct as f64 / N as f64);
+        // The record says what its predictions show, computed by exp's own metrics code: the
+        // gate and diff recompute them and refuse a record that disagrees.
+        let evaluation = exp::eval::Evaluation {
+            labels: labels(),
+            predictions: preds.to_vec(),
+            loss: f64::NAN,
+        };
+        let metrics = exp::eval::Metrics::new(&evaluation, 10);
+        for name in ["accuracy", "macro_f1"] {
+            record
+                .metrics
+                .values
+                .insert(name.into(), metrics.get(name).unwrap());
+        }
+        for meta in record.metrics.meta.values_mut() {
+            meta.samples = N as usize;
+        }
+        record.eval.classes = 10;
+        record.eval.per_class_accuracy = metrics.per_class_accuracy.clone();
+        record.eval.confusion = metrics.confusion.clone();
         edit(&mut record);
         let dir = self.dir.join("experiments").join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("metrics.toml"), record.to_toml().unwrap()).unwrap();
-        std::fs::write(
-            dir.join("predictions.bin"),
-            encode_predictions(&labels(), preds, 10),
-        )
-        .unwrap();
+        let predictions = encode_predictions(&labels(), preds, 10);
+        std::fs::write(dir.join("predictions.bin"), &predictions).unwrap();
         if self.weights {
             let pointer = format!(
                 "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n",
@@ -95,7 +106,16 @@ impl Builder<'_> {
             })
             .collect();
         let header = "epoch,lr,train_loss,val_loss,val_accuracy,eval_loss,eval_accuracy,seconds\n";
-        std::fs::write(dir.join("history.csv"), format!("{header}{history}")).unwrap();
+        let history = format!("{header}{history}");
+        std::fs::write(dir.join("history.csv"), &history).unwrap();
+        record.artifacts = [
+            ("predictions.bin", &predictions[..]),
+            ("history.csv", history.as_bytes()),
+        ]
+        .into_iter()
+        .map(|(file, bytes)| (file.to_string(), exp::record::artifact_hash(bytes)))
+        .collect();
+        std::fs::write(dir.join("metrics.toml"), record.to_toml().unwrap()).unwrap();
         self.git(&["add", "-A"]);
         self.git(&["commit", "-q", "-m", &format!("exp run {name}")]);
         let tag = format!("run/{}/{name}/{n}", branch.replace('/', "-"));

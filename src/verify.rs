@@ -1,0 +1,440 @@
+//! `exp verify` (docs/design.md §7): re-evaluate a run's committed weights and compare with
+//! what its record and `predictions.bin` claim.
+//!
+//! The audit (compare/audit.rs) shows that a record agrees with its `predictions.bin`; only
+//! re-evaluating the weights shows that both came from them. The eval set is rebuilt from the
+//! record's own `[params]` data section (not today's spec) under the data root, and must have
+//! the record's fingerprint; the weights come from the LFS store and must hash to the record's
+//! tensor hash; the model runs on the CPU in f32.
+//!
+//! What counts as the same result depends on where the run was evaluated:
+//! - on this machine's kind of CPU path (f32, exp's CPU kernels, or candle's when the run
+//!   recorded `cpu_ops = "candle"` and this process uses them too): `predictions.bin` byte for
+//!   byte and the loss within 1e-6 (threads may sum in another order);
+//! - anywhere else (a GPU, half precision, the other CPU path): at most max(1, N/1000)
+//!   predictions may differ and the loss by 1e-4, and the report says that tolerance was used.
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use git2::Repository;
+use serde::Serialize;
+
+use crate::compare::audit::audit;
+use crate::compare::{stored_record, Snapshot, StoredRecord};
+use crate::data::{DataError, Dataset};
+use crate::eval::{decode_predictions, encode_predictions, evaluate};
+use crate::model::Model;
+use crate::record::layout::{self, PREDICTIONS_FILE, RECORD_FILE};
+use crate::record::RunRecord;
+use crate::spec::Precision;
+use crate::weights::{load_committed, WeightsError};
+
+/// Largest |Δloss| of a re-evaluation on the path the run was evaluated on.
+pub const EXACT_LOSS_TOLERANCE: f64 = 1e-6;
+/// Largest |Δloss| when the run was evaluated elsewhere (GPU, half precision, other kernels).
+pub const CROSS_DEVICE_LOSS_TOLERANCE: f64 = 1e-4;
+
+/// How close the re-evaluation must come.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Tolerance {
+    /// Byte-identical predictions, |Δloss| ≤ 1e-6.
+    Exact,
+    /// At most `max_differing` predictions differ, |Δloss| ≤ 1e-4.
+    CrossDevice {
+        /// Predictions allowed to differ: max(1, N/1000).
+        max_differing: usize,
+    },
+}
+
+/// One experiment's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerifyOutcome {
+    /// The weights reproduce the record.
+    Verified,
+    /// They do not (exit 1).
+    Mismatch,
+    /// Verification was not possible: no data, no object (exit 2).
+    CannotVerify,
+}
+
+/// What `exp verify` found for one experiment.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExperimentVerify {
+    /// Experiment name.
+    pub name: String,
+    /// The verdict.
+    pub outcome: VerifyOutcome,
+    /// Why, for a mismatch or a verification not possible; what tolerance was used otherwise.
+    pub reason: String,
+    /// The tolerance applied, once the weights were evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<Tolerance>,
+    /// Where the run was evaluated (the record's `run.device`).
+    pub recorded_device: String,
+    /// Examples re-evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub examples: Option<usize>,
+    /// Predictions that differ from the committed ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differing_predictions: Option<usize>,
+    /// The record's loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_loss: Option<f64>,
+    /// The loss of the re-evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+}
+
+/// `exp verify`'s answer for a revision.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The revision as given.
+    pub rev: String,
+    /// One entry per experiment verified.
+    pub experiments: Vec<ExperimentVerify>,
+}
+
+impl VerifyReport {
+    /// 1 when an experiment does not match (whatever else), else 2 when one could not be
+    /// verified, else 0.
+    pub fn exit_code(&self) -> crate::exit::ExitCode {
+        let any = |o| self.experiments.iter().any(|e| e.outcome == o);
+        if any(VerifyOutcome::Mismatch) {
+            crate::exit::ExitCode::Negative
+        } else if any(VerifyOutcome::CannotVerify) {
+            crate::exit::ExitCode::Usage
+        } else {
+            crate::exit::ExitCode::Success
+        }
+    }
+}
+
+/// Why `exp verify` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The revision or its records cannot be read.
+    #[error(transparent)]
+    Compare(#[from] crate::compare::CompareError),
+    /// `--experiment` names no record at the revision.
+    #[error("no run record of {name:?} at {rev} (it records {known})")]
+    NoSuchExperiment {
+        /// As given.
+        name: String,
+        /// The revision.
+        rev: String,
+        /// The experiments it records.
+        known: String,
+    },
+    /// The data root cannot be determined.
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+impl VerifyError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            VerifyError::Compare(e) => e.hint(),
+            VerifyError::NoSuchExperiment { .. } => {
+                Some("name one of the recorded experiments with --experiment".into())
+            }
+            VerifyError::Data(e) => e.hint(),
+        }
+    }
+}
+
+/// Verifies the records of `snapshot` (only `experiment`'s when given), reading data under
+/// the data root `root`.
+pub fn verify(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    experiment: Option<&str>,
+    root: &Path,
+) -> Result<VerifyReport, VerifyError> {
+    let blobs = crate::compare::record_blobs(repo, &snapshot.tree)?;
+    if blobs.is_empty() {
+        return Err(crate::compare::CompareError::NoRecords(snapshot.name.clone()).into());
+    }
+    let names: Vec<&String> = match experiment {
+        Some(name) => {
+            let Some((name, _)) = blobs.get_key_value(name) else {
+                return Err(VerifyError::NoSuchExperiment {
+                    name: name.to_string(),
+                    rev: snapshot.name.clone(),
+                    known: blobs.keys().cloned().collect::<Vec<_>>().join(", "),
+                });
+            };
+            vec![name]
+        }
+        None => blobs.keys().collect(),
+    };
+    let mut experiments = Vec::new();
+    for name in names {
+        let stored = stored_record(repo, snapshot, name, blobs[name])?;
+        experiments.push(verify_one(repo, snapshot, name, &stored, root));
+    }
+    Ok(VerifyReport {
+        rev: snapshot.name.clone(),
+        experiments,
+    })
+}
+
+/// Verifies one experiment's record `stored` in `snapshot`.
+pub fn verify_one(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    name: &str,
+    stored: &StoredRecord,
+    root: &Path,
+) -> ExperimentVerify {
+    let record = &stored.record;
+    let mut out = ExperimentVerify {
+        name: name.to_string(),
+        outcome: VerifyOutcome::CannotVerify,
+        reason: String::new(),
+        tolerance: None,
+        recorded_device: record.run.device.clone(),
+        examples: None,
+        differing_predictions: None,
+        recorded_loss: record.metrics.values.get("loss").copied(),
+        loss: None,
+    };
+    let verdict = |mut out: ExperimentVerify, outcome, reason: String| {
+        out.outcome = outcome;
+        out.reason = reason;
+        out
+    };
+    // The record must first agree with its own predictions: otherwise there is nothing
+    // consistent to reproduce.
+    if let Err(reason) = audit(repo, snapshot, name, stored) {
+        return verdict(out, VerifyOutcome::Mismatch, reason);
+    }
+    let record_path = format!(
+        "{} at {}",
+        layout::run_file(name, RECORD_FILE),
+        snapshot.name
+    );
+    let data = match Dataset::load(root, &record.params.data, record.params.train.seed, &|_| {
+        record_path.clone()
+    }) {
+        Ok(data) => data,
+        Err(e) => {
+            return verdict(
+                out,
+                VerifyOutcome::CannotVerify,
+                format!("the run's eval set cannot be rebuilt from its [params.data]: {e}"),
+            )
+        }
+    };
+    if data.test.blake3 != record.data.test.blake3 {
+        return verdict(
+            out,
+            VerifyOutcome::CannotVerify,
+            format!(
+                "the data root {} holds another eval set than the run's: its fingerprint is {}, the record's data.test.blake3 {}",
+                root.display(),
+                data.test.blake3,
+                record.data.test.blake3
+            ),
+        );
+    }
+    let device = Device::Cpu;
+    let (tensors, _) = match load_committed(repo, &snapshot.tree, name, record, &device) {
+        Ok(loaded) => loaded,
+        Err(e @ WeightsError::MissingObject { .. }) => {
+            return verdict(out, VerifyOutcome::CannotVerify, e.to_string())
+        }
+        Err(e) => return verdict(out, VerifyOutcome::Mismatch, e.to_string()),
+    };
+    let model = match load_model(record, &data, &tensors) {
+        Ok(model) => model,
+        Err(reason) => return verdict(out, VerifyOutcome::Mismatch, reason),
+    };
+    let evaluation = match data
+        .upload(&data.test, &device, DType::F32)
+        .and_then(|split| evaluate(&model, &split))
+    {
+        Ok(e) => e,
+        Err(e) => {
+            return verdict(
+                out,
+                VerifyOutcome::CannotVerify,
+                format!("evaluating the weights failed: {e}"),
+            )
+        }
+    };
+    let n = evaluation.labels.len();
+    let tolerance = tolerance_for(record, n);
+    out.tolerance = Some(tolerance);
+    out.examples = Some(n);
+    out.loss = Some(evaluation.loss);
+    let again = encode_predictions(
+        &evaluation.labels,
+        &evaluation.predictions,
+        record.eval.classes,
+    );
+    // The audit decoded the committed file already; it cannot fail here.
+    let committed = committed_predictions(repo, snapshot, name);
+    let (labels, predictions) = match committed.as_deref().map(decode_predictions) {
+        Some(Ok((labels, predictions, _))) => (labels, predictions),
+        _ => {
+            return verdict(
+                out,
+                VerifyOutcome::Mismatch,
+                format!("{} is unreadable", layout::run_file(name, PREDICTIONS_FILE)),
+            )
+        }
+    };
+    if labels != evaluation.labels {
+        return verdict(
+            out,
+            VerifyOutcome::Mismatch,
+            format!(
+                "the true labels in {} are not those of the rebuilt eval set",
+                layout::run_file(name, PREDICTIONS_FILE)
+            ),
+        );
+    }
+    let differing = predictions
+        .iter()
+        .zip(&evaluation.predictions)
+        .filter(|(a, b)| a != b)
+        .count();
+    out.differing_predictions = Some(differing);
+    let loss_delta = out
+        .recorded_loss
+        .map(|recorded| (evaluation.loss - recorded).abs());
+    let mut problems = Vec::new();
+    let (max_differing, max_loss_delta, how) = match tolerance {
+        Tolerance::Exact => (
+            0,
+            EXACT_LOSS_TOLERANCE,
+            "on the CPU path it was evaluated on: predictions byte for byte, loss within 1e-6"
+                .to_string(),
+        ),
+        Tolerance::CrossDevice { max_differing } => (
+            max_differing,
+            CROSS_DEVICE_LOSS_TOLERANCE,
+            format!(
+                "on the CPU, for a run evaluated on {}: at most {max_differing} of {n} predictions may differ, loss within 1e-4",
+                describe_path(record)
+            ),
+        ),
+    };
+    let same_bytes = committed.as_deref() == Some(&again[..]);
+    if differing > max_differing || (tolerance == Tolerance::Exact && !same_bytes) {
+        problems.push(format!(
+            "{differing} of {n} predictions differ from {}",
+            layout::run_file(name, PREDICTIONS_FILE)
+        ));
+    }
+    match (out.recorded_loss, loss_delta) {
+        (Some(recorded), Some(delta)) if delta.is_nan() || delta > max_loss_delta => problems.push(format!(
+            "the loss is {} again, the record says {recorded} (|Δ| = {delta:.3e} > {max_loss_delta:e})",
+            evaluation.loss
+        )),
+        (None, _) => problems.push("the record has no metrics.loss".into()),
+        _ => {}
+    }
+    if problems.is_empty() {
+        verdict(out, VerifyOutcome::Verified, format!("re-evaluated {how}"))
+    } else {
+        verdict(
+            out,
+            VerifyOutcome::Mismatch,
+            format!(
+                "the committed weights do not produce the record: {} (re-evaluated {how})",
+                problems.join("; ")
+            ),
+        )
+    }
+}
+
+/// The tolerance for a run evaluated as `record` says, re-evaluated here on `n` examples.
+pub fn tolerance_for(record: &RunRecord, n: usize) -> Tolerance {
+    let same_path = record.run.gpu.is_none()
+        && record.params.train.precision == Precision::F32
+        && record.run.cpu_ops.is_some() == crate::model::candle_cpu_ops_forced();
+    if same_path {
+        Tolerance::Exact
+    } else {
+        Tolerance::CrossDevice {
+            max_differing: (n / 1000).max(1),
+        }
+    }
+}
+
+fn describe_path(record: &RunRecord) -> String {
+    let mut parts = vec![record.run.device.clone()];
+    if record.params.train.precision != Precision::F32 {
+        parts.push(record.params.train.precision.as_str().to_string());
+    }
+    if record.run.gpu.is_none() {
+        parts.push(match &record.run.cpu_ops {
+            Some(ops) => format!("{ops}'s CPU ops"),
+            None => "exp's CPU kernels".into(),
+        });
+    }
+    parts.join(", ")
+}
+
+/// The model of the record's `[params.model]`, holding `tensors`.
+fn load_model(
+    record: &RunRecord,
+    data: &Dataset,
+    tensors: &crate::weights::Tensors,
+) -> Result<Model, String> {
+    if data.classes != record.eval.classes {
+        return Err(format!(
+            "the rebuilt data has {} classes, the record's eval.classes {}",
+            data.classes, record.eval.classes
+        ));
+    }
+    let model = Model::new(
+        &record.params.model,
+        data.shape,
+        data.classes,
+        record.params.train.seed,
+        &Device::Cpu,
+    )
+    .map_err(|e| format!("the recorded model cannot be built: {e}"))?;
+    if model.name().as_str() != record.model.architecture {
+        return Err(format!(
+            "[params.model] builds a {}, the record's model.architecture is {}",
+            model.name().as_str(),
+            record.model.architecture
+        ));
+    }
+    let state = model.params().named_state();
+    if let Some(extra) = tensors.keys().find(|k| !state.contains_key(k)) {
+        return Err(format!(
+            "the weights hold a tensor {extra} the recorded model does not have"
+        ));
+    }
+    for (name, var) in state {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| format!("the weights lack the recorded model's tensor {name}"))?;
+        if t.dims() != var.dims() {
+            return Err(format!(
+                "tensor {name} is {:?} in the weights but {:?} in the recorded model",
+                t.dims(),
+                var.dims()
+            ));
+        }
+        t.to_dtype(var.dtype())
+            .and_then(|t| var.set(&t))
+            .map_err(|e| format!("tensor {name}: {e}"))?;
+    }
+    Ok(model)
+}
+
+fn committed_predictions(repo: &Repository, snapshot: &Snapshot, name: &str) -> Option<Vec<u8>> {
+    let path = layout::run_file(name, PREDICTIONS_FILE);
+    let entry = snapshot.tree.get_path(Path::new(&path)).ok()?;
+    let blob = repo.find_blob(entry.id()).ok()?;
+    Some(blob.content().to_vec())
+}
