@@ -52,6 +52,14 @@ pub enum FlowError {
         /// The conflicting paths.
         files: String,
     },
+    /// A `v*` tag that did not come through `exp flow release` (release.rs).
+    #[error("{tag} is not a release made through the gate: {reason}")]
+    NotReleased {
+        /// The tag.
+        tag: String,
+        /// Why not.
+        reason: String,
+    },
     /// A model version does not exist or its weights are not available.
     #[error("{0}")]
     Model(String),
@@ -86,6 +94,9 @@ impl FlowError {
             ),
             FlowError::Git(e) => e.hint(),
             FlowError::Compare(e) => e.hint(),
+            FlowError::NotReleased { .. } => Some(
+                "releases are made by `exp flow release VERSION`; `exp model get --force` takes the weights anyway".into(),
+            ),
             _ => None,
         }
     }
@@ -256,12 +267,7 @@ pub fn finish(
 /// the models it ships) → merged back into develop.
 pub fn release(repo: &Repository, version: &str) -> Result<FlowReport, FlowError> {
     let dir = git::workdir(repo).to_path_buf();
-    if version.is_empty() || version.starts_with('v') || version.contains(char::is_whitespace) {
-        return Err(FlowError::Precondition(format!(
-            "{version:?} is not a version: give it without the v (exp flow release 1.2.0 tags v1.2.0)"
-        )));
-    }
-    let tag = format!("v{version}");
+    let tag = crate::release::tag_for(version).map_err(FlowError::Precondition)?;
     if repo.find_reference(&format!("refs/tags/{tag}")).is_ok() {
         return Err(FlowError::Precondition(format!("{tag} exists already")));
     }
@@ -285,7 +291,7 @@ pub fn release(repo: &Repository, version: &str) -> Result<FlowReport, FlowError
     report
         .steps
         .push(format!("merged {release} into main (--no-ff, gated)"));
-    let message = release_message(repo, &tag)?;
+    let message = crate::release::message(repo, &resolve(repo, "HEAD")?.tree, &tag)?;
     git::git(&dir, &["tag", "-a", &tag, "-m", &message])?;
     report.steps.push(format!(
         "tagged main {tag}:\n    {}",
@@ -305,29 +311,6 @@ pub fn release(repo: &Repository, version: &str) -> Result<FlowReport, FlowError
     git::git(&dir, &["branch", "-q", "-d", &release])?;
     report.steps.push(format!("deleted {release}"));
     Ok(report)
-}
-
-/// The tag message: the release and, per experiment, its model version and metrics.
-fn release_message(repo: &Repository, tag: &str) -> Result<String, FlowError> {
-    let head = resolve(repo, "HEAD")?;
-    let mut lines = vec![format!("Release {tag}"), String::new()];
-    let version = tag.trim_start_matches('v');
-    for (name, blob) in record_blobs(repo, &head.tree)? {
-        let r = parse_record(repo, blob, "HEAD", &name)?;
-        let metrics: Vec<String> = r
-            .metrics
-            .values
-            .iter()
-            .map(|(k, v)| format!("{k}={v:.4}"))
-            .collect();
-        lines.push(format!(
-            "{name}@{version}: {} (run {}, weights sha256:{})",
-            metrics.join(" "),
-            &r.run.id[..12],
-            r.model.oid
-        ));
-    }
-    Ok(lines.join("\n"))
 }
 
 /// `exp flow hotfix NAME`: a hotfix branch from main.
@@ -354,6 +337,9 @@ pub struct ModelVersion {
     pub oid: String,
     /// Size of the weights in bytes.
     pub size: u64,
+    /// Why the tag is not a release made through the gate (release.rs), when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_released: Option<String>,
 }
 
 /// Every released model version (tags `v*`), oldest version tag first by name.
@@ -368,6 +354,7 @@ pub fn models(repo: &Repository, name: Option<&str>) -> Result<Vec<ModelVersion>
     let mut tags: Vec<String> = tags.iter().flatten().map(String::from).collect();
     tags.sort();
     for tag in tags {
+        let not_released = crate::release::check_existing(repo, &tag).err();
         let snapshot = resolve(repo, &tag)?;
         for (experiment, blob) in record_blobs(repo, &snapshot.tree)? {
             if name.is_some_and(|n| n != experiment) {
@@ -380,6 +367,7 @@ pub fn models(repo: &Repository, name: Option<&str>) -> Result<Vec<ModelVersion>
                 metrics: r.metrics.values.clone(),
                 oid: r.model.oid.clone(),
                 size: r.model.size,
+                not_released: not_released.clone(),
             });
         }
     }
@@ -387,8 +375,14 @@ pub fn models(repo: &Repository, name: Option<&str>) -> Result<Vec<ModelVersion>
 }
 
 /// `exp model get NAME@VERSION`: writes the released weights to `out` (verified against the
-/// record's sha256); returns the path written.
-pub fn model_get(repo: &Repository, spec: &str, out: Option<&Path>) -> Result<PathBuf, FlowError> {
+/// record's sha256); returns the path written. A `v*` tag that is not a release made through
+/// the gate (release.rs) is refused unless `force`.
+pub fn model_get(
+    repo: &Repository,
+    spec: &str,
+    out: Option<&Path>,
+    force: bool,
+) -> Result<PathBuf, FlowError> {
     let Some((name, version)) = spec.split_once('@') else {
         return Err(FlowError::Model(format!(
             "{spec:?} is not NAME@VERSION (e.g. mnist-cnn@1.0.0)"
@@ -398,6 +392,11 @@ pub fn model_get(repo: &Repository, spec: &str, out: Option<&Path>) -> Result<Pa
     let snapshot = resolve(repo, &tag).map_err(|_| {
         FlowError::Model(format!("there is no release {tag} (exp models lists them)"))
     })?;
+    if let Err(reason) = crate::release::check_existing(repo, &tag) {
+        if !force {
+            return Err(FlowError::NotReleased { tag, reason });
+        }
+    }
     let blobs = record_blobs(repo, &snapshot.tree)?;
     let blob = blobs
         .get(name)

@@ -43,6 +43,7 @@ pub mod metric;
 pub mod model;
 pub mod profile;
 pub mod record;
+pub mod release;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -70,6 +70,23 @@ pub enum ModelAction {
         /// Where to write them (default: NAME-VERSION.safetensors here).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Take the weights of a v* tag that is not a release made by `exp flow release`
+        /// (lightweight, off main's first-parent history, or with another message).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check that tag TAG is a release made through the gate: an annotated vX.Y.Z tag on main's
+    /// first-parent history whose message is the one `exp flow release` writes (the server's
+    /// pre-receive hook runs this for every v* tag pushed). Exit 0 yes, 1 no.
+    CheckRelease {
+        /// The tag name, e.g. v1.2.0.
+        tag: String,
+        /// The tag object to check (default: the existing refs/tags/TAG).
+        #[arg(long, value_name = "OID")]
+        object: Option<String>,
+        /// The main commit to check against (default: main's tip); a hook passes the pushed one.
+        #[arg(long, value_name = "OID")]
+        main: Option<String>,
     },
 }
 
@@ -102,6 +119,15 @@ pub(super) fn execute_models(args: ModelsArgs) -> Result<(), Error> {
     header.extend(metrics.iter().map(|m| m.to_string()));
     header.extend(["weights (sha256)".to_string(), "bytes".into()]);
     let mut table = exp::report::table(header);
+    for v in versions.iter().filter(|v| v.not_released.is_some()) {
+        super::warn(&format!(
+            "{}@{}: v{} is not a release made through the gate: {}",
+            v.name,
+            v.version,
+            v.version,
+            v.not_released.as_deref().unwrap_or_default()
+        ));
+    }
     for v in &versions {
         let mut row = vec![format!("{}@{}", v.name, v.version), v.version.clone()];
         row.extend(
@@ -120,9 +146,32 @@ pub(super) fn execute_models(args: ModelsArgs) -> Result<(), Error> {
 pub(super) fn execute_model(args: ModelArgs) -> Result<(), Error> {
     let repo = exp::git::open_any(&super::cwd()?)?;
     match args.action {
-        ModelAction::Get { model, out } => {
-            let path = flow::model_get(&repo, &model, out.as_deref())?;
+        ModelAction::Get { model, out, force } => {
+            let path = flow::model_get(&repo, &model, out.as_deref(), force)?;
             super::outln!("wrote {} ({model})", path.display());
+        }
+        ModelAction::CheckRelease { tag, object, main } => {
+            let oid = |what: &str, text: &str| {
+                git2::Oid::from_str(text).map_err(|_| {
+                    exp::error::UsageError(format!("--{what} {text:?} is not an object id"))
+                })
+            };
+            let object = match object {
+                Some(text) => oid("object", &text)?,
+                None => repo
+                    .refname_to_id(&format!("refs/tags/{tag}"))
+                    .map_err(|_| exp::error::UsageError(format!("there is no tag {tag}")))?,
+            };
+            let main = main.map(|text| oid("main", &text)).transpose()?;
+            if let Err(reason) = exp::release::check(&repo, &tag, object, main) {
+                return Err(exp::error::Verdict {
+                    message: format!("{tag} is not a release made through the gate: {reason}"),
+                    hint: "releases are made by `exp flow release VERSION` on develop; delete the tag (git tag -d) and release through the gate".into(),
+                    code: exp::ExitCode::Negative,
+                }
+                .into());
+            }
+            super::outln!("{tag} is a release made through the gate");
         }
     }
     Ok(())

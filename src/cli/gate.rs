@@ -49,8 +49,8 @@ pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
     exp::compare::fast_reads();
     let cwd = super::cwd()?;
     let repo = exp::git::open_any(&cwd)?;
-    let options = GateOptions::from_config(&repo, &cwd, args.verify)
-        .map_err(exp::error::UsageError)?;
+    let options =
+        GateOptions::from_config(&repo, &cwd, args.verify).map_err(exp::error::UsageError)?;
     let (base, head) = super::base_and_head(&repo, args.base, args.head)?;
     let report = gate(&repo, &base, &head, &options)?;
     for warning in &report.warnings {

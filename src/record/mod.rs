@@ -451,6 +451,27 @@ mod tests {
         assert_eq!(again.to_toml().unwrap(), written);
     }
 
+    /// `[artifacts]`: file name → BLAKE3 hex of its bytes, after `[eval]`; absent when empty.
+    #[test]
+    fn artifacts_layout_is_pinned() {
+        assert_eq!(
+            artifact_hash(b"abc"),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
+        let mut record =
+            RunRecord::from_toml(include_str!("../../tests/fixtures/record.toml")).unwrap();
+        assert!(!record.to_toml().unwrap().contains("[artifacts]"));
+        record.artifacts = [("predictions.bin", &b"abc"[..]), ("history.csv", b"")]
+            .into_iter()
+            .map(|(f, b)| (f.to_string(), artifact_hash(b)))
+            .collect();
+        let text = record.to_toml().unwrap();
+        let table = "\n[artifacts]\n\"history.csv\" = \"af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262\"\n\"predictions.bin\" = \"6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85\"\n";
+        let at = text.find(table).expect(&text);
+        assert!(text.find("\n[eval]").unwrap() < at && at < text.find("\n[training]").unwrap());
+        assert_eq!(RunRecord::from_toml(&text).unwrap(), record);
+    }
+
     #[test]
     fn tensor_hash_is_value_shape_and_dtype_sensitive() {
         let a = Tensor::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();

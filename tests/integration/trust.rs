@@ -403,3 +403,145 @@ fn verify_reevaluates_the_committed_weights() {
     std::fs::remove_file(&object).unwrap();
     refused(&env, &dir, &["verify"], 2, "are not in the local store");
 }
+
+/// The server's pre-receive hook cannot be skipped by deleting a protected branch and pushing it
+/// again, and receives only `v*` tags that are releases made through the gate; `exp models` and
+/// `exp model get` tell such tags apart locally too.
+#[test]
+fn the_server_cannot_be_skipped_and_receives_only_releases() {
+    let env = Env::new();
+    let dir = env.init_repo("server");
+    env.git(&dir, &["switch", "-q", "-c", "feature/good", "develop"]);
+    let out = quick_run(&env, &dir, "mnist-cnn", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    env.git(&dir, &["switch", "-q", "develop"]);
+    env.git(
+        &dir,
+        &["merge", "-q", "--no-ff", "feature/good", "-m", "merge good"],
+    );
+    env.exp_ok(&dir, &["flow", "release", "1.0.0"]);
+    let good_develop = env.git(&dir, &["rev-parse", "develop"]).trim().to_string();
+    // A much worse run, merged locally (no hooks here).
+    env.git(&dir, &["switch", "-q", "-c", "feature/bad", "develop"]);
+    let out = quick_run(&env, &dir, "mnist-cnn", &["--set", "train.lr=1e-6"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    env.git(&dir, &["switch", "-q", "develop"]);
+    env.git(
+        &dir,
+        &["merge", "-q", "--no-ff", "feature/bad", "-m", "merge bad"],
+    );
+
+    let remote = env.path("remote.git");
+    env.git(
+        env.tmp.path(),
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    env.exp_ok(&remote, &["hooks", "install"]);
+    env.git(&dir, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    let push = |args: &[&str]| {
+        let mut all = vec!["push", "--no-verify", "origin"];
+        all.extend_from_slice(args);
+        env.git_out(&dir, &all)
+    };
+    let refused_push = |args: &[&str], expected: &str| {
+        let out = push(args);
+        assert!(
+            !out.status.success(),
+            "git push {args:?} was received: {}",
+            describe(&out)
+        );
+        assert!(
+            stderr(&out).contains(expected) && stderr(&out).contains("pre-receive hook declined"),
+            "git push {args:?} does not say {expected:?}: {}",
+            describe(&out)
+        );
+    };
+    // main and its release: main is the first protected branch there, the tag a release.
+    let out = push(&["main", "v1.0.0"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    // develop is new there: gated against main, so the regression is refused.
+    refused_push(&["develop"], "regression in mnist-cnn: accuracy fell from");
+    assert!(
+        stderr(&push(&["develop"])).contains("develop is new here: gating it against main"),
+        "the creation was not gated against main"
+    );
+    let out = push(&[&format!("{good_develop}:refs/heads/develop")]);
+    assert!(out.status.success(), "{}", describe(&out));
+    // Deleting a protected branch (to push it again ungated) is refused.
+    refused_push(
+        &[":develop"],
+        "deleting develop is refused: pushing it again would skip the gate",
+    );
+    refused_push(&[":main"], "deleting main is refused");
+
+    // Tags named like releases that did not come through the gate.
+    env.git(&dir, &["tag", "v2.0.0", "main"]);
+    refused_push(
+        &["v2.0.0"],
+        "v2.0.0 is not a release made through the gate: v2.0.0 is a lightweight tag",
+    );
+    env.git(
+        &dir,
+        &[
+            "tag",
+            "-a",
+            "v2.0.1",
+            "-m",
+            "Release v2.0.1",
+            "feature/good",
+        ],
+    );
+    refused_push(&["v2.0.1"], "v2.0.1 tags ");
+    refused_push(&["v2.0.1"], "which is not on main's first-parent history");
+    env.git(
+        &dir,
+        &[
+            "tag",
+            "-a",
+            "v2.0.2",
+            "-m",
+            "Release v2.0.2\n\nhand made",
+            "main",
+        ],
+    );
+    refused_push(
+        &["v2.0.2"],
+        "v2.0.2's message is not the one exp flow release writes for that commit's records",
+    );
+    env.git(&dir, &["tag", "-a", "vnext", "-m", "Release vnext", "main"]);
+    refused_push(
+        &["vnext"],
+        "\"next\" is not a semantic version MAJOR.MINOR.PATCH",
+    );
+
+    // Locally: listed with a warning, refused by model get unless --force.
+    let out = env.exp(&dir, &["models"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("mnist-cnn@1.0.0")
+            && stderr(&out).contains(
+                "warning: mnist-cnn@2.0.2: v2.0.2 is not a release made through the gate"
+            )
+            && !stderr(&out).contains("mnist-cnn@1.0.0:"),
+        "{}",
+        describe(&out)
+    );
+    refused(
+        &env,
+        &dir,
+        &["model", "get", "mnist-cnn@2.0.2"],
+        2,
+        "v2.0.2 is not a release made through the gate: v2.0.2's message is not the one",
+    );
+    let out = env.exp_ok(&dir, &["model", "get", "mnist-cnn@2.0.2", "--force"]);
+    assert!(out.contains("wrote mnist-cnn-2.0.2.safetensors"), "{out}");
+    env.exp_ok(&dir, &["model", "get", "mnist-cnn@1.0.0"]);
+    env.exp_ok(&dir, &["model", "check-release", "v1.0.0"]);
+    refused(
+        &env,
+        &dir,
+        &["model", "check-release", "v2.0.0"],
+        1,
+        "v2.0.0 is a lightweight tag",
+    );
+}

@@ -1,0 +1,128 @@
+//! Releases (docs/design.md §7): what makes a `v*` tag a release that went through the gate.
+//!
+//! A release is an annotated tag `vX.Y.Z` (a semantic version) on `main`'s first-parent history
+//! — the merge commits `exp flow release` makes, never a commit of a merged branch — whose
+//! message is exactly the one `exp flow release` writes for that commit's records. Anything else
+//! named `v*` (a lightweight tag, a tag on a feature branch, a hand-written message) did not come
+//! through the gate: `exp models` lists it with a warning, `exp model get` refuses it without
+//! `--force`, and the server's pre-receive hook refuses to receive it.
+
+use git2::{ObjectType, Oid, Repository, Tree};
+
+use crate::compare::{parse_record, record_blobs, CompareError};
+
+/// The branch releases are made on.
+pub const RELEASE_BRANCH: &str = "main";
+
+/// The tag of release `version` (`1.2.0` → `v1.2.0`); `Err` says why `version` is not a semantic
+/// version.
+pub fn tag_for(version: &str) -> Result<String, String> {
+    if version.starts_with('v') {
+        return Err(format!(
+            "{version:?} is not a version: give it without the v (exp flow release 1.2.0 tags v1.2.0)"
+        ));
+    }
+    semver::Version::parse(version).map_err(|e| {
+        format!("{version:?} is not a semantic version MAJOR.MINOR.PATCH (e.g. 1.2.0): {e}")
+    })?;
+    Ok(format!("v{version}"))
+}
+
+/// The message of release tag `tag` on a commit with tree `tree`: the release and, per
+/// experiment, its model version, metrics, run and weights.
+pub fn message(repo: &Repository, tree: &Tree, tag: &str) -> Result<String, CompareError> {
+    let mut lines = vec![format!("Release {tag}"), String::new()];
+    let version = tag.trim_start_matches('v');
+    for (name, blob) in record_blobs(repo, tree)? {
+        let r = parse_record(repo, blob, tag, &name)?;
+        let metrics: Vec<String> = r
+            .metrics
+            .values
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.4}"))
+            .collect();
+        lines.push(format!(
+            "{name}@{version}: {} (run {}, weights sha256:{})",
+            metrics.join(" "),
+            &r.run.id[..r.run.id.len().min(12)],
+            r.model.oid
+        ));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// Whether the tag object `object`, to be named `refs/tags/<tag>`, is a release; `main` is the
+/// release branch's commit to check against (the pushed one, in a hook), else its current tip.
+/// `Err` says why not.
+pub fn check(repo: &Repository, tag: &str, object: Oid, main: Option<Oid>) -> Result<(), String> {
+    let version = tag
+        .strip_prefix('v')
+        .ok_or_else(|| format!("{tag} does not start with v"))?;
+    tag_for(version)?;
+    let annotated = repo.find_tag(object).map_err(|_| {
+        format!("{tag} is a lightweight tag; exp flow release makes annotated tags")
+    })?;
+    let target = annotated
+        .target()
+        .ok()
+        .and_then(|o| o.peel(ObjectType::Commit).ok())
+        .and_then(|o| o.into_commit().ok())
+        .ok_or_else(|| format!("{tag} does not tag a commit"))?;
+    let main = match main {
+        Some(oid) => oid,
+        None => repo
+            .refname_to_id(&format!("refs/heads/{RELEASE_BRANCH}"))
+            .map_err(|_| format!("there is no {RELEASE_BRANCH} branch to release from"))?,
+    };
+    if !on_first_parent_history(repo, main, target.id())? {
+        return Err(format!(
+            "{tag} tags {}, which is not on {RELEASE_BRANCH}'s first-parent history (releases are the merges exp flow release makes into {RELEASE_BRANCH})",
+            &target.id().to_string()[..12]
+        ));
+    }
+    let tree = target.tree().map_err(|e| e.message().to_string())?;
+    let expected = message(repo, &tree, tag).map_err(|e| e.to_string())?;
+    let actual = annotated.message().unwrap_or("");
+    // `git tag -m` ends the message with a newline; `exp flow release` passes it without.
+    if actual.trim_end_matches('\n') != expected {
+        return Err(format!(
+            "{tag}'s message is not the one exp flow release writes for that commit's records"
+        ));
+    }
+    Ok(())
+}
+
+/// [`check`] for an existing tag `refs/tags/<tag>`.
+pub fn check_existing(repo: &Repository, tag: &str) -> Result<(), String> {
+    let object = repo
+        .refname_to_id(&format!("refs/tags/{tag}"))
+        .map_err(|_| format!("there is no tag {tag}"))?;
+    check(repo, tag, object, None)
+}
+
+fn on_first_parent_history(repo: &Repository, tip: Oid, commit: Oid) -> Result<bool, String> {
+    let mut walk = repo.revwalk().map_err(|e| e.message().to_string())?;
+    walk.push(tip).map_err(|e| e.message().to_string())?;
+    walk.simplify_first_parent()
+        .map_err(|e| e.message().to_string())?;
+    for oid in walk {
+        if oid.map_err(|e| e.message().to_string())? == commit {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_semantic() {
+        assert_eq!(tag_for("1.2.0").unwrap(), "v1.2.0");
+        assert_eq!(tag_for("1.0.0-rc.1").unwrap(), "v1.0.0-rc.1");
+        for bad in ["v1.2.0", "1.2", "1", "one", "1.2.0 ", "", "01.2.0"] {
+            assert!(tag_for(bad).is_err(), "{bad:?}");
+        }
+    }
+}
