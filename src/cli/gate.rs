@@ -11,8 +11,9 @@ pub(super) const GATE_LONG_ABOUT: &str =
 experiment whose record differs, apply the [gate] policy of the BASE's experiments/<name>.toml (a \
 branch cannot loosen the rule it is judged by).
 
-The rule, for each gated metric (gate.metrics, default [\"accuracy\"]; better direction from the \
-record), with w = how much worse head is than base:
+The rule, for each gated metric (gate.metrics, default [\"accuracy\"]; better direction from \
+exp's table of known metrics: accuracy and macro_f1 up, loss down), with w = how much worse head \
+is than base:
   1. fail when head misses the floor gate.min (rising metrics) or ceiling gate.max (falling ones);
   2. fail when w exceeds the tolerance: the smaller of gate.max_drop and gate.max_relative_drop × \
 |base| of those set, 0 when neither is (then any drop fails);
@@ -21,7 +22,10 @@ p < gate.alpha (default 0.05): a real drop, however small;
   4. pass otherwise.
 A new experiment (no record on base) passes. It fails closed: a record deleted on head, unreadable \
 or not `completed`, a different eval set (unless gate.allow_different_eval_set = true), a missing \
-metric, or committed weights whose LFS pointer is not the record's object cannot be decided.
+metric, committed weights whose LFS pointer is not the record's object, or a record that disagrees \
+with the files committed beside it (bindings, NaN, direction, metrics recomputed from \
+predictions.bin) cannot be decided. --verify (or git config exp.gate.verify true) also \
+re-evaluates the committed weights (exp verify).
 
 --head accepts a tree id, so a hook can judge a merge by its result (`git write-tree`).
 Exit: 0 pass, 1 regression, 2 cannot decide (or a usage error).";
