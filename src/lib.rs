@@ -48,6 +48,7 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod spec;
+pub mod sweep;
 pub mod train;
 pub mod verify;
 pub mod weights;

@@ -21,6 +21,8 @@ pub enum Purpose {
     Subset = 4,
     /// Random crops and flips of training batches.
     Augment = 5,
+    /// The random samples of a sweep (`[sweep] random`).
+    Sweep = 6,
 }
 
 /// A seeded random stream.
@@ -64,6 +66,11 @@ impl ExpRng {
     /// A uniform draw from `0..n` (`n` > 0).
     pub fn below(&mut self, n: usize) -> usize {
         self.0.random_range(0..n)
+    }
+
+    /// A uniform draw from [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        self.0.random()
     }
 
     /// A fair coin.

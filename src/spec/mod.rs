@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub mod keys;
 mod lines;
 mod parse;
+pub mod sweep;
 mod validate;
 
 pub use parse::{load, parse, ResolvedSpec};
@@ -119,13 +120,16 @@ pub struct Spec {
     /// record and the run id, and `exp gate` reads it from the base revision's spec file.
     #[serde(default, skip_serializing)]
     pub gate: GateSpec,
+    /// The trials `exp sweep` runs (`sweep.rs`). Like `[gate]`, not a training parameter.
+    #[serde(default, skip_serializing)]
+    pub sweep: Option<sweep::SweepSpec>,
 }
 
 /// `[gate]`: when a merge into develop or main is a regression (docs/gate.md has the rule).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GateSpec {
-    /// Gated metrics (their better direction comes from the records).
+    /// Gated metrics, from `metric::KNOWN_METRICS` (which gives their better direction).
     pub metrics: Vec<String>,
     /// Largest tolerated worsening, absolute (e.g. 0.005 = half a point of accuracy).
     pub max_drop: Option<f64>,

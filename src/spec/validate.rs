@@ -23,6 +23,11 @@ pub(super) fn validate(mut spec: Spec, origins: &Origins) -> Result<Spec, SpecEr
     spec.gate
         .check()
         .map_err(|(key, message)| error_at(origins, key, message))?;
+    if let Some(sweep) = &spec.sweep {
+        sweep
+            .check()
+            .map_err(|(key, message)| error_at(origins, &key, message))?;
+    }
     Ok(spec)
 }
 
