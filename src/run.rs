@@ -160,6 +160,7 @@ pub fn run(
     };
 
     let root = data_root(&options.cwd)?;
+    let loading = Instant::now();
     let data = Dataset::load(&root, &spec.data, spec.train.seed, &|key| {
         resolved.origin(key)
     })?;
@@ -171,6 +172,7 @@ pub fn run(
         .map(|s| s.blake3.as_str())
         .chain(parent.as_ref().map(|p| p.record.tensor_hash.as_str()))
         .collect();
+    let load_seconds = loading.elapsed().as_secs_f64();
     let run_id = record::run_id(spec, &split_ids, spec.train.seed)?;
     git::check_identity(&repo)?;
     let plan = git::plan_branch(&repo, &options.experiment, &run_id)?;
@@ -254,9 +256,13 @@ pub fn run(
             skipped_steps: outcome.skipped_steps,
             best_epoch: outcome.best_epoch,
             class_weights: outcome.class_weights.clone(),
-            timing: outcome.timing.clone(),
+            timing: record::Timing {
+                load_seconds,
+                ..outcome.timing.clone()
+            },
         },
         init: parent.map(|p| p.record),
+        sweep: None,
     };
 
     // From here on the run is complete: signals no longer abort it, so that a commit is

@@ -61,6 +61,9 @@ pub fn parse_history(bytes: &[u8]) -> Result<Vec<EpochRecord>, csv::Error> {
 /// Where training time went, summed over the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timing {
+    /// Reading and decoding the data set before training (0 in records before it was kept).
+    #[serde(default)]
+    pub load_seconds: f64,
     /// Gathering and normalising batches.
     pub data_seconds: f64,
     /// Forward pass and loss.
@@ -117,6 +120,22 @@ pub struct RunRecord {
     /// The run whose weights this run started from (`init.from`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitRecord>,
+    /// The sweep trial this run is (`exp sweep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepRecord>,
+}
+
+/// `[sweep]` of the run record: which trial of which sweep this run is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepRecord {
+    /// The sweep's id (its branch is `feature/sweep-<experiment>-<id>`).
+    pub id: String,
+    /// The trial's index in the sweep.
+    pub trial: usize,
+    /// The trial's id: BLAKE3 of the sweep id and the swept values (`sweep::plan::Trial::id`).
+    pub trial_id: String,
+    /// The swept spec keys and their values in this trial.
+    pub values: BTreeMap<String, toml::Value>,
 }
 
 /// `[init]` of the run record: the run whose weights this run started from.
