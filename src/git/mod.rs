@@ -10,6 +10,8 @@ use std::process::Command;
 
 use git2::{Oid, Repository};
 
+pub mod append;
+
 /// A Git failure.
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
@@ -43,6 +45,14 @@ pub enum GitError {
         path: String,
         /// `git status` lines.
         details: String,
+    },
+    /// A headless append kept losing the race for its branch.
+    #[error("could not append to {branch}: it moved under each of {attempts} attempts")]
+    Contended {
+        /// The branch.
+        branch: String,
+        /// Attempts made.
+        attempts: usize,
     },
     /// A `git` command failed.
     #[error("`git {command}` failed: {stderr}")]

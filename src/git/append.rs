@@ -1,0 +1,234 @@
+//! Headless commits (docs/design.md §5): a commit built from a branch tip's tree with one
+//! experiment's files replaced, appended to the branch by compare-and-swap — no work tree, no
+//! index, no HEAD. Concurrent appenders (sweep trials) each read the tip, build on it and move
+//! the branch only if it still points there; the loser rebuilds on the new tip and retries, so
+//! no append is lost and none is made twice.
+
+use std::path::Path;
+
+use git2::{Oid, Repository};
+
+use super::{ctx, CommitFile, GitError};
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// A new commit, now the branch's tip.
+    New(Oid),
+    /// `already` found the commit on the branch: nothing was appended.
+    Existing(Oid),
+}
+
+impl Appended {
+    /// The commit either way.
+    pub fn commit(self) -> Oid {
+        match self {
+            Appended::New(c) | Appended::Existing(c) => c,
+        }
+    }
+}
+
+/// How many lost races an append tolerates before giving up (each retry rebuilds one tree).
+const MAX_ATTEMPTS: usize = 1000;
+
+/// Appends a commit to `branch` (which must exist) holding the tip's tree with everything under
+/// `replace_dir` replaced by `files`. Before each attempt `already(tip)` may name a commit on the
+/// branch that already holds this change (a retried trial); then nothing is appended.
+pub fn append_files(
+    repo: &Repository,
+    branch: &str,
+    replace_dir: &str,
+    files: &[CommitFile],
+    message: &str,
+    signature: &git2::Signature,
+    already: &dyn Fn(Oid) -> Result<Option<Oid>, GitError>,
+) -> Result<Appended, GitError> {
+    let refname = format!("refs/heads/{branch}");
+    // Blobs first, once: they do not depend on the tip.
+    let mut entries = Vec::with_capacity(files.len());
+    for f in files {
+        let id = repo
+            .blob(&f.blob)
+            .map_err(ctx(format!("storing {}", f.path)))?;
+        entries.push(git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            file_size: f.blob.len() as u32,
+            id,
+            flags: (f.path.len().min(0xfff)) as u16,
+            flags_extended: 0,
+            path: f.path.as_bytes().to_vec(),
+        });
+    }
+    for _ in 0..MAX_ATTEMPTS {
+        let tip = repo
+            .refname_to_id(&refname)
+            .map_err(ctx(format!("reading {branch}")))?;
+        if let Some(existing) = already(tip)? {
+            return Ok(Appended::Existing(existing));
+        }
+        let parent = repo
+            .find_commit(tip)
+            .map_err(ctx(format!("reading {branch}'s tip")))?;
+        let mut index = git2::Index::new().map_err(ctx("creating an index"))?;
+        index
+            .read_tree(&parent.tree().map_err(ctx("reading the tip's tree"))?)
+            .map_err(ctx("reading the tip's tree"))?;
+        index
+            .remove_dir(Path::new(replace_dir), 0)
+            .map_err(ctx("building the tree"))?;
+        for e in &entries {
+            index.add(e).map_err(ctx("building the tree"))?;
+        }
+        let tree_id = index.write_tree_to(repo).map_err(ctx("writing the tree"))?;
+        let tree = repo.find_tree(tree_id).map_err(ctx("reading the tree"))?;
+        let commit = repo
+            .commit(None, signature, signature, message, &tree, &[&parent])
+            .map_err(ctx("committing"))?;
+        // The compare-and-swap: the branch moves only if it still points at the tip we built on.
+        match repo.reference_matching(&refname, commit, true, tip, message) {
+            Ok(_) => return Ok(Appended::New(commit)),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    git2::ErrorCode::Modified | git2::ErrorCode::Locked
+                ) =>
+            {
+                // Lost the race (or another appender holds the ref's lock): rebuild on the new
+                // tip. The orphaned commit object is garbage for `git gc`.
+                std::thread::yield_now();
+                continue;
+            }
+            Err(e) => return Err(ctx(format!("moving {branch}"))(e)),
+        }
+    }
+    Err(GitError::Contended {
+        branch: branch.to_string(),
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo() -> (tempfile::TempDir, Repository) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        let sig = git2::Signature::now("T", "t@example.com").unwrap();
+        let tree = {
+            let mut index = repo.index().unwrap();
+            let id = repo.blob(b"keep\n").unwrap();
+            let mut e = entry("README", id);
+            e.file_size = 5;
+            index.add(&e).unwrap();
+            index.write_tree().unwrap()
+        };
+        let tree = repo.find_tree(tree).unwrap();
+        let c = repo.commit(None, &sig, &sig, "root", &tree, &[]).unwrap();
+        repo.branch("sweep", &repo.find_commit(c).unwrap(), false)
+            .unwrap();
+        drop(tree);
+        (dir, repo)
+    }
+
+    fn entry(path: &str, id: Oid) -> git2::IndexEntry {
+        git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            file_size: 0,
+            id,
+            flags: path.len() as u16,
+            flags_extended: 0,
+            path: path.as_bytes().to_vec(),
+        }
+    }
+
+    fn file(path: &str, text: &str) -> CommitFile {
+        CommitFile {
+            path: path.into(),
+            blob: text.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn concurrent_appends_all_land_once() {
+        let (dir, _) = repo();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let path = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let sig = git2::Signature::now("T", "t@example.com").unwrap();
+                    let repo = Repository::open(&path).unwrap();
+                    let files = [file(&format!("experiments/e/t{i}"), &format!("{i}\n"))];
+                    append_files(
+                        &repo,
+                        "sweep",
+                        &format!("experiments/e/t{i}"),
+                        &files,
+                        &format!("trial {i}"),
+                        &sig,
+                        &|_| Ok(None),
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert!(matches!(t.join().unwrap(), Appended::New(_)));
+        }
+        let repo = Repository::open(dir.path()).unwrap();
+        let tip = repo.refname_to_id("refs/heads/sweep").unwrap();
+        let tree = repo.find_commit(tip).unwrap().tree().unwrap();
+        for i in 0..8 {
+            assert!(
+                tree.get_path(Path::new(&format!("experiments/e/t{i}")))
+                    .is_ok(),
+                "t{i} lost"
+            );
+        }
+        assert!(tree.get_path(Path::new("README")).is_ok());
+        let mut walk = repo.revwalk().unwrap();
+        walk.push(tip).unwrap();
+        assert_eq!(walk.count(), 9, "eight appends and the root");
+        // A replaced directory holds only the new files; an existing change is not appended.
+        let files = [file("experiments/e/only", "x\n")];
+        let sig = git2::Signature::now("T", "t@example.com").unwrap();
+        append_files(
+            &repo,
+            "sweep",
+            "experiments/e",
+            &files,
+            "replace",
+            &sig,
+            &|_| Ok(None),
+        )
+        .unwrap();
+        let tip = repo.refname_to_id("refs/heads/sweep").unwrap();
+        let tree = repo.find_commit(tip).unwrap().tree().unwrap();
+        let e = tree.get_path(Path::new("experiments/e")).unwrap();
+        assert_eq!(repo.find_tree(e.id()).unwrap().len(), 1);
+        let again = append_files(
+            &repo,
+            "sweep",
+            "experiments/e",
+            &files,
+            "again",
+            &sig,
+            &|t| Ok(Some(t)),
+        )
+        .unwrap();
+        assert_eq!(again, Appended::Existing(tip));
+        assert_eq!(repo.refname_to_id("refs/heads/sweep").unwrap(), tip);
+    }
+}
