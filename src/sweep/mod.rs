@@ -2,3 +2,4 @@
 //! seeds from `[sweep]` — each an ordinary run recorded on the sweep's own feature branch.
 
 pub mod plan;
+pub mod state;
