@@ -5,7 +5,9 @@
 //! `plan.rs` expands the trials, `state.rs` keeps the local state; this file starts a sweep and
 //! reads what Git holds of it.
 
+pub mod local;
 pub mod plan;
+pub mod slurm;
 pub mod state;
 
 use std::collections::BTreeMap;
