@@ -119,8 +119,7 @@ pub fn run(
     stop: &StopFlag,
     progress: &mut dyn TrainObserver,
 ) -> Result<RunSummary, RunError> {
-    let started_at = chrono::Utc::now();
-    let clock = Instant::now();
+    let started = Started::now();
     let repo = git::open(&options.cwd)?;
     let worktree = git::workdir(&repo).to_path_buf();
     let (_, parent_commit) = git::current_branch(&repo)?;
@@ -129,6 +128,82 @@ pub fn run(
         &layout::spec_file_in(&worktree, &options.experiment),
         &options.overrides,
     )?;
+    let root = data_root(&options.cwd)?;
+    let prepared = prepare(&repo, resolved, &options.experiment, &root, stop)?;
+    git::check_identity(&repo)?;
+    let plan = git::plan_branch(&repo, &options.experiment, &prepared.run_id)?;
+    stop.check()?;
+
+    let trained = train_and_record(
+        &repo,
+        prepared,
+        &options.experiment,
+        plan.branch(),
+        parent_commit,
+        &started,
+        stop,
+        progress,
+    )?;
+
+    // From here on the run is complete: signals no longer abort it, so that a commit is
+    // never left half made.
+    let undo = git::switch_for_run(&repo, &plan)?;
+    let result = write_and_commit(&repo, &worktree, &options.experiment, trained, &started);
+    match result {
+        Ok(summary) => Ok(RunSummary {
+            switched_from: match &plan {
+                BranchPlan::NewFeature { from, .. } => Some(from.clone()),
+                BranchPlan::Stay { .. } => None,
+            },
+            ..summary
+        }),
+        Err(e) => {
+            restore_outputs(&worktree, &options.experiment);
+            if let Some(undo) = undo {
+                undo.undo(&repo);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// When a run started: the record's start time and the clock of its wall seconds.
+pub struct Started {
+    at: chrono::DateTime<chrono::Utc>,
+    clock: Instant,
+}
+
+impl Started {
+    /// Now.
+    pub fn now() -> Started {
+        Started {
+            at: chrono::Utc::now(),
+            clock: Instant::now(),
+        }
+    }
+}
+
+/// What a run has read and decided before training: the spec, the device, the parent's
+/// weights, the data and the run id.
+pub struct Prepared {
+    resolved: ResolvedSpec,
+    opened: crate::device::OpenedDevice,
+    parent: Option<init_from::Parent>,
+    data: Dataset,
+    /// The run id (docs/design.md §4).
+    pub run_id: String,
+    load_seconds: f64,
+}
+
+/// Everything that can fail for the user's reasons before training, in the order of
+/// docs/design.md §5: the device, the parent's weights, the data; then the run id.
+pub fn prepare(
+    repo: &git2::Repository,
+    resolved: ResolvedSpec,
+    experiment: &str,
+    root: &Path,
+    stop: &StopFlag,
+) -> Result<Prepared, RunError> {
     let spec = &resolved.spec;
     let device_request = DeviceRequest::parse(&spec.train.device).map_err(|reason| DeviceError {
         requested: spec.train.device.clone(),
@@ -137,8 +212,7 @@ pub fn run(
     let opened = device_request
         .and_then(|r| r.open(&spec.train.device))
         .map_err(train::TrainError::from)?;
-    let device = opened.device.clone();
-    if device.is_cpu() && spec.train.precision != Precision::F32 {
+    if opened.device.is_cpu() && spec.train.precision != Precision::F32 {
         // Refused here, before the data is read, rather than after it.
         return Err(train::TrainError::PrecisionNeedsCuda {
             precision: spec.train.precision.as_str().to_string(),
@@ -149,21 +223,21 @@ pub fn run(
 
     // The parent's weights are read (and checked) before the data: a missing LFS object is
     // the user's to fix, and must not wait for the data to load.
-    let mut parent = match spec.init.from.trim() {
+    let parent = match spec.init.from.trim() {
         "" => None,
         from => Some(init_from::load_parent(
-            &repo,
+            repo,
             from,
-            &options.experiment,
-            &device,
+            experiment,
+            &opened.device,
         )?),
     };
 
-    let root = data_root(&options.cwd)?;
     let loading = Instant::now();
-    let data = Dataset::load(&root, &spec.data, spec.train.seed, &|key| {
+    let data = Dataset::load(root, &spec.data, spec.train.seed, &|key| {
         resolved.origin(key)
     })?;
+    let load_seconds = loading.elapsed().as_secs_f64();
     // The parent's weights are an input like the data: `init.from = "develop"` names other
     // weights as develop moves.
     let split_ids: Vec<&str> = [Some(&data.train), data.val.as_ref(), Some(&data.test)]
@@ -172,12 +246,50 @@ pub fn run(
         .map(|s| s.blake3.as_str())
         .chain(parent.as_ref().map(|p| p.record.tensor_hash.as_str()))
         .collect();
-    let load_seconds = loading.elapsed().as_secs_f64();
     let run_id = record::run_id(spec, &split_ids, spec.train.seed)?;
-    git::check_identity(&repo)?;
-    let plan = git::plan_branch(&repo, &options.experiment, &run_id)?;
-    stop.check()?;
+    Ok(Prepared {
+        resolved,
+        opened,
+        parent,
+        data,
+        run_id,
+        load_seconds,
+    })
+}
 
+/// A trained run: its record (wall seconds still to fill in), its weights in the LFS store and
+/// what training produced.
+pub struct Trained {
+    resolved: ResolvedSpec,
+    record: RunRecord,
+    pointer: crate::lfs::LfsPointer,
+    store: LfsStore,
+    outcome: train::TrainOutcome,
+}
+
+/// Trains the prepared run, stores its weights in the LFS store and builds its record for
+/// `branch` (the commit's parent is `parent_commit`).
+#[allow(clippy::too_many_arguments)]
+pub fn train_and_record(
+    repo: &git2::Repository,
+    prepared: Prepared,
+    experiment: &str,
+    branch: &str,
+    parent_commit: git2::Oid,
+    started: &Started,
+    stop: &StopFlag,
+    progress: &mut dyn TrainObserver,
+) -> Result<Trained, RunError> {
+    let Prepared {
+        resolved,
+        opened,
+        mut parent,
+        data,
+        run_id,
+        load_seconds,
+    } = prepared;
+    let spec = &resolved.spec;
+    let device = opened.device.clone();
     let mut model = Model::new(
         &spec.model,
         data.shape,
@@ -199,18 +311,19 @@ pub fn run(
     let tensors = model.params().tensors();
     let tensor_hash = record::tensor_hash(&tensors)?;
     let weights = serialize_weights(&tensors)?;
-    let store = LfsStore::for_repo(&repo);
+    let store = LfsStore::for_repo(repo);
     let pointer = store.insert(&weights[..])?;
 
     let metrics = Metrics::new(&outcome.evaluation, data.classes);
-    let branch = plan.branch().to_string();
     let record = RunRecord {
         run: RunInfo {
             id: run_id,
-            experiment: options.experiment.clone(),
-            branch: branch.clone(),
+            experiment: experiment.to_string(),
+            branch: branch.to_string(),
             parent: parent_commit.to_string(),
-            started: started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            started: started
+                .at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             wall_seconds: 0.0,
             device: opened.description.clone(),
             gpu: opened.gpu.clone(),
@@ -247,7 +360,7 @@ pub fn run(
             confusion: metrics.confusion.clone(),
             predictions: PREDICTIONS_FILE.to_string(),
         },
-        // Bound in write_and_commit, once the files' bytes exist.
+        // Bound in run_files, once the files' bytes exist.
         artifacts: BTreeMap::new(),
         training: TrainingRecord {
             epochs: outcome.history.len(),
@@ -264,94 +377,45 @@ pub fn run(
         init: parent.map(|p| p.record),
         sweep: None,
     };
-
-    // From here on the run is complete: signals no longer abort it, so that a commit is
-    // never left half made.
-    let undo = git::switch_for_run(&repo, &plan)?;
-    let result = write_and_commit(
-        &repo,
-        &worktree,
-        &options.experiment,
-        &resolved,
+    Ok(Trained {
+        resolved,
         record,
-        &store,
-        &pointer,
-        &outcome,
-        clock,
-    );
-    match result {
-        Ok(summary) => Ok(RunSummary {
-            switched_from: match &plan {
-                BranchPlan::NewFeature { from, .. } => Some(from.clone()),
-                BranchPlan::Stay { .. } => None,
-            },
-            ..summary
-        }),
-        Err(e) => {
-            restore_outputs(&worktree, &options.experiment);
-            if let Some(undo) = undo {
-                undo.undo(&repo);
-            }
-            Err(e)
-        }
-    }
+        pointer,
+        store,
+        outcome,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_and_commit(
-    repo: &git2::Repository,
-    worktree: &Path,
+/// The files of a run's commit — the spec, the weights' pointer, the record (bound to its
+/// artifacts, wall seconds filled in), the predictions and the history — and the record as
+/// committed.
+fn run_files(
     experiment: &str,
-    resolved: &ResolvedSpec,
-    mut record: RunRecord,
-    store: &LfsStore,
-    pointer: &crate::lfs::LfsPointer,
-    outcome: &train::TrainOutcome,
-    clock: Instant,
-) -> Result<RunSummary, RunError> {
-    let out_dir = layout::run_dir_in(worktree, experiment);
-    std::fs::create_dir_all(&out_dir).map_err(|source| RunError::Write {
-        path: out_dir.clone(),
-        source,
-    })?;
-    // The work tree holds the real weights; the commit holds the pointer.
-    let weights_path = out_dir.join(WEIGHTS_FILE);
-    let object =
-        std::fs::read(store.object_path(&pointer.oid)).map_err(|source| RunError::Write {
-            path: store.object_path(&pointer.oid),
-            source,
-        })?;
-    write_atomic(&weights_path, &object)?;
+    spec_bytes: Vec<u8>,
+    trained: &mut Trained,
+    started: &Started,
+) -> Result<Vec<CommitFile>, RunError> {
+    let record = &mut trained.record;
     let predictions = encode_predictions(
-        &outcome.evaluation.labels,
-        &outcome.evaluation.predictions,
+        &trained.outcome.evaluation.labels,
+        &trained.outcome.evaluation.predictions,
         record.eval.classes,
     );
-    write_atomic(&out_dir.join(PREDICTIONS_FILE), &predictions)?;
-    let history = record::encode_history(&outcome.history)?;
-    write_atomic(&out_dir.join(HISTORY_FILE), &history)?;
+    let history = record::encode_history(&trained.outcome.history)?;
     record.artifacts = [(PREDICTIONS_FILE, &predictions), (HISTORY_FILE, &history)]
         .into_iter()
         .map(|(file, bytes)| (file.to_string(), record::artifact_hash(bytes)))
         .collect();
-    record.run.wall_seconds = (clock.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    record.run.wall_seconds = (started.clock.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     let record_text = record.to_toml()?;
-    write_atomic(&out_dir.join(RECORD_FILE), record_text.as_bytes())?;
-
-    let spec_rel = layout::spec_path(experiment);
-    let spec_bytes = std::fs::read(&resolved.path).map_err(|source| RunError::Write {
-        path: resolved.path.clone(),
-        source,
-    })?;
-    let dir_rel = layout::run_dir(experiment);
-    let files = vec![
+    Ok(vec![
         CommitFile {
-            path: spec_rel,
+            path: layout::spec_path(experiment),
             blob: spec_bytes,
         },
         CommitFile {
             path: layout::run_file(experiment, WEIGHTS_FILE),
-            blob: pointer.encode().into_bytes(),
+            blob: trained.pointer.encode().into_bytes(),
         },
         CommitFile {
             path: layout::run_file(experiment, RECORD_FILE),
@@ -365,21 +429,65 @@ fn write_and_commit(
             path: layout::run_file(experiment, HISTORY_FILE),
             blob: history,
         },
-    ];
-    let headline = headline(&record);
-    let message = format!(
-        "exp run {experiment}: {headline}\n\nrun id {}\n",
-        record.run.id
-    );
+    ])
+}
+
+/// The run commit's message and the run tag's.
+fn messages(record: &RunRecord) -> (String, String) {
+    let experiment = &record.run.experiment;
+    let headline = headline(record);
+    (
+        format!(
+            "exp run {experiment}: {headline}\n\nrun id {}\n",
+            record.run.id
+        ),
+        format!("{experiment} on {}: {headline}\n", record.run.branch),
+    )
+}
+
+fn write_and_commit(
+    repo: &git2::Repository,
+    worktree: &Path,
+    experiment: &str,
+    mut trained: Trained,
+    started: &Started,
+) -> Result<RunSummary, RunError> {
+    let out_dir = layout::run_dir_in(worktree, experiment);
+    std::fs::create_dir_all(&out_dir).map_err(|source| RunError::Write {
+        path: out_dir.clone(),
+        source,
+    })?;
+    let spec_path = trained.resolved.path.clone();
+    let spec_bytes = std::fs::read(&spec_path).map_err(|source| RunError::Write {
+        path: spec_path.clone(),
+        source,
+    })?;
+    let files = run_files(experiment, spec_bytes, &mut trained, started)?;
+    // The work tree holds the real weights; the commit holds the pointer.
+    let object_path = trained.store.object_path(&trained.pointer.oid);
+    let object = std::fs::read(&object_path).map_err(|source| RunError::Write {
+        path: object_path.clone(),
+        source,
+    })?;
+    write_atomic(&out_dir.join(WEIGHTS_FILE), &object)?;
+    for f in files.iter().filter(|f| {
+        f.path != layout::spec_path(experiment)
+            && f.path != layout::run_file(experiment, WEIGHTS_FILE)
+    }) {
+        write_atomic(&worktree.join(&f.path), &f.blob)?;
+    }
+
+    let dir_rel = layout::run_dir(experiment);
+    let record = trained.record;
+    let (message, tag_message) = messages(&record);
     let commit = git::commit_files(repo, Some(&dir_rel), &files, &message)?;
-    let tag_message = format!("{experiment} on {}: {headline}\n", record.run.branch);
     let tag = git::tag_run(repo, &record.run.branch, experiment, commit, &tag_message)?;
     Ok(RunSummary {
         commit: commit.to_string(),
         tag,
         switched_from: None,
         record,
-        op_profile: outcome.op_profile.clone(),
+        op_profile: trained.outcome.op_profile.clone(),
     })
 }
 
