@@ -68,6 +68,9 @@ pub enum Error {
     /// Arguments that parse but make no sense.
     #[error(transparent)]
     Usage(#[from] UsageError),
+    /// A sweep cannot start or be read.
+    #[error(transparent)]
+    Sweep(Box<crate::sweep::SweepError>),
     /// `exp verify` could not start.
     #[error(transparent)]
     Verify(Box<crate::verify::VerifyError>),
@@ -109,6 +112,7 @@ impl Error {
             Error::Gate(e) => Some(e.hint.clone()),
             Error::Verdict(e) => Some(e.hint.clone()),
             Error::Verify(e) => e.hint(),
+            Error::Sweep(e) => e.hint(),
             Error::LfsRefused(e) => Some(e.hint.clone()),
             Error::Push(e) => e.hint(crate::lfs::sync::SyncCommand::Push),
             Error::Pull(e) => e.hint(crate::lfs::sync::SyncCommand::Pull),
@@ -150,6 +154,18 @@ pub struct UsageError(pub String);
 impl From<crate::data::DataError> for Error {
     fn from(e: crate::data::DataError) -> Error {
         Error::Data(Box::new(e))
+    }
+}
+
+impl From<crate::sweep::SweepError> for Error {
+    fn from(e: crate::sweep::SweepError) -> Error {
+        use crate::sweep::SweepError as S;
+        match e {
+            // A trial's run keeps its own exit code (1 diverged, 130 interrupted, …).
+            S::Run(e) => Error::from(*e),
+            S::Spec(e) => Error::Spec(e),
+            other => Error::Sweep(Box::new(other)),
+        }
     }
 }
 

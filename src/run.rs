@@ -445,6 +445,119 @@ fn messages(record: &RunRecord) -> (String, String) {
     )
 }
 
+/// Which commit from a branch tip down already holds a run (`None`: none does).
+pub type AlreadyRecorded<'a> =
+    &'a dyn Fn(&git2::Repository, git2::Oid) -> Result<Option<git2::Oid>, git::GitError>;
+
+/// A run that never touches a work tree, index or HEAD (docs/design.md §5): a sweep trial.
+pub struct HeadlessOptions<'a> {
+    /// The experiment.
+    pub experiment: String,
+    /// The spec file's path, for messages (its text is `spec_text`).
+    pub spec_path: PathBuf,
+    /// The spec as the run reads and commits it.
+    pub spec_text: String,
+    /// The data root.
+    pub data_root: PathBuf,
+    /// The branch the run is appended to (it must exist).
+    pub branch: String,
+    /// What the record says of the sweep trial this run is.
+    pub sweep: Option<record::SweepRecord>,
+    /// Whether the branch already holds this run, from its tip down: then nothing is
+    /// appended (a retried trial). Asked before training and again before each append.
+    pub already: AlreadyRecorded<'a>,
+}
+
+/// What a headless run did.
+#[derive(Debug, Clone)]
+pub enum HeadlessOutcome {
+    /// Recorded: the commit, its run tag and the record.
+    Recorded(Box<RunSummary>),
+    /// The branch already held this run (found before training or before the append).
+    AlreadyRecorded {
+        /// The commit that holds it.
+        commit: String,
+    },
+}
+
+/// Trains and records a run headless: the spec from `options.spec_text`, the weights into the
+/// LFS store (durable before naming), the blobs straight into the object database, and a
+/// commit built from the branch tip's tree with the experiment's files replaced, appended by
+/// compare-and-swap (git::append); then the run tag.
+pub fn run_headless(
+    repo: &git2::Repository,
+    options: &HeadlessOptions,
+    stop: &StopFlag,
+    progress: &mut dyn TrainObserver,
+) -> Result<HeadlessOutcome, RunError> {
+    let started = Started::now();
+    let experiment = &options.experiment;
+    spec::check_name(experiment)?;
+    let refname = format!("refs/heads/{}", options.branch);
+    let tip = repo
+        .refname_to_id(&refname)
+        .map_err(git::ctx(format!("reading {}", options.branch)))?;
+    if let Some(commit) = (options.already)(repo, tip)? {
+        return Ok(HeadlessOutcome::AlreadyRecorded {
+            commit: commit.to_string(),
+        });
+    }
+    let resolved = spec::parse(&options.spec_path, &options.spec_text, &[])?;
+    let prepared = prepare(repo, resolved, experiment, &options.data_root, stop)?;
+    let signature = git::signature(repo)?;
+    let mut trained = train_and_record(
+        repo,
+        prepared,
+        experiment,
+        &options.branch,
+        tip,
+        &started,
+        stop,
+        progress,
+    )?;
+    trained.record.sweep = options.sweep.clone();
+    let files = run_files(
+        experiment,
+        options.spec_text.clone().into_bytes(),
+        &mut trained,
+        &started,
+    )?;
+    let record = trained.record;
+    let (message, tag_message) = messages(&record);
+    let appended = git::append::append_files(
+        repo,
+        &options.branch,
+        &layout::run_dir(experiment),
+        &files,
+        &message,
+        &signature,
+        &|tip| (options.already)(repo, tip),
+    )?;
+    let commit = match appended {
+        git::append::Appended::New(commit) => commit,
+        git::append::Appended::Existing(commit) => {
+            return Ok(HeadlessOutcome::AlreadyRecorded {
+                commit: commit.to_string(),
+            })
+        }
+    };
+    let tag = git::append::tag_appended(
+        repo,
+        &options.branch,
+        experiment,
+        commit,
+        &tag_message,
+        &signature,
+    )?;
+    Ok(HeadlessOutcome::Recorded(Box::new(RunSummary {
+        commit: commit.to_string(),
+        tag,
+        switched_from: None,
+        record,
+        op_profile: trained.outcome.op_profile.clone(),
+    })))
+}
+
 fn write_and_commit(
     repo: &git2::Repository,
     worktree: &Path,

@@ -39,6 +39,9 @@ pub enum Command {
     Show(log::ShowArgs),
     /// The chain of runs a model descends from (init.from), newest first.
     Lineage(lineage::LineageArgs),
+    /// Many trials of an experiment at once (grid, random samples, seeds), locally or on Slurm.
+    #[command(long_about = sweep::SWEEP_LONG_ABOUT)]
+    Sweep(sweep::SweepArgs),
     /// Re-evaluate a run's committed weights on the CPU and check they produce its record.
     #[command(long_about = verify::VERIFY_LONG_ABOUT)]
     Verify(verify::VerifyArgs),
@@ -104,6 +107,7 @@ mod log;
 mod plot;
 mod progress;
 mod run;
+mod sweep;
 mod sync;
 mod verify;
 
@@ -154,6 +158,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Plot(args) => plot::execute(args),
         Command::Lineage(args) => lineage::execute(args),
         Command::Verify(args) => verify::execute(args),
+        Command::Sweep(args) => sweep::execute(args),
         Command::Device(args) => device::execute(args),
         Command::Gate(args) => gate::execute(args),
         Command::Hooks(args) => hooks::execute(args),

@@ -113,6 +113,58 @@ pub fn append_files(
     })
 }
 
+/// The run number of `commit`: how many run commits of `experiment` (message `exp run
+/// <experiment>: …`) its first-parent history holds, itself included. Appends are serialised
+/// by the compare-and-swap, so this number is the commit's place on its branch whatever order
+/// concurrent trials tag in.
+pub fn run_number(repo: &Repository, commit: Oid, experiment: &str) -> Result<u64, GitError> {
+    let prefix = format!("exp run {experiment}:");
+    let mut walk = repo.revwalk().map_err(ctx("walking the branch"))?;
+    walk.push(commit).map_err(ctx("walking the branch"))?;
+    walk.simplify_first_parent()
+        .map_err(ctx("walking the branch"))?;
+    let mut n = 0;
+    for oid in walk {
+        let oid = oid.map_err(ctx("walking the branch"))?;
+        let c = repo.find_commit(oid).map_err(ctx("reading a commit"))?;
+        if c.message_bytes().starts_with(prefix.as_bytes()) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Tags run commit `commit` of `experiment` on `branch` as `run/<branch>/<experiment>/<n>`, n its
+/// [`run_number`]; a tag of that name already on `commit` is kept.
+pub fn tag_appended(
+    repo: &Repository,
+    branch: &str,
+    experiment: &str,
+    commit: Oid,
+    message: &str,
+    signature: &git2::Signature,
+) -> Result<String, GitError> {
+    let name = format!(
+        "{}{}",
+        super::run_tag_prefix(branch, experiment),
+        run_number(repo, commit, experiment)?
+    );
+    if let Ok(existing) = repo
+        .revparse_single(&format!("refs/tags/{name}"))
+        .and_then(|o| o.peel_to_commit())
+    {
+        if existing.id() == commit {
+            return Ok(name);
+        }
+    }
+    let object = repo
+        .find_object(commit, None)
+        .map_err(ctx("finding the run commit"))?;
+    repo.tag(&name, &object, signature, message, false)
+        .map_err(ctx(format!("creating tag {name}")))?;
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

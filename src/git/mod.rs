@@ -473,6 +473,12 @@ pub fn run_tag_prefix(branch: &str, experiment: &str) -> String {
     format!("run/{}/{experiment}/", branch.replace('/', "-"))
 }
 
+/// The identity exp commits and tags with.
+pub fn signature(repo: &Repository) -> Result<git2::Signature<'static>, GitError> {
+    repo.signature()
+        .map_err(|e| GitError::NoIdentity(e.message().to_string()))
+}
+
 /// Creates the next run tag (`…/<n>`, n counting from 1) as an annotated tag on `commit`.
 pub fn tag_run(
     repo: &Repository,

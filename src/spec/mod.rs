@@ -21,7 +21,7 @@ mod parse;
 pub mod sweep;
 mod validate;
 
-pub use parse::{load, parse, ResolvedSpec};
+pub use parse::{load, override_value, parse, ResolvedSpec};
 
 /// An error in an experiment spec. Every variant names where the problem is.
 #[derive(Debug, thiserror::Error)]

@@ -89,6 +89,12 @@ pub fn parse(path: &Path, text: &str, overrides: &[String]) -> Result<ResolvedSp
     })
 }
 
+/// A `--set KEY=VALUE` argument as the dotted key and the value it sets (read as `--set` reads
+/// it: string keys take plain text).
+pub fn override_value(arg: &str) -> Result<(String, toml::Value), SpecError> {
+    parse_override(arg).map(|(path, value)| (path.join("."), value))
+}
+
 fn parse_override(arg: &str) -> Result<(Vec<String>, toml::Value), SpecError> {
     let bad = |message: &str| SpecError::Override {
         arg: arg.to_string(),

@@ -9,6 +9,8 @@ pub mod local;
 pub mod plan;
 pub mod slurm;
 pub mod state;
+pub mod summary;
+pub mod trial;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -59,6 +61,28 @@ pub enum SweepError {
     /// The data root.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// A trial's run failed.
+    #[error(transparent)]
+    Run(Box<crate::run::RunError>),
+    /// The sweep has no such trial.
+    #[error("sweep {sweep} has no trial {index} (it has {trials}, from 0)")]
+    NoSuchTrial {
+        /// The sweep.
+        sweep: String,
+        /// As given.
+        index: usize,
+        /// How many it has.
+        trials: usize,
+    },
+    /// The Slurm executor failed.
+    #[error(transparent)]
+    Slurm(#[from] slurm::SlurmError),
+}
+
+impl From<crate::run::RunError> for SweepError {
+    fn from(e: crate::run::RunError) -> SweepError {
+        SweepError::Run(Box::new(e))
+    }
 }
 
 impl SweepError {
@@ -77,6 +101,13 @@ impl SweepError {
             SweepError::State(_) => None,
             SweepError::Git(e) => e.hint(),
             SweepError::Data(e) => e.hint(),
+            SweepError::Run(e) => e.hint(),
+            SweepError::NoSuchTrial { .. } => {
+                Some("`exp sweep status ID` lists the trials".into())
+            }
+            SweepError::Slurm(_) => Some(
+                "is Slurm reachable here (sinfo, SLURM_CONF)? scripts/slurm.sh starts a single-node cluster".into(),
+            ),
         }
     }
 }
@@ -382,4 +413,192 @@ mod tests {
         assert_ne!(new_sweep_id("x", SPEC), new_sweep_id("x", SPEC));
         assert_eq!(new_sweep_id("x", SPEC).len(), 7);
     }
+}
+
+/// Where a trial stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialPhase {
+    /// Not started (or queued by Slurm).
+    Pending,
+    /// Training or committing.
+    Running,
+    /// Recorded on the sweep's branch.
+    Completed,
+    /// Ended without a record.
+    Failed,
+    /// Stopped by a signal or `scancel`.
+    Cancelled,
+}
+
+impl TrialPhase {
+    /// As `status` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrialPhase::Pending => "pending",
+            TrialPhase::Running => "running",
+            TrialPhase::Completed => "completed",
+            TrialPhase::Failed => "failed",
+            TrialPhase::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One trial's status.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrialStatus {
+    /// Index.
+    pub index: usize,
+    /// Trial id.
+    pub id: String,
+    /// Swept values.
+    pub values: BTreeMap<String, toml::Value>,
+    /// Where it stands.
+    pub state: TrialPhase,
+    /// The run commit, when recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Its run tag.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The recorded metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// The Slurm task, when Slurm runs it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<String>,
+    /// The trial's log.
+    pub log: String,
+    /// Why it failed or was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Every trial's status, from Git (completed trials), the scheduler (pending and running Slurm
+/// tasks) and the trials' own state files. A recorded trial whose commit has no run tag yet (a
+/// crash between the commit and the tag) is tagged now.
+pub fn status(repo: &Repository, sweep: &SweepFile) -> Result<Vec<TrialStatus>, SweepError> {
+    let dir = SweepDir::new(repo.commondir(), &sweep.id);
+    let recorded = recorded_trials(repo, sweep)?;
+    let tasks = if sweep.executor == "slurm" && !sweep.slurm_jobs.is_empty() {
+        slurm::query(&sweep.slurm_jobs)?
+    } else {
+        BTreeMap::new()
+    };
+    let here = state::host_name();
+    let mut out = Vec::new();
+    for entry in &sweep.trials {
+        let process = dir.read_state(entry.index);
+        let mut status = TrialStatus {
+            index: entry.index,
+            id: entry.id.clone(),
+            values: entry.values.clone(),
+            state: TrialPhase::Pending,
+            commit: None,
+            tag: None,
+            metrics: BTreeMap::new(),
+            slurm_job: tasks
+                .get(&entry.index)
+                .map(|t| t.job.clone())
+                .or_else(|| process.as_ref().and_then(|p| p.slurm_job.clone())),
+            log: dir.log(entry.index).display().to_string(),
+            message: None,
+        };
+        if let Some(&commit) = recorded.get(&entry.id) {
+            status.state = TrialPhase::Completed;
+            status.commit = Some(commit.to_string());
+            status.tag = Some(ensure_tag(repo, sweep, commit)?);
+            status.metrics = record_at(repo, commit, &sweep.experiment)
+                .map(|r| r.metrics.values)
+                .unwrap_or_default();
+        } else if let Some(task) = tasks.get(&entry.index) {
+            status.state = match task.state.as_str() {
+                "PENDING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED" | "RESV_DEL_HOLD"
+                | "SUSPENDED" => TrialPhase::Pending,
+                "RUNNING" | "CONFIGURING" | "COMPLETING" | "STAGE_OUT" | "SIGNALING" => {
+                    TrialPhase::Running
+                }
+                "CANCELLED" => TrialPhase::Cancelled,
+                "COMPLETED" => TrialPhase::Failed,
+                _ => TrialPhase::Failed,
+            };
+            if status.state == TrialPhase::Failed {
+                status.message = Some(format!(
+                    "Slurm task {} ended {} without a record (see its log)",
+                    task.job, task.state
+                ));
+            }
+        } else if let Some(p) = &process {
+            status.state = match p.state {
+                state::ProcessState::Running if p.host == here && !alive(p.pid) => {
+                    status.message = Some(format!(
+                        "process {} on {} ended without a record (killed?)",
+                        p.pid, p.host
+                    ));
+                    TrialPhase::Failed
+                }
+                state::ProcessState::Running => TrialPhase::Running,
+                state::ProcessState::Cancelled => TrialPhase::Cancelled,
+                state::ProcessState::Failed | state::ProcessState::Completed => TrialPhase::Failed,
+            };
+            if status.message.is_none() && status.state != TrialPhase::Running {
+                status.message = p.message.clone();
+            }
+        }
+        out.push(status);
+    }
+    Ok(out)
+}
+
+/// Whether process `pid` of this host is alive.
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+fn record_at(repo: &Repository, commit: Oid, experiment: &str) -> Option<crate::record::RunRecord> {
+    let tree = repo.find_commit(commit).ok()?.tree().ok()?;
+    let entry = tree
+        .get_path(Path::new(&layout::run_file(
+            experiment,
+            layout::RECORD_FILE,
+        )))
+        .ok()?;
+    let blob = repo.find_blob(entry.id()).ok()?;
+    parse_record_bytes(blob.content(), &commit.to_string(), experiment).ok()
+}
+
+/// The run tag of a trial's commit, created now when a crash left it untagged.
+fn ensure_tag(repo: &Repository, sweep: &SweepFile, commit: Oid) -> Result<String, SweepError> {
+    let prefix = crate::git::run_tag_prefix(&sweep.branch, &sweep.experiment);
+    let names = repo
+        .tag_names(Some(&format!("{prefix}*")))
+        .map_err(crate::git::ctx("listing tags"))?;
+    for name in names.iter().flatten() {
+        let target = repo
+            .revparse_single(&format!("refs/tags/{name}"))
+            .and_then(|o| o.peel_to_commit());
+        if target.map(|c| c.id()) == Ok(commit) {
+            return Ok(name.to_string());
+        }
+    }
+    let record = record_at(repo, commit, &sweep.experiment);
+    let message = match &record {
+        Some(r) => format!(
+            "{} on {}: {}\n",
+            sweep.experiment,
+            sweep.branch,
+            crate::run::headline(r)
+        ),
+        None => format!("{} on {}\n", sweep.experiment, sweep.branch),
+    };
+    let signature = crate::git::signature(repo)?;
+    Ok(crate::git::append::tag_appended(
+        repo,
+        &sweep.branch,
+        &sweep.experiment,
+        commit,
+        &message,
+        &signature,
+    )?)
 }
