@@ -13,6 +13,7 @@ mod init_from;
 mod lfs;
 mod recipes;
 mod run;
+mod sweep;
 mod trust;
 
 /// Every file in tests/integration/ is a module of this binary: a file nobody declared would
