@@ -105,7 +105,7 @@ fn a_local_sweep_records_every_trial_and_leaves_the_work_tree_alone() {
     let id = &ids[0];
     let branch = format!("feature/sweep-mnist-cnn-{id}");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("(local): 8 completed")),
+        String::from_utf8_lossy(&out.stdout).contains("(local): 8 completed"),
         "{}",
         describe(&out)
     );
@@ -285,7 +285,7 @@ fn interrupted_and_killed_trials_are_resumed_without_duplicates() {
         "data.test_limit=100",
         "--quiet",
     ];
-    let mut child = env
+    let child = env
         .exp_cmd(&dir, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -295,7 +295,7 @@ fn interrupted_and_killed_trials_are_resumed_without_duplicates() {
     let id = sweep_ids(&dir).remove(0);
     let branch = format!("feature/sweep-mnist-cnn-{id}");
     wait_until("the first trial's record", || {
-        run_commits(&env, &dir, &branch).len() >= 1
+        !run_commits(&env, &dir, &branch).is_empty()
     });
     // Ctrl-C: the sweep stops, the running trial commits nothing, the finished ones stay.
     unsafe {
