@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite (README's test command; .ci/run calls it).
-# Installs git-lfs if missing and the giftless LFS server (a venv under ~/.cache/exp), fetches the data into ~/.cache/exp/data when EXP_DATA is unset,
+# Installs git-lfs if missing, Slurm (slurm-wlm, munge) and the giftless LFS server (a venv under ~/.cache/exp), fetches the data into ~/.cache/exp/data when EXP_DATA is unset,
 # then runs `cargo test --release` (one dependency build shared with the main job and benches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 # A real Git LFS server (giftless, from PyPI) for the push/pull tests.
 scripts/lfs-server.sh install
+# A real single-node Slurm (Debian's slurm-wlm and munge) for the sweep tests; each test run
+# starts its own cluster on free ports (scripts/slurm.sh start) and stops it.
+scripts/slurm.sh install
 if [ -z "${EXP_DATA:-}" ]; then
   export EXP_DATA="$HOME/.cache/exp/data"
   scripts/fetch-data.sh "$EXP_DATA"

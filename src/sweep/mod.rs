@@ -543,6 +543,11 @@ pub fn status(repo: &Repository, sweep: &SweepFile) -> Result<Vec<TrialStatus>, 
             if status.message.is_none() && status.state != TrialPhase::Running {
                 status.message = p.message.clone();
             }
+        } else if sweep.executor == "slurm" && !sweep.slurm_jobs.is_empty() {
+            // Submitted, never started, and the scheduler no longer knows it: a pending task
+            // that was cancelled (scancel removes it from the array without a trace).
+            status.state = TrialPhase::Cancelled;
+            status.message = Some("left the Slurm queue without starting (scancel?)".into());
         }
         out.push(status);
     }

@@ -407,3 +407,181 @@ fn two_sweeps_and_a_plain_run_at_once_all_land() {
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// A single-node Slurm cluster of the project's own script, stopped when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm.sh");
+        let out = Command::new(&script)
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "no Slurm cluster for the Slurm test: scripts/slurm.sh start failed (it needs root and Debian's slurm-wlm and munge, which scripts/test.sh installs):\n{}",
+            describe(&out)
+        );
+        Cluster { dir }
+    }
+
+    fn conf(&self) -> std::path::PathBuf {
+        self.dir.path().join("slurm.conf")
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = Command::new(program)
+            .args(args)
+            .env("SLURM_CONF", self.conf())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm.sh");
+        let _ = Command::new(script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+#[test]
+fn a_slurm_sweep_survives_scancel_and_requeue_and_matches_the_local_one() {
+    let cluster = Cluster::start();
+    let env = Env::new();
+    let dir = env.init_repo("slurm");
+    let slurm = |args: &[&str]| {
+        env.exp_cmd(&dir, args)
+            .env("SLURM_CONF", cluster.conf())
+            .output()
+            .unwrap()
+    };
+    let mut args = vec![
+        "sweep",
+        "mnist-cnn",
+        "--seeds",
+        "[1, 2, 3, 4, 5, 6]",
+        "--executor",
+        "slurm",
+        "--jobs",
+        "2",
+    ];
+    args.extend_from_slice(TINY);
+    let out = slurm(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = stderr(&out);
+    let job = err
+        .split("submitted Slurm job array ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job id: {err}"))
+        .to_string();
+    let id = sweep_ids(&dir).remove(0);
+    let sweep_dir = dir.join(".git/exp/sweeps").join(&id);
+    let script = std::fs::read_to_string(sweep_dir.join("job.sbatch")).unwrap();
+    assert!(
+        script.contains("#SBATCH --array=0-5%2")
+            && script.contains(&format!("export EXP_DATA='{}'", env.data.display()))
+            && script.contains(&format!("sweep trial {id} \"$SLURM_ARRAY_TASK_ID\"")),
+        "{script}"
+    );
+    // One task cancelled while it waits (two run at once, so the last one is still pending).
+    cluster.run("scancel", &[&format!("{job}_5")]);
+    let status = |env: &Env| -> serde_json::Value {
+        let out = env
+            .exp_cmd(&dir, &["sweep", "status", &id, "--json"])
+            .env("SLURM_CONF", cluster.conf())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", describe(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let wait_done = |env: &Env| {
+        let start = Instant::now();
+        loop {
+            let s = states(&status(env));
+            if !s.iter().any(|s| s == "pending" || s == "running") {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "the array did not finish: {s:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    let s = wait_done(&env);
+    assert_eq!(
+        s,
+        [
+            "completed",
+            "completed",
+            "completed",
+            "completed",
+            "completed",
+            "cancelled"
+        ]
+    );
+    // A finished task requeued runs again and records nothing new.
+    cluster.run("scontrol", &["requeue", &format!("{job}_0")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let s = wait_done(&env);
+    assert_eq!(s[0], "completed");
+    let branch = format!("feature/sweep-mnist-cnn-{id}");
+    assert_eq!(run_commits(&env, &dir, &branch).len(), 5);
+    // resume submits exactly the cancelled trial.
+    let out = slurm(&["sweep", "resume", &id, "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("1 trials without a record: 5"),
+        "{}",
+        describe(&out)
+    );
+    let script = std::fs::read_to_string(sweep_dir.join("job.sbatch")).unwrap();
+    assert!(script.contains("#SBATCH --array=5%2"), "{script}");
+    assert_eq!(states(&status(&env)), vec!["completed"; 6]);
+    assert!(sweep_dir.join("logs/5.log").is_file());
+
+    // The same sweep run locally records the same weights, trial by trial.
+    let mut local = vec![
+        "sweep",
+        "mnist-cnn",
+        "--seeds",
+        "[1, 2, 3, 4, 5, 6]",
+        "--jobs",
+        "2",
+        "--quiet",
+    ];
+    local.extend_from_slice(TINY);
+    env.exp_ok(&dir, &local);
+    let local_id = sweep_ids(&dir).into_iter().find(|i| *i != id).unwrap();
+    let hashes = |branch: &str| -> std::collections::BTreeMap<u64, String> {
+        run_commits(&env, &dir, branch)
+            .iter()
+            .map(|c| {
+                let r = record_at(&env, &dir, c, "mnist-cnn");
+                (r.params.train.seed, r.model.tensor_hash)
+            })
+            .collect()
+    };
+    let on_slurm = hashes(&branch);
+    assert_eq!(on_slurm.len(), 6);
+    assert_eq!(
+        on_slurm,
+        hashes(&format!("feature/sweep-mnist-cnn-{local_id}"))
+    );
+}
