@@ -68,6 +68,35 @@ pub enum RunError {
     /// `init.from` names weights that cannot start this run.
     #[error(transparent)]
     InitFrom(#[from] crate::init_from::InitFromError),
+    /// Another exp command holds the work tree.
+    #[error(transparent)]
+    Lock(#[from] git::lock::LockError),
+    /// exp would write through a symlink.
+    #[error("{path} is a symbolic link (to {target}); exp writes a run's outputs there and never writes through a link")]
+    Symlink {
+        /// The link, relative to the work tree.
+        path: String,
+        /// Where it points.
+        target: String,
+    },
+    /// The run is committed, but what should follow the commit failed.
+    #[error("the run is committed as {commit}, but {what}: {source}")]
+    AfterCommit {
+        /// The run commit.
+        commit: String,
+        /// What failed.
+        what: &'static str,
+        /// Why.
+        source: git::GitError,
+    },
+    /// The commit failed; the trained run is kept under a ref.
+    #[error("{source}\n  the trained run is kept as {kept}")]
+    Kept {
+        /// The ref that holds the run's commit.
+        kept: String,
+        /// Why the commit failed.
+        source: Box<RunError>,
+    },
 }
 
 impl RunError {
@@ -82,6 +111,17 @@ impl RunError {
                 "nothing was committed; this is a bug in exp: please report it with the spec and `exp --version`".into(),
             ),
             RunError::Signals(_) => Some("nothing was trained; run again".into()),
+            RunError::Lock(e) => e.hint(),
+            RunError::Symlink { .. } => Some(
+                "nothing was trained; replace the link by a directory (git rm the link, commit) and run again".into(),
+            ),
+            RunError::AfterCommit { .. } => Some(
+                "nothing is lost: the next exp command (exp run, exp log, exp flow) tags the run commit".into(),
+            ),
+            RunError::Kept { kept, source } => Some(format!(
+                "recover the run with `git switch -c feature/recovered {kept}` (or `git cherry-pick {kept}`); {}",
+                source.hint().unwrap_or_else(|| "then fix what refused the commit".into())
+            )),
             _ => None,
         }
     }
@@ -122,8 +162,11 @@ pub fn run(
     let started = Started::now();
     let repo = git::open(&options.cwd)?;
     let worktree = git::workdir(&repo).to_path_buf();
-    let (_, parent_commit) = git::current_branch(&repo)?;
+    let (current, parent_commit) = git::current_branch(&repo)?;
     spec::check_name(&options.experiment)?;
+    let _lock = git::lock::lock_worktree(&repo, &format!("exp run {}", options.experiment))?;
+    // A run commit a kill left untagged gets its tag before this run takes the next number.
+    git::append::tag_untagged_runs(&repo, &current)?;
     let resolved = spec::load(
         &layout::spec_file_in(&worktree, &options.experiment),
         &options.overrides,
@@ -132,6 +175,10 @@ pub fn run(
     let prepared = prepare(&repo, resolved, &options.experiment, &root, stop)?;
     git::check_identity(&repo)?;
     let plan = git::plan_branch(&repo, &options.experiment, &prepared.run_id)?;
+    // Everything that could refuse the commit or the tag, before training.
+    git::check_can_record(&repo, plan.branch(), &options.experiment)?;
+    check_no_symlinks(&worktree, &options.experiment)?;
+    drop(LfsStore::for_repo(&repo).writer()?);
     stop.check()?;
 
     let trained = train_and_record(
@@ -157,6 +204,8 @@ pub fn run(
             },
             ..summary
         }),
+        // Committed: nothing to undo (the branch holds the run).
+        Err(e @ RunError::AfterCommit { .. }) => Err(e),
         Err(e) => {
             restore_outputs(&worktree, &options.experiment);
             if let Some(undo) = undo {
@@ -165,6 +214,30 @@ pub fn run(
             Err(e)
         }
     }
+}
+
+/// exp writes `experiments/<name>/` and its files: none of them may be a symbolic link (a
+/// committed link could point anywhere, `.git` included).
+fn check_no_symlinks(worktree: &Path, experiment: &str) -> Result<(), RunError> {
+    let dir = layout::run_dir(experiment);
+    let mut paths = vec![layout::EXPERIMENTS_DIR.to_string(), dir.clone()];
+    paths.extend(
+        layout::RUN_FILES
+            .iter()
+            .map(|f| layout::run_file(experiment, f)),
+    );
+    for rel in paths {
+        let path = worktree.join(&rel);
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_else(|_| "?".into());
+                return Err(RunError::Symlink { path: rel, target });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// When a run started: the record's start time and the clock of its wall seconds.
@@ -593,8 +666,41 @@ fn write_and_commit(
     let dir_rel = layout::run_dir(experiment);
     let record = trained.record;
     let (message, tag_message) = messages(&record);
-    let commit = git::commit_files(repo, Some(&dir_rel), &files, &message)?;
-    let tag = git::tag_run(repo, &record.run.branch, experiment, commit, &tag_message)?;
+    let commit = match git::commit_files(repo, Some(&dir_rel), &files, &message) {
+        Ok(commit) => commit,
+        Err(git::GitError::IndexNotUpdated { commit, source }) => {
+            return Err(RunError::AfterCommit {
+                commit: commit.to_string(),
+                what: "the index could not be updated (`git reset -q` refreshes it)",
+                source: git::GitError::Git2 {
+                    context: "writing the index".into(),
+                    source,
+                },
+            })
+        }
+        Err(e) => {
+            // Keep what was trained where nothing can take it away, and say how to get it.
+            let parent = git2::Oid::from_str(&record.run.parent).ok();
+            return Err(
+                match parent.map(|p| {
+                    git::keep_failed_run(repo, p, &dir_rel, &files, &message, &record.run.id)
+                }) {
+                    Some(Ok(kept)) => RunError::Kept {
+                        kept,
+                        source: Box::new(e.into()),
+                    },
+                    _ => e.into(),
+                },
+            );
+        }
+    };
+    let tag = git::tag_run(repo, &record.run.branch, experiment, commit, &tag_message).map_err(
+        |source| RunError::AfterCommit {
+            commit: commit.to_string(),
+            what: "its run tag could not be written",
+            source,
+        },
+    )?;
     Ok(RunSummary {
         commit: commit.to_string(),
         tag,

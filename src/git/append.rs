@@ -28,6 +28,25 @@ impl Appended {
     }
 }
 
+/// An in-memory index entry for a regular file (no stat data: the index is only a tree
+/// builder here).
+pub fn blob_entry(path: &str, id: Oid, size: usize) -> git2::IndexEntry {
+    git2::IndexEntry {
+        ctime: git2::IndexTime::new(0, 0),
+        mtime: git2::IndexTime::new(0, 0),
+        dev: 0,
+        ino: 0,
+        mode: 0o100644,
+        uid: 0,
+        gid: 0,
+        file_size: size as u32,
+        id,
+        flags: (path.len().min(0xfff)) as u16,
+        flags_extended: 0,
+        path: path.as_bytes().to_vec(),
+    }
+}
+
 /// How many lost races an append tolerates before giving up (each retry rebuilds one tree).
 const MAX_ATTEMPTS: usize = 1000;
 
@@ -50,20 +69,7 @@ pub fn append_files(
         let id = repo
             .blob(&f.blob)
             .map_err(ctx(format!("storing {}", f.path)))?;
-        entries.push(git2::IndexEntry {
-            ctime: git2::IndexTime::new(0, 0),
-            mtime: git2::IndexTime::new(0, 0),
-            dev: 0,
-            ino: 0,
-            mode: 0o100644,
-            uid: 0,
-            gid: 0,
-            file_size: f.blob.len() as u32,
-            id,
-            flags: (f.path.len().min(0xfff)) as u16,
-            flags_extended: 0,
-            path: f.path.as_bytes().to_vec(),
-        });
+        entries.push(blob_entry(&f.path, id, f.blob.len()));
     }
     for _ in 0..MAX_ATTEMPTS {
         let tip = repo
@@ -113,12 +119,20 @@ pub fn append_files(
     })
 }
 
-/// The run number of `commit`: how many run commits of `experiment` (message `exp run
-/// <experiment>: …`) its first-parent history holds, itself included. Appends are serialised
-/// by the compare-and-swap, so this number is the commit's place on its branch whatever order
-/// concurrent trials tag in.
-pub fn run_number(repo: &Repository, commit: Oid, experiment: &str) -> Result<u64, GitError> {
+/// The run number of `commit` on `branch`: how many run commits of `experiment` recorded for
+/// `branch` (message `exp run <experiment>: …`, record's `run.branch`) its first-parent history
+/// holds, itself included. Appends are serialised by the compare-and-swap, so this is the
+/// commit's place on its branch whatever order concurrent trials tag in; runs of other branches
+/// merged or fast-forwarded into the history do not count.
+pub fn run_number(
+    repo: &Repository,
+    branch: &str,
+    commit: Oid,
+    experiment: &str,
+) -> Result<u64, GitError> {
     let prefix = format!("exp run {experiment}:");
+    let record_path =
+        crate::record::layout::run_file(experiment, crate::record::layout::RECORD_FILE);
     let mut walk = repo.revwalk().map_err(ctx("walking the branch"))?;
     walk.push(commit).map_err(ctx("walking the branch"))?;
     walk.simplify_first_parent()
@@ -127,11 +141,86 @@ pub fn run_number(repo: &Repository, commit: Oid, experiment: &str) -> Result<u6
     for oid in walk {
         let oid = oid.map_err(ctx("walking the branch"))?;
         let c = repo.find_commit(oid).map_err(ctx("reading a commit"))?;
-        if c.message_bytes().starts_with(prefix.as_bytes()) {
+        if !c.message_bytes().starts_with(prefix.as_bytes()) {
+            continue;
+        }
+        let recorded_branch = c
+            .tree()
+            .ok()
+            .and_then(|t| t.get_path(Path::new(&record_path)).ok())
+            .and_then(|e| repo.find_blob(e.id()).ok())
+            .and_then(|b| {
+                let text = std::str::from_utf8(b.content()).ok()?;
+                let table: toml::Table = toml::from_str(text).ok()?;
+                Some(table.get("run")?.get("branch")?.as_str()?.to_string())
+            });
+        if recorded_branch.as_deref() == Some(branch) {
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// Tags every run commit on `branch`'s recent first-parent history that a crash left without its
+/// run tag (two refs cannot move atomically: a kill between the commit and the tag leaves one);
+/// returns the tags made. Looks at the last 200 commits.
+pub fn tag_untagged_runs(repo: &Repository, branch: &str) -> Result<Vec<String>, GitError> {
+    let Ok(tip) = repo.refname_to_id(&format!("refs/heads/{branch}")) else {
+        return Ok(Vec::new());
+    };
+    let mut walk = repo.revwalk().map_err(ctx("walking the branch"))?;
+    walk.push(tip).map_err(ctx("walking the branch"))?;
+    walk.simplify_first_parent()
+        .map_err(ctx("walking the branch"))?;
+    let mut untagged = Vec::new();
+    for oid in walk.take(200) {
+        let oid = oid.map_err(ctx("walking the branch"))?;
+        let c = repo.find_commit(oid).map_err(ctx("reading a commit"))?;
+        let Some(experiment) = c
+            .message()
+            .and_then(|m| m.strip_prefix("exp run "))
+            .and_then(|m| m.split_once(':'))
+            .map(|(e, _)| e.to_string())
+        else {
+            continue;
+        };
+        let prefix = super::run_tag_prefix(branch, &experiment);
+        let tagged = repo
+            .tag_names(Some(&format!("{prefix}*")))
+            .map_err(ctx("listing tags"))?
+            .iter()
+            .flatten()
+            .any(|t| {
+                repo.revparse_single(&format!("refs/tags/{t}"))
+                    .and_then(|o| o.peel_to_commit())
+                    .is_ok_and(|c| c.id() == oid)
+            });
+        if !tagged && run_number(repo, branch, oid, &experiment)? > 0 {
+            untagged.push((oid, experiment));
+        }
+    }
+    let signature = super::signature(repo)?;
+    let mut made = Vec::new();
+    for (oid, experiment) in untagged.into_iter().rev() {
+        let headline = repo
+            .find_commit(oid)
+            .ok()
+            .and_then(|c| c.summary().map(|s| s.to_string()))
+            .unwrap_or_default();
+        let message = format!(
+            "{experiment} on {branch}: {}\n",
+            headline.split_once(": ").map_or("", |(_, h)| h)
+        );
+        made.push(tag_appended(
+            repo,
+            branch,
+            &experiment,
+            oid,
+            &message,
+            &signature,
+        )?);
+    }
+    Ok(made)
 }
 
 /// Tags run commit `commit` of `experiment` on `branch` as `run/<branch>/<experiment>/<n>`, n its
@@ -147,7 +236,7 @@ pub fn tag_appended(
     let name = format!(
         "{}{}",
         super::run_tag_prefix(branch, experiment),
-        run_number(repo, commit, experiment)?
+        run_number(repo, branch, commit, experiment)?
     );
     if let Ok(existing) = repo
         .revparse_single(&format!("refs/tags/{name}"))

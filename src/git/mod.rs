@@ -11,6 +11,7 @@ use std::process::Command;
 use git2::{Oid, Repository};
 
 pub mod append;
+pub mod lock;
 
 /// A Git failure.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,25 @@ pub enum GitError {
         path: String,
         /// `git status` lines.
         details: String,
+    },
+    /// The commit was made, but the index could not be written.
+    #[error("committed {commit}, but the index could not be written: {source}")]
+    IndexNotUpdated {
+        /// The commit.
+        commit: Oid,
+        /// Why.
+        source: git2::Error,
+    },
+    /// A lock file would refuse the commit or tag.
+    #[error("{0} exists: another Git process is at work in this repository, or one was killed")]
+    Locked(PathBuf),
+    /// A branch or tag name a run would create is not one Git accepts.
+    #[error("{name} {why}")]
+    BadRefName {
+        /// The full ref name.
+        name: String,
+        /// Why not.
+        why: String,
     },
     /// A headless append kept losing the race for its branch.
     #[error("could not append to {branch}: it moved under each of {attempts} attempts")]
@@ -101,6 +121,13 @@ impl GitError {
             }
             GitError::OutputsDirty { .. } => {
                 "commit, stash or discard the changes in that directory; it is written by `exp run`".into()
+            }
+            GitError::Locked(path) => format!(
+                "nothing was trained; if no git process is running, the lock is a leftover: remove {}",
+                path.display()
+            ),
+            GitError::BadRefName { .. } => {
+                "nothing was trained; rename the experiment or the branch (short names of letters, digits, '-', '_' and single dots)".into()
             }
             _ => return None,
         })
@@ -200,9 +227,8 @@ impl BranchPlan {
 /// Fails when commits could not be signed (no user.name / user.email), so that a run finds
 /// out before training rather than after.
 pub fn check_identity(repo: &Repository) -> Result<(), GitError> {
-    repo.signature()
-        .map(|_| ())
-        .map_err(|e| GitError::NoIdentity(e.message().to_string()))
+    signature(repo)?;
+    author(repo).map(|_| ())
 }
 
 /// Runs `git` in `dir` and returns its stdout.
@@ -362,9 +388,8 @@ pub fn commit_files(
     files: &[CommitFile],
     message: &str,
 ) -> Result<Oid, GitError> {
-    let signature = repo
-        .signature()
-        .map_err(|e| GitError::NoIdentity(e.message().to_string()))?;
+    let committer = signature(repo)?;
+    let author = author(repo)?;
     let parent = match repo.head() {
         Ok(head) => Some(
             head.peel_to_commit()
@@ -412,17 +437,53 @@ pub fn commit_files(
     let tree = repo.find_tree(tree_id).map_err(ctx("reading the tree"))?;
     let parents: Vec<&git2::Commit> = parent.iter().collect();
     let commit = repo
-        .commit(
-            Some("HEAD"),
-            &signature,
-            &signature,
-            message,
-            &tree,
-            &parents,
-        )
+        .commit(Some("HEAD"), &author, &committer, message, &tree, &parents)
         .map_err(ctx("committing"))?;
-    index.write().map_err(ctx("writing the index"))?;
+    index
+        .write()
+        .map_err(|source| GitError::IndexNotUpdated { commit, source })?;
     Ok(commit)
+}
+
+/// Keeps a run whose commit failed: the same commit built without the work tree (on `parent`'s
+/// tree, `replace_dir` replaced by `files`) under `refs/exp/failed/<run id>`. Returns the ref.
+pub fn keep_failed_run(
+    repo: &Repository,
+    parent: Oid,
+    replace_dir: &str,
+    files: &[CommitFile],
+    message: &str,
+    run_id: &str,
+) -> Result<String, GitError> {
+    let name = format!("refs/exp/failed/{run_id}");
+    let parent = repo
+        .find_commit(parent)
+        .map_err(ctx("reading the parent"))?;
+    let mut index = git2::Index::new().map_err(ctx("creating an index"))?;
+    index
+        .read_tree(&parent.tree().map_err(ctx("reading the tree"))?)
+        .map_err(ctx("reading the tree"))?;
+    index
+        .remove_dir(Path::new(replace_dir), 0)
+        .map_err(ctx("building the tree"))?;
+    for f in files {
+        let id = repo
+            .blob(&f.blob)
+            .map_err(ctx(format!("storing {}", f.path)))?;
+        index
+            .add(&append::blob_entry(&f.path, id, f.blob.len()))
+            .map_err(ctx("building the tree"))?;
+    }
+    let tree = repo
+        .find_tree(index.write_tree_to(repo).map_err(ctx("writing the tree"))?)
+        .map_err(ctx("reading the tree"))?;
+    let committer = signature(repo)?;
+    let commit = repo
+        .commit(None, &author(repo)?, &committer, message, &tree, &[&parent])
+        .map_err(ctx("committing"))?;
+    repo.reference(&name, commit, true, "exp run: kept after a failed commit")
+        .map_err(ctx(format!("creating {name}")))?;
+    Ok(name)
 }
 
 fn index_entry(path: &str, id: Oid, meta: &std::fs::Metadata) -> git2::IndexEntry {
@@ -473,13 +534,161 @@ pub fn run_tag_prefix(branch: &str, experiment: &str) -> String {
     format!("run/{}/{experiment}/", branch.replace('/', "-"))
 }
 
-/// The identity exp commits and tags with.
+/// The identity exp commits and tags with, as Git takes it: `GIT_COMMITTER_NAME`,
+/// `GIT_COMMITTER_EMAIL` and `GIT_COMMITTER_DATE` from the environment, else `user.name` and
+/// `user.email` from the config and the current time (libgit2 reads only the config).
 pub fn signature(repo: &Repository) -> Result<git2::Signature<'static>, GitError> {
-    repo.signature()
-        .map_err(|e| GitError::NoIdentity(e.message().to_string()))
+    identity(repo, "COMMITTER")
 }
 
-/// Creates the next run tag (`…/<n>`, n counting from 1) as an annotated tag on `commit`.
+/// The author of exp's commits: `GIT_AUTHOR_*` from the environment, else as [`signature`].
+pub fn author(repo: &Repository) -> Result<git2::Signature<'static>, GitError> {
+    identity(repo, "AUTHOR")
+}
+
+fn identity(repo: &Repository, role: &str) -> Result<git2::Signature<'static>, GitError> {
+    let var = |what: &str| {
+        std::env::var(format!("GIT_{role}_{what}"))
+            .ok()
+            .filter(|v| !v.is_empty())
+    };
+    let (name, email, date) = (var("NAME"), var("EMAIL"), var("DATE"));
+    let config = match (&name, &email) {
+        (Some(_), Some(_)) => None,
+        _ => Some(
+            repo.signature()
+                .map_err(|e| GitError::NoIdentity(e.message().to_string()))?,
+        ),
+    };
+    let name = name.unwrap_or_else(|| {
+        config
+            .as_ref()
+            .and_then(|c| c.name())
+            .unwrap_or_default()
+            .to_string()
+    });
+    let email = email.unwrap_or_else(|| {
+        config
+            .as_ref()
+            .and_then(|c| c.email())
+            .unwrap_or_default()
+            .to_string()
+    });
+    let bad = |m: String| GitError::NoIdentity(m);
+    match date {
+        None => git2::Signature::now(&name, &email).map_err(|e| bad(e.message().to_string())),
+        Some(text) => {
+            let (seconds, offset) = parse_git_date(&text).ok_or_else(|| {
+                bad(format!("GIT_{role}_DATE={text:?} is not a date Git reads (e.g. \"1700000000 +0000\" or 2023-11-14T22:13:20Z)"))
+            })?;
+            git2::Signature::new(&name, &email, &git2::Time::new(seconds, offset))
+                .map_err(|e| bad(e.message().to_string()))
+        }
+    }
+}
+
+/// Git's date formats exp reads: `<unix seconds> <±hhmm>` (optionally with a leading `@`),
+/// RFC 2822 and RFC 3339 / ISO 8601. Returns seconds and the offset in minutes.
+pub fn parse_git_date(text: &str) -> Option<(i64, i32)> {
+    let text = text.trim();
+    let raw = text.strip_prefix('@').unwrap_or(text);
+    let mut parts = raw.split_whitespace();
+    if let (Some(secs), tz, None) = (parts.next(), parts.next(), parts.next()) {
+        if let Ok(seconds) = secs.parse::<i64>() {
+            let offset = match tz {
+                None => 0,
+                Some(tz) => parse_offset(tz)?,
+            };
+            return Some((seconds, offset));
+        }
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc2822(text) {
+        return Some((t.timestamp(), t.offset().local_minus_utc() / 60));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some((t.timestamp(), t.offset().local_minus_utc() / 60));
+    }
+    None
+}
+
+fn parse_offset(tz: &str) -> Option<i32> {
+    let (sign, digits) = match tz.as_bytes().first()? {
+        b'+' => (1, &tz[1..]),
+        b'-' => (-1, &tz[1..]),
+        _ => return None,
+    };
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i32 = digits[..2].parse().ok()?;
+    let minutes: i32 = digits[2..].parse().ok()?;
+    Some(sign * (hours * 60 + minutes))
+}
+
+/// A lock file of Git's (or another tool's) that would refuse the run's commit or tag.
+fn check_no_lock(path: &Path) -> Result<(), GitError> {
+    if path.exists() {
+        return Err(GitError::Locked(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Everything that could refuse the commit and tag of a run of `experiment` on `branch`,
+/// checked before training (docs/design.md §5): the branch's and the future tag's ref names
+/// (Git's rules, and each path component short enough for the file system), Git's lock files
+/// (`index.lock`, `HEAD.lock`, the branch's, `packed-refs.lock`, the run tags'), the identity.
+pub fn check_can_record(repo: &Repository, branch: &str, experiment: &str) -> Result<(), GitError> {
+    let bad = |name: String, why: &str| GitError::BadRefName {
+        name,
+        why: why.to_string(),
+    };
+    let branch_ref = format!("refs/heads/{branch}");
+    let tag_ref = format!(
+        "refs/tags/{}{}",
+        run_tag_prefix(branch, experiment),
+        u32::MAX
+    );
+    for name in [&branch_ref, &tag_ref] {
+        if !git2::Reference::is_valid_name(name) {
+            return Err(bad(
+                name.clone(),
+                "is not a valid Git ref name (git check-ref-format)",
+            ));
+        }
+        // A ref is a file; each component of its path must fit a file name (255 bytes, and
+        // ".lock" is appended while it is written).
+        if name.split('/').any(|c| c.len() + ".lock".len() > 255) {
+            return Err(bad(
+                name.clone(),
+                "has a path component longer than a file name may be",
+            ));
+        }
+    }
+    let common = repo.commondir();
+    check_no_lock(&repo.path().join("index.lock"))?;
+    check_no_lock(&repo.path().join("HEAD.lock"))?;
+    check_no_lock(&common.join("packed-refs.lock"))?;
+    check_no_lock(&common.join(format!("{branch_ref}.lock")))?;
+    let tags = common.join(format!(
+        "refs/tags/{}",
+        run_tag_prefix(branch, experiment).trim_end_matches('/')
+    ));
+    if let Ok(entries) = std::fs::read_dir(&tags) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".lock") {
+                return Err(GitError::Locked(e.path()));
+            }
+        }
+    }
+    signature(repo)?;
+    author(repo)?;
+    Ok(())
+}
+
+/// Tags run commit `commit` of `experiment` on `branch` (docs/design.md §2): an annotated tag
+/// `run/<branch>/<experiment>/<n>`, n the commit's run number on the branch
+/// ([`append::run_number`]), so the number comes from history, not from the tags that happen
+/// to exist.
 pub fn tag_run(
     repo: &Repository,
     branch: &str,
@@ -487,26 +696,8 @@ pub fn tag_run(
     commit: Oid,
     message: &str,
 ) -> Result<String, GitError> {
-    let prefix = run_tag_prefix(branch, experiment);
-    let names = repo
-        .tag_names(Some(&format!("{prefix}*")))
-        .map_err(ctx("listing tags"))?;
-    let last = names
-        .iter()
-        .flatten()
-        .filter_map(|t| t.strip_prefix(&prefix)?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
-    let name = format!("{prefix}{}", last + 1);
-    let signature = repo
-        .signature()
-        .map_err(|e| GitError::NoIdentity(e.message().to_string()))?;
-    let object = repo
-        .find_object(commit, None)
-        .map_err(ctx("finding the run commit"))?;
-    repo.tag(&name, &object, &signature, message, false)
-        .map_err(ctx(format!("creating tag {name}")))?;
-    Ok(name)
+    let signature = signature(repo)?;
+    append::tag_appended(repo, branch, experiment, commit, message, &signature)
 }
 
 #[cfg(test)]

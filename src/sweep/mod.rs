@@ -529,7 +529,9 @@ pub fn status(repo: &Repository, sweep: &SweepFile) -> Result<Vec<TrialStatus>, 
             }
         } else if let Some(p) = &process {
             status.state = match p.state {
-                state::ProcessState::Running if p.host == here && !alive(p.pid) => {
+                state::ProcessState::Running
+                    if p.host == here && !crate::git::lock::process_alive(p.pid) =>
+                {
                     status.message = Some(format!(
                         "process {} on {} ended without a record (killed?)",
                         p.pid, p.host
@@ -552,13 +554,6 @@ pub fn status(repo: &Repository, sweep: &SweepFile) -> Result<Vec<TrialStatus>, 
         out.push(status);
     }
     Ok(out)
-}
-
-/// Whether process `pid` of this host is alive.
-fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 fn record_at(repo: &Repository, commit: Oid, experiment: &str) -> Option<crate::record::RunRecord> {
