@@ -68,6 +68,9 @@ pub enum Error {
     /// Arguments that parse but make no sense.
     #[error(transparent)]
     Usage(#[from] UsageError),
+    /// Another exp command holds the work tree.
+    #[error(transparent)]
+    Lock(#[from] crate::git::lock::LockError),
     /// A sweep cannot start or be read.
     #[error(transparent)]
     Sweep(Box<crate::sweep::SweepError>),
@@ -113,6 +116,7 @@ impl Error {
             Error::Verdict(e) => Some(e.hint.clone()),
             Error::Verify(e) => e.hint(),
             Error::Sweep(e) => e.hint(),
+            Error::Lock(e) => e.hint(),
             Error::LfsRefused(e) => Some(e.hint.clone()),
             Error::Push(e) => e.hint(crate::lfs::sync::SyncCommand::Push),
             Error::Pull(e) => e.hint(crate::lfs::sync::SyncCommand::Pull),

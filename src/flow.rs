@@ -374,6 +374,47 @@ pub fn models(repo: &Repository, name: Option<&str>) -> Result<Vec<ModelVersion>
     Ok(out)
 }
 
+/// A path inside the repository's git dir (or the common one): writing there could replace a
+/// hook, a ref or an object.
+fn refuse_git_dir(repo: &Repository, target: &Path) -> Result<(), FlowError> {
+    let absolute = |p: &Path| -> PathBuf {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        // The deepest existing ancestor, resolved (links included), with the rest appended.
+        let mut existing = p.clone();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_os_string());
+                    existing = parent.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        let mut resolved = std::fs::canonicalize(&existing).unwrap_or(existing);
+        for name in rest.iter().rev() {
+            resolved.push(name);
+        }
+        resolved
+    };
+    let target = absolute(target);
+    for git_dir in [repo.path(), repo.commondir()] {
+        let git_dir = std::fs::canonicalize(git_dir).unwrap_or_else(|_| git_dir.to_path_buf());
+        if target.starts_with(&git_dir) {
+            return Err(FlowError::Model(format!(
+                "--out {} is inside the repository's git dir {}; write the weights elsewhere",
+                target.display(),
+                git_dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `exp model get NAME@VERSION`: writes the released weights to `out` (verified against the
 /// record's sha256); returns the path written. A `v*` tag that is not a release made through
 /// the gate (release.rs) is refused unless `force`.
@@ -418,6 +459,13 @@ pub fn model_get(
     let target = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(format!("{name}-{version}.safetensors")));
+    refuse_git_dir(repo, &target)?;
+    if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(FlowError::Model(format!(
+            "--out {} is a symbolic link; exp never writes through one",
+            target.display()
+        )));
+    }
     std::fs::copy(store.object_path(&oid), &target).map_err(|source| FlowError::Write {
         path: target.clone(),
         source,

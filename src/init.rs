@@ -81,13 +81,39 @@ pub struct InitReport {
     pub lfs: LfsFilter,
 }
 
-/// Makes `dir` ready for exp (see the module docs).
+/// Makes `dir` ready for exp (see the module docs). A failure leaves the directory as it was
+/// found (a repository exp created is removed again, with the files it wrote); a rerun after an
+/// interrupted init finishes the job.
 pub fn init(dir: &Path) -> Result<InitReport, InitError> {
+    let existed = dir.exists();
     std::fs::create_dir_all(dir).map_err(|source| InitError::Io {
         action: "create",
         path: dir.to_path_buf(),
         source,
     })?;
+    let git_dir_existed = dir.join(".git").exists();
+    let experiments_existed = dir.join(EXPERIMENTS_DIR).exists();
+    let mut written = Vec::new();
+    let result = init_in(dir, &mut written);
+    if result.is_err() {
+        // Undo exactly what this call created.
+        for path in written.iter().rev() {
+            let _ = std::fs::remove_file(path);
+        }
+        if !experiments_existed {
+            let _ = std::fs::remove_dir(dir.join(EXPERIMENTS_DIR));
+        }
+        if !git_dir_existed {
+            let _ = std::fs::remove_dir_all(dir.join(".git"));
+        }
+        if !existed {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    result
+}
+
+fn init_in(dir: &Path, written: &mut Vec<PathBuf>) -> Result<InitReport, InitError> {
     let (repo, created_repository) = match Repository::open(dir) {
         Ok(repo) if !repo.is_bare() => (repo, false),
         Ok(repo) => return Err(GitError::Bare(repo.path().to_path_buf()).into()),
@@ -108,6 +134,8 @@ pub fn init(dir: &Path) -> Result<InitReport, InitError> {
     if unborn {
         repo.set_head("refs/heads/main")
             .map_err(ctx("pointing HEAD at main"))?;
+        // Fail before writing anything when the first commit could not be made.
+        git::check_identity(&repo)?;
     }
 
     // Files: the attributes line and the examples, never overwriting what the user has.
@@ -123,16 +151,31 @@ pub fn init(dir: &Path) -> Result<InitReport, InitError> {
         text.push_str(LFS_ATTRIBUTES);
         text.push('\n');
         write(&attributes_path, &text)?;
+        written.push(attributes_path.clone());
         files_written.push(".gitattributes".to_string());
         commit_files.push(CommitFile {
             path: ".gitattributes".into(),
             blob: text.into_bytes(),
+        });
+    } else if unborn {
+        // An earlier init wrote it and stopped before its commit: commit it now.
+        commit_files.push(CommitFile {
+            path: ".gitattributes".into(),
+            blob: existing.into_bytes(),
         });
     }
     for (name, text) in EXAMPLES {
         let rel = format!("{EXPERIMENTS_DIR}/{name}");
         let path = worktree.join(&rel);
         if path.exists() {
+            // An earlier init's example, not committed yet: commit it now (a file of the
+            // user's with that name is left alone).
+            if unborn && std::fs::read_to_string(&path).is_ok_and(|t| t == *text) {
+                commit_files.push(CommitFile {
+                    path: rel,
+                    blob: text.as_bytes().to_vec(),
+                });
+            }
             continue;
         }
         std::fs::create_dir_all(worktree.join(EXPERIMENTS_DIR)).map_err(|source| {
@@ -143,6 +186,7 @@ pub fn init(dir: &Path) -> Result<InitReport, InitError> {
             }
         })?;
         write(&path, text)?;
+        written.push(path.clone());
         files_written.push(rel.clone());
         commit_files.push(CommitFile {
             path: rel,

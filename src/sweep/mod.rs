@@ -478,16 +478,23 @@ pub struct TrialStatus {
 /// crash between the commit and the tag) is tagged now.
 pub fn status(repo: &Repository, sweep: &SweepFile) -> Result<Vec<TrialStatus>, SweepError> {
     let dir = SweepDir::new(repo.commondir(), &sweep.id);
-    let recorded = recorded_trials(repo, sweep)?;
+    // The scheduler and the state files first, Git last: a trial records before its process
+    // ends, so one that ended by the time it was asked about is recorded by the time Git is read.
     let tasks = if sweep.executor == "slurm" && !sweep.slurm_jobs.is_empty() {
         slurm::query(&sweep.slurm_jobs)?
     } else {
         BTreeMap::new()
     };
+    let processes: BTreeMap<usize, state::TrialState> = sweep
+        .trials
+        .iter()
+        .filter_map(|t| Some((t.index, dir.read_state(t.index)?)))
+        .collect();
+    let recorded = recorded_trials(repo, sweep)?;
     let here = state::host_name();
     let mut out = Vec::new();
     for entry in &sweep.trials {
-        let process = dir.read_state(entry.index);
+        let process = processes.get(&entry.index).cloned();
         let mut status = TrialStatus {
             index: entry.index,
             id: entry.id.clone(),

@@ -13,6 +13,7 @@ mod init_from;
 mod lfs;
 mod recipes;
 mod run;
+mod safety;
 mod sweep;
 mod trust;
 

@@ -1,0 +1,379 @@
+//! A failed run never destroys user work (issue 15 §2): one committing command per work tree,
+//! everything that could refuse the commit checked before training, a refused commit keeps the
+//! trained run, an untagged run commit is tagged by the next run, no write through a symlink,
+//! Git's identity variables, `exp init` that fails or is interrupted.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::common::*;
+
+/// Work in progress the tests check survives: a modified tracked file, an untracked one.
+fn work_in_progress(dir: &Path) -> (String, String) {
+    std::fs::write(dir.join("experiments/mnist-mlp.toml"), "# my edit\n").unwrap();
+    std::fs::write(dir.join("notes.txt"), "untracked notes\n").unwrap();
+    (
+        std::fs::read_to_string(dir.join("experiments/mnist-mlp.toml")).unwrap(),
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+    )
+}
+
+fn still_there(dir: &Path, wip: &(String, String)) {
+    assert_eq!(
+        std::fs::read_to_string(dir.join("experiments/mnist-mlp.toml")).unwrap(),
+        wip.0
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("notes.txt")).unwrap(),
+        wip.1
+    );
+}
+
+/// A run that trains for a while, its stderr piped; returns once its first epoch started.
+fn long_run(
+    env: &Env,
+    dir: &Path,
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = env
+        .exp_cmd(
+            dir,
+            &[
+                "run",
+                "mnist-cnn",
+                "--set",
+                "data.train_limit=3000",
+                "--set",
+                "data.test_limit=200",
+                "--set",
+                "train.epochs=3",
+            ],
+        )
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("a progress line").unwrap();
+    assert!(first.starts_with("epoch 1/3"), "{first}");
+    (child, lines)
+}
+
+#[test]
+fn one_committing_command_per_work_tree() {
+    let env = Env::new();
+    let dir = env.init_repo("lock");
+    env.git(&dir, &["switch", "-q", "-c", "feature/a", "develop"]);
+    let (mut child, lines) = long_run(&env, &dir);
+    // A second run in the same work tree is refused at once, naming the first.
+    let out = env.exp(&dir, &["run", "mnist-mlp", "--set", "data.train_limit=100"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "another exp command is committing in this work tree: pid {} on host ",
+            child.id()
+        )) && stderr(&out).contains("running \"exp run mnist-cnn\""),
+        "{}",
+        describe(&out)
+    );
+    let out = env.exp(&dir, &["flow", "finish"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("another exp command is committing"),
+        "{}",
+        describe(&out)
+    );
+    // Another work tree of the same repository runs meanwhile.
+    let other = env.path("other");
+    env.git(
+        &dir,
+        &[
+            "worktree",
+            "add",
+            "-q",
+            "-b",
+            "feature/b",
+            other.to_str().unwrap(),
+            "develop",
+        ],
+    );
+    let out = quick_run(&env, &other, "mnist-mlp", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let _: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        !dir.join(".git/exp/worktree.lock").exists(),
+        "the lock was left behind"
+    );
+
+    // A lock a killed exp left behind (its pid is dead on this host) is removed by the next run.
+    let (mut child, _lines) = long_run(&env, &dir);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(dir.join(".git/exp/worktree.lock").exists());
+    let out = quick_run(&env, &dir, "mnist-mlp", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[test]
+fn what_would_refuse_the_commit_is_found_before_training() {
+    let env = Env::new();
+    let dir = env.init_repo("refs");
+    env.git(&dir, &["switch", "-q", "-c", "feature/x", "develop"]);
+    let spec = std::fs::read_to_string(dir.join("experiments/mnist-mlp.toml")).unwrap();
+    let refused = |name: &str, says: &str| {
+        std::fs::write(dir.join(format!("experiments/{name}.toml")), &spec).unwrap();
+        let before = lfs_objects(&dir);
+        let out = quick_run(&env, &dir, name, &[]);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", describe(&out));
+        assert!(stderr(&out).contains(says), "{name}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains("nothing was trained"),
+            "{name}: {}",
+            describe(&out)
+        );
+        assert_eq!(lfs_objects(&dir), before, "{name}: trained anyway");
+        std::fs::remove_file(dir.join(format!("experiments/{name}.toml"))).unwrap();
+    };
+    refused("a..b", "is not a valid Git ref name");
+    refused("x.lock", "is not a valid Git ref name");
+    // On develop the run's branch is feature/<name>-<run id>: too long a file name for a ref.
+    env.git(&dir, &["switch", "-q", "develop"]);
+    refused(
+        &"n".repeat(246),
+        "has a path component longer than a file name may be",
+    );
+    env.git(&dir, &["switch", "-q", "feature/x"]);
+    // Git's lock files.
+    for lock in ["index.lock", "HEAD.lock", "refs/heads/feature/x.lock"] {
+        let path = dir.join(".git").join(lock);
+        std::fs::write(&path, "").unwrap();
+        let out = quick_run(&env, &dir, "mnist-mlp", &[]);
+        assert_eq!(out.status.code(), Some(2), "{lock}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains(&format!("{} exists: another Git process", path.display()))
+                && stderr(&out).contains(&format!("remove {}", path.display())),
+            "{lock}: {}",
+            describe(&out)
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+    // A committed symlink where the outputs go.
+    std::os::unix::fs::symlink(env.path("outside"), dir.join("experiments/mnist-mlp")).unwrap();
+    env.git(&dir, &["add", "experiments/mnist-mlp"]);
+    env.git(&dir, &["commit", "-q", "-m", "a link"]);
+    let out = quick_run(&env, &dir, "mnist-mlp", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("experiments/mnist-mlp is a symbolic link")
+            && stderr(&out).contains("never writes through a link"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!env.path("outside").exists());
+}
+
+#[test]
+fn a_refused_commit_keeps_the_run_and_a_missing_tag_is_made_by_the_next_run() {
+    let env = Env::new();
+    let dir = env.init_repo("keep");
+    env.git(&dir, &["switch", "-q", "-c", "feature/k", "develop"]);
+    let wip = work_in_progress(&dir);
+    let head = env.git(&dir, &["rev-parse", "HEAD"]);
+
+    // The branch's ref lock appears while the run trains: the commit is refused after training.
+    let (mut child, lines) = long_run(&env, &dir);
+    let lock = dir.join(".git/refs/heads/feature/k.lock");
+    std::fs::write(&lock, "").unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(2), "{rest:?}");
+    std::fs::remove_file(&lock).unwrap();
+    let text = rest.join("\n");
+    let kept = text
+        .split("the trained run is kept as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_string();
+    assert!(kept.starts_with("refs/exp/failed/"), "{text}");
+    assert!(
+        text.contains(&format!("git switch -c feature/recovered {kept}")),
+        "{text}"
+    );
+    // The user's branch, work and index are as they were; the run is recoverable.
+    assert_eq!(env.git(&dir, &["rev-parse", "HEAD"]), head);
+    still_there(&dir, &wip);
+    let record = record_at(&env, &dir, &kept, "mnist-cnn");
+    assert_eq!(record.run.experiment, "mnist-cnn");
+
+    // A tag that cannot be written after the commit: the commit stays, the next run tags it.
+    let blocker = dir.join(".git/refs/tags/run/feature-k");
+    std::fs::create_dir_all(blocker.parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let out = quick_run(&env, &dir, "mnist-cnn", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("but its run tag could not be written")
+            && stderr(&out)
+                .contains("the next exp command (exp run, exp log, exp flow) tags the run commit"),
+        "{}",
+        describe(&out)
+    );
+    let committed = env.git(&dir, &["rev-parse", "HEAD"]);
+    assert_ne!(committed, head, "the run commit was undone");
+    still_there(&dir, &wip);
+    std::fs::remove_file(&blocker).unwrap();
+    let out = quick_run(&env, &dir, "mnist-cnn", &["--set", "train.seed=2"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        env.git(&dir, &["rev-parse", "run/feature-k/mnist-cnn/1^{commit}"]),
+        committed
+    );
+    assert_eq!(
+        env.git(&dir, &["rev-parse", "run/feature-k/mnist-cnn/2^{commit}"]),
+        env.git(&dir, &["rev-parse", "HEAD"])
+    );
+    still_there(&dir, &wip);
+}
+
+#[test]
+fn git_identity_variables_and_model_get_paths() {
+    let env = Env::new();
+    let dir = env.init_repo("who");
+    env.git(&dir, &["switch", "-q", "-c", "feature/who", "develop"]);
+    let mut args = vec!["run", "mnist-mlp"];
+    args.extend_from_slice(QUICK);
+    let out = env
+        .exp_cmd(&dir, &args)
+        .env("GIT_AUTHOR_NAME", "Ada Author")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.com")
+        .env("GIT_AUTHOR_DATE", "1700000000 +0100")
+        .env("GIT_COMMITTER_NAME", "Bob Committer")
+        .env("GIT_COMMITTER_EMAIL", "bob@example.com")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        env.git(
+            &dir,
+            &[
+                "log",
+                "-1",
+                "--format=%an <%ae> %ad|%cn <%ce>",
+                "--date=raw"
+            ]
+        )
+        .trim(),
+        "Ada Author <ada@example.com> 1700000000 +0100|Bob Committer <bob@example.com>"
+    );
+    let out = env
+        .exp_cmd(&dir, &args)
+        .env("GIT_AUTHOR_DATE", "yesterday-ish")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("GIT_AUTHOR_DATE=\"yesterday-ish\" is not a date"),
+        "{}",
+        describe(&out)
+    );
+
+    // Released weights are never written into the git dir or through a link.
+    env.git(&dir, &["switch", "-q", "develop"]);
+    env.git(
+        &dir,
+        &["merge", "-q", "--no-ff", "feature/who", "-m", "merge"],
+    );
+    env.exp_ok(&dir, &["flow", "release", "1.0.0"]);
+    for out_path in [".git/hooks/pre-commit", ".git/objects/evil"] {
+        let out = env.exp(
+            &dir,
+            &["model", "get", "mnist-mlp@1.0.0", "--out", out_path],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(
+            stderr(&out).contains("is inside the repository's git dir"),
+            "{}",
+            describe(&out)
+        );
+    }
+    std::os::unix::fs::symlink(env.path("elsewhere"), dir.join("link.safetensors")).unwrap();
+    let out = env.exp(
+        &dir,
+        &[
+            "model",
+            "get",
+            "mnist-mlp@1.0.0",
+            "--out",
+            "link.safetensors",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(!env.path("elsewhere").exists());
+}
+
+#[test]
+fn a_failed_init_leaves_the_directory_as_it_was_and_a_rerun_finishes() {
+    let env = Env::new();
+    let nobody = env.path("nobody");
+    std::fs::create_dir_all(&nobody).unwrap();
+    std::fs::write(
+        nobody.join(".gitconfig"),
+        "[init]\n\tdefaultBranch = master\n",
+    )
+    .unwrap();
+    let anonymous = |args: &[&str]| {
+        env.exp_cmd(env.tmp.path(), args)
+            .env("HOME", &nobody)
+            .env("GIT_CONFIG_GLOBAL", nobody.join(".gitconfig"))
+            .env_remove("EMAIL")
+            .output()
+            .unwrap()
+    };
+    let fresh = env.path("fresh");
+    let out = anonymous(&["init", fresh.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("no Git identity"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!fresh.exists(), "a failed init left {}", fresh.display());
+    // An existing directory with the user's file: left exactly as it was.
+    let mine = env.path("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("data.csv"), "a,b\n").unwrap();
+    let out = anonymous(&["init", mine.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let left: Vec<String> = std::fs::read_dir(&mine)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["data.csv"]);
+    // An init interrupted after writing its files (as a kill would leave it): the rerun commits
+    // them and sets up the branches.
+    let half = env.path("half");
+    env.git(env.tmp.path(), &["init", "-q", half.to_str().unwrap()]);
+    std::fs::create_dir_all(half.join("experiments")).unwrap();
+    for (name, text) in exp::init::EXAMPLES {
+        std::fs::write(half.join("experiments").join(name), text).unwrap();
+    }
+    std::fs::write(
+        half.join(".gitattributes"),
+        format!("{}\n", exp::init::LFS_ATTRIBUTES),
+    )
+    .unwrap();
+    env.exp_ok(env.tmp.path(), &["init", half.to_str().unwrap()]);
+    assert_eq!(env.git(&half, &["status", "--porcelain"]).trim(), "");
+    assert!(env
+        .git(&half, &["ls-files"])
+        .contains("experiments/mnist-cnn.toml"));
+    assert_eq!(
+        env.git(&half, &["branch", "--format=%(refname:short)"])
+            .trim(),
+        "develop\nmain"
+    );
+}
