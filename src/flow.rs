@@ -346,7 +346,7 @@ pub struct ModelVersion {
 pub fn models(repo: &Repository, name: Option<&str>) -> Result<Vec<ModelVersion>, FlowError> {
     let mut out = Vec::new();
     let tags = repo
-        .tag_names(Some("v*"))
+        .tag_names(Some("v[0-9]*"))
         .map_err(|source| CompareError::Git {
             context: "release tags".into(),
             source,

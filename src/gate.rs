@@ -114,11 +114,18 @@ pub struct GateOptions {
     /// `--verify`: re-evaluate the committed weights of head and base (`exp verify`) before
     /// judging, reading the eval sets under this data root.
     pub verify: Option<std::path::PathBuf>,
+    /// Accept changes to a `[gate]` table (git config `exp.gate.allowPolicyChanges`): a policy
+    /// change is otherwise "cannot decide", since a branch that loosens the rule would pass the
+    /// rule it loosens and the next merge would be judged by it.
+    pub allow_policy_changes: bool,
 }
 
 /// The git config key that turns `--verify` on for every gate of the repository: the hooks and
 /// `exp flow finish` call the gate, so a CI runner or a server with the data sets it once.
 pub const VERIFY_CONFIG_KEY: &str = "exp.gate.verify";
+/// The git config key that lets a change to a `[gate]` table through (set it where the gate runs,
+/// for a reviewed policy change).
+pub const POLICY_CONFIG_KEY: &str = "exp.gate.allowPolicyChanges";
 
 impl GateOptions {
     /// The options `exp.gate.verify` in `repo`'s git config asks for (`force_verify`: the
@@ -129,17 +136,18 @@ impl GateOptions {
         cwd: &Path,
         force_verify: bool,
     ) -> Result<GateOptions, String> {
-        let configured = match repo.config().and_then(|c| c.get_bool(VERIFY_CONFIG_KEY)) {
-            Ok(v) => v,
-            Err(e) if e.code() == git2::ErrorCode::NotFound => false,
-            Err(e) => {
-                return Err(format!(
-                    "git config {VERIFY_CONFIG_KEY} is not a boolean: {}",
-                    e.message()
-                ))
-            }
+        let flag = |key: &str| match repo.config().and_then(|c| c.get_bool(key)) {
+            Ok(v) => Ok(v),
+            Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(false),
+            Err(e) => Err(format!(
+                "git config {key} is not a boolean: {}",
+                e.message()
+            )),
         };
+        let configured = flag(VERIFY_CONFIG_KEY)?;
+        let allow_policy_changes = flag(POLICY_CONFIG_KEY)?;
         Ok(GateOptions {
+            allow_policy_changes,
             verify: (force_verify || configured)
                 // Without HOME or EXP_DATA there is no data root; verification then reports it
                 // cannot find the data, and the gate cannot decide.
@@ -201,13 +209,55 @@ pub fn gate(
 ) -> Result<GateReport, CompareError> {
     let base_blobs = record_blobs(repo, &base.tree)?;
     let head_blobs = record_blobs(repo, &head.tree)?;
-    let mut names: Vec<&String> = base_blobs.keys().chain(head_blobs.keys()).collect();
+    let spec_names = spec_names(repo, base)
+        .into_iter()
+        .chain(spec_names(repo, head))
+        .collect::<Vec<String>>();
+    let mut names: Vec<&String> = base_blobs
+        .keys()
+        .chain(head_blobs.keys())
+        .chain(spec_names.iter())
+        .collect();
     names.sort();
     names.dedup();
     let mut experiments = Vec::new();
     let mut warnings = Vec::new();
+    // What the head changed of a policy: against the merge base when both sides are commits (a
+    // policy the base changed meanwhile is not the head's doing), else against the base (a
+    // hook's head is the merge result itself).
+    let origin = match (&base.commit, &head.commit) {
+        (Some(b), Some(h)) => repo
+            .merge_base(b.id(), h.id())
+            .ok()
+            .and_then(|mb| repo.find_commit(mb).ok())
+            .and_then(|c| c.tree().ok()),
+        _ => None,
+    };
+    let origin = Snapshot {
+        name: "the merge base".into(),
+        commit: None,
+        tree: origin.unwrap_or_else(|| base.tree.clone()),
+    };
     for name in names {
         let (b, h) = (base_blobs.get(name), head_blobs.get(name));
+        let (old, new) = (
+            gate_table(repo, &origin, name),
+            gate_table(repo, head, name),
+        );
+        if old != new && !options.allow_policy_changes {
+            experiments.push(undecidable(
+                name,
+                GateSpec::default(),
+                format!(
+                    "the head changes the [gate] policy in {}; a policy change is not decided by the rule it changes (review it, then let it through with `git config {POLICY_CONFIG_KEY} true` where the gate runs)",
+                    layout::spec_path(name)
+                ),
+            ));
+            continue;
+        }
+        if b.is_none() && h.is_none() {
+            continue;
+        }
         if b == h {
             // The same record; but a weights file, predictions or history replaced without a
             // new run must not slip through.
@@ -254,6 +304,32 @@ struct Sides<'a, 'r> {
     base: &'a Snapshot<'r>,
     head: &'a Snapshot<'r>,
     options: &'a GateOptions,
+}
+
+/// The experiments with a spec file (`experiments/<name>.toml`) in a snapshot.
+fn spec_names(repo: &Repository, snapshot: &Snapshot) -> Vec<String> {
+    let Ok(entry) = snapshot.tree.get_path(Path::new(layout::EXPERIMENTS_DIR)) else {
+        return Vec::new();
+    };
+    let Ok(tree) = repo.find_tree(entry.id()) else {
+        return Vec::new();
+    };
+    tree.iter()
+        .filter(|e| e.kind() == Some(git2::ObjectType::Blob))
+        .filter_map(|e| e.name()?.strip_suffix(".toml").map(String::from))
+        .collect()
+}
+
+/// The `[gate]` table of experiment `name`'s spec in a snapshot, as TOML (None: no spec, no
+/// table, or unreadable — `base_policy` reports those).
+fn gate_table(repo: &Repository, snapshot: &Snapshot, name: &str) -> Option<toml::Value> {
+    let entry = snapshot
+        .tree
+        .get_path(Path::new(&layout::spec_path(name)))
+        .ok()?;
+    let blob = repo.find_blob(entry.id()).ok()?;
+    let table: toml::Table = toml::from_str(std::str::from_utf8(blob.content()).ok()?).ok()?;
+    table.get("gate").cloned()
 }
 
 fn undecidable(name: &str, policy: GateSpec, reason: String) -> ExperimentGate {
@@ -343,7 +419,7 @@ fn trusted(
     name: &str,
     stored: &StoredRecord,
     warnings: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<Option<crate::eval::Evaluation>, String> {
     warnings.extend(
         audit(sides.repo, snapshot, name, stored)
             .map_err(|e| format!("the {side}'s record cannot be trusted: {e}"))?,
@@ -351,9 +427,9 @@ fn trusted(
     if let Some(root) = &sides.options.verify {
         let verified = verify_one(sides.repo, snapshot, name, stored, root);
         match verified.outcome {
-            VerifyOutcome::Verified => {}
+            VerifyOutcome::Verified => return Ok(verified.evaluation),
             VerifyOutcome::Mismatch => {
-                return Err(format!("exp verify: the {side}'s {}", verified.reason))
+                return Err(format!("exp verify on the {side}: {}", verified.reason))
             }
             VerifyOutcome::CannotVerify => {
                 return Err(format!(
@@ -363,7 +439,25 @@ fn trusted(
             }
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// With `--verify`, the metrics the re-evaluation gives replace the recorded ones: the gate
+/// judges what the weights do, whatever tolerance the verification allowed.
+fn judge_reevaluated(stored: &mut StoredRecord, evaluation: Option<crate::eval::Evaluation>) {
+    let Some(evaluation) = evaluation else {
+        return;
+    };
+    let metrics = crate::eval::Metrics::new(&evaluation, stored.record.eval.classes);
+    for known in crate::metric::KNOWN_METRICS {
+        if let Some(value) = metrics.get(known.name) {
+            stored
+                .record
+                .metrics
+                .values
+                .insert(known.name.to_string(), value);
+        }
+    }
 }
 
 fn judge(
@@ -387,7 +481,7 @@ fn judge(
             ),
         ));
     };
-    let h = match read(repo, head, name, head_blob) {
+    let mut h = match read(repo, head, name, head_blob) {
         Ok(h) => h,
         Err(e) => return Ok(undecidable(name, policy, e)),
     };
@@ -402,9 +496,10 @@ fn judge(
     if let Err(e) = check_weights(repo, head, name, &h.record) {
         return Ok(undecidable(name, policy, e));
     }
-    if let Err(e) = trusted(sides, head, "head", name, &h, warnings) {
-        return Ok(undecidable(name, policy, e));
-    }
+    let head_evaluation = match trusted(sides, head, "head", name, &h, warnings) {
+        Ok(e) => e,
+        Err(e) => return Ok(undecidable(name, policy, e)),
+    };
     let Some(base_blob) = base_blob else {
         return Ok(ExperimentGate {
             name: name.to_string(),
@@ -414,7 +509,7 @@ fn judge(
             policy,
         });
     };
-    let b = match read(repo, base, name, base_blob) {
+    let mut b = match read(repo, base, name, base_blob) {
         Ok(b) => b,
         Err(e) => return Ok(undecidable(name, policy, e)),
     };
@@ -427,9 +522,12 @@ fn judge(
                 .into(),
         ));
     }
-    if let Err(e) = trusted(sides, base, "base", name, &b, warnings) {
-        return Ok(undecidable(name, policy, e));
-    }
+    let base_evaluation = match trusted(sides, base, "base", name, &b, warnings) {
+        Ok(e) => e,
+        Err(e) => return Ok(undecidable(name, policy, e)),
+    };
+    judge_reevaluated(&mut h, head_evaluation);
+    judge_reevaluated(&mut b, base_evaluation);
     let diff = match compare_one(repo, name, Some(&b), Some(&h)) {
         Ok(diff) => diff,
         Err(CompareError::Untrusted { path, reason, .. }) => {

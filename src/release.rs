@@ -44,15 +44,18 @@ pub fn message(repo: &Repository, tree: &Tree, tag: &str) -> Result<String, Comp
         lines.push(format!(
             "{name}@{version}: {} (run {}, weights sha256:{})",
             metrics.join(" "),
-            &r.run.id[..r.run.id.len().min(12)],
+            crate::report::prefix(&r.run.id, 12),
             r.model.oid
         ));
     }
     Ok(lines.join("\n"))
 }
 
-/// Whether the tag object `object`, to be named `refs/tags/<tag>`, is a release; `main` is the
-/// release branch's commit to check against (the pushed one, in a hook), else its current tip.
+/// Whether the tag object `object`, to be named `refs/tags/<tag>`, is a release. With `main`
+/// (a server hook: main as it will be after the push) the tag must name exactly that tip — the
+/// commit the gate just judged — never an older commit of main's history, which another push
+/// could have made first-parent without a gate ever seeing it. Without it, the tag must be on
+/// the first-parent history of main (or of a remote's main, in a clone without a local one).
 /// `Err` says why not.
 pub fn check(repo: &Repository, tag: &str, object: Oid, main: Option<Oid>) -> Result<(), String> {
     let version = tag
@@ -68,17 +71,34 @@ pub fn check(repo: &Repository, tag: &str, object: Oid, main: Option<Oid>) -> Re
         .and_then(|o| o.peel(ObjectType::Commit).ok())
         .and_then(|o| o.into_commit().ok())
         .ok_or_else(|| format!("{tag} does not tag a commit"))?;
-    let main = match main {
-        Some(oid) => oid,
-        None => repo
-            .refname_to_id(&format!("refs/heads/{RELEASE_BRANCH}"))
-            .map_err(|_| format!("there is no {RELEASE_BRANCH} branch to release from"))?,
-    };
-    if !on_first_parent_history(repo, main, target.id())? {
-        return Err(format!(
-            "{tag} tags {}, which is not on {RELEASE_BRANCH}'s first-parent history (releases are the merges exp flow release makes into {RELEASE_BRANCH})",
-            &target.id().to_string()[..12]
-        ));
+    match main {
+        Some(tip) => {
+            if target.id() != tip {
+                return Err(format!(
+                    "{tag} tags {}, not {RELEASE_BRANCH}'s tip {} as pushed (a release tags the merge exp flow release makes, pushed with it)",
+                    crate::report::short(&target.id().to_string()),
+                    crate::report::short(&tip.to_string())
+                ));
+            }
+        }
+        None => {
+            let tips = release_branch_tips(repo);
+            if tips.is_empty() {
+                return Err(format!(
+                    "there is no {RELEASE_BRANCH} branch to release from"
+                ));
+            }
+            let mut on_history = false;
+            for tip in tips {
+                on_history |= on_first_parent_history(repo, tip, target.id())?;
+            }
+            if !on_history {
+                return Err(format!(
+                    "{tag} tags {}, which is not on {RELEASE_BRANCH}'s first-parent history (releases are the merges exp flow release makes into {RELEASE_BRANCH})",
+                    crate::report::short(&target.id().to_string())
+                ));
+            }
+        }
     }
     let tree = target.tree().map_err(|e| e.message().to_string())?;
     let expected = message(repo, &tree, tag).map_err(|e| e.to_string())?;
@@ -98,6 +118,16 @@ pub fn check_existing(repo: &Repository, tag: &str) -> Result<(), String> {
         .refname_to_id(&format!("refs/tags/{tag}"))
         .map_err(|_| format!("there is no tag {tag}"))?;
     check(repo, tag, object, None)
+}
+
+/// The local main, else every remote's main (a clone whose default branch is develop).
+fn release_branch_tips(repo: &Repository) -> Vec<Oid> {
+    if let Ok(tip) = repo.refname_to_id(&format!("refs/heads/{RELEASE_BRANCH}")) {
+        return vec![tip];
+    }
+    repo.references_glob(&format!("refs/remotes/*/{RELEASE_BRANCH}"))
+        .map(|refs| refs.flatten().filter_map(|r| r.target()).collect())
+        .unwrap_or_default()
 }
 
 fn on_first_parent_history(repo: &Repository, tip: Oid, commit: Oid) -> Result<bool, String> {

@@ -86,6 +86,9 @@ pub struct ExperimentVerify {
     /// The loss of the re-evaluation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
+    /// The re-evaluation itself (labels, predictions, loss), for the gate to judge.
+    #[serde(skip)]
+    pub evaluation: Option<crate::eval::Evaluation>,
 }
 
 /// `exp verify`'s answer for a revision.
@@ -201,6 +204,7 @@ pub fn verify_one(
         differing_predictions: None,
         recorded_loss: record.metrics.values.get("loss").copied(),
         loss: None,
+        evaluation: None,
     };
     let verdict = |mut out: ExperimentVerify, outcome, reason: String| {
         out.outcome = outcome;
@@ -211,6 +215,14 @@ pub fn verify_one(
     // consistent to reproduce.
     if let Err(reason) = audit(repo, snapshot, name, stored) {
         return verdict(out, VerifyOutcome::Mismatch, reason);
+    }
+    // The record names the data files; on a server, they must stay under the data root.
+    if let Some(bad) = data_paths(record).into_iter().find(|p| escapes_root(p)) {
+        return verdict(
+            out,
+            VerifyOutcome::CannotVerify,
+            format!("[params.data] names {bad:?}, outside the data root; exp verify reads only under it"),
+        );
     }
     let record_path = format!(
         "{} at {}",
@@ -298,6 +310,7 @@ pub fn verify_one(
             ),
         );
     }
+    out.evaluation = Some(evaluation.clone());
     let differing = predictions
         .iter()
         .zip(&evaluation.predictions)
@@ -353,17 +366,19 @@ pub fn verify_one(
     }
 }
 
-/// The tolerance for a run evaluated as `record` says, re-evaluated here on `n` examples.
+/// The tolerance for a run evaluated as `record` says, re-evaluated here on `n` examples. The
+/// loose one needs a record consistent with a GPU run (a CUDA device and its `[run.gpu]`) or
+/// with the other CPU path; with `--verify` the gate judges the re-evaluated metrics anyway, so
+/// a record that claims either gains nothing.
 pub fn tolerance_for(record: &RunRecord, n: usize) -> Tolerance {
-    let same_path = record.run.gpu.is_none()
-        && record.params.train.precision == Precision::F32
-        && record.run.cpu_ops.is_some() == crate::model::candle_cpu_ops_forced();
-    if same_path {
-        Tolerance::Exact
-    } else {
+    let on_gpu = record.run.gpu.is_some() && record.run.device.starts_with("cuda");
+    let other_cpu_path = record.run.cpu_ops.is_some() != crate::model::candle_cpu_ops_forced();
+    if on_gpu || other_cpu_path {
         Tolerance::CrossDevice {
             max_differing: (n / 1000).max(1),
         }
+    } else {
+        Tolerance::Exact
     }
 }
 
@@ -430,6 +445,27 @@ fn load_model(
             .map_err(|e| format!("tensor {name}: {e}"))?;
     }
     Ok(model)
+}
+
+/// Every data file a record's `[params.data]` names.
+fn data_paths(record: &RunRecord) -> Vec<String> {
+    let d = &record.params.data;
+    let mut paths = vec![d.train_labels.clone(), d.test_labels.clone()];
+    paths.extend(d.train_images.iter().cloned());
+    paths.extend(d.test_images.iter().cloned());
+    paths
+}
+
+/// Whether a data path would leave the data root (absolute, or with a `..` component).
+fn escapes_root(path: &str) -> bool {
+    let p = Path::new(path);
+    p.is_absolute()
+        || p.components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::Prefix(_)
+            )
+        })
 }
 
 fn committed_predictions(repo: &Repository, snapshot: &Snapshot, name: &str) -> Option<Vec<u8>> {

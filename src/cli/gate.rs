@@ -120,7 +120,15 @@ pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
     let code = report.exit_code();
     if code == exp::ExitCode::Success {
         if !args.json && !report.experiments.is_empty() {
-            super::outln!("exp gate: pass.");
+            if options.verify.is_some() {
+                super::outln!(
+                    "exp gate: pass (verified: the committed weights were re-evaluated)."
+                );
+            } else {
+                super::outln!(
+                    "exp gate: pass (records audited against their artifacts, weights not re-evaluated: --verify or git config exp.gate.verify true)."
+                );
+            }
         }
         return Ok(());
     }

@@ -39,6 +39,40 @@ pub fn audit(
     let mut warnings = Vec::new();
     let committed = |file: &str| committed_file(repo, snapshot, name, file);
 
+    // The files a record names are exp's fixed names: a record pointing the gate at another
+    // file (a good model's pointer beside a bad model.safetensors) is forged.
+    for (field, value, expected) in [
+        ("model.weights", &record.model.weights, layout::WEIGHTS_FILE),
+        (
+            "eval.predictions",
+            &record.eval.predictions,
+            PREDICTIONS_FILE,
+        ),
+    ] {
+        if value != expected {
+            return Err(format!(
+                "{field} is {value:?}; exp always writes {expected:?}"
+            ));
+        }
+    }
+    if record.run.experiment != name {
+        return Err(format!(
+            "run.experiment is {:?}, but the record is in the directory of {name:?}",
+            record.run.experiment
+        ));
+    }
+    if let Some(ops) = record.run.cpu_ops.as_deref().filter(|o| *o != "candle") {
+        return Err(format!(
+            "run.cpu_ops is {ops:?}; exp writes only \"candle\""
+        ));
+    }
+
+    if record.artifacts.is_empty() && binds_artifacts(&record.run.exp_version) {
+        return Err(format!(
+            "the record says exp {} wrote it, which binds its artifacts, yet it has no [artifacts]",
+            record.run.exp_version
+        ));
+    }
     if record.artifacts.is_empty() {
         warnings.push(format!(
             "{} at {} was written before records bound their artifacts: its {} are taken as committed",
@@ -86,6 +120,11 @@ pub fn audit(
     })?;
     let (labels, predictions, classes) =
         decode_predictions(&bytes).map_err(|e| format!("{path}: {e}"))?;
+    if classes > MAX_CLASSES {
+        return Err(format!(
+            "{path} has {classes} classes; exp records at most {MAX_CLASSES}"
+        ));
+    }
     if classes != record.eval.classes {
         return Err(format!(
             "eval.classes is recorded as {}, but {path} has {classes} classes",
@@ -116,6 +155,20 @@ pub fn audit(
         }
     }
 
+    // Shapes before the K × K recomputation.
+    if record.eval.per_class_accuracy.len() != classes {
+        return Err(format!(
+            "eval.per_class_accuracy has {} entries, but there are {classes} classes",
+            record.eval.per_class_accuracy.len()
+        ));
+    }
+    if record.eval.confusion.len() != classes
+        || record.eval.confusion.iter().any(|row| row.len() != classes)
+    {
+        return Err(format!(
+            "eval.confusion is not a {classes}×{classes} matrix"
+        ));
+    }
     let evaluation = Evaluation {
         labels,
         predictions,
@@ -137,12 +190,6 @@ pub fn audit(
                 &path,
             ));
         }
-    }
-    if record.eval.per_class_accuracy.len() != classes {
-        return Err(format!(
-            "eval.per_class_accuracy has {} entries, but there are {classes} classes",
-            record.eval.per_class_accuracy.len()
-        ));
     }
     for (c, (recorded, again)) in record
         .eval
@@ -176,6 +223,16 @@ pub fn audit(
         }
     }
     Ok(warnings)
+}
+
+/// The most classes a record may have: the audit recomputes a K × K confusion matrix, and a
+/// forged K must not exhaust a server's memory (predictions.bin stores labels as u16 at most).
+pub const MAX_CLASSES: usize = 65_536;
+
+/// Whether exp `version` writes `[artifacts]` (from 0.2.0 on): its records without them were
+/// stripped.
+fn binds_artifacts(version: &str) -> bool {
+    semver::Version::parse(version).is_ok_and(|v| v >= semver::Version::new(0, 2, 0))
 }
 
 fn mismatch(

@@ -90,6 +90,9 @@ pub enum RecordError {
     /// Hashing or saving tensors failed.
     #[error("cannot serialise the weights: {0}")]
     Tensors(String),
+    /// The record parses but holds what exp never writes.
+    #[error("invalid run record: {0}")]
+    Invalid(String),
 }
 
 /// Status of a committed record: always `completed` (failed runs commit nothing).
@@ -303,9 +306,27 @@ impl RunRecord {
         Ok(toml::to_string(self)?)
     }
 
-    /// Parses TOML text.
+    /// Parses TOML text. The ids every tool shortens and compares (`run.id`, `model.oid`,
+    /// `model.tensor_hash`) must be 64 lowercase hex digits: anything else is not a record exp
+    /// wrote.
     pub fn from_toml(text: &str) -> Result<RunRecord, RecordError> {
-        Ok(toml::from_str(text)?)
+        let record: RunRecord = toml::from_str(text)?;
+        for (key, value) in [
+            ("run.id", &record.run.id),
+            ("model.oid", &record.model.oid),
+            ("model.tensor_hash", &record.model.tensor_hash),
+        ] {
+            if value.len() != 64
+                || !value
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err(RecordError::Invalid(format!(
+                    "{key} is {value:?}, not 64 lowercase hex digits"
+                )));
+            }
+        }
+        Ok(record)
     }
 }
 

@@ -93,7 +93,12 @@ pub fn p_value(p: f64) -> String {
 
 /// The first 10 characters of an id (12 for LFS oids are used by callers as they like).
 pub fn short(id: &str) -> &str {
-    &id[..id.len().min(10)]
+    prefix(id, 10)
+}
+
+/// The first `n` characters of `s` (all of it when shorter), never splitting a character.
+pub fn prefix(s: &str, n: usize) -> &str {
+    s.char_indices().nth(n).map_or(s, |(i, _)| &s[..i])
 }
 
 /// A revision as people read it: a full hex id shortened, any other name as given.

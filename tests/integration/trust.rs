@@ -153,6 +153,16 @@ fn forged_records_cannot_pass_the_gate_or_diff() {
         &format!("cannot trust {RECORD} at HEAD: {expected}"),
     );
 
+    // Bindings stripped from a record of a version that writes them.
+    forge(&env, &dir, "forge/stripped", |r| r.artifacts.clear());
+    refused(
+        &env,
+        &dir,
+        &["gate", "--base", "develop"],
+        2,
+        "which binds its artifacts, yet it has no [artifacts]",
+    );
+
     // A direction flipped so that a drop reads as a gain: the direction comes from exp's table.
     forge(&env, &dir, "forge/direction", |r| {
         r.metrics.meta.get_mut("accuracy").unwrap().direction = exp::metric::Direction::Min;
@@ -224,13 +234,18 @@ fn forged_records_cannot_pass_the_gate_or_diff() {
         forge_consistent(&dir, r)
     });
     let out = env.exp_ok(&dir, &["gate", "--base", "develop"]);
-    assert!(out.contains("exp gate: pass."), "{out}");
+    assert!(
+        out.contains(
+            "exp gate: pass (records audited against their artifacts, weights not re-evaluated"
+        ),
+        "{out}"
+    );
     refused(
         &env,
         &dir,
         &["gate", "--base", "develop", "--verify"],
         2,
-        "cannot decide mnist-cnn: exp verify: the head's the committed weights do not produce the record:",
+        "cannot decide mnist-cnn: exp verify on the head: the committed weights do not produce the record:",
     );
     refused(
         &env,
@@ -246,7 +261,7 @@ fn forged_records_cannot_pass_the_gate_or_diff() {
         &dir,
         &["gate", "--base", "develop"],
         2,
-        "exp verify: the head's the committed weights do not produce the record",
+        "exp verify on the head: the committed weights do not produce the record",
     );
     env.git(&dir, &["config", "exp.gate.verify", "sometimes"]);
     refused(
@@ -297,7 +312,10 @@ fn records_without_bindings_are_read_with_a_warning() {
     let env = Env::new();
     let dir = two_runs(&env);
     // As exp wrote records before artifact bindings: no [artifacts] table.
-    forge(&env, &dir, "feature/old-style", |r| r.artifacts.clear());
+    forge(&env, &dir, "feature/old-style", |r| {
+        r.artifacts.clear();
+        r.run.exp_version = "0.1.0".into();
+    });
     let out = env.exp(&dir, &["gate", "--base", "develop"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(
@@ -346,6 +364,34 @@ fn a_gated_metric_exp_does_not_know_is_an_error_in_the_base_spec() {
         "{}",
         describe(&out)
     );
+}
+
+/// A branch that loosens its own policy is not judged by the loosened rule, and the loosening
+/// itself cannot pass the gate it loosens (else the next merge would be judged by it).
+#[test]
+fn a_policy_change_is_not_decided_by_the_rule_it_changes() {
+    let env = Env::new();
+    let dir = two_runs(&env);
+    env.git(&dir, &["switch", "-q", "-c", "policy/loosen", "develop"]);
+    let spec = dir.join("experiments/mnist-cnn.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text.replace("alpha = 1e-9", "alpha = 1e-300")).unwrap();
+    env.git(&dir, &["commit", "-q", "-am", "loosen"]);
+    refused(
+        &env,
+        &dir,
+        &["gate", "--base", "develop"],
+        2,
+        "cannot decide mnist-cnn: the head changes the [gate] policy in experiments/mnist-cnn.toml",
+    );
+    // A branch that leaves the policy alone passes.
+    env.git(&dir, &["switch", "-q", "feature/next"]);
+    env.exp_ok(&dir, &["gate", "--base", "develop"]);
+    // Reviewed, it is let through where the gate runs.
+    env.git(&dir, &["switch", "-q", "policy/loosen"]);
+    env.git(&dir, &["config", "exp.gate.allowPolicyChanges", "true"]);
+    let out = env.exp_ok(&dir, &["gate", "--base", "develop"]);
+    assert!(out.contains("pass"), "{out}");
 }
 
 #[test]
@@ -492,7 +538,30 @@ fn the_server_cannot_be_skipped_and_receives_only_releases() {
         ],
     );
     refused_push(&["v2.0.1"], "v2.0.1 tags ");
-    refused_push(&["v2.0.1"], "which is not on main's first-parent history");
+    refused_push(&["v2.0.1"], "not main's tip");
+    // A release is for good: never deleted or moved.
+    refused_push(
+        &[":refs/tags/v1.0.0"],
+        "deleting the release v1.0.0 is refused",
+    );
+    env.git(
+        &dir,
+        &["tag", "-f", "-a", "v1.0.0", "-m", "moved", "develop"],
+    );
+    refused_push(&["-f", "v1.0.0"], "moving the release v1.0.0 is refused");
+    env.git(
+        &dir,
+        &[
+            "fetch",
+            "-q",
+            "-f",
+            "origin",
+            "refs/tags/v1.0.0:refs/tags/v1.0.0",
+        ],
+    );
+    // Tags that merely start with a v are not releases and pass untouched.
+    env.git(&dir, &["tag", "vendor-drop", "main"]);
+    assert!(push(&["vendor-drop"]).status.success());
     env.git(
         &dir,
         &[
@@ -509,8 +578,11 @@ fn the_server_cannot_be_skipped_and_receives_only_releases() {
         "v2.0.2's message is not the one exp flow release writes for that commit's records",
     );
     env.git(&dir, &["tag", "-a", "vnext", "-m", "Release vnext", "main"]);
-    refused_push(
-        &["vnext"],
+    refused(
+        &env,
+        &dir,
+        &["model", "check-release", "vnext"],
+        1,
         "\"next\" is not a semantic version MAJOR.MINOR.PATCH",
     );
 
