@@ -229,10 +229,26 @@ pub fn finish(
             "{branch} is not a feature branch; name one: exp flow finish feature/<name>"
         )));
     }
-    if repo.find_branch(&branch, git2::BranchType::Local).is_err() {
+    let Ok(found) = repo.find_branch(&branch, git2::BranchType::Local) else {
         return Err(FlowError::Precondition(format!(
             "there is no branch {branch}"
         )));
+    };
+    // A sweep branch's tip is its last trial, not a chosen model: the merge would gate
+    // whichever trial happened to finish last.
+    if branch.starts_with("feature/sweep-") {
+        let tip_message = found
+            .get()
+            .peel_to_commit()
+            .ok()
+            .and_then(|c| c.message().map(String::from))
+            .unwrap_or_default();
+        if !tip_message.starts_with(crate::sweep::PICK_PREFIX) {
+            let id = branch.rsplit('-').next().unwrap_or_default();
+            return Err(FlowError::Precondition(format!(
+                "{branch} is a sweep branch whose tip is not a picked trial; pick the model to merge first: exp sweep pick {id} --best accuracy (or a trial by its index)"
+            )));
+        }
     }
     clean_worktree(&dir)?;
     let mut report = FlowReport::default();

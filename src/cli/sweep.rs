@@ -148,6 +148,18 @@ pub enum SweepAction {
         #[arg(long)]
         md: bool,
     },
+    /// Put a trial's record and weights at the sweep branch's tip (one commit), so that
+    /// `exp flow finish` gates that model: TRIAL by index, or --best METRIC.
+    Pick {
+        /// The sweep's id.
+        id: String,
+        /// The trial's index.
+        #[arg(required_unless_present = "best", conflicts_with = "best")]
+        trial: Option<usize>,
+        /// The recorded trial best on this metric (accuracy, macro_f1: highest; loss: lowest).
+        #[arg(long, value_name = "METRIC")]
+        best: Option<String>,
+    },
     /// Run one trial (what the executors run).
     #[command(hide = true)]
     Trial {
@@ -170,6 +182,7 @@ pub(super) fn execute(args: SweepArgs) -> Result<(), Error> {
             quiet,
         }) => resume(&id, jobs, wait, quiet),
         Some(SweepAction::Show { id, sort, json, md }) => show(&id, sort.as_deref(), json, md),
+        Some(SweepAction::Pick { id, trial, best }) => pick(&id, trial, best),
     }
 }
 
@@ -501,6 +514,40 @@ fn trial(id: &str, index: usize) -> Result<(), Error> {
                 &commit[..10]
             );
         }
+    }
+    Ok(())
+}
+
+fn pick(id: &str, trial: Option<usize>, best: Option<String>) -> Result<(), Error> {
+    let repo = exp::git::open_any(&super::cwd()?)?;
+    let sweep = load(&repo, Some(id))?;
+    let choice = match (trial, best) {
+        (Some(index), _) => sweeps::Choice::Trial(index),
+        (None, Some(metric)) => sweeps::Choice::Best(metric),
+        (None, None) => {
+            return Err(exp::error::UsageError("name a TRIAL or --best METRIC".into()).into())
+        }
+    };
+    let picked = sweeps::pick(&repo, &sweep, &choice)?;
+    let what = format!(
+        "trial {} ({}{})",
+        picked.trial.index,
+        describe(&picked.trial.values),
+        picked
+            .trial
+            .metrics
+            .get("accuracy")
+            .map(|a| format!(", accuracy {a:.4}"))
+            .unwrap_or_default()
+    );
+    match picked.commit {
+        Some(commit) => super::outln!(
+            "picked {what}: its record and weights are at the tip of {} ({}); `exp flow finish {}` gates it",
+            sweep.branch,
+            exp::report::short(&commit.to_string()),
+            sweep.branch
+        ),
+        None => super::outln!("{what} is already at the tip of {}", sweep.branch),
     }
     Ok(())
 }

@@ -161,6 +161,69 @@ pub fn run_number(
     Ok(n)
 }
 
+/// Puts the run of `experiment` recorded at commit `from` at the tip of `branch`: one commit
+/// whose tree is the tip's with `experiments/<experiment>.toml` and `experiments/<experiment>/`
+/// taken from `from` (the record, weights pointer, predictions and history of that run). No
+/// work tree is touched. Returns `None` when the tip already holds exactly that run.
+pub fn apply_run(
+    repo: &Repository,
+    branch: &str,
+    experiment: &str,
+    from: Oid,
+    message: &str,
+    signature: &git2::Signature,
+) -> Result<Option<Oid>, GitError> {
+    let source = repo
+        .find_commit(from)
+        .and_then(|c| c.tree())
+        .map_err(ctx("reading the run's commit"))?;
+    let spec = crate::record::layout::spec_path(experiment);
+    let dir = crate::record::layout::run_dir(experiment);
+    let mut files = Vec::new();
+    if let Ok(entry) = source.get_path(Path::new(&spec)) {
+        let blob = repo
+            .find_blob(entry.id())
+            .map_err(ctx(format!("reading {spec}")))?;
+        files.push(CommitFile {
+            path: spec.clone(),
+            blob: blob.content().to_vec(),
+        });
+    }
+    let run_tree = source
+        .get_path(Path::new(&dir))
+        .and_then(|e| repo.find_tree(e.id()))
+        .map_err(ctx(format!("reading {dir}/ of the run's commit")))?;
+    for entry in run_tree.iter() {
+        if entry.kind() != Some(git2::ObjectType::Blob) {
+            continue;
+        }
+        let name = entry.name().unwrap_or_default();
+        let blob = repo
+            .find_blob(entry.id())
+            .map_err(ctx(format!("reading {dir}/{name}")))?;
+        files.push(CommitFile {
+            path: format!("{dir}/{name}"),
+            blob: blob.content().to_vec(),
+        });
+    }
+    let same_at = |tip: Oid| -> Result<Option<Oid>, GitError> {
+        let tree = repo
+            .find_commit(tip)
+            .and_then(|c| c.tree())
+            .map_err(ctx("reading the tip"))?;
+        let id = |t: &git2::Tree, p: &str| t.get_path(Path::new(p)).ok().map(|e| e.id());
+        Ok(
+            (id(&tree, &dir) == id(&source, &dir) && id(&tree, &spec) == id(&source, &spec))
+                .then_some(tip),
+        )
+    };
+    let appended = append_files(repo, branch, &dir, &files, message, signature, &same_at)?;
+    Ok(match appended {
+        Appended::New(c) => Some(c),
+        Appended::Existing(_) => None,
+    })
+}
+
 /// Tags every run commit on `branch`'s recent first-parent history that a crash left without its
 /// run tag (two refs cannot move atomically: a kill between the commit and the tag leaves one);
 /// returns the tags made. Looks at the last 200 commits.

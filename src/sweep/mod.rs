@@ -74,6 +74,19 @@ pub enum SweepError {
         /// How many it has.
         trials: usize,
     },
+    /// No recorded trial to pick from.
+    #[error("sweep {0} has no recorded trial yet")]
+    NothingRecorded(String),
+    /// The trial to pick has no record.
+    #[error("trial {index} of sweep {sweep} is {state}, not recorded")]
+    NotRecorded {
+        /// The sweep.
+        sweep: String,
+        /// The trial.
+        index: usize,
+        /// Its state.
+        state: String,
+    },
     /// The Slurm executor failed.
     #[error(transparent)]
     Slurm(#[from] slurm::SlurmError),
@@ -102,6 +115,9 @@ impl SweepError {
             SweepError::Git(e) => e.hint(),
             SweepError::Data(e) => e.hint(),
             SweepError::Run(e) => e.hint(),
+            SweepError::NothingRecorded(id) | SweepError::NotRecorded { sweep: id, .. } => {
+                Some(format!("`exp sweep status {id}` shows the trials; `exp sweep resume {id}` runs the missing ones"))
+            }
             SweepError::NoSuchTrial { .. } => {
                 Some("`exp sweep status ID` lists the trials".into())
             }
@@ -293,10 +309,15 @@ pub fn recorded_below(
         let _ = walk.hide(fork);
     }
     let record_path = layout::run_file(&sweep.experiment, layout::RECORD_FILE);
+    let run_prefix = format!("exp run {}:", sweep.experiment);
     let mut out = BTreeMap::new();
     for oid in walk {
         let oid = oid.map_err(git)?;
         let commit = repo.find_commit(oid).map_err(git)?;
+        // Run commits only: a pick carries a trial's record too, but records no trial.
+        if !commit.message_bytes().starts_with(run_prefix.as_bytes()) {
+            continue;
+        }
         let Ok(entry) = commit
             .tree()
             .map_err(git)?
@@ -413,6 +434,106 @@ mod tests {
         assert_ne!(new_sweep_id("x", SPEC), new_sweep_id("x", SPEC));
         assert_eq!(new_sweep_id("x", SPEC).len(), 7);
     }
+}
+
+/// The first line of a pick's commit message: `exp flow finish` looks for it at a sweep
+/// branch's tip.
+pub const PICK_PREFIX: &str = "exp sweep pick";
+
+/// Which trial `exp sweep pick` takes.
+#[derive(Debug, Clone)]
+pub enum Choice {
+    /// By index.
+    Trial(usize),
+    /// The recorded trial best on this known metric.
+    Best(String),
+}
+
+/// What `pick` did.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    /// The trial.
+    pub trial: TrialStatus,
+    /// The pick's commit, or None when the tip already held that trial.
+    pub commit: Option<Oid>,
+}
+
+/// Puts the chosen trial's record and weights at the sweep branch's tip (one commit), so that
+/// `exp flow finish` gates that model.
+pub fn pick(repo: &Repository, sweep: &SweepFile, choice: &Choice) -> Result<Picked, SweepError> {
+    let statuses = status(repo, sweep)?;
+    let completed: Vec<&TrialStatus> = statuses
+        .iter()
+        .filter(|s| s.state == TrialPhase::Completed)
+        .collect();
+    let trial = match choice {
+        Choice::Trial(index) => {
+            statuses
+                .iter()
+                .find(|s| s.index == *index)
+                .ok_or_else(|| SweepError::NoSuchTrial {
+                    sweep: sweep.id.clone(),
+                    index: *index,
+                    trials: sweep.trials.len(),
+                })?
+        }
+        Choice::Best(metric) => {
+            let known = crate::metric::known(metric).ok_or_else(|| SweepError::Definition {
+                origin: "--best".into(),
+                key: metric.clone(),
+                message: format!(
+                    "is not a metric exp knows ({})",
+                    crate::metric::known_names()
+                ),
+            })?;
+            completed
+                .iter()
+                .filter(|s| s.metrics.contains_key(metric))
+                .max_by(|a, b| {
+                    let (x, y) = (a.metrics[metric], b.metrics[metric]);
+                    match known.direction {
+                        crate::metric::Direction::Max => x.total_cmp(&y),
+                        crate::metric::Direction::Min => y.total_cmp(&x),
+                    }
+                    // Ties: the lower index wins.
+                    .then(b.index.cmp(&a.index))
+                })
+                .copied()
+                .ok_or_else(|| SweepError::NothingRecorded(sweep.id.clone()))?
+        }
+    };
+    let Some(commit) = trial.commit.as_deref().and_then(|c| Oid::from_str(c).ok()) else {
+        return Err(SweepError::NotRecorded {
+            sweep: sweep.id.clone(),
+            index: trial.index,
+            state: trial.state.as_str().to_string(),
+        });
+    };
+    let message = format!(
+        "{PICK_PREFIX} {}: trial {} ({})\n\nthe record and weights of {} at the branch tip\n",
+        sweep.id,
+        trial.index,
+        trial
+            .values
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        trial.tag.as_deref().unwrap_or(&commit.to_string())
+    );
+    let signature = crate::git::signature(repo)?;
+    let picked = crate::git::append::apply_run(
+        repo,
+        &sweep.branch,
+        &sweep.experiment,
+        commit,
+        &message,
+        &signature,
+    )?;
+    Ok(Picked {
+        trial: trial.clone(),
+        commit: picked,
+    })
 }
 
 /// Where a trial stands.

@@ -585,3 +585,70 @@ fn a_slurm_sweep_survives_scancel_and_requeue_and_matches_the_local_one() {
         hashes(&format!("feature/sweep-mnist-cnn-{local_id}"))
     );
 }
+
+#[test]
+fn a_picked_trial_is_what_flow_finish_gates() {
+    let env = Env::new();
+    let dir = env.init_repo("pick");
+    let mut args = vec![
+        "sweep",
+        "mnist-cnn",
+        "--seeds",
+        "[1, 2, 3]",
+        "--jobs",
+        "2",
+        "--quiet",
+    ];
+    args.extend_from_slice(TINY);
+    env.exp_ok(&dir, &args);
+    let id = sweep_ids(&dir).remove(0);
+    let branch = format!("feature/sweep-mnist-cnn-{id}");
+    // Finishing the sweep branch as it is would merge whichever trial finished last.
+    let out = env.exp(&dir, &["flow", "finish", &branch]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!("exp sweep pick {id} --best accuracy")),
+        "{}",
+        describe(&out)
+    );
+    let status = status_json(&env, &dir, &id);
+    let best = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by(|a, b| {
+            let acc = |t: &serde_json::Value| t["metrics"]["accuracy"].as_f64().unwrap();
+            acc(a)
+                .total_cmp(&acc(b))
+                .then(b["index"].as_u64().cmp(&a["index"].as_u64()))
+        })
+        .unwrap()
+        .clone();
+    let out = env.exp_ok(&dir, &["sweep", "pick", &id, "--best", "accuracy"]);
+    assert!(
+        out.contains(&format!("picked trial {} (", best["index"])),
+        "{out} (best {best})"
+    );
+    let tip = record_at(&env, &dir, &branch, "mnist-cnn");
+    let trial = record_at(&env, &dir, best["commit"].as_str().unwrap(), "mnist-cnn");
+    assert_eq!(tip, trial, "the tip's record is not the picked trial's");
+    assert_eq!(
+        run_commits(&env, &dir, &branch).len(),
+        4,
+        "three trials and the pick"
+    );
+    // Picking it again changes nothing; another trial by index moves the tip.
+    let again = env.exp_ok(&dir, &["sweep", "pick", &id, "--best", "accuracy"]);
+    assert!(again.contains("is already at the tip"), "{again}");
+    let out = env.exp(&dir, &["sweep", "pick", &id, "--best", "f1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    // flow finish now gates and merges the picked model.
+    let out = env.exp(&dir, &["flow", "finish", &branch]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        record_at(&env, &dir, "develop", "mnist-cnn")
+            .model
+            .tensor_hash,
+        trial.model.tensor_hash
+    );
+}
