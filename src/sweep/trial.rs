@@ -63,7 +63,8 @@ pub fn run_trial(
         pid: std::process::id(),
         host: super::state::host_name(),
         slurm_job,
-        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        // Milliseconds: the orchestration overhead per trial is measured from these.
+        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         ended: None,
         exit_code: None,
         message: None,
@@ -94,7 +95,7 @@ pub fn run_trial(
         };
         run_headless(repo, &options, stop, progress).map_err(SweepError::from)
     });
-    state.ended = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    state.ended = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     match &result {
         Ok(_) => {
             state.state = ProcessState::Completed;
