@@ -10,12 +10,104 @@ use exp::report::curves::{local_branches, training_curves};
 use exp::report::plot::{confusion_chart, escape, html, line_chart, Series};
 use exp::Error;
 
+/// `exp plot --sweep ID`: per swept key (the seed pooled), the metric of every recorded trial and
+/// its mean per value.
+fn sweep_view(repo: &git2::Repository, id: &str, args: &PlotArgs) -> Result<(), Error> {
+    use exp::sweep::{self as sweeps, TrialPhase};
+    let usage = |m: String| Error::Usage(super::UsageError(m));
+    let sweep = exp::sweep::state::SweepDir::new(repo.commondir(), id)
+        .read()
+        .map_err(sweeps::SweepError::from)?;
+    exp::metric::known(&args.metric).ok_or_else(|| {
+        usage(format!(
+            "--metric {:?}: not a metric exp knows ({})",
+            args.metric,
+            exp::metric::known_names()
+        ))
+    })?;
+    let statuses = sweeps::status(repo, &sweep)?;
+    let recorded: Vec<&sweeps::TrialStatus> = statuses
+        .iter()
+        .filter(|s| s.state == TrialPhase::Completed)
+        .collect();
+    if recorded.is_empty() {
+        return Err(sweeps::SweepError::NothingRecorded(id.to_string()).into());
+    }
+    let keys: std::collections::BTreeSet<&String> = sweep
+        .trials
+        .iter()
+        .flat_map(|t| t.values.keys())
+        .filter(|k| *k != exp::spec::sweep::SEED_KEY)
+        .collect();
+    let mut sections = Vec::new();
+    // A sweep of seeds alone: one x position, the spread over seeds.
+    let keys: Vec<String> = if keys.is_empty() {
+        vec!["(seeds only)".to_string()]
+    } else {
+        keys.into_iter().cloned().collect()
+    };
+    for key in keys {
+        let trials = &recorded;
+        let mut ticks: Vec<String> = Vec::new();
+        for t in sweep.trials.iter() {
+            let tick = t
+                .values
+                .get(&key)
+                .map_or_else(|| "all".to_string(), |v| v.to_string());
+            if !ticks.contains(&tick) {
+                ticks.push(tick);
+            }
+        }
+        let x_of = |s: &sweeps::TrialStatus| {
+            let tick = s
+                .values
+                .get(&key)
+                .map_or_else(|| "all".to_string(), |v| v.to_string());
+            ticks.iter().position(|t| *t == tick).unwrap_or(0) as f64
+        };
+        let points: Vec<(f64, f64)> = trials
+            .iter()
+            .filter_map(|s| Some((x_of(s), *s.metrics.get(&args.metric)?)))
+            .collect();
+        let means: Vec<(f64, f64)> = (0..ticks.len())
+            .filter_map(|i| {
+                let ys: Vec<f64> = points
+                    .iter()
+                    .filter(|(x, _)| *x == i as f64)
+                    .map(|(_, y)| *y)
+                    .collect();
+                (!ys.is_empty()).then(|| (i as f64, ys.iter().sum::<f64>() / ys.len() as f64))
+            })
+            .collect();
+        let title = format!(
+            "sweep {id} of {}: {} against {key}",
+            sweep.experiment, args.metric
+        );
+        let svg =
+            exp::report::plot::sweep_chart(&title, &key, &args.metric, &ticks, &points, &means)
+                .map_err(|e| usage(e.to_string()))?;
+        sections.push((title, svg));
+    }
+    let report = html(&format!("exp sweep {id}"), &sections);
+    std::fs::write(&args.out, report)
+        .map_err(|e| usage(format!("cannot write {}: {e}", args.out.display())))?;
+    super::outln!(
+        "Wrote {} (sweep {id}: {} recorded trials, {} chart(s))",
+        args.out.display(),
+        recorded.len(),
+        sections.len()
+    );
+    Ok(())
+}
+
 /// The long help of `exp plot`.
 pub(super) const PLOT_LONG_ABOUT: &str = "Write a self-contained HTML report with SVG charts, from Git objects alone:
   - a metric across the runs of one or more branches, one line per branch;
   - the training curves (eval accuracy and training loss per epoch, from history.csv) of two or more \
 runs overlaid;
-  - a run's confusion matrix.
+  - a run's confusion matrix;
+  - with --sweep ID, a sweep's view instead: the metric against each swept key, every trial a \
+point, the mean over seeds a line.
 Open the file in any browser; it needs nothing else.";
 
 /// Arguments of `exp plot`.
@@ -39,12 +131,19 @@ pub struct PlotArgs {
     /// The revision whose confusion matrix to draw.
     #[arg(long, default_value = "HEAD")]
     pub confusion: String,
+    /// A sweep's view instead: the metric against each swept key, every trial a point, the mean
+    /// over seeds a line.
+    #[arg(long, value_name = "ID")]
+    pub sweep: Option<String>,
 }
 
 pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
     exp::compare::fast_reads();
     let repo = exp::git::open(&super::cwd()?)?;
     let usage = |m: String| Error::Usage(super::UsageError(m));
+    if let Some(id) = &args.sweep {
+        return sweep_view(&repo, id, &args);
+    }
     let branches: Vec<String> = if args.branches.is_empty() {
         local_branches(&repo)?
     } else {

@@ -121,6 +121,82 @@ pub fn line_chart(
     Ok(svg)
 }
 
+/// A sweep's metric against one swept key: every trial a point (seeds side by side), the mean
+/// per value a line. `ticks` names the x positions (the values as written); x is their index,
+/// so numbers and strings alike stand evenly spaced in the order given.
+pub fn sweep_chart(
+    title: &str,
+    key: &str,
+    metric: &str,
+    ticks: &[String],
+    trials: &[(f64, f64)],
+    means: &[(f64, f64)],
+) -> Result<String, PlotError> {
+    let e = err(title);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (760, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+        let all = [
+            Series {
+                label: String::new(),
+                points: trials.to_vec(),
+            },
+            Series {
+                label: String::new(),
+                points: means.to_vec(),
+            },
+        ];
+        let ((_, _), (y0, y1)) = bounds(&all);
+        let x1 = ticks.len().max(1) as f64 - 0.5;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5..x1, y0..y1)
+            .map_err(|x| e(x.to_string()))?;
+        let formatter = |x: &f64| {
+            let i = x.round();
+            if (x - i).abs() < 1e-9 && i >= 0.0 {
+                ticks.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        chart
+            .configure_mesh()
+            .x_desc(key)
+            .y_desc(metric)
+            .x_labels(ticks.len().max(2))
+            .x_label_formatter(&formatter)
+            .y_label_formatter(&|y| format!("{y:.4}"))
+            .draw()
+            .map_err(|x| e(x.to_string()))?;
+        let (dots, line) = (PALETTE[0], PALETTE[1]);
+        chart
+            .draw_series(trials.iter().map(|&p| Circle::new(p, 4, dots.filled())))
+            .map_err(|x| e(x.to_string()))?
+            .label("trial (one per seed)")
+            .legend(move |(x, y)| Circle::new((x + 9, y), 4, dots.filled()));
+        chart
+            .draw_series(LineSeries::new(means.iter().copied(), line.stroke_width(2)))
+            .map_err(|x| e(x.to_string()))?
+            .label("mean over seeds")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], line.stroke_width(2))
+            });
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|x| e(x.to_string()))?;
+        root.present().map_err(|x| e(x.to_string()))?;
+    }
+    Ok(svg)
+}
+
 /// A confusion matrix heat map (`matrix[true][predicted]`) as an SVG string: each cell shaded
 /// by its share of the true class, the count written in it.
 pub fn confusion_chart(title: &str, matrix: &[Vec<u64>]) -> Result<String, PlotError> {

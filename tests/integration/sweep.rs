@@ -174,6 +174,20 @@ fn a_local_sweep_records_every_trial_and_leaves_the_work_tree_alone() {
             && show.contains(" ± "),
         "{show}"
     );
+    // plot: the metric against the learning rate, trials as points, the mean over seeds a line.
+    let report = env.path("sweep.html");
+    let out = env.exp_ok(
+        &dir,
+        &["plot", "--sweep", id, "--out", report.to_str().unwrap()],
+    );
+    assert!(out.contains("8 recorded trials, 1 chart(s)"), "{out}");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("accuracy against train.lr")
+            && html.contains("mean over seeds")
+            && html.matches("<circle").count() >= 8,
+        "{html}"
+    );
     let out = env.exp(&dir, &["sweep", "show", id, "--sort", "f1"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
