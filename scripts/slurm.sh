@@ -34,6 +34,10 @@ start() {
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   mkdir -p "$dir/state" "$dir/spool" "$dir/munge"
+  # munged runs as user munge: every directory above its socket must be reachable.
+  if ! runuser -u munge -- test -x "$dir"; then
+    die "user munge cannot reach $dir (a parent directory is not world-searchable, e.g. mktemp -d's 0700): chmod a+x it"
+  fi
   # munged: its own socket, pid and seed file in DIR, so clusters do not share (or stop) one.
   [ -s /etc/munge/munge.key ] || $sudo mungekey -c >/dev/null 2>&1 || $sudo /usr/sbin/mungekey -c
   chown munge:munge "$dir/munge"

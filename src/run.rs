@@ -89,6 +89,15 @@ pub enum RunError {
         /// Why.
         source: git::GitError,
     },
+    /// A headless run's branch is checked out in a work tree, which the append would leave
+    /// stale.
+    #[error("{branch} is checked out in {worktree}; a headless run appends to it without updating that work tree")]
+    BranchCheckedOut {
+        /// The branch.
+        branch: String,
+        /// The work tree.
+        worktree: PathBuf,
+    },
     /// The commit failed; the trained run is kept under a ref.
     #[error("{source}\n  the trained run is kept as {kept}")]
     Kept {
@@ -114,6 +123,9 @@ impl RunError {
             RunError::Lock(e) => e.hint(),
             RunError::Symlink { .. } => Some(
                 "nothing was trained; replace the link by a directory (git rm the link, commit) and run again".into(),
+            ),
+            RunError::BranchCheckedOut { .. } => Some(
+                "switch that work tree to another branch (git switch develop), then resume the sweep".into(),
             ),
             RunError::AfterCommit { .. } => Some(
                 "nothing is lost: the next exp command (exp run, exp log, exp flow) tags the run commit".into(),
@@ -573,6 +585,12 @@ pub fn run_headless(
     if let Some(commit) = (options.already)(repo, tip)? {
         return Ok(HeadlessOutcome::AlreadyRecorded {
             commit: commit.to_string(),
+        });
+    }
+    if let Some(worktree) = git::append::checked_out_in(repo, &options.branch) {
+        return Err(RunError::BranchCheckedOut {
+            branch: options.branch.clone(),
+            worktree,
         });
     }
     let resolved = spec::parse(&options.spec_path, &options.spec_text, &[])?;

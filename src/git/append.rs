@@ -47,6 +47,34 @@ pub fn blob_entry(path: &str, id: Oid, size: usize) -> git2::IndexEntry {
     }
 }
 
+/// The work tree that has `branch` checked out, if any (the main one or a linked one): a
+/// headless append would leave it stale, its `git status` lying about what it holds.
+pub fn checked_out_in(repo: &Repository, branch: &str) -> Option<std::path::PathBuf> {
+    let refname = format!("refs/heads/{branch}");
+    let holds = |r: &Repository| {
+        r.find_reference("HEAD")
+            .ok()
+            .and_then(|h| h.symbolic_target().map(|t| t == refname))
+            .unwrap_or(false)
+    };
+    // The main work tree (its HEAD lives in the common dir).
+    if let Ok(main) = Repository::open(repo.commondir()) {
+        if holds(&main) {
+            return Some(main.workdir().unwrap_or(main.path()).to_path_buf());
+        }
+    }
+    for name in repo.worktrees().ok()?.iter().flatten() {
+        if let Ok(wt) = repo.find_worktree(name) {
+            if let Ok(r) = Repository::open_from_worktree(&wt) {
+                if holds(&r) {
+                    return Some(wt.path().to_path_buf());
+                }
+            }
+        }
+    }
+    None
+}
+
 /// How many lost races an append tolerates before giving up (each retry rebuilds one tree).
 const MAX_ATTEMPTS: usize = 1000;
 

@@ -356,6 +356,21 @@ fn interrupted_and_killed_trials_are_resumed_without_duplicates() {
         "{status}"
     );
 
+    // A trial never appends to a branch a work tree has checked out (it would go stale).
+    let wt = env.path("looking");
+    env.git(
+        &dir,
+        &["worktree", "add", "-q", wt.to_str().unwrap(), &branch],
+    );
+    let out = env.exp(&dir, &["sweep", "trial", &id, &victim.to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!("{branch} is checked out in {}", wt.display())),
+        "{}",
+        describe(&out)
+    );
+    env.git(&dir, &["worktree", "remove", wt.to_str().unwrap()]);
+
     // resume runs exactly the rest; no trial is recorded twice.
     let out = env.exp(&dir, &["sweep", "resume", &id, "--jobs", "2", "--quiet"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
