@@ -176,7 +176,19 @@ pub fn run(
     let worktree = git::workdir(&repo).to_path_buf();
     let (current, parent_commit) = git::current_branch(&repo)?;
     spec::check_name(&options.experiment)?;
-    let _lock = git::lock::lock_worktree(&repo, &format!("exp run {}", options.experiment))?;
+    let lock = git::lock::lock_worktree(&repo, &format!("exp run {}", options.experiment))?;
+    // An exp run killed in its commit phase may have left outputs it wrote (and never
+    // committed) in its experiment's directory: exp's own files, put back as HEAD has them.
+    lock.clear_dead_git_locks(&repo, &current);
+    if let Some(killed) = lock
+        .replaced
+        .as_ref()
+        .and_then(|r| r.command.strip_prefix("exp run "))
+    {
+        if spec::check_name(killed).is_ok() {
+            restore_outputs(&worktree, killed);
+        }
+    }
     // A run commit a kill left untagged gets its tag before this run takes the next number.
     git::append::tag_untagged_runs(&repo, &current)?;
     let resolved = spec::load(
@@ -779,6 +791,9 @@ fn serialize_weights(tensors: &BTreeMap<String, candle_core::Tensor>) -> Result<
         .map_err(|e| RunError::Safetensors(e.to_string()))
 }
 
+/// The prefix of the temp files a run writes its outputs through (renamed into place).
+const TEMP_PREFIX: &str = ".exp-";
+
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     let write = |source| RunError::Write {
         path: path.to_path_buf(),
@@ -786,7 +801,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
-        .prefix(".exp-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(write)?;
     tmp.write_all(bytes).map_err(write)?;
@@ -801,13 +816,46 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     Ok(())
 }
 
-/// After a failed commit: put the experiment's directory back as HEAD has it.
+/// After a failed commit (or a run killed in its commit phase): put the experiment's directory
+/// back as HEAD has it. Files HEAD holds are checked out again first; only if that worked are
+/// the run files HEAD does not hold removed, so a failure here never loses a committed file.
 fn restore_outputs(worktree: &Path, experiment: &str) {
     let dir_rel = layout::run_dir(experiment);
-    for file in layout::RUN_FILES {
+    let in_head = |file: &str| {
+        git::git(
+            worktree,
+            &[
+                "cat-file",
+                "-e",
+                &format!("HEAD:{}", layout::run_file(experiment, file)),
+            ],
+        )
+        .is_ok()
+    };
+    let tracked: Vec<&str> = layout::RUN_FILES
+        .iter()
+        .copied()
+        .filter(|f| in_head(f))
+        .collect();
+    if !tracked.is_empty() {
+        let mut args = vec!["checkout".to_string(), "HEAD".into(), "--".into()];
+        args.extend(tracked.iter().map(|f| layout::run_file(experiment, f)));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if git::git(worktree, &args).is_err() {
+            return;
+        }
+    }
+    for file in layout::RUN_FILES.iter().filter(|f| !tracked.contains(f)) {
         let _ = std::fs::remove_file(worktree.join(&dir_rel).join(file));
     }
-    let _ = git::git(worktree, &["checkout", "HEAD", "--", &dir_rel]);
+    // write_atomic's temp files (`.exp-*`), which a kill leaves before their rename.
+    if let Ok(entries) = std::fs::read_dir(worktree.join(&dir_rel)) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let _ = git::git(worktree, &["reset", "--quiet", "--", &dir_rel]);
     let _ = std::fs::remove_dir(worktree.join(&dir_rel));
 }

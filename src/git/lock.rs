@@ -51,6 +51,59 @@ impl LockError {
 #[derive(Debug)]
 pub struct WorktreeLock {
     path: PathBuf,
+    /// The dead exp process whose lock this one replaced (a kill -9): its half-written
+    /// outputs may still be in the work tree, and Git lock files it held in the repository.
+    pub replaced: Option<Replaced>,
+}
+
+/// A dead exp process's lock that [`lock_worktree`] replaced.
+#[derive(Debug, Clone)]
+pub struct Replaced {
+    /// Its command (`exp run <name>`).
+    pub command: String,
+    /// When it started.
+    pub started: Option<std::time::SystemTime>,
+}
+
+impl WorktreeLock {
+    /// Removes the Git lock files the dead exp process left: those of `repo`'s commit phase
+    /// (`index.lock`, `HEAD.lock`, `packed-refs.lock`, `refs/heads/<branch>.lock`, the run tags'
+    /// locks) created after that process started. libgit2 wrote them in exp's own process (or a
+    /// git it ran), so they carry no pid; one older than that process is someone else's and is
+    /// left for the message and hint. Returns the files removed.
+    pub fn clear_dead_git_locks(&self, repo: &Repository, branch: &str) -> Vec<PathBuf> {
+        let Some(since) = self.replaced.as_ref().and_then(|r| r.started) else {
+            return Vec::new();
+        };
+        let common = repo.commondir();
+        let mut candidates = vec![
+            repo.path().join("index.lock"),
+            repo.path().join("HEAD.lock"),
+            common.join("packed-refs.lock"),
+            common.join(format!("refs/heads/{branch}.lock")),
+        ];
+        let tags = common.join(format!("refs/tags/run/{}", branch.replace('/', "-")));
+        if let Ok(experiments) = std::fs::read_dir(&tags) {
+            for e in experiments.flatten() {
+                if let Ok(files) = std::fs::read_dir(e.path()) {
+                    candidates.extend(files.flatten().map(|f| f.path()));
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        for path in candidates {
+            if !path.to_string_lossy().ends_with(".lock") {
+                continue;
+            }
+            let fresh = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t + std::time::Duration::from_secs(1) >= since);
+            if fresh && std::fs::remove_file(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+        removed
+    }
 }
 
 impl Drop for WorktreeLock {
@@ -78,15 +131,16 @@ pub fn lock_worktree(repo: &Repository, command: &str) -> Result<WorktreeLock, L
         chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         command
     );
+    let mut replaced = None;
     for _ in 0..2 {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(mut f) => {
-                f.write_all(content.as_bytes()).map_err(io)?;
-                return Ok(WorktreeLock { path });
+        // The content is written to a temp file first and linked into place: a kill can never
+        // leave an empty, unreadable lock (link fails when the lock exists, like O_EXCL).
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        tmp.write_all(content.as_bytes()).map_err(io)?;
+        match std::fs::hard_link(tmp.path(), &path) {
+            Ok(()) => {
+                return Ok(WorktreeLock { path, replaced });
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let holder = read_holder(&path);
@@ -94,6 +148,12 @@ pub fn lock_worktree(repo: &Repository, command: &str) -> Result<WorktreeLock, L
                     Some(h) if h.host == host && !process_alive(h.pid) => {
                         // Our own leftover from a process that was killed: remove it.
                         let _ = std::fs::remove_file(&path);
+                        replaced = Some(Replaced {
+                            command: h.command.clone(),
+                            started: chrono::DateTime::parse_from_rfc3339(&h.started)
+                                .ok()
+                                .map(std::time::SystemTime::from),
+                        });
                     }
                     _ => {
                         return Err(LockError::Held {

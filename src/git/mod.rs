@@ -297,9 +297,12 @@ pub fn plan_branch(
 fn check_outputs_clean(dir: &Path, experiment: &str) -> Result<(), GitError> {
     let outputs = crate::record::layout::run_dir(experiment);
     // `git status` runs the LFS clean filter, so real weights over a pointer count as clean.
+    // --no-optional-locks: a status must not take index.lock to refresh the index (a kill
+    // there would leave a lock that blocks the next run).
     let status = git(
         dir,
         &[
+            "--no-optional-locks",
             "status",
             "--porcelain",
             "--untracked-files=all",
