@@ -69,6 +69,9 @@ pub enum SpecError {
     /// The experiment name cannot name a spec file.
     #[error("invalid experiment name {0:?}: use letters, digits, '.', '_' and '-' (the file is experiments/<name>.toml)")]
     BadName(String),
+    /// The experiment name is a word exp uses itself.
+    #[error("{0:?} cannot be an experiment name: `exp sweep {0}` is a subcommand")]
+    ReservedName(String),
 }
 
 impl SpecError {
@@ -98,6 +101,10 @@ impl SpecError {
             SpecError::BadName(_) => {
                 Some("`ls experiments/` shows the experiments of this repository".into())
             }
+            SpecError::ReservedName(_) => Some(format!(
+                "rename the spec file; {} are exp sweep's subcommands",
+                RESERVED_NAMES.join(", ")
+            )),
         }
     }
 }
@@ -617,8 +624,14 @@ pub fn check_name(name: &str) -> Result<(), SpecError> {
     if !ok {
         return Err(SpecError::BadName(name.to_string()));
     }
+    if RESERVED_NAMES.contains(&name) {
+        return Err(SpecError::ReservedName(name.to_string()));
+    }
     Ok(())
 }
+
+/// Words `exp sweep` takes as subcommands, so never experiment names.
+pub const RESERVED_NAMES: [&str; 5] = ["status", "resume", "show", "pick", "trial"];
 
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@ use plan::{Trial, TrialError};
 use state::{StateError, SweepDir, SweepFile, TrialEntry};
 
 /// The words after `exp sweep` that are subcommands, so never experiment names.
-pub const SUBCOMMANDS: [&str; 5] = ["status", "resume", "show", "pick", "trial"];
+pub use crate::spec::RESERVED_NAMES as SUBCOMMANDS;
 
 /// Why a sweep cannot start or be read.
 #[derive(Debug, thiserror::Error)]
