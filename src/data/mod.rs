@@ -214,9 +214,27 @@ struct RawSet {
     files: Vec<FileFingerprint>,
 }
 
+/// Every label must name one of the data set's `classes`: a stray byte is a damaged file, not a
+/// class of its own.
+fn check_labels(labels: &[u8], classes: usize, path: &Path) -> Result<(), DataError> {
+    match labels.iter().position(|&l| l as usize >= classes) {
+        None => Ok(()),
+        Some(i) => Err(DataError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "the label of example {i} is {}, outside the data set's {classes} classes (0–{}); if the data set has more classes, set data.num_classes",
+                labels[i],
+                classes - 1
+            ),
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn load_raw(
     root: &Path,
     format: DataFormat,
+    classes: usize,
     split: &str,
     images: &[String],
     labels: &str,
@@ -277,6 +295,7 @@ fn load_raw(
                     label_array.dims[0]
                 )));
             }
+            check_labels(&label_array.data, classes, &label_path)?;
             let mut pixels = image_array.data;
             if image_array.dims.len() == 4 {
                 pixels = hwc_to_chw(&pixels, shape);
@@ -299,6 +318,7 @@ fn load_raw(
                     blake3: blake3::hash(&bytes).to_hex().to_string(),
                 });
                 let (labels, pixels) = cifar::parse(&bytes, &path)?;
+                check_labels(&labels, classes, &path)?;
                 all_labels.extend(labels);
                 all_images.extend(pixels);
             }
@@ -443,6 +463,7 @@ impl Dataset {
         let train_raw = load_raw(
             root,
             spec.format,
+            spec.file_classes(),
             "train",
             &spec.train_images,
             &spec.train_labels,
@@ -451,6 +472,7 @@ impl Dataset {
         let test_raw = load_raw(
             root,
             spec.format,
+            spec.file_classes(),
             "test",
             &spec.test_images,
             &spec.test_labels,
@@ -463,17 +485,7 @@ impl Dataset {
             )));
         }
         let shape = train_raw.shape;
-        let max_label = train_raw
-            .labels
-            .iter()
-            .chain(&test_raw.labels)
-            .copied()
-            .max()
-            .unwrap_or(0);
-        let file_classes = match spec.format {
-            DataFormat::Cifar10 => cifar::CLASSES,
-            DataFormat::Idx => max_label as usize + 1,
-        };
+        let file_classes = spec.file_classes();
         if let Some(&label) = spec.classes.iter().find(|&&c| c as usize >= file_classes) {
             return Err(DataError::Inconsistent(format!(
                 "data.classes lists label {label}, but the data has labels 0–{}",

@@ -49,6 +49,7 @@ pub const SPEC_KEYS: &[SpecKey] = &[
     key("data.val_limit", T, ""),
     key("data.val_fraction", T, ""),
     key("data.test_limit", T, ""),
+    key("data.num_classes", T, ""),
     key("data.classes", T, ""),
     key("data.class_limit", T, ""),
     key("train.optimizer", S, "adam | adamw | sgd"),

@@ -310,6 +310,10 @@ pub struct DataSpec {
     /// held out as the validation set, from the same seeded permutation.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub val_fraction: f64,
+    /// The data set's number of classes, for formats that do not fix it (IDX: 10 unless set).
+    /// A label at or above it is an error, never an extra class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
     /// Keep only these labels, in every split, relabelled 0, 1, … in this order (empty: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<u8>,
@@ -320,6 +324,15 @@ pub struct DataSpec {
 }
 
 impl DataSpec {
+    /// The classes the files' labels may name: the format's (CIFAR-10: 10), else
+    /// `num_classes`, else 10 (MNIST, Fashion-MNIST).
+    pub fn file_classes(&self) -> usize {
+        match self.format {
+            DataFormat::Cifar10 => 10,
+            DataFormat::Idx => self.num_classes.unwrap_or(10),
+        }
+    }
+
     /// `class_limit` with its keys as labels; Err names a key that is not one.
     pub fn class_caps(&self) -> Result<BTreeMap<u8, usize>, String> {
         self.class_limit

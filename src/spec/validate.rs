@@ -150,6 +150,21 @@ fn data(d: &DataSpec, origins: &Origins) -> Result<(), SpecError> {
             }
         }
     }
+    match (d.format, d.num_classes) {
+        (_, Some(n)) if !(2..=256).contains(&n) => {
+            return Err(invalid(
+                "data.num_classes",
+                format!("must be between 2 and 256 (labels are bytes), got {n}"),
+            ))
+        }
+        (DataFormat::Cifar10, Some(n)) if n != 10 => {
+            return Err(invalid(
+                "data.num_classes",
+                format!("cifar10 has 10 classes, got {n}; remove this key"),
+            ))
+        }
+        _ => {}
+    }
     if !(0.0..1.0).contains(&d.val_fraction) {
         return Err(invalid(
             "data.val_fraction",

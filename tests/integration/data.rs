@@ -22,6 +22,7 @@ fn spec(
         val_limit: 0,
         val_fraction: 0.0,
         test_limit: 0,
+        num_classes: None,
         classes: Vec::new(),
         class_limit: Default::default(),
     }

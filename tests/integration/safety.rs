@@ -377,3 +377,68 @@ fn a_failed_init_leaves_the_directory_as_it_was_and_a_rerun_finishes() {
         "develop\nmain"
     );
 }
+
+/// A real MNIST subset copied into a data root of the test's, its training label of example 5
+/// set to `label` (the images untouched: never made-up images).
+fn relabelled_root(env: &Env, label: u8) -> std::path::PathBuf {
+    let root = env.path(&format!("data-label-{label}"));
+    std::fs::create_dir_all(root.join("mnist")).unwrap();
+    for f in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        let (_, mut bytes) =
+            exp::data::read_data_file(&env.data, &format!("mnist/{f}.gz")).unwrap();
+        if f == "train-labels-idx1-ubyte" {
+            bytes[8 + 5] = label; // after the 8-byte IDX header
+        }
+        std::fs::write(root.join("mnist").join(f), bytes).unwrap();
+    }
+    root
+}
+
+#[test]
+fn a_label_outside_the_classes_is_an_error_not_a_class() {
+    let env = Env::new();
+    let dir = env.init_repo("labels");
+    let root = relabelled_root(&env, 200);
+    let mut args = vec!["run", "mnist-mlp"];
+    args.extend_from_slice(QUICK);
+    let before = lfs_objects(&dir);
+    let out = env
+        .exp_cmd(&dir, &args)
+        .env("EXP_DATA", &root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}: the label of example 5 is 200, outside the data set's 10 classes (0–9); if the data set has more classes, set data.num_classes",
+            root.join("mnist/train-labels-idx1-ubyte").display()
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(lfs_objects(&dir), before);
+    // A data set that really has more classes says so, and trains a model with that many.
+    let mut args = args.clone();
+    args.extend_from_slice(&["--set", "data.num_classes=201"]);
+    let out = env
+        .exp_cmd(&dir, &args)
+        .env("EXP_DATA", &root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let record = record_at(&env, &dir, "HEAD", "mnist-mlp");
+    assert_eq!(record.eval.classes, 201);
+    // Out of range values are spec errors.
+    let out = env.exp(&dir, &["run", "mnist-mlp", "--set", "data.num_classes=1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("data.num_classes: must be between 2 and 256"),
+        "{}",
+        describe(&out)
+    );
+}
