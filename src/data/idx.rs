@@ -17,6 +17,18 @@ pub struct IdxArray {
 
 const UNSIGNED_BYTE: u8 = 0x08;
 
+/// The whole file's size its header (`header`: the magic and every dimension) implies, unless
+/// it exceeds 4 GiB (no image data set exp reads comes near).
+pub fn file_size(header: &[u8]) -> Option<usize> {
+    let rank = *header.get(3)? as usize;
+    let dims = header.get(4..4 + 4 * rank)?;
+    let values = dims.chunks_exact(4).try_fold(1u64, |acc, c| {
+        acc.checked_mul(u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64)
+    })?;
+    let total = values.checked_add((4 + 4 * rank) as u64)?;
+    (total <= 4 << 30).then_some(total as usize)
+}
+
 /// Parses IDX bytes (already decompressed); `path` is for messages.
 pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
     let corrupt = |message: String| DataError::Corrupt {

@@ -105,14 +105,17 @@ pub type KeyOrigin<'a> = &'a dyn Fn(&str) -> String;
 /// Reads a file under the data root, decompressing gzip; `X.gz` and `X` stand in for each
 /// other (docs/design.md §3).
 pub fn read_data_file(root: &Path, given: &str) -> Result<(PathBuf, Vec<u8>), DataError> {
-    read_spec_file(root, given, "data file", &|_| "data".to_string())
+    read_spec_file(root, given, "data file", &|_| "data".to_string(), false)
 }
 
+/// Reads a data file; `idx`: it is an IDX file, so a gzip stream is decompressed only as far
+/// as its IDX header says the file goes (a stream with more is an error, not gigabytes).
 fn read_spec_file(
     root: &Path,
     given: &str,
     key: &str,
     origin: KeyOrigin,
+    idx: bool,
 ) -> Result<(PathBuf, Vec<u8>), DataError> {
     let primary = root.join(given);
     let alternative = match given.strip_suffix(".gz") {
@@ -138,13 +141,45 @@ fn read_spec_file(
     };
     let raw = std::fs::read(&path).map_err(io)?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
+        let corrupt = |e: std::io::Error| DataError::Corrupt {
+            path: path.clone(),
+            message: format!("corrupt or truncated gzip stream: {e}"),
+        };
+        let mut decoder = flate2::read::MultiGzDecoder::new(&raw[..]);
         let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Corrupt {
+        if idx {
+            // The header first (4 bytes, then 4 per dimension), then exactly what it implies.
+            let mut head = [0u8; 4];
+            decoder.read_exact(&mut head).map_err(corrupt)?;
+            out.extend_from_slice(&head);
+            if head[0] != 0 || head[1] != 0 {
+                // Not an IDX header: idx::parse says so, naming the bad magic.
+                decoder.read_to_end(&mut out).map_err(corrupt)?;
+                return Ok((path, out));
+            }
+            let mut dims = vec![0u8; 4 * head[3] as usize];
+            decoder.read_exact(&mut dims).map_err(corrupt)?;
+            out.extend_from_slice(&dims);
+            let size = idx::file_size(&out).ok_or_else(|| DataError::Corrupt {
                 path: path.clone(),
-                message: format!("corrupt or truncated gzip stream: {e}"),
+                message: "the IDX header implies a file of more than 4 GiB".into(),
             })?;
+            (&mut decoder)
+                .take((size - out.len()) as u64)
+                .read_to_end(&mut out)
+                .map_err(corrupt)?;
+            let mut extra = [0u8; 1];
+            if decoder.read(&mut extra).map_err(corrupt)? > 0 {
+                return Err(DataError::Corrupt {
+                    path: path.clone(),
+                    message: format!(
+                        "the gzip stream holds more than the {size} bytes its IDX header implies"
+                    ),
+                });
+            }
+        } else {
+            decoder.read_to_end(&mut out).map_err(corrupt)?;
+        }
         out
     } else {
         raw
@@ -243,9 +278,10 @@ fn load_raw(
     let images_key = format!("data.{split}_images");
     match format {
         DataFormat::Idx => {
-            let (image_path, image_bytes) = read_spec_file(root, &images[0], &images_key, origin)?;
+            let (image_path, image_bytes) =
+                read_spec_file(root, &images[0], &images_key, origin, true)?;
             let (label_path, label_bytes) =
-                read_spec_file(root, labels, &format!("data.{split}_labels"), origin)?;
+                read_spec_file(root, labels, &format!("data.{split}_labels"), origin, true)?;
             let files = vec![
                 FileFingerprint {
                     path: images[0].clone(),
@@ -312,7 +348,7 @@ fn load_raw(
             let mut all_labels = Vec::new();
             let mut files = Vec::new();
             for given in images {
-                let (path, bytes) = read_spec_file(root, given, &images_key, origin)?;
+                let (path, bytes) = read_spec_file(root, given, &images_key, origin, false)?;
                 files.push(FileFingerprint {
                     path: given.clone(),
                     blake3: blake3::hash(&bytes).to_hex().to_string(),

@@ -442,3 +442,38 @@ fn a_label_outside_the_classes_is_an_error_not_a_class() {
         describe(&out)
     );
 }
+
+#[test]
+fn idx_is_decompressed_only_as_far_as_its_header_says() {
+    let env = Env::new();
+    let dir = env.init_repo("bomb");
+    // Real MNIST training labels, gzipped with a megabyte of zeros after them in the stream.
+    let root = relabelled_root(&env, 3);
+    let labels = root.join("mnist/train-labels-idx1-ubyte");
+    let mut bytes = std::fs::read(&labels).unwrap();
+    let size = bytes.len();
+    bytes.extend(std::iter::repeat_n(0u8, 1 << 20));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &bytes).unwrap();
+    std::fs::remove_file(&labels).unwrap();
+    std::fs::write(
+        root.join("mnist/train-labels-idx1-ubyte.gz"),
+        gz.finish().unwrap(),
+    )
+    .unwrap();
+    let mut args = vec!["run", "mnist-mlp"];
+    args.extend_from_slice(QUICK);
+    let out = env
+        .exp_cmd(&dir, &args)
+        .env("EXP_DATA", &root)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "train-labels-idx1-ubyte.gz: the gzip stream holds more than the {size} bytes its IDX header implies"
+        )),
+        "{}",
+        describe(&out)
+    );
+}
