@@ -68,6 +68,15 @@ pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
         .map(|f| Filter::parse(f))
         .collect::<Result<Vec<_>, _>>()
         .map_err(super::UsageError)?;
+    if let Some(metric) = &args.sort {
+        if exp::metric::known(metric).is_none() {
+            return Err(super::UsageError(format!(
+                "--sort {metric:?}: not a metric exp knows ({})",
+                exp::metric::known_names()
+            ))
+            .into());
+        }
+    }
     let command = format!("{args:?}");
     let json = args.json;
     let query = LogQuery {

@@ -65,6 +65,13 @@ impl Filter {
                     break;
                 }
                 let op = if op == "=" { "==" } else { op };
+                let is_param = crate::spec::keys::SPEC_KEYS.iter().any(|k| k.key == key);
+                if crate::metric::known(key).is_none() && !is_param {
+                    return Err(format!(
+                        "--where {text:?}: {key:?} is neither a metric exp knows ({}) nor a spec key (`exp run --help` lists them)",
+                        crate::metric::known_names()
+                    ));
+                }
                 return Ok(Filter {
                     key: key.into(),
                     op,
@@ -318,7 +325,8 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
         rows.retain(|r| r.metrics.contains_key(metric));
         rows.sort_by(|a, b| {
             let (x, y) = (a.metrics[metric], b.metrics[metric]);
-            let best_first = match a.directions.get(metric) {
+            // The direction is the metric's (metric::KNOWN_METRICS), never a record's.
+            let best_first = match crate::metric::known(metric).map(|m| m.direction) {
                 Some(Direction::Min) => x.total_cmp(&y),
                 _ => y.total_cmp(&x),
             };

@@ -580,3 +580,26 @@ fn a_closed_stdout_pipe_ends_quietly_with_success() {
         assert_eq!(stderr(&out), "", "exp {args:?}");
     }
 }
+
+/// `--sort`/`--where` naming a metric exp does not know, or a malformed expression, exit 2
+/// listing the known metrics.
+#[test]
+fn unknown_metrics_in_sort_and_where_are_usage_errors() {
+    let env = Env::new();
+    let dir = build(&env);
+    for (args, says) in [
+        (&["log", "--sort", "f1"][..], "--sort \"f1\": not a metric exp knows (accuracy, loss, macro_f1)"),
+        (&["log", "--where", "f1>0.5"], "--where \"f1>0.5\": \"f1\" is neither a metric exp knows (accuracy, loss, macro_f1) nor a spec key"),
+        (&["log", "--where", "accuracy>"], "\"accuracy>\" is not KEY OP VALUE"),
+    ] {
+        let out = env.exp(&dir, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", describe(&out));
+    }
+    // A spec key filters, and a known metric sorts.
+    let out = env.exp_ok(&dir, &["log", "--where", "train.seed==2", "--sort", "loss"]);
+    assert!(
+        out.contains("mnist-cnn/3") && !out.contains("mnist-cnn/1 "),
+        "{out}"
+    );
+}
