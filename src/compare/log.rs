@@ -326,11 +326,10 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
         rows.sort_by(|a, b| {
             let (x, y) = (a.metrics[metric], b.metrics[metric]);
             // The direction is the metric's (metric::KNOWN_METRICS), never a record's.
-            let best_first = match crate::metric::known(metric).map(|m| m.direction) {
+            match crate::metric::known(metric).map(|m| m.direction) {
                 Some(Direction::Min) => x.total_cmp(&y),
                 _ => y.total_cmp(&x),
-            };
-            best_first
+            }
         });
     }
     Ok(rows)
