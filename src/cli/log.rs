@@ -93,13 +93,36 @@ pub(super) fn execute_log(args: LogArgs) -> Result<(), Error> {
         return Ok(());
     }
     let rows = log(&repo, &query)?;
+    let unreadable: Vec<&exp::compare::log::LogRow> =
+        rows.iter().filter(|r| r.unreadable.is_some()).collect();
+    if !unreadable.is_empty() && unreadable.len() == rows.len() {
+        return Err(super::UsageError(format!(
+            "no record in that history can be read: {} at {}: {}",
+            exp::record::layout::run_file(
+                &unreadable[0].experiment,
+                exp::record::layout::RECORD_FILE
+            ),
+            short(&unreadable[0].commit),
+            unreadable[0].unreadable.as_deref().unwrap_or_default()
+        ))
+        .into());
+    }
+    for r in &unreadable {
+        super::warn(&format!(
+            "{} at {} cannot be read ({}); the other runs are listed",
+            exp::record::layout::run_file(&r.experiment, exp::record::layout::RECORD_FILE),
+            short(&r.commit),
+            r.unreadable.as_deref().unwrap_or_default()
+        ));
+    }
     let text = if json {
         serde_json::to_string_pretty(&rows)
             .map_err(|e| Error::Usage(super::UsageError(format!("cannot write JSON: {e}"))))?
     } else {
         log_table(&rows)
     };
-    if let Some(key) = key {
+    // A cached output would drop the warnings: only clean histories are cached.
+    if let Some(key) = key.filter(|_| unreadable.is_empty()) {
         key.store(&repo, &text);
     }
     super::outln!("{text}");
@@ -141,6 +164,12 @@ fn log_table(rows: &[exp::compare::log::LogRow]) -> String {
                 .map(|v| metric(*v))
                 .unwrap_or_else(|| "-".into())
         }));
+        if let Some(why) = &r.unreadable {
+            // The last cell says why; the others are empty.
+            if let Some(last) = row.last_mut() {
+                *last = format!("unreadable record: {why}");
+            }
+        }
         table.add_row(row);
     }
     table.to_string()

@@ -30,6 +30,9 @@ pub struct LogRow {
     /// Metric directions.
     #[serde(skip)]
     pub directions: BTreeMap<String, Direction>,
+    /// Why the record could not be read (the row then has no parameters or metrics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 /// What `exp log` selects.
@@ -283,15 +286,40 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
             })
             .collect()
     };
+    // One unreadable record does not hide the others: its row says why.
+    let mut unreadable: HashMap<usize, String> = HashMap::new();
     for ((i, _), summary) in to_parse.iter().zip(parsed) {
-        let summary = summary?;
-        cache.insert(slots[*i].blob, summary.clone());
-        slots[*i].summary = Some(summary);
+        match summary {
+            Ok(summary) => {
+                cache.insert(slots[*i].blob, summary.clone());
+                slots[*i].summary = Some(summary);
+            }
+            Err(CompareError::CorruptRecord { message, .. }) => {
+                unreadable.insert(*i, message);
+            }
+            Err(e) => return Err(e),
+        }
     }
     let mut rows = Vec::with_capacity(slots.len());
     let mut blobs = Vec::with_capacity(slots.len());
-    for slot in slots {
+    for (i, slot) in slots.into_iter().enumerate() {
         let Some(summary) = slot.summary else {
+            if let Some(why) = unreadable.remove(&i) {
+                let mut r = row(
+                    slot.commit,
+                    slot.seconds,
+                    &slot.name,
+                    RecordSummary {
+                        branch: "?".into(),
+                        params: BTreeMap::new(),
+                        metrics: BTreeMap::new(),
+                        directions: BTreeMap::new(),
+                    },
+                    tags.get(&slot.commit).cloned().unwrap_or_default(),
+                );
+                r.unreadable = Some(why.lines().next().unwrap_or_default().to_string());
+                rows.push(r);
+            }
             continue;
         };
         blobs.push(slot.blob);
@@ -305,7 +333,10 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
     }
     if cache.is_dirty() {
         // Taken summaries go back before the cache is written (the common warm case skips this).
-        for (blob, r) in blobs.iter().zip(&rows) {
+        for (blob, r) in blobs
+            .iter()
+            .zip(rows.iter().filter(|r| r.unreadable.is_none()))
+        {
             if cache.get(*blob).is_none() {
                 cache.restore(
                     *blob,
@@ -392,6 +423,7 @@ fn row(commit: Oid, seconds: i64, name: &str, summary: RecordSummary, tags: Vec<
         params: summary.params,
         metrics: summary.metrics,
         directions: summary.directions,
+        unreadable: None,
     }
 }
 
@@ -399,7 +431,7 @@ fn row(commit: Oid, seconds: i64, name: &str, summary: RecordSummary, tags: Vec<
 pub fn varying_params(rows: &[LogRow]) -> Vec<String> {
     let mut varying = BTreeSet::new();
     let mut by_experiment: BTreeMap<&str, Vec<&LogRow>> = BTreeMap::new();
-    for r in rows {
+    for r in rows.iter().filter(|r| r.unreadable.is_none()) {
         by_experiment.entry(&r.experiment).or_default().push(r);
     }
     for group in by_experiment.values() {
@@ -496,6 +528,7 @@ mod tests {
             )]),
             metrics: BTreeMap::from([("accuracy".into(), 0.95)]),
             directions: BTreeMap::new(),
+            unreadable: None,
         };
         assert!(f.matches(&row));
         row.metrics.insert("accuracy".into(), 0.85);

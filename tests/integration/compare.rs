@@ -603,3 +603,48 @@ fn unknown_metrics_in_sort_and_where_are_usage_errors() {
         "{out}"
     );
 }
+
+/// One unreadable record in the history does not break `exp log`: its row says why, the rest
+/// prints, exit 0 with a warning; nothing readable at all is exit 2.
+#[test]
+fn an_unreadable_record_does_not_hide_the_others() {
+    let env = Env::new();
+    let dir = build(&env);
+    std::fs::write(
+        dir.join("experiments/mnist-cnn/metrics.toml"),
+        "not toml [[[\n",
+    )
+    .unwrap();
+    env.git(&dir, &["commit", "-q", "-am", "damaged"]);
+    let out = env.exp(&dir, &["log"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("unreadable record: invalid run record: TOML parse error")
+            && text.contains("run/feature-golden/mnist-cnn/1")
+            && text.contains("run/feature-golden/mnist-mlp/1"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("warning: experiments/mnist-cnn/metrics.toml at ")
+            && stderr(&out).contains("cannot be read (invalid run record: TOML parse error"),
+        "{}",
+        describe(&out)
+    );
+    // Again (the output cache must not swallow the warning).
+    let again = env.exp(&dir, &["log"]);
+    assert!(
+        stderr(&again).contains("cannot be read"),
+        "{}",
+        describe(&again)
+    );
+    // Only unreadable records: exit 2.
+    let out = env.exp(&dir, &["log", "HEAD~1..HEAD"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("no record in that history can be read"),
+        "{}",
+        describe(&out)
+    );
+}
