@@ -217,9 +217,25 @@ pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {
                 .map(|v| metric(*v))
                 .unwrap_or_else(|| "-".into())
         }));
-        row.push(r.model_oid[..r.model_oid.len().min(12)].to_string());
+        row.push(match &r.unreadable {
+            Some(why) => format!("unreadable record: {why}"),
+            None => exp::report::prefix(&r.model_oid, 12).to_string(),
+        });
         table.add_row(row);
     }
     super::outln!("{table}");
+    let unreadable: Vec<&exp::compare::log::ShowRow> =
+        rows.iter().filter(|r| r.unreadable.is_some()).collect();
+    for r in &unreadable {
+        super::warn(&format!(
+            "{} at {} cannot be read ({})",
+            exp::record::layout::run_file(&r.experiment, exp::record::layout::RECORD_FILE),
+            r.at,
+            r.unreadable.as_deref().unwrap_or_default()
+        ));
+    }
+    if !unreadable.is_empty() && unreadable.len() == rows.len() {
+        return Err(super::UsageError("no record there can be read".into()).into());
+    }
     Ok(())
 }

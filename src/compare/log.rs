@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::cache::{RecordSummary, SummaryCache};
 use super::diff::ParamValue;
-use super::{git_err, parse_record_bytes, record_blobs, records_at, resolve, CompareError};
+use super::{git_err, parse_record_bytes, record_blobs, resolve, CompareError};
 use crate::record::Direction;
 
 /// One commit that changed one experiment's record.
@@ -465,9 +465,13 @@ pub struct ShowRow {
     pub metrics: BTreeMap<String, f64>,
     /// Weights oid.
     pub model_oid: String,
+    /// Why the record could not be read (the other fields are then empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
-/// The records at `rev`, or at the tip of every local branch.
+/// The records at `rev`, or at the tip of every local branch. An unreadable record is a row that
+/// says why, not an error that hides the others.
 pub fn show(
     repo: &Repository,
     rev: &str,
@@ -490,17 +494,33 @@ pub fn show(
     let mut rows = Vec::new();
     for target in targets {
         let snapshot = resolve(repo, &target)?;
-        for (name, stored) in records_at(repo, &snapshot)? {
-            let r = stored.record;
-            rows.push(ShowRow {
-                at: target.clone(),
-                experiment: name,
-                run: r.run.id[..12.min(r.run.id.len())].to_string(),
-                branch: r.run.branch,
-                started: r.run.started,
-                metrics: r.metrics.values,
-                model_oid: r.model.oid,
-            });
+        for (name, blob) in record_blobs(repo, &snapshot.tree)? {
+            match super::stored_record(repo, &snapshot, &name, blob) {
+                Ok(stored) => {
+                    let r = stored.record;
+                    rows.push(ShowRow {
+                        at: target.clone(),
+                        experiment: name,
+                        run: crate::report::prefix(&r.run.id, 12).to_string(),
+                        branch: r.run.branch,
+                        started: r.run.started,
+                        metrics: r.metrics.values,
+                        model_oid: r.model.oid,
+                        unreadable: None,
+                    });
+                }
+                Err(CompareError::CorruptRecord { message, .. }) => rows.push(ShowRow {
+                    at: target.clone(),
+                    experiment: name,
+                    run: "-".into(),
+                    branch: "-".into(),
+                    started: "-".into(),
+                    metrics: BTreeMap::new(),
+                    model_oid: "-".into(),
+                    unreadable: Some(message.lines().next().unwrap_or_default().to_string()),
+                }),
+                Err(e) => return Err(e),
+            }
         }
     }
     if rows.is_empty() && !all_branches {

@@ -353,14 +353,15 @@ fn compare_errors_exit_2_with_hints() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
-    // A corrupt record is an error, never skipped.
+    // A corrupt record is never skipped: diff refuses it; show lists it as unreadable with a
+    // warning (an_unreadable_record_does_not_hide_the_others).
     std::fs::write(
         dir.join("experiments/mnist-mlp/metrics.toml"),
         "[run\nbroken",
     )
     .unwrap();
     env.git(&dir, &["commit", "-qam", "damage"]);
-    let out = env.exp(&dir, &["show"]);
+    let out = env.exp(&dir, &["diff", "HEAD~1", "HEAD"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
         stderr(&out).contains("corrupt run record experiments/mnist-mlp/metrics.toml"),
@@ -638,6 +639,20 @@ fn an_unreadable_record_does_not_hide_the_others() {
         stderr(&again).contains("cannot be read"),
         "{}",
         describe(&again)
+    );
+    // exp show: the readable experiment, and a row that says why for the other.
+    let out = env.exp(&dir, &["show"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mnist-mlp") && text.contains("unreadable record: invalid run record"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("cannot be read"),
+        "{}",
+        describe(&out)
     );
     // Only unreadable records: exit 2.
     let out = env.exp(&dir, &["log", "HEAD~1..HEAD"]);
