@@ -501,7 +501,7 @@ pub fn show(
                     rows.push(ShowRow {
                         at: target.clone(),
                         experiment: name,
-                        run: crate::report::prefix(&r.run.id, 12).to_string(),
+                        run: r.run.id.get(..12).unwrap_or(&r.run.id).to_string(),
                         branch: r.run.branch,
                         started: r.run.started,
                         metrics: r.metrics.values,
