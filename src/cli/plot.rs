@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use exp::compare::log::{log, LogQuery};
-use exp::compare::{records_at, resolve};
+use exp::compare::resolve;
 use exp::report::curves::{local_branches, training_curves};
 use exp::report::plot::{confusion_chart, escape, html, line_chart, Series};
 use exp::Error;
@@ -267,11 +267,25 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
 
         // 3. The confusion matrix at the chosen revision.
         let snapshot = resolve(&repo, &args.confusion)?;
-        if let Some(stored) = records_at(&repo, &snapshot)?.get(experiment) {
+        let blobs = exp::compare::record_blobs(&repo, &snapshot.tree)?;
+        if let Some(&blob) = blobs.get(experiment) {
             let title = format!("{experiment}: confusion matrix at {}", args.confusion);
-            let svg = confusion_chart(&title, &stored.record.eval.confusion)
-                .map_err(|e| usage(e.to_string()))?;
-            sections.push((title, svg));
+            match exp::compare::stored_record(&repo, &snapshot, experiment, blob) {
+                Ok(stored) => {
+                    let svg = confusion_chart(&title, &stored.record.eval.confusion)
+                        .map_err(|e| usage(e.to_string()))?;
+                    sections.push((title, svg));
+                }
+                // One unreadable record does not stop the report: the section says why.
+                Err(e @ exp::compare::CompareError::CorruptRecord { .. }) => {
+                    super::warn(&e.to_string());
+                    sections.push((
+                        title,
+                        format!("<p class=\"note\">{}</p>", escape(&e.to_string())),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     let report = html("exp report", &sections);

@@ -654,6 +654,18 @@ fn an_unreadable_record_does_not_hide_the_others() {
         "{}",
         describe(&out)
     );
+    // exp plot: the report is written, the section says why.
+    let report = env.path("report.html");
+    let out = env.exp(&dir, &["plot", "--out", report.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("warning: corrupt run record"),
+        "{}",
+        describe(&out)
+    );
+    assert!(std::fs::read_to_string(&report)
+        .unwrap()
+        .contains("corrupt run record"));
     // Only unreadable records: exit 2.
     let out = env.exp(&dir, &["log", "HEAD~1..HEAD"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
