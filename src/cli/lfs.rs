@@ -186,6 +186,12 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
             for (oid, size) in &report.deleted {
                 outln!("{verb} {oid} ({})", human_size(*size));
             }
+            for (name, size) in &report.stale_temp {
+                outln!(
+                    "{verb} stale temp file lfs/tmp/{name} ({})",
+                    human_size(*size)
+                );
+            }
             let bytes: u64 = report.deleted.iter().map(|d| d.1).sum();
             outln!(
                 "{verb} {} object(s), {}; kept {} referenced and {} written in the last hour",

@@ -121,6 +121,9 @@ pub struct PruneReport {
     pub recent: usize,
     /// Objects deleted (or that would be).
     pub deleted: Vec<(String, u64)>,
+    /// Temp files in `lfs/tmp` older than the grace period (a writer killed before it named
+    /// its object, by exp or git-lfs), deleted (or that would be), with their sizes.
+    pub stale_temp: Vec<(String, u64)>,
 }
 
 /// Deletes the objects that nothing reaches: no commit reachable from any ref (branches,
@@ -203,6 +206,31 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, LfsError> 
             store.remove(&oid)?;
         }
         report.deleted.push((oid.as_str().to_string(), size));
+    }
+    // A temp file is an object being written; one older than the grace period belongs to a
+    // writer that died (a live one writes for seconds, not an hour).
+    if let Ok(entries) = std::fs::read_dir(store.temp_dir()) {
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default();
+            if !meta.is_file() || age < PRUNE_GRACE {
+                continue;
+            }
+            if !dry_run {
+                std::fs::remove_file(e.path()).map_err(|source| LfsError::Io {
+                    action: "removing",
+                    path: e.path(),
+                    source,
+                })?;
+            }
+            report
+                .stale_temp
+                .push((e.file_name().to_string_lossy().into_owned(), meta.len()));
+        }
     }
     Ok(report)
 }

@@ -228,8 +228,13 @@ impl LfsStore {
     }
 
     /// A new temp file in `<lfs dir>/tmp` (deleted when dropped unless persisted).
+    /// Where objects are written before they take their name (`lfs/tmp`).
+    pub fn temp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
     fn new_temp(&self) -> Result<(tempfile::NamedTempFile, PathBuf), LfsError> {
-        let tmp_dir = self.root.join("tmp");
+        let tmp_dir = self.temp_dir();
         std::fs::create_dir_all(&tmp_dir).map_err(|source| LfsError::Io {
             action: "creating",
             path: tmp_dir.clone(),

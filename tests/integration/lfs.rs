@@ -297,8 +297,20 @@ fn exp_filter_without_git_lfs() {
         ],
     );
     let in_other_index = store_bytes(&extra[..50_000], "staged.safetensors", &linked);
+    // Temp files of writers that died (a kill before the object took its name): an old one is
+    // removed, a fresh one (a writer at work) kept.
+    let tmp = dir.join(".git/lfs/tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("exp-object-dead"), b"half an object").unwrap();
+    std::fs::write(tmp.join("exp-object-live"), b"being written").unwrap();
+    backdate(&tmp.join("exp-object-dead"));
     let young = nolfs.ok("exp", &dir, &["lfs", "prune", "--dry-run"]);
     assert!(young.contains("would delete 0 object(s)"), "{young}");
+    assert!(
+        young.contains("would delete stale temp file lfs/tmp/exp-object-dead"),
+        "{young}"
+    );
+    assert!(!young.contains("exp-object-live"), "{young}");
     for object in lfs_objects(&dir) {
         backdate(&object);
     }
@@ -311,6 +323,8 @@ fn exp_filter_without_git_lfs() {
     // Run from the linked work tree: the main one's HEAD, index and reflogs still count.
     let pruned = nolfs.ok("exp", &linked, &["lfs", "prune"]);
     assert!(pruned.contains("deleted 1 object(s)"), "{pruned}");
+    assert!(!tmp.join("exp-object-dead").exists() && tmp.join("exp-object-live").exists());
+    std::fs::remove_file(tmp.join("exp-object-live")).unwrap();
     assert!(!stray_path.exists());
     for kept in [&stashed, &reset_away, &in_other_index] {
         let path = dir
