@@ -148,7 +148,7 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
             for e in entries {
                 let oid = e.oid.as_deref().map(|o| &o[..10]).unwrap_or("-");
                 let size = e.size.map(human_size).unwrap_or_default();
-                outln!("{oid} {:<9} {:>10}  {}", e.state, size, e.path);
+                outln!("{oid} {:<13} {:>10}  {}", e.state, size, e.path);
             }
         }
         LfsAction::Fsck { rev, json } => {
@@ -163,6 +163,9 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
                 for e in &report.problems {
                     let what = match e.state {
                         "missing" => "pointer without its object (run `exp pull`)",
+                        "size-mismatch" => {
+                            "pointer whose size disagrees with its object (the pointer was edited)"
+                        }
                         "raw" => "raw content committed in place of a pointer",
                         _ => "malformed pointer",
                     };

@@ -40,6 +40,9 @@ fn peel_tree<'r>(repo: &'r Repository, rev: &str) -> Result<git2::Tree<'r>, LfsE
 
 fn state_of(repo: &Repository, store: &LfsStore, file: &TreeFile) -> &'static str {
     match &file.pointer {
+        // An object is its content, so a size that disagrees is the pointer's error: two
+        // pointers to one object must not claim two sizes (the gate refuses such a pointer).
+        Some(p) if store.contains(&p.oid) && !store.holds(p) => "size-mismatch",
         Some(p) if store.contains(&p.oid) => "present",
         Some(_) => "missing",
         None => {

@@ -477,3 +477,58 @@ fn idx_is_decompressed_only_as_far_as_its_header_says() {
         describe(&out)
     );
 }
+
+#[test]
+fn a_pointer_whose_size_disagrees_with_its_object_is_reported() {
+    let env = Env::new();
+    let dir = env.init_repo("size");
+    env.git(&dir, &["switch", "-q", "-c", "feature/size", "develop"]);
+    let out = quick_run(&env, &dir, "mnist-mlp", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let record = record_at(&env, &dir, "HEAD", "mnist-mlp");
+    let pointer = format!(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize {}\n",
+        record.model.oid,
+        record.model.size + 1
+    );
+    std::fs::write(env.path("pointer"), &pointer).unwrap();
+    let blob = env.git(
+        &dir,
+        &["hash-object", "-w", env.path("pointer").to_str().unwrap()],
+    );
+    env.git(
+        &dir,
+        &[
+            "update-index",
+            "--cacheinfo",
+            &format!(
+                "100644,{},experiments/mnist-mlp/model.safetensors",
+                blob.trim()
+            ),
+        ],
+    );
+    env.git(&dir, &["commit", "-q", "-m", "a pointer edited by hand"]);
+    let listed = env.exp_ok(&dir, &["lfs", "ls"]);
+    assert!(
+        listed.contains("size-mismatch")
+            && listed.contains("experiments/mnist-mlp/model.safetensors"),
+        "{listed}"
+    );
+    let out = env.exp(&dir, &["lfs", "fsck"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(
+            "experiments/mnist-mlp/model.safetensors: pointer whose size disagrees with its object"
+        ),
+        "{}",
+        describe(&out)
+    );
+    // The gate refuses it too (the record's size is the object's).
+    let out = env.exp(&dir, &["gate", "--base", "develop"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("the pointer was edited"),
+        "{}",
+        describe(&out)
+    );
+}
