@@ -36,6 +36,16 @@ pub enum SyncError {
     /// HEAD is not on a branch.
     #[error("HEAD is detached: name the branch to push")]
     Detached,
+    /// An object to be pushed is not what its name says (nothing was pushed).
+    #[error("the LFS object {oid} of {path} is corrupt in the local store (its content does not hash to its name); it was moved to {moved} and nothing was pushed")]
+    CorruptObject {
+        /// The object id.
+        oid: String,
+        /// A committed path that names it.
+        path: String,
+        /// Where it was moved aside.
+        moved: String,
+    },
 }
 
 /// The command a [`SyncError`] ended: the same failure means different things to each.
@@ -57,6 +67,9 @@ impl SyncError {
             }
             (SyncError::Detached, _) => {
                 "switch to a branch, or name it: `exp push REMOTE BRANCH`".into()
+            }
+            (SyncError::CorruptObject { .. }, _) => {
+                "fetch the object again from a copy that has it (`exp pull`), or re-record the run (`exp run`); `exp lfs fsck` checks the whole store".into()
             }
             (SyncError::Push(_) | SyncError::Transfer(_), SyncCommand::Push) => format!(
                 "no ref was pushed: the weights must reach the remote first; {check_url}"
@@ -124,6 +137,27 @@ pub fn push(
         ..PushSummary::default()
     };
     if config::in_charge(&worktree) == InCharge::GitLfs {
+        // git-lfs uploads what the store holds under a name without re-hashing it: a flipped
+        // byte would reach the server under the good oid. Every object this push could upload
+        // is hashed first.
+        let store = LfsStore::for_repo(repo);
+        let hidden = remote_tips(&worktree, repo, remote);
+        for (oid, reference) in super::scan::referenced_objects(repo, &tips, &hidden)? {
+            if !store.contains(&oid) {
+                continue;
+            }
+            if let Err(super::LfsError::Corrupt { .. }) = store.verify(&oid) {
+                let moved = store
+                    .quarantine(&oid)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|e| format!("(could not move it: {e})"));
+                return Err(SyncError::CorruptObject {
+                    oid: oid.as_str().to_string(),
+                    path: reference.path,
+                    moved,
+                });
+            }
+        }
         let mut args = vec!["lfs", "push", remote];
         args.extend(refs.iter().map(String::as_str));
         git::git(&worktree, &args)?;

@@ -532,3 +532,49 @@ fn a_pointer_whose_size_disagrees_with_its_object_is_reported() {
         describe(&out)
     );
 }
+
+#[test]
+fn exp_push_with_git_lfs_never_uploads_a_corrupt_object() {
+    let env = Env::new();
+    let dir = env.init_repo("corrupt-push");
+    env.git(&dir, &["switch", "-q", "-c", "feature/push", "develop"]);
+    let out = quick_run(&env, &dir, "mnist-mlp", &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let oid = record_at(&env, &dir, "HEAD", "mnist-mlp").model.oid;
+    let object = dir
+        .join(".git/lfs/objects")
+        .join(&oid[..2])
+        .join(&oid[2..4])
+        .join(&oid);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&object, &bytes).unwrap();
+    let remote = env.path("remote.git");
+    env.git(
+        env.tmp.path(),
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    env.git(&dir, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    let out = env.exp(&dir, &["push"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "the LFS object {oid} of experiments/mnist-mlp/model.safetensors is corrupt in the local store"
+        )) && stderr(&out).contains("nothing was pushed"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!remote
+        .join("lfs/objects")
+        .join(&oid[..2])
+        .join(&oid[2..4])
+        .join(&oid)
+        .exists());
+    assert_eq!(
+        env.git(&remote, &["for-each-ref"]).trim(),
+        "",
+        "refs were pushed"
+    );
+    assert!(!object.exists(), "the corrupt object is still in the store");
+}
