@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::{emit_json, UsageError};
 use exp::lfs::config::{self, InCharge};
-use exp::lfs::filter::{self, Filter, Smudged};
+use exp::lfs::filter::{self, Filter};
 use exp::lfs::{maintain, LfsStore};
 use exp::Error;
 
@@ -116,9 +116,9 @@ pub(super) fn execute(args: LfsArgs) -> Result<(), Error> {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
             let outcome = filter.smudge(&mut std::io::stdin().lock(), &mut out)?;
             out.flush().map_err(exp::lfs::LfsError::Stream)?;
-            if let Smudged::Missing(p) = outcome {
-                let name = path.map(|p| p.display().to_string()).unwrap_or_default();
-                eprintln!("{}", filter::missing_warning(&name, &p));
+            let name = path.map(|p| p.display().to_string()).unwrap_or_default();
+            if let Some(warning) = outcome.warning(&name) {
+                eprintln!("{warning}");
             }
         }
         LfsAction::Install => {

@@ -35,15 +35,56 @@ pub enum FilterError {
     Handshake(Vec<String>),
 }
 
-/// What the smudge filter wrote.
+/// What the smudge filter wrote. Where exp cannot write the object, it writes the pointer
+/// re-encoded, as git-lfs does (git-lfs then fails the checkout unless
+/// `lfs.skipdownloaderrors`; exp warns and goes on).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Smudged {
     /// The object's content, verified.
     Object(LfsPointer),
-    /// The object is not in the local store: the pointer itself was written.
+    /// A pointer to zero bytes: the empty file, whatever its oid (as git-lfs writes it).
+    Empty(LfsPointer),
+    /// The object is not in the local store, nor on the default remote: the pointer was written.
     Missing(LfsPointer),
+    /// The store holds the oid with another size than the pointer's: the pointer was written
+    /// (the object is left for `exp lfs fsck` to judge; git-lfs deletes it).
+    WrongSize {
+        /// The pointer.
+        pointer: LfsPointer,
+        /// The stored object's size.
+        stored: u64,
+    },
+    /// The pointer names extensions (`ext-N-name`), programs exp does not run: the pointer was
+    /// written.
+    Extensions(LfsPointer),
     /// The input was not a pointer and was written unchanged.
     NotAPointer,
+}
+
+impl Smudged {
+    /// The warning for a checkout of `path` that got a pointer instead of its content.
+    pub fn warning(&self, path: &str) -> Option<String> {
+        let what = match self {
+            Smudged::Object(_) | Smudged::Empty(_) | Smudged::NotAPointer => return None,
+            Smudged::Missing(p) => format!(
+                "the LFS object {} for {path} is not in the local store; the file holds its pointer (run `exp pull` to fetch the object)",
+                p.oid
+            ),
+            Smudged::WrongSize { pointer, stored } => format!(
+                "the LFS object {} for {path} is stored with {stored} bytes, its pointer says {}; the file holds its pointer (run `exp lfs fsck`, then `exp pull`)",
+                pointer.oid, pointer.size
+            ),
+            Smudged::Extensions(p) => format!(
+                "{path}'s pointer names LFS extensions ({}), which exp does not run; the file holds its pointer (check it out with git-lfs and the extensions configured)",
+                p.extensions
+                    .iter()
+                    .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Some(format!("exp lfs: warning: {what}"))
+    }
 }
 
 /// Where the filter's messages go. Git shows a filter's stderr to the user, so the command
@@ -319,18 +360,15 @@ impl Filter {
         self.cache.save();
     }
 
-    /// Smudges `input` into `out`: the object's content for a pointer whose object is present
-    /// (verified against its oid and size while streaming), the pointer itself when the object
-    /// is missing, and anything that is not a pointer unchanged.
+    /// Smudges `input` into `out` as git-lfs does: the object's content for a pointer whose
+    /// object is present (verified against its oid and size while streaming, which git-lfs does
+    /// not do), nothing for a pointer to zero bytes, the pointer re-encoded when the object
+    /// cannot be had, and anything that is not a pointer unchanged.
     pub fn smudge(&self, input: &mut impl Read, out: &mut impl Write) -> Result<Smudged, LfsError> {
         let mut head = vec![0u8; MAX_POINTER + 1];
         let n = read_full(input, &mut head)?;
-        let pointer = if n <= MAX_POINTER {
-            LfsPointer::parse(&head[..n]).ok()
-        } else {
-            None
-        };
-        let Some(pointer) = pointer else {
+        // As git-lfs: a start that decodes is the pointer, and the rest is not read.
+        let Ok(pointer) = LfsPointer::parse_smudge_head(&head[..n]) else {
             out.write_all(&head[..n]).map_err(stream_error)?;
             let mut buf = vec![0u8; CHUNK];
             loop {
@@ -341,6 +379,16 @@ impl Filter {
                 out.write_all(&buf[..k]).map_err(stream_error)?;
             }
         };
+        // git-lfs writes a pointer to zero bytes as the empty file and never looks it up.
+        if pointer.size == 0 {
+            return Ok(Smudged::Empty(pointer));
+        }
+        // git-lfs runs only the extensions configured for it; exp runs none.
+        if !pointer.extensions.is_empty() {
+            out.write_all(&pointer.encode_bytes())
+                .map_err(stream_error)?;
+            return Ok(Smudged::Extensions(pointer));
+        }
         let path = self.store.object_path(&pointer.oid);
         if !self.store.holds(&pointer) {
             // As git-lfs does: fetch the object from the default remote during checkout, so
@@ -360,20 +408,20 @@ impl Filter {
                 }
             }
         }
-        let mut object = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                out.write_all(&head[..n]).map_err(stream_error)?;
-                return Ok(Smudged::Missing(pointer));
-            }
-            Err(source) => {
-                return Err(LfsError::Io {
-                    action: "opening",
-                    path,
-                    source,
-                })
-            }
-        };
+        if !self.store.holds(&pointer) {
+            // What git-lfs writes when it has no object: the pointer, re-encoded.
+            out.write_all(&pointer.encode_bytes())
+                .map_err(stream_error)?;
+            return Ok(match self.store.stored_size(&pointer.oid) {
+                Some(stored) => Smudged::WrongSize { pointer, stored },
+                None => Smudged::Missing(pointer),
+            });
+        }
+        let mut object = File::open(&path).map_err(|source| LfsError::Io {
+            action: "opening",
+            path: path.clone(),
+            source,
+        })?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut buf = vec![0u8; CHUNK];
@@ -673,8 +721,8 @@ pub fn filter_process(
                 writer.flush_pkt()?;
                 match result {
                     Ok(outcome) => {
-                        if let Smudged::Missing(p) = outcome {
-                            (filter.messages)(format_args!("{}", missing_warning(&pathname, &p)));
+                        if let Some(warning) = outcome.warning(&pathname) {
+                            (filter.messages)(format_args!("{warning}"));
                         }
                         writer.flush_pkt()?;
                     }
@@ -698,14 +746,6 @@ pub fn filter_process(
     }
     filter.save_cache();
     Ok(())
-}
-
-/// The warning for a checkout that got a pointer instead of its weights.
-pub fn missing_warning(path: &str, pointer: &LfsPointer) -> String {
-    format!(
-        "exp lfs: warning: the LFS object {} for {path} is not in the local store; the file holds its pointer (run `exp pull` to fetch the object)",
-        pointer.oid
-    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ pub mod statcache;
 mod store;
 pub mod sync;
 
-pub use pointer::{LfsPointer, Oid};
+pub use pointer::{Extension, LfsPointer, Oid};
 pub use store::{Durability, LfsStore, ObjectWriter, Unsynced};
 
 use std::path::PathBuf;

@@ -96,7 +96,8 @@ impl LfsStore {
         self.stored_size(&pointer.oid) == Some(pointer.size)
     }
 
-    fn stored_size(&self, oid: &Oid) -> Option<u64> {
+    /// The size of the file stored under `oid`, if there is one.
+    pub fn stored_size(&self, oid: &Oid) -> Option<u64> {
         std::fs::metadata(self.object_path(oid))
             .ok()
             .filter(|m| m.is_file())

@@ -11,6 +11,7 @@ mod gate;
 mod init;
 mod init_from;
 mod lfs;
+mod lfs_compat;
 mod recipes;
 mod run;
 mod safety;
