@@ -123,9 +123,10 @@ impl Error {
             Error::Hooks(e) => e.hint(),
             Error::InitFrom(e) => e.hint(),
             Error::Flow(e) => e.hint(),
-            Error::LfsPush(_) => Some(
-                "set `git config lfs.url` to the remote's Git LFS server; `git push --no-verify` skips the check, leaving the remote without the weights".into(),
-            ),
+            Error::LfsPush(e) => Some(match e.hint() {
+                Some(hint) => format!("nothing was pushed; {hint}"),
+                None => "nothing was pushed".into(),
+            }),
             Error::Lfs(e) => e.hint(),
             Error::Record(_) => Some(
                 "this is a bug in exp: please report it with the spec and `exp --version`".into(),

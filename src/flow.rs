@@ -288,6 +288,28 @@ pub fn release(repo: &Repository, version: &str) -> Result<FlowReport, FlowError
         return Err(FlowError::Precondition(format!("{tag} exists already")));
     }
     clean_worktree(&dir)?;
+    // A release versions the models develop holds: it needs some, and something main lacks.
+    let develop = resolve(repo, "develop").map_err(|_| {
+        FlowError::Precondition("there is no develop branch to release from".into())
+    })?;
+    if record_blobs(repo, &develop.tree)?.is_empty() {
+        return Err(FlowError::Precondition(
+            "develop has no run record (experiments/*/metrics.toml): a release versions models; record one (exp run on a feature branch, exp flow finish) first".into(),
+        ));
+    }
+    let id = |r: &crate::compare::Snapshot| r.commit.as_ref().map(|c| c.id());
+    if let (Ok(main), Some(develop_id)) = (resolve(repo, "main"), id(&develop)) {
+        let main_id = id(&main);
+        // Contained, or the same files (develop's only news is the merge of the last release).
+        if main_id == Some(develop_id)
+            || main_id.is_some_and(|m| repo.graph_descendant_of(m, develop_id).unwrap_or(false))
+            || main.tree.id() == develop.tree.id()
+        {
+            return Err(FlowError::Precondition(
+                "main already has everything develop has: nothing to release".into(),
+            ));
+        }
+    }
     let release = format!("release/{version}");
     let mut report = FlowReport::default();
     git::git(&dir, &["switch", "-q", "-c", &release, "develop"])?;
@@ -332,8 +354,13 @@ pub fn release(repo: &Repository, version: &str) -> Result<FlowReport, FlowError
 /// `exp flow hotfix NAME`: a hotfix branch from main.
 pub fn hotfix(repo: &Repository, name: &str) -> Result<FlowReport, FlowError> {
     let dir = git::workdir(repo).to_path_buf();
-    clean_worktree(&dir)?;
     let branch = format!("hotfix/{name}");
+    if !git2::Branch::name_is_valid(&branch).unwrap_or(false) {
+        return Err(FlowError::Precondition(format!(
+            "{branch:?} is not a valid branch name: use letters, digits, '-', '_' and single dots"
+        )));
+    }
+    clean_worktree(&dir)?;
     git::git(&dir, &["switch", "-q", "-c", &branch, "main"])?;
     Ok(FlowReport {
         steps: vec![format!("created {branch} from main; record the fix with exp run, then merge it into main and develop (the hooks gate both)")],

@@ -163,6 +163,8 @@ pub struct RunSummary {
     pub record: RunRecord,
     /// The per-operation time table, with `EXP_PROFILE_OPS=1`.
     pub op_profile: Option<String>,
+    /// What this run put back that a killed exp command had left (one line each).
+    pub recovered: Vec<String>,
 }
 
 /// Runs an experiment and records it.
@@ -174,21 +176,11 @@ pub fn run(
     let started = Started::now();
     let repo = git::open(&options.cwd)?;
     let worktree = git::workdir(&repo).to_path_buf();
-    let (current, parent_commit) = git::current_branch(&repo)?;
+    git::current_branch(&repo)?;
     spec::check_name(&options.experiment)?;
     let lock = git::lock::lock_worktree(&repo, &format!("exp run {}", options.experiment))?;
-    // An exp run killed in its commit phase may have left outputs it wrote (and never
-    // committed) in its experiment's directory: exp's own files, put back as HEAD has them.
-    lock.clear_dead_git_locks(&repo, &current);
-    if let Some(killed) = lock
-        .replaced
-        .as_ref()
-        .and_then(|r| r.command.strip_prefix("exp run "))
-    {
-        if spec::check_name(killed).is_ok() {
-            restore_outputs(&worktree, killed);
-        }
-    }
+    let recovered = recover_after_kill(&repo, &lock)?;
+    let (current, parent_commit) = git::current_branch(&repo)?;
     // A run commit a kill left untagged gets its tag before this run takes the next number.
     git::append::tag_untagged_runs(&repo, &current)?;
     let resolved = spec::load(
@@ -218,18 +210,29 @@ pub fn run(
 
     // From here on the run is complete: signals no longer abort it, so that a commit is
     // never left half made.
-    let undo = git::switch_for_run(&repo, &plan)?;
+    let undo = git::switch_for_run(&repo, &plan, &options.experiment)?;
     let result = write_and_commit(&repo, &worktree, &options.experiment, trained, &started);
     match result {
-        Ok(summary) => Ok(RunSummary {
-            switched_from: match &plan {
-                BranchPlan::NewFeature { from, .. } => Some(from.clone()),
-                BranchPlan::Stay { .. } => None,
-            },
-            ..summary
-        }),
+        Ok(summary) => {
+            if let Some(undo) = undo {
+                undo.complete(&repo);
+            }
+            Ok(RunSummary {
+                switched_from: match &plan {
+                    BranchPlan::NewFeature { from, .. } => Some(from.clone()),
+                    BranchPlan::Stay { .. } => None,
+                },
+                recovered,
+                ..summary
+            })
+        }
         // Committed: nothing to undo (the branch holds the run).
-        Err(e @ RunError::AfterCommit { .. }) => Err(e),
+        Err(e @ RunError::AfterCommit { .. }) => {
+            if let Some(undo) = undo {
+                undo.complete(&repo);
+            }
+            Err(e)
+        }
         Err(e) => {
             restore_outputs(&worktree, &options.experiment);
             if let Some(undo) = undo {
@@ -238,6 +241,47 @@ pub fn run(
             Err(e)
         }
     }
+}
+
+/// Puts back what an exp command killed in the work tree left there, now that this one holds
+/// the work-tree lock (so the killed one is gone): Git's lock files it left (only those newer
+/// than its start), the outputs a killed `exp run` wrote and never committed, and a branch
+/// switch it made and never committed on (`git::recover_interrupted_switch`). Returns a line
+/// for the user per thing put back.
+pub fn recover_after_kill(
+    repo: &git2::Repository,
+    lock: &git::lock::WorktreeLock,
+) -> Result<Vec<String>, RunError> {
+    let worktree = git::workdir(repo).to_path_buf();
+    let mut notes = Vec::new();
+    if let Ok((current, _)) = git::current_branch(repo) {
+        lock.clear_dead_git_locks(repo, &current);
+    }
+    // An exp run killed in its commit phase may have left outputs it wrote (and never
+    // committed) in its experiment's directory: exp's own files, put back as HEAD has them.
+    if let Some(killed) = lock
+        .replaced
+        .as_ref()
+        .and_then(|r| r.command.strip_prefix("exp run "))
+    {
+        if spec::check_name(killed).is_ok() {
+            restore_outputs(&worktree, killed);
+        }
+    }
+    if let Some(switch) = git::recover_interrupted_switch(repo)? {
+        notes.push(if switch.kept {
+            format!(
+                "an earlier exp run of {} was killed after committing on {}: kept",
+                switch.experiment, switch.branch
+            )
+        } else {
+            format!(
+                "an earlier exp run of {} was killed before committing on {}: switched back to {} and removed the empty branch",
+                switch.experiment, switch.branch, switch.from
+            )
+        });
+    }
+    Ok(notes)
 }
 
 /// exp writes `experiments/<name>/` and its files: none of them may be a symbolic link (a
@@ -658,6 +702,7 @@ pub fn run_headless(
         switched_from: None,
         record,
         op_profile: trained.outcome.op_profile.clone(),
+        recovered: Vec::new(),
     })))
 }
 
@@ -737,6 +782,7 @@ fn write_and_commit(
         switched_from: None,
         record,
         op_profile: trained.outcome.op_profile.clone(),
+        recovered: Vec::new(),
     })
 }
 

@@ -93,7 +93,10 @@ pub enum ModelAction {
 pub(super) fn execute_flow(args: FlowArgs) -> Result<(), Error> {
     let repo = exp::git::open(&super::cwd()?)?;
     // Flow steps switch branches and commit in the work tree: one committing command at a time.
-    let _lock = exp::git::lock::lock_worktree(&repo, "exp flow")?;
+    let lock = exp::git::lock::lock_worktree(&repo, "exp flow")?;
+    for note in exp::run::recover_after_kill(&repo, &lock)? {
+        eprintln!("note: {note}");
+    }
     let report = match args.step {
         FlowStep::Finish { branch, keep } => flow::finish(&repo, branch.as_deref(), keep),
         FlowStep::Release { version } => flow::release(&repo, &version),

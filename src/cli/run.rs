@@ -72,6 +72,9 @@ pub(super) fn execute(args: RunArgs) -> Result<(), Error> {
     if let Some(profile) = &summary.op_profile {
         eprint!("{profile}");
     }
+    for note in &summary.recovered {
+        eprintln!("note: {note}");
+    }
     let r = &summary.record;
     if let Some(from) = &summary.switched_from {
         super::outln!(

@@ -2,7 +2,6 @@
 
 use clap::Args;
 
-use super::UsageError;
 use exp::lfs::sync;
 use exp::Error;
 
@@ -23,18 +22,18 @@ pub struct PullArgs {
     pub remote: Option<String>,
 }
 
-fn remote_or_default(repo: &git2::Repository, remote: Option<String>) -> Result<String, Error> {
+fn remote_or_default(
+    repo: &git2::Repository,
+    remote: Option<String>,
+) -> Result<String, sync::SyncError> {
     remote
         .or_else(|| exp::lfs::remote::default_remote(repo))
-        .ok_or_else(|| {
-            UsageError("no remote given and none to default to (no upstream, no origin)".into())
-                .into()
-        })
+        .ok_or(sync::SyncError::NoDefaultRemote)
 }
 
 pub(super) fn execute_push(args: PushArgs) -> Result<(), Error> {
     let repo = exp::git::open_any(&super::cwd()?)?;
-    let remote = remote_or_default(&repo, args.remote)?;
+    let remote = remote_or_default(&repo, args.remote).map_err(Error::Push)?;
     let summary = sync::push(&repo, &remote, &args.branches).map_err(Error::Push)?;
     if summary.by_git_lfs {
         outln!("LFS objects pushed by git-lfs");
@@ -53,7 +52,7 @@ pub(super) fn execute_push(args: PushArgs) -> Result<(), Error> {
 
 pub(super) fn execute_pull(args: PullArgs) -> Result<(), Error> {
     let repo = exp::git::open_any(&super::cwd()?)?;
-    let remote = remote_or_default(&repo, args.remote)?;
+    let remote = remote_or_default(&repo, args.remote).map_err(Error::Pull)?;
     let summary = sync::pull(&repo, &remote).map_err(Error::Pull)?;
     if summary.by_git_lfs {
         outln!("LFS objects pulled by git-lfs");

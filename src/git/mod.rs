@@ -12,6 +12,9 @@ use git2::{Oid, Repository};
 
 pub mod append;
 pub mod lock;
+mod switch;
+
+pub use switch::{recover_interrupted_switch, switch_for_run, InterruptedSwitch, SwitchUndo};
 
 /// A Git failure.
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +274,9 @@ pub fn plan_branch(
             stderr: "neither develop nor main exists to start a feature branch from".into(),
         });
     }
+    // read-tree takes the index lock even for a dry run: a leftover lock is named as such,
+    // not reported as changes the switch would overwrite.
+    check_no_lock(&repo.path().join("index.lock"))?;
     // Would moving the work tree from HEAD to the base overwrite local changes? This is the
     // check `git switch` itself makes, without doing it.
     git(dir, &["read-tree", "-m", "-u", "-n", "HEAD", base]).map_err(|e| match e {
@@ -317,57 +323,6 @@ fn check_outputs_clean(dir: &Path, experiment: &str) -> Result<(), GitError> {
             path: format!("{outputs}/"),
             details: status.trim_end().to_string(),
         })
-    }
-}
-
-/// Carries out a [`BranchPlan::NewFeature`] after training: creates the branches and switches,
-/// carrying uncommitted changes. Returns what to undo if the commit then fails.
-pub fn switch_for_run(
-    repo: &Repository,
-    plan: &BranchPlan,
-) -> Result<Option<SwitchUndo>, GitError> {
-    let BranchPlan::NewFeature {
-        branch,
-        from,
-        create_develop,
-    } = plan
-    else {
-        return Ok(None);
-    };
-    let dir = workdir(repo);
-    if *create_develop {
-        git(dir, &["branch", "develop", "main"])?;
-    }
-    if let Err(e) = git(dir, &["switch", "--quiet", "-c", branch, "develop"]) {
-        if *create_develop {
-            let _ = git(dir, &["branch", "-D", "develop"]);
-        }
-        return Err(e);
-    }
-    Ok(Some(SwitchUndo {
-        from: from.clone(),
-        branch: branch.clone(),
-        created_develop: *create_develop,
-    }))
-}
-
-/// How to undo a branch switch when the commit that should follow it fails.
-#[derive(Debug)]
-pub struct SwitchUndo {
-    from: String,
-    branch: String,
-    created_develop: bool,
-}
-
-impl SwitchUndo {
-    /// Switches back and deletes what was created. Best effort: the run already failed.
-    pub fn undo(self, repo: &Repository) {
-        let dir = workdir(repo);
-        let _ = git(dir, &["switch", "--quiet", &self.from]);
-        let _ = git(dir, &["branch", "-D", &self.branch]);
-        if self.created_develop {
-            let _ = git(dir, &["branch", "-D", "develop"]);
-        }
     }
 }
 

@@ -52,6 +52,22 @@ pub enum PushError {
     },
 }
 
+impl PushError {
+    /// What to do about it, for the push that failed (exp's pre-push hook or `exp push`).
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PushError::Transfer(_) => Some(
+                "check the remote's URL (`git remote -v`) and `git config lfs.url` (the remote's Git LFS server)".into(),
+            ),
+            PushError::Missing { .. } => Some(
+                "push from a clone whose LFS store has the object (`exp lfs fsck` lists what this store lacks), or remove the commit that references it".into(),
+            ),
+            PushError::Lfs(e) => e.hint(),
+            PushError::Git(_) | PushError::Input(_) => None,
+        }
+    }
+}
+
 /// Uploads the LFS objects referenced by commits reachable from `tips` and not from `hidden`
 /// that `remote` lacks; checks the remote has all of them afterwards.
 pub fn upload_for_push(

@@ -33,9 +33,18 @@ pub enum SyncError {
     /// No remote to talk to.
     #[error("no remote named {0:?}")]
     NoRemote(String),
+    /// No remote named, and neither an upstream nor `origin` to default to.
+    #[error("no remote given and none to default to (no upstream, no origin)")]
+    NoDefaultRemote,
     /// HEAD is not on a branch.
     #[error("HEAD is detached: name the branch to push")]
     Detached,
+    /// A branch named on the command line does not exist here.
+    #[error("no local branch named {0:?}")]
+    NoBranch(String),
+    /// git-lfs, in charge of the objects, failed to move them (`git lfs push` or `pull`).
+    #[error("git-lfs could not transfer the LFS objects: {0}")]
+    GitLfs(#[source] GitError),
     /// An object to be pushed is not what its name says (nothing was pushed).
     #[error("the LFS object {oid} of {path} is corrupt in the local store (its content does not hash to its name); it was moved to {moved} and nothing was pushed")]
     CorruptObject {
@@ -62,27 +71,38 @@ impl SyncError {
     pub fn hint(&self, command: SyncCommand) -> Option<String> {
         let check_url = "check the remote's URL (`git remote -v`) and `git config lfs.url`";
         Some(match (self, command) {
+            (SyncError::NoDefaultRemote, _) => {
+                "add one (`git remote add origin URL`) or name it: `exp push REMOTE` / `exp pull REMOTE`".into()
+            }
             (SyncError::NoRemote(_), _) => {
                 "`git remote -v` lists the remotes; add one with `git remote add origin URL`".into()
             }
             (SyncError::Detached, _) => {
                 "switch to a branch, or name it: `exp push REMOTE BRANCH`".into()
             }
+            (SyncError::NoBranch(_), _) => {
+                "nothing was pushed; `git branch` lists the local branches".into()
+            }
             (SyncError::CorruptObject { .. }, _) => {
                 "fetch the object again from a copy that has it (`exp pull`), or re-record the run (`exp run`); `exp lfs fsck` checks the whole store".into()
             }
-            (SyncError::Push(_) | SyncError::Transfer(_), SyncCommand::Push) => format!(
+            (SyncError::Push(e), _) => match e.hint() {
+                Some(hint) => format!("no ref was pushed; {hint}"),
+                None => "no ref was pushed".into(),
+            },
+            (SyncError::Transfer(_) | SyncError::GitLfs(_), SyncCommand::Push) => format!(
                 "no ref was pushed: the weights must reach the remote first; {check_url}"
             ),
-            (SyncError::Push(_) | SyncError::Transfer(_), SyncCommand::Pull) => format!(
-                "the branch was fetched but its weights were not downloaded; {check_url}, then run `exp pull` again"
+            (SyncError::Transfer(_) | SyncError::GitLfs(_), SyncCommand::Pull) => format!(
+                "the branch was fetched but its weights were not all downloaded; {check_url}, then run `exp pull` again"
             ),
-            (SyncError::Git(_) | SyncError::Repo(_), SyncCommand::Push) => {
+            (SyncError::Git(_), SyncCommand::Push) => {
                 "the LFS objects are on the remote; fix what Git reports above and run `exp push` again".into()
             }
-            (SyncError::Git(_) | SyncError::Repo(_), SyncCommand::Pull) => {
+            (SyncError::Git(_), SyncCommand::Pull) => {
                 "nothing was downloaded; fix what Git reports above (a branch that diverged needs `git pull --rebase` or a merge) and run `exp pull` again".into()
             }
+            (SyncError::Repo(_), _) => return None,
         })
     }
 }
@@ -123,8 +143,10 @@ pub fn push(
     let mut tips = Vec::new();
     for b in &branches {
         let commit = repo
-            .revparse_single(&format!("refs/heads/{b}"))
-            .and_then(|o| o.peel_to_commit())?;
+            .find_branch(b, git2::BranchType::Local)
+            .map_err(|_| SyncError::NoBranch(b.clone()))?
+            .get()
+            .peel_to_commit()?;
         tips.push(commit.id());
     }
     let mut refs: Vec<String> = branches.iter().map(|b| format!("refs/heads/{b}")).collect();
@@ -160,7 +182,7 @@ pub fn push(
         }
         let mut args = vec!["lfs", "push", remote];
         args.extend(refs.iter().map(String::as_str));
-        git::git(&worktree, &args)?;
+        git::git(&worktree, &args).map_err(SyncError::GitLfs)?;
         summary.by_git_lfs = true;
     } else {
         let remote_store = RemoteStore::for_remote(repo, remote, &url)?;
@@ -233,7 +255,7 @@ pub fn pull(repo: &Repository, remote: &str) -> Result<PullSummary, SyncError> {
     }
     let mut summary = PullSummary::default();
     if config::in_charge(&worktree) == InCharge::GitLfs {
-        git::git(&worktree, &["lfs", "pull", remote])?;
+        git::git(&worktree, &["lfs", "pull", remote]).map_err(SyncError::GitLfs)?;
         summary.by_git_lfs = true;
         return Ok(summary);
     }

@@ -118,3 +118,78 @@ fn finish_release_and_get_a_released_model() {
         describe(&out)
     );
 }
+
+/// Flow steps and sync commands that cannot do anything useful refuse before they change
+/// anything, with a message and hint for the command that failed.
+#[test]
+fn flow_and_sync_refusals_say_what_to_do() {
+    let env = Env::new();
+    let dir = env.init_repo("refusals");
+    let refs_before = env.git(&dir, &["for-each-ref", "--format=%(refname) %(objectname)"]);
+    let refused = |args: &[&str], message: &str, hint: Option<&str>| {
+        let out = env.exp(&dir, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("error: {message}")),
+            "{args:?}: {err}"
+        );
+        match hint {
+            Some(hint) => assert!(err.contains(&format!("hint: {hint}")), "{args:?}: {err}"),
+            None => assert!(!err.contains("hint:"), "{args:?}: {err}"),
+        }
+    };
+    refused(
+        &["flow", "release", "1.0.0"],
+        "develop has no run record (experiments/*/metrics.toml): a release versions models; record one (exp run on a feature branch, exp flow finish) first",
+        None,
+    );
+    refused(
+        &["flow", "hotfix", "a b"],
+        "\"hotfix/a b\" is not a valid branch name: use letters, digits, '-', '_' and single dots",
+        None,
+    );
+    refused(
+        &["push"],
+        "no remote given and none to default to (no upstream, no origin)",
+        Some("add one (`git remote add origin URL`) or name it: `exp push REMOTE` / `exp pull REMOTE`"),
+    );
+    refused(
+        &["pull"],
+        "no remote given and none to default to (no upstream, no origin)",
+        Some("add one (`git remote add origin URL`) or name it: `exp push REMOTE` / `exp pull REMOTE`"),
+    );
+    let remote = env.path("refusals-remote.git");
+    env.git(
+        env.tmp.path(),
+        &["init", "-q", "--bare", remote.to_str().unwrap()],
+    );
+    env.git(&dir, &["remote", "add", "origin", remote.to_str().unwrap()]);
+    refused(
+        &["push", "origin", "nosuch"],
+        "no local branch named \"nosuch\"",
+        Some("nothing was pushed; `git branch` lists the local branches"),
+    );
+    assert_eq!(
+        env.git(&dir, &["for-each-ref", "--format=%(refname) %(objectname)"]),
+        refs_before,
+        "a refusal changed a ref"
+    );
+    assert_eq!(
+        env.git(&dir, &["branch", "--show-current"]).trim(),
+        "develop"
+    );
+
+    // With a release made, releasing again with nothing new on develop is refused too.
+    feature_run(&env, &dir, "feature/r", &[]);
+    env.exp_ok(&dir, &["flow", "finish"]);
+    env.exp_ok(&dir, &["flow", "release", "1.0.0"]);
+    let tags_before = env.git(&dir, &["tag", "-l", "v*"]);
+    refused(
+        &["flow", "release", "1.0.1"],
+        "main already has everything develop has: nothing to release",
+        None,
+    );
+    assert_eq!(env.git(&dir, &["tag", "-l", "v*"]), tags_before);
+    assert_eq!(env.git(&dir, &["branch", "--list", "release/*"]), "");
+}

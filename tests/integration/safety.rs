@@ -578,3 +578,86 @@ fn exp_push_with_git_lfs_never_uploads_a_corrupt_object() {
     );
     assert!(!object.exists(), "the corrupt object is still in the store");
 }
+
+/// A run started on develop is killed (SIGKILL, from a `git` shim) right after `git switch -c`
+/// created and checked out its feature branch, before anything was committed on it. The next
+/// exp run finds the journal, switches back to develop, deletes the empty branch, says so, and
+/// records its own run on a new branch; the user's work is untouched throughout.
+#[test]
+fn a_run_killed_after_its_branch_switch_leaves_no_empty_feature_branch() {
+    let env = Env::new();
+    let dir = env.init_repo("switch-kill");
+    let wip = work_in_progress(&dir);
+    let develop = env.git(&dir, &["rev-parse", "develop"]);
+
+    // A `git` that runs the real one, then kills its caller when it was a branch switch.
+    let real_git = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let shim = env.path("shim");
+    std::fs::create_dir_all(&shim).unwrap();
+    std::fs::write(
+        shim.join("git"),
+        format!(
+            "#!/bin/sh\n{} \"$@\"\nrc=$?\ncase \"$*\" in *'switch --quiet -c'*) kill -9 $PPID;; esac\nexit $rc\n",
+            real_git.trim()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(shim.join("git"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = env.exp_cmd(&dir, &["run", "mnist-cnn"]);
+    cmd.args(QUICK);
+    let path = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "PATH")
+        .and_then(|(_, v)| v.map(|v| v.to_os_string()))
+        .unwrap();
+    let mut dirs = vec![shim.clone()];
+    dirs.extend(std::env::split_paths(&path));
+    cmd.env("PATH", std::env::join_paths(dirs).unwrap());
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "{}",
+        describe(&out)
+    );
+    // What the kill left: an empty feature branch, checked out.
+    let killed_on = env
+        .git(&dir, &["branch", "--show-current"])
+        .trim()
+        .to_string();
+    assert!(killed_on.starts_with("feature/mnist-cnn-"), "{killed_on}");
+    assert_eq!(env.git(&dir, &["rev-parse", "HEAD"]), develop);
+    still_there(&dir, &wip);
+
+    let out = quick_run(&env, &dir, "mnist-cnn", &["--set", "train.seed=7"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "note: an earlier exp run of mnist-cnn was killed before committing on {killed_on}: switched back to develop and removed the empty branch"
+        )),
+        "{}",
+        describe(&out)
+    );
+    let branches = env.git(
+        &dir,
+        &["branch", "--list", "feature/*", "--format=%(refname:short)"],
+    );
+    let now_on = env
+        .git(&dir, &["branch", "--show-current"])
+        .trim()
+        .to_string();
+    assert_eq!(branches.trim(), now_on, "only the new run's branch exists");
+    assert_ne!(now_on, killed_on);
+    assert_eq!(env.git(&dir, &["rev-parse", "develop"]), develop);
+    assert_eq!(env.git(&dir, &["rev-parse", "HEAD^"]), develop);
+    assert!(!dir.join(".git/exp/switch.toml").exists());
+    still_there(&dir, &wip);
+}
