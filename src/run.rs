@@ -210,7 +210,22 @@ pub fn run(
 
     // From here on the run is complete: signals no longer abort it, so that a commit is
     // never left half made.
-    let undo = git::switch_for_run(&repo, &plan, &options.experiment)?;
+    let undo = match git::switch_for_run(&repo, &plan, &options.experiment) {
+        Ok(undo) => undo,
+        // Nothing of the run is in the work tree yet: keep it where nothing can take it away.
+        Err(e) => {
+            let spec_bytes = trained.resolved.text().as_bytes().to_vec();
+            let mut trained = trained;
+            return Err(
+                match run_files(&options.experiment, spec_bytes, &mut trained, &started) {
+                    Ok(files) => {
+                        keep_trained(&repo, &options.experiment, &trained, &files, e.into())
+                    }
+                    Err(_) => e.into(),
+                },
+            );
+        }
+    };
     let result = write_and_commit(&repo, &worktree, &options.experiment, trained, &started);
     match result {
         Ok(summary) => {
@@ -730,17 +745,22 @@ fn write_and_commit(
         path: object_path.clone(),
         source,
     })?;
-    write_atomic(&out_dir.join(WEIGHTS_FILE), &object)?;
-    for f in files.iter().filter(|f| {
-        f.path != layout::spec_path(experiment)
-            && f.path != layout::run_file(experiment, WEIGHTS_FILE)
-    }) {
-        write_atomic(&worktree.join(&f.path), &f.blob)?;
+    let written = (|| {
+        write_atomic(&out_dir.join(WEIGHTS_FILE), &object)?;
+        for f in files.iter().filter(|f| {
+            f.path != layout::spec_path(experiment)
+                && f.path != layout::run_file(experiment, WEIGHTS_FILE)
+        }) {
+            write_atomic(&worktree.join(&f.path), &f.blob)?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        return Err(keep_trained(repo, experiment, &trained, &files, e));
     }
 
     let dir_rel = layout::run_dir(experiment);
-    let record = trained.record;
-    let (message, tag_message) = messages(&record);
+    let (message, tag_message) = messages(&trained.record);
     let commit = match git::commit_files(repo, Some(&dir_rel), &files, &message) {
         Ok(commit) => commit,
         Err(git::GitError::IndexNotUpdated { commit, source }) => {
@@ -753,22 +773,9 @@ fn write_and_commit(
                 },
             })
         }
-        Err(e) => {
-            // Keep what was trained where nothing can take it away, and say how to get it.
-            let parent = git2::Oid::from_str(&record.run.parent).ok();
-            return Err(
-                match parent.map(|p| {
-                    git::keep_failed_run(repo, p, &dir_rel, &files, &message, &record.run.id)
-                }) {
-                    Some(Ok(kept)) => RunError::Kept {
-                        kept,
-                        source: Box::new(e.into()),
-                    },
-                    _ => e.into(),
-                },
-            );
-        }
+        Err(e) => return Err(keep_trained(repo, experiment, &trained, &files, e.into())),
     };
+    let record = trained.record;
     let tag = git::tag_run(repo, &record.run.branch, experiment, commit, &tag_message).map_err(
         |source| RunError::AfterCommit {
             commit: commit.to_string(),
@@ -784,6 +791,37 @@ fn write_and_commit(
         op_profile: trained.outcome.op_profile.clone(),
         recovered: Vec::new(),
     })
+}
+
+/// A run trained but not committed (`error` stopped it between training and the commit): its
+/// commit built without the work tree under `refs/exp/failed/<run id>`, where nothing can take
+/// it away, and the error says how to get it. When even that fails, `error` as it was.
+fn keep_trained(
+    repo: &git2::Repository,
+    experiment: &str,
+    trained: &Trained,
+    files: &[CommitFile],
+    error: RunError,
+) -> RunError {
+    let record = &trained.record;
+    let (message, _) = messages(record);
+    let kept = git2::Oid::from_str(&record.run.parent).map(|parent| {
+        git::keep_failed_run(
+            repo,
+            parent,
+            &layout::run_dir(experiment),
+            files,
+            &message,
+            &record.run.id,
+        )
+    });
+    match kept {
+        Ok(Ok(kept)) => RunError::Kept {
+            kept,
+            source: Box::new(error),
+        },
+        _ => error,
+    }
 }
 
 /// `accuracy=0.9812 loss=0.0612`: the commit and tag headline.

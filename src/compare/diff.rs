@@ -127,7 +127,7 @@ pub struct MetricChange {
     pub head: Option<f64>,
     /// head − base, when comparable.
     pub delta: Option<f64>,
-    /// Better direction (from the head's record, else the base's).
+    /// Better direction, from `metric::KNOWN_METRICS`; `None` for a metric exp does not know.
     pub direction: Option<Direction>,
     /// The verdict.
     pub verdict: Verdict,
@@ -277,7 +277,9 @@ fn metric_changes(a: Option<&RunRecord>, b: Option<&RunRecord>) -> Vec<MetricCha
             let vb = b.and_then(|r| r.metrics.values.get(name).copied());
             let ma = a.and_then(|r| r.metrics.meta.get(name));
             let mb = b.and_then(|r| r.metrics.meta.get(name));
-            let direction = mb.or(ma).map(|m| m.direction);
+            // The better direction comes from exp's table of metrics, never from a record (a
+            // record could claim any); the audit refuses a record that disagrees with it.
+            let direction = crate::metric::known(name).map(|m| m.direction);
             let not_comparable = |reason: &str| MetricChange {
                 name: name.clone(),
                 base: va,
@@ -298,16 +300,16 @@ fn metric_changes(a: Option<&RunRecord>, b: Option<&RunRecord>) -> Vec<MetricCha
             let (Some(ma), Some(mb)) = (ma, mb) else {
                 return not_comparable("a record lacks the metric's meta data");
             };
-            if ma.direction != mb.direction {
-                return not_comparable("the metric's direction differs");
-            }
+            let Some(better) = direction else {
+                return not_comparable("not a metric exp knows: its better direction is unknown");
+            };
             if ma.eval_set != mb.eval_set {
                 return not_comparable("measured on different eval sets");
             }
             let delta = y - x;
             let verdict = if delta == 0.0 {
                 Verdict::Same
-            } else if (delta > 0.0) == (mb.direction == Direction::Max) {
+            } else if (delta > 0.0) == (better == Direction::Max) {
                 Verdict::Better
             } else {
                 Verdict::Worse
@@ -408,4 +410,37 @@ fn compare_examples(
         broken,
         p_value: mcnemar_exact(fixed, broken),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The better direction comes from exp's metric table: a record that claims another for a
+    /// known metric does not turn a drop into a gain, and a metric exp does not know is shown
+    /// without a verdict.
+    #[test]
+    fn directions_come_from_the_metric_table_not_the_record() {
+        let base = RunRecord::from_toml(include_str!("../../tests/fixtures/record.toml")).unwrap();
+        let mut head = base.clone();
+        *head.metrics.values.get_mut("accuracy").unwrap() -= 0.01;
+        head.metrics.meta.get_mut("accuracy").unwrap().direction = Direction::Min;
+        let mut base = base;
+        for r in [&mut base, &mut head] {
+            r.metrics.values.insert("top5".into(), 0.99);
+            let meta = r.metrics.meta["accuracy"].clone();
+            r.metrics.meta.insert("top5".into(), meta);
+        }
+        *head.metrics.values.get_mut("top5").unwrap() = 0.98;
+        let changes = metric_changes(Some(&base), Some(&head));
+        let get = |n: &str| changes.iter().find(|c| c.name == n).unwrap();
+        assert_eq!(get("accuracy").verdict, Verdict::Worse);
+        assert_eq!(get("accuracy").direction, Some(Direction::Max));
+        assert_eq!(get("top5").verdict, Verdict::NotComparable);
+        assert_eq!(get("top5").direction, None);
+        assert_eq!(
+            get("top5").reason.as_deref(),
+            Some("not a metric exp knows: its better direction is unknown")
+        );
+    }
 }

@@ -42,6 +42,17 @@ pub enum GitError {
         /// What git said.
         details: String,
     },
+    /// The run would move to a base branch whose spec of the experiment differs from the one
+    /// it trains: the commit would hold a spec the run did not train.
+    #[error("{spec} differs between {from} and {base}: a run started on {from} is recorded on a feature branch from {base}, whose spec is not the one it would train")]
+    SpecDiffers {
+        /// The spec file.
+        spec: String,
+        /// The branch the run starts on.
+        from: String,
+        /// The branch its feature branch would start from.
+        base: String,
+    },
     /// The experiment's output directory has uncommitted changes that a run would overwrite.
     #[error("{path} has uncommitted changes that a run would overwrite:\n{details}")]
     OutputsDirty {
@@ -122,6 +133,9 @@ impl GitError {
             GitError::SwitchBlocked { .. } => {
                 "commit or stash those changes (`git stash`), or start the run from a feature branch".into()
             }
+            GitError::SpecDiffers { base, .. } => format!(
+                "nothing was trained; run it from {base} (`git switch {base}`) or from a feature branch"
+            ),
             GitError::OutputsDirty { .. } => {
                 "commit, stash or discard the changes in that directory; it is written by `exp run`".into()
             }
@@ -272,6 +286,22 @@ pub fn plan_branch(
         return Err(GitError::Command {
             command: format!("rev-parse {base}"),
             stderr: "neither develop nor main exists to start a feature branch from".into(),
+        });
+    }
+    // The run trains the spec in the work tree now; its commit holds the spec of the work
+    // tree after the switch. They must be one.
+    let spec = crate::record::layout::spec_path(experiment);
+    let spec_at = |rev: &str| {
+        repo.revparse_single(rev)
+            .and_then(|o| o.peel_to_tree())
+            .ok()
+            .and_then(|t| t.get_path(Path::new(&spec)).ok().map(|e| e.id()))
+    };
+    if spec_at("HEAD") != spec_at(base) {
+        return Err(GitError::SpecDiffers {
+            spec,
+            from: current,
+            base: base.to_string(),
         });
     }
     // read-tree takes the index lock even for a dry run: a leftover lock is named as such,

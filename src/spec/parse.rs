@@ -24,6 +24,11 @@ pub struct ResolvedSpec {
 }
 
 impl ResolvedSpec {
+    /// The spec file's text as it was loaded (what was trained).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// Where `dotted.key`'s value came from: `file:line`, `--set KEY=VALUE`, or the default.
     pub fn origin(&self, key: &str) -> String {
         Origins {

@@ -591,36 +591,12 @@ fn a_run_killed_after_its_branch_switch_leaves_no_empty_feature_branch() {
     let develop = env.git(&dir, &["rev-parse", "develop"]);
 
     // A `git` that runs the real one, then kills its caller when it was a branch switch.
-    let real_git = String::from_utf8(
-        std::process::Command::new("sh")
-            .args(["-c", "command -v git"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
-    let shim = env.path("shim");
-    std::fs::create_dir_all(&shim).unwrap();
-    std::fs::write(
-        shim.join("git"),
-        format!(
-            "#!/bin/sh\n{} \"$@\"\nrc=$?\ncase \"$*\" in *'switch --quiet -c'*) kill -9 $PPID;; esac\nexit $rc\n",
-            real_git.trim()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(shim.join("git"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = env.exp_cmd(&dir, &["run", "mnist-cnn"]);
+    let mut cmd = with_git_shim(
+        &env,
+        env.exp_cmd(&dir, &["run", "mnist-cnn"]),
+        "\"$REAL_GIT\" \"$@\"\nrc=$?\ncase \"$*\" in *'switch --quiet -c'*) kill -9 $PPID;; esac\nexit $rc\n",
+    );
     cmd.args(QUICK);
-    let path = cmd
-        .get_envs()
-        .find(|(k, _)| *k == "PATH")
-        .and_then(|(_, v)| v.map(|v| v.to_os_string()))
-        .unwrap();
-    let mut dirs = vec![shim.clone()];
-    dirs.extend(std::env::split_paths(&path));
-    cmd.env("PATH", std::env::join_paths(dirs).unwrap());
     let out = cmd.output().unwrap();
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&out.status),
@@ -660,4 +636,103 @@ fn a_run_killed_after_its_branch_switch_leaves_no_empty_feature_branch() {
     assert_eq!(env.git(&dir, &["rev-parse", "HEAD^"]), develop);
     assert!(!dir.join(".git/exp/switch.toml").exists());
     still_there(&dir, &wip);
+}
+
+/// `cmd` with a `git` first on its PATH that runs `body` (a shell script; `$REAL_GIT` is the
+/// real git).
+fn with_git_shim(env: &Env, mut cmd: std::process::Command, body: &str) -> std::process::Command {
+    let real_git = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let shim = env.path("shim");
+    std::fs::create_dir_all(&shim).unwrap();
+    std::fs::write(
+        shim.join("git"),
+        format!("#!/bin/sh\nREAL_GIT={}\n{body}", real_git.trim()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(shim.join("git"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "PATH")
+        .and_then(|(_, v)| v.map(|v| v.to_os_string()))
+        .unwrap();
+    let mut dirs = vec![shim];
+    dirs.extend(std::env::split_paths(&path));
+    cmd.env("PATH", std::env::join_paths(dirs).unwrap());
+    cmd
+}
+
+/// The branch switch after training fails (a `git` that refuses it): the trained run is kept
+/// under refs/exp/failed/, the error says how to get it, and the user's branch, work and
+/// branches are as they were.
+#[test]
+fn a_failed_branch_switch_after_training_keeps_the_run() {
+    let env = Env::new();
+    let dir = env.init_repo("switch-fail");
+    let wip = work_in_progress(&dir);
+    let develop = env.git(&dir, &["rev-parse", "develop"]);
+    let branches = env.git(&dir, &["branch", "--list"]);
+    let mut cmd = with_git_shim(
+        &env,
+        env.exp_cmd(&dir, &["run", "mnist-cnn"]),
+        "case \"$*\" in *'switch --quiet -c'*) echo 'fatal: refused by the test' >&2; exit 128;; esac\nexec \"$REAL_GIT\" \"$@\"\n",
+    );
+    cmd.args(QUICK);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let text = stderr(&out);
+    assert!(text.contains("fatal: refused by the test"), "{text}");
+    let kept = text
+        .split("the trained run is kept as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{text}"))
+        .to_string();
+    assert!(kept.starts_with("refs/exp/failed/"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "hint: recover the run with `git switch -c feature/recovered {kept}`"
+        )),
+        "{text}"
+    );
+    let record = record_at(&env, &dir, &kept, "mnist-cnn");
+    assert_eq!(record.run.parent, develop.trim());
+    assert_eq!(env.git(&dir, &["rev-parse", &format!("{kept}^")]), develop);
+    assert_eq!(env.git(&dir, &["branch", "--list"]), branches);
+    assert_eq!(env.git(&dir, &["rev-parse", "HEAD"]), develop);
+    assert!(!dir.join(".git/exp/switch.toml").exists());
+    still_there(&dir, &wip);
+}
+
+/// A run started on main whose spec differs on develop (where its feature branch would start)
+/// is refused before training: its commit would hold a spec it did not train.
+#[test]
+fn a_run_from_main_whose_spec_differs_on_develop_is_refused_before_training() {
+    let env = Env::new();
+    let dir = env.init_repo("spec-differs");
+    let spec = dir.join("experiments/mnist-cnn.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace("epochs = ", "# tuned on develop\nepochs = "),
+    )
+    .unwrap();
+    env.git(&dir, &["commit", "-qam", "tune on develop"]);
+    env.git(&dir, &["switch", "-q", "main"]);
+    let out = quick_run(&env, &dir, "mnist-cnn", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("error: experiments/mnist-cnn.toml differs between main and develop: a run started on main is recorded on a feature branch from develop, whose spec is not the one it would train\nhint: nothing was trained; run it from develop (`git switch develop`) or from a feature branch"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!stderr(&out).contains("epoch 1"), "{}", describe(&out));
+    assert_eq!(env.git(&dir, &["branch", "--show-current"]).trim(), "main");
 }
