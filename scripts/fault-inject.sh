@@ -51,8 +51,8 @@ check() {
   # leaves that lock: exp refuses with a message and hint naming it (a foreign lock is never
   # guessed about); do what the hint says.
   local left
-  left=$(echo "$out" | sed -n 's/^hint: nothing was trained; if no git process is running, the lock is a leftover: remove \(.*\.lock\)$/\1/p')
-  if [ $rc -ne 0 ] && [ -n "$left" ] && echo "$out" | grep -qF "$left exists: another Git process"; then
+  left=$(echo "$out" | sed -n 's/^hint: .*if no git process is running, the lock is a leftover: remove \(.*\.lock\)\(, then .*\)\{0,1\}$/\1/p')
+  if [ $rc -ne 0 ] && [ -n "$left" ] && echo "$out" | grep -qE "$left( exists|: another Git process)"; then
     echo "  (git's $(basename "$left") left by the killed git; exp said so and trained nothing; removed as its hint says)"
     rm -f "$left"
     rc=0

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the system tools exp's tests and main job use: git-lfs (Debian package). Idempotent.
+# Installs the system tools exp's tests and main job use: git-lfs, and ssh-keygen (openssh-client;
+# a test signs a release tag with an SSH key). Debian packages. Idempotent.
 set -euo pipefail
 
 need=()
 git lfs version >/dev/null 2>&1 || need+=(git-lfs)
+command -v ssh-keygen >/dev/null || need+=(openssh-client)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=

@@ -102,7 +102,7 @@ pub fn check(repo: &Repository, tag: &str, object: Oid, main: Option<Oid>) -> Re
     }
     let tree = target.tree().map_err(|e| e.message().to_string())?;
     let expected = message(repo, &tree, tag).map_err(|e| e.to_string())?;
-    let actual = annotated.message().unwrap_or("");
+    let actual = without_signature(annotated.message().unwrap_or(""));
     // `git tag -m` ends the message with a newline; `exp flow release` passes it without.
     if actual.trim_end_matches('\n') != expected {
         return Err(format!(
@@ -110,6 +110,25 @@ pub fn check(repo: &Repository, tag: &str, object: Oid, main: Option<Oid>) -> Re
         ));
     }
     Ok(())
+}
+
+/// A tag message without the signature Git appends to it when the tag is signed
+/// (`tag.gpgSign`, `git tag -s`: OpenPGP, SSH or X.509), so that a signed release is the same
+/// release. The signature is not verified here: whose key signs is the repository's policy.
+fn without_signature(message: &str) -> &str {
+    const SIGNATURES: [&str; 3] = [
+        "-----BEGIN PGP SIGNATURE-----",
+        "-----BEGIN SSH SIGNATURE-----",
+        "-----BEGIN SIGNED MESSAGE-----",
+    ];
+    let mut start = 0;
+    for line in message.split_inclusive('\n') {
+        if SIGNATURES.iter().any(|s| line.trim_end() == *s) {
+            return &message[..start];
+        }
+        start += line.len();
+    }
+    message
 }
 
 /// [`check`] for an existing tag `refs/tags/<tag>`.

@@ -72,6 +72,15 @@ pub enum GitError {
     /// A lock file would refuse the commit or tag.
     #[error("{0} exists: another Git process is at work in this repository, or one was killed")]
     Locked(PathBuf),
+    /// A git command exp ran stopped at a lock file (Git's "Unable to create '….lock': File
+    /// exists"), which another git holds or a killed one left.
+    #[error("`git {command}` stopped at {path}: another Git process is at work in this repository, or one was killed")]
+    LockedBy {
+        /// The git command.
+        command: String,
+        /// The lock file.
+        path: PathBuf,
+    },
     /// A branch or tag name a run would create is not one Git accepts.
     #[error("{name} {why}")]
     BadRefName {
@@ -141,6 +150,10 @@ impl GitError {
             }
             GitError::Locked(path) => format!(
                 "nothing was trained; if no git process is running, the lock is a leftover: remove {}",
+                path.display()
+            ),
+            GitError::LockedBy { path, .. } => format!(
+                "if no git process is running, the lock is a leftover: remove {}, then run the exp command again",
                 path.display()
             ),
             GitError::BadRefName { .. } => {
@@ -257,13 +270,26 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
         .output()
         .map_err(GitError::NoGit)?;
     if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(GitError::Command {
-            command: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(match lock_in(&stderr) {
+        Some(path) => GitError::LockedBy {
+            command: args.join(" "),
+            path,
+        },
+        None => GitError::Command {
+            command: args.join(" "),
+            stderr,
+        },
+    })
+}
+
+/// The lock file of Git's "Unable to create '<path>.lock': File exists." in `stderr`.
+fn lock_in(stderr: &str) -> Option<PathBuf> {
+    let (_, rest) = stderr.split_once("Unable to create '")?;
+    let (path, _) = rest.split_once("': File exists")?;
+    path.ends_with(".lock").then(|| PathBuf::from(path))
 }
 
 /// Decides where the run of `experiment` (run id `run_id`) is committed, and checks that
@@ -698,5 +724,31 @@ mod tests {
             run_tag_prefix("feature/mnist-cnn-abc", "mnist-cnn"),
             "run/feature-mnist-cnn-abc/mnist-cnn/"
         );
+    }
+
+    /// Git's lock message, as git 2.39 words it for the index and for a ref: the lock is named,
+    /// and the command that stopped at it is a `LockedBy` error, not a bare failure.
+    #[test]
+    fn a_git_stopped_at_a_lock_names_it() {
+        assert_eq!(
+            lock_in("fatal: Unable to create '/r/.git/index.lock': File exists.\n\nAnother git process seems to be running"),
+            Some(PathBuf::from("/r/.git/index.lock"))
+        );
+        assert_eq!(
+            lock_in("error: could not delete reference refs/heads/f: Unable to create '/r/.git/packed-refs.lock': File exists."),
+            Some(PathBuf::from("/r/.git/packed-refs.lock"))
+        );
+        assert_eq!(lock_in("fatal: not a git repository"), None);
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q"]).unwrap();
+        std::fs::write(dir.path().join(".git/index.lock"), "").unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        match git(dir.path(), &["add", "f"]) {
+            Err(GitError::LockedBy { command, path }) => {
+                assert_eq!(command, "add f");
+                assert!(path.ends_with(".git/index.lock"), "{}", path.display());
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

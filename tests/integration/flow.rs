@@ -193,3 +193,50 @@ fn flow_and_sync_refusals_say_what_to_do() {
     assert_eq!(env.git(&dir, &["tag", "-l", "v*"]), tags_before);
     assert_eq!(env.git(&dir, &["branch", "--list", "release/*"]), "");
 }
+
+/// A release made where Git signs every tag (`tag.gpgSign`, an SSH key here) is the same
+/// release: the signature Git appends to the message is not part of it.
+#[test]
+fn a_signed_release_is_a_release() {
+    let env = Env::new();
+    let dir = env.init_repo("signed");
+    let key = env.path("signing-key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        made,
+        "ssh-keygen is needed to sign a tag (Debian: openssh-client); scripts/test.sh installs it"
+    );
+    for (k, v) in [
+        ("gpg.format", "ssh"),
+        ("tag.gpgSign", "true"),
+        ("user.signingkey", key.to_str().unwrap()),
+    ] {
+        env.git(&dir, &["config", k, v]);
+    }
+    feature_run(&env, &dir, "feature/s", &[]);
+    env.exp_ok(&dir, &["flow", "finish"]);
+    env.exp_ok(&dir, &["flow", "release", "1.0.0"]);
+    let raw = env.git(&dir, &["cat-file", "-p", "v1.0.0"]);
+    assert!(
+        raw.contains("-----BEGIN SSH SIGNATURE-----"),
+        "not signed:\n{raw}"
+    );
+    let out = env.exp(&dir, &["models"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("mnist-cnn@1.0.0"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!stderr(&out).contains("warning"), "{}", describe(&out));
+    let main = env.git(&dir, &["rev-parse", "main"]);
+    env.exp_ok(
+        &dir,
+        &["model", "check-release", "v1.0.0", "--main", main.trim()],
+    );
+    env.exp_ok(&dir, &["model", "get", "mnist-cnn@1.0.0"]);
+}
