@@ -53,6 +53,9 @@ pub enum Error {
     /// Uploading LFS objects for a push failed.
     #[error(transparent)]
     LfsPush(#[from] crate::lfs::push::PushError),
+    /// `exp apply` could not apply the run.
+    #[error(transparent)]
+    Apply(#[from] crate::apply::ApplyError),
     /// A Git Flow step failed or was refused.
     #[error(transparent)]
     Flow(#[from] crate::flow::FlowError),
@@ -123,6 +126,7 @@ impl Error {
             Error::Hooks(e) => e.hint(),
             Error::InitFrom(e) => e.hint(),
             Error::Flow(e) => e.hint(),
+            Error::Apply(e) => e.hint(),
             Error::LfsPush(e) => Some(match e.hint() {
                 Some(hint) => format!("nothing was pushed; {hint}"),
                 None => "nothing was pushed".into(),

@@ -213,6 +213,8 @@ fn gated_merge(
 pub struct FlowReport {
     /// One line per step.
     pub steps: Vec<String>,
+    /// What the step noticed without refusing (an earlier run that scored better).
+    pub warnings: Vec<String>,
 }
 
 /// `exp flow finish [BRANCH] [--keep]`: feature → develop with `--no-ff`, gated.
@@ -252,6 +254,7 @@ pub fn finish(
     }
     clean_worktree(&dir)?;
     let mut report = FlowReport::default();
+    about_to_merge(repo, &branch, &mut report)?;
     let gate_report = match gated_merge(
         repo,
         &dir,
@@ -277,6 +280,74 @@ pub fn finish(
         report.steps.push(format!("deleted {branch}"));
     }
     Ok(report)
+}
+
+/// Says which run of each experiment the finish of `branch` is about to merge (the records at
+/// its tip that develop does not have), and warns when an earlier run of the branch (since it
+/// left develop, on the same eval set) scored better on a metric develop's `[gate]` judges.
+fn about_to_merge(
+    repo: &Repository,
+    branch: &str,
+    report: &mut FlowReport,
+) -> Result<(), FlowError> {
+    let tip = resolve(repo, branch)?;
+    let Some(tip_commit) = tip.commit.as_ref().map(|c| c.id()) else {
+        return Ok(());
+    };
+    let develop = resolve(repo, "develop").ok();
+    let develop_records = match &develop {
+        Some(d) => record_blobs(repo, &d.tree)?,
+        None => Default::default(),
+    };
+    for (name, blob) in record_blobs(repo, &tip.tree)? {
+        if develop_records.get(&name) == Some(&blob) {
+            continue;
+        }
+        let runs = crate::apply::branch_runs(repo, tip_commit, &name)
+            .map_err(|e| FlowError::Precondition(e.to_string()))?;
+        // The run at the tip: the branch's run commit whose record is the tip's.
+        let record = parse_record(repo, blob, branch, &name)?;
+        let at_tip = runs.iter().find(|r| r.record_blob == blob);
+        let shown = at_tip.map_or_else(String::new, |r| format!(" {}", r.name()));
+        report.steps.push(format!(
+            "merging {name}{shown} ({})",
+            record
+                .metrics
+                .values
+                .iter()
+                .map(|(k, v)| format!("{k}={v:.4}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        let policy = match &develop {
+            Some(d) => crate::gate::base_policy(repo, d, &name).unwrap_or_default(),
+            None => Default::default(),
+        };
+        for metric in &policy.metrics {
+            let Some(best) = crate::apply::best(&runs, metric) else {
+                continue;
+            };
+            let (Some(b), Some(t)) = (best.metrics.get(metric), record.metrics.values.get(metric))
+            else {
+                continue;
+            };
+            if at_tip.is_some_and(|r| r.commit == best.commit) || b == t {
+                continue;
+            }
+            let better = match crate::metric::known(metric).map(|m| m.direction) {
+                Some(crate::metric::Direction::Min) => b < t,
+                _ => b > t,
+            };
+            if better {
+                report.warnings.push(format!(
+                    "an earlier run of {name} on {branch} scored better on {metric}: {} has {b:.4}, the run being merged {t:.4}; to merge that one instead, `exp apply {}` (or `exp apply --best {metric}`) on {branch} first",
+                    best.name(),
+                    best.name()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `exp flow release VERSION`: develop → release/VERSION → main (gated, tagged vVERSION with
@@ -364,6 +435,7 @@ pub fn hotfix(repo: &Repository, name: &str) -> Result<FlowReport, FlowError> {
     git::git(&dir, &["switch", "-q", "-c", &branch, "main"])?;
     Ok(FlowReport {
         steps: vec![format!("created {branch} from main; record the fix with exp run, then merge it into main and develop (the hooks gate both)")],
+        warnings: Vec::new(),
     })
 }
 

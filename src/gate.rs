@@ -344,7 +344,7 @@ fn undecidable(name: &str, policy: GateSpec, reason: String) -> ExperimentGate {
 
 /// The `[gate]` table of `experiments/<name>.toml` at the base (the default policy when the
 /// base has no spec or no table; an invalid table cannot be applied).
-fn base_policy(repo: &Repository, base: &Snapshot, name: &str) -> Result<GateSpec, String> {
+pub fn base_policy(repo: &Repository, base: &Snapshot, name: &str) -> Result<GateSpec, String> {
     let path = layout::spec_path(name);
     let Ok(entry) = base.tree.get_path(Path::new(&path)) else {
         return Ok(GateSpec::default());

@@ -16,12 +16,14 @@
 //! - [`compare`]: records across revisions (diff, log, show) and the McNemar test;
 //! - [`gate`]: the regression gate (`exp gate`, the hooks);
 //! - [`flow`]: Git Flow steps with the gate, released model versions;
+//! - [`apply`]: putting a chosen run at a branch's tip (`exp apply`);
 //! - [`hooks`]: installing the gate's Git hooks;
 //! - [`report`]: tables for people;
 //! - [`init_from`]: starting from an earlier run's weights, freezing, lineage;
 //! - [`run`] and [`init`]: the two workflows that tie the rest together.
 #![deny(missing_docs)]
 
+pub mod apply;
 pub mod compare;
 #[cfg(feature = "cuda")]
 pub mod cuda;

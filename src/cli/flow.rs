@@ -102,6 +102,9 @@ pub(super) fn execute_flow(args: FlowArgs) -> Result<(), Error> {
         FlowStep::Release { version } => flow::release(&repo, &version),
         FlowStep::Hotfix { name } => flow::hotfix(&repo, &name),
     }?;
+    for warning in &report.warnings {
+        super::warn(warning);
+    }
     for step in report.steps {
         super::outln!("{step}");
     }

@@ -147,7 +147,8 @@ fn log_table(rows: &[exp::compare::log::LogRow]) -> String {
     for r in rows {
         let mut row = vec![
             short(&r.commit).to_string(),
-            r.tags.join(" "),
+            // A commit that copied a run (merge, apply, pick) says whose run it is.
+            r.copy_of.clone().unwrap_or_else(|| r.tags.join(" ")),
             r.branch.clone(),
             r.date.get(..10).unwrap_or(&r.date).to_string(),
             r.experiment.clone(),

@@ -34,6 +34,9 @@ pub enum Command {
     /// List the commits that changed run records, with parameters and metrics.
     #[command(long_about = log::LOG_LONG_ABOUT)]
     Log(log::LogArgs),
+    /// Put a chosen run (a run tag, a commit, or --best METRIC) at the tip of the branch.
+    #[command(long_about = apply::APPLY_LONG_ABOUT)]
+    Apply(apply::ApplyArgs),
     /// Show every experiment's record at a revision or on every branch.
     #[command(long_about = log::SHOW_LONG_ABOUT)]
     Show(log::ShowArgs),
@@ -95,6 +98,7 @@ pub(crate) fn warn(message: &str) {
     eprintln!("warning: {message}");
 }
 
+mod apply;
 mod device;
 mod diff;
 mod flow;
@@ -155,6 +159,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Diff(args) => diff::execute(args),
         Command::Log(args) => log::execute_log(args),
         Command::Show(args) => log::execute_show(args),
+        Command::Apply(args) => apply::execute(args),
         Command::Plot(args) => plot::execute(args),
         Command::Lineage(args) => lineage::execute(args),
         Command::Verify(args) => verify::execute(args),

@@ -181,6 +181,8 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
             let points: Vec<(f64, f64)> = rows
                 .iter()
                 .filter(|r| &r.experiment == experiment)
+                // A merge or apply copies a run: one point per run.
+                .filter(|r| r.copy_of.is_none())
                 .filter_map(|r| r.metrics.get(&args.metric).copied())
                 .enumerate()
                 .map(|(i, v)| ((i + 1) as f64, v))

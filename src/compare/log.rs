@@ -33,6 +33,33 @@ pub struct LogRow {
     /// Why the record could not be read (the row then has no parameters or metrics).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+    /// Not a run: a commit that copied a run's record — "merge of <tag>", "apply of <tag>"
+    /// (`exp apply`), "pick of <tag>" (`exp sweep pick`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<String>,
+}
+
+/// How a commit that is not a run brought a record: the word `LogRow::copy_of` starts with.
+fn copy_kind(commit: &git2::Commit) -> Option<&'static str> {
+    let message = commit.message().unwrap_or_default();
+    if commit.parent_count() > 1 {
+        Some("merge")
+    } else if message.starts_with(crate::git::APPLY_PREFIX) {
+        Some("apply")
+    } else if message.starts_with(crate::git::PICK_PREFIX) {
+        Some("pick")
+    } else {
+        None
+    }
+}
+
+/// The run tag an apply commit's message names (`exp apply <tag>: …`).
+fn applied_tag(commit: &git2::Commit) -> Option<String> {
+    let rest = commit
+        .message()?
+        .strip_prefix(crate::git::APPLY_PREFIX)?
+        .trim_start();
+    Some(rest.split(':').next()?.trim().to_string()).filter(|t| !t.is_empty())
 }
 
 /// What `exp log` selects.
@@ -234,6 +261,7 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
         name: String,
         blob: Oid,
         summary: Option<RecordSummary>,
+        copy: Option<(&'static str, Option<String>)>,
     }
     let mut slots = Vec::new();
     let mut to_parse: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -250,11 +278,11 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
         if changes.is_empty() {
             continue;
         }
-        let seconds = repo
+        let commit = repo
             .find_commit(oid)
-            .map_err(git_err(format!("commit {oid}")))?
-            .time()
-            .seconds();
+            .map_err(git_err(format!("commit {oid}")))?;
+        let seconds = commit.time().seconds();
+        let copy = copy_kind(&commit).map(|kind| (kind, applied_tag(&commit)));
         for (name, blob) in changes {
             if query.experiment.as_ref().is_some_and(|e| *e != name) {
                 continue;
@@ -272,6 +300,7 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
                 name,
                 blob,
                 summary,
+                copy: copy.clone(),
             });
         }
     }
@@ -302,7 +331,26 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
     }
     let mut rows = Vec::with_capacity(slots.len());
     let mut blobs = Vec::with_capacity(slots.len());
+    // The run each record blob was first recorded by (its tag, else its commit), for the
+    // commits that copy it later in the walk.
+    let mut recorded_by: HashMap<Oid, String> = HashMap::new();
     for (i, slot) in slots.into_iter().enumerate() {
+        let slot_tags = tags.get(&slot.commit).cloned().unwrap_or_default();
+        let copy_of = match &slot.copy {
+            None => {
+                recorded_by.entry(slot.blob).or_insert_with(|| {
+                    slot_tags
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| slot.commit.to_string()[..10].to_string())
+                });
+                None
+            }
+            Some((kind, named)) => Some(match recorded_by.get(&slot.blob).or(named.as_ref()) {
+                Some(run) => format!("{kind} of {run}"),
+                None => kind.to_string(),
+            }),
+        };
         let Some(summary) = slot.summary else {
             if let Some(why) = unreadable.remove(&i) {
                 let mut r = row(
@@ -315,21 +363,18 @@ pub fn log(repo: &Repository, query: &LogQuery) -> Result<Vec<LogRow>, CompareEr
                         metrics: BTreeMap::new(),
                         directions: BTreeMap::new(),
                     },
-                    tags.get(&slot.commit).cloned().unwrap_or_default(),
+                    slot_tags,
                 );
                 r.unreadable = Some(why.lines().next().unwrap_or_default().to_string());
+                r.copy_of = copy_of;
                 rows.push(r);
             }
             continue;
         };
         blobs.push(slot.blob);
-        rows.push(row(
-            slot.commit,
-            slot.seconds,
-            &slot.name,
-            summary,
-            tags.get(&slot.commit).cloned().unwrap_or_default(),
-        ));
+        let mut r = row(slot.commit, slot.seconds, &slot.name, summary, slot_tags);
+        r.copy_of = copy_of;
+        rows.push(r);
     }
     if cache.is_dirty() {
         // Taken summaries go back before the cache is written (the common warm case skips this).
@@ -424,6 +469,7 @@ fn row(commit: Oid, seconds: i64, name: &str, summary: RecordSummary, tags: Vec<
         metrics: summary.metrics,
         directions: summary.directions,
         unreadable: None,
+        copy_of: None,
     }
 }
 
@@ -549,6 +595,7 @@ mod tests {
             metrics: BTreeMap::from([("accuracy".into(), 0.95)]),
             directions: BTreeMap::new(),
             unreadable: None,
+            copy_of: None,
         };
         assert!(f.matches(&row));
         row.metrics.insert("accuracy".into(), 0.85);

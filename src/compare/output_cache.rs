@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use git2::Repository;
 
-const DIR: &str = "exp/cache/output-v1";
+const DIR: &str = "exp/cache/output-v2";
 /// Entries kept; older ones (by modification time) are removed when a new one is written.
 const KEEP: usize = 32;
 

@@ -14,6 +14,13 @@ pub mod append;
 pub mod lock;
 mod switch;
 
+/// The first words of the message of an `exp apply` commit (a run's files copied to a branch
+/// tip); `exp log` reads the run tag after them.
+pub const APPLY_PREFIX: &str = "exp apply";
+/// The first words of the message of an `exp sweep pick` commit; `exp flow finish` looks for
+/// them at a sweep branch's tip.
+pub const PICK_PREFIX: &str = "exp sweep pick";
+
 pub use switch::{recover_interrupted_switch, switch_for_run, InterruptedSwitch, SwitchUndo};
 
 /// A Git failure.
@@ -54,7 +61,7 @@ pub enum GitError {
         base: String,
     },
     /// The experiment's output directory has uncommitted changes that a run would overwrite.
-    #[error("{path} has uncommitted changes that a run would overwrite:\n{details}")]
+    #[error("{path} has uncommitted changes that exp would overwrite:\n{details}")]
     OutputsDirty {
         /// The directory.
         path: String,
@@ -146,7 +153,7 @@ impl GitError {
                 "nothing was trained; run it from {base} (`git switch {base}`) or from a feature branch"
             ),
             GitError::OutputsDirty { .. } => {
-                "commit, stash or discard the changes in that directory; it is written by `exp run`".into()
+                "commit, stash or discard those changes; exp writes these files".into()
             }
             GitError::Locked(path) => format!(
                 "nothing was trained; if no git process is running, the lock is a leftover: remove {}",
@@ -357,26 +364,32 @@ pub fn plan_branch(
 }
 
 fn check_outputs_clean(dir: &Path, experiment: &str) -> Result<(), GitError> {
-    let outputs = crate::record::layout::run_dir(experiment);
+    check_clean(
+        dir,
+        &[format!("{}/", crate::record::layout::run_dir(experiment))],
+    )
+}
+
+/// Fails with [`GitError::OutputsDirty`] when any of `paths` (files, or directories ending in
+/// '/') has staged, unstaged or untracked changes in the work tree of `dir`.
+pub fn check_clean(dir: &Path, paths: &[String]) -> Result<(), GitError> {
     // `git status` runs the LFS clean filter, so real weights over a pointer count as clean.
     // --no-optional-locks: a status must not take index.lock to refresh the index (a kill
     // there would leave a lock that blocks the next run).
-    let status = git(
-        dir,
-        &[
-            "--no-optional-locks",
-            "status",
-            "--porcelain",
-            "--untracked-files=all",
-            "--",
-            &format!("{outputs}/"),
-        ],
-    )?;
+    let mut args = vec![
+        "--no-optional-locks",
+        "status",
+        "--porcelain",
+        "--untracked-files=all",
+        "--",
+    ];
+    args.extend(paths.iter().map(String::as_str));
+    let status = git(dir, &args)?;
     if status.trim().is_empty() {
         Ok(())
     } else {
         Err(GitError::OutputsDirty {
-            path: format!("{outputs}/"),
+            path: paths.join(" "),
             details: status.trim_end().to_string(),
         })
     }

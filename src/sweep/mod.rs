@@ -436,9 +436,7 @@ mod tests {
     }
 }
 
-/// The first line of a pick's commit message: `exp flow finish` looks for it at a sweep
-/// branch's tip.
-pub const PICK_PREFIX: &str = "exp sweep pick";
+pub use crate::git::PICK_PREFIX;
 
 /// Which trial `exp sweep pick` takes.
 #[derive(Debug, Clone)]

@@ -449,7 +449,7 @@ fn log_cache_answers_the_same_and_never_stale() {
     // A damaged cache is ignored, not trusted (the finished-output cache, which would answer
     // first, removed).
     std::fs::write(&cache, b"{ not json").unwrap();
-    std::fs::remove_dir_all(dir.join(".git/exp/cache/output-v1")).unwrap();
+    std::fs::remove_dir_all(dir.join(".git/exp/cache/output-v2")).unwrap();
     assert_eq!(env.exp_ok(&dir, &["log", "--json"]), rewritten);
 }
 
@@ -459,7 +459,7 @@ fn log_cache_answers_the_same_and_never_stale() {
 fn log_output_cache_is_exact_and_never_stale() {
     let env = Env::new();
     let dir = build(&env);
-    let outputs = dir.join(".git/exp/cache/output-v1");
+    let outputs = dir.join(".git/exp/cache/output-v2");
     let fresh = |args: &[&str]| {
         std::fs::remove_dir_all(dir.join(".git/exp")).ok();
         env.exp_ok(&dir, args)

@@ -1,6 +1,7 @@
 //! exp's integration tests: one binary (one link, one build), real Git repositories in temp
 //! directories, real `git` and `git lfs`, real data from the data root (docs/design.md §3).
 
+mod apply;
 mod common;
 mod compare;
 mod data;

@@ -1,0 +1,148 @@
+//! `exp apply`: the run you want at the branch tip, and what `exp log` and `exp flow finish`
+//! say about it (issue 21).
+
+use std::path::Path;
+
+use crate::common::*;
+
+fn log_json(env: &Env, dir: &Path, rev: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&env.exp_ok(dir, &["log", rev, "--json"])).unwrap()
+}
+
+fn refused(env: &Env, dir: &Path, args: &[&str], message: &str) {
+    let out = env.exp(dir, args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    assert!(
+        stderr(&out).contains(message),
+        "{args:?}: {}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn apply_keeps_the_run_you_want_and_finish_warns_about_a_better_one() {
+    let env = Env::new();
+    let dir = env.init_repo("apply");
+    env.git(&dir, &["switch", "-q", "-c", "feature/k", "develop"]);
+    // Run 1 trains on 30 times more examples than run 2: clearly the better model.
+    for limit in ["3000", "100"] {
+        let out = quick_run(
+            &env,
+            &dir,
+            "mnist-cnn",
+            &["--set", &format!("data.train_limit={limit}")],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let tag = |n: u32| format!("run/feature-k/mnist-cnn/{n}");
+    let (one, two) = (
+        record_at(&env, &dir, &tag(1), "mnist-cnn"),
+        record_at(&env, &dir, &tag(2), "mnist-cnn"),
+    );
+    assert!(
+        one.metrics.values["accuracy"] > two.metrics.values["accuracy"],
+        "run 1 should be the better: {} vs {}",
+        one.metrics.values["accuracy"],
+        two.metrics.values["accuracy"]
+    );
+
+    // Bad requests: nothing changes.
+    let tip = env.git(&dir, &["rev-parse", "HEAD"]);
+    refused(
+        &env,
+        &dir,
+        &["apply", "nosuch"],
+        "error: unknown revision \"nosuch\"",
+    );
+    refused(
+        &env,
+        &dir,
+        &["apply", "--best", "top5"],
+        "error: --best \"top5\": not a metric exp knows (accuracy, loss, macro_f1)",
+    );
+    refused(&env, &dir, &["apply", "develop"], "records no run");
+    let spec = dir.join("experiments/mnist-cnn.toml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, format!("{text}# my edit\n")).unwrap();
+    refused(
+        &env,
+        &dir,
+        &["apply", &tag(1)],
+        "has uncommitted changes that exp would overwrite",
+    );
+    std::fs::write(&spec, &text).unwrap();
+    assert_eq!(env.git(&dir, &["rev-parse", "HEAD"]), tip);
+
+    // --best takes run 1: one commit, the run's files, the real weights in the work tree.
+    let out = env.exp_ok(&dir, &["apply", "--best", "accuracy"]);
+    assert!(
+        out.contains(&format!(
+            "{} is the best of 2 comparable run(s) of mnist-cnn on feature/k",
+            tag(1)
+        )) && out.contains(&format!("Applied {} (mnist-cnn: ", tag(1))),
+        "{out}"
+    );
+    assert_eq!(env.git(&dir, &["rev-parse", "HEAD^"]), tip);
+    let subject = env.git(&dir, &["log", "-1", "--format=%s"]);
+    assert!(
+        subject.starts_with(&format!("exp apply {}: mnist-cnn accuracy=", tag(1))),
+        "{subject}"
+    );
+    for path in ["experiments/mnist-cnn", "experiments/mnist-cnn.toml"] {
+        assert_eq!(
+            env.git(&dir, &["rev-parse", &format!("HEAD:{path}")]),
+            env.git(&dir, &["rev-parse", &format!("{}:{path}", tag(1))]),
+            "{path}"
+        );
+    }
+    assert_eq!(env.git(&dir, &["status", "--porcelain"]), "");
+    let weights = std::fs::read(dir.join("experiments/mnist-cnn/model.safetensors")).unwrap();
+    assert_eq!(sha256_hex(&weights), one.model.oid);
+    assert!(
+        env.git(&dir, &["tag", "--points-at", "HEAD"]).is_empty(),
+        "an apply makes no run tag"
+    );
+    // Again: nothing to apply.
+    let out = env.exp_ok(&dir, &["apply", "--best", "accuracy"]);
+    assert!(out.contains("feature/k's tip already holds"), "{out}");
+    assert_eq!(env.git(&dir, &["rev-parse", "HEAD^"]), tip);
+
+    // exp log: the apply is a copy of run 1, not a run.
+    let rows = log_json(&env, &dir, "HEAD");
+    let last = rows.last().unwrap();
+    assert_eq!(last["copy_of"], format!("apply of {}", tag(1)));
+    assert_eq!(last["tags"], serde_json::json!([]));
+    assert!(rows[..rows.len() - 1]
+        .iter()
+        .all(|r| r.get("copy_of").is_none()));
+
+    // The worse run applied by name: finish says what it merges and warns about run 1.
+    env.exp_ok(&dir, &["apply", &tag(2)]);
+    let out = env.exp(&dir, &["flow", "finish"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("merging mnist-cnn {} (accuracy=", tag(2))),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains(&format!(
+            "warning: an earlier run of mnist-cnn on feature/k scored better on accuracy: {} has {:.4}, the run being merged {:.4}; to merge that one instead, `exp apply {}`",
+            tag(1),
+            one.metrics.values["accuracy"],
+            two.metrics.values["accuracy"],
+            tag(1)
+        )),
+        "{}",
+        describe(&out)
+    );
+    // On develop, the merge is a copy of run 2.
+    let rows = log_json(&env, &dir, "develop");
+    assert_eq!(
+        rows.last().unwrap()["copy_of"],
+        format!("merge of {}", tag(2))
+    );
+    let runs: Vec<_> = rows.iter().filter(|r| r.get("copy_of").is_none()).collect();
+    assert_eq!(runs.len(), 2, "two runs, the rest copies: {rows:#?}");
+}
