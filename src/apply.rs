@@ -118,21 +118,8 @@ pub fn branch_runs(
             .find_commit(oid)
             .map_err(git::ctx(format!("reading commit {oid}")))?;
         if commit.message().unwrap_or_default().starts_with(&prefix) {
-            let snapshot = compare::resolve(repo, &oid.to_string())?;
-            if let Some(blob) = compare::record_blobs(repo, &snapshot.tree)?.get(experiment) {
-                let record = compare::parse_record(repo, *blob, &snapshot.name, experiment)?;
-                runs.push(BranchRun {
-                    record_blob: *blob,
-                    commit: oid,
-                    tag: tags.get(&oid).cloned(),
-                    eval_sets: record
-                        .metrics
-                        .meta
-                        .iter()
-                        .map(|(k, m)| (k.clone(), m.eval_set.clone()))
-                        .collect(),
-                    metrics: record.metrics.values,
-                });
+            if let Some(run) = run_at(repo, oid, experiment, &tags)? {
+                runs.push(run);
             }
         }
         at = commit.parent_id(0).ok();
@@ -213,7 +200,7 @@ pub fn apply(
                 Some(name) => name.to_string(),
                 None => only_experiment(repo, commit, rev)?,
             };
-            let run = branch_runs_at(repo, commit, &name)?.ok_or_else(|| {
+            let run = run_at(repo, commit, &name, &run_tags(repo))?.ok_or_else(|| {
                 ApplyError::Choose(format!("{rev} holds no run record of {name}"))
             })?;
             (name, run, None)
@@ -285,11 +272,13 @@ pub fn apply(
     })
 }
 
-/// The run of `experiment` recorded at `commit` (its record there), whatever its message.
-fn branch_runs_at(
+/// The run of `experiment` recorded at `commit` (its record there), whatever its message;
+/// `tags` maps commits to their run tag.
+fn run_at(
     repo: &Repository,
     commit: Oid,
     experiment: &str,
+    tags: &HashMap<Oid, String>,
 ) -> Result<Option<BranchRun>, ApplyError> {
     let snapshot = compare::resolve(repo, &commit.to_string())?;
     let Some(blob) = compare::record_blobs(repo, &snapshot.tree)?
@@ -302,7 +291,7 @@ fn branch_runs_at(
     Ok(Some(BranchRun {
         record_blob: blob,
         commit,
-        tag: run_tags(repo).get(&commit).cloned(),
+        tag: tags.get(&commit).cloned(),
         eval_sets: record
             .metrics
             .meta
