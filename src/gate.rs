@@ -8,7 +8,7 @@
 //!
 //! 1. fail when the head misses the floor (`min`, for rising metrics) or ceiling (`max`);
 //! 2. fail when `w` exceeds the tolerance: the smaller of `max_drop` and
-//!    `max_relative_drop · |base|` of those set, 0 when neither is;
+//!    `max_relative_drop · |base|` of those set, [`DEFAULT_MAX_DROP`] when neither is;
 //! 3. fail when `w > 0` and the paired McNemar test on the two runs' predictions (accuracy only)
 //!    gives p < `alpha`: the drop is real, however small;
 //! 4. pass otherwise.
@@ -21,6 +21,11 @@
 use std::path::Path;
 
 use git2::Repository;
+
+/// The tolerance when the base's `[gate]` sets neither `max_drop` nor `max_relative_drop`: half
+/// a point of a metric such as accuracy (docs/gate.md argues for it). Smaller drops still fail
+/// when McNemar's test finds them significant.
+pub const DEFAULT_MAX_DROP: f64 = 0.005;
 use serde::Serialize;
 
 use crate::compare::audit::audit;
@@ -601,8 +606,9 @@ pub fn check_metric(
     .flatten()
     .fold(None, |acc: Option<f64>, t| {
         Some(acc.map_or(t, |a| a.min(t)))
-    })
-    .unwrap_or(0.0);
+    });
+    let default_tolerance = tolerance.is_none();
+    let tolerance = tolerance.unwrap_or(DEFAULT_MAX_DROP);
     let bound = match direction {
         Direction::Max => policy
             .min
@@ -621,7 +627,14 @@ pub fn check_metric(
     } else if worsening > tolerance + 1e-12 {
         (
             false,
-            format!("worse by {worsening:.4}, more than the tolerance {tolerance:.4}{p_text}"),
+            format!(
+                "worse by {worsening:.4}, more than the tolerance {tolerance:.4}{}{p_text}",
+                if default_tolerance {
+                    " (exp's default: no max_drop in the base's [gate])"
+                } else {
+                    ""
+                }
+            ),
         )
     } else if worsening > 0.0 && p_value.is_some_and(|p| p < policy.alpha) {
         (
@@ -694,10 +707,18 @@ mod tests {
         assert!(check_metric(&p, "accuracy", Direction::Max, 0.9, 0.95, Some(0.0)).passed);
         assert!(check_metric(&p, "loss", Direction::Min, 0.3, 0.2, None).passed);
         assert!(!check_metric(&policy(None, None), "loss", Direction::Min, 0.3, 0.31, None).passed);
-        // No tolerance configured: any drop fails.
+        // No tolerance configured: exp's default, half a point, and the message says so.
+        let none = policy(None, None);
+        assert!(check_metric(&none, "accuracy", Direction::Max, 0.95, 0.9451, Some(1.0)).passed);
+        let c = check_metric(&none, "accuracy", Direction::Max, 0.95, 0.9449, Some(1.0));
+        assert_eq!(
+            c.reason,
+            "worse by 0.0051, more than the tolerance 0.0050 (exp's default: no max_drop in the base's [gate]), McNemar p = 1.0000"
+        );
+        // An explicit zero is zero.
         assert!(
             !check_metric(
-                &policy(None, None),
+                &policy(Some(0.0), None),
                 "accuracy",
                 Direction::Max,
                 0.95,

@@ -47,6 +47,10 @@ pub struct GateArgs {
     /// Machine-readable JSON (the exit code is the same).
     #[arg(long)]
     pub json: bool,
+    /// Set by exp's pre-merge-commit hook: the merge being judged stays in progress when it is
+    /// refused (Git writes MERGE_HEAD only after the hook), so the hint says how to abort it.
+    #[arg(long, hide = true)]
+    pub merging: bool,
 }
 
 pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
@@ -134,16 +138,35 @@ pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
     }
     let lines = report.failures(&format!("; base {base_name}, head {head_name}"));
     let hint = if code == exp::ExitCode::Negative {
-        "improve the model on the feature branch and record a new run (exp run); the policy is \
-         [gate] in experiments/<name>.toml on the base branch. If a hook refused a merge, it is \
-         still in progress: `git merge --abort` undoes it."
+        let mut hint = String::from(
+            "improve the model on the feature branch and record a new run (exp run), or put a \
+             better run of the branch at its tip (exp apply --best accuracy); the policy is \
+             [gate] in experiments/<name>.toml on the base branch",
+        );
+        let default_tolerance = report
+            .experiments
+            .iter()
+            .flat_map(|e| &e.checks)
+            .any(|c| !c.passed && c.reason.contains("(exp's default"));
+        if default_tolerance {
+            hint.push_str(
+                ", where `max_drop = 0.01` (absolute) or `max_relative_drop = 0.01` sets the tolerance",
+            );
+        }
+        if args.merging || repo.state() == git2::RepositoryState::Merge {
+            hint.push_str(
+                ". The refused merge is still in progress: `git merge --abort` undoes it",
+            );
+        }
+        hint
     } else {
         "the gate fails closed: restore or re-record the run on the head (exp run), and make sure \
          both sides used the same eval set and the weights are committed through LFS"
+            .to_string()
     };
     Err(GateRejected {
         message: format!("exp gate rejected the change:\n  {}", lines.join("\n  ")),
-        hint: hint.into(),
+        hint,
         code,
     }
     .into())

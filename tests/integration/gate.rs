@@ -65,6 +65,8 @@ fn merges_and_pushes_into_develop_are_gated() {
             && err.contains("more than the tolerance 0.0200"),
         "{err}"
     );
+    // No merge in progress: no `git merge --abort` in the hint.
+    assert!(!err.contains("merge --abort"), "{err}");
     // git merge --no-ff into develop: refused by pre-merge-commit.
     env.git(&dir, &["switch", "-q", "develop"]);
     let develop_before = env.git(&dir, &["rev-parse", "develop"]);
@@ -75,7 +77,9 @@ fn merges_and_pushes_into_develop_are_gated() {
         describe(&out)
     );
     assert!(
-        stderr(&out).contains("regression in mnist-cnn: accuracy fell from"),
+        stderr(&out).contains("regression in mnist-cnn: accuracy fell from")
+            && stderr(&out)
+                .contains("The refused merge is still in progress: `git merge --abort` undoes it"),
         "{}",
         describe(&out)
     );

@@ -19,6 +19,7 @@ fn two_runs(env: &Env) -> std::path::PathBuf {
     env.git(&dir, &["switch", "-q", "develop"]);
     let spec = dir.join("experiments/mnist-cnn.toml");
     let text = std::fs::read_to_string(&spec).unwrap();
+    let text = text.split("\n[gate]").next().unwrap();
     std::fs::write(
         &spec,
         format!("{text}\n[gate]\nmax_drop = 1.0\nalpha = 1e-9\n"),
