@@ -11,13 +11,15 @@ pub(super) const DIFF_LONG_ABOUT: &str =
     "Compare the run records of two revisions (branches, commits, tags, run tags or tree ids).
 
 For every experiment whose record differs: the parameters that changed; each metric base → head \
-with the delta and whether that is better or worse (the direction comes from the record); data \
+with the delta and whether that is better or worse (the direction comes from exp's table of \
+metrics; a metric exp does not know gets no verdict); data \
 fingerprints that changed; the weights' LFS oid; and per example, how many eval examples head \
 fixed and broke relative to base, with the exact two-sided McNemar p-value (a binomial test on \
 those discordant pairs). Metrics and examples are compared only when both runs used the same \
 eval set (same BLAKE3); otherwise the output says why not.
 
-Defaults: HEAD against its merge-base with develop (or main). Everything is read from Git \
+Defaults: HEAD against its merge-base with develop (or main); an experiment that base has no \
+record of is compared with its previous run on the branch, and the header says so. Everything is read from Git \
 objects; nothing is checked out.";
 
 /// Arguments of `exp diff`.
@@ -38,8 +40,12 @@ pub struct DiffArgs {
 pub(super) fn execute(args: DiffArgs) -> Result<(), Error> {
     exp::compare::fast_reads();
     let repo = exp::git::open(&super::cwd()?)?;
+    let defaulted = args.base.is_none();
     let (base, head) = super::base_and_head(&repo, args.base, args.head)?;
-    let d = diff(&repo, &base, &head)?;
+    let mut d = diff(&repo, &base, &head)?;
+    if defaulted {
+        previous_runs_for_new_experiments(&repo, &head, &mut d)?;
+    }
     for warning in &d.warnings {
         super::warn(warning);
     }
@@ -59,6 +65,41 @@ pub(super) fn execute(args: DiffArgs) -> Result<(), Error> {
             super::outln!("{}", markdown(e, &base_name, &d.head).trim_end());
         } else {
             super::outln!("{}", text(e, &base_name, &d.head).trim_end());
+        }
+    }
+    Ok(())
+}
+
+/// With the default base (the merge-base with develop), an experiment that base has no record
+/// of would be "new" with nothing to compare: compare it with its previous run on the branch
+/// instead, and say so.
+fn previous_runs_for_new_experiments(
+    repo: &git2::Repository,
+    head: &exp::compare::Snapshot,
+    d: &mut exp::compare::diff::Diff,
+) -> Result<(), Error> {
+    let Some(head_commit) = head.commit.as_ref().map(|c| c.id()) else {
+        return Ok(());
+    };
+    let head_blobs = exp::compare::record_blobs(repo, &head.tree)?;
+    for e in d
+        .experiments
+        .iter_mut()
+        .filter(|e| e.change == Change::Added)
+    {
+        let runs = exp::apply::branch_runs(repo, head_commit, &e.name)?;
+        let Some(previous) = runs
+            .iter()
+            .find(|r| Some(&r.record_blob) != head_blobs.get(&e.name))
+        else {
+            continue;
+        };
+        let at = exp::compare::resolve(repo, &previous.commit.to_string())?;
+        let again = diff(repo, &at, head)?;
+        if let Some(mut one) = again.experiments.into_iter().find(|x| x.name == e.name) {
+            one.compared_with = Some(previous.name());
+            *e = one;
+            d.warnings.extend(again.warnings);
         }
     }
     Ok(())
@@ -119,7 +160,16 @@ fn examples_line(e: &ExperimentDiff) -> String {
     }
 }
 
+/// The header's base: the diff's, or the run this experiment was compared with instead.
+fn header_base(e: &ExperimentDiff, base: &str) -> String {
+    match &e.compared_with {
+        Some(run) => format!("{run} (its previous run on this branch: {base} has no record of it)"),
+        None => base.to_string(),
+    }
+}
+
 fn text(e: &ExperimentDiff, base: &str, head: &str) -> String {
+    let base = header_base(e, base);
     let mut out = format!("{} ({}): {base} → {head}\n", e.name, change_word(e.change));
     let header = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut metrics = report::table(header(&["metric", "base", "head", "delta", "verdict"]));
@@ -157,6 +207,7 @@ fn text(e: &ExperimentDiff, base: &str, head: &str) -> String {
 }
 
 fn markdown(e: &ExperimentDiff, base: &str, head: &str) -> String {
+    let base = header_base(e, base);
     let mut out = format!(
         "### {} ({}): `{base}` → `{head}`\n\n",
         e.name,

@@ -56,6 +56,10 @@ pub struct ExperimentDiff {
     pub model_oid: ValueChange,
     /// The per-example comparison.
     pub examples: Examples,
+    /// When this experiment was compared with another base than the diff's (its previous run
+    /// on the branch, when the default base has no record of it): that run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compared_with: Option<String>,
 }
 
 /// A value on each side (absent when the side has none).
@@ -223,6 +227,7 @@ pub(crate) fn compare_one(
             head: rb.map(|r| r.model.oid.clone()),
         },
         examples: compare_examples(repo, name, a, b)?,
+        compared_with: None,
     })
 }
 

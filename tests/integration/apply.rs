@@ -46,6 +46,28 @@ fn apply_keeps_the_run_you_want_and_finish_warns_about_a_better_one() {
         two.metrics.values["accuracy"]
     );
 
+    // `exp diff` with no arguments: develop has no record, so run 2 is compared with run 1.
+    let out = env.exp_ok(&dir, &["diff"]);
+    assert!(
+        out.starts_with(&format!(
+            "mnist-cnn (changed): {} (its previous run on this branch: ",
+            tag(1)
+        )) && out
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(" has no record of it) → HEAD")
+            && out.contains("accuracy")
+            && out.contains("worse"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&env.exp_ok(&dir, &["diff", "--json"])).unwrap();
+    assert_eq!(json["experiments"][0]["compared_with"], tag(1));
+    // Named revisions are compared as given.
+    let out = env.exp_ok(&dir, &["diff", "develop", "HEAD"]);
+    assert!(out.starts_with("mnist-cnn (new): develop → HEAD"), "{out}");
+
     // Bad requests: nothing changes.
     let tip = env.git(&dir, &["rev-parse", "HEAD"]);
     refused(
