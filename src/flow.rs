@@ -571,9 +571,12 @@ pub fn model_get(
             "the stored weights of {name}@{version} are damaged: {e}"
         ))
     })?;
-    let target = out
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(format!("{name}-{version}.safetensors")));
+    let target = match out {
+        Some(out) => out.to_path_buf(),
+        None => {
+            git::output_dir(repo, Path::new("."))?.join(format!("{name}-{version}.safetensors"))
+        }
+    };
     refuse_git_dir(repo, &target)?;
     if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(FlowError::Model(format!(

@@ -89,11 +89,12 @@ fn sweep_view(repo: &git2::Repository, id: &str, args: &PlotArgs) -> Result<(), 
         sections.push((title, svg));
     }
     let report = html(&format!("exp sweep {id}"), &sections);
-    std::fs::write(&args.out, report)
-        .map_err(|e| usage(format!("cannot write {}: {e}", args.out.display())))?;
+    let out = report_path(repo, args)?;
+    std::fs::write(&out, report)
+        .map_err(|e| usage(format!("cannot write {}: {e}", out.display())))?;
     super::outln!(
         "Wrote {} (sweep {id}: {} recorded trials, {} chart(s))",
-        args.out.display(),
+        out.display(),
         recorded.len(),
         sections.len()
     );
@@ -113,9 +114,10 @@ Open the file in any browser; it needs nothing else.";
 /// Arguments of `exp plot`.
 #[derive(Debug, Args)]
 pub struct PlotArgs {
-    /// Where to write the report.
-    #[arg(long, default_value = "exp-report.html")]
-    pub out: PathBuf,
+    /// Where to write the report (default: exp-out/exp-report.html at the work tree's root,
+    /// a folder listed in .git/info/exclude).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Only this experiment (default: every experiment with runs).
     #[arg(long, short)]
     pub experiment: Option<String>,
@@ -135,6 +137,14 @@ pub struct PlotArgs {
     /// over seeds a line.
     #[arg(long, value_name = "ID")]
     pub sweep: Option<String>,
+}
+
+/// `--out`, else exp-out/exp-report.html.
+fn report_path(repo: &git2::Repository, args: &PlotArgs) -> Result<PathBuf, Error> {
+    Ok(match &args.out {
+        Some(out) => out.clone(),
+        None => exp::git::output_dir(repo, &super::cwd()?)?.join("exp-report.html"),
+    })
 }
 
 pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
@@ -291,11 +301,12 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
         }
     }
     let report = html("exp report", &sections);
-    std::fs::write(&args.out, report)
-        .map_err(|e| usage(format!("cannot write {}: {e}", args.out.display())))?;
+    let out = report_path(&repo, &args)?;
+    std::fs::write(&out, report)
+        .map_err(|e| usage(format!("cannot write {}: {e}", out.display())))?;
     super::outln!(
         "Wrote {} ({} sections, {} experiment(s), branches: {})",
-        args.out.display(),
+        out.display(),
         sections.len(),
         experiments.len(),
         branches.join(", ")

@@ -268,6 +268,46 @@ pub fn check_identity(repo: &Repository) -> Result<(), GitError> {
     author(repo).map(|_| ())
 }
 
+/// Where exp writes what it makes for the user by default (reports, released weights): a
+/// folder at the work tree's root that `git add -A` never picks up.
+pub const OUTPUT_DIR: &str = "exp-out";
+
+/// The default output folder, created, and listed in `.git/info/exclude` (the repository's own
+/// ignore list: it works in any repository, not only those `exp init` made, and changes no
+/// tracked file). A bare repository has no work tree: the current directory `cwd`.
+pub fn output_dir(repo: &Repository, cwd: &Path) -> Result<PathBuf, GitError> {
+    let Some(worktree) = repo.workdir() else {
+        return Ok(cwd.to_path_buf());
+    };
+    let io = |context, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| GitError::Io {
+            context,
+            path,
+            source,
+        }
+    };
+    let dir = worktree.join(OUTPUT_DIR);
+    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    let exclude = repo.commondir().join("info/exclude");
+    let listed = std::fs::read_to_string(&exclude).unwrap_or_default();
+    let line = format!("/{OUTPUT_DIR}/");
+    if !listed.lines().any(|l| l.trim() == line) {
+        if let Some(info) = exclude.parent() {
+            std::fs::create_dir_all(info).map_err(io("creating", info))?;
+        }
+        let mut text = listed;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "# what exp writes for you (exp plot, exp model get)\n{line}\n"
+        ));
+        std::fs::write(&exclude, text).map_err(io("writing", &exclude))?;
+    }
+    Ok(dir)
+}
+
 /// Runs `git` in `dir` and returns its stdout.
 pub fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     let out = Command::new("git")

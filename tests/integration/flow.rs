@@ -238,5 +238,20 @@ fn a_signed_release_is_a_release() {
         &dir,
         &["model", "check-release", "v1.0.0", "--main", main.trim()],
     );
-    env.exp_ok(&dir, &["model", "get", "mnist-cnn@1.0.0"]);
+
+    // What exp writes for the user lands in exp-out/, which git never picks up.
+    let out = env.exp_ok(&dir, &["model", "get", "mnist-cnn@1.0.0"]);
+    let weights = dir.join("exp-out/mnist-cnn-1.0.0.safetensors");
+    assert!(
+        out.contains(&format!("wrote {}", weights.display())),
+        "{out}"
+    );
+    let plot = env.exp_ok(&dir, &["plot"]);
+    let report = dir.join("exp-out/exp-report.html");
+    assert!(plot.contains(&report.display().to_string()), "{plot}");
+    assert!(weights.is_file() && report.is_file());
+    env.git(&dir, &["add", "-A"]);
+    assert_eq!(env.git(&dir, &["status", "--porcelain"]), "");
+    let exclude = std::fs::read_to_string(dir.join(".git/info/exclude")).unwrap();
+    assert_eq!(exclude.matches("/exp-out/").count(), 1, "{exclude}");
 }
