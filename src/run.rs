@@ -188,7 +188,7 @@ pub fn run(
         &options.overrides,
     )?;
     let root = data_root(&options.cwd)?;
-    let prepared = prepare(&repo, resolved, &options.experiment, &root, stop)?;
+    let prepared = prepare(&repo, resolved, &options.experiment, &root, stop, progress)?;
     git::check_identity(&repo)?;
     let plan = git::plan_branch(&repo, &options.experiment, &prepared.run_id)?;
     // Everything that could refuse the commit or the tag, before training.
@@ -359,6 +359,7 @@ pub fn prepare(
     experiment: &str,
     root: &Path,
     stop: &StopFlag,
+    progress: &mut dyn TrainObserver,
 ) -> Result<Prepared, RunError> {
     let spec = &resolved.spec;
     let device_request = DeviceRequest::parse(&spec.train.device).map_err(|reason| DeviceError {
@@ -390,10 +391,17 @@ pub fn prepare(
     };
 
     let loading = Instant::now();
+    progress.loading_data(None);
     let data = Dataset::load(root, &spec.data, spec.train.seed, &|key| {
         resolved.origin(key)
     })?;
     let load_seconds = loading.elapsed().as_secs_f64();
+    progress.loading_data(Some(train::DataLoaded {
+        train: data.train.len,
+        val: data.val.as_ref().map_or(0, |v| v.len),
+        eval: data.test.len,
+        seconds: load_seconds,
+    }));
     // The parent's weights are an input like the data: `init.from = "develop"` names other
     // weights as develop moves.
     let split_ids: Vec<&str> = [Some(&data.train), data.val.as_ref(), Some(&data.test)]
@@ -665,7 +673,14 @@ pub fn run_headless(
         });
     }
     let resolved = spec::parse(&options.spec_path, &options.spec_text, &[])?;
-    let prepared = prepare(repo, resolved, experiment, &options.data_root, stop)?;
+    let prepared = prepare(
+        repo,
+        resolved,
+        experiment,
+        &options.data_root,
+        stop,
+        progress,
+    )?;
     let signature = git::signature(repo)?;
     let mut trained = train_and_record(
         repo,

@@ -1,6 +1,8 @@
-//! Training progress on stderr (docs/design.md §5): a bar when stderr is a terminal, one plain
-//! line per epoch otherwise (CI logs, pipes). The library reports through
-//! [`exp::train::TrainObserver`]; printing is the command line's business.
+//! Training progress on stderr (docs/design.md §5): a bar when stderr is a terminal; otherwise
+//! (CI logs, pipes, Slurm) plain lines — when data loading starts and ends, one every
+//! [`LINE_INTERVAL`] with step, loss, throughput and ETA, and one per epoch — so a long run is
+//! never silent. The library reports through [`exp::train::TrainObserver`]; printing is the
+//! command line's business.
 
 use std::io::IsTerminal;
 use std::time::Instant;
@@ -8,7 +10,21 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use exp::record::EpochRecord;
-use exp::train::TrainObserver;
+use exp::train::{DataLoaded, TrainObserver};
+
+/// How often a plain progress line is printed when stderr is not a terminal:
+/// `EXP_PROGRESS_SECONDS`, else 10 s.
+fn line_interval() -> std::time::Duration {
+    let seconds = std::env::var("EXP_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .unwrap_or(LINE_INTERVAL);
+    std::time::Duration::from_secs_f64(seconds)
+}
+
+/// The default seconds between plain progress lines.
+pub const LINE_INTERVAL: f64 = 10.0;
 
 /// Reports training progress.
 pub struct Progress {
@@ -19,6 +35,9 @@ pub struct Progress {
     images: usize,
     epoch: usize,
     epochs: usize,
+    steps: usize,
+    last_line: Instant,
+    interval: std::time::Duration,
 }
 
 impl Progress {
@@ -32,16 +51,51 @@ impl Progress {
             images: 0,
             epoch: 0,
             epochs: 0,
+            steps: 0,
+            last_line: Instant::now(),
+            interval: line_interval(),
         }
     }
 }
 
+/// `1h02m`, `3m05s`, `42s`.
+fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, min, sec) => format!("{min}m{sec:02}s"),
+        (h, min, _) => format!("{h}h{min:02}m"),
+    }
+}
+
 impl TrainObserver for Progress {
+    fn loading_data(&mut self, loaded: Option<DataLoaded>) {
+        if self.quiet {
+            return;
+        }
+        match loaded {
+            None => eprintln!("loading data"),
+            Some(d) => {
+                let val = if d.val > 0 {
+                    format!(", {} val", d.val)
+                } else {
+                    String::new()
+                };
+                eprintln!(
+                    "loaded data: {} train{val}, {} eval examples ({:.1} s)",
+                    d.train, d.eval, d.seconds
+                );
+            }
+        }
+    }
+
     fn start_epoch(&mut self, epoch: usize, epochs: usize, steps: usize) {
         self.epoch_start = Instant::now();
+        self.last_line = self.epoch_start;
         self.images = 0;
         self.epoch = epoch;
         self.epochs = epochs;
+        self.steps = steps;
         if self.quiet || !self.terminal {
             return;
         }
@@ -58,6 +112,23 @@ impl TrainObserver for Progress {
 
     fn step(&mut self, step: usize, loss: f32, batch: usize) {
         self.images += batch;
+        if !self.quiet && !self.terminal && self.last_line.elapsed() >= self.interval {
+            self.last_line = Instant::now();
+            let elapsed = self.epoch_start.elapsed().as_secs_f64();
+            let rate = self.images as f64 / elapsed.max(1e-9);
+            // The rest of this epoch at this epoch's pace, and the epochs after it at the
+            // same pace (evaluation not counted).
+            let per_step = elapsed / step.max(1) as f64;
+            let left = per_step * (self.steps.saturating_sub(step)) as f64
+                + per_step * self.steps as f64 * self.epochs.saturating_sub(self.epoch) as f64;
+            eprintln!(
+                "epoch {}/{} step {step}/{}: loss {loss:.4}, {rate:.0} img/s, ETA {}",
+                self.epoch,
+                self.epochs,
+                self.steps,
+                duration(left)
+            );
+        }
         if let Some(bar) = &self.bar {
             // Redrawing every step costs more than a small model's step; every 10th is plenty.
             if step % 10 == 0 {

@@ -98,6 +98,9 @@ impl TrainError {
 
 /// Who hears about training as it goes (the command line draws a progress bar from it).
 pub trait TrainObserver {
+    /// The data set is being read (`None`), or was read: examples in the train, val and eval
+    /// splits and the seconds it took. Reading a large set takes a while before the first epoch.
+    fn loading_data(&mut self, _loaded: Option<DataLoaded>) {}
     /// Epoch `epoch` of `epochs` starts, with `steps` micro-batches.
     fn start_epoch(&mut self, epoch: usize, epochs: usize, steps: usize);
     /// Micro-batch `step` (1-based) of `images` images is done; `loss` is the latest loss read
@@ -105,6 +108,19 @@ pub trait TrainObserver {
     fn step(&mut self, step: usize, loss: f32, images: usize);
     /// The epoch is done and evaluated.
     fn end_epoch(&mut self, row: &EpochRecord);
+}
+
+/// What [`TrainObserver::loading_data`] reports once the data is read.
+#[derive(Debug, Clone, Copy)]
+pub struct DataLoaded {
+    /// Training examples.
+    pub train: usize,
+    /// Validation examples (0 without a validation split).
+    pub val: usize,
+    /// Eval (test) examples.
+    pub eval: usize,
+    /// Seconds spent reading and decoding.
+    pub seconds: f64,
 }
 
 /// An observer that ignores everything.

@@ -300,3 +300,24 @@ impl NoLfs<'_> {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// Reads a run's stderr (not a terminal) until its first epoch line: "loading data", then
+/// "loaded data: …", then any periodic step lines, then "epoch 1/N: …", which it returns.
+pub fn first_epoch_line(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    train_examples: usize,
+) -> String {
+    let mut next = || lines.next().expect("a progress line").unwrap();
+    assert_eq!(next(), "loading data");
+    let loaded = next();
+    assert!(
+        loaded.starts_with(&format!("loaded data: {train_examples} train, ")),
+        "{loaded}"
+    );
+    loop {
+        let line = next();
+        if !(line.starts_with("epoch 1/") && line.contains(" step ")) {
+            return line;
+        }
+    }
+}

@@ -466,3 +466,59 @@ fn schedule_and_label_smoothing() {
         describe(&out)
     );
 }
+
+/// When stderr is not a terminal (CI, pipes, Slurm logs) a run is never silent: a line when the
+/// data starts and ends loading, one every EXP_PROGRESS_SECONDS (10 s by default) with step,
+/// loss, throughput and ETA, one per epoch; --quiet prints none of them.
+#[test]
+fn progress_lines_without_a_terminal() {
+    let env = Env::new();
+    let dir = env.init_repo("progress");
+    env.git(&dir, &["switch", "-q", "-c", "feature/p", "develop"]);
+    let out = env
+        .exp_cmd(
+            &dir,
+            &[
+                "run",
+                "mnist-cnn",
+                "--set",
+                "data.train_limit=640",
+                "--set",
+                "data.test_limit=100",
+            ],
+        )
+        .env("EXP_PROGRESS_SECONDS", "0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines[0], "loading data", "{err}");
+    assert!(
+        lines[1].starts_with("loaded data: 640 train, 100 eval examples ("),
+        "{err}"
+    );
+    // 640 examples in batches of 64: ten steps, each with its line (interval 0).
+    let steps: Vec<&&str> = lines.iter().filter(|l| l.contains(" step ")).collect();
+    assert_eq!(steps.len(), 10, "{err}");
+    assert!(
+        steps[0].starts_with("epoch 1/1 step 1/10: loss ")
+            && steps[0].contains(" img/s, ETA ")
+            && steps[9].starts_with("epoch 1/1 step 10/10: loss ")
+            && steps[9].ends_with("ETA 0s"),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("epoch 1/1: train_loss ")),
+        "{err}"
+    );
+    let quiet = quick_run(&env, &dir, "mnist-cnn", &["--set", "train.seed=3"]);
+    assert!(quiet.status.success(), "{}", describe(&quiet));
+    assert!(
+        !stderr(&quiet).contains("loading data"),
+        "{}",
+        describe(&quiet)
+    );
+}

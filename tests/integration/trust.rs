@@ -607,7 +607,10 @@ fn the_server_cannot_be_skipped_and_receives_only_releases() {
         "v2.0.2 is not a release made through the gate: v2.0.2's message is not the one",
     );
     let out = env.exp_ok(&dir, &["model", "get", "mnist-cnn@2.0.2", "--force"]);
-    assert!(out.contains("exp-out/mnist-cnn-2.0.2.safetensors (mnist-cnn@2.0.2)"), "{out}");
+    assert!(
+        out.contains("exp-out/mnist-cnn-2.0.2.safetensors (mnist-cnn@2.0.2)"),
+        "{out}"
+    );
     env.exp_ok(&dir, &["model", "get", "mnist-cnn@1.0.0"]);
     env.exp_ok(&dir, &["model", "check-release", "v1.0.0"]);
     refused(
