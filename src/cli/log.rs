@@ -189,6 +189,12 @@ pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {
     }
     let metrics: std::collections::BTreeSet<&String> =
         rows.iter().flat_map(|r| r.metrics.keys()).collect();
+    // As `dvc exp show`: the parameters that differ between the rows shown.
+    let params = exp::compare::log::varying(
+        rows.iter()
+            .filter(|r| r.unreadable.is_none())
+            .map(|r| (r.experiment.as_str(), &r.params)),
+    );
     let mut header: Vec<String> = Vec::new();
     if args.all_branches {
         header.push("at".into());
@@ -198,6 +204,7 @@ pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {
             .iter()
             .map(|s| s.to_string()),
     );
+    header.extend(params.iter().cloned());
     header.extend(metrics.iter().map(|m| m.to_string()));
     header.push("model oid".into());
     let mut table = report::table(header);
@@ -208,10 +215,16 @@ pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {
         }
         row.extend([
             r.experiment.clone(),
-            r.run.clone(),
+            r.tag.clone().unwrap_or_else(|| r.run.clone()),
             r.branch.clone(),
             r.started.clone(),
         ]);
+        row.extend(params.iter().map(|p| {
+            r.params
+                .get(p)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into())
+        }));
         row.extend(metrics.iter().map(|m| {
             r.metrics
                 .get(*m)

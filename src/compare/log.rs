@@ -475,18 +475,29 @@ fn row(commit: Oid, seconds: i64, name: &str, summary: RecordSummary, tags: Vec<
 
 /// Parameter keys whose value differs between rows of the same experiment.
 pub fn varying_params(rows: &[LogRow]) -> Vec<String> {
+    varying(
+        rows.iter()
+            .filter(|r| r.unreadable.is_none())
+            .map(|r| (r.experiment.as_str(), &r.params)),
+    )
+}
+
+/// Parameter keys whose value differs between the parameter sets of the same experiment.
+pub fn varying<'a>(
+    rows: impl Iterator<Item = (&'a str, &'a BTreeMap<String, ParamValue>)>,
+) -> Vec<String> {
     let mut varying = BTreeSet::new();
-    let mut by_experiment: BTreeMap<&str, Vec<&LogRow>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.unreadable.is_none()) {
-        by_experiment.entry(&r.experiment).or_default().push(r);
+    let mut by_experiment: BTreeMap<&str, Vec<&BTreeMap<String, ParamValue>>> = BTreeMap::new();
+    for (experiment, params) in rows {
+        by_experiment.entry(experiment).or_default().push(params);
     }
     for group in by_experiment.values() {
-        let keys: BTreeSet<&String> = group.iter().flat_map(|r| r.params.keys()).collect();
+        let keys: BTreeSet<&String> = group.iter().flat_map(|p| p.keys()).collect();
         for key in keys {
             // Compare values, not their text: formatting 25 values × 1,000 runs was the
             // largest cost of a warm `exp log`.
-            let first = group[0].params.get(key);
-            if group.iter().any(|r| r.params.get(key) != first) {
+            let first = group[0].get(key);
+            if group.iter().any(|p| p.get(key) != first) {
                 varying.insert(key.clone());
             }
         }
@@ -503,10 +514,16 @@ pub struct ShowRow {
     pub experiment: String,
     /// Run id.
     pub run: String,
+    /// The run's tag (the tag of the run commit that recorded this record), when found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     /// Branch the run was recorded on.
     pub branch: String,
     /// When the run started.
     pub started: String,
+    /// All resolved parameters (`exp show` prints those that differ between rows).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamValue>,
     /// Metric values.
     pub metrics: BTreeMap<String, f64>,
     /// Weights oid.
@@ -544,8 +561,11 @@ pub fn show(
             match super::stored_record(repo, &snapshot, &name, blob) {
                 Ok(stored) => {
                     let r = stored.record;
+                    let tag = tag_of_record(repo, &r.run.branch, &name, blob);
                     rows.push(ShowRow {
                         at: target.clone(),
+                        tag,
+                        params: super::diff::flat_params(&r).into_iter().collect(),
                         experiment: name,
                         run: r.run.id.get(..12).unwrap_or(&r.run.id).to_string(),
                         branch: r.run.branch,
@@ -558,6 +578,8 @@ pub fn show(
                 Err(CompareError::CorruptRecord { message, .. }) => rows.push(ShowRow {
                     at: target.clone(),
                     experiment: name,
+                    tag: None,
+                    params: BTreeMap::new(),
                     run: "-".into(),
                     branch: "-".into(),
                     started: "-".into(),
@@ -573,6 +595,27 @@ pub fn show(
         return Err(CompareError::NoRecords(rev.to_string()));
     }
     Ok(rows)
+}
+
+/// The run tag of the run that recorded record `blob` of `experiment` on `branch`: among that
+/// branch's run tags of the experiment, the one whose commit holds this very record.
+fn tag_of_record(repo: &Repository, branch: &str, experiment: &str, blob: Oid) -> Option<String> {
+    let prefix = crate::git::run_tag_prefix(branch, experiment);
+    let path = crate::record::layout::run_file(experiment, crate::record::layout::RECORD_FILE);
+    let references = repo.references_glob(&format!("refs/tags/{prefix}*")).ok()?;
+    let mut found: Vec<String> = references
+        .flatten()
+        .filter(|r| {
+            r.peel_to_commit()
+                .ok()
+                .and_then(|c| c.tree().ok())
+                .and_then(|t| t.get_path(std::path::Path::new(&path)).ok())
+                .is_some_and(|e| e.id() == blob)
+        })
+        .filter_map(|r| r.shorthand().map(String::from))
+        .collect();
+    found.sort();
+    found.into_iter().next()
 }
 
 #[cfg(test)]

@@ -129,6 +129,21 @@ fn apply_keeps_the_run_you_want_and_finish_warns_about_a_better_one() {
     assert!(out.contains("feature/k's tip already holds"), "{out}");
     assert_eq!(env.git(&dir, &["rev-parse", "HEAD^"]), tip);
 
+    // exp show: each branch's run by its tag, and the parameters that differ between rows.
+    env.git(&dir, &["branch", "feature/other", &tag(2)]);
+    let show = env.exp_ok(&dir, &["show", "--all-branches"]);
+    let header = show.lines().next().unwrap();
+    assert!(header.contains("data.train_limit"), "{show}");
+    assert!(
+        show.lines()
+            .any(|l| l.starts_with("feature/k ") && l.contains(&tag(1)) && l.contains(" 3000 "))
+            && show.lines().any(|l| l.starts_with("feature/other ")
+                && l.contains(&tag(2))
+                && l.contains(" 100 ")),
+        "{show}"
+    );
+    env.git(&dir, &["branch", "-D", "feature/other"]);
+
     // exp log: the apply is a copy of run 1, not a run.
     let rows = log_json(&env, &dir, "HEAD");
     let last = rows.last().unwrap();
