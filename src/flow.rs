@@ -87,7 +87,7 @@ impl FlowError {
     pub fn hint(&self) -> Option<String> {
         match self {
             FlowError::Refused { .. } => Some(
-                "improve the model on the branch and record a new run (exp run); nothing was merged".into(),
+                "nothing was merged; improve the model on the branch and record a new run (exp run), or put a better run of the branch at its tip (exp apply --best accuracy)".into(),
             ),
             FlowError::Conflict { .. } => Some(
                 "merge by hand (git merge --no-ff), resolve, and commit: the hooks gate the result".into(),
@@ -457,7 +457,7 @@ pub struct ModelVersion {
     pub not_released: Option<String>,
 }
 
-/// Every released model version (tags `v*`), oldest version tag first by name.
+/// Every released model version (tags `v*`), oldest version first (semantic version order).
 pub fn models(repo: &Repository, name: Option<&str>) -> Result<Vec<ModelVersion>, FlowError> {
     let mut out = Vec::new();
     let tags = repo
@@ -467,7 +467,15 @@ pub fn models(repo: &Repository, name: Option<&str>) -> Result<Vec<ModelVersion>
             source,
         })?;
     let mut tags: Vec<String> = tags.iter().flatten().map(String::from).collect();
-    tags.sort();
+    // By version, not by name: v1.10.0 comes after v1.9.0 (tags that are not a semantic
+    // version last, by name).
+    let version = |t: &String| semver::Version::parse(t.trim_start_matches('v')).ok();
+    tags.sort_by(|a, b| match (version(a), version(b)) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.cmp(b),
+    });
     for tag in tags {
         let not_released = crate::release::check_existing(repo, &tag).err();
         let snapshot = resolve(repo, &tag)?;
@@ -538,12 +546,23 @@ pub fn model_get(
     spec: &str,
     out: Option<&Path>,
     force: bool,
-) -> Result<PathBuf, FlowError> {
-    let Some((name, version)) = spec.split_once('@') else {
-        return Err(FlowError::Model(format!(
-            "{spec:?} is not NAME@VERSION (e.g. mnist-cnn@1.0.0)"
-        )));
+) -> Result<(PathBuf, String), FlowError> {
+    let (name, version) = match spec.split_once('@') {
+        Some((name, version)) => (name, version.to_string()),
+        // NAME alone: its latest release made through the gate.
+        None => {
+            let latest = models(repo, Some(spec))?
+                .into_iter()
+                .rfind(|m| m.not_released.is_none())
+                .ok_or_else(|| {
+                    FlowError::Model(format!(
+                        "no release holds a model {spec:?} (exp models lists the released versions; NAME@VERSION names one)"
+                    ))
+                })?;
+            (spec, latest.version)
+        }
     };
+    let version = version.as_str();
     let tag = format!("v{version}");
     let snapshot = resolve(repo, &tag).map_err(|_| {
         FlowError::Model(format!("there is no release {tag} (exp models lists them)"))
@@ -588,5 +607,5 @@ pub fn model_get(
         path: target.clone(),
         source,
     })?;
-    Ok(target)
+    Ok((target, version.to_string()))
 }

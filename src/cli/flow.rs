@@ -62,12 +62,14 @@ pub struct ModelArgs {
 /// `exp model get`.
 #[derive(Debug, Subcommand)]
 pub enum ModelAction {
-    /// Write the weights of released model NAME@VERSION (release tag vVERSION) from the LFS
-    /// store, verified against the record's sha256.
+    /// Write the weights of released model NAME@VERSION (release tag vVERSION), or of NAME's
+    /// latest release, from the LFS store, verified against the record's sha256.
     Get {
-        /// NAME@VERSION, e.g. mnist-cnn@1.0.0.
+        /// NAME@VERSION, e.g. mnist-cnn@1.0.0; NAME alone takes its latest release (by semantic
+        /// version).
         model: String,
-        /// Where to write them (default: NAME-VERSION.safetensors here).
+        /// Where to write them (default: exp-out/NAME-VERSION.safetensors at the work tree's
+        /// root).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Take the weights of a v* tag that is not a release made by `exp flow release`
@@ -155,8 +157,9 @@ pub(super) fn execute_model(args: ModelArgs) -> Result<(), Error> {
     let repo = exp::git::open_any(&super::cwd()?)?;
     match args.action {
         ModelAction::Get { model, out, force } => {
-            let path = flow::model_get(&repo, &model, out.as_deref(), force)?;
-            super::outln!("wrote {} ({model})", path.display());
+            let (path, version) = flow::model_get(&repo, &model, out.as_deref(), force)?;
+            let name = model.split('@').next().unwrap_or(&model);
+            super::outln!("wrote {} ({name}@{version})", path.display());
         }
         ModelAction::CheckRelease { tag, object, main } => {
             let oid = |what: &str, text: &str| {

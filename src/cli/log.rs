@@ -253,3 +253,98 @@ pub(super) fn execute_show(args: ShowArgs) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Arguments of `exp ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One experiment of `exp ls`: its spec and its latest run on each branch that has one.
+#[derive(Debug, serde::Serialize)]
+struct Listed {
+    experiment: String,
+    spec: String,
+    runs: Vec<exp::compare::log::ShowRow>,
+}
+
+/// `exp ls`: the experiments of the work tree (`experiments/*.toml`) and, per local branch, the
+/// run its tip holds.
+pub(super) fn execute_ls(args: LsArgs) -> Result<(), Error> {
+    exp::compare::fast_reads();
+    let repo = exp::git::open(&super::cwd()?)?;
+    let dir = exp::git::workdir(&repo).join(exp::record::layout::EXPERIMENTS_DIR);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|e| super::UsageError(format!("cannot list {}: {e}", dir.display())))?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".toml").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    let rows = show(&repo, "HEAD", true)?;
+    let listed: Vec<Listed> = names
+        .into_iter()
+        .map(|name| Listed {
+            spec: exp::record::layout::spec_path(&name),
+            runs: rows
+                .iter()
+                .filter(|r| r.experiment == name && r.unreadable.is_none())
+                .cloned()
+                .collect(),
+            experiment: name,
+        })
+        .collect();
+    if args.json {
+        return super::emit_json(&listed);
+    }
+    if listed.is_empty() {
+        super::outln!(
+            "No experiment in {}: write experiments/NAME.toml (docs/spec.md)",
+            dir.display()
+        );
+        return Ok(());
+    }
+    let metrics: std::collections::BTreeSet<&String> = listed
+        .iter()
+        .flat_map(|l| l.runs.iter().flat_map(|r| r.metrics.keys()))
+        .collect();
+    let mut header: Vec<String> = ["experiment", "branch", "latest run", "started"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    header.extend(metrics.iter().map(|m| m.to_string()));
+    let mut table = report::table(header);
+    for l in &listed {
+        if l.runs.is_empty() {
+            let mut row = vec![
+                l.experiment.clone(),
+                "-".into(),
+                "no run yet".into(),
+                "-".into(),
+            ];
+            row.extend(metrics.iter().map(|_| "-".to_string()));
+            table.add_row(row);
+        }
+        for r in &l.runs {
+            let mut row = vec![
+                l.experiment.clone(),
+                r.at.clone(),
+                r.tag.clone().unwrap_or_else(|| r.run.clone()),
+                r.started.clone(),
+            ];
+            row.extend(metrics.iter().map(|m| {
+                r.metrics
+                    .get(*m)
+                    .map(|v| metric(*v))
+                    .unwrap_or_else(|| "-".into())
+            }));
+            table.add_row(row);
+        }
+    }
+    super::outln!("{table}");
+    Ok(())
+}

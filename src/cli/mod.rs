@@ -37,6 +37,8 @@ pub enum Command {
     /// Put a chosen run (a run tag, a commit, or --best METRIC) at the tip of the branch.
     #[command(long_about = apply::APPLY_LONG_ABOUT)]
     Apply(apply::ApplyArgs),
+    /// List the experiments (experiments/*.toml) and each branch's latest run of them.
+    Ls(log::LsArgs),
     /// Show every experiment's record at a revision or on every branch.
     #[command(long_about = log::SHOW_LONG_ABOUT)]
     Show(log::ShowArgs),
@@ -69,6 +71,13 @@ pub enum Command {
     Push(sync::PushArgs),
     /// Fetch and fast-forward, then download the LFS objects HEAD references into the work tree.
     Pull(sync::PullArgs),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print exp's man page (roff) to stdout: `exp man > exp.1`.
+    Man,
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     #[command(long_about = device::DEVICE_LONG_ABOUT)]
     Device(device::DeviceArgs),
@@ -82,6 +91,15 @@ pub(crate) fn emit(text: std::fmt::Arguments) -> Result<(), Error> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     out.write_fmt(text)
         .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+        .map_err(Error::Output)
+}
+
+/// Writes bytes to stdout as they are (a closed pipe is [`Error::Output`], as in [`emit`]).
+fn emit_bytes(bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
         .and_then(|_| out.flush())
         .map_err(Error::Output)
 }
@@ -159,12 +177,27 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Diff(args) => diff::execute(args),
         Command::Log(args) => log::execute_log(args),
         Command::Show(args) => log::execute_show(args),
+        Command::Ls(args) => log::execute_ls(args),
         Command::Apply(args) => apply::execute(args),
         Command::Plot(args) => plot::execute(args),
         Command::Lineage(args) => lineage::execute(args),
         Command::Verify(args) => verify::execute(args),
         Command::Sweep(args) => sweep::execute(args),
         Command::Device(args) => device::execute(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "exp", &mut out);
+            emit_bytes(&out)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(Error::Output)?;
+            emit_bytes(&out)
+        }
         Command::Gate(args) => gate::execute(args),
         Command::Hooks(args) => hooks::execute(args),
         Command::Flow(args) => flow::execute_flow(args),

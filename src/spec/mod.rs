@@ -79,10 +79,24 @@ impl SpecError {
     pub fn hint(&self) -> Option<String> {
         match self {
             SpecError::Read { path, source } => Some(match source.kind() {
-                std::io::ErrorKind::NotFound => format!(
-                    "create {} (see the examples `exp init` writes to experiments/), or check the experiment name",
-                    path.display()
-                ),
+                std::io::ErrorKind::NotFound => {
+                    let (names, closest) = experiments_near(path);
+                    match closest {
+                        Some(name) => format!(
+                            "did you mean {name}? The experiments here: {} (`exp ls` lists them with their latest runs)",
+                            names.join(", ")
+                        ),
+                        None if !names.is_empty() => format!(
+                            "the experiments here: {}; or create {} (see the examples `exp init` writes)",
+                            names.join(", "),
+                            path.display()
+                        ),
+                        None => format!(
+                            "create {} (see the examples `exp init` writes to experiments/), or check the experiment name",
+                            path.display()
+                        ),
+                    }
+                }
                 std::io::ErrorKind::InvalidData => format!(
                     "{} is not UTF-8 text: save it as UTF-8 (TOML files are UTF-8)",
                     path.display()
@@ -107,6 +121,36 @@ impl SpecError {
             )),
         }
     }
+}
+
+/// The experiments beside the missing spec `path` (the `*.toml` files of its folder, sorted),
+/// and the one whose name is closest to the one asked for, when one is close (a typo, `_` for
+/// `-`, another case).
+fn experiments_near(path: &std::path::Path) -> (Vec<String>, Option<String>) {
+    let wanted = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut names: Vec<String> = path
+        .parent()
+        .and_then(|dir| std::fs::read_dir(dir).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".toml").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    let normal = |s: &str| s.to_lowercase().replace('_', "-");
+    let closest = names
+        .iter()
+        .map(|n| (strsim::damerau_levenshtein(&normal(n), &normal(&wanted)), n))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n.clone());
+    (names, closest)
 }
 
 /// The complete experiment spec.

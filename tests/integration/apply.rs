@@ -144,6 +144,25 @@ fn apply_keeps_the_run_you_want_and_finish_warns_about_a_better_one() {
     );
     env.git(&dir, &["branch", "-D", "feature/other"]);
 
+    // exp ls: every experiment, and each branch's run of it.
+    let ls = env.exp_ok(&dir, &["ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("fashion-cnn ") && l.contains("no run yet"))
+            && ls.lines().any(|l| l.starts_with("mnist-cnn ")
+                && l.contains("feature/k")
+                && l.contains(&tag(1))),
+        "{ls}"
+    );
+    // A typo in the name: the closest experiment and the list.
+    let out = quick_run(&env, &dir, "mnist_cnn", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("hint: did you mean mnist-cnn? The experiments here: fashion-cnn, mnist-cnn, mnist-mlp (`exp ls` lists them with their latest runs)"),
+        "{}",
+        describe(&out)
+    );
+
     // exp log: the apply is a copy of run 1, not a run.
     let rows = log_json(&env, &dir, "HEAD");
     let last = rows.last().unwrap();

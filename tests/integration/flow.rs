@@ -255,3 +255,44 @@ fn a_signed_release_is_a_release() {
     let exclude = std::fs::read_to_string(dir.join(".git/info/exclude")).unwrap();
     assert_eq!(exclude.matches("/exp-out/").count(), 1, "{exclude}");
 }
+
+/// Versions sort as semantic versions (1.10.0 after 1.9.0), and `exp model get NAME` takes the
+/// latest release.
+#[test]
+fn the_latest_release_is_the_highest_version() {
+    let env = Env::new();
+    let dir = env.init_repo("versions");
+    // The second release trains on more data: a better model, which the gate lets through.
+    for (branch, version, limit) in [
+        ("feature/a", "1.9.0", "1000"),
+        ("feature/b", "1.10.0", "3000"),
+    ] {
+        feature_run(
+            &env,
+            &dir,
+            branch,
+            &["--set", &format!("data.train_limit={limit}")],
+        );
+        env.exp_ok(&dir, &["flow", "finish"]);
+        env.exp_ok(&dir, &["flow", "release", version]);
+    }
+    let models = env.exp_ok(&dir, &["models", "--json"]);
+    let versions: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&models)
+        .unwrap()
+        .iter()
+        .map(|m| m["version"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(versions, ["1.9.0", "1.10.0"]);
+    let out = env.exp_ok(&dir, &["model", "get", "mnist-cnn"]);
+    assert!(
+        out.contains("mnist-cnn-1.10.0.safetensors (mnist-cnn@1.10.0)"),
+        "{out}"
+    );
+    let out = env.exp(&dir, &["model", "get", "fashion-cnn"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("error: no release holds a model \"fashion-cnn\""),
+        "{}",
+        describe(&out)
+    );
+}

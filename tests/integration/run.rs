@@ -522,3 +522,40 @@ fn progress_lines_without_a_terminal() {
         describe(&quiet)
     );
 }
+
+/// Shell completions and the man page come from the one clap definition: every subcommand is in
+/// them, and bash accepts the script.
+#[test]
+fn completions_and_man_page() {
+    let env = Env::new();
+    let dir = env.tmp.path();
+    let bash = env.exp_ok(dir, &["completions", "bash"]);
+    let script = env.path("exp.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", describe(&check));
+    for sub in ["apply", "ls", "sweep", "verify", "gate", "completions"] {
+        assert!(
+            bash.contains(&format!("cmd=\"exp__subcmd__{sub}\"")),
+            "no {sub} in the bash completions"
+        );
+    }
+    let zsh = env.exp_ok(dir, &["completions", "zsh"]);
+    assert!(
+        zsh.starts_with("#compdef exp"),
+        "{}",
+        &zsh[..zsh.len().min(200)]
+    );
+    let man = env.exp_ok(dir, &["man"]);
+    assert!(
+        man.contains(".TH exp 1") && man.contains("apply"),
+        "{}",
+        &man[..man.len().min(400)]
+    );
+    let out = env.exp(dir, &["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
