@@ -139,6 +139,20 @@ fn load_state(repo: &Repository) -> Installed {
         .unwrap_or_default()
 }
 
+/// Which tool wrote a hook, from what its script runs, for the message that says it was kept.
+fn hook_owner(script: &str) -> Option<&'static str> {
+    const OWNERS: [(&str, &str); 4] = [
+        ("git lfs ", "git-lfs"),
+        ("pre-commit.com", "the pre-commit framework"),
+        ("husky", "husky"),
+        ("lefthook", "lefthook"),
+    ];
+    OWNERS
+        .iter()
+        .find(|(marker, _)| script.contains(marker))
+        .map(|(_, owner)| *owner)
+}
+
 /// Installs the hooks (server-side for a bare repository) and `--no-ff` merges.
 pub fn install(repo: &Repository) -> Result<HooksReport, HooksError> {
     let dir = hooks_dir(repo)?;
@@ -160,10 +174,14 @@ pub fn install(repo: &Repository) -> Result<HooksReport, HooksError> {
             if local.exists() {
                 return Err(HooksError::Occupied(path));
             }
+            let whose = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| hook_owner(&text))
+                .map_or_else(|| "your".to_string(), |owner| format!("{owner}'s"));
             std::fs::rename(&path, &local).map_err(io("rename", &path))?;
             state.moved_aside.push(name.to_string());
             report.changes.push(format!(
-                "kept your {name} hook as {name}.local; exp's {name} runs it first"
+                "kept {whose} {name} hook as {name}.local; exp's {name} runs it first"
             ));
         }
         write_executable(&path, script)?;

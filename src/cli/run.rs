@@ -27,7 +27,8 @@ from the seed only: on CPU the same spec, data and seed give bit-identical weigh
 commit it with experiments/NAME.toml (the weights as an LFS pointer), and tag the commit \
 run/<branch with / as ->/NAME/<n>.
 
-A run that fails (bad data, a NaN loss: exit 1, SIGINT: 130, SIGTERM: 143) records nothing: no \
+A run that fails (a bad spec or bad data: exit 2; a NaN loss: exit 1; SIGINT: 130; SIGTERM: 143) \
+records nothing: no \
 commit, tag, branch or LFS object.";
 
 /// `exp run --help`: the steps, then the spec keys from their one table.

@@ -390,3 +390,21 @@ fn pre_push_uploads_lfs_objects_without_git_lfs() {
         std::fs::read(&object).unwrap_or_else(|e| panic!("{} not uploaded: {e}", object.display()));
     assert_eq!(sha256_hex(&bytes), *oid);
 }
+
+/// `exp hooks install` keeps a hook it finds and says whose it is (git-lfs installs pre-push,
+/// post-checkout, post-commit and post-merge hooks).
+#[test]
+fn hooks_install_names_the_hooks_it_keeps() {
+    let env = Env::new();
+    let dir = env.init_repo("kept");
+    env.git(&dir, &["lfs", "install", "--local", "--force"]);
+    let out = env.exp_ok(&dir, &["hooks", "install"]);
+    assert!(
+        out.contains(
+            "kept git-lfs's pre-push hook as pre-push.local; exp's pre-push runs it first"
+        ),
+        "{out}"
+    );
+    let local = std::fs::read_to_string(dir.join(".git/hooks/pre-push.local")).unwrap();
+    assert!(local.contains("git lfs pre-push"), "{local}");
+}
