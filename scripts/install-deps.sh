@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the system tools exp's tests and main job use: git-lfs, and ssh-keygen (openssh-client;
-# a test signs a release tag with an SSH key). Debian packages. Idempotent.
+# Installs the system tools exp's tests and main job use: git-lfs, ssh-keygen (openssh-client; a
+# test signs a release tag with an SSH key) and a headless Chromium (tests render exp plot's report
+# in it). Debian packages. Idempotent.
 set -euo pipefail
 
 need=()
 git lfs version >/dev/null 2>&1 || need+=(git-lfs)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+command -v chromium >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=

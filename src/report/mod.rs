@@ -110,4 +110,4 @@ pub fn rev_name(rev: &str) -> String {
     }
 }
 pub mod curves;
-pub mod plot;
+pub mod page;

@@ -321,3 +321,36 @@ pub fn first_epoch_line(
         }
     }
 }
+
+/// The DOM of the HTML file at `path` after a headless Chromium ran its scripts (Debian's
+/// `chromium`, which scripts/test.sh installs): what a reader's browser shows.
+pub fn rendered_dom(env: &Env, path: &Path) -> String {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .unwrap_or_else(|| {
+            panic!("no headless Chromium (chromium) to render the report in: run the tests with scripts/test.sh, which installs it (Debian package chromium)")
+        });
+    let profile = env.path("chromium-profile");
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--virtual-time-budget=20000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", path.display()))
+        .env("HOME", &env.home)
+        .output()
+        .expect("run chromium");
+    assert!(out.status.success(), "chromium failed: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

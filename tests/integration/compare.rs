@@ -391,8 +391,10 @@ fn plot_writes_a_self_contained_report() {
     assert!(out.contains("Wrote report.html"), "{out}");
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
-    // Metric across runs, two training-curve charts, the confusion matrix.
-    assert_eq!(html.matches("<svg").count(), 4, "{html}");
+    assert!(
+        !html.contains("src=\"http"),
+        "self-contained: no external script"
+    );
     for needle in [
         "mnist-cnn: accuracy across runs",
         "feature/golden",
@@ -402,7 +404,37 @@ fn plot_writes_a_self_contained_report() {
     ] {
         assert!(html.contains(needle), "report lacks {needle:?}");
     }
-    assert!(!html.contains("<script"), "self-contained, no scripts");
+    // In a real browser: every chart drawn as SVG, a runs table row per run, no script error.
+    let dom = rendered_dom(&env, &dir.join("report.html"));
+    assert!(
+        dom.contains("<pre id=\"exp-errors\" hidden=\"\"></pre>"),
+        "script errors: {}",
+        dom.split("exp-errors")
+            .nth(1)
+            .unwrap_or_default()
+            .chars()
+            .take(600)
+            .collect::<String>()
+    );
+    // Metric across runs, two training-curve charts, the confusion matrix.
+    assert!(
+        dom.contains("data-charts-drawn=\"4\""),
+        "not every chart was drawn"
+    );
+    assert_eq!(dom.matches("class=\"marks\"").count(), 4, "four SVG charts");
+    let runs = env
+        .git(&dir, &["tag", "-l", "run/*/mnist-cnn/*"])
+        .lines()
+        .count();
+    let table = dom
+        .split("<tbody>")
+        .nth(1)
+        .unwrap()
+        .split("</tbody>")
+        .next()
+        .unwrap();
+    assert_eq!(table.matches("<tr>").count(), runs, "{table}");
+    assert!(table.contains("run/feature-golden/mnist-cnn/1"), "{table}");
     // Training curves overlay the chosen runs.
     env.exp_ok(
         &dir,

@@ -183,10 +183,26 @@ fn a_local_sweep_records_every_trial_and_leaves_the_work_tree_alone() {
     assert!(out.contains("8 recorded trials, 1 chart(s)"), "{out}");
     let html = std::fs::read_to_string(&report).unwrap();
     assert!(
-        html.contains("accuracy against train.lr")
-            && html.contains("mean over seeds")
-            && html.matches("<circle").count() >= 8,
-        "{html}"
+        html.contains("accuracy against train.lr") && html.contains("the line is the mean"),
+        "the sweep view's title or note is missing"
+    );
+    // In a real browser: the chart is drawn (8 trial points, the mean line), no script error.
+    let dom = rendered_dom(&env, &report);
+    assert!(
+        dom.contains("<pre id=\"exp-errors\" hidden=\"\"></pre>")
+            && dom.contains("data-charts-drawn=\"1\""),
+        "{}",
+        dom.split("exp-errors")
+            .nth(1)
+            .unwrap_or_default()
+            .chars()
+            .take(600)
+            .collect::<String>()
+    );
+    assert_eq!(
+        dom.matches("role=\"graphics-symbol\" aria-roledescription=\"point\"")
+            .count(),
+        8
     );
     let out = env.exp(&dir, &["sweep", "show", id, "--sort", "f1"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
