@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (README's test command; .ci/run calls it).
-# Installs git-lfs if missing, Slurm (slurm-wlm, munge) and the giftless LFS server (a venv under ~/.cache/exp), fetches the data into ~/.cache/exp/data when EXP_DATA is unset,
+# Installs git-lfs, ssh-keygen and Chromium if missing, Slurm (slurm-wlm, munge), the giftless LFS server and
+# check-jsonschema (venvs under ~/.cache/exp), fetches the data into ~/.cache/exp/data when EXP_DATA is unset,
 # then runs `cargo test --release` (one dependency build shared with the main job and benches).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,8 @@ scripts/lfs-server.sh install
 # A real single-node Slurm (Debian's slurm-wlm and munge) for the sweep tests; each test run
 # starts its own cluster on free ports (scripts/slurm.sh start) and stops it.
 scripts/slurm.sh install
+# check-jsonschema (PyPI) for the CI workflow `exp ci init github` writes.
+scripts/ci-tools.sh
 if [ -z "${EXP_DATA:-}" ]; then
   export EXP_DATA="$HOME/.cache/exp/data"
   scripts/fetch-data.sh "$EXP_DATA"

@@ -34,6 +34,19 @@ pub enum ApplyError {
     /// The run to apply cannot be determined from what was given.
     #[error("{0}")]
     Choose(String),
+    /// The branch is develop or main: runs reach them only through the gate.
+    #[error("{0} is an integration branch: a run reaches it only through a gated merge")]
+    IntegrationBranch(String),
+    /// The run's weights are not in the local LFS store (or are damaged): nothing was applied.
+    #[error("the weights of {run} (LFS object {oid}) {problem}; nothing was applied")]
+    Weights {
+        /// The run.
+        run: String,
+        /// The object.
+        oid: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The chosen record does not hold together with the files committed beside it.
     #[error("the record of {experiment} at {rev} cannot be applied: {reason}")]
     Untrusted {
@@ -54,6 +67,12 @@ impl ApplyError {
             ApplyError::Compare(e) => e.hint(),
             ApplyError::Choose(_) => Some(
                 "`exp log` lists the branch's runs and their tags; `exp apply --best accuracy` takes the best".into(),
+            ),
+            ApplyError::IntegrationBranch(_) => Some(
+                "apply on the feature branch that holds the runs (git switch feature/…), then exp flow finish".into(),
+            ),
+            ApplyError::Weights { .. } => Some(
+                "fetch them (exp pull, or git lfs pull where git-lfs is in charge); exp lfs fsck checks the store".into(),
             ),
             ApplyError::Untrusted { .. } => Some(
                 "`exp verify REV` re-evaluates that run's weights; apply another run".into(),
@@ -178,6 +197,9 @@ pub struct Applied {
     pub commit: Option<Oid>,
     /// With `--best`: how many comparable runs it was chosen among.
     pub among: Option<usize>,
+    /// The work tree got the LFS pointer, not the weights: no LFS filter applies to the
+    /// weights file (`.gitattributes`).
+    pub pointer_in_work_tree: bool,
 }
 
 /// Applies the chosen run of `experiment` (or of the one experiment the choice leaves) at the
@@ -189,6 +211,9 @@ pub fn apply(
     experiment: Option<&str>,
 ) -> Result<Applied, ApplyError> {
     let (branch, tip) = git::current_branch(repo)?;
+    if git::is_integration_branch(&branch) {
+        return Err(ApplyError::IntegrationBranch(branch));
+    }
     let dir = git::workdir(repo).to_path_buf();
     let (experiment, run, among) = match choice {
         Choice::Run(rev) => {
@@ -196,9 +221,33 @@ pub fn apply(
             let commit = snapshot.commit.as_ref().map(|c| c.id()).ok_or_else(|| {
                 ApplyError::Choose(format!("{rev} names a tree, not a run commit"))
             })?;
+            let recorded = runs_recorded(repo, commit, rev)?;
             let name = match experiment {
-                Some(name) => name.to_string(),
-                None => only_experiment(repo, commit, rev)?,
+                Some(name) if recorded.iter().any(|r| r == name) => name.to_string(),
+                Some(name) => {
+                    return Err(ApplyError::Choose(format!(
+                        "{rev} is not a run of {name} ({})",
+                        if recorded.is_empty() {
+                            "it records no run".to_string()
+                        } else {
+                            format!("it records a run of {}", recorded.join(", "))
+                        }
+                    )))
+                }
+                None => match recorded.as_slice() {
+                    [one] => one.clone(),
+                    [] => {
+                        return Err(ApplyError::Choose(format!(
+                            "{rev} records no run (a run commit's message starts `exp run NAME:`; merges and applies copy runs)"
+                        )))
+                    }
+                    many => {
+                        return Err(ApplyError::Choose(format!(
+                            "{rev} records runs of several experiments ({}): name one with -e NAME",
+                            many.join(", ")
+                        )))
+                    }
+                },
             };
             let run = run_at(repo, commit, &name, &run_tags(repo))?.ok_or_else(|| {
                 ApplyError::Choose(format!("{rev} holds no run record of {name}"))
@@ -242,6 +291,25 @@ pub fn apply(
         format!("{}/", layout::run_dir(&experiment)),
     ];
     git::check_clean(&dir, &paths)?;
+    // The weights must be here, whole, before anything is committed: the work tree gets them.
+    let weights_problem = match crate::lfs::Oid::parse(&stored.record.model.oid) {
+        Err(e) => Some(e.to_string()),
+        Ok(oid) => {
+            let store = crate::lfs::LfsStore::for_repo(repo);
+            if !store.contains(&oid) {
+                Some("are not in the local LFS store".to_string())
+            } else {
+                store.verify(&oid).err().map(|e| e.to_string())
+            }
+        }
+    };
+    if let Some(problem) = weights_problem {
+        return Err(ApplyError::Weights {
+            run: run.name(),
+            oid: stored.record.model.oid.clone(),
+            problem,
+        });
+    }
     let headline = ["accuracy", "loss"]
         .iter()
         .filter_map(|m| run.metrics.get(*m).map(|v| format!("{m}={v:.4}")))
@@ -263,7 +331,12 @@ pub fn apply(
         args.extend(paths.iter().map(String::as_str));
         git::git(&dir, &args)?;
     }
+    let weights = dir.join(layout::run_file(&experiment, layout::WEIGHTS_FILE));
+    let head = std::fs::read(&weights)
+        .map(|b| b[..b.len().min(64)].to_vec())
+        .unwrap_or_default();
     Ok(Applied {
+        pointer_in_work_tree: head.starts_with(b"version https://git-lfs.github.com/spec/"),
         experiment,
         branch,
         run,
@@ -302,40 +375,37 @@ fn run_at(
     }))
 }
 
-/// The one experiment whose record `commit` changed (against its first parent).
-fn only_experiment(repo: &Repository, commit: Oid, rev: &str) -> Result<String, ApplyError> {
-    let at = |oid: Oid| -> Result<BTreeMap<String, Oid>, ApplyError> {
+/// The experiments whose run `commit` records: a run commit (message `exp run NAME:`, one
+/// experiment) whose record of NAME changed against its first parent. Merges, applies and picks
+/// copy runs: they record none.
+fn runs_recorded(repo: &Repository, commit: Oid, rev: &str) -> Result<Vec<String>, ApplyError> {
+    let c = repo
+        .find_commit(commit)
+        .map_err(git::ctx(format!("reading {rev}")))?;
+    let message = c.message().unwrap_or_default();
+    let Some(name) = message
+        .strip_prefix("exp run ")
+        .and_then(|rest| rest.split(':').next())
+        .filter(|_| c.parent_count() <= 1)
+    else {
+        return Ok(Vec::new());
+    };
+    let at = |oid: Oid| -> Result<Option<Oid>, ApplyError> {
         let snapshot = compare::resolve(repo, &oid.to_string())?;
-        Ok(compare::record_blobs(repo, &snapshot.tree)?)
+        Ok(compare::record_blobs(repo, &snapshot.tree)?
+            .get(name)
+            .copied())
     };
     let now = at(commit)?;
-    let parent = repo
-        .find_commit(commit)
-        .map_err(git::ctx(format!("reading {rev}")))?
-        .parent_id(0)
-        .ok();
-    let before = match parent {
+    let before = match c.parent_id(0).ok() {
         Some(p) => at(p)?,
-        None => BTreeMap::new(),
+        None => None,
     };
-    let changed: Vec<&String> = now
-        .iter()
-        .filter(|(name, blob)| before.get(*name) != Some(blob))
-        .map(|(name, _)| name)
-        .collect();
-    match changed.as_slice() {
-        [one] => Ok((*one).clone()),
-        [] => Err(ApplyError::Choose(format!(
-            "{rev} records no run (no experiments/*/metrics.toml changed there)"
-        ))),
-        many => Err(ApplyError::Choose(format!(
-            "{rev} records runs of several experiments ({}): name one with -e NAME",
-            many.iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
+    Ok(if now.is_some() && now != before {
+        vec![name.to_string()]
+    } else {
+        Vec::new()
+    })
 }
 
 /// The one experiment with run commits on `branch` since it left develop.

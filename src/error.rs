@@ -53,6 +53,9 @@ pub enum Error {
     /// Uploading LFS objects for a push failed.
     #[error(transparent)]
     LfsPush(#[from] crate::lfs::push::PushError),
+    /// `exp ci init` could not write its files.
+    #[error(transparent)]
+    Ci(#[from] crate::ci::CiError),
     /// `exp apply` could not apply the run.
     #[error(transparent)]
     Apply(#[from] crate::apply::ApplyError),
@@ -127,6 +130,7 @@ impl Error {
             Error::InitFrom(e) => e.hint(),
             Error::Flow(e) => e.hint(),
             Error::Apply(e) => e.hint(),
+            Error::Ci(e) => e.hint(),
             Error::LfsPush(e) => Some(match e.hint() {
                 Some(hint) => format!("nothing was pushed; {hint}"),
                 None => "nothing was pushed".into(),

@@ -428,7 +428,7 @@ pub fn hotfix(repo: &Repository, name: &str) -> Result<FlowReport, FlowError> {
     let branch = format!("hotfix/{name}");
     if !git2::Branch::name_is_valid(&branch).unwrap_or(false) {
         return Err(FlowError::Precondition(format!(
-            "{branch:?} is not a valid branch name: use letters, digits, '-', '_' and single dots"
+            "{branch:?} is not a valid branch name (Git's rules: git check-ref-format --branch)"
         )));
     }
     clean_worktree(&dir)?;
@@ -548,6 +548,11 @@ pub fn model_get(
     force: bool,
 ) -> Result<(PathBuf, String), FlowError> {
     let (name, version) = match spec.split_once('@') {
+        Some((_, "")) => {
+            return Err(FlowError::Model(format!(
+                "{spec:?} names no version: NAME@VERSION (e.g. mnist-cnn@1.0.0), or NAME alone for the latest release"
+            )))
+        }
         Some((name, version)) => (name, version.to_string()),
         // NAME alone: its latest release made through the gate.
         None => {

@@ -17,6 +17,7 @@
 //! - [`gate`]: the regression gate (`exp gate`, the hooks);
 //! - [`flow`]: Git Flow steps with the gate, released model versions;
 //! - [`apply`]: putting a chosen run at a branch's tip (`exp apply`);
+//! - [`ci`]: the CI workflow and script `exp ci init github` writes;
 //! - [`hooks`]: installing the gate's Git hooks;
 //! - [`report`]: tables for people;
 //! - [`init_from`]: starting from an earlier run's weights, freezing, lineage;
@@ -24,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod apply;
+pub mod ci;
 pub mod compare;
 #[cfg(feature = "cuda")]
 pub mod cuda;

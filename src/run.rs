@@ -284,7 +284,12 @@ pub fn recover_after_kill(
         }
     }
     if let Some(switch) = git::recover_interrupted_switch(repo)? {
-        notes.push(if switch.kept {
+        notes.push(if switch.start_gone && !switch.kept {
+            format!(
+                "an earlier exp run of {} was killed before committing on {}; the branch it started on, {}, no longer exists, so nothing was switched back",
+                switch.experiment, switch.branch, switch.from
+            )
+        } else if switch.kept {
             format!(
                 "an earlier exp run of {} was killed after committing on {}: kept",
                 switch.experiment, switch.branch

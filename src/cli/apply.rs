@@ -62,6 +62,12 @@ pub(super) fn execute(args: ApplyArgs) -> Result<(), Error> {
             applied.branch
         );
     }
+    if applied.pointer_in_work_tree {
+        super::warn(&format!(
+            "experiments/{}/model.safetensors in the work tree is the LFS pointer, not the weights: no LFS filter applies to it (check .gitattributes; `exp init` writes the rule)",
+            applied.experiment
+        ));
+    }
     match applied.commit {
         Some(commit) => super::outln!(
             "Applied {} ({}: {metrics}) at the tip of {}: commit {}",

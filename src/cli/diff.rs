@@ -160,17 +160,25 @@ fn examples_line(e: &ExperimentDiff) -> String {
     }
 }
 
-/// The header's base: the diff's, or the run this experiment was compared with instead.
-fn header_base(e: &ExperimentDiff, base: &str) -> String {
+/// The header's base, and a note when this experiment was compared with its previous run on
+/// the branch instead of the diff's base.
+fn header_base(e: &ExperimentDiff, base: &str) -> (String, String) {
     match &e.compared_with {
-        Some(run) => format!("{run} (its previous run on this branch: {base} has no record of it)"),
-        None => base.to_string(),
+        Some(run) => (
+            run.clone(),
+            format!(" (its previous run on this branch: {base} has no record of it)"),
+        ),
+        None => (base.to_string(), String::new()),
     }
 }
 
 fn text(e: &ExperimentDiff, base: &str, head: &str) -> String {
-    let base = header_base(e, base);
-    let mut out = format!("{} ({}): {base} → {head}\n", e.name, change_word(e.change));
+    let (base, note) = header_base(e, base);
+    let mut out = format!(
+        "{} ({}): {base} → {head}{note}\n",
+        e.name,
+        change_word(e.change)
+    );
     let header = |h: &[&str]| h.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut metrics = report::table(header(&["metric", "base", "head", "delta", "verdict"]));
     for row in metric_rows(e) {
@@ -207,9 +215,9 @@ fn text(e: &ExperimentDiff, base: &str, head: &str) -> String {
 }
 
 fn markdown(e: &ExperimentDiff, base: &str, head: &str) -> String {
-    let base = header_base(e, base);
+    let (base, note) = header_base(e, base);
     let mut out = format!(
-        "### {} ({}): `{base}` → `{head}`\n\n",
+        "### {} ({}): `{base}` → `{head}`{note}\n\n",
         e.name,
         change_word(e.change)
     );

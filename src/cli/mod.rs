@@ -19,6 +19,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `exp ci` actions.
+#[derive(Debug, Subcommand)]
+pub enum CiAction {
+    /// Write .github/workflows/exp.yml and .github/exp/exp-ci.sh (not committed: review and
+    /// commit them).
+    Init {
+        /// The CI service.
+        provider: CiProvider,
+        /// Rewrite files that exist with other content.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The CI services `exp ci init` writes for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CiProvider {
+    /// GitHub Actions.
+    Github,
+}
+
 /// exp's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -71,6 +92,13 @@ pub enum Command {
     Push(sync::PushArgs),
     /// Fetch and fast-forward, then download the LFS objects HEAD references into the work tree.
     Pull(sync::PullArgs),
+    /// Set up CI in this repository: `exp ci init github` writes a GitHub Actions workflow that
+    /// gates every pull request and posts `exp diff --md`.
+    Ci {
+        /// What to do.
+        #[command(subcommand)]
+        action: CiAction,
+    },
     /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
     Completions {
         /// The shell.
@@ -184,6 +212,25 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Verify(args) => verify::execute(args),
         Command::Sweep(args) => sweep::execute(args),
         Command::Device(args) => device::execute(args),
+        Command::Ci {
+            action: CiAction::Init { provider, force },
+        } => {
+            let repo = exp::git::open(&cwd()?)?;
+            let worktree = exp::git::workdir(&repo);
+            let written = match provider {
+                CiProvider::Github => exp::ci::init_github(worktree, force)?,
+            };
+            for (path, what) in written {
+                let what = match what {
+                    exp::ci::Written::Created => "wrote",
+                    exp::ci::Written::Unchanged => "unchanged",
+                    exp::ci::Written::Replaced => "rewrote",
+                };
+                outln!("{what} {path}");
+            }
+            outln!("Review and commit them; set the repository variable EXP_DATA to a folder of evaluation data on the runner to verify weights (docs/ci.md).");
+            Ok(())
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut out = Vec::new();

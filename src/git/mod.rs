@@ -61,7 +61,7 @@ pub enum GitError {
         base: String,
     },
     /// The experiment's output directory has uncommitted changes that a run would overwrite.
-    #[error("{path} has uncommitted changes that exp would overwrite:\n{details}")]
+    #[error("uncommitted changes in {path}, which exp would overwrite:\n{details}")]
     OutputsDirty {
         /// The directory.
         path: String,
@@ -123,6 +123,16 @@ pub enum GitError {
         /// The cause.
         source: git2::Error,
     },
+    /// The branch switch of a killed run could not be undone.
+    #[error("cannot finish undoing the branch switch of a killed exp run (journal {journal}, branch {branch}): {source}")]
+    SwitchRecovery {
+        /// The journal.
+        journal: PathBuf,
+        /// The feature branch the run had created.
+        branch: String,
+        /// Why.
+        source: Box<GitError>,
+    },
     /// A file in the work tree could not be read or written.
     #[error("{context} {path}: {source}")]
     Io {
@@ -162,6 +172,17 @@ impl GitError {
             GitError::LockedBy { path, .. } => format!(
                 "if no git process is running, the lock is a leftover: remove {}, then run the exp command again",
                 path.display()
+            ),
+            GitError::SwitchRecovery {
+                journal,
+                branch,
+                source,
+            } => format!(
+                "{}; or give the recovery up: delete {} ({branch} stays as it is)",
+                source
+                    .hint()
+                    .unwrap_or_else(|| "fix what git reports".to_string()),
+                journal.display()
             ),
             GitError::BadRefName { .. } => {
                 "nothing was trained; rename the experiment or the branch (short names of letters, digits, '-', '_' and single dots)".into()

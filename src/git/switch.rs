@@ -192,6 +192,8 @@ pub struct InterruptedSwitch {
     pub from: String,
     /// Whether the branch holds the run (the kill came after the commit): it was kept.
     pub kept: bool,
+    /// Whether the branch the run started on no longer exists: nothing was switched.
+    pub start_gone: bool,
 }
 
 /// Finishes the switch of a run that died between creating its feature branch and committing
@@ -208,8 +210,13 @@ pub fn recover_interrupted_switch(
         return Ok(None);
     };
     let kept = branch_tip(repo, &journal.branch).is_some_and(|tip| tip != journal.start);
-    if !kept {
-        undo_switch(repo, &journal)?;
+    let start_gone = branch_tip(repo, &journal.from).is_none();
+    if !kept && !start_gone {
+        undo_switch(repo, &journal).map_err(|source| GitError::SwitchRecovery {
+            journal: journal_path(repo),
+            branch: journal.branch.clone(),
+            source: Box::new(source),
+        })?;
     }
     Journal::remove(repo);
     Ok(Some(InterruptedSwitch {
@@ -217,6 +224,7 @@ pub fn recover_interrupted_switch(
         branch: journal.branch,
         from: journal.from,
         kept,
+        start_gone,
     }))
 }
 
@@ -273,7 +281,8 @@ mod tests {
                 experiment: "a".into(),
                 branch: "feature/a-1".into(),
                 from: "develop".into(),
-                kept: false
+                kept: false,
+                start_gone: false,
             }
         );
         assert_eq!(head_branch(&repo).as_deref(), Some("develop"));
@@ -299,6 +308,19 @@ mod tests {
         let found = recover_interrupted_switch(&repo).unwrap().unwrap();
         assert!(found.kept);
         assert_eq!(head_branch(&repo).as_deref(), Some("feature/a-2"));
+        assert!(!journal_path(&repo).exists());
+
+        // The branch it started from is gone: nothing is switched, the journal goes.
+        repo.set_head("refs/heads/develop").unwrap();
+        let gone = BranchPlan::NewFeature {
+            branch: "feature/a-4".into(),
+            from: "gone".into(),
+            create_develop: false,
+        };
+        std::mem::forget(switch_for_run(&repo, &gone, "a").unwrap().unwrap());
+        let found = recover_interrupted_switch(&repo).unwrap().unwrap();
+        assert!(found.start_gone && !found.kept);
+        assert_eq!(head_branch(&repo).as_deref(), Some("feature/a-4"));
         assert!(!journal_path(&repo).exists());
 
         // Completed: no journal, nothing for the next command to do.

@@ -50,13 +50,13 @@ fn apply_keeps_the_run_you_want_and_finish_warns_about_a_better_one() {
     let out = env.exp_ok(&dir, &["diff"]);
     assert!(
         out.starts_with(&format!(
-            "mnist-cnn (changed): {} (its previous run on this branch: ",
+            "mnist-cnn (changed): {} → HEAD (its previous run on this branch: ",
             tag(1)
         )) && out
             .lines()
             .next()
             .unwrap()
-            .ends_with(" has no record of it) → HEAD")
+            .ends_with(" has no record of it)")
             && out.contains("accuracy")
             && out.contains("worse"),
         "{out}"
@@ -83,6 +83,43 @@ fn apply_keeps_the_run_you_want_and_finish_warns_about_a_better_one() {
         "error: --best \"top5\": not a metric exp knows (accuracy, loss, macro_f1)",
     );
     refused(&env, &dir, &["apply", "develop"], "records no run");
+    refused(
+        &env,
+        &dir,
+        &["apply", "-e", "mnist-mlp", &tag(1)],
+        &format!(
+            "error: {} is not a run of mnist-mlp (it records a run of mnist-cnn)",
+            tag(1)
+        ),
+    );
+    // Not on develop or main: runs reach them through the gate.
+    env.git(&dir, &["switch", "-q", "develop"]);
+    refused(
+        &env,
+        &dir,
+        &["apply", &tag(1)],
+        "error: develop is an integration branch: a run reaches it only through a gated merge",
+    );
+    env.git(&dir, &["switch", "-q", "feature/k"]);
+    // Weights missing from the store: refused before any commit.
+    let object = dir
+        .join(".git/lfs/objects")
+        .join(&one.model.oid[..2])
+        .join(&one.model.oid[2..4])
+        .join(&one.model.oid);
+    let aside = env.path("aside");
+    std::fs::rename(&object, &aside).unwrap();
+    refused(
+        &env,
+        &dir,
+        &["apply", &tag(1)],
+        &format!(
+            "the weights of {} (LFS object {}) are not in the local LFS store; nothing was applied",
+            tag(1),
+            one.model.oid
+        ),
+    );
+    std::fs::rename(&aside, &object).unwrap();
     let spec = dir.join("experiments/mnist-cnn.toml");
     let text = std::fs::read_to_string(&spec).unwrap();
     std::fs::write(&spec, format!("{text}# my edit\n")).unwrap();
@@ -90,7 +127,7 @@ fn apply_keeps_the_run_you_want_and_finish_warns_about_a_better_one() {
         &env,
         &dir,
         &["apply", &tag(1)],
-        "has uncommitted changes that exp would overwrite",
+        "uncommitted changes in experiments/mnist-cnn.toml experiments/mnist-cnn/, which exp would overwrite",
     );
     std::fs::write(&spec, &text).unwrap();
     assert_eq!(env.git(&dir, &["rev-parse", "HEAD"]), tip);

@@ -65,6 +65,14 @@ impl Env {
             .env_remove("GIT_INDEX_FILE");
     }
 
+    /// `program` in `dir`, with this environment (exp under test first on PATH).
+    pub fn command(&self, program: &str, dir: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(dir);
+        self.apply(&mut cmd);
+        cmd
+    }
+
     /// `exp ARGS` in `dir`.
     pub fn exp_cmd(&self, dir: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_exp"));

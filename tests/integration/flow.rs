@@ -146,7 +146,7 @@ fn flow_and_sync_refusals_say_what_to_do() {
     );
     refused(
         &["flow", "hotfix", "a b"],
-        "\"hotfix/a b\" is not a valid branch name: use letters, digits, '-', '_' and single dots",
+        "\"hotfix/a b\" is not a valid branch name (Git's rules: git check-ref-format --branch)",
         None,
     );
     refused(
