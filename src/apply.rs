@@ -197,6 +197,8 @@ pub struct Applied {
     pub commit: Option<Oid>,
     /// With `--best`: how many comparable runs it was chosen among.
     pub among: Option<usize>,
+    /// Runs `--best` passed over because their records do not hold together.
+    pub skipped: Vec<String>,
     /// The work tree got the LFS pointer, not the weights: no LFS filter applies to the
     /// weights file (`.gitattributes`).
     pub pointer_in_work_tree: bool,
@@ -211,6 +213,7 @@ pub fn apply(
     experiment: Option<&str>,
 ) -> Result<Applied, ApplyError> {
     let (branch, tip) = git::current_branch(repo)?;
+    let mut skipped = Vec::new();
     if git::is_integration_branch(&branch) {
         return Err(ApplyError::IntegrationBranch(branch));
     }
@@ -265,27 +268,46 @@ pub fn apply(
                 Some(name) => name.to_string(),
                 None => only_experiment_on_branch(repo, tip, &branch)?,
             };
-            let runs = branch_runs(repo, tip, &name)?;
-            let run = best(&runs, metric).cloned().ok_or_else(|| {
-                ApplyError::Choose(format!(
-                    "{branch} has no run of {name} with {metric} since it left develop"
-                ))
-            })?;
-            (name, run, Some(comparable(&runs, metric)))
+            let mut runs = branch_runs(repo, tip, &name)?;
+            let among = comparable(&runs, metric);
+            // The best run whose record holds together; a forged one is passed over, said.
+            let run = loop {
+                let Some(candidate) = best(&runs, metric).cloned() else {
+                    return Err(ApplyError::Choose(format!(
+                        "{branch} has no run of {name} with {metric} since it left develop{}",
+                        if skipped.is_empty() {
+                            ""
+                        } else {
+                            " whose record holds together"
+                        }
+                    )));
+                };
+                match audit_run(repo, &name, &candidate) {
+                    Ok(()) => break candidate,
+                    Err(reason) => {
+                        skipped.push(format!(
+                            "passed over {}: its record does not hold together ({reason})",
+                            candidate.name()
+                        ));
+                        runs.retain(|r| r.commit != candidate.commit);
+                    }
+                }
+            };
+            (name, run, Some(among))
         }
     };
     // The chosen record must hold together with the files committed beside it.
+    audit_run(repo, &experiment, &run).map_err(|reason| ApplyError::Untrusted {
+        experiment: experiment.clone(),
+        rev: run.name(),
+        reason,
+    })?;
     let snapshot = compare::resolve(repo, &run.commit.to_string())?;
     let stored = compare::records_at(repo, &snapshot)?
         .remove(&experiment)
         .ok_or_else(|| {
             ApplyError::Choose(format!("{} holds no record of {experiment}", run.name()))
         })?;
-    audit(repo, &snapshot, &experiment, &stored).map_err(|reason| ApplyError::Untrusted {
-        experiment: experiment.clone(),
-        rev: run.name(),
-        reason,
-    })?;
     let paths = [
         layout::spec_path(&experiment),
         format!("{}/", layout::run_dir(&experiment)),
@@ -337,6 +359,7 @@ pub fn apply(
         .unwrap_or_default();
     Ok(Applied {
         pointer_in_work_tree: head.starts_with(b"version https://git-lfs.github.com/spec/"),
+        skipped,
         experiment,
         branch,
         run,
@@ -373,6 +396,17 @@ fn run_at(
             .collect(),
         metrics: record.metrics.values,
     }))
+}
+
+/// Audits the record of `run` against the files committed beside it (`compare::audit`):
+/// what disagrees, in words.
+fn audit_run(repo: &Repository, experiment: &str, run: &BranchRun) -> Result<(), String> {
+    let snapshot = compare::resolve(repo, &run.commit.to_string()).map_err(|e| e.to_string())?;
+    let stored = compare::records_at(repo, &snapshot)
+        .map_err(|e| e.to_string())?
+        .remove(experiment)
+        .ok_or_else(|| format!("no record of {experiment}"))?;
+    audit(repo, &snapshot, experiment, &stored).map(|_| ())
 }
 
 /// The experiments whose run `commit` records: a run commit (message `exp run NAME:`, one

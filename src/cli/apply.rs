@@ -62,6 +62,9 @@ pub(super) fn execute(args: ApplyArgs) -> Result<(), Error> {
             applied.branch
         );
     }
+    for skipped in &applied.skipped {
+        super::warn(skipped);
+    }
     if applied.pointer_in_work_tree {
         super::warn(&format!(
             "experiments/{}/model.safetensors in the work tree is the LFS pointer, not the weights: no LFS filter applies to it (check .gitattributes; `exp init` writes the rule)",

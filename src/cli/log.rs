@@ -312,7 +312,7 @@ pub(super) fn execute_ls(args: LsArgs) -> Result<(), Error> {
         .iter()
         .flat_map(|l| l.runs.iter().flat_map(|r| r.metrics.keys()))
         .collect();
-    let mut header: Vec<String> = ["experiment", "branch", "latest run", "started"]
+    let mut header: Vec<String> = ["experiment", "branch", "run at its tip", "started"]
         .iter()
         .map(|s| s.to_string())
         .collect();

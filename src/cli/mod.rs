@@ -104,8 +104,13 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print exp's man page (roff) to stdout: `exp man > exp.1`.
-    Man,
+    /// Print exp's man page (roff) to stdout: `exp man > exp.1`; with --dir, write a page for
+    /// exp and one for every subcommand (exp-run.1, exp-apply.1, …) into DIR.
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     #[command(long_about = device::DEVICE_LONG_ABOUT)]
     Device(device::DeviceArgs),
@@ -237,7 +242,20 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
             clap_complete::generate(shell, &mut Cli::command(), "exp", &mut out);
             emit_bytes(&out)
         }
-        Command::Man => {
+        Command::Man { dir: Some(dir) } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| {
+                    UsageError(format!(
+                        "cannot write the man pages into {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+            outln!("wrote the man pages into {}", dir.display());
+            Ok(())
+        }
+        Command::Man { dir: None } => {
             use clap::CommandFactory;
             let mut out = Vec::new();
             clap_mangen::Man::new(Cli::command())

@@ -400,13 +400,18 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
             out.display()
         )))
     })?;
+    let charted: Vec<&str> = per_branch
+        .iter()
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(b, _)| b.as_str())
+        .collect();
     super::outln!(
-        "Wrote {} ({} runs, {} sections, {} experiment(s), branches: {})",
+        "Wrote {} ({} runs, {} sections, {} experiment(s), branches with runs: {})",
         out.display(),
         table.rows.len(),
         sections.len(),
         experiments.len(),
-        branches.join(", ")
+        charted.join(", ")
     );
     Ok(())
 }

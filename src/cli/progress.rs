@@ -15,11 +15,18 @@ use exp::train::{DataLoaded, TrainObserver};
 /// How often a plain progress line is printed when stderr is not a terminal:
 /// `EXP_PROGRESS_SECONDS`, else 10 s.
 fn line_interval() -> std::time::Duration {
-    let seconds = std::env::var("EXP_PROGRESS_SECONDS")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .unwrap_or(LINE_INTERVAL);
+    let seconds = match std::env::var("EXP_PROGRESS_SECONDS") {
+        Err(_) => LINE_INTERVAL,
+        Ok(v) => match v.parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => s,
+            _ => {
+                eprintln!(
+                    "warning: EXP_PROGRESS_SECONDS={v:?} is not a number of seconds ≥ 0; using {LINE_INTERVAL}"
+                );
+                LINE_INTERVAL
+            }
+        },
+    };
     std::time::Duration::from_secs_f64(seconds)
 }
 

@@ -239,3 +239,57 @@ fn apply_keeps_the_run_you_want_and_finish_warns_about_a_better_one() {
     let runs: Vec<_> = rows.iter().filter(|r| r.get("copy_of").is_none()).collect();
     assert_eq!(runs.len(), 2, "two runs, the rest copies: {rows:#?}");
 }
+
+/// `--best` never applies a forged record: one that scores best but does not hold together with
+/// its committed files is passed over, and the output says so.
+#[test]
+fn best_passes_over_a_forged_record() {
+    let env = Env::new();
+    let dir = env.init_repo("forged");
+    env.git(&dir, &["switch", "-q", "-c", "feature/f", "develop"]);
+    for limit in ["1000", "300"] {
+        let out = quick_run(
+            &env,
+            &dir,
+            "mnist-cnn",
+            &["--set", &format!("data.train_limit={limit}")],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let path = dir.join("experiments/mnist-cnn/metrics.toml");
+    let mut record =
+        exp::record::RunRecord::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    record.metrics.values.insert("accuracy".into(), 0.999);
+    std::fs::write(&path, record.to_toml().unwrap()).unwrap();
+    env.git(
+        &dir,
+        &[
+            "commit",
+            "-q",
+            "-am",
+            "exp run mnist-cnn: accuracy=0.9990 (forged)",
+        ],
+    );
+    let forged = env.git(&dir, &["rev-parse", "--short=10", "HEAD"]);
+    let out = env.exp(&dir, &["apply", "--best", "accuracy"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "warning: passed over {}: its record does not hold together (",
+            forged.trim()
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Applied run/feature-f/mnist-cnn/1 "),
+        "{}",
+        describe(&out)
+    );
+    // Every man page, one per subcommand.
+    let pages = env.path("man");
+    env.exp_ok(&dir, &["man", "--dir", pages.to_str().unwrap()]);
+    for page in ["exp.1", "exp-apply.1", "exp-run.1", "exp-ci.1"] {
+        assert!(pages.join(page).is_file(), "no {page}");
+    }
+}
