@@ -344,15 +344,19 @@ pub fn apply(
         run.commit
     );
     let signature = git::signature(repo)?;
+    // Moving the branch and bringing the work tree along are two steps: journalled, so that a
+    // kill between them is finished by the next committing command ([`recover`]).
+    let journal = ApplyJournal {
+        experiment: experiment.clone(),
+        before: tip.to_string(),
+    };
+    journal.write(repo)?;
     let commit =
         git::append::apply_run(repo, &branch, &experiment, run.commit, &message, &signature)?;
     if commit.is_some() {
-        // The branch moved under the work tree: bring the experiment's files and their index
-        // entries to the new tip (git runs the LFS smudge filter: the weights, not the pointer).
-        let mut args = vec!["restore", "--source=HEAD", "--staged", "--worktree", "--"];
-        args.extend(paths.iter().map(String::as_str));
-        git::git(&dir, &args)?;
+        restore_from_head(&dir, &experiment)?;
     }
+    ApplyJournal::remove(repo);
     let weights = dir.join(layout::run_file(&experiment, layout::WEIGHTS_FILE));
     let head = std::fs::read(&weights)
         .map(|b| b[..b.len().min(64)].to_vec())
@@ -486,4 +490,118 @@ fn run_tags(repo: &Repository) -> HashMap<Oid, String> {
         }
     }
     out
+}
+
+/// The journal of an apply in progress, in the work tree's git dir next to the work-tree lock.
+const APPLY_JOURNAL: &str = "exp/apply.toml";
+
+/// What an apply in progress is doing: the experiment, and the branch tip before it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ApplyJournal {
+    experiment: String,
+    before: String,
+}
+
+impl ApplyJournal {
+    fn path(repo: &Repository) -> std::path::PathBuf {
+        repo.path().join(APPLY_JOURNAL)
+    }
+
+    /// Written durably (named once its content is on disk).
+    fn write(&self, repo: &Repository) -> Result<(), GitError> {
+        let path = ApplyJournal::path(repo);
+        let io = |e: std::io::Error| GitError::Io {
+            context: "writing",
+            path: path.clone(),
+            source: e,
+        };
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let text = toml::to_string(self).unwrap_or_default();
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        std::io::Write::write_all(&mut tmp, text.as_bytes())
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(io)?;
+        tmp.persist(&path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+
+    fn remove(repo: &Repository) {
+        let _ = std::fs::remove_file(ApplyJournal::path(repo));
+    }
+}
+
+/// Brings experiment `experiment`'s spec and directory, in the index and the work tree, to
+/// HEAD (git runs the LFS smudge filter: the weights, not the pointer).
+fn restore_from_head(dir: &std::path::Path, experiment: &str) -> Result<(), GitError> {
+    let spec = layout::spec_path(experiment);
+    let run_dir = format!("{}/", layout::run_dir(experiment));
+    git::git(
+        dir,
+        &[
+            "restore",
+            "--source=HEAD",
+            "--staged",
+            "--worktree",
+            "--",
+            &spec,
+            &run_dir,
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Finishes an apply a kill interrupted (its journal is still there; the caller holds the
+/// work-tree lock, so its writer is gone): when the branch moved, the experiment's files are
+/// brought to HEAD — the apply had checked they had no uncommitted changes, and a file the user
+/// changed since (it no longer matches the tip before the apply) is left as it is. Returns a
+/// line for the user when it did something.
+pub fn recover(repo: &Repository) -> Result<Option<String>, GitError> {
+    let Some(journal) = std::fs::read_to_string(ApplyJournal::path(repo))
+        .ok()
+        .and_then(|t| toml::from_str::<ApplyJournal>(&t).ok())
+    else {
+        ApplyJournal::remove(repo);
+        return Ok(None);
+    };
+    let head = repo
+        .head()
+        .ok()
+        .and_then(|h| h.target())
+        .map(|o| o.to_string());
+    if head.as_deref() == Some(journal.before.as_str()) {
+        // Killed before the branch moved: nothing changed.
+        ApplyJournal::remove(repo);
+        return Ok(None);
+    }
+    let dir = git::workdir(repo).to_path_buf();
+    // Only files still as they were before the apply are brought along.
+    let before = Oid::from_str(&journal.before)
+        .ok()
+        .and_then(|o| repo.find_commit(o).ok())
+        .and_then(|c| c.tree().ok());
+    let untouched = |rel: &str| -> bool {
+        let at_before = before
+            .as_ref()
+            .and_then(|t| t.get_path(std::path::Path::new(rel)).ok())
+            .and_then(|e| repo.find_blob(e.id()).ok())
+            .map(|b| b.content().to_vec());
+        let now = std::fs::read(dir.join(rel)).ok();
+        at_before == now
+    };
+    if !untouched(&layout::spec_path(&journal.experiment)) {
+        ApplyJournal::remove(repo);
+        return Ok(Some(format!(
+            "an earlier exp apply of {} was killed after its commit; {} was changed since, so the experiment's files were left as they are (`git restore --source=HEAD --staged --worktree experiments/{}*` brings them to the tip)",
+            journal.experiment,
+            layout::spec_path(&journal.experiment),
+            journal.experiment
+        )));
+    }
+    restore_from_head(&dir, &journal.experiment)?;
+    ApplyJournal::remove(repo);
+    Ok(Some(format!(
+        "an earlier exp apply of {} was killed after its commit: its files are now those of the tip",
+        journal.experiment
+    )))
 }

@@ -283,6 +283,9 @@ pub fn recover_after_kill(
             restore_outputs(&worktree, killed);
         }
     }
+    if let Some(note) = crate::apply::recover(repo)? {
+        notes.push(note);
+    }
     if let Some(switch) = git::recover_interrupted_switch(repo)? {
         notes.push(if switch.start_gone && !switch.kept {
             format!(

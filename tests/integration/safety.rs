@@ -736,3 +736,56 @@ fn a_run_from_main_whose_spec_differs_on_develop_is_refused_before_training() {
     assert!(!stderr(&out).contains("epoch 1"), "{}", describe(&out));
     assert_eq!(env.git(&dir, &["branch", "--show-current"]).trim(), "main");
 }
+
+/// `exp apply` killed between its commit and bringing the work tree along (a `git` shim kills
+/// exp when it runs `git restore`): the next committing command finishes it, says so, and the
+/// tree is clean with the applied run's files.
+#[test]
+fn an_apply_killed_after_its_commit_is_finished_by_the_next_command() {
+    let env = Env::new();
+    let dir = env.init_repo("apply-kill");
+    env.git(&dir, &["switch", "-q", "-c", "feature/k", "develop"]);
+    for limit in ["1000", "300"] {
+        let out = quick_run(
+            &env,
+            &dir,
+            "mnist-cnn",
+            &["--set", &format!("data.train_limit={limit}")],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let mut cmd = with_git_shim(
+        &env,
+        env.exp_cmd(&dir, &["apply", "run/feature-k/mnist-cnn/1"]),
+        "case \"$*\" in *'restore --source=HEAD'*) kill -9 $PPID; exit 1;; esac\nexec \"$REAL_GIT\" \"$@\"\n",
+    );
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "{}",
+        describe(&out)
+    );
+    // The commit is made, the work tree still holds run 2's files.
+    assert!(env
+        .git(&dir, &["log", "-1", "--format=%s"])
+        .starts_with("exp apply run/feature-k/mnist-cnn/1:"));
+    assert_ne!(env.git(&dir, &["status", "--porcelain"]), "");
+    let out = env.exp(&dir, &["apply", "run/feature-k/mnist-cnn/1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("note: an earlier exp apply of mnist-cnn was killed after its commit: its files are now those of the tip"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already holds"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(env.git(&dir, &["status", "--porcelain"]), "");
+    let record = record_at(&env, &dir, "run/feature-k/mnist-cnn/1", "mnist-cnn");
+    let weights = std::fs::read(dir.join("experiments/mnist-cnn/model.safetensors")).unwrap();
+    assert_eq!(sha256_hex(&weights), record.model.oid);
+    assert!(!dir.join(".git/exp/apply.toml").exists());
+}
