@@ -22,18 +22,8 @@ fn refused(env: &Env, dir: &Path, args: &[&str], message: &str) {
 #[test]
 fn apply_keeps_the_run_you_want_and_finish_warns_about_a_better_one() {
     let env = Env::new();
-    let dir = env.init_repo("apply");
-    env.git(&dir, &["switch", "-q", "-c", "feature/k", "develop"]);
     // Run 1 trains on 30 times more examples than run 2: clearly the better model.
-    for limit in ["3000", "100"] {
-        let out = quick_run(
-            &env,
-            &dir,
-            "mnist-cnn",
-            &["--set", &format!("data.train_limit={limit}")],
-        );
-        assert!(out.status.success(), "{}", describe(&out));
-    }
+    let dir = runs_on_a_feature_branch(&env, "apply", "feature/k", &["3000", "100"]);
     let tag = |n: u32| format!("run/feature-k/mnist-cnn/{n}");
     let (one, two) = (
         record_at(&env, &dir, &tag(1), "mnist-cnn"),
@@ -245,17 +235,7 @@ fn apply_keeps_the_run_you_want_and_finish_warns_about_a_better_one() {
 #[test]
 fn best_passes_over_a_forged_record() {
     let env = Env::new();
-    let dir = env.init_repo("forged");
-    env.git(&dir, &["switch", "-q", "-c", "feature/f", "develop"]);
-    for limit in ["1000", "300"] {
-        let out = quick_run(
-            &env,
-            &dir,
-            "mnist-cnn",
-            &["--set", &format!("data.train_limit={limit}")],
-        );
-        assert!(out.status.success(), "{}", describe(&out));
-    }
+    let dir = runs_on_a_feature_branch(&env, "forged", "feature/f", &["1000", "300"]);
     let path = dir.join("experiments/mnist-cnn/metrics.toml");
     let mut record =
         exp::record::RunRecord::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -362,3 +362,25 @@ pub fn rendered_dom(env: &Env, path: &Path) -> String {
     assert!(out.status.success(), "chromium failed: {}", describe(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A repository `rel` with a feature branch `branch` from develop holding one quick run of
+/// mnist-cnn per entry of `train_limits` (run 1 first), checked out.
+pub fn runs_on_a_feature_branch(
+    env: &Env,
+    rel: &str,
+    branch: &str,
+    train_limits: &[&str],
+) -> PathBuf {
+    let dir = env.init_repo(rel);
+    env.git(&dir, &["switch", "-q", "-c", branch, "develop"]);
+    for limit in train_limits {
+        let out = quick_run(
+            env,
+            &dir,
+            "mnist-cnn",
+            &["--set", &format!("data.train_limit={limit}")],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    dir
+}

@@ -743,17 +743,7 @@ fn a_run_from_main_whose_spec_differs_on_develop_is_refused_before_training() {
 #[test]
 fn an_apply_killed_after_its_commit_is_finished_by_the_next_command() {
     let env = Env::new();
-    let dir = env.init_repo("apply-kill");
-    env.git(&dir, &["switch", "-q", "-c", "feature/k", "develop"]);
-    for limit in ["1000", "300"] {
-        let out = quick_run(
-            &env,
-            &dir,
-            "mnist-cnn",
-            &["--set", &format!("data.train_limit={limit}")],
-        );
-        assert!(out.status.success(), "{}", describe(&out));
-    }
+    let dir = runs_on_a_feature_branch(&env, "apply-kill", "feature/k", &["1000", "300"]);
     let mut cmd = with_git_shim(
         &env,
         env.exp_cmd(&dir, &["apply", "run/feature-k/mnist-cnn/1"]),
