@@ -126,7 +126,7 @@ pub fn branch_runs(
         repo.merge_base(tip, other).ok()
     });
     let tags = run_tags(repo);
-    let prefix = format!("exp run {experiment}:");
+    let prefix = git::run_subject(experiment);
     let mut runs = Vec::new();
     let mut at = Some(tip);
     while let Some(oid) = at {
@@ -218,7 +218,7 @@ pub fn apply(
         return Err(ApplyError::IntegrationBranch(branch));
     }
     let dir = git::workdir(repo).to_path_buf();
-    let (experiment, run, among) = match choice {
+    let (experiment, run, among, stored) = match choice {
         Choice::Run(rev) => {
             let snapshot = compare::resolve(repo, rev)?;
             let commit = snapshot.commit.as_ref().map(|c| c.id()).ok_or_else(|| {
@@ -255,7 +255,14 @@ pub fn apply(
             let run = run_at(repo, commit, &name, &run_tags(repo))?.ok_or_else(|| {
                 ApplyError::Choose(format!("{rev} holds no run record of {name}"))
             })?;
-            (name, run, None)
+            // The chosen record must hold together with the files committed beside it.
+            let stored =
+                audited_record(repo, &name, &run).map_err(|reason| ApplyError::Untrusted {
+                    experiment: name.clone(),
+                    rev: run.name(),
+                    reason,
+                })?;
+            (name, run, None, stored)
         }
         Choice::Best(metric) => {
             if metric::known(metric).is_none() {
@@ -271,7 +278,7 @@ pub fn apply(
             let mut runs = branch_runs(repo, tip, &name)?;
             let among = comparable(&runs, metric);
             // The best run whose record holds together; a forged one is passed over, said.
-            let run = loop {
+            let (run, stored) = loop {
                 let Some(candidate) = best(&runs, metric).cloned() else {
                     return Err(ApplyError::Choose(format!(
                         "{branch} has no run of {name} with {metric} since it left develop{}",
@@ -282,8 +289,8 @@ pub fn apply(
                         }
                     )));
                 };
-                match audit_run(repo, &name, &candidate) {
-                    Ok(()) => break candidate,
+                match audited_record(repo, &name, &candidate) {
+                    Ok(stored) => break (candidate, stored),
                     Err(reason) => {
                         skipped.push(format!(
                             "passed over {}: its record does not hold together ({reason})",
@@ -293,21 +300,9 @@ pub fn apply(
                     }
                 }
             };
-            (name, run, Some(among))
+            (name, run, Some(among), stored)
         }
     };
-    // The chosen record must hold together with the files committed beside it.
-    audit_run(repo, &experiment, &run).map_err(|reason| ApplyError::Untrusted {
-        experiment: experiment.clone(),
-        rev: run.name(),
-        reason,
-    })?;
-    let snapshot = compare::resolve(repo, &run.commit.to_string())?;
-    let stored = compare::records_at(repo, &snapshot)?
-        .remove(&experiment)
-        .ok_or_else(|| {
-            ApplyError::Choose(format!("{} holds no record of {experiment}", run.name()))
-        })?;
     let paths = [
         layout::spec_path(&experiment),
         format!("{}/", layout::run_dir(&experiment)),
@@ -402,15 +397,18 @@ fn run_at(
     }))
 }
 
-/// Audits the record of `run` against the files committed beside it (`compare::audit`):
-/// what disagrees, in words.
-fn audit_run(repo: &Repository, experiment: &str, run: &BranchRun) -> Result<(), String> {
+/// The record of `run`, audited against the files committed beside it (`compare::audit`); when
+/// they disagree, what disagrees, in words.
+fn audited_record(
+    repo: &Repository,
+    experiment: &str,
+    run: &BranchRun,
+) -> Result<compare::StoredRecord, String> {
     let snapshot = compare::resolve(repo, &run.commit.to_string()).map_err(|e| e.to_string())?;
-    let stored = compare::records_at(repo, &snapshot)
-        .map_err(|e| e.to_string())?
-        .remove(experiment)
-        .ok_or_else(|| format!("no record of {experiment}"))?;
-    audit(repo, &snapshot, experiment, &stored).map(|_| ())
+    let stored = compare::stored_record(repo, &snapshot, experiment, run.record_blob)
+        .map_err(|e| e.to_string())?;
+    audit(repo, &snapshot, experiment, &stored)?;
+    Ok(stored)
 }
 
 /// The experiments whose run `commit` records: a run commit (message `exp run NAME:`, one
@@ -421,11 +419,7 @@ fn runs_recorded(repo: &Repository, commit: Oid, rev: &str) -> Result<Vec<String
         .find_commit(commit)
         .map_err(git::ctx(format!("reading {rev}")))?;
     let message = c.message().unwrap_or_default();
-    let Some(name) = message
-        .strip_prefix("exp run ")
-        .and_then(|rest| rest.split(':').next())
-        .filter(|_| c.parent_count() <= 1)
-    else {
+    let Some(name) = git::run_subject_experiment(message).filter(|_| c.parent_count() <= 1) else {
         return Ok(Vec::new());
     };
     let at = |oid: Oid| -> Result<Option<Oid>, ApplyError> {
@@ -507,23 +501,9 @@ impl ApplyJournal {
         repo.path().join(APPLY_JOURNAL)
     }
 
-    /// Written durably (named once its content is on disk).
+    /// Written durably, before the branch moves.
     fn write(&self, repo: &Repository) -> Result<(), GitError> {
-        let path = ApplyJournal::path(repo);
-        let io = |e: std::io::Error| GitError::Io {
-            context: "writing",
-            path: path.clone(),
-            source: e,
-        };
-        let dir = path.parent().unwrap_or(std::path::Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let text = toml::to_string(self).unwrap_or_default();
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        std::io::Write::write_all(&mut tmp, text.as_bytes())
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(io)?;
-        tmp.persist(&path).map_err(|e| io(e.error))?;
-        Ok(())
+        git::write_journal(&ApplyJournal::path(repo), self)
     }
 
     fn remove(repo: &Repository) {
@@ -557,11 +537,7 @@ fn restore_from_head(dir: &std::path::Path, experiment: &str) -> Result<(), GitE
 /// changed since (it no longer matches the tip before the apply) is left as it is. Returns a
 /// line for the user when it did something.
 pub fn recover(repo: &Repository) -> Result<Option<String>, GitError> {
-    let Some(journal) = std::fs::read_to_string(ApplyJournal::path(repo))
-        .ok()
-        .and_then(|t| toml::from_str::<ApplyJournal>(&t).ok())
-    else {
-        ApplyJournal::remove(repo);
+    let Some(journal) = git::read_journal::<ApplyJournal>(&ApplyJournal::path(repo)) else {
         return Ok(None);
     };
     let head = repo

@@ -185,10 +185,7 @@ fn pick_experiment(
     let tag = from.strip_prefix("refs/tags/").unwrap_or(from);
     let parts: Vec<&str> = tag.split('/').collect();
     let from_tag = (parts.len() == 4 && parts[0] == "run").then(|| parts[2].to_string());
-    let from_commit = message
-        .strip_prefix("exp run ")
-        .and_then(|m| m.split_once(':'))
-        .map(|(name, _)| name.to_string());
+    let from_commit = crate::git::run_subject_experiment(message).map(str::to_string);
     let only = (blobs.len() == 1)
         .then(|| blobs.keys().next().cloned())
         .flatten();

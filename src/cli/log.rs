@@ -276,15 +276,8 @@ pub(super) fn execute_ls(args: LsArgs) -> Result<(), Error> {
     exp::compare::fast_reads();
     let repo = exp::git::open(&super::cwd()?)?;
     let dir = exp::git::workdir(&repo).join(exp::record::layout::EXPERIMENTS_DIR);
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .map_err(|e| super::UsageError(format!("cannot list {}: {e}", dir.display())))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".toml").map(str::to_string)
-        })
-        .collect();
-    names.sort();
+    let names = exp::spec::experiment_names(&dir)
+        .map_err(|e| super::UsageError(format!("cannot list {}: {e}", dir.display())))?;
     let rows = show(&repo, "HEAD", true)?;
     let listed: Vec<Listed> = names
         .into_iter()

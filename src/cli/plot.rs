@@ -214,12 +214,10 @@ pub(super) fn execute(args: PlotArgs) -> Result<(), Error> {
     }
     // Every run once (branches share history), oldest first.
     let mut runs: Vec<LogRow> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for (_, rows) in &per_branch {
         for r in rows {
-            if !runs
-                .iter()
-                .any(|x| x.commit == r.commit && x.experiment == r.experiment)
-            {
+            if seen.insert((r.commit.clone(), r.experiment.clone())) {
                 runs.push(r.clone());
             }
         }

@@ -158,7 +158,7 @@ pub fn run_number(
     commit: Oid,
     experiment: &str,
 ) -> Result<u64, GitError> {
-    let prefix = format!("exp run {experiment}:");
+    let prefix = super::run_subject(experiment);
     let record_path =
         crate::record::layout::run_file(experiment, crate::record::layout::RECORD_FILE);
     let mut walk = repo.revwalk().map_err(ctx("walking the branch"))?;
@@ -269,9 +269,8 @@ pub fn tag_untagged_runs(repo: &Repository, branch: &str) -> Result<Vec<String>,
         let c = repo.find_commit(oid).map_err(ctx("reading a commit"))?;
         let Some(experiment) = c
             .message()
-            .and_then(|m| m.strip_prefix("exp run "))
-            .and_then(|m| m.split_once(':'))
-            .map(|(e, _)| e.to_string())
+            .and_then(super::run_subject_experiment)
+            .map(str::to_string)
         else {
             continue;
         };

@@ -14,6 +14,21 @@ pub mod append;
 pub mod lock;
 mod switch;
 
+/// A run commit's subject starts `exp run <experiment>:` (`run_subject`); history readers
+/// (run numbers, `exp apply`, sweeps, init.from lineage) recognise run commits by it.
+pub fn run_subject(experiment: &str) -> String {
+    format!("exp run {experiment}:")
+}
+
+/// The experiment a run commit's message names (`exp run <experiment>: …`); `None` for any other
+/// commit.
+pub fn run_subject_experiment(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("exp run ")?
+        .split_once(':')
+        .map(|(name, _)| name)
+}
+
 /// The first words of the message of an `exp apply` commit (a run's files copied to a branch
 /// tip); `exp log` reads the run tag after them.
 pub const APPLY_PREFIX: &str = "exp apply";
@@ -327,6 +342,43 @@ pub fn output_dir(repo: &Repository, cwd: &Path) -> Result<PathBuf, GitError> {
         std::fs::write(&exclude, text).map_err(io("writing", &exclude))?;
     }
     Ok(dir)
+}
+
+/// Writes `value` as TOML to `path` durably: named only once its content is on disk, so a
+/// reader finds the whole file or none. The journals of exp's multi-step commands (a run's
+/// branch switch, `exp apply`) are written so, before their first step.
+pub fn write_journal<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), GitError> {
+    let io = |context, source| GitError::Io {
+        context,
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io("creating the folder of", e))?;
+    let text = toml::to_string(value).map_err(|e| {
+        io(
+            "encoding",
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io("writing", e))?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| io("writing", e))?;
+    tmp.persist(path).map_err(|e| io("naming", e.error))?;
+    Ok(())
+}
+
+/// A journal [`write_journal`] wrote; `None` when there is none or it cannot be read (then it
+/// is removed: a journal is only ever named whole, so an unreadable one was not exp's).
+pub fn read_journal<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let journal = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| toml::from_str(&text).ok());
+    if journal.is_none() {
+        let _ = std::fs::remove_file(path);
+    }
+    journal
 }
 
 /// Runs `git` in `dir` and returns its stdout.

@@ -10,8 +10,7 @@
 //! finishes the undo: back to the branch the run started from, the empty branch deleted. A
 //! branch that holds a commit is never deleted.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use git2::Repository;
 
@@ -39,33 +38,14 @@ fn journal_path(repo: &Repository) -> PathBuf {
     repo.path().join(JOURNAL_FILE)
 }
 
-fn io_error(action: &str, path: &Path, e: impl std::fmt::Display) -> GitError {
-    GitError::Command {
-        command: format!("{action} {}", path.display()),
-        stderr: e.to_string(),
-    }
-}
-
 impl Journal {
-    /// Writes the journal durably (named only once its content is on disk).
+    /// Written durably, before the first ref moves.
     fn write(&self, repo: &Repository) -> Result<(), GitError> {
-        let path = journal_path(repo);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
-        let text = toml::to_string(self).map_err(|e| io_error("encoding", &path, e))?;
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(dir).map_err(|e| io_error("writing", dir, e))?;
-        tmp.write_all(text.as_bytes())
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| io_error("writing", tmp.path(), e))?;
-        tmp.persist(&path)
-            .map_err(|e| io_error("naming", &path, e.error))?;
-        Ok(())
+        super::write_journal(&journal_path(repo), self)
     }
 
     fn read(repo: &Repository) -> Option<Journal> {
-        let text = std::fs::read_to_string(journal_path(repo)).ok()?;
-        toml::from_str(&text).ok()
+        super::read_journal(&journal_path(repo))
     }
 
     fn remove(repo: &Repository) {
@@ -204,9 +184,8 @@ pub struct InterruptedSwitch {
 pub fn recover_interrupted_switch(
     repo: &Repository,
 ) -> Result<Option<InterruptedSwitch>, GitError> {
+    // No journal, or an unreadable one (removed): nothing had moved.
     let Some(journal) = Journal::read(repo) else {
-        // No journal, or one a kill cut short before it was named (nothing had moved then).
-        Journal::remove(repo);
         return Ok(None);
     };
     let kept = branch_tip(repo, &journal.branch).is_some_and(|tip| tip != journal.start);
@@ -233,7 +212,7 @@ mod tests {
     use super::*;
 
     /// A repository with `develop` at one commit, as `exp init` leaves it.
-    fn repo_on_develop(dir: &Path) -> Repository {
+    fn repo_on_develop(dir: &std::path::Path) -> Repository {
         let run = |args: &[&str]| {
             let out = std::process::Command::new("git")
                 .arg("-C")

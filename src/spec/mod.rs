@@ -123,6 +123,20 @@ impl SpecError {
     }
 }
 
+/// The experiments whose specs are in `dir` (an `experiments/` folder): the names of its `*.toml`
+/// files, sorted.
+pub fn experiment_names(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".toml").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// The experiments beside the missing spec `path` (the `*.toml` files of its folder, sorted),
 /// and the one whose name is closest to the one asked for, when one is close (a typo, `_` for
 /// `-`, another case).
@@ -131,18 +145,10 @@ fn experiments_near(path: &std::path::Path) -> (Vec<String>, Option<String>) {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut names: Vec<String> = path
+    let names = path
         .parent()
-        .and_then(|dir| std::fs::read_dir(dir).ok())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".toml").map(str::to_string)
-        })
-        .collect();
-    names.sort();
+        .and_then(|dir| experiment_names(dir).ok())
+        .unwrap_or_default();
     let normal = |s: &str| s.to_lowercase().replace('_', "-");
     let closest = names
         .iter()

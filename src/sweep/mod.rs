@@ -309,7 +309,7 @@ pub fn recorded_below(
         let _ = walk.hide(fork);
     }
     let record_path = layout::run_file(&sweep.experiment, layout::RECORD_FILE);
-    let run_prefix = format!("exp run {}:", sweep.experiment);
+    let run_prefix = crate::git::run_subject(&sweep.experiment);
     let mut out = BTreeMap::new();
     for oid in walk {
         let oid = oid.map_err(git)?;

@@ -384,3 +384,22 @@ pub fn runs_on_a_feature_branch(
     }
     dir
 }
+
+/// Asserts that a report rendered by [`rendered_dom`] drew `charts` charts and caught no script
+/// error (the page writes errors into `#exp-errors`).
+pub fn assert_report_drawn(dom: &str, charts: usize) {
+    assert!(
+        dom.contains("<pre id=\"exp-errors\" hidden=\"\"></pre>"),
+        "script errors: {}",
+        dom.split("exp-errors")
+            .nth(1)
+            .unwrap_or_default()
+            .chars()
+            .take(600)
+            .collect::<String>()
+    );
+    assert!(
+        dom.contains(&format!("data-charts-drawn=\"{charts}\"")),
+        "not every one of the {charts} charts was drawn"
+    );
+}

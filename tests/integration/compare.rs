@@ -406,21 +406,8 @@ fn plot_writes_a_self_contained_report() {
     }
     // In a real browser: every chart drawn as SVG, a runs table row per run, no script error.
     let dom = rendered_dom(&env, &dir.join("report.html"));
-    assert!(
-        dom.contains("<pre id=\"exp-errors\" hidden=\"\"></pre>"),
-        "script errors: {}",
-        dom.split("exp-errors")
-            .nth(1)
-            .unwrap_or_default()
-            .chars()
-            .take(600)
-            .collect::<String>()
-    );
     // Metric across runs, two training-curve charts, the confusion matrix.
-    assert!(
-        dom.contains("data-charts-drawn=\"4\""),
-        "not every chart was drawn"
-    );
+    assert_report_drawn(&dom, 4);
     assert_eq!(dom.matches("class=\"marks\"").count(), 4, "four SVG charts");
     let runs = env
         .git(&dir, &["tag", "-l", "run/*/mnist-cnn/*"])

@@ -188,17 +188,7 @@ fn a_local_sweep_records_every_trial_and_leaves_the_work_tree_alone() {
     );
     // In a real browser: the chart is drawn (8 trial points, the mean line), no script error.
     let dom = rendered_dom(&env, &report);
-    assert!(
-        dom.contains("<pre id=\"exp-errors\" hidden=\"\"></pre>")
-            && dom.contains("data-charts-drawn=\"1\""),
-        "{}",
-        dom.split("exp-errors")
-            .nth(1)
-            .unwrap_or_default()
-            .chars()
-            .take(600)
-            .collect::<String>()
-    );
+    assert_report_drawn(&dom, 1);
     assert_eq!(
         dom.matches("role=\"graphics-symbol\" aria-roledescription=\"point\"")
             .count(),

@@ -85,18 +85,22 @@ impl Mat {
         }
     }
 
-    /// Elements of the slice the view reaches (one past its last element); panics on
+    /// Elements of the slice the view reaches (one past its last element); `None` on
     /// overflow, which no slice could hold.
-    fn extent(&self) -> usize {
+    fn extent(&self) -> Option<usize> {
         if self.rows == 0 || self.cols == 0 {
-            return 0;
+            return Some(0);
         }
         (self.rows - 1)
             .checked_mul(self.row_stride)
             .zip((self.cols - 1).checked_mul(self.col_stride))
             .and_then(|(a, b)| a.checked_add(b)?.checked_add(1))
             .filter(|&end| end <= isize::MAX as usize)
-            .expect("gemm: a matrix view larger than memory")
+    }
+
+    /// Whether the view fits in a slice of `len` elements.
+    fn fits(&self, len: usize) -> bool {
+        self.extent().is_some_and(|end| len >= end)
     }
 }
 
@@ -132,7 +136,7 @@ pub fn gemm(
         "gemm: {l:?} · {r:?} into {d:?}"
     );
     assert!(
-        dst.len() >= d.extent() && lhs.len() >= l.extent() && rhs.len() >= r.extent(),
+        d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()),
         "gemm: a view outruns its slice"
     );
     if d.rows == 0 || d.cols == 0 {
