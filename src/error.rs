@@ -83,6 +83,12 @@ pub enum Error {
     /// `exp verify` could not start.
     #[error(transparent)]
     Verify(Box<crate::verify::VerifyError>),
+    /// The model a revision or release names cannot be loaded for export or serving.
+    #[error(transparent)]
+    Artifact(Box<crate::artifact::ArtifactError>),
+    /// `exp export` could not write the model.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     /// A command that ran to the end and answered no, with its own hint and exit code.
     #[error(transparent)]
     Verdict(#[from] Verdict),
@@ -139,7 +145,8 @@ impl Error {
             Error::Record(_) => Some(
                 "this is a bug in exp: please report it with the spec and `exp --version`".into(),
             ),
-            Error::Usage(_) | Error::Output(_) => None,
+            Error::Artifact(e) => e.hint(),
+            Error::Export(_) | Error::Usage(_) | Error::Output(_) => None,
         }
     }
 }
@@ -167,6 +174,12 @@ pub struct UsageError(pub String);
 impl From<crate::data::DataError> for Error {
     fn from(e: crate::data::DataError) -> Error {
         Error::Data(Box::new(e))
+    }
+}
+
+impl From<crate::artifact::ArtifactError> for Error {
+    fn from(e: crate::artifact::ArtifactError) -> Error {
+        Error::Artifact(Box::new(e))
     }
 }
 

@@ -135,7 +135,11 @@ pub fn load_parent(
     if blobs.is_empty() {
         return Err(revision(CompareError::NoRecords(from.to_string())));
     }
-    let name = pick_experiment(from, commit.message().unwrap_or(""), &blobs, experiment)?;
+    let name = compare::run_experiment(from, commit.message().unwrap_or(""), &blobs, experiment)
+        .ok_or_else(|| InitFromError::Ambiguous {
+            from: from.to_string(),
+            names: blobs.keys().cloned().collect(),
+        })?;
     let record: RunRecord =
         compare::parse_record(repo, blobs[&name], from, &name).map_err(revision)?;
 
@@ -163,7 +167,7 @@ pub fn load_parent(
             commit: commit.id().to_string(),
             experiment: name.clone(),
             run_id: record.run.id.clone(),
-            tag: run_tag_of(repo, commit.id(), &name),
+            tag: compare::run_tag_of(repo, commit.id(), &name),
             tensor_hash: hash,
             reinitialized: Vec::new(),
             frozen: Vec::new(),
@@ -172,52 +176,6 @@ pub fn load_parent(
         classes: record.eval.classes,
         tensors,
     })
-}
-
-/// Which experiment of the revision `from` means: the one its run tag or run commit names,
-/// else the only one, else the run's own experiment.
-fn pick_experiment(
-    from: &str,
-    message: &str,
-    blobs: &std::collections::BTreeMap<String, git2::Oid>,
-    experiment: &str,
-) -> Result<String, InitFromError> {
-    let tag = from.strip_prefix("refs/tags/").unwrap_or(from);
-    let parts: Vec<&str> = tag.split('/').collect();
-    let from_tag = (parts.len() == 4 && parts[0] == "run").then(|| parts[2].to_string());
-    let from_commit = crate::git::run_subject_experiment(message).map(str::to_string);
-    let only = (blobs.len() == 1)
-        .then(|| blobs.keys().next().cloned())
-        .flatten();
-    let own = blobs
-        .contains_key(experiment)
-        .then(|| experiment.to_string());
-    [from_tag, from_commit, only, own]
-        .into_iter()
-        .flatten()
-        .find(|name| blobs.contains_key(name))
-        .ok_or_else(|| InitFromError::Ambiguous {
-            from: from.to_string(),
-            names: blobs.keys().cloned().collect(),
-        })
-}
-
-/// The run tag of experiment `name` on `commit`, if there is one.
-fn run_tag_of(repo: &Repository, commit: git2::Oid, name: &str) -> Option<String> {
-    let tags = repo.tag_names(Some("run/*")).ok()?;
-    let mut matching: Vec<String> = tags
-        .iter()
-        .flatten()
-        .filter(|t| t.split('/').nth(2) == Some(name))
-        .filter(|t| {
-            repo.revparse_single(t)
-                .and_then(|o| o.peel_to_commit())
-                .is_ok_and(|c| c.id() == commit)
-        })
-        .map(str::to_string)
-        .collect();
-    matching.sort();
-    matching.pop()
 }
 
 impl Parent {
@@ -340,7 +298,12 @@ pub fn lineage(
                     names: blobs.keys().cloned().collect(),
                 })
             }
-            None => pick_experiment(&at, &message, &blobs, "")?,
+            None => compare::run_experiment(&at, &message, &blobs, "").ok_or_else(|| {
+                InitFromError::Ambiguous {
+                    from: at.clone(),
+                    names: blobs.keys().cloned().collect(),
+                }
+            })?,
         };
         let record =
             compare::parse_record(repo, blobs[&name], &at, &name).map_err(|e| revision(&at, e))?;
@@ -351,7 +314,7 @@ pub fn lineage(
         chain.push(LineageEntry {
             tag: git2::Oid::from_str(&commit)
                 .ok()
-                .and_then(|c| run_tag_of(repo, c, &name)),
+                .and_then(|c| compare::run_tag_of(repo, c, &name)),
             commit,
             experiment: name.clone(),
             run_id: record.run.id.clone(),

@@ -25,6 +25,7 @@
 #![deny(missing_docs)]
 
 pub mod apply;
+pub mod artifact;
 pub mod ci;
 pub mod compare;
 #[cfg(feature = "cuda")]
@@ -34,6 +35,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod exit;
+pub mod export;
 pub mod flow;
 pub mod gate;
 pub mod git;

@@ -524,6 +524,7 @@ pub fn train_and_record(
             oid: pointer.oid.to_string(),
             size: pointer.size,
             tensor_hash,
+            input: Some([data.shape.channels, data.shape.height, data.shape.width]),
         },
         metrics: metrics_table(&metrics, &data.test),
         eval: EvalRecord {

@@ -408,43 +408,7 @@ fn load_model(
             data.classes, record.eval.classes
         ));
     }
-    let model = Model::new(
-        &record.params.model,
-        data.shape,
-        data.classes,
-        record.params.train.seed,
-        &Device::Cpu,
-    )
-    .map_err(|e| format!("the recorded model cannot be built: {e}"))?;
-    if model.name().as_str() != record.model.architecture {
-        return Err(format!(
-            "[params.model] builds a {}, the record's model.architecture is {}",
-            model.name().as_str(),
-            record.model.architecture
-        ));
-    }
-    let state = model.params().named_state();
-    if let Some(extra) = tensors.keys().find(|k| !state.contains_key(k)) {
-        return Err(format!(
-            "the weights hold a tensor {extra} the recorded model does not have"
-        ));
-    }
-    for (name, var) in state {
-        let t = tensors
-            .get(name)
-            .ok_or_else(|| format!("the weights lack the recorded model's tensor {name}"))?;
-        if t.dims() != var.dims() {
-            return Err(format!(
-                "tensor {name} is {:?} in the weights but {:?} in the recorded model",
-                t.dims(),
-                var.dims()
-            ));
-        }
-        t.to_dtype(var.dtype())
-            .and_then(|t| var.set(&t))
-            .map_err(|e| format!("tensor {name}: {e}"))?;
-    }
-    Ok(model)
+    crate::weights::rebuild_model(record, data.shape, tensors, &Device::Cpu)
 }
 
 /// Every data file a record's `[params.data]` names.

@@ -133,3 +133,51 @@ pub fn committed_pointer(
     }
     Ok(pointer)
 }
+
+/// Builds the model `record` describes, for images of `shape`, on `device`, and loads
+/// `tensors` into it: every tensor the model has, of its shape, and no other.
+pub fn rebuild_model(
+    record: &RunRecord,
+    shape: crate::data::ImageShape,
+    tensors: &Tensors,
+    device: &Device,
+) -> Result<crate::model::Model, String> {
+    let model = crate::model::Model::new(
+        &record.params.model,
+        shape,
+        record.eval.classes,
+        record.params.train.seed,
+        device,
+    )
+    .map_err(|e| format!("the recorded model cannot be built: {e}"))?;
+    if model.name().as_str() != record.model.architecture {
+        return Err(format!(
+            "[params.model] builds a {}, the record's model.architecture is {}",
+            model.name().as_str(),
+            record.model.architecture
+        ));
+    }
+    let state = model.params().named_state();
+    if let Some(extra) = tensors.keys().find(|k| !state.contains_key(k)) {
+        return Err(format!(
+            "the weights hold a tensor {extra} the recorded model does not have"
+        ));
+    }
+    for (name, var) in state {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| format!("the weights lack the recorded model's tensor {name}"))?;
+        if t.dims() != var.dims() {
+            return Err(format!(
+                "tensor {name} is {:?} in the weights but {:?} in the recorded model",
+                t.dims(),
+                var.dims()
+            ));
+        }
+        t.to_dtype(var.dtype())
+            .and_then(|t| t.to_device(device))
+            .and_then(|t| var.set(&t))
+            .map_err(|e| format!("tensor {name}: {e}"))?;
+    }
+    Ok(model)
+}

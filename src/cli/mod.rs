@@ -111,6 +111,9 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
+    /// Write a run's model for other frameworks: ONNX, or safetensors with a PyTorch module.
+    #[command(long_about = export::EXPORT_LONG_ABOUT)]
+    Export(export::ExportArgs),
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     #[command(long_about = device::DEVICE_LONG_ABOUT)]
     Device(device::DeviceArgs),
@@ -152,6 +155,7 @@ pub(crate) fn warn(message: &str) {
 mod apply;
 mod device;
 mod diff;
+mod export;
 mod flow;
 mod gate;
 mod hooks;
@@ -217,6 +221,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Verify(args) => verify::execute(args),
         Command::Sweep(args) => sweep::execute(args),
         Command::Device(args) => device::execute(args),
+        Command::Export(args) => export::execute(args),
         Command::Ci {
             action: CiAction::Init { provider, force },
         } => {

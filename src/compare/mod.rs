@@ -252,3 +252,45 @@ pub fn default_base(repo: &Repository) -> Result<String, CompareError> {
         message: "neither develop nor main exists; name the base revision".into(),
     })
 }
+
+/// Which experiment's run the revision `rev` means: the one its run tag or run commit names,
+/// else the only one recorded there, else `preferred` when it is recorded there; None when the
+/// revision holds several runs and none of these tells them apart.
+pub fn run_experiment(
+    rev: &str,
+    commit_message: &str,
+    blobs: &BTreeMap<String, Oid>,
+    preferred: &str,
+) -> Option<String> {
+    let tag = rev.strip_prefix("refs/tags/").unwrap_or(rev);
+    let parts: Vec<&str> = tag.split('/').collect();
+    let from_tag = (parts.len() == 4 && parts[0] == "run").then(|| parts[2].to_string());
+    let from_commit = crate::git::run_subject_experiment(commit_message).map(str::to_string);
+    let only = (blobs.len() == 1)
+        .then(|| blobs.keys().next().cloned())
+        .flatten();
+    let own = blobs.contains_key(preferred).then(|| preferred.to_string());
+    [from_tag, from_commit, only, own]
+        .into_iter()
+        .flatten()
+        .find(|name| blobs.contains_key(name))
+}
+
+/// The run tag of experiment `name` on `commit`, if there is one (the last by name when
+/// there are several).
+pub fn run_tag_of(repo: &Repository, commit: Oid, name: &str) -> Option<String> {
+    let tags = repo.tag_names(Some("run/*")).ok()?;
+    let mut matching: Vec<String> = tags
+        .iter()
+        .flatten()
+        .filter(|t| t.split('/').nth(2) == Some(name))
+        .filter(|t| {
+            repo.revparse_single(t)
+                .and_then(|o| o.peel_to_commit())
+                .is_ok_and(|c| c.id() == commit)
+        })
+        .map(str::to_string)
+        .collect();
+    matching.sort();
+    matching.pop()
+}

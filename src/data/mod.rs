@@ -708,27 +708,58 @@ impl Dataset {
     }
 }
 
-fn normalisation_table(spec: &DataSpec, channels: usize) -> Result<Vec<f32>, DataError> {
-    let (mean, std) = match &spec.normalize {
-        Some(n) => (n.mean.clone(), n.std.clone()),
-        None => (vec![0.0], vec![1.0]),
-    };
-    if mean.len() != 1 && mean.len() != channels {
-        return Err(DataError::Inconsistent(format!(
-            "data.normalize has {} values but the images have {channels} channels",
-            mean.len()
-        )));
-    }
-    let mut lut = Vec::with_capacity(channels * 256);
-    for c in 0..channels {
-        let (m, s) = if mean.len() == 1 {
-            (mean[0], std[0])
-        } else {
-            (mean[c], std[c])
+/// How pixel values become model inputs: `(pixel / 255 − mean[c]) / std[c]` per channel `c`,
+/// from `data.normalize` (none: pixel / 255). Training, evaluation, export and serving all
+/// normalise through this one type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalisation {
+    /// Mean of each channel, of pixel / 255.
+    pub mean: Vec<f64>,
+    /// Standard deviation of each channel, of pixel / 255.
+    pub std: Vec<f64>,
+}
+
+impl Normalisation {
+    /// The normalisation `spec` asks for, for images of `channels` channels.
+    pub fn of(spec: &DataSpec, channels: usize) -> Result<Normalisation, DataError> {
+        let (mean, std) = match &spec.normalize {
+            Some(n) => (n.mean.clone(), n.std.clone()),
+            None => (vec![0.0], vec![1.0]),
         };
-        lut.extend((0..256).map(|b| ((b as f64 / 255.0 - m) / s) as f32));
+        if mean.len() != 1 && mean.len() != channels {
+            return Err(DataError::Inconsistent(format!(
+                "data.normalize has {} values but the images have {channels} channels",
+                mean.len()
+            )));
+        }
+        let per_channel = |v: Vec<f64>| {
+            if v.len() == 1 {
+                vec![v[0]; channels]
+            } else {
+                v
+            }
+        };
+        Ok(Normalisation {
+            mean: per_channel(mean),
+            std: per_channel(std),
+        })
     }
-    Ok(lut)
+
+    /// The model input for `pixel` (0–255, fractions allowed) in channel `channel`.
+    pub fn value(&self, channel: usize, pixel: f64) -> f32 {
+        ((pixel / 255.0 - self.mean[channel]) / self.std[channel]) as f32
+    }
+
+    /// Lookup table: the value of pixel byte `b` in channel `c` at `c * 256 + b`.
+    fn table(&self) -> Vec<f32> {
+        (0..self.mean.len())
+            .flat_map(|c| (0..256).map(move |b| self.value(c, b as f64)))
+            .collect()
+    }
+}
+
+fn normalisation_table(spec: &DataSpec, channels: usize) -> Result<Vec<f32>, DataError> {
+    Ok(Normalisation::of(spec, channels)?.table())
 }
 
 #[cfg(test)]

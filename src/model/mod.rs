@@ -20,6 +20,7 @@ mod conv_testing;
 mod cpu;
 mod direct;
 mod im2col;
+mod layers;
 mod pool;
 mod resnet;
 
@@ -235,6 +236,7 @@ pub struct ConvNames {
 pub use crate::kernel_args::ConvGeometry;
 pub use conv::conv2d;
 pub use im2col::conv2d_gemm;
+pub use layers::Layer;
 pub use pool::max_pool_2x2;
 
 use crate::profile::span;

@@ -25,7 +25,7 @@ static RESNET_CONV: ConvNames = ConvNames {
 };
 
 /// PyTorch's BatchNorm2d defaults.
-const BN_EPS: f64 = 1e-5;
+pub(super) const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
 
 impl ParamBuilder {
@@ -81,12 +81,12 @@ impl ParamBuilder {
     }
 }
 
-struct BasicBlock {
-    conv1: Conv2d,
+pub(super) struct BasicBlock {
+    pub(super) conv1: Conv2d,
     bn1: BatchNorm,
-    conv2: Conv2d,
+    pub(super) conv2: Conv2d,
     bn2: BatchNorm,
-    shortcut: Option<(Conv2d, BatchNorm)>,
+    pub(super) shortcut: Option<(Conv2d, BatchNorm)>,
 }
 
 /// Batch norm computed in f32 (candle's keeps f32 parameters), returned in `x`'s dtype.
@@ -138,9 +138,10 @@ impl BasicBlock {
 
 /// ResNet-18 for small images.
 pub(super) struct ResNet {
-    conv1: Conv2d,
+    pub(super) conv1: Conv2d,
     bn1: BatchNorm,
-    blocks: Vec<BasicBlock>,
+    /// Each block with its tensor name prefix (`layer2.0`).
+    pub(super) blocks: Vec<(String, BasicBlock)>,
     fc: Linear,
 }
 
@@ -161,13 +162,9 @@ impl ResNet {
             let c_out = width * mult;
             for i in 0..2 {
                 let s = if i == 0 { stride } else { 1 };
-                blocks.push(BasicBlock::new(
-                    pb,
-                    &format!("layer{}.{i}", stage + 1),
-                    c_in,
-                    c_out,
-                    s,
-                )?);
+                let name = format!("layer{}.{i}", stage + 1);
+                let block = BasicBlock::new(pb, &name, c_in, c_out, s)?;
+                blocks.push((name, block));
                 c_in = c_out;
             }
         }
@@ -183,7 +180,7 @@ impl ResNet {
     pub(super) fn forward(&self, xs: &Tensor, training: bool) -> Result<Tensor> {
         let x = conv2d(&self.conv1, xs, training, &RESNET_CONV)?;
         let mut x = bn(&self.bn1, &x, training)?.relu()?;
-        for block in &self.blocks {
+        for (_, block) in &self.blocks {
             x = block.forward(&x, training)?;
         }
         let x = span("fwd avg-pool", xs.device(), || x.mean((2, 3)))?;

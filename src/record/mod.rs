@@ -242,6 +242,10 @@ pub struct ModelRecord {
     pub size: u64,
     /// BLAKE3 over sorted tensor names, dtypes, shapes and bytes: stable across writers.
     pub tensor_hash: String,
+    /// The input the model takes: `[channels, height, width]` of one image. Absent in records
+    /// written before exp 0.2 recorded it; export and serving then read it from the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<[usize; 3]>,
 }
 
 /// `[metrics]`: `name = value`, plus `[metrics.meta.<name>]`.

@@ -52,6 +52,7 @@ pub const SPEC_KEYS: &[SpecKey] = &[
     key("data.num_classes", T, ""),
     key("data.classes", T, ""),
     key("data.class_limit", T, ""),
+    key("data.class_names", T, "[\"name\", …]"),
     key("train.optimizer", S, "adam | adamw | sgd"),
     key("train.lr", T, ""),
     key("train.momentum", T, ""),

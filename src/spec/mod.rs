@@ -371,6 +371,10 @@ pub struct DataSpec {
     /// N examples of that class, the first of the seeded permutation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub class_limit: BTreeMap<String, usize>,
+    /// A name for each class, in class order (after `classes`): what exported models and
+    /// `exp serve` call the classes. Empty: each class is called by its label in the files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
 }
 
 impl DataSpec {
@@ -380,6 +384,28 @@ impl DataSpec {
         match self.format {
             DataFormat::Cifar10 => 10,
             DataFormat::Idx => self.num_classes.unwrap_or(10),
+        }
+    }
+
+    /// The number of classes a model of this data has: `classes` when set, else the files'.
+    pub fn model_classes(&self) -> usize {
+        if self.classes.is_empty() {
+            self.file_classes()
+        } else {
+            self.classes.len()
+        }
+    }
+
+    /// The name of every class, in class order: `class_names`, else each class's label as the
+    /// files have it.
+    pub fn class_names(&self) -> Vec<String> {
+        if !self.class_names.is_empty() {
+            return self.class_names.clone();
+        }
+        if self.classes.is_empty() {
+            (0..self.file_classes()).map(|l| l.to_string()).collect()
+        } else {
+            self.classes.iter().map(|l| l.to_string()).collect()
         }
     }
 

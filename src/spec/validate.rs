@@ -205,6 +205,34 @@ fn data(d: &DataSpec, origins: &Origins) -> Result<(), SpecError> {
             "a cap must be at least 1 (leave a class out with data.classes)".into(),
         ));
     }
+    if !d.class_names.is_empty() {
+        let classes = d.model_classes();
+        if d.class_names.len() != classes {
+            return Err(invalid(
+                "data.class_names",
+                format!(
+                    "names {} classes, the data has {classes}{}",
+                    d.class_names.len(),
+                    if d.classes.is_empty() {
+                        ""
+                    } else {
+                        " (data.classes)"
+                    }
+                ),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        if let Some(bad) = d
+            .class_names
+            .iter()
+            .find(|n| n.trim().is_empty() || n.contains(['\n', '\r']) || !seen.insert(n.as_str()))
+        {
+            return Err(invalid(
+                "data.class_names",
+                format!("{bad:?}: every name must be non-empty, on one line, and used once"),
+            ));
+        }
+    }
     if let Some(n) = &d.normalize {
         if n.mean.is_empty() || n.mean.len() != n.std.len() {
             return Err(invalid(

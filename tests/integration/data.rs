@@ -25,6 +25,7 @@ fn spec(
         num_classes: None,
         classes: Vec::new(),
         class_limit: Default::default(),
+        class_names: Vec::new(),
     }
 }
 

@@ -6,6 +6,7 @@ mod ci;
 mod common;
 mod compare;
 mod data;
+mod export;
 mod failures;
 mod flow;
 mod full_epoch;

@@ -1,0 +1,214 @@
+//! `exp export`: a run's model written out for other frameworks (docs/design.md §10): a standard
+//! ONNX graph (onnx.rs) or a safetensors file with the matching PyTorch module (torch.rs). Both
+//! take float32 `[N, C, H, W]` = pixels / 255 with the run's normalisation folded in, and carry
+//! the same `exp.*` metadata naming the run.
+
+pub mod onnx;
+pub mod torch;
+
+use std::path::{Path, PathBuf};
+
+use crate::artifact::Artifact;
+use crate::model::Layer;
+
+/// Why a model cannot be exported.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// An option the exporter cannot honour.
+    #[error("{0}")]
+    Option(String),
+    /// The model's tensors cannot be read into the file.
+    #[error("{0}")]
+    Tensor(String),
+    /// The file cannot be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// The formats `exp export --format` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An ONNX model (`.onnx`).
+    Onnx,
+    /// A safetensors file and the PyTorch module that loads it (`.safetensors` + `.py`).
+    Torch,
+}
+
+/// The metadata every exported file carries, as `(key, value)` pairs in this order: the one
+/// table of what an export says about its run. Values are strings; lists and the input
+/// description are JSON.
+pub fn metadata(artifact: &Artifact) -> Vec<(String, String)> {
+    let p = &artifact.provenance;
+    let json = |v: serde_json::Value| v.to_string();
+    let s = artifact.input;
+    [
+        ("exp.experiment", p.experiment.clone()),
+        ("exp.commit", p.commit.clone()),
+        ("exp.run_id", p.run_id.clone()),
+        ("exp.run_tag", p.run_tag.clone().unwrap_or_default()),
+        ("exp.release", p.release.clone().unwrap_or_default()),
+        ("exp.weights_oid", p.weights_oid.clone()),
+        (
+            "exp.architecture",
+            artifact.record.model.architecture.clone(),
+        ),
+        ("exp.trained_by", p.trained_by.clone()),
+        ("exp.version", crate::VERSION.to_string()),
+        (
+            "exp.input",
+            json(serde_json::json!({
+                "dtype": "float32",
+                "shape": ["N", s.channels, s.height, s.width],
+                "scale": "pixels / 255",
+            })),
+        ),
+        (
+            "exp.normalize",
+            json(serde_json::json!({
+                "mean": artifact.normalisation.mean,
+                "std": artifact.normalisation.std,
+                "folded_in": true,
+            })),
+        ),
+        (
+            "exp.class_names",
+            json(serde_json::json!(artifact.class_names)),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The dims and float32 values of the weights tensor `name`, in row-major order.
+pub(crate) fn f32_tensor(
+    artifact: &Artifact,
+    name: &str,
+) -> Result<(Vec<usize>, Vec<f32>), ExportError> {
+    let tensor = artifact.tensors.get(name).ok_or_else(|| {
+        ExportError::Tensor(format!("the weights have no tensor {name} the model uses"))
+    })?;
+    let values = tensor
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| ExportError::Tensor(format!("tensor {name}: {e}")))?;
+    Ok((tensor.dims().to_vec(), values))
+}
+
+/// The shape `[C, H, W]` (or `[features]` once flattened) of the activations after `layers`,
+/// starting from `input`.
+pub(crate) fn shape_after(layers: &[Layer], input: &[usize], artifact: &Artifact) -> Vec<usize> {
+    let mut shape = input.to_vec();
+    for layer in layers {
+        shape = match layer {
+            Layer::Conv {
+                name,
+                stride,
+                padding,
+                ..
+            } => {
+                let w = artifact.tensors[&format!("{name}.weight")].dims().to_vec();
+                let out = |x: usize| (x + 2 * padding - w[2]) / stride + 1;
+                vec![w[0], out(shape[1]), out(shape[2])]
+            }
+            Layer::MaxPool2x2 => vec![shape[0], shape[1] / 2, shape[2] / 2],
+            Layer::GlobalAvgPool => vec![shape[0]],
+            Layer::Flatten => vec![shape.iter().product()],
+            Layer::Dense { name } => vec![artifact.tensors[&format!("{name}.weight")].dims()[0]],
+            Layer::Residual { body, .. } => shape_after(body, &shape, artifact),
+            Layer::BatchNorm { .. } | Layer::Relu | Layer::Dropout { .. } => shape,
+        };
+    }
+    shape
+}
+
+/// Where `exp export` writes when no `-o` is given: `<output dir>/<experiment>-<version or
+/// short commit>.onnx`, or for PyTorch `<experiment>_<…>` (a Python module name) without
+/// extension.
+pub fn default_path(out_dir: &Path, artifact: &Artifact, format: Format) -> PathBuf {
+    let p = &artifact.provenance;
+    let which = match &p.release {
+        Some(version) => version.clone(),
+        None => p.commit[..p.commit.len().min(12)].to_string(),
+    };
+    match format {
+        Format::Onnx => out_dir.join(format!("{}-{which}.onnx", p.experiment)),
+        Format::Torch => {
+            let identifier: String = format!("{}_{which}", p.experiment)
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            out_dir.join(identifier)
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, so a failed export
+/// never leaves a truncated model where a good one was.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let write = |source| ExportError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(write)?;
+    // 0666 less the umask, as a plain create would give (tempfile's own default is 0600).
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+        .map_err(write)?;
+    std::io::Write::write_all(&mut tmp, bytes).map_err(write)?;
+    tmp.persist(path).map_err(|e| write(e.error))?;
+    Ok(())
+}
+
+/// Writes `artifact` in `format`: to `out` (ONNX), or to `out` with the extensions
+/// `.safetensors` and `.py` (PyTorch). Returns the files written.
+pub fn export(
+    artifact: &Artifact,
+    format: Format,
+    out: &Path,
+    opset: i64,
+) -> Result<Vec<PathBuf>, ExportError> {
+    match format {
+        Format::Onnx => {
+            let bytes = onnx::to_onnx(artifact, opset)?;
+            write_atomically(out, &bytes)?;
+            Ok(vec![out.to_path_buf()])
+        }
+        Format::Torch => {
+            if opset != onnx::DEFAULT_OPSET {
+                return Err(ExportError::Option(
+                    "--opset applies to --format onnx only".into(),
+                ));
+            }
+            let (weights, module) = torch::to_torch(artifact)?;
+            let stem = match out.extension().and_then(|e| e.to_str()) {
+                Some("py" | "safetensors") => out.with_extension(""),
+                _ => out.to_path_buf(),
+            };
+            let weights_path = append_extension(&stem, "safetensors");
+            let module_path = append_extension(&stem, "py");
+            write_atomically(&weights_path, &weights)?;
+            write_atomically(&module_path, module.as_bytes())?;
+            Ok(vec![weights_path, module_path])
+        }
+    }
+}
+
+/// `path` with `.extension` added (not replacing a dot already in the name: `a-1.2.0`).
+fn append_extension(path: &Path, extension: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".");
+    name.push(extension);
+    PathBuf::from(name)
+}
