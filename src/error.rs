@@ -89,6 +89,9 @@ pub enum Error {
     /// `exp export` could not write the model.
     #[error(transparent)]
     Export(#[from] crate::export::ExportError),
+    /// `exp serve` could not start or failed.
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
     /// A command that ran to the end and answered no, with its own hint and exit code.
     #[error(transparent)]
     Verdict(#[from] Verdict),
@@ -146,6 +149,7 @@ impl Error {
                 "this is a bug in exp: please report it with the spec and `exp --version`".into(),
             ),
             Error::Artifact(e) => e.hint(),
+            Error::Serve(e) => e.hint(),
             Error::Export(_) | Error::Usage(_) | Error::Output(_) => None,
         }
     }

@@ -53,6 +53,7 @@ pub mod release;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod serve;
 pub mod spec;
 pub mod sweep;
 pub mod train;

@@ -47,16 +47,26 @@ pub struct ExportArgs {
     pub experiment: Option<String>,
 }
 
-pub(super) fn execute(args: ExportArgs) -> Result<(), Error> {
+/// The model `source` names in the repository of the current directory, loaded onto `device`;
+/// with the repository and the current directory.
+pub(super) fn load(
+    source: &str,
+    experiment: Option<&str>,
+    device: &candle_core::Device,
+) -> Result<(git2::Repository, PathBuf, exp::artifact::Artifact), Error> {
     let cwd = super::cwd()?;
     let repo = exp::git::open(&cwd)?;
+    // Only records written before model.input need the data, for the image shape.
     let data_root = exp::data::data_root(&cwd).ok();
-    let artifact = exp::artifact::load(
-        &repo,
+    let artifact = exp::artifact::load(&repo, source, experiment, device, data_root.as_deref())?;
+    Ok((repo, cwd, artifact))
+}
+
+pub(super) fn execute(args: ExportArgs) -> Result<(), Error> {
+    let (repo, cwd, artifact) = load(
         &args.source,
         args.experiment.as_deref(),
         &candle_core::Device::Cpu,
-        data_root.as_deref(),
     )?;
     let out = match args.out {
         Some(out) => out,

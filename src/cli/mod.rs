@@ -114,6 +114,9 @@ pub enum Command {
     /// Write a run's model for other frameworks: ONNX, or safetensors with a PyTorch module.
     #[command(long_about = export::EXPORT_LONG_ABOUT)]
     Export(export::ExportArgs),
+    /// Serve a run's model over HTTP (MLflow-compatible /invocations, images on /predict).
+    #[command(long_about = serve::SERVE_LONG_ABOUT)]
+    Serve(serve::ServeArgs),
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     #[command(long_about = device::DEVICE_LONG_ABOUT)]
     Device(device::DeviceArgs),
@@ -166,6 +169,7 @@ mod log;
 mod plot;
 mod progress;
 mod run;
+mod serve;
 mod sweep;
 mod sync;
 mod verify;
@@ -222,6 +226,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Sweep(args) => sweep::execute(args),
         Command::Device(args) => device::execute(args),
         Command::Export(args) => export::execute(args),
+        Command::Serve(args) => serve::execute(args),
         Command::Ci {
             action: CiAction::Init { provider, force },
         } => {

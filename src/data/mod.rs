@@ -6,6 +6,7 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod decode;
 pub mod idx;
 
 use std::io::Read;

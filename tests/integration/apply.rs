@@ -10,13 +10,7 @@ fn log_json(env: &Env, dir: &Path, rev: &str) -> Vec<serde_json::Value> {
 }
 
 fn refused(env: &Env, dir: &Path, args: &[&str], message: &str) {
-    let out = env.exp(dir, args);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
-    assert!(
-        stderr(&out).contains(message),
-        "{args:?}: {}",
-        describe(&out)
-    );
+    assert_exit_2(env, dir, args, message)
 }
 
 #[test]

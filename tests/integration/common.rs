@@ -403,3 +403,14 @@ pub fn assert_report_drawn(dom: &str, charts: usize) {
         "not every one of the {charts} charts was drawn"
     );
 }
+
+/// Asserts that `exp ARGS` in `dir` exits 2 with `message` in its stderr.
+pub fn assert_exit_2(env: &Env, dir: &Path, args: &[&str], message: &str) {
+    let out = env.exp(dir, args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+    assert!(
+        stderr(&out).contains(message),
+        "{args:?}: {}",
+        describe(&out)
+    );
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use crate::common::{describe, quick_run, stderr, Env};
+use crate::common::{assert_exit_2, describe, quick_run, stderr, Env};
 
 /// Images the exported models are checked on.
 const CHECKED: usize = 1000;
@@ -155,7 +155,7 @@ fn check_in_python(env: &Env, mode: &str, model: &Path, r: &Reference) -> Option
 
 /// Trains `experiment` (with `extra` overrides) on a feature branch; returns the repository
 /// and the run tag.
-fn trained(env: &Env, experiment: &str, extra: &[&str]) -> (PathBuf, String) {
+pub fn trained(env: &Env, experiment: &str, extra: &[&str]) -> (PathBuf, String) {
     let dir = env.init_repo("repo");
     env.git(&dir, &["switch", "-q", "-c", "feature/export", "develop"]);
     let mut args = vec!["--set", "data.train_limit=300", "--set", "train.epochs=1"];
@@ -225,15 +225,7 @@ fn seed_cnn_exports_with_metadata_and_refuses_bad_sources() {
     }
 
     // Bad sources and options: exit 2, a message naming the problem.
-    let refused = |args: &[&str], message: &str| {
-        let out = env.exp(&dir, args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
-        assert!(
-            stderr(&out).contains(message),
-            "{args:?}: {}",
-            describe(&out)
-        );
-    };
+    let refused = |args: &[&str], message: &str| assert_exit_2(&env, &dir, args, message);
     refused(
         &["export", "nope", "--format", "onnx"],
         "unknown revision \"nope\"",

@@ -18,6 +18,7 @@ mod lfs_compat;
 mod recipes;
 mod run;
 mod safety;
+mod serve;
 mod sweep;
 mod trust;
 

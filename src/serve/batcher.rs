@@ -1,0 +1,197 @@
+//! Dynamic batching: requests wait in one bounded queue; each of K worker threads takes the
+//! first waiting request and everything else already queued (up to the batch size) and runs
+//! them as one forward pass. With `max_delay` zero (the default) a worker never waits for more:
+//! a lone request on an idle server runs at once, and batches form only from requests that
+//! arrived while the workers were busy. A full queue is refused at once (HTTP 503), never
+//! buffered without bound.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::sync::oneshot;
+
+use super::input::Batch;
+use super::metrics::Metrics;
+
+/// The scores of one image: its logits' softmax, in class order.
+pub type Probabilities = Vec<f64>;
+
+/// Runs the model on a batch: `n` images in, `n` rows of probabilities out.
+pub trait Infer: Send + Sync + 'static {
+    /// Probabilities for every image of `batch`.
+    fn infer(&self, batch: &Batch) -> Result<Vec<Probabilities>, String>;
+}
+
+/// How batches form.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    /// Worker threads, each running one forward pass at a time.
+    pub workers: usize,
+    /// The most images in one forward pass.
+    pub max_batch_size: usize,
+    /// How long an idle worker holding fewer than `max_batch_size` images waits for more.
+    pub max_delay: Duration,
+    /// Requests that may wait; one more is refused.
+    pub max_queue: usize,
+}
+
+struct Job {
+    batch: Batch,
+    reply: oneshot::Sender<Result<Vec<Probabilities>, String>>,
+}
+
+/// The queue and its workers.
+pub struct Batcher {
+    /// None once closed.
+    sender: RwLock<Option<Sender<Job>>>,
+    receiver: Receiver<Job>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The queue holds `max_queue` requests already.
+#[derive(Debug, thiserror::Error)]
+#[error("the queue is full ({0} requests waiting)")]
+pub struct QueueFull(pub usize);
+
+impl Batcher {
+    /// Starts `policy.workers` threads running `model`.
+    pub fn start(model: Arc<dyn Infer>, policy: BatchPolicy, metrics: Arc<Metrics>) -> Batcher {
+        let (sender, receiver) = crossbeam_channel::bounded::<Job>(policy.max_queue.max(1));
+        let workers = (0..policy.workers.max(1))
+            .map(|i| {
+                let (model, receiver, metrics) = (model.clone(), receiver.clone(), metrics.clone());
+                std::thread::Builder::new()
+                    .name(format!("exp-serve-worker-{i}"))
+                    .spawn(move || work(&*model, &receiver, policy, &metrics))
+                    .map_err(|e| e.to_string())
+            })
+            .filter_map(Result::ok)
+            .collect();
+        Batcher {
+            sender: RwLock::new(Some(sender)),
+            receiver,
+            workers: Mutex::new(workers),
+        }
+    }
+
+    /// Queues `batch`; the answer comes on the returned channel.
+    pub fn submit(
+        &self,
+        batch: Batch,
+    ) -> Result<oneshot::Receiver<Result<Vec<Probabilities>, String>>, QueueFull> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self
+            .sender
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(sender) = sender.as_ref() else {
+            return Err(QueueFull(0));
+        };
+        match sender.try_send(Job { batch, reply }) {
+            Ok(()) => Ok(answer),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                Err(QueueFull(self.receiver.len()))
+            }
+        }
+    }
+
+    /// Requests waiting for a worker.
+    pub fn depth(&self) -> usize {
+        self.receiver.len()
+    }
+
+    /// Closes the queue, lets the workers finish what is queued, and waits for them.
+    pub fn shutdown(&self) {
+        *self
+            .sender
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        let workers = std::mem::take(
+            &mut *self
+                .workers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for worker in workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn work(model: &dyn Infer, queue: &Receiver<Job>, policy: BatchPolicy, metrics: &Metrics) {
+    // recv fails once the queue is closed and empty: the shutdown.
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        let mut images = jobs[0].batch.n;
+        // What is already waiting joins the batch at no cost.
+        while images < policy.max_batch_size {
+            match queue.try_recv() {
+                Ok(job) => {
+                    images += job.batch.n;
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        // Only when asked to: wait a little for more.
+        if !policy.max_delay.is_zero() {
+            let deadline = Instant::now() + policy.max_delay;
+            while images < policy.max_batch_size {
+                match queue.recv_deadline(deadline) {
+                    Ok(job) => {
+                        images += job.batch.n;
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        metrics.queue_depth.set(queue.len() as i64);
+        run(model, jobs, policy.max_batch_size, metrics);
+    }
+}
+
+/// Runs the jobs' images in forward passes of at most `max_batch_size` images and answers each
+/// job with its own rows.
+fn run(model: &dyn Infer, jobs: Vec<Job>, max_batch_size: usize, metrics: &Metrics) {
+    let total: usize = jobs.iter().map(|j| j.batch.n).sum();
+    let size = jobs
+        .first()
+        .map_or(0, |j| j.batch.values.len() / j.batch.n.max(1));
+    let mut values = Vec::with_capacity(total * size);
+    for job in &jobs {
+        values.extend_from_slice(&job.batch.values);
+    }
+    let mut rows: Result<Vec<Probabilities>, String> = Ok(Vec::with_capacity(total));
+    let mut start = 0;
+    while start < total {
+        let n = max_batch_size.max(1).min(total - start);
+        let batch = Batch {
+            n,
+            values: values[start * size..(start + n) * size].to_vec(),
+        };
+        metrics.batch_size.observe(n as f64);
+        match (model.infer(&batch), rows.as_mut()) {
+            (Ok(mut out), Ok(rows)) => rows.append(&mut out),
+            (Err(e), _) => {
+                rows = Err(e);
+                break;
+            }
+            (Ok(_), Err(_)) => break,
+        }
+        start += n;
+    }
+    let mut offset = 0;
+    for job in jobs {
+        let n = job.batch.n;
+        let answer = match &rows {
+            Ok(rows) => Ok(rows[offset..offset + n].to_vec()),
+            Err(e) => Err(e.clone()),
+        };
+        offset += n;
+        // A client that went away no longer waits for its answer.
+        let _ = job.reply.send(answer);
+    }
+}
