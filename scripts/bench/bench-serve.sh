@@ -26,7 +26,7 @@
 #   BENCH_GUNICORN_WORKERS=2   BENCH_PORT=18400 (first of 4 ports)   BENCH_IMAGES=200
 #   BENCH_SERVER_CPUS / BENCH_LOAD_CPUS (taskset lists; default: first / second half of nproc)
 #   BENCH_REPO=DIR with BENCH_RUN_SEED_CNN=TAG and BENCH_RUN_CNN=TAG: use these runs, train none
-#   EXP_DATA (data root; default ~/.cache/exp/data)
+#   BENCH_BUILD=0 (use target/release/exp as it is)   EXP_DATA (data root; default ~/.cache/exp/data)
 # Quick smoke run: BENCH_DURATION=3 BENCH_WARMUP=1 BENCH_ROUNDS=1 scripts/bench/bench-serve.sh
 # Prints a Markdown section for docs/benchmarks.md; the results dir keeps report.md,
 # summary.csv/json (medians), raw.jsonl (every run) and the server and wrk logs.
@@ -72,6 +72,28 @@ else
 fi
 load_count=$(taskset -c "$load_cpus" nproc)  # nproc counts the CPUs of its affinity mask
 
+# --- processes we start, stopped on any exit ---------------------------------------------------
+# Each server runs in its own session (setsid: its pid is the session and process group id), so
+# stopping it reaches everything it forked: gunicorn's workers, MLflow's uvicorn.
+groups=()
+# Whether any process of session PID still runs (an exited child stays a zombie until waited for).
+session_running() { ps -o stat= -s "$1" 2>/dev/null | grep -qv '^Z'; }
+stop_group() {  # PID: TERM the session's group, KILL what is left after 10 s
+  local pid=$1 i
+  kill -TERM -- "-$pid" 2>/dev/null || return 0
+  for i in $(seq 100); do session_running "$pid" || break; sleep 0.1; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+work=$(mktemp -d /tmp/exp-bench-serve-work.XXXXXX)
+cleanup() {
+  local pid
+  for pid in "${groups[@]}"; do stop_group "$pid"; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
 # --- tools -------------------------------------------------------------------------------------
 sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
 apt_updated=
@@ -102,33 +124,12 @@ if has mlflow; then
 fi
 export EXP_DATA="${EXP_DATA:-$HOME/.cache/exp/data}"
 scripts/fetch-data.sh "$EXP_DATA" >&2
-cargo build --release >&2
+[ "${BENCH_BUILD:-1}" = 0 ] || cargo build --release >&2
 exp=$root/target/release/exp
 if has exp && ! "$exp" serve --help >/dev/null 2>&1; then
   die "$exp has no 'serve' command; leave exp out with BENCH_SERVERS=\"mlflow flask flask-dev\""
 fi
 
-# --- processes we start, stopped on any exit ---------------------------------------------------
-# Each server runs in its own session (setsid: its pid is the session and process group id), so
-# stopping it reaches everything it forked: gunicorn's workers, MLflow's uvicorn.
-groups=()
-# Whether any process of session PID still runs (an exited child stays a zombie until waited for).
-session_running() { ps -o stat= -s "$1" 2>/dev/null | grep -qv '^Z'; }
-stop_group() {  # PID: TERM the session's group, KILL what is left after 10 s
-  local pid=$1 i
-  kill -TERM -- "-$pid" 2>/dev/null || return 0
-  for i in $(seq 100); do session_running "$pid" || break; sleep 0.1; done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-work=$(mktemp -d /tmp/exp-bench-serve-work.XXXXXX)
-cleanup() {
-  local pid
-  for pid in "${groups[@]}"; do stop_group "$pid"; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 results=${BENCH_RESULTS:-$(mktemp -d /tmp/exp-bench-serve.XXXXXX)}
 mkdir -p "$results/logs"
 : > "$results/raw.jsonl"
@@ -214,9 +215,16 @@ PY
 forget() { local i; for i in "${!groups[@]}"; do [ "${groups[$i]}" = "$1" ] && unset 'groups[i]'; done; return 0; }
 # wrk on the load cores, at most one thread per connection; 10 s timeout, so a slow answer counts
 # in the latency rather than as an error.
+# Started in the background and waited for, so that Ctrl-C or a TERM is acted on at once (bash
+# runs a trap only after the foreground command ends).
 run_wrk() {  # URL PATH BODIES CLIENTS SECONDS
-  BENCH_PATH=$2 BENCH_BODIES=$3 taskset -c "$load_cpus" wrk "-t$(( load_count < $4 ? load_count : $4 ))" \
-    "-c$4" "-d$5s" --timeout 10s --latency -s "$bench/serve_load.lua" "$1"
+  local w
+  BENCH_PATH=$2 BENCH_BODIES=$3 taskset -c "$load_cpus" setsid wrk "-t$(( load_count < $4 ? load_count : $4 ))" \
+    "-c$4" "-d$5s" --timeout 10s --latency -s "$bench/serve_load.lua" "$1" &
+  w=$!
+  groups+=("$w")
+  wait "$w"
+  forget "$w"
 }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 bench_server() {  # SERVER MODEL ROUND
@@ -270,7 +278,7 @@ bench_server() {  # SERVER MODEL ROUND
     run_wrk "$url" "$path" "$bodies" "$c" "$duration" > "$out"
     stop_group "$mon"; forget "$mon"
     $py "$bench/serve_tools.py" record "$results/raw.jsonl" "$server" "$model" "$round" "$c" "$out" "$out.mem"
-    [ "$(ps -o stat= -p "$pid" | cut -c1)" = Z ] && die "$server ($model) died under load (log: $log)"
+    if [ "$(ps -o stat= -p "$pid" | cut -c1)" = Z ]; then die "$server ($model) died under load (log: $log)"; fi
   done
   stop_group "$pid"; forget "$pid"
 }
