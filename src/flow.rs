@@ -500,42 +500,14 @@ pub fn models(repo: &Repository, name: Option<&str>) -> Result<Vec<ModelVersion>
 /// A path inside the repository's git dir (or the common one): writing there could replace a
 /// hook, a ref or an object.
 fn refuse_git_dir(repo: &Repository, target: &Path) -> Result<(), FlowError> {
-    let absolute = |p: &Path| -> PathBuf {
-        let p = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            std::env::current_dir().unwrap_or_default().join(p)
-        };
-        // The deepest existing ancestor, resolved (links included), with the rest appended.
-        let mut existing = p.clone();
-        let mut rest = Vec::new();
-        while !existing.exists() {
-            match (existing.parent(), existing.file_name()) {
-                (Some(parent), Some(name)) => {
-                    rest.push(name.to_os_string());
-                    existing = parent.to_path_buf();
-                }
-                _ => break,
-            }
-        }
-        let mut resolved = std::fs::canonicalize(&existing).unwrap_or(existing);
-        for name in rest.iter().rev() {
-            resolved.push(name);
-        }
-        resolved
-    };
-    let target = absolute(target);
-    for git_dir in [repo.path(), repo.commondir()] {
-        let git_dir = std::fs::canonicalize(git_dir).unwrap_or_else(|_| git_dir.to_path_buf());
-        if target.starts_with(&git_dir) {
-            return Err(FlowError::Model(format!(
-                "--out {} is inside the repository's git dir {}; write the weights elsewhere",
-                target.display(),
-                git_dir.display()
-            )));
-        }
+    match git::inside_git_dir(repo, target) {
+        Some(git_dir) => Err(FlowError::Model(format!(
+            "--out {} is inside the repository's git dir {}; write the weights elsewhere",
+            target.display(),
+            git_dir.display()
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `exp model get NAME@VERSION`: writes the released weights to `out` (verified against the

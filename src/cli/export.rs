@@ -24,7 +24,9 @@ load_state_dict(strict=True). Both carry exp.* metadata: experiment, commit, run
 release, weights oid, input shape, normalisation, class names (data.class_names).
 
 Without -o the file goes to exp-out/ (ignored by Git): <experiment>-<version or commit>.onnx, \
-or <experiment>_<version or commit>.{safetensors,py}.
+or <experiment>_<version or commit>.{safetensors,py}; an -o that is a directory (or ends in /) \
+gets that name inside it. An existing file is replaced only with --force, and never a file Git \
+tracks or one inside .git.
 
 Exit: 0 written, 2 a bad source or option, or weights that cannot be read.";
 
@@ -45,6 +47,9 @@ pub struct ExportArgs {
     /// The experiment, when the revision holds several runs.
     #[arg(long, short = 'e', value_name = "NAME")]
     pub experiment: Option<String>,
+    /// Replace files that exist (never files Git tracks).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The model `source` names in the repository of the current directory, loaded onto `device`;
@@ -74,7 +79,9 @@ pub(super) fn execute(args: ExportArgs) -> Result<(), Error> {
             exp::export::default_path(&exp::git::output_dir(&repo, &cwd)?, &artifact, args.format)
         }
     };
-    let written = exp::export::export(&artifact, args.format, &out, args.opset)?;
+    let targets = exp::export::targets(&out, &artifact, args.format);
+    exp::export::check_targets(&repo, &targets, args.force)?;
+    let written = exp::export::export(&artifact, args.format, &targets, args.opset)?;
     let p = &artifact.provenance;
     for path in written {
         super::outln!(

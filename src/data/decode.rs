@@ -1,7 +1,8 @@
 //! Image files (PNG, JPEG baseline and progressive) decoded into the CHW bytes a model of a given
-//! input shape takes: converted to grey or RGB, and resized when their size differs with the
-//! `image` crate's triangle filter scaled to the reduction, the antialiased bilinear resize of
-//! Pillow and torchvision's `transforms.Resize`.
+//! input shape takes: converted to grey (Pillow's luma) or RGB, and resized when their size
+//! differs with the `image` crate's triangle filter scaled to the reduction — the same filter
+//! as the antialiased bilinear resize of Pillow and torchvision's `transforms.Resize`, though
+//! not bit-identical to it (rounding differs by a grey level here and there).
 
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat};
@@ -49,11 +50,13 @@ pub fn decode_image(bytes: &[u8], shape: ImageShape) -> Result<Vec<u8>, DecodeEr
             message: "the file is truncated (no end-of-image marker after the last scan)".into(),
         });
     }
-    let image =
-        image::load_from_memory_with_format(bytes, format).map_err(|e| DecodeError::Corrupt {
-            format: name,
-            message: e.to_string(),
-        })?;
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt {
+        format: name,
+        message: e.to_string(),
+    };
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    reader.limits(limits());
+    let image = reader.decode().map_err(corrupt)?;
     let (h, w) = (shape.height as u32, shape.width as u32);
     let fit = |image: DynamicImage| {
         if image.width() == w && image.height() == h {
@@ -86,6 +89,16 @@ pub fn decode_image(bytes: &[u8], shape: ImageShape) -> Result<Vec<u8>, DecodeEr
         }
         c => Err(DecodeError::Channels(c)),
     }
+}
+
+/// The largest images decoded: a few hundred kilobytes of PNG can describe a 20,000 × 20,000
+/// image; 8,192 pixels a side and 256 MiB of decoder memory are ample for photos.
+fn limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(8192);
+    limits.max_image_height = Some(8192);
+    limits.max_alloc = Some(256 << 20);
+    limits
 }
 
 /// Whether a JPEG's last scan (SOS marker FF DA) is followed by its end-of-image marker (FF D9).

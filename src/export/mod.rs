@@ -171,37 +171,88 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportEr
     Ok(())
 }
 
-/// Writes `artifact` in `format`: to `out` (ONNX), or to `out` with the extensions
-/// `.safetensors` and `.py` (PyTorch). Returns the files written.
+/// The files `exp export` writes for `out`: `out` itself (ONNX), or `out` with the extensions
+/// `.safetensors` and `.py` (PyTorch; an extension of either already there is replaced). An
+/// `out` that is a directory, or ends in `/`, holds the default file name.
+pub fn targets(out: &Path, artifact: &Artifact, format: Format) -> Vec<PathBuf> {
+    let names_directory = out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/');
+    let out = if names_directory {
+        default_path(out, artifact, format)
+    } else {
+        out.to_path_buf()
+    };
+    match format {
+        Format::Onnx => vec![out],
+        Format::Torch => {
+            let stem = match out.extension().and_then(|e| e.to_str()) {
+                Some("py" | "safetensors") => out.with_extension(""),
+                _ => out,
+            };
+            vec![
+                append_extension(&stem, "safetensors"),
+                append_extension(&stem, "py"),
+            ]
+        }
+    }
+}
+
+/// Refuses to write `targets` where that would lose something: inside the git dir, over a file
+/// Git tracks, or over any existing file unless `force`.
+pub fn check_targets(
+    repo: &git2::Repository,
+    targets: &[PathBuf],
+    force: bool,
+) -> Result<(), ExportError> {
+    for target in targets {
+        let refuse = |why: String| Err(ExportError::Option(format!("{}: {why}", target.display())));
+        if let Some(git_dir) = crate::git::inside_git_dir(repo, target) {
+            return refuse(format!(
+                "inside the repository's git dir {}; export elsewhere",
+                git_dir.display()
+            ));
+        }
+        if let Some(tracked) = crate::git::tracked_path(repo, target) {
+            return refuse(format!(
+                "Git tracks {tracked}; exp export never writes over a tracked file"
+            ));
+        }
+        if target.is_dir() {
+            return refuse("is a directory".into());
+        }
+        if !force && std::fs::symlink_metadata(target).is_ok() {
+            return refuse("exists; --force replaces it".into());
+        }
+    }
+    Ok(())
+}
+
+/// Writes `artifact` in `format` to `targets` (from [`targets`]). Returns the files written.
 pub fn export(
     artifact: &Artifact,
     format: Format,
-    out: &Path,
+    targets: &[PathBuf],
     opset: i64,
 ) -> Result<Vec<PathBuf>, ExportError> {
-    match format {
-        Format::Onnx => {
+    match (format, targets) {
+        (Format::Onnx, [out]) => {
             let bytes = onnx::to_onnx(artifact, opset)?;
             write_atomically(out, &bytes)?;
             Ok(vec![out.to_path_buf()])
         }
-        Format::Torch => {
+        (Format::Torch, [weights_path, module_path]) => {
             if opset != onnx::DEFAULT_OPSET {
                 return Err(ExportError::Option(
                     "--opset applies to --format onnx only".into(),
                 ));
             }
             let (weights, module) = torch::to_torch(artifact)?;
-            let stem = match out.extension().and_then(|e| e.to_str()) {
-                Some("py" | "safetensors") => out.with_extension(""),
-                _ => out.to_path_buf(),
-            };
-            let weights_path = append_extension(&stem, "safetensors");
-            let module_path = append_extension(&stem, "py");
-            write_atomically(&weights_path, &weights)?;
-            write_atomically(&module_path, module.as_bytes())?;
-            Ok(vec![weights_path, module_path])
+            write_atomically(weights_path, &weights)?;
+            write_atomically(module_path, module.as_bytes())?;
+            Ok(targets.to_vec())
         }
+        _ => Err(ExportError::Option(format!(
+            "{targets:?} are not the files of a {format:?} export"
+        ))),
     }
 }
 

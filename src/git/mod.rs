@@ -840,6 +840,52 @@ pub fn tag_run(
     append::tag_appended(repo, branch, experiment, commit, message, &signature)
 }
 
+/// `path` made absolute and resolved through links as far as it exists (the rest appended), so
+/// a path can be compared with the repository's directories before it is created.
+pub fn resolved(path: &Path) -> PathBuf {
+    let p = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    // The deepest existing ancestor, resolved (links included), with the rest appended.
+    let mut existing = p.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut out = std::fs::canonicalize(&existing).unwrap_or(existing);
+    for name in rest.iter().rev() {
+        out.push(name);
+    }
+    out
+}
+
+/// The repository's git dir (or common dir) when `target` lies inside it: writing there could
+/// replace a hook, a ref or an object.
+pub fn inside_git_dir(repo: &Repository, target: &Path) -> Option<PathBuf> {
+    let target = resolved(target);
+    [repo.path(), repo.commondir()]
+        .into_iter()
+        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()))
+        .find(|git_dir| target.starts_with(git_dir))
+}
+
+/// The path of `target` in the repository's index when Git tracks it there.
+pub fn tracked_path(repo: &Repository, target: &Path) -> Option<String> {
+    let workdir = std::fs::canonicalize(repo.workdir()?).ok()?;
+    let relative = resolved(target).strip_prefix(&workdir).ok()?.to_path_buf();
+    let relative = relative.to_str()?.to_string();
+    repo.index().ok()?.get_path(Path::new(&relative), 0)?;
+    Some(relative)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

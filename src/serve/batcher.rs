@@ -56,24 +56,37 @@ pub struct Batcher {
 pub struct QueueFull(pub usize);
 
 impl Batcher {
-    /// Starts `policy.workers` threads running `model`.
-    pub fn start(model: Arc<dyn Infer>, policy: BatchPolicy, metrics: Arc<Metrics>) -> Batcher {
+    /// Starts `policy.workers` threads running `model`; Err when a thread cannot be started.
+    pub fn start(
+        model: Arc<dyn Infer>,
+        policy: BatchPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Result<Batcher, String> {
         let (sender, receiver) = crossbeam_channel::bounded::<Job>(policy.max_queue.max(1));
-        let workers = (0..policy.workers.max(1))
-            .map(|i| {
-                let (model, receiver, metrics) = (model.clone(), receiver.clone(), metrics.clone());
-                std::thread::Builder::new()
-                    .name(format!("exp-serve-worker-{i}"))
-                    .spawn(move || work(&*model, &receiver, policy, &metrics))
-                    .map_err(|e| e.to_string())
-            })
-            .filter_map(Result::ok)
-            .collect();
-        Batcher {
+        let batcher = Batcher {
             sender: RwLock::new(Some(sender)),
             receiver,
-            workers: Mutex::new(workers),
+            workers: Mutex::new(Vec::new()),
+        };
+        for i in 0..policy.workers.max(1) {
+            let (model, receiver, metrics) =
+                (model.clone(), batcher.receiver.clone(), metrics.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("exp-serve-worker-{i}"))
+                .spawn(move || work(&*model, &receiver, policy, &metrics));
+            match spawned {
+                Ok(worker) => batcher
+                    .workers
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push(worker),
+                Err(e) => {
+                    batcher.shutdown();
+                    return Err(format!("cannot start worker thread {i}: {e}"));
+                }
+            }
         }
+        Ok(batcher)
     }
 
     /// Queues `batch`; the answer comes on the returned channel.

@@ -30,6 +30,7 @@ pub fn router(state: Arc<ServeState>) -> Router {
         .route("/v1/model", get(model))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -43,6 +44,8 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
         StatusCode::SERVICE_UNAVAILABLE => "SERVICE_UNAVAILABLE",
         StatusCode::NOT_FOUND => "ENDPOINT_NOT_FOUND",
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+        StatusCode::REQUEST_TIMEOUT => "REQUEST_TIMEOUT",
         _ => "INTERNAL_ERROR",
     };
     let mut response = (
@@ -68,7 +71,16 @@ async fn observe(State(state): State<Arc<ServeState>>, request: Request, next: N
         .to_string();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let response = next.run(request).await;
+    let response = match tokio::time::timeout(super::REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took longer than {} s (reading its body, waiting and the forward pass)",
+                super::REQUEST_TIMEOUT.as_secs()
+            ),
+        ),
+    };
     let seconds = started.elapsed().as_secs_f64();
     let status = response.status();
     state
@@ -156,6 +168,13 @@ async fn answer(state: &ServeState, batch: Result<Batch, InputError>) -> Respons
     }
 }
 
+/// The parse's result, or a panic in it as an input error (it must not take the server down).
+fn flatten_join(
+    joined: Result<Result<Batch, InputError>, tokio::task::JoinError>,
+) -> Result<Batch, InputError> {
+    joined.unwrap_or_else(|e| Err(InputError(format!("the body could not be read: {e}"))))
+}
+
 fn argmax(values: &[f64]) -> usize {
     (0..values.len())
         .max_by(|&a, &b| values[a].total_cmp(&values[b]).then(b.cmp(&a)))
@@ -185,8 +204,10 @@ async fn invocations(
         Ok(bytes) => bytes,
         Err((status, message)) => return error(status, message),
     };
-    let batch = state.input.parse_json(&bytes);
-    answer(&state, batch).await
+    // Parsing is CPU work: off the async threads, so /health answers while big bodies parse.
+    let parsing = state.clone();
+    let batch = tokio::task::spawn_blocking(move || parsing.input.parse_json(&bytes)).await;
+    answer(&state, flatten_join(batch)).await
 }
 
 async fn predict(
@@ -209,8 +230,9 @@ async fn predict(
         Ok(bytes) => bytes,
         Err((status, message)) => return error(status, message),
     };
-    let batch = state.input.parse_image(&bytes);
-    answer(&state, batch).await
+    let decoding = state.clone();
+    let batch = tokio::task::spawn_blocking(move || decoding.input.parse_image(&bytes)).await;
+    answer(&state, flatten_join(batch)).await
 }
 
 /// MLflow's health check: 200 once the model serves.
@@ -274,6 +296,17 @@ async fn not_found(request: Request) -> Response {
         StatusCode::NOT_FOUND,
         format!(
             "no endpoint {} {}: POST /invocations, POST /predict, GET /ping, /health, /ready, /version, /v1/model, /metrics",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} {} is not served: POST /invocations and /predict, GET the others",
             request.method(),
             request.uri().path()
         ),

@@ -85,7 +85,9 @@ impl InputSpec {
         if instances.is_empty() {
             return Err(InputError(format!("{key} holds no images")));
         }
-        let mut values = Vec::with_capacity(instances.len() * self.shape.size());
+        // Grown image by image, each checked first: the count of instances is the sender's word,
+        // and a body of small numbers must not reserve memory for images it does not hold.
+        let mut values = Vec::new();
         for (i, instance) in instances.iter().enumerate() {
             self.instance(&format!("{key}[{i}]"), instance, &mut values)?;
         }
@@ -98,6 +100,12 @@ impl InputSpec {
     /// `inputs` / `instances`: a list of images, or `{name: list}` with one name.
     fn tensor_instances(&self, key: &str, payload: Value) -> Result<Vec<Value>, InputError> {
         match payload {
+            // A list of numbers is one image without its batch dimension.
+            Value::Array(items) if items.first().is_some_and(Value::is_number) => {
+                Err(InputError(format!(
+                    "{key} is a list of numbers: it must be a list of images (wrap one image in a list: [[…]])"
+                )))
+            }
             Value::Array(items) => Ok(items),
             Value::Object(named) if named.len() == 1 => {
                 let (name, value) = named.into_iter().next().unwrap_or_default();
@@ -168,7 +176,7 @@ impl InputSpec {
         let s = self.shape;
         let mut dims = Vec::new();
         let mut pixels = Vec::with_capacity(s.size());
-        flatten(at, image, 0, &mut dims, &mut pixels)?;
+        flatten(at, image, 0, &mut dims, &mut pixels, s.size())?;
         let fits = match dims[..] {
             [c, h, w] => [c, h, w] == [s.channels, s.height, s.width],
             [h, w] => s.channels == 1 && [h, w] == [s.height, s.width],
@@ -213,11 +221,17 @@ fn flatten(
     depth: usize,
     dims: &mut Vec<usize>,
     out: &mut Vec<f64>,
+    most: usize,
 ) -> Result<(), InputError> {
     match value {
         Value::Number(n) => {
             if depth != dims.len() {
                 return Err(InputError(format!("{at} is not a rectangular array")));
+            }
+            if out.len() == most {
+                return Err(InputError(format!(
+                    "{at} holds more than the {most} values of one image"
+                )));
             }
             out.push(n.as_f64().unwrap_or(f64::NAN));
             Ok(())
@@ -233,7 +247,7 @@ fn flatten(
             }
             items
                 .iter()
-                .try_for_each(|item| flatten(at, item, depth + 1, dims, out))
+                .try_for_each(|item| flatten(at, item, depth + 1, dims, out, most))
         }
         other => Err(InputError(format!(
             "{at} holds {}, not a pixel value",
@@ -299,6 +313,8 @@ mod tests {
             (r#"{"inputs": [], "instances": []}"#, "give exactly one of"),
             (r#"{"inputs": []}"#, "inputs holds no images"),
             (r#"{"inputs": [[1, 2, 3]]}"#, "inputs[0] has shape [3]; the model takes [1, 2, 2] or [2, 2] or 4 values"),
+            (r#"{"inputs": [1, 2, 3, 4]}"#, "inputs is a list of numbers: it must be a list of images"),
+            (r#"{"inputs": [[1, 2, 3, 4, 5]]}"#, "inputs[0] holds more than the 4 values of one image"),
             (r#"{"inputs": [[[1, 2], [3]]]}"#, "inputs[0] is not a rectangular array"),
             (r#"{"inputs": [[1, 2, 3, 256]]}"#, "inputs[0]: value 256 at position 3 is outside the pixel range 0–255"),
             (r#"{"inputs": [[1, 2, 3, -1]]}"#, "outside the pixel range"),

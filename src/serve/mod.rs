@@ -210,7 +210,8 @@ impl ServeState {
                 values: vec![0.0; n * size],
             })
             .map_err(ServeError::WarmUp)?;
-        let batcher = Batcher::start(model, policy, self.metrics.clone());
+        let batcher =
+            Batcher::start(model, policy, self.metrics.clone()).map_err(ServeError::Server)?;
         if self.batcher.set(batcher).is_ok() {
             self.metrics.ready.set(1);
         }
@@ -274,11 +275,83 @@ fn softmax(logits: &[f32]) -> Vec<f64> {
 
 /// How often the server logs a summary at info level.
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+/// How long a client may take to send a request's headers: a connection that sends nothing
+/// useful is closed rather than held open forever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one request may take, body reading, queueing and the forward pass included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a drain waits for requests in flight before it closes their connections.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The bounds of the batching options: beyond them a server would allocate without limit (the
+/// queue's slots, the warm-up batch, threads) or hold a request forever.
+pub const LIMITS: Limits = Limits {
+    workers: 256,
+    max_batch_size: 4096,
+    max_queue: 65536,
+    max_delay: Duration::from_secs(10),
+};
+
+/// Upper bounds of [`BatchPolicy`]'s fields.
+pub struct Limits {
+    /// Worker threads.
+    pub workers: usize,
+    /// Images per forward pass.
+    pub max_batch_size: usize,
+    /// Waiting requests.
+    pub max_queue: usize,
+    /// Wait to fill a batch.
+    pub max_delay: Duration,
+}
+
+/// Checks the options against [`LIMITS`], before anything is bound or allocated.
+pub fn check_options(options: &ServeOptions) -> Result<(), ServeError> {
+    let p = options.policy;
+    let out_of_range = |flag: &str, value: String, max: String| {
+        Err(ServeError::Option(format!(
+            "{flag} {value}: must be from 1 to {max}"
+        )))
+    };
+    if p.workers == 0 || p.workers > LIMITS.workers {
+        return out_of_range(
+            "--workers",
+            p.workers.to_string(),
+            LIMITS.workers.to_string(),
+        );
+    }
+    if p.max_batch_size == 0 || p.max_batch_size > LIMITS.max_batch_size {
+        return out_of_range(
+            "--max-batch-size",
+            p.max_batch_size.to_string(),
+            LIMITS.max_batch_size.to_string(),
+        );
+    }
+    if p.max_queue == 0 || p.max_queue > LIMITS.max_queue {
+        return out_of_range(
+            "--max-queue",
+            p.max_queue.to_string(),
+            LIMITS.max_queue.to_string(),
+        );
+    }
+    if p.max_delay > LIMITS.max_delay {
+        return Err(ServeError::Option(format!(
+            "--max-delay-ms {}: at most {} (a batch wait longer than that holds requests, not batches them)",
+            p.max_delay.as_millis(),
+            LIMITS.max_delay.as_millis()
+        )));
+    }
+    if options.max_body_bytes == 0 {
+        return Err(ServeError::Option(
+            "--max-body-bytes 0 would refuse every request".into(),
+        ));
+    }
+    Ok(())
+}
 
 /// Serves `artifact` (its model loaded on `device`, described as `device_name`) until SIGTERM or
-/// SIGINT, then drains: the listener closes, requests in flight are answered, the workers
-/// finish, and this returns Ok. `listening` is called with the bound address before the model
-/// is warmed up.
+/// SIGINT, then drains: the listener closes, requests in flight are answered (for up to 30 s),
+/// the workers finish, and this returns Ok. `listening` is called with the bound address before
+/// the model is warmed up; a warm-up that fails (or panics) ends the server with an error.
 pub fn serve(
     artifact: Artifact,
     device: Device,
@@ -286,12 +359,8 @@ pub fn serve(
     options: ServeOptions,
     listening: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
+    check_options(&options)?;
     let policy = options.policy;
-    if policy.workers == 0 || policy.max_batch_size == 0 || policy.max_queue == 0 {
-        return Err(ServeError::Option(
-            "--workers, --max-batch-size and --max-queue must be at least 1".into(),
-        ));
-    }
     let state = Arc::new(ServeState::new(&artifact, device_name, &options)?);
     let forward: Arc<dyn Infer> = Arc::new(Forward::new(
         artifact.model,
@@ -315,36 +384,43 @@ pub fn serve(
             .local_addr()
             .map_err(|e| ServeError::Server(e.to_string()))?;
         listening(addr);
+        // The warm-up, off the async threads; its failure or panic stops the server.
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<ServeError>();
         let warming = state.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = warming.warm_up_and_start(forward, policy) {
-                let _ = failed_tx.send(e);
-            } else {
-                tracing::info!("ready: {} serves on http://{addr}", warming.info.experiment);
-            }
+        tokio::spawn(async move {
+            let warm = warming.clone();
+            let outcome =
+                tokio::task::spawn_blocking(move || warm.warm_up_and_start(forward, policy)).await;
+            let failure = match outcome {
+                Ok(Ok(())) => {
+                    tracing::info!("ready: {} serves on http://{addr}", warming.info.experiment);
+                    return;
+                }
+                Ok(Err(e)) => e,
+                Err(panic) => ServeError::WarmUp(format!("it panicked: {panic}")),
+            };
+            let _ = failed_tx.send(failure);
         });
         tokio::spawn(summaries(state.clone()));
-        let failure = Arc::new(OnceLock::new());
-        let failure_slot = failure.clone();
         let stop = async move {
             tokio::select! {
-                signal = termination() => tracing::info!("{signal}: draining in-flight requests"),
+                signal = termination() => {
+                    tracing::info!("{signal}: draining in-flight requests");
+                    None
+                }
                 Ok(e) = failed_rx => {
                     tracing::error!("{e}");
-                    let _ = failure_slot.set(e);
+                    Some(e)
                 }
             }
         };
-        axum::serve(listener, http::router(state.clone()))
-            .with_graceful_shutdown(stop)
-            .await
-            .map_err(|e| ServeError::Server(e.to_string()))?;
+        let failure = accept_until(listener, http::router(state.clone()), stop).await;
+        state.metrics.ready.set(0);
         let drained = state.clone();
         tokio::task::spawn_blocking(move || drained.drain())
             .await
             .map_err(|e| ServeError::Server(e.to_string()))?;
-        match Arc::try_unwrap(failure).ok().and_then(|f| f.into_inner()) {
+        match failure {
             Some(e) => Err(e),
             None => {
                 tracing::info!("drained; exiting");
@@ -352,6 +428,57 @@ pub fn serve(
             }
         }
     })
+}
+
+/// Accepts HTTP/1 connections for `router` until `stop` resolves, then closes the listener and
+/// waits (at most [`DRAIN_DEADLINE`]) for the connections' requests in flight. Returns what
+/// `stop` returned.
+async fn accept_until<T>(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: impl std::future::Future<Output = T>,
+) -> T {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    tokio::pin!(stop);
+    let stopped = loop {
+        let (stream, _) = tokio::select! {
+            value = &mut stop => break value,
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                // Out of file descriptors, or a connection reset before accept: wait a
+                // moment rather than spin, and keep serving the connections there are.
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection: {e}");
+            }
+        });
+    };
+    drop(listener);
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still in flight after {} s: their connections are closed",
+            DRAIN_DEADLINE.as_secs()
+        );
+    }
+    stopped
 }
 
 /// Waits for SIGTERM or SIGINT; returns which.

@@ -246,6 +246,44 @@ fn seed_cnn_exports_with_metadata_and_refuses_bad_sources() {
         &["export", &tag, "--format", "onnx", "-e", "mnist-mlp"],
         "holds no run of \"mnist-mlp\"",
     );
+    // Nothing the user has is overwritten: an existing file only with --force, a tracked file
+    // or the git dir never.
+    let onnx = env.path("model.onnx");
+    let onnx = onnx.to_str().unwrap();
+    refused(
+        &["export", &tag, "--format", "onnx", "-o", onnx],
+        "model.onnx: exists; --force replaces it",
+    );
+    env.exp_ok(
+        &dir,
+        &["export", &tag, "--format", "onnx", "-o", onnx, "--force"],
+    );
+    refused(
+        &["export", &tag, "--format", "torch", "-o", "experiments/mnist-cnn/model", "--force"],
+        "Git tracks experiments/mnist-cnn/model.safetensors; exp export never writes over a tracked file",
+    );
+    refused(
+        &[
+            "export",
+            &tag,
+            "--format",
+            "onnx",
+            "-o",
+            ".git/hooks/x.onnx",
+        ],
+        "inside the repository's git dir",
+    );
+    assert_eq!(env.git(&dir, &["status", "--porcelain"]), "");
+    // -o naming a directory: the default name inside it.
+    std::fs::create_dir(dir.join("out")).unwrap();
+    let short = &r.artifact.provenance.commit[..12];
+    let out = env.exp_ok(&dir, &["export", &tag, "--format", "torch", "-o", "out"]);
+    assert!(
+        out.contains(&format!("out/mnist_cnn_{short}.safetensors")),
+        "{out}"
+    );
+    assert!(dir.join(format!("out/mnist_cnn_{short}.py")).is_file());
+
     // Weights that are not in the store (and no remote to fetch them from).
     let oid = &r.artifact.record.model.oid;
     let object = dir.join(format!(

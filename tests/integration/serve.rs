@@ -351,6 +351,16 @@ fn every_endpoint_and_error_in_process() {
         StatusCode::NOT_FOUND,
         "no endpoint GET /nope",
     );
+    refused(
+        "GET",
+        "/invocations",
+        None,
+        vec![],
+        StatusCode::METHOD_NOT_ALLOWED,
+        "GET /invocations is not served: POST /invocations and /predict, GET the others",
+    );
+    refused("POST", "/invocations", Some("application/json"), serde_json::json!({"inputs": images[0]}).to_string().into_bytes(), bad,
+        "inputs is a list of numbers: it must be a list of images (wrap one image in a list: [[…]])");
 
     // What the server says about itself.
     let (_, _, info, _) = server.call("GET", "/v1/model", None, vec![]);
@@ -372,7 +382,7 @@ fn every_endpoint_and_error_in_process() {
     assert_eq!(status, StatusCode::OK);
     for line in [
         "exp_requests_total{endpoint=\"/invocations\",status=\"200\"} 5",
-        "exp_requests_total{endpoint=\"/invocations\",status=\"400\"} 3",
+        "exp_requests_total{endpoint=\"/invocations\",status=\"400\"} 4",
         "exp_requests_total{endpoint=\"/predict\",status=\"200\"} 62",
         "exp_batch_size_count 67",
         "exp_batch_size_sum 102",
@@ -677,9 +687,26 @@ fn bad_sources_and_options_exit_2() {
         &["serve", &tag, "--device", "tpu"],
         "--device: expected auto, cpu, cuda or cuda:N",
     );
+    // Options are checked before the port is bound: nothing is printed, nothing allocated.
     refused(
         &["serve", &tag, "--workers", "0"],
-        "--workers, --max-batch-size and --max-queue must be at least 1",
+        "--workers 0: must be from 1 to 256",
+    );
+    refused(
+        &["serve", &tag, "--max-queue", "18446744073709551615"],
+        "--max-queue 18446744073709551615: must be from 1 to 65536",
+    );
+    refused(
+        &["serve", &tag, "--max-batch-size", "100000"],
+        "--max-batch-size 100000: must be from 1 to 4096",
+    );
+    refused(
+        &["serve", &tag, "--max-delay-ms", "60000"],
+        "--max-delay-ms 60000: at most 10000",
+    );
+    refused(
+        &["serve", &tag, "--max-body-bytes", "0"],
+        "--max-body-bytes 0 would refuse every request",
     );
     // The port is taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -688,4 +715,32 @@ fn bad_sources_and_options_exit_2() {
         &["serve", &tag, "--addr", &addr],
         &format!("cannot listen on {addr}"),
     );
+}
+
+#[test]
+fn a_connection_that_never_finishes_its_headers_is_closed() {
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let (dir, tag) = trained(&env, "mnist-cnn", &[]);
+    let server = Server::start(&env, &dir, &[&tag]);
+    let mut stream =
+        std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+    stream
+        .write_all(b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    // The server closes the connection (after a 408 or without a word): read ends.
+    let read = stream.read_to_end(&mut answer);
+    assert!(read.is_ok(), "{read:?} after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // Other clients were served all along.
+    assert!(ureq::get(&format!("{}/health", server.url)).call().is_ok());
 }
