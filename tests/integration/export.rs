@@ -326,10 +326,39 @@ fn released_cnn_exports_by_name_and_version_with_class_names() {
 }
 
 #[test]
-fn mlp_exports() {
+fn mlp_exports_and_old_records_take_their_shape_from_the_data() {
     let env = Env::new();
     let (dir, tag) = trained(&env, "mnist-mlp", &[]);
     export_and_check(&env, &dir, &tag);
+    // A record written before exp recorded model.input: the shape comes from its data.
+    let record = dir.join("experiments/mnist-mlp/metrics.toml");
+    let text = std::fs::read_to_string(&record).unwrap();
+    let old: String = text
+        .lines()
+        .filter(|l| !l.starts_with("input = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(old, text, "the record has no model.input line");
+    std::fs::write(&record, old).unwrap();
+    env.git(
+        &dir,
+        &["commit", "-qam", "a record from before model.input"],
+    );
+    let out = env.path("old.onnx");
+    env.exp_ok(
+        &dir,
+        &[
+            "export",
+            "HEAD",
+            "--format",
+            "onnx",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    let r = reference(&env, &dir, "HEAD");
+    assert_eq!(r.artifact.input.size(), 784);
+    check_with_candle_onnx(&out, &r);
 }
 
 #[test]
