@@ -1,8 +1,10 @@
 //! Image files (PNG, JPEG baseline and progressive) decoded into the CHW bytes a model of a given
 //! input shape takes: converted to grey (Pillow's luma) or RGB, and resized when their size
-//! differs with the `image` crate's triangle filter scaled to the reduction — the same filter
-//! as the antialiased bilinear resize of Pillow and torchvision's `transforms.Resize`, though
-//! not bit-identical to it (rounding differs by a grey level here and there).
+//! differs with the `image` crate's triangle filter scaled to the reduction — the filter of the
+//! antialiased bilinear resize of Pillow and torchvision's `transforms.Resize`. Not bit-identical
+//! (rounding differs by one grey level here and there): on the 60 real sample images, grey and
+//! RGB, shrunk and enlarged, the mean absolute difference from Pillow is at most 0.35 grey levels
+//! (tests/integration/serve.rs).
 
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat};

@@ -104,7 +104,7 @@ fn check_with_candle_onnx(path: &Path, r: &Reference) {
 
 /// The venv python of scripts/py-tools.sh, or None (said on stderr) when scripts/test.sh could
 /// not install it.
-fn python_tools() -> Option<PathBuf> {
+pub fn python_tools() -> Option<PathBuf> {
     let python =
         PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/exp/py-venv/bin/python");
     if python.is_file() {

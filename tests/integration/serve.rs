@@ -744,3 +744,59 @@ fn a_connection_that_never_finishes_its_headers_is_closed() {
     // Other clients were served all along.
     assert!(ureq::get(&format!("{}/health", server.url)).call().is_ok());
 }
+
+/// `/predict` decodes and resizes as Pillow does for torchvision's `Resize` (bilinear,
+/// antialiased): on every real sample image, grey and RGB, square and not, the mean absolute
+/// difference from Pillow's pixels is at most half a grey level.
+#[test]
+fn decoding_matches_pillow_within_half_a_grey_level() {
+    let env = Env::new();
+    let Some(python) = crate::export::python_tools() else {
+        return;
+    };
+    let mut images: Vec<std::path::PathBuf> = std::fs::read_dir(env.data.join("image-samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("png" | "jpg")))
+        .collect();
+    images.sort();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/resize_check.py");
+    for [c, h, w] in [[1, 28, 28], [3, 32, 32], [3, 24, 40], [1, 64, 48]] {
+        let shape = exp::data::ImageShape {
+            channels: c,
+            height: h,
+            width: w,
+        };
+        let out = env.path(&format!("decoded-{c}-{h}-{w}"));
+        std::fs::create_dir_all(&out).unwrap();
+        for image in &images {
+            let bytes = exp::data::decode::decode_image(&std::fs::read(image).unwrap(), shape)
+                .unwrap_or_else(|e| panic!("{}: {e}", image.display()));
+            let name = image.file_name().unwrap().to_str().unwrap();
+            std::fs::write(out.join(format!("{name}.raw")), bytes).unwrap();
+        }
+        let result = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&out)
+            .args([c, h, w].map(|d| d.to_string()))
+            .args(&images)
+            .output()
+            .unwrap();
+        assert!(
+            result.status.success(),
+            "{}",
+            crate::common::describe(&result)
+        );
+        let report = String::from_utf8_lossy(&result.stdout).into_owned();
+        assert_eq!(report.lines().count(), images.len(), "{report}");
+        eprintln!("[{c}, {h}, {w}] vs Pillow:\n{report}");
+        for line in report.lines() {
+            let mad: f64 = line
+                .strip_prefix("mad=")
+                .and_then(|l| l.split(' ').next())
+                .and_then(|m| m.parse().ok())
+                .unwrap_or_else(|| panic!("{line}"));
+            assert!(mad <= 0.5, "[{c}, {h}, {w}]: {line}\n{report}");
+        }
+    }
+}
