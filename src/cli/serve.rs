@@ -122,13 +122,15 @@ pub(super) fn execute(args: ServeArgs) -> Result<(), Error> {
     let dtype = match (args.precision, opened.device.is_cpu()) {
         (Precision::F32, _) => candle_core::DType::F32,
         (_, true) => {
-            return Err(usage(
-                format!(
-                    "--precision {:?} needs a CUDA device; the model would run on {}",
-                    args.precision, opened.description
-                )
-                .to_lowercase(),
-            ))
+            let name = args
+                .precision
+                .to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            return Err(usage(format!(
+                "--precision {name} needs a CUDA device; the model would run on {}",
+                opened.description
+            )));
         }
         (Precision::F16, false) => candle_core::DType::F16,
         (Precision::Bf16, false) => candle_core::DType::BF16,

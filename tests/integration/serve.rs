@@ -681,7 +681,7 @@ fn bad_sources_and_options_exit_2() {
     refused(&["serve", "nope"], "unknown revision \"nope\"");
     refused(
         &["serve", &tag, "--device", "cpu", "--precision", "f16"],
-        "--precision f16 needs a cuda device",
+        "--precision f16 needs a CUDA device; the model would run on cpu",
     );
     refused(
         &["serve", &tag, "--device", "tpu"],
