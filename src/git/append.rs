@@ -328,20 +328,34 @@ pub fn tag_appended(
         super::run_tag_prefix(branch, experiment),
         run_number(repo, branch, commit, experiment)?
     );
-    if let Ok(existing) = repo
-        .revparse_single(&format!("refs/tags/{name}"))
-        .and_then(|o| o.peel_to_commit())
-    {
-        if existing.id() == commit {
-            return Ok(name);
-        }
-    }
     let object = repo
         .find_object(commit, None)
         .map_err(ctx("finding the run commit"))?;
-    repo.tag(&name, &object, signature, message, false)
-        .map_err(ctx(format!("creating tag {name}")))?;
-    Ok(name)
+    let tagged_here = || {
+        repo.revparse_single(&format!("refs/tags/{name}"))
+            .and_then(|o| o.peel_to_commit())
+            .is_ok_and(|c| c.id() == commit)
+    };
+    // Two exp processes may tag the same run at the same moment (a sweep trial recording its
+    // run while `exp sweep status` tags what it finds untagged): the loser sees the ref locked,
+    // or the tag just made. Waiting for the winner costs milliseconds.
+    let mut attempts = 0;
+    loop {
+        if tagged_here() {
+            return Ok(name);
+        }
+        match repo.tag(&name, &object, signature, message, false) {
+            Ok(_) => return Ok(name),
+            Err(e)
+                if attempts < 100
+                    && matches!(e.code(), git2::ErrorCode::Locked | git2::ErrorCode::Exists) =>
+            {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(ctx(format!("creating tag {name}"))(e)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +403,47 @@ mod tests {
         CommitFile {
             path: path.into(),
             blob: text.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn concurrent_tags_of_one_run_agree() {
+        let (dir, repo) = repo();
+        let sig = git2::Signature::now("T", "t@example.com").unwrap();
+        let files = [file("experiments/e/metrics.toml", "x\n")];
+        let subject = super::super::run_subject("e");
+        let appended = append_files(
+            &repo,
+            "sweep",
+            "experiments/e",
+            &files,
+            &subject,
+            &sig,
+            &|_| Ok(None),
+        )
+        .unwrap();
+        let Appended::New(commit) = appended else {
+            panic!("not appended")
+        };
+        // Twenty times: the run tagged by 4 processes at once, then the tag deleted again.
+        for _ in 0..20 {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let path = dir.path().to_path_buf();
+                    std::thread::spawn(move || {
+                        let repo = Repository::open(&path).unwrap();
+                        let sig = git2::Signature::now("T", "t@example.com").unwrap();
+                        tag_appended(&repo, "sweep", "e", commit, "m\n", &sig)
+                    })
+                })
+                .collect();
+            let names: Vec<String> = threads
+                .into_iter()
+                .map(|t| t.join().unwrap().unwrap())
+                .collect();
+            assert!(names.iter().all(|n| n == &names[0]), "{names:?}");
+            repo.tag_delete(names[0].trim_start_matches("refs/tags/"))
+                .unwrap();
         }
     }
 
