@@ -36,6 +36,7 @@ pub mod error;
 pub mod eval;
 pub mod exit;
 pub mod export;
+pub mod files;
 pub mod flow;
 pub mod gate;
 pub mod git;

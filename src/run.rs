@@ -4,7 +4,6 @@
 //! only after training succeeded.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -901,29 +900,11 @@ fn serialize_weights(tensors: &BTreeMap<String, candle_core::Tensor>) -> Result<
         .map_err(|e| RunError::Safetensors(e.to_string()))
 }
 
-/// The prefix of the temp files a run writes its outputs through (renamed into place).
-const TEMP_PREFIX: &str = ".exp-";
-
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
-    let write = |source| RunError::Write {
+    crate::files::write_whole(path, bytes, false).map_err(|source| RunError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(write)?;
-    tmp.write_all(bytes).map_err(write)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(write)?;
-    }
-    tmp.persist(path).map_err(|e| write(e.error))?;
-    Ok(())
+    })
 }
 
 /// After a failed commit (or a run killed in its commit phase): put the experiment's directory
@@ -961,7 +942,10 @@ fn restore_outputs(worktree: &Path, experiment: &str) {
     // write_atomic's temp files (`.exp-*`), which a kill leaves before their rename.
     if let Ok(entries) = std::fs::read_dir(worktree.join(&dir_rel)) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(crate::files::TEMP_PREFIX)
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }

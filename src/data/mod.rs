@@ -615,7 +615,7 @@ impl Dataset {
                 .then(|| (0..spec.test_limit as u32).collect::<Vec<u32>>()),
         };
 
-        let lut = normalisation_table(spec, shape.channels)?;
+        let lut = Normalisation::of(spec, shape.channels)?.table();
         Ok(Dataset {
             train: Split::select(&train_raw, train_sel, relabel.as_ref()),
             val: val_sel.map(|v| Split::select(&train_raw, Some(v), relabel.as_ref())),
@@ -757,10 +757,6 @@ impl Normalisation {
             .flat_map(|c| (0..256).map(move |b| self.value(c, b as f64)))
             .collect()
     }
-}
-
-fn normalisation_table(spec: &DataSpec, channels: usize) -> Result<Vec<f32>, DataError> {
-    Ok(Normalisation::of(spec, channels)?.table())
 }
 
 #[cfg(test)]

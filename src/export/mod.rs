@@ -9,7 +9,6 @@ pub mod torch;
 use std::path::{Path, PathBuf};
 
 use crate::artifact::Artifact;
-use crate::model::Layer;
 
 /// Why a model cannot be exported.
 #[derive(Debug, thiserror::Error)]
@@ -101,33 +100,6 @@ pub(crate) fn f32_tensor(
     Ok((tensor.dims().to_vec(), values))
 }
 
-/// The shape `[C, H, W]` (or `[features]` once flattened) of the activations after `layers`,
-/// starting from `input`.
-pub(crate) fn shape_after(layers: &[Layer], input: &[usize], artifact: &Artifact) -> Vec<usize> {
-    let mut shape = input.to_vec();
-    for layer in layers {
-        shape = match layer {
-            Layer::Conv {
-                name,
-                stride,
-                padding,
-                ..
-            } => {
-                let w = artifact.tensors[&format!("{name}.weight")].dims().to_vec();
-                let out = |x: usize| (x + 2 * padding - w[2]) / stride + 1;
-                vec![w[0], out(shape[1]), out(shape[2])]
-            }
-            Layer::MaxPool2x2 => vec![shape[0], shape[1] / 2, shape[2] / 2],
-            Layer::GlobalAvgPool => vec![shape[0]],
-            Layer::Flatten => vec![shape.iter().product()],
-            Layer::Dense { name } => vec![artifact.tensors[&format!("{name}.weight")].dims()[0]],
-            Layer::Residual { body, .. } => shape_after(body, &shape, artifact),
-            Layer::BatchNorm { .. } | Layer::Relu | Layer::Dropout { .. } => shape,
-        };
-    }
-    shape
-}
-
 /// Where `exp export` writes when no `-o` is given: `<output dir>/<experiment>-<version or
 /// short commit>.onnx`, or for PyTorch `<experiment>_<…>` (a Python module name) without
 /// extension.
@@ -149,26 +121,13 @@ pub fn default_path(out_dir: &Path, artifact: &Artifact, format: Format) -> Path
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory, so a failed export
-/// never leaves a truncated model where a good one was.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
-    let write = |source| ExportError::Write {
+/// Writes `bytes` to `path` whole (`files::write_whole`): a failed export never leaves a
+/// truncated model where a good one was.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    crate::files::write_whole(path, bytes, false).map_err(|source| ExportError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(write)?;
-    // 0666 less the umask, as a plain create would give (tempfile's own default is 0600).
-    let mut tmp = tempfile::Builder::new()
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .tempfile_in(dir)
-        .map_err(write)?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(write)?;
-    tmp.persist(path).map_err(|e| write(e.error))?;
-    Ok(())
+    })
 }
 
 /// The files `exp export` writes for `out`: `out` itself (ONNX), or `out` with the extensions

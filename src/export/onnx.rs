@@ -16,7 +16,7 @@ use candle_onnx::onnx::{
 };
 use prost::Message;
 
-use super::{f32_tensor, metadata, shape_after, ExportError};
+use super::{f32_tensor, metadata, ExportError};
 use crate::artifact::Artifact;
 use crate::model::Layer;
 
@@ -301,6 +301,33 @@ impl Graph<'_> {
         }
         Ok(x)
     }
+}
+
+/// The shape `[C, H, W]` (or `[features]` once flattened) of the activations after `layers`,
+/// starting from `input`.
+fn shape_after(layers: &[Layer], input: &[usize], artifact: &Artifact) -> Vec<usize> {
+    let mut shape = input.to_vec();
+    for layer in layers {
+        shape = match layer {
+            Layer::Conv {
+                name,
+                stride,
+                padding,
+                ..
+            } => {
+                let w = artifact.tensors[&format!("{name}.weight")].dims().to_vec();
+                let out = |x: usize| (x + 2 * padding - w[2]) / stride + 1;
+                vec![w[0], out(shape[1]), out(shape[2])]
+            }
+            Layer::MaxPool2x2 => vec![shape[0], shape[1] / 2, shape[2] / 2],
+            Layer::GlobalAvgPool => vec![shape[0]],
+            Layer::Flatten => vec![shape.iter().product()],
+            Layer::Dense { name } => vec![artifact.tensors[&format!("{name}.weight")].dims()[0]],
+            Layer::Residual { body, .. } => shape_after(body, &shape, artifact),
+            Layer::BatchNorm { .. } | Layer::Relu | Layer::Dropout { .. } => shape,
+        };
+    }
+    shape
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use safetensors::tensor::{Dtype, TensorView};
 
-use super::{f32_tensor, metadata, shape_after, ExportError};
+use super::{f32_tensor, metadata, ExportError};
 use crate::artifact::Artifact;
 use crate::model::Layer;
 
@@ -80,9 +80,8 @@ fn py_str(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
 
-/// The constructor call of a layer with parameters, given the input shape `[C, H, W]` or
-/// `[features]`; None for layers without a module.
-fn module_of(layer: &Layer, shape: &[usize], artifact: &Artifact) -> Option<String> {
+/// The constructor call of a layer that is a module; None for the others.
+fn module_of(layer: &Layer, artifact: &Artifact) -> Option<String> {
     let dims = |name: &str| artifact.tensors[&format!("{name}.weight")].dims().to_vec();
     match layer {
         Layer::Conv {
@@ -106,7 +105,6 @@ fn module_of(layer: &Layer, shape: &[usize], artifact: &Artifact) -> Option<Stri
         )),
         Layer::Dense { name } => {
             let w = dims(name);
-            debug_assert_eq!(shape.iter().product::<usize>(), w[1]);
             Some(format!("nn.Linear({}, {})", w[1], w[0]))
         }
         Layer::Dropout { p } => Some(format!("nn.Dropout({p})")),
@@ -120,8 +118,8 @@ fn attribute(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
 
-/// Python statements (one per line, without indentation) for `layers` applied to `x`, and the
-/// module assignments they need, for a module whose tensors are named under `prefix`.
+/// The module's `__init__` assignments and `forward` statements (one per line, without
+/// indentation) for a list of layers applied to `x`.
 struct Emitter<'a> {
     artifact: &'a Artifact,
     init: Vec<String>,
@@ -130,56 +128,45 @@ struct Emitter<'a> {
 }
 
 impl Emitter<'_> {
-    fn layers(&mut self, layers: &[Layer], input: &[usize]) {
-        let mut shape = input.to_vec();
+    fn layers(&mut self, layers: &[Layer]) {
         let mut i = 0;
         while i < layers.len() {
             let layer = &layers[i];
-            match layer {
+            i += 1;
+            let attr = match layer {
                 Layer::Conv { name, .. }
                 | Layer::BatchNorm { name, .. }
-                | Layer::Dense { name } => {
-                    let module = module_of(layer, &shape, self.artifact).unwrap_or_default();
-                    let attr = attribute(name);
-                    self.init.push(format!("self.{attr} = {module}"));
-                    self.forward.push(format!("x = self.{attr}(x)"));
-                }
+                | Layer::Dense { name } => attribute(name).to_string(),
                 Layer::Dropout { .. } => {
                     self.dropouts += 1;
-                    let attr = format!("dropout{}", self.dropouts);
-                    let module = module_of(layer, &shape, self.artifact).unwrap_or_default();
-                    self.init.push(format!("self.{attr} = {module}"));
-                    self.forward.push(format!("x = self.{attr}(x)"));
+                    format!("dropout{}", self.dropouts)
                 }
-                Layer::Relu => self.forward.push("x = torch.relu(x)".into()),
-                Layer::MaxPool2x2 => self.forward.push("x = F.max_pool2d(x, 2)".into()),
-                Layer::GlobalAvgPool => self.forward.push("x = x.mean((2, 3))".into()),
-                Layer::Flatten => self.forward.push("x = torch.flatten(x, 1)".into()),
+                Layer::Relu => {
+                    self.forward.push("x = torch.relu(x)".into());
+                    continue;
+                }
+                Layer::MaxPool2x2 => {
+                    self.forward.push("x = F.max_pool2d(x, 2)".into());
+                    continue;
+                }
+                Layer::GlobalAvgPool => {
+                    self.forward.push("x = x.mean((2, 3))".into());
+                    continue;
+                }
+                Layer::Flatten => {
+                    self.forward.push("x = torch.flatten(x, 1)".into());
+                    continue;
+                }
                 Layer::Residual { name, .. } => {
                     // Consecutive blocks `<group>.0`, `<group>.1`, … become one nn.Sequential
                     // named `<group>`, as torchvision's ResNet names them.
                     let group = name.rsplit_once('.').map_or(name.as_str(), |(g, _)| g);
-                    let mut blocks = Vec::new();
-                    while let Some(Layer::Residual {
-                        name,
-                        body,
-                        shortcut,
-                    }) = layers.get(i)
-                    {
+                    let mut blocks = vec![self.block(layer)];
+                    while let Some(next @ Layer::Residual { name, .. }) = layers.get(i) {
                         if name.rsplit_once('.').map(|(g, _)| g) != Some(group) {
                             break;
                         }
-                        let c_in = shape[0];
-                        let stride = match body.first() {
-                            Some(Layer::Conv { stride, .. }) => *stride,
-                            _ => 1,
-                        };
-                        shape = shape_after(&layers[i..=i], &shape, self.artifact);
-                        blocks.push(format!(
-                            "BasicBlock({c_in}, {}, {stride}, {})",
-                            shape[0],
-                            if shortcut.is_empty() { "False" } else { "True" }
-                        ));
+                        blocks.push(self.block(next));
                         i += 1;
                     }
                     self.init.push(format!(
@@ -189,10 +176,29 @@ impl Emitter<'_> {
                     self.forward.push(format!("x = self.{group}(x)"));
                     continue;
                 }
-            }
-            shape = shape_after(std::slice::from_ref(layer), &shape, self.artifact);
-            i += 1;
+            };
+            let module = module_of(layer, self.artifact).unwrap_or_default();
+            self.init.push(format!("self.{attr} = {module}"));
+            self.forward.push(format!("x = self.{attr}(x)"));
         }
+    }
+
+    /// `BasicBlock(c_in, c_out, stride, projection)` for a residual block: the channels and
+    /// stride of its first convolution.
+    fn block(&self, block: &Layer) -> String {
+        let Layer::Residual { body, shortcut, .. } = block else {
+            return String::new();
+        };
+        let Some(Layer::Conv { name, stride, .. }) = body.first() else {
+            return String::new();
+        };
+        let w = self.artifact.tensors[&format!("{name}.weight")].dims();
+        format!(
+            "BasicBlock({}, {}, {stride}, {})",
+            w[1],
+            w[0],
+            if shortcut.is_empty() { "False" } else { "True" }
+        )
     }
 }
 
@@ -228,7 +234,7 @@ fn module_source(artifact: &Artifact) -> String {
         forward: Vec::new(),
         dropouts: 0,
     };
-    emitter.layers(&layers, &[s.channels, s.height, s.width]);
+    emitter.layers(&layers);
     let residual = layers.iter().any(|l| matches!(l, Layer::Residual { .. }));
     let p = &artifact.provenance;
     let floats = |v: &[f64]| {

@@ -353,20 +353,13 @@ pub fn write_journal<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), 
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| io("creating the folder of", e))?;
     let text = toml::to_string(value).map_err(|e| {
         io(
             "encoding",
             std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         )
     })?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| io("writing", e))?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| io("writing", e))?;
-    tmp.persist(path).map_err(|e| io("naming", e.error))?;
-    Ok(())
+    crate::files::write_whole(path, text.as_bytes(), true).map_err(|e| io("writing", e))
 }
 
 /// A journal [`write_journal`] wrote; `None` when there is none or it cannot be read (then it

@@ -18,10 +18,11 @@ use super::metrics::Metrics;
 /// The scores of one image: its logits' softmax, in class order.
 pub type Probabilities = Vec<f64>;
 
-/// Runs the model on a batch: `n` images in, `n` rows of probabilities out.
+/// Runs the model on a batch: `n` normalised images (`values`, image after image, CHW) in, `n`
+/// rows of probabilities out.
 pub trait Infer: Send + Sync + 'static {
-    /// Probabilities for every image of `batch`.
-    fn infer(&self, batch: &Batch) -> Result<Vec<Probabilities>, String>;
+    /// Probabilities for every image of the batch.
+    fn infer(&self, values: &[f32], n: usize) -> Result<Vec<Probabilities>, String>;
 }
 
 /// How batches form.
@@ -170,40 +171,41 @@ fn work(model: &dyn Infer, queue: &Receiver<Job>, policy: BatchPolicy, metrics: 
 /// job with its own rows.
 fn run(model: &dyn Infer, jobs: Vec<Job>, max_batch_size: usize, metrics: &Metrics) {
     let total: usize = jobs.iter().map(|j| j.batch.n).sum();
-    let size = jobs
-        .first()
-        .map_or(0, |j| j.batch.values.len() / j.batch.n.max(1));
-    let mut values = Vec::with_capacity(total * size);
-    for job in &jobs {
-        values.extend_from_slice(&job.batch.values);
-    }
-    let mut rows: Result<Vec<Probabilities>, String> = Ok(Vec::with_capacity(total));
-    let mut start = 0;
-    while start < total {
-        let n = max_batch_size.max(1).min(total - start);
-        let batch = Batch {
-            n,
-            values: values[start * size..(start + n) * size].to_vec(),
-        };
+    // One job runs from its own buffer; several are joined into one.
+    let joined: Vec<f32>;
+    let values: &[f32] = match &jobs[..] {
+        [job] => &job.batch.values,
+        _ => {
+            joined = jobs
+                .iter()
+                .flat_map(|j| j.batch.values.iter().copied())
+                .collect();
+            &joined
+        }
+    };
+    let size = (values.len() / total.max(1)).max(1);
+    let mut outcome: Result<Vec<Probabilities>, String> = Ok(Vec::with_capacity(total));
+    for pass in values.chunks(max_batch_size.max(1) * size) {
+        let n = pass.len() / size;
         metrics.batch_size.observe(n as f64);
-        match (model.infer(&batch), rows.as_mut()) {
-            (Ok(mut out), Ok(rows)) => rows.append(&mut out),
-            (Err(e), _) => {
-                rows = Err(e);
+        match model.infer(pass, n) {
+            Ok(out) => {
+                if let Ok(rows) = outcome.as_mut() {
+                    rows.extend(out);
+                }
+            }
+            Err(e) => {
+                outcome = Err(e);
                 break;
             }
-            (Ok(_), Err(_)) => break,
         }
-        start += n;
     }
-    let mut offset = 0;
+    let mut rows = outcome.map(Vec::into_iter);
     for job in jobs {
-        let n = job.batch.n;
-        let answer = match &rows {
-            Ok(rows) => Ok(rows[offset..offset + n].to_vec()),
+        let answer = match &mut rows {
+            Ok(rows) => Ok(rows.by_ref().take(job.batch.n).collect()),
             Err(e) => Err(e.clone()),
         };
-        offset += n;
         // A client that went away no longer waits for its answer.
         let _ = job.reply.send(answer);
     }

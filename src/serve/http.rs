@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::input::{Batch, InputError};
+use super::input::{Batch, InputError, InputSpec};
 use super::ServeState;
 
 /// The router of `exp serve`.
@@ -48,16 +48,23 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         StatusCode::REQUEST_TIMEOUT => "REQUEST_TIMEOUT",
         _ => "INTERNAL_ERROR",
     };
-    let mut response = (
+    let response = (
         status,
         Json(json!({"error_code": code, "message": message.into()})),
     )
         .into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
+        retry_soon(response)
+    } else {
         response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
+}
+
+/// `response` with `Retry-After: 1`: a 503 that will pass (warming up, a full queue).
+fn retry_soon(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
@@ -150,7 +157,7 @@ async fn answer(state: &ServeState, batch: Result<Batch, InputError>) -> Respons
                     let label = argmax(&probabilities);
                     json!({
                         "label": label,
-                        "class": state.class_names.get(label),
+                        "class": state.info.classes.get(label),
                         "probabilities": probabilities,
                     })
                 })
@@ -166,13 +173,6 @@ async fn answer(state: &ServeState, batch: Result<Batch, InputError>) -> Respons
             "the server is shutting down",
         ),
     }
-}
-
-/// The parse's result, or a panic in it as an input error (it must not take the server down).
-fn flatten_join(
-    joined: Result<Result<Batch, InputError>, tokio::task::JoinError>,
-) -> Result<Batch, InputError> {
-    joined.unwrap_or_else(|e| Err(InputError(format!("the body could not be read: {e}"))))
 }
 
 fn argmax(values: &[f64]) -> usize {
@@ -192,22 +192,18 @@ async fn invocations(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Some(media) = media_type(&headers) {
-        if media != "application/json" {
-            return error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("/invocations takes application/json, not {media} (images go to /predict)"),
-            );
-        }
-    }
-    let bytes = match body(&state, raw) {
-        Ok(bytes) => bytes,
-        Err((status, message)) => return error(status, message),
+    let wrong_type = |media: &str| {
+        format!("/invocations takes application/json, not {media} (images go to /predict)")
     };
-    // Parsing is CPU work: off the async threads, so /health answers while big bodies parse.
-    let parsing = state.clone();
-    let batch = tokio::task::spawn_blocking(move || parsing.input.parse_json(&bytes)).await;
-    answer(&state, flatten_join(batch)).await
+    predictions(
+        state,
+        &headers,
+        raw,
+        &["application/json"],
+        wrong_type,
+        InputSpec::parse_json,
+    )
+    .await
 }
 
 async fn predict(
@@ -215,24 +211,47 @@ async fn predict(
     headers: HeaderMap,
     raw: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Some(media) = media_type(&headers) {
-        if !matches!(
-            media.as_str(),
-            "image/png" | "image/jpeg" | "application/octet-stream"
-        ) {
-            return error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("/predict takes a PNG or JPEG body (image/png, image/jpeg), not {media}; JSON goes to /invocations"),
-            );
+    let wrong_type = |media: &str| {
+        format!("/predict takes a PNG or JPEG body (image/png, image/jpeg), not {media}; JSON goes to /invocations")
+    };
+    let accepted = ["image/png", "image/jpeg", "application/octet-stream"];
+    predictions(
+        state,
+        &headers,
+        raw,
+        &accepted,
+        wrong_type,
+        InputSpec::parse_image,
+    )
+    .await
+}
+
+/// The two prediction endpoints: the content type among `accepted` (or none), the body read,
+/// `parse` run off the async threads (it is CPU work: /health answers while big bodies parse),
+/// and the batch answered.
+async fn predictions(
+    state: Arc<ServeState>,
+    headers: &HeaderMap,
+    raw: Result<Bytes, BytesRejection>,
+    accepted: &[&str],
+    wrong_type: impl Fn(&str) -> String,
+    parse: fn(&InputSpec, &[u8]) -> Result<Batch, InputError>,
+) -> Response {
+    if let Some(media) = media_type(headers) {
+        if !accepted.contains(&media.as_str()) {
+            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, wrong_type(&media));
         }
     }
     let bytes = match body(&state, raw) {
         Ok(bytes) => bytes,
         Err((status, message)) => return error(status, message),
     };
-    let decoding = state.clone();
-    let batch = tokio::task::spawn_blocking(move || decoding.input.parse_image(&bytes)).await;
-    answer(&state, flatten_join(batch)).await
+    let parsing = state.clone();
+    let batch = tokio::task::spawn_blocking(move || parse(&parsing.input, &bytes))
+        .await
+        // A panic in the parser is the body's fault; it must not take the server down.
+        .unwrap_or_else(|e| Err(InputError(format!("the body could not be read: {e}"))));
+    answer(&state, batch).await
 }
 
 /// MLflow's health check: 200 once the model serves.
@@ -257,15 +276,13 @@ async fn ready(State(state): State<Arc<ServeState>>) -> Response {
     if state.batcher().is_some() {
         Json(json!({"ready": true})).into_response()
     } else {
-        let mut response = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "status": "warming up"})),
+        retry_soon(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"ready": false, "status": "warming up"})),
+            )
+                .into_response(),
         )
-            .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        response
     }
 }
 

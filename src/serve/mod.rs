@@ -21,7 +21,7 @@ use crate::artifact::Artifact;
 use crate::data::ImageShape;
 use crate::model::{Mode, Model};
 use batcher::{BatchPolicy, Batcher, Infer, Probabilities};
-use input::{Batch, InputSpec};
+use input::InputSpec;
 use metrics::Metrics;
 
 /// Why the server cannot start or stopped with an error.
@@ -131,8 +131,6 @@ pub struct ServeState {
     pub info: ModelInfo,
     /// How request bodies become inputs.
     pub input: InputSpec,
-    /// Class names, for the answers.
-    pub class_names: Vec<String>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// The largest body accepted.
@@ -183,7 +181,6 @@ impl ServeState {
                 shape: s,
                 normalisation: artifact.normalisation.clone(),
             },
-            class_names: artifact.class_names.clone(),
             metrics: Arc::new(Metrics::new().map_err(|e| ServeError::Server(e.to_string()))?),
             max_body_bytes: options.max_body_bytes,
             batcher: OnceLock::new(),
@@ -205,10 +202,7 @@ impl ServeState {
         let size = self.input.shape.size();
         let n = policy.max_batch_size.max(1);
         model
-            .infer(&Batch {
-                n,
-                values: vec![0.0; n * size],
-            })
+            .infer(&vec![0.0; n * size], n)
             .map_err(ServeError::WarmUp)?;
         let batcher =
             Batcher::start(model, policy, self.metrics.clone()).map_err(ServeError::Server)?;
@@ -247,20 +241,16 @@ impl Forward {
 }
 
 impl Infer for Forward {
-    fn infer(&self, batch: &Batch) -> Result<Vec<Probabilities>, String> {
+    fn infer(&self, values: &[f32], n: usize) -> Result<Vec<Probabilities>, String> {
         let s = self.shape;
-        let logits = Tensor::from_slice(
-            &batch.values,
-            (batch.n, s.channels, s.height, s.width),
-            &Device::Cpu,
-        )
-        .and_then(|x| x.to_device(&self.device))
-        .and_then(|x| x.to_dtype(self.dtype))
-        .and_then(|x| self.model.forward(&x, &mut Mode::Eval))
-        .and_then(|y| y.to_dtype(DType::F32))
-        .and_then(|y| y.to_device(&Device::Cpu))
-        .and_then(|y| y.to_vec2::<f32>())
-        .map_err(|e| e.to_string())?;
+        let logits = Tensor::from_slice(values, (n, s.channels, s.height, s.width), &Device::Cpu)
+            .and_then(|x| x.to_device(&self.device))
+            .and_then(|x| x.to_dtype(self.dtype))
+            .and_then(|x| self.model.forward(&x, &mut Mode::Eval))
+            .and_then(|y| y.to_dtype(DType::F32))
+            .and_then(|y| y.to_device(&Device::Cpu))
+            .and_then(|y| y.to_vec2::<f32>())
+            .map_err(|e| e.to_string())?;
         Ok(logits.iter().map(|row| softmax(row)).collect())
     }
 }
@@ -285,59 +275,33 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The bounds of the batching options: beyond them a server would allocate without limit (the
 /// queue's slots, the warm-up batch, threads) or hold a request forever.
-pub const LIMITS: Limits = Limits {
-    workers: 256,
-    max_batch_size: 4096,
-    max_queue: 65536,
-    max_delay: Duration::from_secs(10),
-};
+pub const MAX_WORKERS: usize = 256;
+/// See [`MAX_WORKERS`].
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// See [`MAX_WORKERS`].
+pub const MAX_QUEUE: usize = 65536;
+/// See [`MAX_WORKERS`].
+pub const MAX_DELAY: Duration = Duration::from_secs(10);
 
-/// Upper bounds of [`BatchPolicy`]'s fields.
-pub struct Limits {
-    /// Worker threads.
-    pub workers: usize,
-    /// Images per forward pass.
-    pub max_batch_size: usize,
-    /// Waiting requests.
-    pub max_queue: usize,
-    /// Wait to fill a batch.
-    pub max_delay: Duration,
-}
-
-/// Checks the options against [`LIMITS`], before anything is bound or allocated.
+/// Checks the options against their bounds, before anything is bound or allocated.
 pub fn check_options(options: &ServeOptions) -> Result<(), ServeError> {
     let p = options.policy;
-    let out_of_range = |flag: &str, value: String, max: String| {
-        Err(ServeError::Option(format!(
-            "{flag} {value}: must be from 1 to {max}"
-        )))
-    };
-    if p.workers == 0 || p.workers > LIMITS.workers {
-        return out_of_range(
-            "--workers",
-            p.workers.to_string(),
-            LIMITS.workers.to_string(),
-        );
+    for (flag, value, max) in [
+        ("--workers", p.workers, MAX_WORKERS),
+        ("--max-batch-size", p.max_batch_size, MAX_BATCH_SIZE),
+        ("--max-queue", p.max_queue, MAX_QUEUE),
+    ] {
+        if value == 0 || value > max {
+            return Err(ServeError::Option(format!(
+                "{flag} {value}: must be from 1 to {max}"
+            )));
+        }
     }
-    if p.max_batch_size == 0 || p.max_batch_size > LIMITS.max_batch_size {
-        return out_of_range(
-            "--max-batch-size",
-            p.max_batch_size.to_string(),
-            LIMITS.max_batch_size.to_string(),
-        );
-    }
-    if p.max_queue == 0 || p.max_queue > LIMITS.max_queue {
-        return out_of_range(
-            "--max-queue",
-            p.max_queue.to_string(),
-            LIMITS.max_queue.to_string(),
-        );
-    }
-    if p.max_delay > LIMITS.max_delay {
+    if p.max_delay > MAX_DELAY {
         return Err(ServeError::Option(format!(
             "--max-delay-ms {}: at most {} (a batch wait longer than that holds requests, not batches them)",
             p.max_delay.as_millis(),
-            LIMITS.max_delay.as_millis()
+            MAX_DELAY.as_millis()
         )));
     }
     if options.max_body_bytes == 0 {
@@ -362,12 +326,10 @@ pub fn serve(
     check_options(&options)?;
     let policy = options.policy;
     let state = Arc::new(ServeState::new(&artifact, device_name, &options)?);
-    let forward: Arc<dyn Infer> = Arc::new(Forward::new(
-        artifact.model,
-        device,
-        options.dtype,
-        artifact.input,
-    ));
+    // The model holds its own copy of the weights: the loaded tensors and the record go now,
+    // not at shutdown.
+    let Artifact { model, input, .. } = artifact;
+    let forward: Arc<dyn Infer> = Arc::new(Forward::new(model, device, options.dtype, input));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("exp-serve-http")

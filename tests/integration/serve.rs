@@ -14,7 +14,6 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use exp::serve::batcher::{BatchPolicy, Infer, Probabilities};
-use exp::serve::input::Batch;
 use exp::serve::{Forward, ServeOptions, ServeState};
 
 use crate::common::{assert_exit_2, Env};
@@ -407,12 +406,12 @@ struct Held {
 }
 
 impl Infer for Held {
-    fn infer(&self, batch: &Batch) -> Result<Vec<Probabilities>, String> {
+    fn infer(&self, values: &[f32], n: usize) -> Result<Vec<Probabilities>, String> {
         if self.warmed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             self.started.lock().unwrap().send(()).unwrap();
             self.release.lock().unwrap().recv().unwrap();
         }
-        self.inner.infer(batch)
+        self.inner.infer(values, n)
     }
 }
 
