@@ -229,9 +229,13 @@ fn input_shape(record: &RunRecord, data_root: Option<&Path>) -> Result<ImageShap
         ))
     };
     let root = data_root.ok_or_else(|| missing("needs a data root (EXP_DATA)".into()))?;
-    let data = Dataset::load(root, &record.params.data, record.params.train.seed, &|_| {
-        "the record's [params.data]".to_string()
-    })
+    let data = Dataset::load(
+        root,
+        &record.params.data,
+        record.params.train.seed,
+        &|_| "the record's [params.data]".to_string(),
+        None,
+    )
     .map_err(|e| missing(format!("cannot be read: {e}")))?;
     Ok(data.shape)
 }

@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::data::ResidentSplit;
+use crate::data::SplitFeed;
 use crate::model::{Mode, Model};
 
 /// Examples per evaluation batch on the CPU: large enough to amortise per-call overhead, small
@@ -27,8 +27,8 @@ pub struct Evaluation {
 
 /// Runs `model` over `split` without dropout. Predictions and losses stay on the device until
 /// the end: one transfer per evaluation, not one per batch.
-pub fn evaluate(model: &Model, split: &ResidentSplit) -> candle_core::Result<Evaluation> {
-    let labels = split.host_labels.clone();
+pub fn evaluate(model: &Model, split: &SplitFeed) -> candle_core::Result<Evaluation> {
+    let labels = split.host_labels().to_vec();
     if split.is_empty() {
         return Ok(Evaluation {
             labels,
@@ -36,7 +36,7 @@ pub fn evaluate(model: &Model, split: &ResidentSplit) -> candle_core::Result<Eva
             loss: f64::NAN,
         });
     }
-    let batch = if split.images.device().is_cpu() {
+    let batch = if split.on_cpu() {
         EVAL_BATCH_CPU
     } else {
         EVAL_BATCH_GPU
@@ -46,8 +46,7 @@ pub fn evaluate(model: &Model, split: &ResidentSplit) -> candle_core::Result<Eva
     let mut start = 0;
     while start < split.len() {
         let n = batch.min(split.len() - start);
-        let xs = split.images.narrow(0, start, n)?;
-        let ys = split.labels.narrow(0, start, n)?;
+        let (xs, ys) = split.range(start, n)?;
         let logits = model.forward(&xs, &mut Mode::Eval)?.to_dtype(DType::F32)?;
         // Summed, not mean, loss per batch so the last, smaller batch weighs what it holds.
         losses.push(candle_nn::loss::cross_entropy(&logits, &ys)?.affine(n as f64, 0.0)?);

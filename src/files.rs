@@ -1,9 +1,15 @@
 //! Files written whole: the bytes go to a temporary file beside the target, which is then
 //! renamed over it, so a reader (or a kill) finds the old file or the new one, never part of
 //! one. Run outputs, sweep state, journals and exported models are all written so.
+//!
+//! And a file's identity without reading it ([`FileStat`]): what the LFS filter's stat cache and
+//! the data-folder scanner trust to skip re-hashing unchanged files.
 
 use std::io::Write;
 use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
 
 /// The name prefix of the temporary files: what a clean-up after a kill looks for.
 pub const TEMP_PREFIX: &str = ".exp-";
@@ -28,6 +34,70 @@ pub fn write_whole(path: &Path, bytes: &[u8], durable: bool) -> std::io::Result<
     }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// How much older than the read the file's mtime must be: kernels stamp files from a coarse
+/// clock (a scheduler tick, up to 10 ms), so a margin well above it...
+const RACY_MARGIN: Duration = Duration::from_millis(100);
+/// ...and on file systems that store whole seconds (ext3, FAT, HFS+), above their granularity.
+const RACY_MARGIN_COARSE: Duration = Duration::from_secs(2);
+
+/// What identifies one version of a file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i128,
+    /// Status-change time, ns since the epoch (changes on any write, even one that restores
+    /// the mtime).
+    pub ctime_ns: i128,
+    /// Inode number.
+    pub ino: u64,
+    /// Device number.
+    pub dev: u64,
+}
+
+impl FileStat {
+    /// The stat of `path`, or `None` if it is not a regular file (or this is not Unix).
+    pub fn of(path: &Path) -> Option<FileStat> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(path).ok()?;
+            if !m.is_file() {
+                return None;
+            }
+            let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+            Some(FileStat {
+                size: m.size(),
+                mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+                ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+                ino: m.ino(),
+                dev: m.dev(),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
+    /// Whether a read that started at `start` may record this stat (see the module docs).
+    pub fn settled_before(&self, start: SystemTime) -> bool {
+        let Ok(since_epoch) = start.duration_since(SystemTime::UNIX_EPOCH) else {
+            return false;
+        };
+        let whole_seconds = self.mtime_ns % 1_000_000_000 == 0;
+        let margin = if whole_seconds {
+            RACY_MARGIN_COARSE
+        } else {
+            RACY_MARGIN
+        };
+        let limit = since_epoch.saturating_sub(margin).as_nanos() as i128;
+        self.mtime_ns < limit && self.ctime_ns < limit
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub enum Purpose {
     Augment = 5,
     /// The random samples of a sweep (`[sweep] random`).
     Sweep = 6,
+    /// Which examples are in which split, drawn by fraction or limit (`data.split_seed`).
+    Split = 7,
 }
 
 /// A seeded random stream.

@@ -362,7 +362,7 @@ pub struct Prepared {
 /// docs/design.md §5: the device, the parent's weights, the data; then the run id.
 pub fn prepare(
     repo: &git2::Repository,
-    resolved: ResolvedSpec,
+    mut resolved: ResolvedSpec,
     experiment: &str,
     root: &Path,
     stop: &StopFlag,
@@ -399,10 +399,19 @@ pub fn prepare(
 
     let loading = Instant::now();
     progress.loading_data(None);
-    let data = Dataset::load(root, &spec.data, spec.train.seed, &|key| {
-        resolved.origin(key)
-    })?;
+    let cache = crate::git::cache_dir(repo);
+    let data = Dataset::load(
+        root,
+        &spec.data,
+        spec.train.seed,
+        &|key| resolved.origin(key),
+        Some(&cache),
+    )?;
     let load_seconds = loading.elapsed().as_secs_f64();
+    // What loading decided (an image folder's classes, a computed normalisation) goes into
+    // the spec the record keeps, and so into the run id.
+    data.resolve_spec(&mut resolved.spec.data);
+    let spec = &resolved.spec;
     progress.loading_data(Some(train::DataLoaded {
         train: data.train.len,
         val: data.val.as_ref().map_or(0, |v| v.len),
@@ -864,6 +873,7 @@ fn split_record(
         examples: split.len,
         classes,
         files: files.to_vec(),
+        skipped: split.skipped,
     }
 }
 

@@ -229,9 +229,14 @@ pub fn verify_one(
         layout::run_file(name, RECORD_FILE),
         snapshot.name
     );
-    let data = match Dataset::load(root, &record.params.data, record.params.train.seed, &|_| {
-        record_path.clone()
-    }) {
+    let cache = crate::git::cache_dir(repo);
+    let data = match Dataset::load(
+        root,
+        &record.params.data,
+        record.params.train.seed,
+        &|_| record_path.clone(),
+        Some(&cache),
+    ) {
         Ok(data) => data,
         Err(e) => {
             return verdict(
@@ -266,7 +271,7 @@ pub fn verify_one(
         Err(reason) => return verdict(out, VerifyOutcome::Mismatch, reason),
     };
     let evaluation = match data
-        .upload(&data.test, &device, DType::F32)
+        .feed(&data.test, &device, DType::F32)
         .and_then(|split| evaluate(&model, &split))
     {
         Ok(e) => e,

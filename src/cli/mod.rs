@@ -120,6 +120,8 @@ pub enum Command {
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     #[command(long_about = device::DEVICE_LONG_ABOUT)]
     Device(device::DeviceArgs),
+    /// The decoded image folders exp keeps under .git/exp/cache: ls, prune.
+    Cache(cache::CacheArgs),
 }
 
 /// Writes a line to stdout. A closed pipe (`exp log | head`) comes back as
@@ -156,6 +158,7 @@ pub(crate) fn warn(message: &str) {
 }
 
 mod apply;
+mod cache;
 mod device;
 mod diff;
 mod export;
@@ -225,6 +228,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Verify(args) => verify::execute(args),
         Command::Sweep(args) => sweep::execute(args),
         Command::Device(args) => device::execute(args),
+        Command::Cache(args) => cache::execute(args),
         Command::Export(args) => export::execute(args),
         Command::Serve(args) => serve::execute(args),
         Command::Ci {

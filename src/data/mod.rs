@@ -5,17 +5,21 @@
 //! so a gzipped and a raw copy of the same data agree.
 
 pub mod augment;
+pub mod cache;
 pub mod cifar;
 pub mod decode;
+pub mod folder;
 pub mod idx;
+pub mod scan;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::rng::{ExpRng, Purpose};
-use crate::spec::{DataFormat, DataSpec};
+use crate::spec::{DataFormat, DataSpec, Normalize, NormalizeSpec};
 
 /// A data set that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -188,20 +192,67 @@ fn read_spec_file(
     Ok((path, bytes))
 }
 
+/// The pixels of a set of examples, CHW order, example after example: in memory, or a
+/// memory-mapped decoded-cache file (`folder.rs`), whose pages the OS loads as batches touch
+/// them and drops under memory pressure.
+pub enum Pixels {
+    /// Read into memory (IDX, CIFAR-10, an image folder without a cache).
+    Owned(Vec<u8>),
+    /// A region of a mapped file.
+    Mapped {
+        /// The mapping.
+        map: memmap2::Mmap,
+        /// Where the pixels start.
+        offset: usize,
+        /// How many bytes they take.
+        len: usize,
+    },
+}
+
+impl std::ops::Deref for Pixels {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Pixels::Owned(v) => v,
+            Pixels::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+        }
+    }
+}
+
+impl std::fmt::Debug for Pixels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pixels::Owned(v) => write!(f, "Pixels::Owned({} bytes)", v.len()),
+            Pixels::Mapped { len, .. } => write!(f, "Pixels::Mapped({len} bytes)"),
+        }
+    }
+}
+
 /// Images and labels of one split, as bytes, with per-channel normalisation applied when a
-/// batch is gathered.
+/// batch is gathered. The pixels are shared with the other splits of the same files.
 #[derive(Debug, Clone)]
 pub struct Split {
     /// Examples in this split.
     pub len: usize,
-    /// Pixels of every example, CHW order, `len * channels * height * width` bytes.
-    images: Vec<u8>,
+    /// The pixels of the source files' examples (all of them: `selection` picks).
+    pixels: Arc<Pixels>,
     /// Class index of every example.
     pub labels: Vec<u8>,
     /// Which examples of the source files this split holds, when not all of them, in order.
     pub selection: Option<Vec<u32>>,
     /// Fingerprint of the split: its files, and the selection when there is one.
     pub blake3: String,
+    /// Files of the source left out because they do not decode (`data.skip_corrupt`).
+    pub skipped: usize,
+}
+
+impl Split {
+    /// The pixels of example `i` of the split.
+    fn example(&self, i: usize, size: usize) -> &[u8] {
+        let row = self.selection.as_ref().map_or(i, |s| s[i] as usize);
+        &self.pixels[row * size..(row + 1) * size]
+    }
 }
 
 /// The shape every image of a data set has.
@@ -239,15 +290,26 @@ pub struct Dataset {
     pub train_files: Vec<FileFingerprint>,
     /// The test files' fingerprints.
     pub test_files: Vec<FileFingerprint>,
+    /// The normalisation every batch gets (computed over the training split for
+    /// `data.normalize = "train"`).
+    pub normalisation: Normalisation,
+    /// An image folder's class names, after `data.classes`; none for the other formats.
+    pub class_names: Option<Vec<String>>,
+    /// An image folder's class count (its class folders).
+    pub folder_classes: Option<usize>,
     /// Lookup table: normalised value of pixel byte `b` in channel `c` at `c * 256 + b`.
     lut: Vec<f32>,
 }
 
-struct RawSet {
-    images: Vec<u8>,
+/// The examples of a set of source files, before any selection.
+#[derive(Clone)]
+pub struct RawSet {
+    images: Arc<Pixels>,
     labels: Vec<u8>,
     shape: ImageShape,
     files: Vec<FileFingerprint>,
+    /// Files left out because they do not decode (their paths in the folder).
+    skipped: Vec<String>,
 }
 
 /// Every label must name one of the data set's `classes`: a stray byte is a damaged file, not a
@@ -338,10 +400,11 @@ fn load_raw(
                 pixels = hwc_to_chw(&pixels, shape);
             }
             Ok(RawSet {
-                images: pixels,
+                images: Arc::new(Pixels::Owned(pixels)),
                 labels: label_array.data,
                 shape,
                 files,
+                skipped: Vec::new(),
             })
         }
         DataFormat::Cifar10 => {
@@ -360,7 +423,7 @@ fn load_raw(
                 all_images.extend(pixels);
             }
             Ok(RawSet {
-                images: all_images,
+                images: Arc::new(Pixels::Owned(all_images)),
                 labels: all_labels,
                 shape: ImageShape {
                     channels: 3,
@@ -368,8 +431,12 @@ fn load_raw(
                     width: 32,
                 },
                 files,
+                skipped: Vec::new(),
             })
         }
+        DataFormat::ImageFolder => Err(DataError::Inconsistent(
+            "an image folder is read whole by folder::read".into(),
+        )),
     }
 }
 
@@ -458,71 +525,127 @@ impl Split {
     }
 
     fn select_examples(raw: &RawSet, selection: Option<Vec<u32>>) -> Split {
-        let size = raw.shape.size();
         let blake3 = split_fingerprint(&raw.files, selection.as_deref(), None);
-        match &selection {
-            None => Split {
-                len: raw.labels.len(),
-                images: raw.images.clone(),
-                labels: raw.labels.clone(),
-                selection,
-                blake3,
-            },
-            Some(indices) => {
-                let mut images = Vec::with_capacity(indices.len() * size);
-                let mut labels = Vec::with_capacity(indices.len());
-                for &i in indices {
-                    let i = i as usize;
-                    images.extend_from_slice(&raw.images[i * size..(i + 1) * size]);
-                    labels.push(raw.labels[i]);
-                }
-                Split {
-                    len: indices.len(),
-                    images,
-                    labels,
-                    selection,
-                    blake3,
-                }
-            }
+        let (len, labels) = match &selection {
+            None => (raw.labels.len(), raw.labels.clone()),
+            Some(indices) => (
+                indices.len(),
+                indices.iter().map(|&i| raw.labels[i as usize]).collect(),
+            ),
+        };
+        Split {
+            len,
+            pixels: Arc::clone(&raw.images),
+            labels,
+            selection,
+            blake3,
+            skipped: raw.skipped.len(),
         }
     }
 }
 
 impl Dataset {
-    /// Loads the splits `spec` names from the data root; `seed` draws the training subset;
-    /// `origin` locates spec keys for messages.
+    /// Loads the splits `spec` names from the data root; `seed` (the training seed) draws the
+    /// training subset unless `data.split_seed` says otherwise; `origin` locates spec keys for
+    /// messages; `cache_dir` (`.git/exp/cache`) holds decoded image folders and their stat
+    /// caches (none: decode into memory).
     pub fn load(
         root: &Path,
         spec: &DataSpec,
         seed: u64,
         origin: KeyOrigin,
+        cache_dir: Option<&Path>,
     ) -> Result<Dataset, DataError> {
-        let train_raw = load_raw(
-            root,
-            spec.format,
-            spec.file_classes(),
-            "train",
-            &spec.train_images,
-            &spec.train_labels,
-            origin,
-        )?;
-        let test_raw = load_raw(
-            root,
-            spec.format,
-            spec.file_classes(),
-            "test",
-            &spec.test_images,
-            &spec.test_labels,
-            origin,
-        )?;
-        if train_raw.shape != test_raw.shape {
-            return Err(DataError::Inconsistent(format!(
-                "training images are {:?} but test images are {:?}",
-                train_raw.shape, test_raw.shape
-            )));
+        let mut folder_classes = None;
+        let (train_raw, val_raw, test_raw) = match spec.format {
+            DataFormat::ImageFolder => {
+                if spec.path.is_empty() {
+                    // A dataset's folder comes from its manifest (`dataset::resolve`), which
+                    // needs the repository.
+                    return Err(DataError::Inconsistent(format!(
+                        "data.dataset {:?}: the dataset's folder is not resolved (the run reads it from datasets/{0}.toml)",
+                        spec.dataset
+                    )));
+                }
+                let [height, width] = spec.image_size.ok_or_else(|| {
+                    DataError::Inconsistent("image-folder needs data.image_size".into())
+                })?;
+                let shape = ImageShape {
+                    channels: spec.channels.unwrap_or(3),
+                    height,
+                    width,
+                };
+                let check_layout = |has_test: bool, has_val: bool| {
+                    if spec.test_fraction > 0.0 && has_test {
+                        return Err(DataError::Inconsistent(format!(
+                            "{} has train/ and test/ folders: remove data.test_fraction (the test set is test/)",
+                            spec.path
+                        )));
+                    }
+                    if has_val && (spec.val_fraction > 0.0 || spec.val_limit > 0) {
+                        return Err(DataError::Inconsistent(format!(
+                            "{} has a val/ folder: remove data.val_fraction and data.val_limit (the validation set is val/)",
+                            spec.path
+                        )));
+                    }
+                    Ok(())
+                };
+                let read = folder::read(
+                    &root.join(&spec.path),
+                    &spec.path,
+                    shape,
+                    spec.skip_corrupt,
+                    folder::Caches { dir: cache_dir },
+                    &check_layout,
+                )?;
+                folder_classes = Some(read.classes);
+                (read.train, read.val, read.test)
+            }
+            _ => {
+                let train = load_raw(
+                    root,
+                    spec.format,
+                    spec.file_classes(),
+                    "train",
+                    &spec.train_images,
+                    &spec.train_labels,
+                    origin,
+                )?;
+                let test = load_raw(
+                    root,
+                    spec.format,
+                    spec.file_classes(),
+                    "test",
+                    &spec.test_images,
+                    &spec.test_labels,
+                    origin,
+                )?;
+                (train, None, Some(test))
+            }
+        };
+        for other in [val_raw.as_ref(), test_raw.as_ref()].into_iter().flatten() {
+            if train_raw.shape != other.shape {
+                return Err(DataError::Inconsistent(format!(
+                    "training images are {:?} but test images are {:?}",
+                    train_raw.shape, other.shape
+                )));
+            }
         }
         let shape = train_raw.shape;
-        let file_classes = spec.file_classes();
+        let file_classes = match &folder_classes {
+            Some(names) => {
+                if let Some(n) = spec.num_classes.filter(|n| *n != names.len()) {
+                    return Err(DataError::Inconsistent(format!(
+                        "data.num_classes is {n} but {} has {} class folders ({}): the data changed since the spec (or record) was written",
+                        spec.path,
+                        names.len(),
+                        names.join(", ")
+                    )));
+                }
+                names.len()
+            }
+            None => spec.file_classes(),
+        };
         if let Some(&label) = spec.classes.iter().find(|&&c| c as usize >= file_classes) {
             return Err(DataError::Inconsistent(format!(
                 "data.classes lists label {label}, but the data has labels 0–{}",
@@ -536,13 +659,62 @@ impl Dataset {
                 "the labels name fewer than two classes".into(),
             ));
         }
+        let class_names = folder_classes.as_ref().map(|names| match &relabel {
+            Some(r) => r
+                .listed
+                .iter()
+                .map(|&l| names[l as usize].clone())
+                .collect(),
+            None => names.clone(),
+        });
+        if let (Some(names), false) = (&class_names, spec.class_names.is_empty()) {
+            if *names != spec.class_names {
+                return Err(DataError::Inconsistent(format!(
+                    "data.class_names is [{}] but the class folders of {} are [{}]: an image folder's classes are its folders' names (remove data.class_names)",
+                    spec.class_names.join(", "),
+                    spec.path,
+                    names.join(", ")
+                )));
+            }
+        }
         let caps = spec.class_caps().map_err(DataError::Inconsistent)?;
         let kept = |label: u8| relabel.as_ref().is_none_or(|r| r.map(label).is_some());
+        let subset_seed = spec.split_seed(seed);
 
+        // Without a test folder, the test set is drawn from all images by data.test_fraction,
+        // from its own stream of the split seed; training draws from the rest.
         let n_train = train_raw.labels.len();
-        let n_kept = match &relabel {
-            Some(_) => train_raw.labels.iter().filter(|&&l| kept(l)).count(),
-            None => n_train,
+        let (test_raw, test_base, train_pool) = match test_raw {
+            Some(test) => (test, None, None),
+            None => {
+                if spec.test_fraction <= 0.0 {
+                    return Err(DataError::Inconsistent(format!(
+                        "{} has class folders but no train/ and test/ folders: set data.test_fraction to hold out a test set (e.g. 0.2), or split the folder",
+                        spec.path
+                    )));
+                }
+                let n_test = ((spec.test_fraction * n_train as f64).round() as usize).max(1);
+                if n_test >= n_train {
+                    return Err(DataError::Inconsistent(format!(
+                        "data.test_fraction = {} of {n_train} images leaves none to train on",
+                        spec.test_fraction
+                    )));
+                }
+                let order = ExpRng::new(subset_seed, Purpose::Split).permutation(n_train);
+                let mut test: Vec<u32> = order[..n_test].to_vec();
+                test.sort_unstable();
+                let mut in_pool = vec![true; n_train];
+                for &i in &test {
+                    in_pool[i as usize] = false;
+                }
+                (train_raw.clone(), Some(test), Some(in_pool))
+            }
+        };
+        let usable =
+            |i: usize| kept(train_raw.labels[i]) && train_pool.as_ref().is_none_or(|p| p[i]);
+        let n_kept = match (&relabel, &train_pool) {
+            (None, None) => n_train,
+            _ => (0..n_train).filter(|&i| usable(i)).count(),
         };
         // The examples training may use: with val_fraction, the validation share comes out
         // of them; val_limit holds its examples out besides.
@@ -569,14 +741,14 @@ impl Dataset {
                 )
             }));
         }
-        let subset = spec.train_limit > 0 || n_val > 0 || relabel.is_some();
+        let subset = spec.train_limit > 0 || n_val > 0 || relabel.is_some() || train_pool.is_some();
         let (train_sel, val_sel) = if subset || !caps.is_empty() {
             // One seeded permutation of the kept classes: validation first, then the training
             // subset (each class up to its cap), so a subset never depends on the file order.
-            let order: Vec<u32> = ExpRng::new(seed, Purpose::Subset)
+            let order: Vec<u32> = ExpRng::new(subset_seed, Purpose::Subset)
                 .permutation(n_train)
                 .into_iter()
-                .filter(|&i| kept(train_raw.labels[i as usize]))
+                .filter(|&i| usable(i as usize))
                 .collect();
             let (val, rest) = order.split_at(n_val);
             let mut taken = [0usize; 256];
@@ -601,31 +773,67 @@ impl Dataset {
             (None, None)
         };
         let n_test = test_raw.labels.len();
-        let test_sel = match &relabel {
-            Some(_) => {
-                let mut sel: Vec<u32> = (0..n_test as u32)
-                    .filter(|&i| kept(test_raw.labels[i as usize]))
-                    .collect();
-                if spec.test_limit > 0 {
-                    sel.truncate(spec.test_limit);
-                }
-                Some(sel)
+        let test_sel = {
+            let whole = test_base.is_none() && relabel.is_none();
+            let base: Vec<u32> = test_base.unwrap_or_else(|| (0..n_test as u32).collect());
+            let mut sel: Vec<u32> = base
+                .into_iter()
+                .filter(|&i| kept(test_raw.labels[i as usize]))
+                .collect();
+            if spec.test_limit > 0 {
+                sel.truncate(spec.test_limit);
             }
-            None => (spec.test_limit > 0 && spec.test_limit < n_test)
-                .then(|| (0..spec.test_limit as u32).collect::<Vec<u32>>()),
+            (!(whole && sel.len() == n_test)).then_some(sel)
         };
-
-        let lut = Normalisation::of(spec, shape.channels)?.table();
+        let val = match (&val_raw, val_sel) {
+            (Some(raw), _) => {
+                let sel = relabel.as_ref().map(|_| {
+                    (0..raw.labels.len() as u32)
+                        .filter(|&i| kept(raw.labels[i as usize]))
+                        .collect()
+                });
+                Some(Split::select(raw, sel, relabel.as_ref()))
+            }
+            (None, Some(v)) => Some(Split::select(&train_raw, Some(v), relabel.as_ref())),
+            (None, None) => None,
+        };
+        let train = Split::select(&train_raw, train_sel, relabel.as_ref());
+        let normalisation = match &spec.normalize {
+            Some(NormalizeSpec::Computed(_)) => Normalisation::over(&train, shape),
+            _ => Normalisation::of(spec, shape.channels)?,
+        };
         Ok(Dataset {
-            train: Split::select(&train_raw, train_sel, relabel.as_ref()),
-            val: val_sel.map(|v| Split::select(&train_raw, Some(v), relabel.as_ref())),
+            val,
             test: Split::select(&test_raw, test_sel, relabel.as_ref()),
+            train,
             shape,
             classes,
             train_files: train_raw.files,
             test_files: test_raw.files,
-            lut,
+            lut: normalisation.table(),
+            normalisation,
+            class_names,
+            folder_classes: folder_classes.map(|c| c.len()),
         })
+    }
+
+    /// Writes into `spec` what loading decided, so a run's record holds the complete data
+    /// spec: an image folder's class count, class names and channels, and a normalisation
+    /// computed over the training split.
+    pub fn resolve_spec(&self, spec: &mut DataSpec) {
+        if spec.format == DataFormat::ImageFolder {
+            spec.num_classes = self.folder_classes;
+            spec.channels = Some(self.shape.channels);
+            if let Some(names) = &self.class_names {
+                spec.class_names = names.clone();
+            }
+        }
+        if let Some(NormalizeSpec::Computed(_)) = spec.normalize {
+            spec.normalize = Some(NormalizeSpec::Given(Normalize {
+                mean: self.normalisation.mean.clone(),
+                std: self.normalisation.std.clone(),
+            }));
+        }
     }
 
     /// Per channel, the normalised value of a black pixel (byte 0): what crop padding holds.
@@ -650,7 +858,7 @@ impl Dataset {
         images.reserve(indices.len() * size);
         for &i in indices {
             let i = i as usize;
-            let pixels = &split.images[i * size..(i + 1) * size];
+            let pixels = split.example(i, size);
             for (c, channel) in pixels.chunks_exact(plane).enumerate() {
                 let lut = &self.lut[c * 256..(c + 1) * 256];
                 images.extend(channel.iter().map(|&b| lut[b as usize]));
@@ -660,37 +868,170 @@ impl Dataset {
     }
 }
 
-/// A split held on the training device as tensors, uploaded once: batches are gathered there
-/// (`index_select`), so a GPU step needs no host transfer.
-pub struct ResidentSplit {
-    /// Normalised images, `(len, channels, height, width)`, in the compute dtype.
-    pub images: candle_core::Tensor,
-    /// Labels, `(len,)` u32.
-    pub labels: candle_core::Tensor,
-    /// The same labels on the host, for metrics.
-    pub host_labels: Vec<u32>,
+/// A split as the training loop and evaluation read it, in batches.
+///
+/// On a GPU the split is uploaded once, normalised, and batches are gathered there
+/// (`index_select`), so a step needs no host transfer. On the CPU each batch is gathered from
+/// the split's bytes when it is needed — the same values (one lookup table) — so memory holds
+/// the batch, not the data set as f32 (4× its bytes), and a memory-mapped image folder larger
+/// than memory trains.
+pub enum SplitFeed<'a> {
+    /// Uploaded whole.
+    Resident {
+        /// Normalised images, `(len, channels, height, width)`, in the compute dtype.
+        images: candle_core::Tensor,
+        /// Labels, `(len,)` u32.
+        labels: candle_core::Tensor,
+        /// The same labels on the host, for metrics.
+        host_labels: Vec<u32>,
+    },
+    /// Gathered batch by batch on the CPU.
+    Host {
+        /// The data set (shape, normalisation).
+        data: &'a Dataset,
+        /// The split.
+        split: &'a Split,
+        /// The labels, for metrics.
+        host_labels: Vec<u32>,
+        /// The CPU device.
+        device: candle_core::Device,
+    },
 }
 
-impl ResidentSplit {
+/// The order of one epoch's examples, where the feed needs it.
+pub enum EpochOrder {
+    /// On the device (resident feeds): batches are slices of it.
+    Device(candle_core::Tensor),
+    /// On the host.
+    Host(Vec<u32>),
+}
+
+impl SplitFeed<'_> {
     /// Examples in the split.
     pub fn len(&self) -> usize {
-        self.host_labels.len()
+        self.host_labels().len()
     }
 
     /// True when the split has no examples.
     pub fn is_empty(&self) -> bool {
-        self.host_labels.is_empty()
+        self.len() == 0
+    }
+
+    /// Every example's label.
+    pub fn host_labels(&self) -> &[u32] {
+        match self {
+            SplitFeed::Resident { host_labels, .. } | SplitFeed::Host { host_labels, .. } => {
+                host_labels
+            }
+        }
+    }
+
+    /// Whether batches are computed on the CPU.
+    pub fn on_cpu(&self) -> bool {
+        match self {
+            SplitFeed::Resident { images, .. } => images.device().is_cpu(),
+            SplitFeed::Host { .. } => true,
+        }
+    }
+
+    /// Examples `start..start + n`, in split order: images and labels.
+    pub fn range(
+        &self,
+        start: usize,
+        n: usize,
+    ) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
+        match self {
+            SplitFeed::Resident { images, labels, .. } => {
+                Ok((images.narrow(0, start, n)?, labels.narrow(0, start, n)?))
+            }
+            SplitFeed::Host { .. } => {
+                let indices: Vec<u32> = (start as u32..(start + n) as u32).collect();
+                self.host_batch(&indices)
+            }
+        }
+    }
+
+    /// An epoch's order (a permutation of the split) where batches will read it.
+    pub fn order(&self, permutation: Vec<u32>) -> candle_core::Result<EpochOrder> {
+        match self {
+            SplitFeed::Resident { images, .. } => {
+                let n = permutation.len();
+                Ok(EpochOrder::Device(candle_core::Tensor::from_vec(
+                    permutation,
+                    n,
+                    images.device(),
+                )?))
+            }
+            SplitFeed::Host { .. } => Ok(EpochOrder::Host(permutation)),
+        }
+    }
+
+    /// Examples `start..start + n` of `order`: images and labels.
+    pub fn batch(
+        &self,
+        order: &EpochOrder,
+        start: usize,
+        n: usize,
+    ) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
+        match (self, order) {
+            (SplitFeed::Resident { images, labels, .. }, EpochOrder::Device(order)) => {
+                let indices = order.narrow(0, start, n)?;
+                Ok((
+                    images.index_select(&indices, 0)?,
+                    labels.index_select(&indices, 0)?,
+                ))
+            }
+            (SplitFeed::Host { .. }, EpochOrder::Host(order)) => {
+                self.host_batch(&order[start..start + n])
+            }
+            _ => Err(candle_core::Error::Msg(
+                "an epoch order made for another kind of feed".into(),
+            )),
+        }
+    }
+
+    fn host_batch(
+        &self,
+        indices: &[u32],
+    ) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
+        let SplitFeed::Host {
+            data,
+            split,
+            device,
+            ..
+        } = self
+        else {
+            return Err(candle_core::Error::Msg("not a host feed".into()));
+        };
+        let (mut images, mut labels) = (Vec::new(), Vec::new());
+        data.gather(split, indices, &mut images, &mut labels);
+        let n = indices.len();
+        let shape = (n, data.shape.channels, data.shape.height, data.shape.width);
+        Ok((
+            candle_core::Tensor::from_vec(images, shape, device)?,
+            candle_core::Tensor::from_vec(labels, n, device)?,
+        ))
     }
 }
 
 impl Dataset {
-    /// Normalises every example of `split` and uploads it to `device` as `dtype`.
-    pub fn upload(
-        &self,
-        split: &Split,
+    /// `split` as `device` reads it in batches (see [`SplitFeed`]); on a GPU, normalised and
+    /// uploaded as `dtype`.
+    pub fn feed<'a>(
+        &'a self,
+        split: &'a Split,
         device: &candle_core::Device,
         dtype: candle_core::DType,
-    ) -> candle_core::Result<ResidentSplit> {
+    ) -> candle_core::Result<SplitFeed<'a>> {
+        let host_labels: Vec<u32> = split.labels.iter().map(|&l| l as u32).collect();
+        if device.is_cpu() && dtype == candle_core::DType::F32 {
+            return Ok(SplitFeed::Host {
+                data: self,
+                split,
+                host_labels,
+                device: device.clone(),
+            });
+        }
         let all: Vec<u32> = (0..split.len as u32).collect();
         let (mut images, mut labels) = (Vec::new(), Vec::new());
         self.gather(split, &all, &mut images, &mut labels);
@@ -701,7 +1042,7 @@ impl Dataset {
             self.shape.width,
         );
         let images = candle_core::Tensor::from_vec(images, shape, device)?.to_dtype(dtype)?;
-        Ok(ResidentSplit {
+        Ok(SplitFeed::Resident {
             images,
             labels: candle_core::Tensor::from_slice(&labels, split.len, device)?,
             host_labels: labels,
@@ -724,7 +1065,12 @@ impl Normalisation {
     /// The normalisation `spec` asks for, for images of `channels` channels.
     pub fn of(spec: &DataSpec, channels: usize) -> Result<Normalisation, DataError> {
         let (mean, std) = match &spec.normalize {
-            Some(n) => (n.mean.clone(), n.std.clone()),
+            Some(NormalizeSpec::Given(n)) => (n.mean.clone(), n.std.clone()),
+            Some(NormalizeSpec::Computed(_)) => {
+                return Err(DataError::Inconsistent(
+                    "data.normalize = \"train\" has no values until the data is loaded (a run's record holds the computed ones)".into(),
+                ))
+            }
             None => (vec![0.0], vec![1.0]),
         };
         if mean.len() != 1 && mean.len() != channels {
@@ -744,6 +1090,41 @@ impl Normalisation {
             mean: per_channel(mean),
             std: per_channel(std),
         })
+    }
+
+    /// The mean and (population) standard deviation of pixel / 255 per channel over `split`,
+    /// torchvision's recipe for a data set's normalisation, computed exactly from byte counts.
+    /// A channel without variation gets std 1, so it is only centred.
+    pub fn over(split: &Split, shape: ImageShape) -> Normalisation {
+        let (size, plane) = (shape.size(), shape.height * shape.width);
+        let mut counts = vec![[0u64; 256]; shape.channels];
+        for i in 0..split.len {
+            for (c, channel) in split.example(i, size).chunks_exact(plane).enumerate() {
+                for &b in channel {
+                    counts[c][b as usize] += 1;
+                }
+            }
+        }
+        let (mut mean, mut std) = (Vec::new(), Vec::new());
+        for hist in &counts {
+            let n: u64 = hist.iter().sum();
+            let n = n.max(1) as f64;
+            let m = hist
+                .iter()
+                .enumerate()
+                .map(|(b, &k)| k as f64 * b as f64 / 255.0)
+                .sum::<f64>()
+                / n;
+            let var = hist
+                .iter()
+                .enumerate()
+                .map(|(b, &k)| k as f64 * (b as f64 / 255.0 - m).powi(2))
+                .sum::<f64>()
+                / n;
+            mean.push(m);
+            std.push(if var > 0.0 { var.sqrt() } else { 1.0 });
+        }
+        Normalisation { mean, std }
     }
 
     /// The model input for `pixel` (0–255, fractions allowed) in channel `channel`.

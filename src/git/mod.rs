@@ -213,6 +213,12 @@ pub fn ctx(context: impl Into<String>) -> impl FnOnce(git2::Error) -> GitError {
     move |source| GitError::Git2 { context, source }
 }
 
+/// `.git/exp/cache` (the common Git dir's, shared by worktrees): what exp keeps to save work
+/// — decoded image folders, folder stat caches. Deleting it costs time, never data.
+pub fn cache_dir(repo: &Repository) -> PathBuf {
+    repo.commondir().join("exp").join("cache")
+}
+
 /// Opens the repository containing `dir`; it must have a work tree.
 pub fn open(dir: &Path) -> Result<Repository, GitError> {
     let repo =

@@ -418,6 +418,12 @@ impl Model {
                 let width = spec.width.unwrap_or(64);
                 Architecture::ResNet(Box::new(resnet::ResNet::new(&mut pb, c, width, classes)?))
             }
+            ModelName::Resnet50 | ModelName::Vit => {
+                return Err(candle_core::Error::Msg(format!(
+                    "model {} is not built yet",
+                    spec.name.as_str()
+                )))
+            }
         };
         Ok(Model {
             name: spec.name,
@@ -505,6 +511,11 @@ mod tests {
             dropout: None,
             conv_dropout: None,
             width: None,
+            stem: None,
+            patch_size: None,
+            depth: None,
+            heads: None,
+            mlp_dim: None,
         }
     }
 

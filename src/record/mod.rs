@@ -223,8 +223,16 @@ pub struct SplitRecord {
     pub examples: usize,
     /// Classes in the data set.
     pub classes: usize,
-    /// The files, as given in the spec, with their BLAKE3 over decompressed bytes.
+    /// The files, as given in the spec, with their BLAKE3 over decompressed bytes (an image
+    /// folder's split: the folder, with the fingerprint of its manifest lines).
     pub files: Vec<FileFingerprint>,
+    /// Image files of the source left out because they do not decode (`data.skip_corrupt`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// `[model]`.

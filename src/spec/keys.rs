@@ -34,17 +34,33 @@ use ValueKind::{String as S, Toml as T};
 
 /// Every key of the spec, table by table, in the order the help and docs/spec.md list them.
 pub const SPEC_KEYS: &[SpecKey] = &[
-    key("model.name", S, "mlp | seed-cnn | cnn | resnet18"),
+    key(
+        "model.name",
+        S,
+        "mlp | seed-cnn | cnn | resnet18 | resnet50 | vit",
+    ),
     key("model.hidden", T, ""),
     key("model.dropout", T, ""),
     key("model.conv_dropout", T, ""),
     key("model.width", T, ""),
-    key("data.format", S, "idx | cifar10"),
+    key("model.stem", S, "resnets: cifar | imagenet"),
+    key("model.patch_size", T, ""),
+    key("model.depth", T, ""),
+    key("model.heads", T, ""),
+    key("model.mlp_dim", T, ""),
+    key("data.format", S, "idx | cifar10 | image-folder"),
+    key("data.dataset", S, "a dataset of exp data add"),
+    key("data.path", S, "image-folder: a folder under the data root"),
+    key("data.channels", T, "image-folder: 1 | 3"),
+    key("data.image_size", T, "image-folder: [height, width]"),
+    key("data.test_fraction", T, ""),
+    key("data.split_seed", T, ""),
+    key("data.skip_corrupt", T, ""),
     key("data.train_images", S, ""),
     key("data.train_labels", S, ""),
     key("data.test_images", S, ""),
     key("data.test_labels", S, ""),
-    key("data.normalize", T, "{ mean, std }"),
+    key("data.normalize", T, "{ mean, std } | \"train\""),
     key("data.train_limit", T, ""),
     key("data.val_limit", T, ""),
     key("data.val_fraction", T, ""),
@@ -148,7 +164,7 @@ mod tests {
     fn the_help_lists_every_key_by_table() {
         let help = help_text();
         assert!(
-            help.starts_with("Spec keys (docs/spec.md): [model] name (mlp | seed-cnn | cnn | resnet18), hidden, dropout, conv_dropout, width; [data] format (idx | cifar10), "),
+            help.starts_with("Spec keys (docs/spec.md): [model] name (mlp | seed-cnn | cnn | resnet18 | resnet50 | vit), hidden, dropout, conv_dropout, width, stem (resnets: cifar | imagenet), patch_size, depth, heads, mlp_dim; [data] format (idx | cifar10 | image-folder), "),
             "{help}"
         );
         assert!(help.contains("; [init] from (run tag, commit or branch), freeze (tensor-name prefixes); [gate] metrics, "), "{help}");

@@ -123,6 +123,24 @@ impl SpecError {
     }
 }
 
+/// Whether `name` can name a dataset (`datasets/<name>.toml`): letters, digits, `.`, `_`, `-`,
+/// not starting with `.` or `-`; Err says why not.
+pub fn check_dataset_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} cannot name a dataset: use letters, digits, '.', '_' and '-' (at most 100, not starting with '.' or '-'); the manifest is datasets/<name>.toml"
+        ))
+    }
+}
+
 /// The experiments whose specs are in `dir` (an `experiments/` folder): the names of its `*.toml`
 /// files, sorted.
 pub fn experiment_names(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
@@ -270,6 +288,10 @@ pub enum ModelName {
     Cnn,
     /// CIFAR-style ResNet-18 with batch norm.
     Resnet18,
+    /// ResNet-50: bottleneck blocks, batch norm, a CIFAR or ImageNet stem.
+    Resnet50,
+    /// Vision Transformer (candle-transformers' ViT configuration and naming).
+    Vit,
 }
 
 impl ModelName {
@@ -280,6 +302,8 @@ impl ModelName {
             ModelName::SeedCnn => "seed-cnn",
             ModelName::Cnn => "cnn",
             ModelName::Resnet18 => "resnet18",
+            ModelName::Resnet50 => "resnet50",
+            ModelName::Vit => "vit",
         }
     }
 }
@@ -300,9 +324,37 @@ pub struct ModelSpec {
     /// cnn: dropout probability after the convolutional block (default 0.25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conv_dropout: Option<f64>,
-    /// resnet18: channels of the first stage (default 64; the stages have w, 2w, 4w, 8w).
+    /// resnet18, resnet50: channels of the first stage (default 64; the stages have w, 2w,
+    /// 4w, 8w, resnet50's blocks widen them 4× at their outputs); vit: the hidden size
+    /// (default 64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub width: Option<usize>,
+    /// resnet18, resnet50: the stem — `cifar` (3×3 convolution, stride 1, no pooling: small
+    /// images) or `imagenet` (7×7, stride 2, then 3×3 max pooling). Default cifar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stem: Option<Stem>,
+    /// vit: the side of the square patches the image is cut into (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_size: Option<usize>,
+    /// vit: transformer layers (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// vit: attention heads per layer; divides `width` (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<usize>,
+    /// vit: the hidden size of each layer's MLP (default 2 × width).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_dim: Option<usize>,
+}
+
+/// A ResNet's stem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stem {
+    /// 3×3 convolution, stride 1, no pooling (CIFAR-sized images).
+    Cifar,
+    /// 7×7 convolution, stride 2, then 3×3 max pooling with stride 2 (ImageNet-sized images).
+    Imagenet,
 }
 
 /// Data set file formats.
@@ -313,6 +365,45 @@ pub enum DataFormat {
     Idx,
     /// The CIFAR-10 binary version: 3073-byte records, label first.
     Cifar10,
+    /// A folder of PNG and JPEG files, one sub-folder per class (`data/folder.rs`).
+    ImageFolder,
+}
+
+impl DataFormat {
+    fn image_folder() -> DataFormat {
+        DataFormat::ImageFolder
+    }
+
+    /// The name as written in specs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataFormat::Idx => "idx",
+            DataFormat::Cifar10 => "cifar10",
+            DataFormat::ImageFolder => "image-folder",
+        }
+    }
+}
+
+/// `data.normalize`: given, or computed over the training split when the data loads (the
+/// record then holds the computed values, so evaluation, export and serving use them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "\"train\" (computed over the training split) or a table { mean = [..], std = [..] }"
+)]
+pub enum NormalizeSpec {
+    /// `"train"`: per-channel mean and standard deviation of the training split.
+    Computed(FromTrain),
+    /// `{ mean, std }`.
+    Given(Normalize),
+}
+
+/// The one keyword of a computed normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FromTrain {
+    /// Over the training split.
+    Train,
 }
 
 /// Per-channel normalisation applied to pixels / 255.
@@ -329,23 +420,57 @@ pub struct Normalize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
-    /// File format of every file below.
+    /// File format of every file below (image-folder when absent: the format of datasets).
+    #[serde(default = "DataFormat::image_folder")]
     pub format: DataFormat,
+    /// A dataset committed with `exp data add` (`datasets/<name>.toml`): its folder in the work
+    /// tree is read as an image folder, and must match the manifest.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dataset: String,
+    /// image-folder: the folder, `<path>/<split>/<class>/<file>` (splits train, test, optional
+    /// val) or `<path>/<class>/<file>` with `test_fraction`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    /// image-folder: channels the images are decoded to, 1 (grey, Pillow's luma) or 3 (RGB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
+    /// image-folder: `[height, width]` every image is resized to (antialiased bilinear).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<[usize; 2]>,
+    /// image-folder without split folders: the fraction of the images held out as the test set.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub test_fraction: f64,
+    /// The seed of every draw that decides which example is in which split (test and
+    /// validation fractions, limits, class caps). image-folder: 0 unless set; idx and cifar10:
+    /// the training seed unless set, as before the key existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
+    /// image-folder: skip files that do not decode (counted in the record) instead of failing.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub skip_corrupt: bool,
     /// Training images (idx) or training batch files (cifar10: one path or a list).
-    #[serde(deserialize_with = "one_or_many")]
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub train_images: Vec<String>,
     /// Training labels (idx only).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub train_labels: String,
     /// Test images (idx) or test batch files (cifar10).
-    #[serde(deserialize_with = "one_or_many")]
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub test_images: Vec<String>,
     /// Test labels (idx only).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub test_labels: String,
     /// Normalisation of pixels / 255; none means pixels / 255 as they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub normalize: Option<Normalize>,
+    pub normalize: Option<NormalizeSpec>,
     /// When positive: train on the first N of a seeded permutation of the training set.
     #[serde(default)]
     pub train_limit: usize,
@@ -379,11 +504,22 @@ pub struct DataSpec {
 
 impl DataSpec {
     /// The classes the files' labels may name: the format's (CIFAR-10: 10), else
-    /// `num_classes`, else 10 (MNIST, Fashion-MNIST).
+    /// `num_classes`, else 10 (MNIST, Fashion-MNIST). An image folder's are its class folders,
+    /// known once it is read (0 before: the resolved spec of a run holds the count).
     pub fn file_classes(&self) -> usize {
         match self.format {
             DataFormat::Cifar10 => 10,
             DataFormat::Idx => self.num_classes.unwrap_or(10),
+            DataFormat::ImageFolder => self.num_classes.unwrap_or(0),
+        }
+    }
+
+    /// The seed of the draws that decide the splits (`split_seed`'s rule).
+    pub fn split_seed(&self, training_seed: u64) -> u64 {
+        match (self.split_seed, self.format) {
+            (Some(seed), _) => seed,
+            (None, DataFormat::ImageFolder) => 0,
+            (None, _) => training_seed,
         }
     }
 
@@ -425,6 +561,10 @@ impl DataSpec {
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

@@ -105,10 +105,13 @@ epochs = 1
     }
 
     #[test]
-    fn missing_required_key_names_table() {
+    fn a_missing_format_is_named() {
         let text = MNIST.replace("format = \"idx\"\n", "");
         let e = p(&text, &[]).unwrap_err().to_string();
-        assert!(e.contains("format"), "{e}");
+        assert!(
+            e.contains("data.train_images: data.format is image-folder (its default)"),
+            "{e}"
+        );
         assert!(e.contains("experiments/x.toml:"), "{e}");
     }
 

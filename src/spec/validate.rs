@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use super::lines::Origins;
 use super::{
-    ClassWeights, DataFormat, DataSpec, InitSpec, ModelName, ModelSpec, OptimizerName, Spec,
-    SpecError, TrainSpec,
+    ClassWeights, DataFormat, DataSpec, InitSpec, ModelName, ModelSpec, NormalizeSpec,
+    OptimizerName, Spec, SpecError, Stem, TrainSpec,
 };
 
 /// The largest `train.augment.crop_padding`: beyond it a crop is mostly padding.
@@ -81,7 +81,7 @@ fn model(m: &mut ModelSpec, origins: &Origins) -> Result<(), SpecError> {
             m.dropout.get_or_insert(0.5);
             m.conv_dropout.get_or_insert(0.25);
         }
-        ModelName::SeedCnn | ModelName::Resnet18 => {
+        ModelName::SeedCnn | ModelName::Resnet18 | ModelName::Resnet50 => {
             for (key, set) in [
                 ("model.hidden", m.hidden.is_some()),
                 ("model.dropout", m.dropout.is_some()),
@@ -91,13 +91,76 @@ fn model(m: &mut ModelSpec, origins: &Origins) -> Result<(), SpecError> {
                     return Err(not_for(key, m.name));
                 }
             }
-            if m.name == ModelName::Resnet18 && *m.width.get_or_insert(64) == 0 {
-                return Err(invalid("model.width", "must be at least 1".into()));
+            if m.name != ModelName::SeedCnn {
+                if *m.width.get_or_insert(64) == 0 {
+                    return Err(invalid("model.width", "must be at least 1".into()));
+                }
+                if m.name == ModelName::Resnet50 {
+                    // resnet18 records made before the key keep their run ids.
+                    m.stem.get_or_insert(Stem::Cifar);
+                }
             }
         }
+        ModelName::Vit => {
+            for (key, set) in [
+                ("model.hidden", m.hidden.is_some()),
+                ("model.conv_dropout", m.conv_dropout.is_some()),
+            ] {
+                if set {
+                    return Err(not_for(key, m.name));
+                }
+            }
+            let width = *m.width.get_or_insert(64);
+            let heads = *m.heads.get_or_insert(4);
+            let defaults = [
+                ("model.width", width),
+                ("model.heads", heads),
+                ("model.patch_size", *m.patch_size.get_or_insert(4)),
+                ("model.depth", *m.depth.get_or_insert(4)),
+                ("model.mlp_dim", *m.mlp_dim.get_or_insert(2 * width)),
+            ];
+            if let Some((key, _)) = defaults.iter().find(|(_, v)| *v == 0) {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+            if width % heads != 0 {
+                return Err(invalid(
+                    "model.heads",
+                    format!("must divide model.width ({width}) into equal heads, got {heads}"),
+                ));
+            }
+            m.dropout.get_or_insert(0.0);
+        }
     }
-    if m.width.is_some() && m.name != ModelName::Resnet18 {
-        return Err(not_for("model.width", m.name));
+    for (key, set, applies) in [
+        (
+            "model.stem",
+            m.stem.is_some(),
+            matches!(m.name, ModelName::Resnet18 | ModelName::Resnet50),
+        ),
+        (
+            "model.patch_size",
+            m.patch_size.is_some(),
+            m.name == ModelName::Vit,
+        ),
+        ("model.depth", m.depth.is_some(), m.name == ModelName::Vit),
+        ("model.heads", m.heads.is_some(), m.name == ModelName::Vit),
+        (
+            "model.mlp_dim",
+            m.mlp_dim.is_some(),
+            m.name == ModelName::Vit,
+        ),
+        (
+            "model.width",
+            m.width.is_some(),
+            matches!(
+                m.name,
+                ModelName::Resnet18 | ModelName::Resnet50 | ModelName::Vit
+            ),
+        ),
+    ] {
+        if set && !applies {
+            return Err(not_for(key, m.name));
+        }
     }
     check_fraction(origins, "model.dropout", m.dropout)?;
     check_fraction(origins, "model.conv_dropout", m.conv_dropout)?;
@@ -108,13 +171,102 @@ fn model(m: &mut ModelSpec, origins: &Origins) -> Result<(), SpecError> {
 /// `[data]`: files per format, splits, classes, normalisation.
 fn data(d: &DataSpec, origins: &Origins) -> Result<(), SpecError> {
     let invalid = |key: &str, message: String| error_at(origins, key, message);
-    if d.train_images.is_empty() || d.train_images.iter().any(|p| p.is_empty()) {
-        return Err(invalid("data.train_images", "must name a file".into()));
-    }
-    if d.test_images.is_empty() || d.test_images.iter().any(|p| p.is_empty()) {
-        return Err(invalid("data.test_images", "must name a file".into()));
+    let folder_keys = [
+        ("data.path", !d.path.is_empty()),
+        ("data.channels", d.channels.is_some()),
+        ("data.image_size", d.image_size.is_some()),
+        ("data.test_fraction", d.test_fraction != 0.0),
+        ("data.skip_corrupt", d.skip_corrupt),
+    ];
+    if d.format == DataFormat::ImageFolder {
+        for (key, set) in [
+            ("data.train_images", !d.train_images.is_empty()),
+            ("data.train_labels", !d.train_labels.is_empty()),
+            ("data.test_images", !d.test_images.is_empty()),
+            ("data.test_labels", !d.test_labels.is_empty()),
+        ] {
+            if set {
+                return Err(invalid(
+                    key,
+                    "data.format is image-folder (its default), which reads the folder data.path names: set data.format = \"idx\" or \"cifar10\" to read files, or remove this key".into(),
+                ));
+            }
+        }
+        if !d.dataset.is_empty() {
+            if !d.path.is_empty() {
+                return Err(invalid(
+                    "data.path",
+                    format!(
+                        "data.dataset {:?} names the folder (its manifest's); remove data.path",
+                        d.dataset
+                    ),
+                ));
+            }
+            if let Err(message) = crate::spec::check_dataset_name(&d.dataset) {
+                return Err(invalid("data.dataset", message));
+            }
+        } else if d.path.trim().is_empty() {
+            return Err(invalid(
+                "data.format",
+                "image-folder needs data.path, the folder of class folders (under the data root), or data.dataset"
+                    .into(),
+            ));
+        }
+        match d.image_size {
+            None => {
+                return Err(invalid(
+                    "data.format",
+                    "image-folder needs data.image_size = [height, width]: every image is resized to it".into(),
+                ))
+            }
+            Some([h, w]) if !(1..=4096).contains(&h) || !(1..=4096).contains(&w) => {
+                return Err(invalid(
+                    "data.image_size",
+                    format!("height and width must be between 1 and 4096, got [{h}, {w}]"),
+                ))
+            }
+            Some(_) => {}
+        }
+        if let Some(c) = d.channels.filter(|c| *c != 1 && *c != 3) {
+            return Err(invalid(
+                "data.channels",
+                format!("must be 1 (grey) or 3 (RGB), got {c}"),
+            ));
+        }
+        if !(0.0..1.0).contains(&d.test_fraction) {
+            return Err(invalid(
+                "data.test_fraction",
+                format!("must be in [0, 1), got {}", d.test_fraction),
+            ));
+        }
+    } else {
+        if !d.dataset.is_empty() {
+            return Err(invalid(
+                "data.dataset",
+                format!(
+                    "datasets are image folders; remove data.format = \"{}\"",
+                    d.format.as_str()
+                ),
+            ));
+        }
+        if let Some((key, _)) = folder_keys.iter().find(|(_, set)| *set) {
+            return Err(invalid(
+                key,
+                format!(
+                    "applies to data.format = \"image-folder\" only (this spec reads {})",
+                    d.format.as_str()
+                ),
+            ));
+        }
+        if d.train_images.is_empty() || d.train_images.iter().any(|p| p.is_empty()) {
+            return Err(invalid("data.train_images", "must name a file".into()));
+        }
+        if d.test_images.is_empty() || d.test_images.iter().any(|p| p.is_empty()) {
+            return Err(invalid("data.test_images", "must name a file".into()));
+        }
     }
     match d.format {
+        DataFormat::ImageFolder => {}
         DataFormat::Idx => {
             for (key, images, labels) in [
                 ("data.train", &d.train_images, &d.train_labels),
@@ -207,7 +359,8 @@ fn data(d: &DataSpec, origins: &Origins) -> Result<(), SpecError> {
     }
     if !d.class_names.is_empty() {
         let classes = d.model_classes();
-        if d.class_names.len() != classes {
+        // An image folder's class count is its folders': checked when it is read.
+        if classes > 0 && d.class_names.len() != classes {
             return Err(invalid(
                 "data.class_names",
                 format!(
@@ -233,7 +386,7 @@ fn data(d: &DataSpec, origins: &Origins) -> Result<(), SpecError> {
             ));
         }
     }
-    if let Some(n) = &d.normalize {
+    if let Some(NormalizeSpec::Given(n)) = &d.normalize {
         if n.mean.is_empty() || n.mean.len() != n.std.len() {
             return Err(invalid(
                 "data.normalize",

@@ -10,7 +10,7 @@ mod signals;
 
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 
 use crate::data::augment::Augmenter;
 use crate::data::Dataset;
@@ -190,12 +190,12 @@ pub fn train(
         device.set_seed(dropout.next_u64())?;
     }
     let mut scaler = (spec.precision == Precision::F16).then(LossScaler::new);
-    let train_split = data.upload(&data.train, device, dtype)?;
+    let train_split = data.feed(&data.train, device, dtype)?;
     let val_split = match &data.val {
-        Some(val) => Some(data.upload(val, device, dtype)?),
+        Some(val) => Some(data.feed(val, device, dtype)?),
         None => None,
     };
-    let test_split = data.upload(&data.test, device, dtype)?;
+    let test_split = data.feed(&data.test, device, dtype)?;
     let weights = class_weights(spec, &data.train.labels, data.classes)?;
     let weight_tensor = weights
         .as_deref()
@@ -226,7 +226,7 @@ pub fn train(
         progress.start_epoch(epoch, spec.epochs, batches_per_epoch);
         // Like PyTorch's DataLoader(shuffle=True): a fresh permutation each epoch, the last
         // partial batch kept. Uploaded once per epoch; batches are slices of it.
-        let order = Tensor::from_vec(shuffle.permutation(n), n, device)?;
+        let order = train_split.order(shuffle.permutation(n))?;
         let mut loss_sum = 0.0f64;
         let mut last_loss = f32::NAN;
         let mut pending_losses = PendingLosses {
@@ -240,14 +240,13 @@ pub fn train(
             let start = step * spec.batch_size;
             let len = spec.batch_size.min(n - start);
             let (xs, ys) = span("data gather", device, || {
-                let indices = order.narrow(0, start, len)?;
-                let images = train_split.images.index_select(&indices, 0)?;
+                let (images, labels) = train_split.batch(&order, start, len)?;
                 Ok((
                     match augmenter.as_mut() {
                         Some(a) => a.apply(&images)?,
                         None => images,
                     },
-                    train_split.labels.index_select(&indices, 0)?,
+                    labels,
                 ))
             })?;
             sync(device)?;
@@ -390,8 +389,8 @@ pub fn train(
 /// test set's full evaluation.
 fn evaluate_epoch(
     model: &Model,
-    val: Option<&crate::data::ResidentSplit>,
-    test: &crate::data::ResidentSplit,
+    val: Option<&crate::data::SplitFeed>,
+    test: &crate::data::SplitFeed,
 ) -> Result<(Option<(f64, f64)>, Evaluation), TrainError> {
     let val = match val {
         Some(val) => {
@@ -435,6 +434,7 @@ fn accuracy(e: &Evaluation) -> f64 {
 mod tests {
     use super::*;
     use crate::spec::{ClassWeightRule, ClassWeights};
+    use candle_core::Tensor;
 
     /// Against the formula computed by hand: logits [2, 0, 0] with label 0, ε = 0.3, K = 3.
     #[test]

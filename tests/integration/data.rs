@@ -26,6 +26,13 @@ fn spec(
         classes: Vec::new(),
         class_limit: Default::default(),
         class_names: Vec::new(),
+        path: String::new(),
+        channels: None,
+        image_size: None,
+        test_fraction: 0.0,
+        split_seed: None,
+        skip_corrupt: false,
+        dataset: String::new(),
     }
 }
 
@@ -39,7 +46,7 @@ fn cifar10_sample_reads_as_published() {
         "cifar10-sample/test_batch_first20.bin",
         "",
     );
-    let d = exp::data::Dataset::load(&root, &s, 1, &|k| k.to_string()).unwrap();
+    let d = exp::data::Dataset::load(&root, &s, 1, &|k| k.to_string(), None).unwrap();
     assert_eq!(d.test.len, 20);
     assert_eq!(d.classes, 10);
     assert_eq!(
@@ -80,8 +87,8 @@ fn mnist_gz_and_raw_agree_and_limits_select() {
     s.train_limit = 300;
     s.val_limit = 100;
     s.test_limit = 50;
-    let a = exp::data::Dataset::load(&root, &s, 7, &|k| k.to_string()).unwrap();
-    let b = exp::data::Dataset::load(&raw_root, &s, 7, &|k| k.to_string()).unwrap();
+    let a = exp::data::Dataset::load(&root, &s, 7, &|k| k.to_string(), None).unwrap();
+    let b = exp::data::Dataset::load(&raw_root, &s, 7, &|k| k.to_string(), None).unwrap();
     assert_eq!(
         a.train_files, b.train_files,
         "fingerprints over decompressed bytes"
@@ -109,7 +116,7 @@ fn mnist_gz_and_raw_agree_and_limits_select() {
         a.test.selection.clone().unwrap(),
         (0..50).collect::<Vec<u32>>()
     );
-    let c = exp::data::Dataset::load(&root, &s, 8, &|k| k.to_string()).unwrap();
+    let c = exp::data::Dataset::load(&root, &s, 8, &|k| k.to_string(), None).unwrap();
     assert_ne!(a.train.blake3, c.train.blake3);
     assert_eq!(a.test.blake3, c.test.blake3);
 }

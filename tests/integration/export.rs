@@ -31,9 +31,13 @@ pub fn reference(env: &Env, dir: &Path, source: &str) -> Reference {
     let mut spec = record.params.data.clone();
     spec.test_limit = CHECKED;
     let load = |spec: &exp::spec::DataSpec| {
-        exp::data::Dataset::load(&env.data, spec, record.params.train.seed, &|_| {
-            "test".into()
-        })
+        exp::data::Dataset::load(
+            &env.data,
+            spec,
+            record.params.train.seed,
+            &|_| "test".into(),
+            None,
+        )
         .unwrap()
     };
     let first: Vec<u32> = (0..CHECKED as u32).collect();

@@ -11,6 +11,7 @@ mod failures;
 mod flow;
 mod full_epoch;
 mod gate;
+mod image_folder;
 mod init;
 mod init_from;
 mod lfs;

@@ -25,9 +25,13 @@ fn resolve(overrides: &[&str]) -> ResolvedSpec {
 
 /// Loads the data, builds the model and trains it on the CPU.
 pub fn train_spec(spec: &Spec) -> (Model, Dataset, TrainOutcome) {
-    let data = Dataset::load(&data_root(), &spec.data, spec.train.seed, &|k| {
-        k.to_string()
-    })
+    let data = Dataset::load(
+        &data_root(),
+        &spec.data,
+        spec.train.seed,
+        &|k| k.to_string(),
+        None,
+    )
     .expect("data");
     let model = Model::new(
         &spec.model,
@@ -85,7 +89,7 @@ fn accumulation_matches_the_large_batch() {
     };
     let init = {
         let spec = with(&[]);
-        let data = Dataset::load(&data_root(), &spec.data, 1, &|k| k.to_string()).unwrap();
+        let data = Dataset::load(&data_root(), &spec.data, 1, &|k| k.to_string(), None).unwrap();
         weights(&Model::new(&spec.model, data.shape, data.classes, 1, &Device::Cpu).unwrap())
     };
     let (large, _, large_out) = train_spec(&with(&["train.batch_size=32"]));
@@ -266,13 +270,13 @@ fn history_rows(dir: &Path) -> Vec<exp::record::EpochRecord> {
 fn validation_split_and_early_stopping() {
     // The split: 10 % of the 1000 examples training may use, disjoint from the other 900.
     let spec = mnist_spec(&["data.train_limit=1000", "data.val_fraction=0.1"]);
-    let data = Dataset::load(&data_root(), &spec.data, 1, &|k| k.to_string()).unwrap();
+    let data = Dataset::load(&data_root(), &spec.data, 1, &|k| k.to_string(), None).unwrap();
     let val = data.val.as_ref().expect("a validation split");
     assert_eq!((data.train.len, val.len), (900, 100));
     let train_sel = data.train.selection.as_ref().unwrap();
     let val_sel = val.selection.as_ref().unwrap();
     assert!(val_sel.iter().all(|i| train_sel.binary_search(i).is_err()));
-    let other_seed = Dataset::load(&data_root(), &spec.data, 2, &|k| k.to_string()).unwrap();
+    let other_seed = Dataset::load(&data_root(), &spec.data, 2, &|k| k.to_string(), None).unwrap();
     assert_ne!(other_seed.val.unwrap().selection.unwrap(), *val_sel);
 
     let env = Env::new();

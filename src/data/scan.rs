@@ -1,0 +1,313 @@
+//! A folder's files as a manifest: every file's path (relative, `/`-separated), size and
+//! SHA-256, sorted by path bytes — the lines of a dataset's `datasets/<name>.files`
+//! (docs/design.md §9) and what an image folder's fingerprint is computed over.
+//!
+//! Hashing is skipped for files whose stat (size, mtime, ctime, inode, device) matches the
+//! folder's stat cache, kept under `.git/exp/cache/stat/`; an entry is only recorded for a file
+//! that was settled before it was read (git's racily-clean rule, `files::FileStat`), so a write
+//! in the same clock tick is never missed. Files are hashed in parallel.
+//!
+//! Names beginning with `.` (`.DS_Store`, `.ipynb_checkpoints/`) are not data and are left out;
+//! symbolic links to files are followed, links to folders refused (a cycle would never end);
+//! a path that is not UTF-8 or holds a line break is refused, since the manifest is text.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::DataError;
+use crate::files::FileStat;
+
+/// One file of a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// Path relative to the folder, `/`-separated.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256 of the content, 64 lower-case hex digits (the file's LFS oid).
+    pub sha256: String,
+}
+
+impl FileEntry {
+    /// The manifest line: `<sha256> <size> <path>`.
+    pub fn line(&self) -> String {
+        format!("{} {} {}", self.sha256, self.size, self.path)
+    }
+}
+
+/// The manifest text of `entries` (one line each, in their order, each ending in `\n`).
+pub fn manifest_text(entries: &[FileEntry]) -> String {
+    let mut text = String::with_capacity(entries.len() * 96);
+    for e in entries {
+        text.push_str(&e.line());
+        text.push('\n');
+    }
+    text
+}
+
+/// The fingerprint of a list of files: BLAKE3 over its manifest text.
+pub fn fingerprint(entries: &[FileEntry]) -> String {
+    let mut h = blake3::Hasher::new();
+    for e in entries {
+        h.update(e.line().as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Every file under `folder`, sorted by path bytes, hashed (or taken from the stat cache in
+/// `cache_dir` when given).
+pub fn scan(folder: &Path, cache_dir: Option<&Path>) -> Result<Vec<FileEntry>, DataError> {
+    let mut found = Vec::new();
+    walk(folder, "", &mut found)?;
+    found.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut cache = cache_dir.map(|dir| StatCache::load(dir, folder));
+    let start = SystemTime::now();
+    let hashed: Vec<Result<(FileEntry, Option<FileStat>), DataError>> = found
+        .into_par_iter()
+        .map(|(path, stat)| {
+            if let Some(sha) = cache.as_ref().and_then(|c| c.get(&path, &stat)) {
+                return Ok((
+                    FileEntry {
+                        path,
+                        size: stat.size,
+                        sha256: sha.to_string(),
+                    },
+                    None,
+                ));
+            }
+            let file = folder.join(&path);
+            let (sha256, size) = hash_file(&file)?;
+            // Recorded only when the file did not change while it was read and was settled
+            // before the read began.
+            let settled =
+                FileStat::of(&file).filter(|after| *after == stat && stat.settled_before(start));
+            Ok((FileEntry { path, size, sha256 }, settled))
+        })
+        .collect();
+    let mut entries = Vec::with_capacity(hashed.len());
+    for item in hashed {
+        let (entry, new_stat) = item?;
+        if let (Some(cache), Some(stat)) = (cache.as_mut(), new_stat) {
+            cache.insert(&entry, stat);
+        }
+        entries.push(entry);
+    }
+    if let Some(cache) = cache.as_mut() {
+        cache.save(&entries);
+    }
+    Ok(entries)
+}
+
+/// SHA-256 and size of a file's content.
+pub fn hash_file(path: &Path) -> Result<(String, u64), DataError> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+fn walk(root: &Path, prefix: &str, out: &mut Vec<(String, FileStat)>) -> Result<(), DataError> {
+    let dir = if prefix.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(prefix)
+    };
+    let io = |path: &Path, source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+        let entry = entry.map_err(|e| io(&dir, e))?;
+        let name = entry.file_name();
+        let path = entry.path();
+        let Some(name) = name.to_str() else {
+            return Err(DataError::Inconsistent(format!(
+                "{}: the file name is not UTF-8; rename it (manifests are text)",
+                path.display()
+            )));
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        if name.contains(['\n', '\r']) {
+            return Err(DataError::Inconsistent(format!(
+                "{:?}: a file name holding a line break cannot be listed in a manifest; rename it",
+                path.display().to_string()
+            )));
+        }
+        let relative = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let kind = entry.file_type().map_err(|e| io(&path, e))?;
+        let is_dir = if kind.is_symlink() {
+            let target = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
+            if target.is_dir() {
+                return Err(DataError::Inconsistent(format!(
+                    "{} is a link to a folder; exp does not follow folder links (copy the folder in, or link its files)",
+                    path.display()
+                )));
+            }
+            false
+        } else {
+            kind.is_dir()
+        };
+        if is_dir {
+            walk(root, &relative, out)?;
+        } else if let Some(stat) = FileStat::of(&path) {
+            out.push((relative, stat));
+        }
+    }
+    Ok(())
+}
+
+/// A folder's stat cache: one text line per file, `<sha256> <size> <mtime_ns> <ctime_ns>
+/// <inode> <device> <path>` (text: 70k entries load in a few milliseconds, no serde needed).
+struct StatCache {
+    file: PathBuf,
+    entries: HashMap<String, (FileStat, String)>,
+    dirty: bool,
+}
+
+impl StatCache {
+    /// The cache of `folder` kept in `dir` (named by the folder's absolute path). A file that
+    /// is missing or damaged is an empty cache: the cache only saves work, it never decides.
+    fn load(dir: &Path, folder: &Path) -> StatCache {
+        let absolute = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+        let key = blake3::hash(absolute.to_string_lossy().as_bytes()).to_hex();
+        let file = dir.join("stat").join(format!("{}.txt", &key[..32]));
+        let entries = std::fs::read_to_string(&file)
+            .map(|text| text.lines().filter_map(parse_line).collect())
+            .unwrap_or_default();
+        StatCache {
+            file,
+            entries,
+            dirty: false,
+        }
+    }
+
+    fn get(&self, path: &str, stat: &FileStat) -> Option<&str> {
+        match self.entries.get(path) {
+            Some((s, sha)) if s == stat => Some(sha),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, entry: &FileEntry, stat: FileStat) {
+        self.entries
+            .insert(entry.path.clone(), (stat, entry.sha256.clone()));
+        self.dirty = true;
+    }
+
+    /// Writes the cache when it changed, keeping only the files of the latest scan.
+    fn save(&mut self, current: &[FileEntry]) {
+        let stale = self.entries.len() != current.len();
+        if !self.dirty && !stale {
+            return;
+        }
+        let mut text = String::with_capacity(current.len() * 140);
+        for e in current {
+            if let Some((s, sha)) = self.entries.get(&e.path) {
+                text.push_str(&format!(
+                    "{sha} {} {} {} {} {} {}\n",
+                    s.size, s.mtime_ns, s.ctime_ns, s.ino, s.dev, e.path
+                ));
+            }
+        }
+        // A cache that cannot be written costs a re-hash next time, nothing more.
+        let _ = crate::files::write_whole(&self.file, text.as_bytes(), false);
+        self.dirty = false;
+    }
+}
+
+fn parse_line(line: &str) -> Option<(String, (FileStat, String))> {
+    let mut parts = line.splitn(7, ' ');
+    let sha = parts.next()?;
+    if sha.len() != 64 {
+        return None;
+    }
+    let stat = FileStat {
+        size: parts.next()?.parse().ok()?,
+        mtime_ns: parts.next()?.parse().ok()?,
+        ctime_ns: parts.next()?.parse().ok()?,
+        ino: parts.next()?.parse().ok()?,
+        dev: parts.next()?.parse().ok()?,
+    };
+    Some((parts.next()?.to_string(), (stat, sha.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_lines_and_fingerprint_are_pinned() {
+        let entries = vec![FileEntry {
+            path: "train/0/a.png".into(),
+            size: 3,
+            sha256: hex::encode(Sha256::digest(b"abc")),
+        }];
+        assert_eq!(
+            manifest_text(&entries),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad 3 train/0/a.png\n"
+        );
+        assert_eq!(
+            fingerprint(&entries),
+            blake3::hash(manifest_text(&entries).as_bytes())
+                .to_hex()
+                .to_string()
+        );
+    }
+
+    #[test]
+    fn scan_sorts_by_bytes_skips_dot_files_and_uses_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("f");
+        std::fs::create_dir_all(folder.join("b")).unwrap();
+        std::fs::create_dir_all(folder.join(".hidden")).unwrap();
+        std::fs::write(folder.join("b/x"), b"1").unwrap();
+        std::fs::write(folder.join("B"), b"22").unwrap();
+        std::fs::write(folder.join("a"), b"333").unwrap();
+        std::fs::write(folder.join(".DS_Store"), b"junk").unwrap();
+        std::fs::write(folder.join(".hidden/y"), b"junk").unwrap();
+        let cache = dir.path().join("cache");
+        let first = scan(&folder, Some(&cache)).unwrap();
+        let paths: Vec<&str> = first.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["B", "a", "b/x"]);
+        assert_eq!(first[2].sha256, hex::encode(Sha256::digest(b"1")));
+        // Files written just now are racy: not cached yet, hashed again, same answer.
+        assert_eq!(scan(&folder, Some(&cache)).unwrap(), first);
+        // A changed file is seen even when its size is kept.
+        std::fs::write(folder.join("b/x"), b"9").unwrap();
+        let changed = scan(&folder, Some(&cache)).unwrap();
+        assert_eq!(changed[2].sha256, hex::encode(Sha256::digest(b"9")));
+    }
+
+    #[test]
+    fn a_line_break_in_a_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a\nb"), b"1").unwrap();
+        let e = scan(dir.path(), None).unwrap_err().to_string();
+        assert!(e.contains("line break"), "{e}");
+    }
+}
