@@ -13,6 +13,9 @@ pub enum Error {
     /// A data set could not be read.
     #[error(transparent)]
     Data(Box<crate::data::DataError>),
+    /// A committed dataset cannot be added, checked out or used.
+    #[error(transparent)]
+    Dataset(Box<crate::dataset::DatasetError>),
     /// Training failed or was interrupted.
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
@@ -118,6 +121,7 @@ impl Error {
         match self {
             Error::Spec(e) => e.hint(),
             Error::Data(e) => e.hint(),
+            Error::Dataset(e) => e.hint(),
             Error::Git(e) => e.hint(),
             Error::Run(e) => e.hint(),
             Error::Train(e) => e.hint(),
@@ -205,6 +209,12 @@ impl From<crate::verify::VerifyError> for Error {
     }
 }
 
+impl From<crate::dataset::DatasetError> for Error {
+    fn from(e: crate::dataset::DatasetError) -> Error {
+        Error::Dataset(Box::new(e))
+    }
+}
+
 impl From<crate::init_from::InitFromError> for Error {
     fn from(e: crate::init_from::InitFromError) -> Error {
         Error::InitFrom(Box::new(e))
@@ -217,6 +227,7 @@ impl From<crate::run::RunError> for Error {
         match e {
             R::Spec(e) => Error::Spec(e),
             R::Data(e) => Error::Data(Box::new(e)),
+            R::Dataset(e) => Error::Dataset(e),
             R::Device(e) => Error::Device(e),
             R::Train(e) => Error::Train(e),
             R::Lfs(e) => Error::Lfs(e),

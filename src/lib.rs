@@ -4,7 +4,8 @@
 //! modules below and formats what they return. Each module owns one concern:
 //!
 //! - [`spec`]: the experiment spec (`experiments/<name>.toml`), its schema and `--set` overrides;
-//! - [`data`]: IDX and CIFAR-10 readers, fingerprints, the in-memory data set and batching;
+//! - [`data`]: IDX, CIFAR-10 and image-folder readers, fingerprints, the data set and batching;
+//! - [`dataset`]: datasets versioned in Git and the LFS store (`exp data`);
 //! - [`device`]: `--device`, opening CUDA or the CPU, what the record says about the GPU;
 //! - [`model`]: the model zoo, built from exp's own seeded initialisers;
 //! - [`train`]: the training loop, optimisers, interruption;
@@ -31,6 +32,7 @@ pub mod compare;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod data;
+pub mod dataset;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -49,6 +49,9 @@ pub enum RunError {
     /// A data set could not be read.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// The committed dataset the spec names cannot be used.
+    #[error(transparent)]
+    Dataset(Box<crate::dataset::DatasetError>),
     /// The device cannot be used.
     #[error(transparent)]
     Device(#[from] DeviceError),
@@ -105,6 +108,12 @@ pub enum RunError {
         /// Why the commit failed.
         source: Box<RunError>,
     },
+}
+
+impl From<crate::dataset::DatasetError> for RunError {
+    fn from(e: crate::dataset::DatasetError) -> RunError {
+        RunError::Dataset(Box::new(e))
+    }
 }
 
 impl RunError {
@@ -353,6 +362,7 @@ pub struct Prepared {
     opened: crate::device::OpenedDevice,
     parent: Option<init_from::Parent>,
     data: Dataset,
+    dataset: Option<crate::record::DatasetRecord>,
     /// The run id (docs/design.md §4).
     pub run_id: String,
     load_seconds: f64,
@@ -400,9 +410,17 @@ pub fn prepare(
     let loading = Instant::now();
     progress.loading_data(None);
     let cache = crate::git::cache_dir(repo);
+    // A committed dataset is read from its folder in the work tree, after checking that the
+    // folder is exactly its manifest: a run never trains on data it cannot name.
+    let (dataset, data_spec, data_root) = if spec.data.dataset.is_empty() {
+        (None, spec.data.clone(), root.to_path_buf())
+    } else {
+        let (load, worktree, used) = crate::dataset::resolve(repo, &spec.data)?;
+        (Some(used), load, worktree)
+    };
     let data = Dataset::load(
-        root,
-        &spec.data,
+        &data_root,
+        &data_spec,
         spec.train.seed,
         &|key| resolved.origin(key),
         Some(&cache),
@@ -432,6 +450,7 @@ pub fn prepare(
         opened,
         parent,
         data,
+        dataset,
         run_id,
         load_seconds,
     })
@@ -465,6 +484,7 @@ pub fn train_and_record(
         opened,
         mut parent,
         data,
+        dataset,
         run_id,
         load_seconds,
     } = prepared;
@@ -518,6 +538,7 @@ pub fn train_and_record(
         },
         params: spec.clone(),
         data: DataRecord {
+            dataset,
             train: split_record(&data.train, &data.train_files, data.classes),
             val: data
                 .val

@@ -230,9 +230,16 @@ pub fn verify_one(
         snapshot.name
     );
     let cache = crate::git::cache_dir(repo);
+    // A run on a committed dataset is re-evaluated on its folder, which must hold the version
+    // the run read (the manifest in the run's commit).
+    let (data_root, data_spec) = match dataset_folder(repo, snapshot, record) {
+        Ok(Some((worktree, spec))) => (worktree, spec),
+        Ok(None) => (root.to_path_buf(), record.params.data.clone()),
+        Err(reason) => return verdict(out, VerifyOutcome::CannotVerify, reason),
+    };
     let data = match Dataset::load(
-        root,
-        &record.params.data,
+        &data_root,
+        &data_spec,
         record.params.train.seed,
         &|_| record_path.clone(),
         Some(&cache),
@@ -417,9 +424,39 @@ fn load_model(
 }
 
 /// Every data file a record's `[params.data]` names.
+/// For a record of a run on a committed dataset: the work tree and the data spec reading the
+/// dataset's folder, once the folder is checked to hold the version the run's commit lists.
+fn dataset_folder(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    record: &RunRecord,
+) -> Result<Option<(std::path::PathBuf, crate::spec::DataSpec)>, String> {
+    let name = &record.params.data.dataset;
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let committed = crate::dataset::read_tree(repo, &snapshot.tree, name)
+        .map_err(|e| format!("the run's dataset cannot be read at {}: {e}", snapshot.name))?;
+    let state = crate::dataset::status(repo, &committed)
+        .map_err(|e| format!("the dataset's folder cannot be read: {e}"))?;
+    crate::dataset::check_matches(&state, &committed).map_err(|e| {
+        format!(
+            "{e}; put the run's version back with `exp data checkout {name} --rev {}`",
+            snapshot.name
+        )
+    })?;
+    let mut spec = record.params.data.clone();
+    spec.path = committed.manifest.folder.clone();
+    Ok(Some((crate::git::workdir(repo).to_path_buf(), spec)))
+}
+
 fn data_paths(record: &RunRecord) -> Vec<String> {
     let d = &record.params.data;
-    let mut paths = vec![d.train_labels.clone(), d.test_labels.clone()];
+    let mut paths = vec![
+        d.train_labels.clone(),
+        d.test_labels.clone(),
+        d.path.clone(),
+    ];
     paths.extend(d.train_images.iter().cloned());
     paths.extend(d.test_images.iter().cloned());
     paths

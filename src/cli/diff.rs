@@ -172,6 +172,14 @@ fn header_base(e: &ExperimentDiff, base: &str) -> (String, String) {
     }
 }
 
+/// One row per class whose files changed.
+fn dataset_rows(d: &exp::compare::diff::DatasetChange) -> Vec<Vec<String>> {
+    d.per_class
+        .iter()
+        .map(|(class, a, m, x)| vec![class.clone(), a.to_string(), m.to_string(), x.to_string()])
+        .collect()
+}
+
 fn text(e: &ExperimentDiff, base: &str, head: &str) -> String {
     let (base, note) = header_base(e, base);
     let mut out = format!(
@@ -200,6 +208,19 @@ fn text(e: &ExperimentDiff, base: &str, head: &str) -> String {
             opt(&d.base).chars().take(12).collect::<String>(),
             opt(&d.head).chars().take(12).collect::<String>()
         ));
+    }
+    if let Some(d) = &e.dataset {
+        out.push_str(&format!(
+            "dataset: {} → {}: {}\n",
+            opt(&d.base),
+            opt(&d.head),
+            d.files.summary()
+        ));
+        let mut classes = report::table(header(&["class", "added", "modified", "deleted"]));
+        for row in dataset_rows(d) {
+            classes.add_row(row);
+        }
+        out.push_str(&format!("{classes}\n"));
     }
     let oid = |v: &Option<String>| {
         v.as_deref()
@@ -243,6 +264,18 @@ fn markdown(e: &ExperimentDiff, base: &str, head: &str) -> String {
             d.key,
             opt(&d.base),
             opt(&d.head)
+        ));
+    }
+    if let Some(d) = &e.dataset {
+        out.push_str(&format!(
+            "\n**Dataset:** `{}` → `{}`: {}\n\n",
+            opt(&d.base),
+            opt(&d.head),
+            d.files.summary()
+        ));
+        out.push_str(&markdown_table(
+            &h(&["class", "added", "modified", "deleted"]),
+            &dataset_rows(d),
         ));
     }
     out.push_str(&format!(

@@ -122,6 +122,9 @@ pub enum Command {
     Device(device::DeviceArgs),
     /// The decoded image folders exp keeps under .git/exp/cache: ls, prune.
     Cache(cache::CacheArgs),
+    /// Datasets versioned in Git and the LFS store: add, status, checkout, ls.
+    #[command(long_about = data::DATA_LONG_ABOUT)]
+    Data(data::DataArgs),
 }
 
 /// Writes a line to stdout. A closed pipe (`exp log | head`) comes back as
@@ -159,6 +162,7 @@ pub(crate) fn warn(message: &str) {
 
 mod apply;
 mod cache;
+mod data;
 mod device;
 mod diff;
 mod export;
@@ -229,6 +233,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Sweep(args) => sweep::execute(args),
         Command::Device(args) => device::execute(args),
         Command::Cache(args) => cache::execute(args),
+        Command::Data(args) => data::execute(args),
         Command::Export(args) => export::execute(args),
         Command::Serve(args) => serve::execute(args),
         Command::Ci {

@@ -37,6 +37,12 @@ pub(super) fn execute_push(args: PushArgs) -> Result<(), Error> {
     let summary = sync::push(&repo, &remote, &args.branches).map_err(Error::Push)?;
     if summary.by_git_lfs {
         outln!("LFS objects pushed by git-lfs");
+        if summary.objects.uploaded > 0 {
+            outln!(
+                "{} dataset object(s) uploaded and confirmed on {remote} by exp (git-lfs does not read datasets/*.files)",
+                summary.objects.uploaded
+            );
+        }
     } else {
         outln!(
             "{} LFS object(s) referenced, {} uploaded and confirmed on {remote}",
@@ -56,6 +62,12 @@ pub(super) fn execute_pull(args: PullArgs) -> Result<(), Error> {
     let summary = sync::pull(&repo, &remote).map_err(Error::Pull)?;
     if summary.by_git_lfs {
         outln!("LFS objects pulled by git-lfs");
+        if summary.objects > 0 {
+            outln!(
+                "{} dataset object(s) downloaded from {remote} by exp",
+                summary.objects
+            );
+        }
     } else {
         outln!("{} LFS object(s) downloaded from {remote}", summary.objects);
     }

@@ -1,6 +1,6 @@
 //! `exp diff`: what changed between the records of two revisions.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use git2::Repository;
 use serde::Serialize;
@@ -52,6 +52,9 @@ pub struct ExperimentDiff {
     pub metrics: Vec<MetricChange>,
     /// Data fingerprints that differ, by split (`train`, `val`, `test`).
     pub data: Vec<ValueChange>,
+    /// How the committed dataset changed between the runs (`data.dataset`), when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetChange>,
     /// The model weights' LFS oid on each side.
     pub model_oid: ValueChange,
     /// The per-example comparison.
@@ -60,6 +63,20 @@ pub struct ExperimentDiff {
     /// on the branch, when the default base has no record of it): that run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compared_with: Option<String>,
+}
+
+/// What changed in a committed dataset between two runs: the files of the two manifests the
+/// runs read, compared path by path, and the counts per class.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetChange {
+    /// The dataset on each side (`name` at manifest blob).
+    pub base: Option<String>,
+    /// The head's.
+    pub head: Option<String>,
+    /// Files added, modified and deleted.
+    pub files: crate::data::scan::Changes,
+    /// Per class (the class folder): added, modified, deleted.
+    pub per_class: Vec<(String, usize, usize, usize)>,
 }
 
 /// A value on each side (absent when the side has none).
@@ -221,6 +238,7 @@ pub(crate) fn compare_one(
         },
         metrics: metric_changes(ra, rb),
         data: data_changes(ra, rb),
+        dataset: dataset_change(repo, ra, rb)?,
         model_oid: ValueChange {
             key: "model.oid".into(),
             base: ra.map(|r| r.model.oid.clone()),
@@ -229,6 +247,66 @@ pub(crate) fn compare_one(
         examples: compare_examples(repo, name, a, b)?,
         compared_with: None,
     })
+}
+
+/// The change of the committed dataset between two records, read from the manifests' blobs.
+fn dataset_change(
+    repo: &Repository,
+    a: Option<&RunRecord>,
+    b: Option<&RunRecord>,
+) -> Result<Option<DatasetChange>, CompareError> {
+    let used = |r: Option<&RunRecord>| r.and_then(|r| r.data.dataset.clone());
+    let (da, db) = (used(a), used(b));
+    if da.is_none() && db.is_none() {
+        return Ok(None);
+    }
+    if let (Some(x), Some(y)) = (&da, &db) {
+        if x.manifest == y.manifest {
+            return Ok(None);
+        }
+    }
+    let entries = |d: &Option<crate::record::DatasetRecord>| -> Result<Vec<crate::data::scan::FileEntry>, CompareError> {
+        let Some(d) = d else { return Ok(Vec::new()) };
+        let bad = |why: String| CompareError::Untrusted {
+            rev: d.manifest.clone(),
+            path: crate::dataset::files_path(&d.name),
+            reason: why,
+        };
+        let id = git2::Oid::from_str(&d.manifest).map_err(|e| bad(e.to_string()))?;
+        let blob = repo
+            .find_blob(id)
+            .map_err(|e| bad(format!("the manifest blob is not in this repository: {}", e.message())))?;
+        let text = std::str::from_utf8(blob.content()).map_err(|_| bad("not UTF-8".into()))?;
+        crate::data::scan::parse_manifest(text).map_err(bad)
+    };
+    let (ea, eb) = (entries(&da)?, entries(&db)?);
+    let files = crate::data::scan::changes(&ea, &eb);
+    let mut per_class: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    for (paths, slot) in [(&files.added, 0), (&files.modified, 1), (&files.deleted, 2)] {
+        for p in paths {
+            let counts = per_class
+                .entry(crate::data::folder::class_of(p).to_string())
+                .or_default();
+            match slot {
+                0 => counts.0 += 1,
+                1 => counts.1 += 1,
+                _ => counts.2 += 1,
+            }
+        }
+    }
+    let label = |d: &Option<crate::record::DatasetRecord>| {
+        d.as_ref()
+            .map(|d| format!("{}@{}", d.name, &d.manifest[..d.manifest.len().min(10)]))
+    };
+    Ok(Some(DatasetChange {
+        base: label(&da),
+        head: label(&db),
+        files,
+        per_class: per_class
+            .into_iter()
+            .map(|(c, (a, m, d))| (c, a, m, d))
+            .collect(),
+    }))
 }
 
 /// The audit's warnings for one side, or its refusal as an error.

@@ -225,6 +225,18 @@ enum Layout {
     Single,
 }
 
+/// The class of a file of an image folder, from its path in the folder: `<split>/<class>/…`
+/// or `<class>/…`.
+pub fn class_of(path: &str) -> &str {
+    let mut parts = path.split('/');
+    let first = parts.next().unwrap_or("");
+    if SPLIT_FOLDERS.contains(&first) {
+        parts.next().unwrap_or(first)
+    } else {
+        first
+    }
+}
+
 fn is_image(path: &str) -> bool {
     path.rsplit_once('.').is_some_and(|(_, ext)| {
         IMAGE_EXTENSIONS

@@ -50,6 +50,104 @@ pub fn manifest_text(entries: &[FileEntry]) -> String {
     text
 }
 
+/// Reads manifest text (one `<sha256> <size> <path>` line per file); Err names the first bad
+/// line (1-based) and why.
+pub fn parse_manifest(text: &str) -> Result<Vec<FileEntry>, String> {
+    let mut entries = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
+        let mut parts = line.splitn(3, ' ');
+        let (Some(sha), Some(size), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("expected `<sha256> <size> <path>`"));
+        };
+        if sha.len() != 64
+            || !sha
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(bad("not a lower-case SHA-256"));
+        }
+        let size = size.parse().map_err(|_| bad("the size is not a number"))?;
+        if path.is_empty()
+            || path.starts_with('/')
+            || path.split('/').any(|c| c == ".." || c.is_empty())
+        {
+            return Err(bad("the path must be relative, inside the folder"));
+        }
+        entries.push(FileEntry {
+            path: path.to_string(),
+            size,
+            sha256: sha.to_string(),
+        });
+    }
+    if entries
+        .windows(2)
+        .any(|w| w[0].path.as_bytes() >= w[1].path.as_bytes())
+    {
+        return Err("the lines are not sorted by path bytes (or a path repeats)".into());
+    }
+    Ok(entries)
+}
+
+/// How one list of files differs from another, path by path (both sorted by path bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Changes {
+    /// Paths only in the new list.
+    pub added: Vec<String>,
+    /// Paths in both, with other content.
+    pub modified: Vec<String>,
+    /// Paths only in the old list.
+    pub deleted: Vec<String>,
+}
+
+impl Changes {
+    /// Whether the lists hold the same files.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.modified.is_empty() && self.deleted.is_empty()
+    }
+
+    /// `1 added, 2 modified, 0 deleted`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} added, {} modified, {} deleted",
+            self.added.len(),
+            self.modified.len(),
+            self.deleted.len()
+        )
+    }
+}
+
+/// The changes from `old` to `new` (each sorted by path bytes, as manifests are).
+pub fn changes(old: &[FileEntry], new: &[FileEntry]) -> Changes {
+    let mut out = Changes::default();
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        let order = match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) => a.path.as_bytes().cmp(b.path.as_bytes()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                out.deleted.push(old[i].path.clone());
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.added.push(new[j].path.clone());
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                if old[i].sha256 != new[j].sha256 || old[i].size != new[j].size {
+                    out.modified.push(new[j].path.clone());
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
 /// The fingerprint of a list of files: BLAKE3 over its manifest text.
 pub fn fingerprint(entries: &[FileEntry]) -> String {
     let mut h = blake3::Hasher::new();
@@ -301,6 +399,36 @@ mod tests {
         std::fs::write(folder.join("b/x"), b"9").unwrap();
         let changed = scan(&folder, Some(&cache)).unwrap();
         assert_eq!(changed[2].sha256, hex::encode(Sha256::digest(b"9")));
+    }
+
+    #[test]
+    fn manifests_parse_back_and_changes_are_path_by_path() {
+        let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
+        let e = |p: &str, c: &[u8]| FileEntry {
+            path: p.into(),
+            size: c.len() as u64,
+            sha256: sha(c),
+        };
+        let old = vec![e("a", b"1"), e("b/c", b"2"), e("d", b"3")];
+        let new = vec![e("a", b"1"), e("b/c", b"9"), e("c", b"4")];
+        assert_eq!(parse_manifest(&manifest_text(&old)).unwrap(), old);
+        let c = changes(&old, &new);
+        assert_eq!(
+            (c.added, c.modified, c.deleted),
+            (
+                vec!["c".to_string()],
+                vec!["b/c".to_string()],
+                vec!["d".to_string()]
+            )
+        );
+        let unsorted = manifest_text(&[e("b", b"1"), e("a", b"1")]);
+        assert!(parse_manifest(&unsorted)
+            .unwrap_err()
+            .contains("not sorted"));
+        let escape = format!("{} 1 ../x\n", sha(b"1"));
+        assert!(parse_manifest(&escape)
+            .unwrap_err()
+            .contains("inside the folder"));
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! Finding LFS pointers in Git: in one tree (`exp lfs ls`, fsck), in every commit a set of refs
 //! reaches (prune, push), in the index (the pre-commit guard).
+//!
+//! A dataset's file list (`datasets/<name>.files`, docs/design.md §9) references LFS objects
+//! as pointers do, one per line: its objects are found wherever pointers are, so push, pull,
+//! fsck and prune cover datasets as they cover weights.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,6 +38,22 @@ pub fn lfs_files(repo: &Repository, tree: &git2::Tree) -> Result<Vec<TreeFile>, 
         if entry.id() == empty {
             return TreeWalkResult::Ok;
         }
+        if is_dataset_file_list(&path) {
+            return match dataset_objects(repo, &path, entry.id()) {
+                Ok(objects) => {
+                    files.extend(objects.into_iter().map(|(pointer, path)| TreeFile {
+                        path,
+                        blob: entry.id(),
+                        pointer: Some(pointer),
+                    }));
+                    TreeWalkResult::Ok
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    TreeWalkResult::Abort
+                }
+            };
+        }
         match pointer_in_blob(repo, entry.id()) {
             Ok(pointer) => {
                 if pointer.is_some() || routed_through_lfs(repo, &path) {
@@ -55,6 +75,35 @@ pub fn lfs_files(repo: &Repository, tree: &git2::Tree) -> Result<Vec<TreeFile>, 
         Some(e) => Err(e),
         None => Ok(files),
     }
+}
+
+/// Whether `path` is a dataset's file list, `datasets/<name>.files`.
+pub fn is_dataset_file_list(path: &str) -> bool {
+    path.strip_prefix("datasets/")
+        .is_some_and(|name| name.ends_with(".files") && !name.contains('/'))
+}
+
+/// The objects a dataset file list (blob `id`, at `path`) references, each with the place it
+/// names (`datasets/<name>.files:<file>`). A list that does not parse is an error: prune must
+/// not delete what an unreadable list might reference.
+pub fn dataset_objects(
+    repo: &Repository,
+    path: &str,
+    id: GitOid,
+) -> Result<Vec<(LfsPointer, String)>, git2::Error> {
+    let blob = repo.find_blob(id)?;
+    let text = std::str::from_utf8(blob.content())
+        .map_err(|_| git2::Error::from_str(&format!("{path} ({id}) is not UTF-8 text")))?;
+    let entries = crate::data::scan::parse_manifest(text)
+        .map_err(|e| git2::Error::from_str(&format!("{path} ({id}): {e}")))?;
+    entries
+        .into_iter()
+        .map(|e| {
+            let oid = Oid::parse(&e.sha256)
+                .map_err(|err| git2::Error::from_str(&format!("{path}: {err}")))?;
+            Ok((LfsPointer::new(oid, e.size), format!("{path}:{}", e.path)))
+        })
+        .collect()
 }
 
 /// The id of the empty blob (`git hash-object /dev/null`).
@@ -167,6 +216,17 @@ fn collect_tree(
                 seen_blobs,
                 found,
             )?,
+            Some(ObjectType::Blob)
+                if is_dataset_file_list(&path) && seen_blobs.insert(entry.id()) =>
+            {
+                for (pointer, place) in dataset_objects(repo, &path, entry.id())? {
+                    found.entry(pointer.oid.clone()).or_insert(Reference {
+                        pointer,
+                        path: place,
+                        commit,
+                    });
+                }
+            }
             Some(ObjectType::Blob) if seen_blobs.insert(entry.id()) => {
                 if let Some(pointer) = pointer_in_blob(repo, entry.id())? {
                     found.entry(pointer.oid.clone()).or_insert(Reference {

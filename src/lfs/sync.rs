@@ -184,6 +184,15 @@ pub fn push(
         args.extend(refs.iter().map(String::as_str));
         git::git(&worktree, &args).map_err(SyncError::GitLfs)?;
         summary.by_git_lfs = true;
+        // git-lfs pushes what pointers reference; the datasets' objects (listed in
+        // datasets/<name>.files) go up through exp, which finds the rest already there.
+        let has_datasets = super::scan::referenced_objects(repo, &tips, &hidden)?
+            .values()
+            .any(|r| r.path.starts_with("datasets/"));
+        if has_datasets {
+            let remote_store = RemoteStore::for_remote(repo, remote, &url)?;
+            summary.objects = push::upload_for_push(repo, &remote_store, &tips, &hidden)?;
+        }
     } else {
         let remote_store = RemoteStore::for_remote(repo, remote, &url)?;
         let hidden = remote_tips(&worktree, repo, remote);
@@ -254,13 +263,24 @@ pub fn pull(repo: &Repository, remote: &str) -> Result<PullSummary, SyncError> {
         }
     }
     let mut summary = PullSummary::default();
+    let head_tree = repo.head()?.peel_to_tree()?;
+    let files = super::scan::lfs_files(repo, &head_tree)?;
     if config::in_charge(&worktree) == InCharge::GitLfs {
         git::git(&worktree, &["lfs", "pull", remote]).map_err(SyncError::GitLfs)?;
         summary.by_git_lfs = true;
+        // git-lfs knows pointers only: the datasets' objects come through exp.
+        let datasets: Vec<LfsPointer> = files
+            .iter()
+            .filter(|f| f.path.starts_with("datasets/") && f.path.contains(".files:"))
+            .filter_map(|f| f.pointer.clone())
+            .collect();
+        if !datasets.is_empty() {
+            let local = LfsStore::for_repo(repo);
+            let remote_store = RemoteStore::for_remote(repo, remote, &url)?;
+            summary.objects = remote_store.download(&local, &datasets)?;
+        }
         return Ok(summary);
     }
-    let head_tree = repo.head()?.peel_to_tree()?;
-    let files = super::scan::lfs_files(repo, &head_tree)?;
     let pointers: Vec<LfsPointer> = files.iter().filter_map(|f| f.pointer.clone()).collect();
     let local = LfsStore::for_repo(repo);
     let remote_store = RemoteStore::for_remote(repo, remote, &url)?;

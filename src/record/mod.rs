@@ -202,9 +202,25 @@ pub struct RunInfo {
     pub overrides: Vec<String>,
 }
 
+/// `[data.dataset]`: the committed dataset a run trained on (`data.dataset`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetRecord {
+    /// The dataset's name.
+    pub name: String,
+    /// The Git blob id of `datasets/<name>.files` as the run read it.
+    pub manifest: String,
+    /// The manifest's fingerprint (BLAKE3 over the file list).
+    pub fingerprint: String,
+    /// The folder, relative to the work tree.
+    pub folder: String,
+}
+
 /// `[data]`: one entry per split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataRecord {
+    /// The committed dataset the splits come from, when the spec names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetRecord>,
     /// Training split.
     pub train: SplitRecord,
     /// Validation split, when `val_limit` > 0.

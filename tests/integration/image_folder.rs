@@ -21,10 +21,15 @@ pub fn scratch_data_root(env: &mut Env) -> PathBuf {
     root
 }
 
-/// Writes the first `train` and `test` images of real MNIST as
-/// `<root>/<name>/{train,test}/<label>/<index>.png`.
+/// Writes the first `train` and `test` images of real MNIST (read from the data root `root`)
+/// as `<root>/<name>/{train,test}/<label>/<index>.png`.
 pub fn mnist_png_folder(root: &Path, name: &str, train: usize, test: usize) -> PathBuf {
-    let folder = root.join(name);
+    mnist_pngs_into(root, &root.join(name), train, test)
+}
+
+/// As [`mnist_png_folder`], into any `folder`.
+pub fn mnist_pngs_into(root: &Path, folder: &Path, train: usize, test: usize) -> PathBuf {
+    let folder = folder.to_path_buf();
     for (split, images, labels, n) in [
         (
             "train",

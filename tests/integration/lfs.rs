@@ -432,13 +432,13 @@ fn interop_with_git_lfs() {
 
 /// A real Git LFS server (giftless, installed by scripts/lfs-server.sh) on loopback, stopped
 /// when the test ends however it ends.
-struct LfsServer {
+pub struct LfsServer {
     dir: PathBuf,
-    endpoint: String,
+    pub endpoint: String,
 }
 
 impl LfsServer {
-    fn start(dir: PathBuf) -> LfsServer {
+    pub fn start(dir: PathBuf) -> LfsServer {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lfs-server.sh");
         let install = std::process::Command::new(&script)
             .arg("install")
@@ -470,7 +470,7 @@ impl LfsServer {
         }
     }
 
-    fn has(&self, oid: &str) -> bool {
+    pub fn has(&self, oid: &str) -> bool {
         self.dir.join("lfs-storage/org/repo").join(oid).is_file()
     }
 }

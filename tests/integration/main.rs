@@ -6,6 +6,7 @@ mod ci;
 mod common;
 mod compare;
 mod data;
+mod datasets;
 mod export;
 mod failures;
 mod flow;

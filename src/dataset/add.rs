@@ -1,0 +1,298 @@
+//! `exp data add PATH [--name NAME]`: every file of a work-tree folder into the LFS store
+//! (hashed in parallel, each object stored once), then the manifest and the folder's
+//! `.gitignore` line committed — on the current branch, or on a new `feature/data-<name>-…`
+//! branch started at HEAD when that is develop or main, as a run commits.
+
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::{files_path, manifest_path, read_worktree, DatasetError, Manifest};
+use crate::data::scan::{self, Changes, FileEntry};
+use crate::git::{self, CommitFile};
+use crate::lfs::{Durability, LfsPointer, LfsStore, Oid};
+
+/// What `exp data add` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Added {
+    /// The dataset.
+    pub name: String,
+    /// Its folder, relative to the work tree.
+    pub folder: String,
+    /// Files in the folder.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Objects the store did not hold before.
+    pub new_objects: usize,
+    /// Changes from the previous version (all files added for a new dataset).
+    pub changes: Changes,
+    /// The commit, when the folder changed.
+    pub commit: Option<String>,
+    /// The branch committed on.
+    pub branch: String,
+    /// The branch this started on, when the commit went to a new feature branch.
+    pub switched_from: Option<String>,
+}
+
+/// Adds (or updates) the dataset of folder `path` (relative to `cwd` or absolute).
+pub fn add(
+    repo: &git2::Repository,
+    cwd: &Path,
+    path: &Path,
+    name: Option<&str>,
+) -> Result<Added, DatasetError> {
+    let worktree = git::workdir(repo).to_path_buf();
+    let _lock = git::lock::lock_worktree(repo, "exp data add")?;
+    let (folder_abs, folder) = folder_in_worktree(repo, &worktree, &cwd.join(path))?;
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => folder.rsplit('/').next().unwrap_or(&folder).to_string(),
+    };
+    crate::spec::check_dataset_name(&name).map_err(DatasetError::Invalid)?;
+    let previous = match read_worktree(&worktree, &name) {
+        Ok(c) => Some(c),
+        Err(DatasetError::Unknown { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    if let Some(p) = &previous {
+        if p.manifest.folder != folder {
+            return Err(DatasetError::Invalid(format!(
+                "the dataset {name:?} is the folder {}, not {folder}; give another --name",
+                p.manifest.folder
+            )));
+        }
+    }
+    // exp's own files must hold what was committed: an edit there would be committed unseen.
+    git::check_clean(
+        &worktree,
+        &[manifest_path(&name), files_path(&name), ".gitignore".into()],
+    )?;
+
+    let entries = scan::scan(&folder_abs, Some(&git::cache_dir(repo)))?;
+    if entries.is_empty() {
+        return Err(DatasetError::Invalid(format!(
+            "{folder} holds no files (names starting with '.' are not data)"
+        )));
+    }
+    let store = LfsStore::for_repo(repo).with_durability(Durability::AtCommit);
+    let new_objects = store_objects(&store, &folder_abs, &entries)?;
+    let changes = scan::changes(
+        previous.as_ref().map_or(&[][..], |p| &p.entries[..]),
+        &entries,
+    );
+    let manifest = Manifest::of(&name, &folder, &entries);
+    let (current, _) = git::current_branch(repo)?;
+    let mut added = Added {
+        name: name.clone(),
+        folder: folder.clone(),
+        files: manifest.files,
+        bytes: manifest.bytes,
+        new_objects,
+        changes,
+        commit: None,
+        branch: current.clone(),
+        switched_from: None,
+    };
+    if previous.is_some() && added.changes.is_empty() {
+        return Ok(added);
+    }
+    // The objects are on disk before a commit names them.
+    store.sync_all()?;
+
+    if git::is_integration_branch(&current) {
+        let branch = feature_branch(repo, &name, &manifest.fingerprint);
+        git::git(&worktree, &["switch", "--quiet", "-c", &branch])?;
+        added.switched_from = Some(current);
+        added.branch = branch;
+    }
+    let files_text = scan::manifest_text(&entries);
+    let mut files = vec![
+        write(
+            &worktree,
+            &manifest_path(&name),
+            manifest.to_text().into_bytes(),
+        )?,
+        write(&worktree, &files_path(&name), files_text.into_bytes())?,
+    ];
+    if !ignored(&worktree, &folder)? {
+        let gitignore = worktree.join(".gitignore");
+        let mut text = std::fs::read_to_string(&gitignore).unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "# dataset {name} (exp data add): its files are in the LFS store\n/{folder}/\n"
+        ));
+        files.push(write(&worktree, ".gitignore", text.into_bytes())?);
+    }
+    let message = if previous.is_none() {
+        format!(
+            "data: add {name} ({} files, {})\n\nfolder {folder}\nfingerprint {}\n",
+            manifest.files,
+            human(manifest.bytes),
+            manifest.fingerprint
+        )
+    } else {
+        format!(
+            "data: update {name} ({})\n\nfolder {folder}\nfingerprint {}\n",
+            added.changes.summary(),
+            manifest.fingerprint
+        )
+    };
+    let commit = git::commit_files(repo, None, &files, &message)?;
+    added.commit = Some(commit.to_string());
+    Ok(added)
+}
+
+fn human(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+/// `feature/data-<name>-<fingerprint[..7]>`, numbered when taken.
+fn feature_branch(repo: &git2::Repository, name: &str, fingerprint: &str) -> String {
+    let base = format!(
+        "feature/data-{name}-{}",
+        &fingerprint[..7.min(fingerprint.len())]
+    );
+    let mut branch = base.clone();
+    let mut n = 2;
+    while repo.find_branch(&branch, git2::BranchType::Local).is_ok() {
+        branch = format!("{base}-{n}");
+        n += 1;
+    }
+    branch
+}
+
+/// Writes a work-tree file whole and returns it as a file to commit.
+fn write(worktree: &Path, path: &str, bytes: Vec<u8>) -> Result<CommitFile, DatasetError> {
+    let abs = worktree.join(path);
+    crate::files::write_whole(&abs, &bytes, false).map_err(|source| DatasetError::Io {
+        context: "writing",
+        path: abs,
+        source,
+    })?;
+    Ok(CommitFile {
+        path: path.to_string(),
+        blob: bytes,
+    })
+}
+
+/// Whether Git already ignores the folder.
+fn ignored(worktree: &Path, folder: &str) -> Result<bool, DatasetError> {
+    let out = std::process::Command::new("git")
+        .current_dir(worktree)
+        .args(["check-ignore", "-q", "--no-index", &format!("{folder}/")])
+        .status()
+        .map_err(|source| DatasetError::Io {
+            context: "running git check-ignore in",
+            path: worktree.to_path_buf(),
+            source,
+        })?;
+    Ok(out.success())
+}
+
+/// The folder as an absolute path and relative to the work tree, checked: a folder inside the
+/// work tree (not its root, not inside `.git`), whose files Git does not track.
+fn folder_in_worktree(
+    repo: &git2::Repository,
+    worktree: &Path,
+    given: &Path,
+) -> Result<(PathBuf, String), DatasetError> {
+    let abs = std::fs::canonicalize(given).map_err(|source| DatasetError::Io {
+        context: "reading the folder",
+        path: given.to_path_buf(),
+        source,
+    })?;
+    if !abs.is_dir() {
+        return Err(DatasetError::Invalid(format!(
+            "{} is not a folder: exp data add takes a folder of files",
+            given.display()
+        )));
+    }
+    let root = std::fs::canonicalize(worktree).unwrap_or_else(|_| worktree.to_path_buf());
+    let relative = abs.strip_prefix(&root).map_err(|_| {
+        DatasetError::Invalid(format!(
+            "{} is outside the work tree {}: move or copy it into the repository's folder (Git ignores it; its files go to the LFS store)",
+            abs.display(),
+            root.display()
+        ))
+    })?;
+    let Some(relative) = relative.to_str().filter(|r| !r.is_empty()) else {
+        return Err(DatasetError::Invalid(
+            "the dataset must be a folder inside the work tree, not the work tree itself (or a path that is not UTF-8)".into(),
+        ));
+    };
+    let relative = relative.replace(std::path::MAIN_SEPARATOR, "/");
+    if git::inside_git_dir(repo, &abs).is_some() || relative.split('/').any(|c| c == ".git") {
+        return Err(DatasetError::Invalid(format!(
+            "{relative} is inside the Git directory"
+        )));
+    }
+    if relative == super::MANIFEST_DIR || relative.starts_with("datasets/") {
+        return Err(DatasetError::Invalid(format!(
+            "{relative}: datasets/ holds exp's manifests; keep the data elsewhere (e.g. data/{})",
+            relative.rsplit('/').next().unwrap_or("NAME")
+        )));
+    }
+    let tracked = git::git(worktree, &["ls-files", "--", &format!("{relative}/")])?;
+    if let Some(first) = tracked.lines().next() {
+        return Err(DatasetError::Invalid(format!(
+            "{relative} holds files Git tracks (e.g. {first}); a dataset's files live in the LFS store — `git rm -r --cached {relative}` first"
+        )));
+    }
+    Ok((abs, relative))
+}
+
+/// Files up to this size are stored from memory.
+const SMALL_FILE: u64 = 8 << 20;
+
+/// Puts every file the store lacks into it, in parallel; returns how many were new. A file
+/// whose bytes are not those its entry was hashed from (it changed during the add) is an
+/// error: the object would not be what the manifest says.
+fn store_objects(
+    store: &LfsStore,
+    folder: &Path,
+    entries: &[FileEntry],
+) -> Result<usize, DatasetError> {
+    let results: Vec<Result<bool, DatasetError>> = entries
+        .par_iter()
+        .map(|e| {
+            let oid = Oid::parse(&e.sha256)?;
+            let pointer = LfsPointer::new(oid, e.size);
+            if store.holds(&pointer) {
+                return Ok(false);
+            }
+            let path = folder.join(&e.path);
+            let io = |source| DatasetError::Io {
+                context: "reading",
+                path: path.clone(),
+                source,
+            };
+            // Small files (images) are read whole: a streaming writer's disk thread per file
+            // would cost more than the file.
+            let stored = if e.size <= SMALL_FILE {
+                store.insert_bytes(&std::fs::read(&path).map_err(io)?)?
+            } else {
+                let file = std::fs::File::open(&path).map_err(io)?;
+                let mut writer = store.writer()?;
+                writer.copy_from(file)?;
+                writer.finish()?
+            };
+            if stored != pointer {
+                return Err(DatasetError::Invalid(format!(
+                    "{} changed while it was being added (its bytes are now {}, {} bytes); run exp data add again",
+                    path.display(),
+                    stored.oid.as_str(),
+                    stored.size
+                )));
+            }
+            Ok(true)
+        })
+        .collect();
+    let mut new = 0;
+    for r in results {
+        new += r? as usize;
+    }
+    Ok(new)
+}
