@@ -123,6 +123,10 @@ pub struct GateOptions {
     /// change is otherwise "cannot decide", since a branch that loosens the rule would pass the
     /// rule it loosens and the next merge would be judged by it.
     pub allow_policy_changes: bool,
+    /// `--reeval`: when head and base were evaluated on different test sets, evaluate both
+    /// sides' committed weights on the head's test set (rebuilt under this data root) and
+    /// judge those evaluations, paired, instead of refusing to decide.
+    pub reeval: Option<std::path::PathBuf>,
 }
 
 /// The git config key that turns `--verify` on for every gate of the repository: the hooks and
@@ -153,6 +157,7 @@ impl GateOptions {
         let allow_policy_changes = flag(POLICY_CONFIG_KEY)?;
         Ok(GateOptions {
             allow_policy_changes,
+            reeval: None,
             verify: (force_verify || configured)
                 // Without HOME or EXP_DATA there is no data root; verification then reports it
                 // cannot find the data, and the gate cannot decide.
@@ -518,7 +523,13 @@ fn judge(
         Ok(b) => b,
         Err(e) => return Ok(undecidable(name, policy, e)),
     };
-    if b.record.data.test.blake3 != h.record.data.test.blake3 && !policy.allow_different_eval_set {
+    let different_tests = b.record.data.test.blake3 != h.record.data.test.blake3;
+    if different_tests {
+        if let Some(root) = &sides.options.reeval {
+            return reevaluated(sides, name, &b, &h, policy, root, warnings);
+        }
+    }
+    if different_tests && !policy.allow_different_eval_set {
         return Ok(undecidable(
             name,
             policy,
@@ -548,41 +559,130 @@ fn judge(
         Examples::Compared { p_value, .. } => Some(p_value),
         Examples::NotComparable { .. } => None,
     };
+    let values = |r: &StoredRecord| r.record.metrics.values.clone();
+    Ok(judged(name, policy, &values(&b), &values(&h), paired, None))
+}
+
+/// The verdict of `policy` on the metric values of base and head (`paired`: the p-value of the
+/// paired test on accuracy, when the sides' predictions are comparable).
+fn judged(
+    name: &str,
+    policy: GateSpec,
+    base: &std::collections::BTreeMap<String, f64>,
+    head: &std::collections::BTreeMap<String, f64>,
+    paired: Option<f64>,
+    reason: Option<String>,
+) -> ExperimentGate {
     let mut checks = Vec::new();
-    let mut undecided = None;
     for metric in &policy.metrics {
-        let (Some(bv), Some(hv)) = (
-            b.record.metrics.values.get(metric).copied(),
-            h.record.metrics.values.get(metric).copied(),
-        ) else {
-            undecided = Some(format!("metric {metric:?} is missing from a record"));
-            break;
+        let (Some(&bv), Some(&hv)) = (base.get(metric), head.get(metric)) else {
+            let reason = format!("metric {metric:?} is missing from a record");
+            return undecidable(name, policy, reason);
         };
         // From the table of known metrics (the base's policy was checked against it), never
         // from a record.
         let Some(known) = crate::metric::known(metric) else {
-            undecided = Some(format!("metric {metric:?} is not one exp knows"));
-            break;
+            let reason = format!("metric {metric:?} is not one exp knows");
+            return undecidable(name, policy, reason);
         };
-        let direction = known.direction;
         let p_value = if metric == "accuracy" { paired } else { None };
-        checks.push(check_metric(&policy, metric, direction, bv, hv, p_value));
-    }
-    if let Some(reason) = undecided {
-        return Ok(undecidable(name, policy, reason));
+        checks.push(check_metric(
+            &policy,
+            metric,
+            known.direction,
+            bv,
+            hv,
+            p_value,
+        ));
     }
     let outcome = if checks.iter().all(|c| c.passed) {
         Outcome::Pass
     } else {
         Outcome::Regression
     };
-    Ok(ExperimentGate {
+    ExperimentGate {
         name: name.to_string(),
         outcome,
-        reason: None,
+        reason,
         checks,
         policy,
-    })
+    }
+}
+
+/// `--reeval`: both sides' weights evaluated on the head's test set, judged paired.
+#[allow(clippy::too_many_arguments)]
+fn reevaluated(
+    sides: &Sides,
+    name: &str,
+    b: &StoredRecord,
+    h: &StoredRecord,
+    policy: GateSpec,
+    root: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<ExperimentGate, CompareError> {
+    if let Err(reason) = trusted(sides, sides.base, "base", name, b, warnings) {
+        return Ok(undecidable(name, policy, reason));
+    }
+    let on_head_tests = |weights_at: &Snapshot, weights: &RunRecord| {
+        crate::verify::evaluate_on(
+            sides.repo, name, weights_at, weights, sides.head, &h.record, root,
+        )
+    };
+    let (base_eval, head_eval) = match (
+        on_head_tests(sides.base, &b.record),
+        on_head_tests(sides.head, &h.record),
+    ) {
+        (Ok(be), Ok(he)) => (be, he),
+        (Err(e), _) => {
+            return Ok(undecidable(
+                name,
+                policy,
+                format!("--reeval: the base: {e}"),
+            ))
+        }
+        (_, Err(e)) => {
+            return Ok(undecidable(
+                name,
+                policy,
+                format!("--reeval: the head: {e}"),
+            ))
+        }
+    };
+    let classes = h.record.eval.classes;
+    let values = |e: &crate::eval::Evaluation| {
+        let metrics = crate::eval::Metrics::new(e, classes);
+        crate::metric::KNOWN_METRICS
+            .iter()
+            .filter_map(|k| metrics.get(k.name).map(|v| (k.name.to_string(), v)))
+            .collect::<std::collections::BTreeMap<String, f64>>()
+    };
+    // Same examples in the same order on both sides: the paired test applies.
+    let (mut fixed, mut broken) = (0u64, 0u64);
+    for ((label, pb), ph) in head_eval
+        .labels
+        .iter()
+        .zip(&base_eval.predictions)
+        .zip(&head_eval.predictions)
+    {
+        match (pb == label, ph == label) {
+            (false, true) => fixed += 1,
+            (true, false) => broken += 1,
+            _ => {}
+        }
+    }
+    let p_value = crate::compare::stats::mcnemar_exact(fixed, broken);
+    warnings.push(format!(
+        "{name}: --reeval judged the base's weights and the head's on the head's test set ({} examples; the base was evaluated on another)",
+        head_eval.labels.len()
+    ));
+    Ok(judged(
+        name,
+        policy,
+        &values(&base_eval),
+        &values(&head_eval),
+        Some(p_value),
+        Some("re-evaluated on the head's test set (--reeval)".into()),
+    ))
 }
 
 /// The rule of the module docs for one metric.

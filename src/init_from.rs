@@ -1,8 +1,11 @@
 //! Transfer learning (`[init]`, docs/design.md §3): start a run from the weights of an earlier run,
 //! read from Git (record and LFS pointer at a revision) and the local LFS store, never from
-//! the network; freeze tensors by name prefix; follow the chain of parents (`exp lineage`).
+//! the network, or from a local `.safetensors` file in the model's own tensor names
+//! (torchvision's for the ResNets, Hugging Face's for vit: docs/models.md); freeze tensors by
+//! name prefix; follow the chain of parents (`exp lineage`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use git2::Repository;
@@ -66,6 +69,26 @@ pub enum InitFromError {
         /// What does not fit.
         message: String,
     },
+    /// A weights file cannot be read.
+    #[error("init.from = {from:?}: cannot read the weights file {}: {message}", path.display())]
+    File {
+        /// As given.
+        from: String,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A weights file's tensors do not fit this model.
+    #[error("init.from = {from:?}: the file's tensors do not fit this {model} model: {}", differences.join("; "))]
+    FileMismatch {
+        /// As given.
+        from: String,
+        /// The model the run trains.
+        model: String,
+        /// The missing, unexpected and misshapen tensors, one list each.
+        differences: Vec<String>,
+    },
     /// A freeze prefix matches no tensor.
     #[error("init.freeze: {prefix:?} matches none of the model's tensors ({names})")]
     Freeze {
@@ -94,20 +117,50 @@ impl InitFromError {
             InitFromError::Freeze { .. } => Some(
                 "a prefix is the start of tensor names, ending at a '.', e.g. \"conv1.\"".into(),
             ),
+            InitFromError::File { .. } => Some(
+                "init.from takes a run (tag, commit, branch) or a .safetensors file; a relative path is relative to the repository's root".into(),
+            ),
+            InitFromError::FileMismatch { .. } => Some(
+                "the file must hold this model's tensors in torchvision's (resnet18, resnet50) or Hugging Face's (vit) names and shapes: check model.width, model.stem, model.depth, model.heads, model.patch_size, model.mlp_dim and the image size against it (docs/models.md)".into(),
+            ),
             InitFromError::Weights { .. } => None,
         }
     }
 }
 
-/// The weights of a parent run, loaded and checked.
+/// The weights of a parent run or file, loaded and checked.
 pub struct Parent {
     /// What the record will say about it.
     pub record: InitRecord,
-    /// The parent's architecture.
-    pub architecture: String,
-    /// The parent's number of classes.
-    pub classes: usize,
+    /// Where the weights come from.
+    pub source: ParentSource,
     tensors: HashMap<String, Tensor>,
+}
+
+/// Where a parent's weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParentSource {
+    /// An earlier run.
+    Run {
+        /// Its architecture.
+        architecture: String,
+        /// Its number of classes.
+        classes: usize,
+    },
+    /// A `.safetensors` file (the record's `init.from` is the path as given; `commit`,
+    /// `experiment` and `run_id` are empty).
+    File {
+        /// The file, resolved.
+        path: PathBuf,
+    },
+}
+
+/// Tensors a weights file may hold that exp has no use for: torch's batch norm step counter.
+const IGNORED_SUFFIXES: [&str; 1] = [".num_batches_tracked"];
+
+/// Whether `init.from` names a weights file rather than a run.
+pub fn names_file(from: &str) -> bool {
+    from.ends_with(".safetensors")
 }
 
 /// Reads the parent run `from` names: its record and LFS pointer from Git, its weights from
@@ -127,6 +180,10 @@ pub fn load_parent(
         from: from.to_string(),
         message,
     };
+    if names_file(from) {
+        let root = repo.workdir().unwrap_or_else(|| repo.path());
+        return load_file(&root.join(from), from, device);
+    }
     let snapshot = compare::resolve(repo, from).map_err(revision)?;
     let commit = snapshot.commit.as_ref().ok_or_else(|| {
         weights_error("names a tree, not a commit: give a commit, branch or run tag".into())
@@ -172,31 +229,100 @@ pub fn load_parent(
             reinitialized: Vec::new(),
             frozen: Vec::new(),
         },
-        architecture: record.model.architecture.clone(),
-        classes: record.eval.classes,
+        source: ParentSource::Run {
+            architecture: record.model.architecture.clone(),
+            classes: record.eval.classes,
+        },
         tensors,
     })
+}
+
+/// Reads the weights file at `path` (`from` as the spec gives it, for messages and the
+/// record). Its tensors are hashed as they are in the file.
+pub fn load_file(path: &Path, from: &str, device: &Device) -> Result<Parent, InitFromError> {
+    let file_error = |message: String| InitFromError::File {
+        from: from.to_string(),
+        path: path.to_path_buf(),
+        message,
+    };
+    if !path.is_file() {
+        return Err(file_error("no such file".into()));
+    }
+    let tensors: BTreeMap<String, Tensor> = candle_core::safetensors::load(path, device)
+        .map_err(|e| file_error(e.to_string()))?
+        .into_iter()
+        .collect();
+    let tensor_hash =
+        crate::record::tensor_hash(&tensors).map_err(|e| file_error(e.to_string()))?;
+    Ok(Parent {
+        record: InitRecord {
+            from: from.to_string(),
+            commit: String::new(),
+            experiment: String::new(),
+            run_id: String::new(),
+            tag: None,
+            tensor_hash,
+            reinitialized: Vec::new(),
+            frozen: Vec::new(),
+        },
+        source: ParentSource::File {
+            path: path.to_path_buf(),
+        },
+        tensors: tensors.into_iter().collect(),
+    })
+}
+
+/// At most this many names of each kind in a mismatch message.
+const LISTED: usize = 24;
+
+/// `what (n): a, b, …` with at most [`LISTED`] names.
+fn listing(what: &str, names: &[String]) -> String {
+    let shown = names[..names.len().min(LISTED)].join(", ");
+    let more = names.len().saturating_sub(LISTED);
+    if more > 0 {
+        format!("{what} ({}): {shown}, and {more} more", names.len())
+    } else {
+        format!("{what} ({}): {shown}", names.len())
+    }
 }
 
 impl Parent {
     /// Copies the parent's tensors into `model`. With another number of classes than the
     /// parent's, the classifier head keeps its fresh (seeded) initialisation; any other
     /// difference is an error.
+    /// A weights file must hold exactly the model's tensors (bar torch's
+    /// `num_batches_tracked`, which is ignored) in the model's shapes; only the head may be
+    /// absent or sized for another number of classes, and then keeps its fresh initialisation.
+    /// Every missing, unexpected and misshapen tensor is listed in the error.
     pub fn apply(&mut self, model: &Model, classes: usize) -> Result<(), InitFromError> {
         let from = self.record.from.clone();
         let mismatch = |message: String| InitFromError::Mismatch {
             from: from.clone(),
             message,
         };
-        if self.architecture != model.name().as_str() {
-            return Err(mismatch(format!(
-                "the parent is a {} model, this run trains a {}",
-                self.architecture,
-                model.name().as_str()
-            )));
-        }
+        let parent_classes = match &self.source {
+            ParentSource::Run {
+                architecture,
+                classes,
+            } => {
+                if architecture != model.name().as_str() {
+                    return Err(mismatch(format!(
+                        "the parent is a {} model, this run trains a {}",
+                        architecture,
+                        model.name().as_str()
+                    )));
+                }
+                Some(*classes)
+            }
+            ParentSource::File { .. } => {
+                self.check_file(model, classes)?;
+                self.tensors
+                    .get(&format!("{}weight", model.head_prefix()))
+                    .and_then(|w| w.dims().first().copied())
+            }
+        };
         let head = model.head_prefix();
-        let new_head = classes != self.classes;
+        let new_head = parent_classes != Some(classes);
         for (name, var) in model.params().named_state() {
             if new_head && name.starts_with(head) {
                 self.record.reinitialized.push(name.clone());
@@ -219,6 +345,59 @@ impl Parent {
             .map_err(|e| mismatch(e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+impl Parent {
+    /// A weights file against `model`: Err listing every missing, unexpected and misshapen
+    /// tensor (the head's exempt when the file has none, or one for another class count).
+    fn check_file(&self, model: &Model, classes: usize) -> Result<(), InitFromError> {
+        let head = model.head_prefix();
+        let file_head = self.tensors.get(&format!("{head}weight"));
+        let new_head = file_head.and_then(|w| w.dims().first().copied()) != Some(classes);
+        let ours = model.params().named_state();
+        let skipped = |name: &str| new_head && name.starts_with(head);
+        let mut missing = Vec::new();
+        let mut misshapen = Vec::new();
+        for (name, var) in &ours {
+            if skipped(name) {
+                continue;
+            }
+            match self.tensors.get(*name) {
+                None => missing.push(name.to_string()),
+                Some(t) if t.dims() != var.dims() => misshapen.push(format!(
+                    "{name} is {:?} in the file, {:?} here",
+                    t.dims(),
+                    var.dims()
+                )),
+                Some(_) => {}
+            }
+        }
+        let mut unexpected: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|n| !ours.contains_key(n) && !skipped(n))
+            .filter(|n| !IGNORED_SUFFIXES.iter().any(|s| n.ends_with(s)))
+            .cloned()
+            .collect();
+        unexpected.sort();
+        let differences: Vec<String> = [
+            ("missing tensors", &missing),
+            ("unexpected tensors", &unexpected),
+            ("shape mismatches", &misshapen),
+        ]
+        .into_iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(what, names)| listing(what, names))
+        .collect();
+        if differences.is_empty() {
+            return Ok(());
+        }
+        Err(InitFromError::FileMismatch {
+            from: self.record.from.clone(),
+            model: model.name().as_str().to_string(),
+            differences,
+        })
     }
 }
 
@@ -325,9 +504,11 @@ pub fn lineage(
                 .map(|i| i.frozen.clone())
                 .unwrap_or_default(),
         });
+        // A run started from a weights file has no parent run: the chain ends there.
         next = record
             .init
             .as_ref()
+            .filter(|i| !i.commit.is_empty())
             .map(|i| (i.commit.clone(), Some(i.experiment.clone())));
     }
     Ok(chain)

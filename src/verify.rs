@@ -424,6 +424,70 @@ fn load_model(
 }
 
 /// Every data file a record's `[params.data]` names.
+/// Evaluates the committed weights of experiment `name` in `weights` (its record at
+/// `weights_at`) on the test split of `data` (a record of the same experiment at `data_at`),
+/// on the CPU: what `exp gate --reeval` judges when the head's test set is not the base's. The
+/// test split is rebuilt from the data record's `[params.data]` (a committed dataset's folder
+/// must hold the version of `data_at`) and must have the fingerprint that record names; the
+/// weights must take its images and classes.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_on(
+    repo: &Repository,
+    name: &str,
+    weights_at: &Snapshot,
+    weights: &RunRecord,
+    data_at: &Snapshot,
+    data: &RunRecord,
+    root: &Path,
+) -> Result<crate::eval::Evaluation, String> {
+    let (data_root, data_spec) = match dataset_folder(repo, data_at, data)? {
+        Some(found) => found,
+        None => (root.to_path_buf(), data.params.data.clone()),
+    };
+    let cache = crate::git::cache_dir(repo);
+    let rebuilt = Dataset::load(
+        &data_root,
+        &data_spec,
+        data.params.train.seed,
+        &|_| format!("the [params.data] of {name} at {}", data_at.name),
+        Some(&cache),
+    )
+    .map_err(|e| format!("the test set of {} cannot be rebuilt: {e}", data_at.name))?;
+    if rebuilt.test.blake3 != data.data.test.blake3 {
+        return Err(format!(
+            "the test set rebuilt from {}'s [params.data] is not the one its record names (data.test blake3 {} vs {})",
+            data_at.name, rebuilt.test.blake3, data.data.test.blake3
+        ));
+    }
+    if let Some([c, h, w]) = weights.model.input {
+        if [c, h, w]
+            != [
+                rebuilt.shape.channels,
+                rebuilt.shape.height,
+                rebuilt.shape.width,
+            ]
+        {
+            return Err(format!(
+                "the model at {} takes {c}×{h}×{w} images, the test set of {} has {}×{}×{}",
+                weights_at.name,
+                data_at.name,
+                rebuilt.shape.channels,
+                rebuilt.shape.height,
+                rebuilt.shape.width
+            ));
+        }
+    }
+    let (tensors, _) =
+        crate::weights::load_committed(repo, &weights_at.tree, name, weights, &Device::Cpu)
+            .map_err(|e| format!("the weights at {}: {e}", weights_at.name))?;
+    let model = load_model(weights, &rebuilt, &tensors)
+        .map_err(|e| format!("the model at {}: {e}", weights_at.name))?;
+    rebuilt
+        .feed(&rebuilt.test, &Device::Cpu, DType::F32)
+        .and_then(|split| evaluate(&model, &split))
+        .map_err(|e| format!("evaluating the weights at {} failed: {e}", weights_at.name))
+}
+
 /// For a record of a run on a committed dataset: the work tree and the data spec reading the
 /// dataset's folder, once the folder is checked to hold the version the run's commit lists.
 fn dataset_folder(

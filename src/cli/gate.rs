@@ -44,6 +44,11 @@ pub struct GateArgs {
     /// exp.gate.verify is true (the hooks and `exp flow finish` honour it).
     #[arg(long)]
     pub verify: bool,
+    /// When head and base were evaluated on different test sets (a grown dataset), evaluate
+    /// both sides' committed weights on the head's test set (under the data root, or the
+    /// dataset's folder) and judge those, instead of "cannot decide".
+    #[arg(long)]
+    pub reeval: bool,
     /// Machine-readable JSON (the exit code is the same).
     #[arg(long)]
     pub json: bool,
@@ -57,8 +62,11 @@ pub(super) fn execute(args: GateArgs) -> Result<(), Error> {
     exp::compare::fast_reads();
     let cwd = super::cwd()?;
     let repo = exp::git::open_any(&cwd)?;
-    let options =
+    let mut options =
         GateOptions::from_config(&repo, &cwd, args.verify).map_err(exp::error::UsageError)?;
+    if args.reeval {
+        options.reeval = Some(exp::data::data_root(&cwd)?);
+    }
     let (base, head) = super::base_and_head(&repo, args.base, args.head)?;
     let report = gate(&repo, &base, &head, &options)?;
     for warning in &report.warnings {

@@ -19,6 +19,14 @@ pub enum ExportError {
     /// The model's tensors cannot be read into the file.
     #[error("{0}")]
     Tensor(String),
+    /// The model is one exp cannot write out (its layers have no exported form yet).
+    #[error(
+        "exp export does not write {architecture} models yet: only mlp, seed-cnn, cnn and resnet18 with the CIFAR stem have an ONNX and PyTorch form (the run's model.safetensors already uses torchvision's and Hugging Face's tensor names)"
+    )]
+    Unsupported {
+        /// The run's `model.name` (and stem).
+        architecture: String,
+    },
     /// The file cannot be written.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -98,6 +106,20 @@ pub(crate) fn f32_tensor(
         .and_then(|t| t.to_vec1::<f32>())
         .map_err(|e| ExportError::Tensor(format!("tensor {name}: {e}")))?;
     Ok((tensor.dims().to_vec(), values))
+}
+
+/// The model's layers, or the error that names a model exp cannot export.
+pub(crate) fn layers(artifact: &Artifact) -> Result<Vec<crate::model::Layer>, ExportError> {
+    artifact.model.layers().ok_or_else(|| {
+        let model = &artifact.record.params.model;
+        let architecture = match model.stem {
+            Some(crate::spec::Stem::Imagenet) => {
+                format!("{} (ImageNet stem)", model.name.as_str())
+            }
+            _ => model.name.as_str().to_string(),
+        };
+        ExportError::Unsupported { architecture }
+    })
 }
 
 /// Where `exp export` writes when no `-o` is given: `<output dir>/<experiment>-<version or

@@ -71,7 +71,7 @@ pub fn to_onnx(artifact: &Artifact, opset: i64) -> Result<Vec<u8>, ExportError> 
     graph.constant("normalize.std", dims, &std);
     let centred = graph.node("Sub", &[INPUT, "normalize.mean"], vec![]);
     let normalised = graph.node("Div", &[&centred, "normalize.std"], vec![]);
-    let layers = artifact.model.layers();
+    let layers = super::layers(artifact)?;
     let input = [s.channels, s.height, s.width];
     let last = graph.layers(&layers, normalised, &input)?;
     graph.proto.node.push(NodeProto {

@@ -25,7 +25,8 @@ pub fn to_torch(artifact: &Artifact) -> Result<(Vec<u8>, String), ExportError> {
     // torch.nn.BatchNorm2d keeps a step counter beside its running statistics; it only matters
     // with momentum=None, which exp does not use, so it holds the number of training batches.
     let batches = training_batches(artifact);
-    for bn in batch_norms(&artifact.model.layers()) {
+    let layers = super::layers(artifact)?;
+    for bn in batch_norms(&layers) {
         buffers.push((
             format!("{bn}.num_batches_tracked"),
             Vec::new(),
@@ -44,7 +45,7 @@ pub fn to_torch(artifact: &Artifact) -> Result<(Vec<u8>, String), ExportError> {
     let meta: HashMap<String, String> = metadata(artifact).into_iter().collect();
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| ExportError::Tensor(format!("safetensors: {e}")))?;
-    Ok((bytes, module_source(artifact)))
+    Ok((bytes, module_source(artifact, &layers)))
 }
 
 /// Batches the run trained on: epochs × ⌈training examples / batch size⌉.
@@ -225,16 +226,15 @@ class BasicBlock(nn.Module):
 "#;
 
 /// The Python source of the module for `artifact`.
-fn module_source(artifact: &Artifact) -> String {
+fn module_source(artifact: &Artifact, layers: &[Layer]) -> String {
     let s = artifact.input;
-    let layers = artifact.model.layers();
     let mut emitter = Emitter {
         artifact,
         init: Vec::new(),
         forward: Vec::new(),
         dropouts: 0,
     };
-    emitter.layers(&layers);
+    emitter.layers(layers);
     let residual = layers.iter().any(|l| matches!(l, Layer::Residual { .. }));
     let p = &artifact.provenance;
     let floats = |v: &[f64]| {

@@ -2,6 +2,10 @@
 //! `Model::forward` computes in evaluation mode, named by the tensors the weights file holds.
 //! The exporters' tests check that the exported graphs reproduce `forward`'s logits, so this
 //! description cannot drift from the code it describes.
+//!
+//! resnet50, vit and the ImageNet stem are not described (yet): their bottleneck blocks,
+//! attention and 3×3 max-pool have no `Layer`, and the exporters would need a module for each.
+//! [`Model::layers`] says so with `None`, and `exp export` refuses them by name.
 
 use candle_nn::Conv2d;
 
@@ -72,9 +76,10 @@ fn conv(name: &str, layer: &Conv2d) -> Layer {
 }
 
 impl Model {
-    /// The model's evaluation-mode computation, layer by layer.
-    pub fn layers(&self) -> Vec<Layer> {
-        match &self.architecture {
+    /// The model's evaluation-mode computation, layer by layer; None for the models `Layer`
+    /// does not describe (resnet50, vit, a ResNet with the ImageNet stem).
+    pub fn layers(&self) -> Option<Vec<Layer>> {
+        Some(match &self.architecture {
             Architecture::Mlp { layers, dropout } => {
                 let mut out = vec![Layer::Flatten];
                 let names = self.dense_names();
@@ -115,8 +120,9 @@ impl Model {
                 Layer::Dropout { p: *dropout },
                 Layer::Dense { name: "fc2".into() },
             ],
-            Architecture::ResNet(net) => net.layers(),
-        }
+            Architecture::ResNet(net) => return net.layers(),
+            Architecture::ResNet50(_) | Architecture::Vit(_) => return None,
+        })
     }
 
     /// The names of an MLP's dense layers, in order: `fc1`, `fc2`, …, `out`.
@@ -132,12 +138,19 @@ impl Model {
 }
 
 impl ResNet {
-    fn layers(&self) -> Vec<Layer> {
+    fn layers(&self) -> Option<Vec<Layer>> {
+        if self.stem.max_pool {
+            return None;
+        }
         let bn = |name: String| Layer::BatchNorm {
             name,
             eps: super::resnet::BN_EPS,
         };
-        let mut out = vec![conv("conv1", &self.conv1), bn("bn1".into()), Layer::Relu];
+        let mut out = vec![
+            conv("conv1", &self.stem.conv1),
+            bn("bn1".into()),
+            Layer::Relu,
+        ];
         for (name, block) in &self.blocks {
             out.push(Layer::Residual {
                 name: name.clone(),
@@ -158,6 +171,6 @@ impl ResNet {
             });
         }
         out.extend([Layer::GlobalAvgPool, Layer::Dense { name: "fc".into() }]);
-        out
+        Some(out)
     }
 }

@@ -12,7 +12,7 @@ use candle_nn::{Conv2d, Conv2dConfig, Linear};
 
 use crate::data::ImageShape;
 use crate::rng::{ExpRng, Purpose};
-use crate::spec::{ModelName, ModelSpec};
+use crate::spec::{ModelName, ModelSpec, Stem};
 
 mod conv;
 #[cfg(test)]
@@ -23,6 +23,10 @@ mod im2col;
 mod layers;
 mod pool;
 mod resnet;
+mod resnet50;
+mod vit;
+#[cfg(test)]
+mod zoo_tests;
 
 /// Training (dropout active, drawing from the dropout stream) or evaluation.
 pub enum Mode<'a> {
@@ -146,6 +150,22 @@ impl ParamBuilder {
         )?;
         let b = self.uniform(&format!("{name}.bias"), &[out_features], bound)?;
         Ok(Linear::new(w, Some(b)))
+    }
+
+    /// A trained parameter `name` starting at `init`.
+    fn parameter(&mut self, name: &str, init: &Tensor) -> Result<Tensor> {
+        let var = Var::from_tensor(&init.copy()?)?;
+        let t = var.as_tensor().clone();
+        self.store.vars.insert(name.to_string(), var);
+        Ok(t)
+    }
+
+    /// A buffer `name` starting at `init`: saved with the weights, not trained.
+    fn buffer(&mut self, name: &str, init: &Tensor) -> Result<Tensor> {
+        let var = Var::from_tensor(&init.copy()?)?;
+        let t = var.as_tensor().clone();
+        self.store.buffers.insert(name.to_string(), var);
+        Ok(t)
     }
 
     fn finish(self) -> ParamStore {
@@ -341,6 +361,8 @@ enum Architecture {
         dropout: f64,
     },
     ResNet(Box<resnet::ResNet>),
+    ResNet50(Box<resnet50::ResNet50>),
+    Vit(Box<vit::Vit>),
 }
 
 /// A classifier from the zoo and its parameters.
@@ -410,19 +432,39 @@ impl Model {
                     dropout: spec.dropout.unwrap_or(0.5),
                 }
             }
-            ModelName::Resnet18 => {
-                // Three stride-2 stages: 8×8 leaves a 1×1 map for the average pool.
-                if h < 8 || w < 8 {
-                    return Err(too_small(8));
+            ModelName::Resnet18 | ModelName::Resnet50 => {
+                // resnet18 records made before model.stem have none: the CIFAR stem.
+                let stem = spec.stem.unwrap_or(Stem::Cifar);
+                let need = resnet::min_side(stem);
+                if h < need || w < need {
+                    return Err(too_small(need));
                 }
                 let width = spec.width.unwrap_or(64);
-                Architecture::ResNet(Box::new(resnet::ResNet::new(&mut pb, c, width, classes)?))
+                if spec.name == ModelName::Resnet18 {
+                    let net = resnet::ResNet::new(&mut pb, c, width, classes, stem)?;
+                    Architecture::ResNet(Box::new(net))
+                } else {
+                    let net = resnet50::ResNet50::new(&mut pb, c, width, classes, stem)?;
+                    Architecture::ResNet50(Box::new(net))
+                }
             }
-            ModelName::Resnet50 | ModelName::Vit => {
-                return Err(candle_core::Error::Msg(format!(
-                    "model {} is not built yet",
-                    spec.name.as_str()
-                )))
+            ModelName::Vit => {
+                let width = spec.width.unwrap_or(64);
+                let config = vit::Config {
+                    hidden_size: width,
+                    num_hidden_layers: spec.depth.unwrap_or(4),
+                    num_attention_heads: spec.heads.unwrap_or(4),
+                    intermediate_size: spec.mlp_dim.unwrap_or(2 * width),
+                    hidden_act: candle_nn::Activation::Gelu,
+                    layer_norm_eps: vit::LAYER_NORM_EPS,
+                    image_size: h,
+                    patch_size: spec.patch_size.unwrap_or(4),
+                    num_channels: c,
+                    qkv_bias: true,
+                };
+                let dropout = spec.dropout.unwrap_or(0.0);
+                let net = vit::Vit::new(&mut pb, config, (h, w), classes, dropout)?;
+                Architecture::Vit(Box::new(net))
             }
         };
         Ok(Model {
@@ -469,6 +511,8 @@ impl Model {
                 dense(fc2, &x, false, &FC2)
             }
             Architecture::ResNet(net) => net.forward(xs, training),
+            Architecture::ResNet50(net) => net.forward(xs, training),
+            Architecture::Vit(net) => net.forward(xs, mode),
         }
     }
 
@@ -489,7 +533,8 @@ impl Model {
             Architecture::Mlp { .. } => "out.",
             Architecture::SeedCnn { .. } => "fc.",
             Architecture::Cnn { .. } => "fc2.",
-            Architecture::ResNet(_) => "fc.",
+            Architecture::ResNet(_) | Architecture::ResNet50(_) => "fc.",
+            Architecture::Vit(_) => "classifier.",
         }
     }
 

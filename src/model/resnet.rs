@@ -1,5 +1,5 @@
-//! A CIFAR-style ResNet-18 (He et al. 2016, as in the common CIFAR recipes): a 3×3 stem
-//! without max-pool, four stages of two BasicBlocks (widths w, 2w, 4w, 8w; w = 64 by
+//! ResNet-18 (He et al. 2016, as in the common CIFAR recipes): a stem (CIFAR's 3×3
+//! convolution without max-pool, or ImageNet's 7×7 stride-2 convolution and 3×3 max-pool), four stages of two BasicBlocks (widths w, 2w, 4w, 8w; w = 64 by
 //! default), global average pooling and a linear classifier. Batch norm normalises with the
 //! batch's statistics in training and with running statistics (momentum 0.1, as PyTorch) in
 //! evaluation; the running statistics are buffers saved with the weights.
@@ -9,13 +9,14 @@
 //! backward and CUDA kernels), batch norm is candle-nn's, built on exp's own variables so the
 //! running statistics it updates are the ones saved.
 
-use candle_core::{DType, ModuleT, Result, Tensor, Var};
+use candle_core::{DType, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear};
 
 use super::{conv2d, linear, ConvNames, ParamBuilder};
 use crate::profile::span;
+use crate::spec::Stem;
 
-static RESNET_CONV: ConvNames = ConvNames {
+pub(super) static RESNET_CONV: ConvNames = ConvNames {
     forward: "fwd resnet conv",
     bias: "fwd resnet conv bias",
     kernel_grad: "bwd resnet conv kernel grad",
@@ -30,7 +31,7 @@ const BN_MOMENTUM: f64 = 0.1;
 
 impl ParamBuilder {
     /// A bias-free conv layer `name` with `stride` and `padding`, PyTorch's `Conv2d` init.
-    fn conv2d_no_bias(
+    pub(super) fn conv2d_no_bias(
         &mut self,
         name: &str,
         (in_channels, out_channels): (usize, usize),
@@ -54,7 +55,7 @@ impl ParamBuilder {
 
     /// A batch-norm layer `name`: weight 1 and bias 0 (trained), running mean 0 and variance
     /// 1 (buffers, updated in training mode).
-    fn batch_norm(&mut self, name: &str, features: usize) -> Result<BatchNorm> {
+    pub(super) fn batch_norm(&mut self, name: &str, features: usize) -> Result<BatchNorm> {
         let ones = Tensor::ones(features, DType::F32, &self.device)?;
         let zeros = Tensor::zeros(features, DType::F32, &self.device)?;
         let weight = self.parameter(&format!("{name}.weight"), &ones)?;
@@ -64,20 +65,6 @@ impl ParamBuilder {
         // Tensors that are variables are taken as they are: candle's batch norm updates the
         // very buffers the store saves.
         BatchNorm::new_with_momentum(features, mean, var, weight, bias, BN_EPS, BN_MOMENTUM)
-    }
-
-    fn parameter(&mut self, name: &str, init: &Tensor) -> Result<Tensor> {
-        let var = Var::from_tensor(&init.copy()?)?;
-        let t = var.as_tensor().clone();
-        self.store.vars.insert(name.to_string(), var);
-        Ok(t)
-    }
-
-    fn buffer(&mut self, name: &str, init: &Tensor) -> Result<Tensor> {
-        let var = Var::from_tensor(&init.copy()?)?;
-        let t = var.as_tensor().clone();
-        self.store.buffers.insert(name.to_string(), var);
-        Ok(t)
     }
 }
 
@@ -90,7 +77,7 @@ pub(super) struct BasicBlock {
 }
 
 /// Batch norm computed in f32 (candle's keeps f32 parameters), returned in `x`'s dtype.
-fn bn(layer: &BatchNorm, x: &Tensor, training: bool) -> Result<Tensor> {
+pub(super) fn bn(layer: &BatchNorm, x: &Tensor, training: bool) -> Result<Tensor> {
     let dtype = x.dtype();
     let y = span("fwd batch-norm", x.device(), || {
         layer.forward_t(&x.to_dtype(DType::F32)?, training)
@@ -136,10 +123,96 @@ impl BasicBlock {
     }
 }
 
-/// ResNet-18 for small images.
-pub(super) struct ResNet {
+/// A ResNet's stem: `conv1`, `bn1`, ReLU and, for the ImageNet stem, 3×3 max pooling with
+/// stride 2 and padding 1 (torchvision's names and layout).
+pub(super) struct ResNetStem {
     pub(super) conv1: Conv2d,
     bn1: BatchNorm,
+    /// Whether the 3×3 max pool follows (the ImageNet stem).
+    pub(super) max_pool: bool,
+}
+
+impl ResNetStem {
+    pub(super) fn new(
+        pb: &mut ParamBuilder,
+        channels: usize,
+        width: usize,
+        stem: Stem,
+    ) -> Result<Self> {
+        let (conv1, max_pool) = match stem {
+            Stem::Cifar => (
+                pb.conv2d_no_bias("conv1", (channels, width), 3, 1, 1)?,
+                false,
+            ),
+            Stem::Imagenet => (
+                pb.conv2d_no_bias("conv1", (channels, width), 7, 2, 3)?,
+                true,
+            ),
+        };
+        Ok(ResNetStem {
+            conv1,
+            bn1: pb.batch_norm("bn1", width)?,
+            max_pool,
+        })
+    }
+
+    pub(super) fn forward(&self, xs: &Tensor, training: bool) -> Result<Tensor> {
+        let x = conv2d(&self.conv1, xs, training, &RESNET_CONV)?;
+        let x = bn(&self.bn1, &x, training)?.relu()?;
+        if self.max_pool {
+            span("fwd max-pool", xs.device(), || max_pool_3x3_s2(&x))
+        } else {
+            Ok(x)
+        }
+    }
+}
+
+/// The smallest image side a ResNet with `stem` takes: its stride-2 steps (three stages, and
+/// the ImageNet stem's convolution and pool) leave a 1×1 map at the average pool.
+pub(super) fn min_side(stem: Stem) -> usize {
+    match stem {
+        Stem::Cifar => 8,
+        Stem::Imagenet => 32,
+    }
+}
+
+/// torchvision's `MaxPool2d(3, stride=2, padding=1)` on a ReLU's output, differentiable.
+/// candle 0.11.1's max-pool has a backward pass only when kernel = stride; here the pool is
+/// the element-wise maximum of the nine strided views of the padded map, each a plain candle
+/// op with a backward pass. Zero padding is -∞ padding here: the input is ≥ 0 and every
+/// window holds at least one real element.
+pub(super) fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let (oh, ow) = (h.div_ceil(2), w.div_ceil(2));
+    // One row and column more at the end than torch pads, so every view is 2·o long; the
+    // extra ones are never picked.
+    let padded = x.pad_with_zeros(2, 1, 2)?.pad_with_zeros(3, 1, 2)?;
+    let (n, c) = (padded.dim(0)?, padded.dim(1)?);
+    let mut out: Option<Tensor> = None;
+    for dy in 0..3 {
+        let rows = padded
+            .narrow(2, dy, 2 * oh)?
+            .reshape((n, c, oh, 2, w + 3))?
+            .narrow(3, 0, 1)?
+            .squeeze(3)?;
+        for dx in 0..3 {
+            let view = rows
+                .narrow(3, dx, 2 * ow)?
+                .reshape((n, c, oh, ow, 2))?
+                .narrow(4, 0, 1)?
+                .squeeze(4)?;
+            out = Some(match out {
+                None => view,
+                Some(m) => m.maximum(&view)?,
+            });
+        }
+    }
+    out.ok_or_else(|| candle_core::Error::Msg("max pool over no window".into()))
+}
+
+/// ResNet-18 for small images (or, with the ImageNet stem, larger ones).
+pub(super) struct ResNet {
+    pub(super) stem: ResNetStem,
     /// Each block with its tensor name prefix (`layer2.0`).
     pub(super) blocks: Vec<(String, BasicBlock)>,
     fc: Linear,
@@ -153,9 +226,9 @@ impl ResNet {
         channels: usize,
         width: usize,
         classes: usize,
+        stem: Stem,
     ) -> Result<Self> {
-        let conv1 = pb.conv2d_no_bias("conv1", (channels, width), 3, 1, 1)?;
-        let bn1 = pb.batch_norm("bn1", width)?;
+        let stem = ResNetStem::new(pb, channels, width, stem)?;
         let mut blocks = Vec::new();
         let mut c_in = width;
         for (stage, (mult, stride)) in [(1, 1), (2, 2), (4, 2), (8, 2)].into_iter().enumerate() {
@@ -169,17 +242,11 @@ impl ResNet {
             }
         }
         let fc = pb.linear("fc", c_in, classes)?;
-        Ok(ResNet {
-            conv1,
-            bn1,
-            blocks,
-            fc,
-        })
+        Ok(ResNet { stem, blocks, fc })
     }
 
     pub(super) fn forward(&self, xs: &Tensor, training: bool) -> Result<Tensor> {
-        let x = conv2d(&self.conv1, xs, training, &RESNET_CONV)?;
-        let mut x = bn(&self.bn1, &x, training)?.relu()?;
+        let mut x = self.stem.forward(xs, training)?;
         for (_, block) in &self.blocks {
             x = block.forward(&x, training)?;
         }

@@ -381,3 +381,55 @@ fn datasets_travel_through_a_file_remote_and_the_giftless_server() {
     env.exp_ok(&clone2, &["data", "checkout", "digits"]);
     assert_eq!(contents(&clone2.join("data/digits")), expected);
 }
+
+/// A test set that grew makes the records incomparable; `exp gate --reeval` evaluates both
+/// sides' weights on the head's test set and decides.
+#[test]
+fn a_grown_test_set_is_judged_by_reevaluating_both_sides() {
+    let mut env = Env::new();
+    let (dir, folder) = repo_with_digits(&mut env, "repo", false);
+    env.exp_ok(&dir, &["run", "digits", "--quiet"]);
+    let base = env.git(&dir, &["rev-parse", "HEAD"]);
+    // 20 more real test images (the first 50 are rewritten byte-identical).
+    mnist_pngs_into(&env.data, &folder, 200, 70);
+    let out = env.exp_ok(&dir, &["data", "add", "data/digits"]);
+    assert!(out.contains("20 added, 0 modified, 0 deleted"), "{out}");
+    env.exp_ok(&dir, &["run", "digits", "--quiet"]);
+    let args = ["gate", "--base", base.trim(), "--head", "HEAD"];
+    let out = env.exp(&dir, &args);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("different eval sets")
+            || String::from_utf8_lossy(&out.stdout).contains("different eval sets"),
+        "{}",
+        describe(&out)
+    );
+    let out = env.exp(
+        &dir,
+        &[
+            "gate",
+            "--base",
+            base.trim(),
+            "--head",
+            "HEAD",
+            "--reeval",
+            "--json",
+        ],
+    );
+    // The training split did not change, so the weights are the same: a pass, judged on 70.
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = &json["experiments"][0];
+    assert_eq!(e["outcome"], "pass", "{json}");
+    assert_eq!(
+        e["reason"],
+        "re-evaluated on the head's test set (--reeval)"
+    );
+    assert!(
+        json["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("(70 examples;"),
+        "{json}"
+    );
+}

@@ -17,6 +17,7 @@ mod init;
 mod init_from;
 mod lfs;
 mod lfs_compat;
+mod models;
 mod recipes;
 mod run;
 mod safety;
