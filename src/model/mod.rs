@@ -550,18 +550,7 @@ mod tests {
     use candle_core::DType;
 
     fn spec(name: ModelName) -> ModelSpec {
-        ModelSpec {
-            name,
-            hidden: None,
-            dropout: None,
-            conv_dropout: None,
-            width: None,
-            stem: None,
-            patch_size: None,
-            depth: None,
-            heads: None,
-            mlp_dim: None,
-        }
+        ModelSpec::named(name)
     }
 
     const MNIST: ImageShape = ImageShape {

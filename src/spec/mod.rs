@@ -347,6 +347,25 @@ pub struct ModelSpec {
     pub mlp_dim: Option<usize>,
 }
 
+impl ModelSpec {
+    /// Model `name` with no option set: what a spec of just `name = "…"` holds before its
+    /// defaults are filled in.
+    pub fn named(name: ModelName) -> ModelSpec {
+        ModelSpec {
+            name,
+            hidden: None,
+            dropout: None,
+            conv_dropout: None,
+            width: None,
+            stem: None,
+            patch_size: None,
+            depth: None,
+            heads: None,
+            mlp_dim: None,
+        }
+    }
+}
+
 /// A ResNet's stem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

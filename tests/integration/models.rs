@@ -163,18 +163,7 @@ fn pretrained(env: &Env, kind: &str, args: &[&str]) -> Option<(PathBuf, PathBuf)
 }
 
 fn spec(name: ModelName) -> ModelSpec {
-    ModelSpec {
-        name,
-        hidden: None,
-        dropout: None,
-        conv_dropout: None,
-        width: None,
-        stem: None,
-        patch_size: None,
-        depth: None,
-        heads: None,
-        mlp_dim: None,
-    }
+    ModelSpec::named(name)
 }
 
 /// Loads `weights` into `model` as `init.from` does and checks that exp computes the logits
