@@ -47,7 +47,13 @@ pub fn evaluate(model: &Model, split: &SplitFeed) -> candle_core::Result<Evaluat
     while start < split.len() {
         let n = batch.min(split.len() - start);
         let (xs, ys) = split.range(start, n)?;
-        let logits = model.forward(&xs, &mut Mode::Eval)?.to_dtype(DType::F32)?;
+        // Detached: the parameters are Vars, so the logits carry the batch's whole computation
+        // graph (inputs and activations); kept in `losses` it would hold every batch's at once
+        // (hundreds of MB for a conv net's 10k-image test set).
+        let logits = model
+            .forward(&xs, &mut Mode::Eval)?
+            .to_dtype(DType::F32)?
+            .detach();
         // Summed, not mean, loss per batch so the last, smaller batch weighs what it holds.
         losses.push(candle_nn::loss::cross_entropy(&logits, &ys)?.affine(n as f64, 0.0)?);
         predictions.push(logits.argmax(1)?);

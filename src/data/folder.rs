@@ -421,6 +421,10 @@ fn open_cached(path: &Path, shape: ImageShape) -> Option<RawSet> {
     // SAFETY: cache entries are written whole (temp file + rename) and never modified in
     // place; a prune deletes the name, which leaves an existing mapping intact.
     let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    // Batches read rows in shuffled order: read-ahead around each fault would fetch pages no
+    // batch asked for, which under memory pressure evicts the ones it did (a hint only).
+    #[cfg(unix)]
+    let _ = map.advise(memmap2::Advice::Random);
     if map.len() < HEADER || &map[..8] != MAGIC {
         return None;
     }

@@ -158,41 +158,97 @@ pub fn fingerprint(entries: &[FileEntry]) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// Files up to this size are read whole (and handed to a [`Sink`] as bytes); larger ones are
+/// hashed in a stream.
+pub const READ_WHOLE: u64 = 8 << 20;
+
+/// What a scan does with the files it hashes: `exp data add` stores each new file in the LFS
+/// store from the bytes the scan just read, so a new file is read once.
+pub trait Sink: Sync {
+    /// A file just hashed: its bytes when it was read whole, else none (the sink reads `path`).
+    fn fresh(&self, entry: &FileEntry, bytes: Option<&[u8]>, path: &Path) -> Result<(), DataError>;
+    /// A file whose hash came from the stat cache and that the sink has not taken yet (the
+    /// cache remembers what the sink took, until `exp lfs prune` clears it).
+    fn cached(&self, entry: &FileEntry, path: &Path) -> Result<(), DataError>;
+}
+
 /// Every file under `folder`, sorted by path bytes, hashed (or taken from the stat cache in
 /// `cache_dir` when given).
 pub fn scan(folder: &Path, cache_dir: Option<&Path>) -> Result<Vec<FileEntry>, DataError> {
+    scan_into(folder, cache_dir, None)
+}
+
+/// [`scan`], handing every file to `sink`.
+pub fn scan_into(
+    folder: &Path,
+    cache_dir: Option<&Path>,
+    sink: Option<&dyn Sink>,
+) -> Result<Vec<FileEntry>, DataError> {
     let mut found = Vec::new();
     walk(folder, "", &mut found)?;
-    found.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    found.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     let mut cache = cache_dir.map(|dir| StatCache::load(dir, folder));
     let start = SystemTime::now();
-    let hashed: Vec<Result<(FileEntry, Option<FileStat>), DataError>> = found
+    let hashed: Vec<Result<Option<(FileEntry, Option<FileStat>, bool)>, DataError>> = found
         .into_par_iter()
-        .map(|(path, stat)| {
-            if let Some(sha) = cache.as_ref().and_then(|c| c.get(&path, &stat)) {
-                return Ok((
-                    FileEntry {
-                        path,
-                        size: stat.size,
-                        sha256: sha.to_string(),
-                    },
-                    None,
-                ));
-            }
+        .map(|path| {
             let file = folder.join(&path);
-            let (sha256, size) = hash_file(&file)?;
+            // Stats in parallel: on an unchanged folder they are all the work there is.
+            let Some(stat) = FileStat::of(&file) else {
+                return Ok(None); // gone since the listing, or not a regular file
+            };
+            if let Some((sha, stored)) = cache.as_ref().and_then(|c| c.get(&path, &stat)) {
+                let entry = FileEntry {
+                    path,
+                    size: stat.size,
+                    sha256: sha.to_string(),
+                };
+                let stored = match sink {
+                    Some(sink) if !stored => {
+                        sink.cached(&entry, &file)?;
+                        true
+                    }
+                    _ => stored,
+                };
+                return Ok(Some((entry, None, stored)));
+            }
+            let entry = if stat.size <= READ_WHOLE {
+                let bytes = std::fs::read(&file).map_err(|source| DataError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+                let entry = FileEntry {
+                    path,
+                    size: bytes.len() as u64,
+                    sha256: hex::encode(Sha256::digest(&bytes)),
+                };
+                if let Some(sink) = sink {
+                    sink.fresh(&entry, Some(&bytes), &file)?;
+                }
+                entry
+            } else {
+                let (sha256, size) = hash_file(&file)?;
+                let entry = FileEntry { path, size, sha256 };
+                if let Some(sink) = sink {
+                    sink.fresh(&entry, None, &file)?;
+                }
+                entry
+            };
             // Recorded only when the file did not change while it was read and was settled
             // before the read began.
-            let settled =
-                FileStat::of(&file).filter(|after| *after == stat && stat.settled_before(start));
-            Ok((FileEntry { path, size, sha256 }, settled))
+            let settled = FileStat::of(&file).filter(|after| {
+                *after == stat && after.size == entry.size && stat.settled_before(start)
+            });
+            Ok(Some((entry, settled, sink.is_some())))
         })
         .collect();
     let mut entries = Vec::with_capacity(hashed.len());
     for item in hashed {
-        let (entry, new_stat) = item?;
-        if let (Some(cache), Some(stat)) = (cache.as_mut(), new_stat) {
-            cache.insert(&entry, stat);
+        let Some((entry, new_stat, stored)) = item? else {
+            continue;
+        };
+        if let Some(cache) = cache.as_mut() {
+            cache.update(&entry, new_stat, stored);
         }
         entries.push(entry);
     }
@@ -200,6 +256,16 @@ pub fn scan(folder: &Path, cache_dir: Option<&Path>) -> Result<Vec<FileEntry>, D
         cache.save(&entries);
     }
     Ok(entries)
+}
+
+/// Forgets, for every folder, which files a [`Sink`] took (the stat caches under
+/// `cache_dir/stat`): after objects were deleted from the LFS store, the next `exp data add`
+/// checks every file's object again.
+pub fn forget_stored(cache_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(cache_dir.join("stat")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// SHA-256 and size of a file's content.
@@ -223,7 +289,7 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), DataError> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
-fn walk(root: &Path, prefix: &str, out: &mut Vec<(String, FileStat)>) -> Result<(), DataError> {
+fn walk(root: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), DataError> {
     let dir = if prefix.is_empty() {
         root.to_path_buf()
     } else {
@@ -272,18 +338,19 @@ fn walk(root: &Path, prefix: &str, out: &mut Vec<(String, FileStat)>) -> Result<
         };
         if is_dir {
             walk(root, &relative, out)?;
-        } else if let Some(stat) = FileStat::of(&path) {
-            out.push((relative, stat));
+        } else {
+            out.push(relative);
         }
     }
     Ok(())
 }
 
 /// A folder's stat cache: one text line per file, `<sha256> <size> <mtime_ns> <ctime_ns>
-/// <inode> <device> <path>` (text: 70k entries load in a few milliseconds, no serde needed).
+/// <inode> <device> <stored> <path>` (`stored`: 1 when a [`Sink`] took the file; text: 70k
+/// entries load in a few milliseconds, no serde needed).
 struct StatCache {
     file: PathBuf,
-    entries: HashMap<String, (FileStat, String)>,
+    entries: HashMap<String, (FileStat, String, bool)>,
     dirty: bool,
 }
 
@@ -293,7 +360,7 @@ impl StatCache {
     fn load(dir: &Path, folder: &Path) -> StatCache {
         let absolute = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
         let key = blake3::hash(absolute.to_string_lossy().as_bytes()).to_hex();
-        let file = dir.join("stat").join(format!("{}.txt", &key[..32]));
+        let file = dir.join("stat").join(format!("{}-v2.txt", &key[..32]));
         let entries = std::fs::read_to_string(&file)
             .map(|text| text.lines().filter_map(parse_line).collect())
             .unwrap_or_default();
@@ -304,17 +371,30 @@ impl StatCache {
         }
     }
 
-    fn get(&self, path: &str, stat: &FileStat) -> Option<&str> {
+    fn get(&self, path: &str, stat: &FileStat) -> Option<(&str, bool)> {
         match self.entries.get(path) {
-            Some((s, sha)) if s == stat => Some(sha),
+            Some((s, sha, stored)) if s == stat => Some((sha, *stored)),
             _ => None,
         }
     }
 
-    fn insert(&mut self, entry: &FileEntry, stat: FileStat) {
-        self.entries
-            .insert(entry.path.clone(), (stat, entry.sha256.clone()));
-        self.dirty = true;
+    /// Records a file just hashed (`stat`: when it may be cached) or marks a cached one stored.
+    fn update(&mut self, entry: &FileEntry, stat: Option<FileStat>, stored: bool) {
+        match stat {
+            Some(stat) => {
+                self.entries
+                    .insert(entry.path.clone(), (stat, entry.sha256.clone(), stored));
+                self.dirty = true;
+            }
+            None => {
+                if let Some(cached) = self.entries.get_mut(&entry.path) {
+                    if stored && !cached.2 {
+                        cached.2 = true;
+                        self.dirty = true;
+                    }
+                }
+            }
+        }
     }
 
     /// Writes the cache when it changed, keeping only the files of the latest scan.
@@ -325,10 +405,16 @@ impl StatCache {
         }
         let mut text = String::with_capacity(current.len() * 140);
         for e in current {
-            if let Some((s, sha)) = self.entries.get(&e.path) {
+            if let Some((s, sha, stored)) = self.entries.get(&e.path) {
                 text.push_str(&format!(
-                    "{sha} {} {} {} {} {} {}\n",
-                    s.size, s.mtime_ns, s.ctime_ns, s.ino, s.dev, e.path
+                    "{sha} {} {} {} {} {} {} {}\n",
+                    s.size,
+                    s.mtime_ns,
+                    s.ctime_ns,
+                    s.ino,
+                    s.dev,
+                    u8::from(*stored),
+                    e.path
                 ));
             }
         }
@@ -338,8 +424,8 @@ impl StatCache {
     }
 }
 
-fn parse_line(line: &str) -> Option<(String, (FileStat, String))> {
-    let mut parts = line.splitn(7, ' ');
+fn parse_line(line: &str) -> Option<(String, (FileStat, String, bool))> {
+    let mut parts = line.splitn(8, ' ');
     let sha = parts.next()?;
     if sha.len() != 64 {
         return None;
@@ -351,7 +437,12 @@ fn parse_line(line: &str) -> Option<(String, (FileStat, String))> {
         ino: parts.next()?.parse().ok()?,
         dev: parts.next()?.parse().ok()?,
     };
-    Some((parts.next()?.to_string(), (stat, sha.to_string())))
+    let stored = match parts.next()? {
+        "0" => false,
+        "1" => true,
+        _ => return None,
+    };
+    Some((parts.next()?.to_string(), (stat, sha.to_string(), stored)))
 }
 
 #[cfg(test)]
@@ -429,6 +520,75 @@ mod tests {
         assert!(parse_manifest(&escape)
             .unwrap_err()
             .contains("inside the folder"));
+    }
+
+    /// Counts what a scan hands it.
+    #[derive(Default)]
+    struct Counting {
+        fresh: std::sync::atomic::AtomicUsize,
+        cached: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Sink for Counting {
+        fn fresh(&self, _: &FileEntry, bytes: Option<&[u8]>, _: &Path) -> Result<(), DataError> {
+            assert!(bytes.is_some(), "small files come as bytes");
+            self.fresh
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        fn cached(&self, _: &FileEntry, _: &Path) -> Result<(), DataError> {
+            self.cached
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_stat_cache_remembers_what_a_sink_took_until_told_to_forget() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("f");
+        std::fs::create_dir_all(&folder).unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(folder.join(name), name).unwrap();
+        }
+        // Older than the racily-clean margin, so the first scan may cache them.
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let cache = dir.path().join("cache");
+        let first = Counting::default();
+        let entries = scan_into(&folder, Some(&cache), Some(&first)).unwrap();
+        assert_eq!(
+            (first.fresh.load(Relaxed), first.cached.load(Relaxed)),
+            (3, 0)
+        );
+        // A plain scan (a run reading the folder) neither reads nor changes the marks.
+        assert_eq!(scan(&folder, Some(&cache)).unwrap(), entries);
+        let second = Counting::default();
+        assert_eq!(
+            scan_into(&folder, Some(&cache), Some(&second)).unwrap(),
+            entries
+        );
+        assert_eq!(
+            (second.fresh.load(Relaxed), second.cached.load(Relaxed)),
+            (0, 0)
+        );
+        forget_stored(&cache).unwrap();
+        let third = Counting::default();
+        scan_into(&folder, Some(&cache), Some(&third)).unwrap();
+        assert_eq!(
+            (third.fresh.load(Relaxed), third.cached.load(Relaxed)),
+            (3, 0)
+        );
+        // A file the cache knows but a sink never took is offered as cached.
+        std::fs::write(folder.join("d"), "d").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        scan(&folder, Some(&cache)).unwrap();
+        let fourth = Counting::default();
+        scan_into(&folder, Some(&cache), Some(&fourth)).unwrap();
+        assert_eq!(
+            (fourth.fresh.load(Relaxed), fourth.cached.load(Relaxed)),
+            (0, 1)
+        );
     }
 
     #[test]

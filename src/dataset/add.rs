@@ -1,14 +1,16 @@
 //! `exp data add PATH [--name NAME]`: every file of a work-tree folder into the LFS store
-//! (hashed in parallel, each object stored once), then the manifest and the folder's
+//! (hashed in parallel, each new file read once and stored from those bytes, each object
+//! stored once; files the stat cache knows are not read), then the manifest and the folder's
 //! `.gitignore` line committed — on the current branch, or on a new `feature/data-<name>-…`
 //! branch started at HEAD when that is develop or main, as a run commits.
 
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{files_path, manifest_path, read_worktree, DatasetError, Manifest};
-use crate::data::scan::{self, Changes, FileEntry};
+use crate::data::scan::{self, Changes, FileEntry, Sink};
+use crate::data::DataError;
 use crate::git::{self, CommitFile};
 use crate::lfs::{Durability, LfsPointer, LfsStore, Oid};
 
@@ -69,14 +71,18 @@ pub fn add(
         &[manifest_path(&name), files_path(&name), ".gitignore".into()],
     )?;
 
-    let entries = scan::scan(&folder_abs, Some(&git::cache_dir(repo)))?;
+    let store = LfsStore::for_repo(repo).with_durability(Durability::AtCommit);
+    let sink = StoreSink {
+        store: &store,
+        new: AtomicUsize::new(0),
+    };
+    let entries = scan::scan_into(&folder_abs, Some(&git::cache_dir(repo)), Some(&sink))?;
     if entries.is_empty() {
         return Err(DatasetError::Invalid(format!(
             "{folder} holds no files (names starting with '.' are not data)"
         )));
     }
-    let store = LfsStore::for_repo(repo).with_durability(Durability::AtCommit);
-    let new_objects = store_objects(&store, &folder_abs, &entries)?;
+    let new_objects = sink.new.load(Ordering::Relaxed);
     let changes = scan::changes(
         previous.as_ref().map_or(&[][..], |p| &p.entries[..]),
         &entries,
@@ -244,55 +250,75 @@ fn folder_in_worktree(
     Ok((abs, relative))
 }
 
-/// Files up to this size are stored from memory.
-const SMALL_FILE: u64 = 8 << 20;
+/// The scan's [`Sink`]: each new file goes into the LFS store from the bytes the scan hashed
+/// (read once); a file whose hash came from the stat cache has its object checked, and stored
+/// again if the store lost it.
+struct StoreSink<'a> {
+    store: &'a LfsStore,
+    new: AtomicUsize,
+}
 
-/// Puts every file the store lacks into it, in parallel; returns how many were new. A file
-/// whose bytes are not those its entry was hashed from (it changed during the add) is an
-/// error: the object would not be what the manifest says.
-fn store_objects(
-    store: &LfsStore,
-    folder: &Path,
-    entries: &[FileEntry],
-) -> Result<usize, DatasetError> {
-    let results: Vec<Result<bool, DatasetError>> = entries
-        .par_iter()
-        .map(|e| {
-            let oid = Oid::parse(&e.sha256)?;
-            let pointer = LfsPointer::new(oid, e.size);
-            if store.holds(&pointer) {
-                return Ok(false);
-            }
-            let path = folder.join(&e.path);
-            let io = |source| DatasetError::Io {
-                context: "reading",
-                path: path.clone(),
-                source,
-            };
-            // Small files (images) are read whole: a streaming writer's disk thread per file
-            // would cost more than the file.
-            let stored = if e.size <= SMALL_FILE {
-                store.insert_bytes(&std::fs::read(&path).map_err(io)?)?
-            } else {
-                let file = std::fs::File::open(&path).map_err(io)?;
-                let mut writer = store.writer()?;
-                writer.copy_from(file)?;
-                writer.finish()?
-            };
-            if stored != pointer {
-                return Err(DatasetError::Invalid(format!(
-                    "{} changed while it was being added (its bytes are now {}, {} bytes); run exp data add again",
-                    path.display(),
-                    stored.oid.as_str(),
-                    stored.size
-                )));
-            }
-            Ok(true)
-        })
-        .collect();
-    let mut new = 0;
-    for r in results {
-        new += r? as usize;
+impl StoreSink<'_> {
+    fn pointer(entry: &FileEntry) -> Result<LfsPointer, DataError> {
+        Oid::parse(&entry.sha256)
+            .map(|oid| LfsPointer::new(oid, entry.size))
+            .map_err(|e| DataError::Inconsistent(e.to_string()))
     }
-    Ok(new)
+
+    fn stored(path: &Path) -> impl Fn(crate::lfs::LfsError) -> DataError + '_ {
+        move |e| {
+            DataError::Inconsistent(format!("storing {} in the LFS store: {e}", path.display()))
+        }
+    }
+
+    /// Streams `path` into the store; it must still be `pointer`'s content.
+    fn stream(&self, pointer: &LfsPointer, path: &Path) -> Result<(), DataError> {
+        let file = std::fs::File::open(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut writer = self.store.writer().map_err(Self::stored(path))?;
+        writer.copy_from(file).map_err(Self::stored(path))?;
+        let stored = writer.finish().map_err(Self::stored(path))?;
+        if stored != *pointer {
+            return Err(DataError::Inconsistent(format!(
+                "{} changed while it was being added (its bytes are now {}, {} bytes); run exp data add again",
+                path.display(),
+                stored.oid.as_str(),
+                stored.size
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Sink for StoreSink<'_> {
+    fn fresh(&self, entry: &FileEntry, bytes: Option<&[u8]>, path: &Path) -> Result<(), DataError> {
+        let pointer = Self::pointer(entry)?;
+        let new = match bytes {
+            Some(bytes) => self
+                .store
+                .insert_known(&pointer, bytes)
+                .map_err(Self::stored(path))?,
+            None if self.store.refresh(&pointer) => false,
+            None => {
+                self.stream(&pointer, path)?;
+                true
+            }
+        };
+        if new {
+            self.new.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn cached(&self, entry: &FileEntry, path: &Path) -> Result<(), DataError> {
+        let pointer = Self::pointer(entry)?;
+        if self.store.refresh(&pointer) {
+            return Ok(());
+        }
+        self.stream(&pointer, path)?;
+        self.new.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }

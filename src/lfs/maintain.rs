@@ -74,6 +74,17 @@ pub fn ls(repo: &Repository, rev: &str) -> Result<Vec<LsEntry>, LfsError> {
         .collect())
 }
 
+/// The folder stat caches remember which files `exp data add` stored; once objects leave the
+/// store, that memory is wrong: forget it, so the next add checks every object again.
+fn forget_stored(repo: &Repository) -> Result<(), LfsError> {
+    let cache = crate::git::cache_dir(repo);
+    crate::data::scan::forget_stored(&cache).map_err(|source| LfsError::Io {
+        action: "clearing the folder stat caches in",
+        path: cache,
+        source,
+    })
+}
+
 /// What `exp lfs fsck` found.
 #[derive(Debug, Default, Serialize)]
 pub struct FsckReport {
@@ -102,6 +113,7 @@ pub fn fsck(repo: &Repository, rev: &str) -> Result<FsckReport, LfsError> {
         match store.verify(&oid) {
             Ok(()) => {}
             Err(LfsError::Corrupt { .. }) => {
+                forget_stored(repo)?;
                 let moved = store.quarantine(&oid)?;
                 report.corrupt.push((oid.as_str().to_string(), moved));
             }
@@ -209,6 +221,9 @@ pub fn prune(repo: &Repository, dry_run: bool) -> Result<PruneReport, LfsError> 
             store.remove(&oid)?;
         }
         report.deleted.push((oid.as_str().to_string(), size));
+    }
+    if !dry_run && !report.deleted.is_empty() {
+        forget_stored(repo)?;
     }
     // A temp file is an object being written; one older than the grace period belongs to a
     // writer that died (a live one writes for seconds, not an hour).
