@@ -189,7 +189,9 @@ pub fn scan_into(
     found.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     let mut cache = cache_dir.map(|dir| StatCache::load(dir, folder));
     let start = SystemTime::now();
-    let hashed: Vec<Result<Option<(FileEntry, Option<FileStat>, bool)>, DataError>> = found
+    // Per file: its entry, its stat when it may be cached, and whether a sink has it.
+    type Scanned = Option<(FileEntry, Option<FileStat>, bool)>;
+    let hashed: Vec<Result<Scanned, DataError>> = found
         .into_par_iter()
         .map(|path| {
             let file = folder.join(&path);
@@ -213,10 +215,14 @@ pub fn scan_into(
                 return Ok(Some((entry, None, stored)));
             }
             let entry = if stat.size <= READ_WHOLE {
-                let bytes = std::fs::read(&file).map_err(|source| DataError::Io {
-                    path: file.clone(),
-                    source,
-                })?;
+                // Sized from the walk's stat: std::fs::read would stat the file again.
+                let mut bytes = Vec::with_capacity(stat.size as usize + 1);
+                std::fs::File::open(&file)
+                    .and_then(|mut f| f.read_to_end(&mut bytes))
+                    .map_err(|source| DataError::Io {
+                        path: file.clone(),
+                        source,
+                    })?;
                 let entry = FileEntry {
                     path,
                     size: bytes.len() as u64,

@@ -74,6 +74,7 @@ pub fn add(
     let store = LfsStore::for_repo(repo).with_durability(Durability::AtCommit);
     let sink = StoreSink {
         store: &store,
+        batch: store.batch(),
         new: AtomicUsize::new(0),
     };
     let entries = scan::scan_into(&folder_abs, Some(&git::cache_dir(repo)), Some(&sink))?;
@@ -255,6 +256,7 @@ fn folder_in_worktree(
 /// again if the store lost it.
 struct StoreSink<'a> {
     store: &'a LfsStore,
+    batch: crate::lfs::BatchWriter<'a>,
     new: AtomicUsize,
 }
 
@@ -297,8 +299,8 @@ impl Sink for StoreSink<'_> {
         let pointer = Self::pointer(entry)?;
         let new = match bytes {
             Some(bytes) => self
-                .store
-                .insert_known(&pointer, bytes)
+                .batch
+                .put(&pointer, bytes)
                 .map_err(Self::stored(path))?,
             None if self.store.refresh(&pointer) => false,
             None => {

@@ -14,7 +14,7 @@ mod store;
 pub mod sync;
 
 pub use pointer::{Extension, LfsPointer, Oid};
-pub use store::{Durability, LfsStore, ObjectWriter, Unsynced};
+pub use store::{BatchWriter, Durability, LfsStore, ObjectWriter, Unsynced};
 
 use std::path::PathBuf;
 
