@@ -455,19 +455,22 @@ fn trusted(
 /// With `--verify`, the metrics the re-evaluation gives replace the recorded ones: the gate
 /// judges what the weights do, whatever tolerance the verification allowed.
 fn judge_reevaluated(stored: &mut StoredRecord, evaluation: Option<crate::eval::Evaluation>) {
-    let Some(evaluation) = evaluation else {
-        return;
-    };
-    let metrics = crate::eval::Metrics::new(&evaluation, stored.record.eval.classes);
-    for known in crate::metric::KNOWN_METRICS {
-        if let Some(value) = metrics.get(known.name) {
-            stored
-                .record
-                .metrics
-                .values
-                .insert(known.name.to_string(), value);
-        }
+    if let Some(evaluation) = evaluation {
+        let values = metric_values(&evaluation, stored.record.eval.classes);
+        stored.record.metrics.values.extend(values);
     }
+}
+
+/// Every known metric of an evaluation, by name.
+fn metric_values(
+    evaluation: &crate::eval::Evaluation,
+    classes: usize,
+) -> std::collections::BTreeMap<String, f64> {
+    let metrics = crate::eval::Metrics::new(evaluation, classes);
+    crate::metric::KNOWN_METRICS
+        .iter()
+        .filter_map(|k| metrics.get(k.name).map(|v| (k.name.to_string(), v)))
+        .collect()
 }
 
 fn judge(
@@ -649,13 +652,7 @@ fn reevaluated(
         }
     };
     let classes = h.record.eval.classes;
-    let values = |e: &crate::eval::Evaluation| {
-        let metrics = crate::eval::Metrics::new(e, classes);
-        crate::metric::KNOWN_METRICS
-            .iter()
-            .filter_map(|k| metrics.get(k.name).map(|v| (k.name.to_string(), v)))
-            .collect::<std::collections::BTreeMap<String, f64>>()
-    };
+    let values = |e: &crate::eval::Evaluation| metric_values(e, classes);
     // Same examples in the same order on both sides: the paired test applies.
     let (mut fixed, mut broken) = (0u64, 0u64);
     for ((label, pb), ph) in head_eval

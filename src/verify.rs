@@ -224,47 +224,10 @@ pub fn verify_one(
             format!("[params.data] names {bad:?}, outside the data root; exp verify reads only under it"),
         );
     }
-    let record_path = format!(
-        "{} at {}",
-        layout::run_file(name, RECORD_FILE),
-        snapshot.name
-    );
-    let cache = crate::git::cache_dir(repo);
-    // A run on a committed dataset is re-evaluated on its folder, which must hold the version
-    // the run read (the manifest in the run's commit).
-    let (data_root, data_spec) = match dataset_folder(repo, snapshot, record) {
-        Ok(Some((worktree, spec))) => (worktree, spec),
-        Ok(None) => (root.to_path_buf(), record.params.data.clone()),
+    let data = match rebuilt_test_set(repo, snapshot, name, record, root) {
+        Ok(data) => data,
         Err(reason) => return verdict(out, VerifyOutcome::CannotVerify, reason),
     };
-    let data = match Dataset::load(
-        &data_root,
-        &data_spec,
-        record.params.train.seed,
-        &|_| record_path.clone(),
-        Some(&cache),
-    ) {
-        Ok(data) => data,
-        Err(e) => {
-            return verdict(
-                out,
-                VerifyOutcome::CannotVerify,
-                format!("the run's eval set cannot be rebuilt from its [params.data]: {e}"),
-            )
-        }
-    };
-    if data.test.blake3 != record.data.test.blake3 {
-        return verdict(
-            out,
-            VerifyOutcome::CannotVerify,
-            format!(
-                "the data root {} holds another eval set than the run's: its fingerprint is {}, the record's data.test.blake3 {}",
-                root.display(),
-                data.test.blake3,
-                record.data.test.blake3
-            ),
-        );
-    }
     let device = Device::Cpu;
     let (tensors, _) = match load_committed(repo, &snapshot.tree, name, record, &device) {
         Ok(loaded) => loaded,
@@ -440,25 +403,8 @@ pub fn evaluate_on(
     data: &RunRecord,
     root: &Path,
 ) -> Result<crate::eval::Evaluation, String> {
-    let (data_root, data_spec) = match dataset_folder(repo, data_at, data)? {
-        Some(found) => found,
-        None => (root.to_path_buf(), data.params.data.clone()),
-    };
-    let cache = crate::git::cache_dir(repo);
-    let rebuilt = Dataset::load(
-        &data_root,
-        &data_spec,
-        data.params.train.seed,
-        &|_| format!("the [params.data] of {name} at {}", data_at.name),
-        Some(&cache),
-    )
-    .map_err(|e| format!("the test set of {} cannot be rebuilt: {e}", data_at.name))?;
-    if rebuilt.test.blake3 != data.data.test.blake3 {
-        return Err(format!(
-            "the test set rebuilt from {}'s [params.data] is not the one its record names (data.test blake3 {} vs {})",
-            data_at.name, rebuilt.test.blake3, data.data.test.blake3
-        ));
-    }
+    let rebuilt = rebuilt_test_set(repo, data_at, name, data, root)
+        .map_err(|e| format!("the test set of {}: {e}", data_at.name))?;
     if let Some([c, h, w]) = weights.model.input {
         if [c, h, w]
             != [
@@ -486,6 +432,47 @@ pub fn evaluate_on(
         .feed(&rebuilt.test, &Device::Cpu, DType::F32)
         .and_then(|split| evaluate(&model, &split))
         .map_err(|e| format!("evaluating the weights at {} failed: {e}", weights_at.name))
+}
+
+/// The data set of the record of `name` at `snapshot`, rebuilt from its `[params.data]` (under
+/// the data root `root`, or a committed dataset's folder, which must hold the version of
+/// `snapshot`), with the test set the record names; `Err` says why it cannot be.
+fn rebuilt_test_set(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    name: &str,
+    record: &RunRecord,
+    root: &Path,
+) -> Result<Dataset, String> {
+    let record_path = format!(
+        "{} at {}",
+        layout::run_file(name, RECORD_FILE),
+        snapshot.name
+    );
+    // A run on a committed dataset is re-evaluated on its folder, which must hold the version
+    // the run read (the manifest in the run's commit).
+    let (data_root, data_spec) = match dataset_folder(repo, snapshot, record)? {
+        Some(found) => found,
+        None => (root.to_path_buf(), record.params.data.clone()),
+    };
+    let cache = crate::git::cache_dir(repo);
+    let data = Dataset::load(
+        &data_root,
+        &data_spec,
+        record.params.train.seed,
+        &|_| record_path.clone(),
+        Some(&cache),
+    )
+    .map_err(|e| format!("the run's eval set cannot be rebuilt from its [params.data]: {e}"))?;
+    if data.test.blake3 != record.data.test.blake3 {
+        return Err(format!(
+            "the data root {} holds another eval set than the run's: its fingerprint is {}, the record's data.test.blake3 {}",
+            data_root.display(),
+            data.test.blake3,
+            record.data.test.blake3
+        ));
+    }
+    Ok(data)
 }
 
 /// For a record of a run on a committed dataset: the work tree and the data spec reading the

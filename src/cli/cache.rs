@@ -45,17 +45,9 @@ pub(super) fn execute(args: CacheArgs) -> Result<(), Error> {
                 let used = chrono::DateTime::<chrono::Utc>::from(e.used)
                     .format("%Y-%m-%d %H:%M")
                     .to_string();
-                super::outln!(
-                    "{:>10}  {used}  {}",
-                    bytesize::ByteSize(e.size).display().iec().to_string(),
-                    e.path.display()
-                );
+                super::outln!("{:>10}  {used}  {}", super::size(e.size), e.path.display());
             }
-            super::outln!(
-                "{} decoded split(s), {}",
-                entries.len(),
-                bytesize::ByteSize(total).display().iec()
-            );
+            super::outln!("{} decoded split(s), {}", entries.len(), super::size(total));
         }
         CacheAction::Prune { max_size } => {
             let max: bytesize::ByteSize = max_size.trim().parse().map_err(|e| {
@@ -68,7 +60,7 @@ pub(super) fn execute(args: CacheArgs) -> Result<(), Error> {
             super::outln!(
                 "removed {} decoded split(s), {}; the next run of their data decodes it again",
                 removed.len(),
-                bytesize::ByteSize(freed).display().iec()
+                super::size(freed)
             );
         }
     }

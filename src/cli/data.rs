@@ -9,6 +9,8 @@ use exp::dataset;
 use exp::report;
 use exp::Error;
 
+use super::size;
+
 /// The long help of `exp data`.
 pub const DATA_LONG_ABOUT: &str = "Datasets versioned in Git and the LFS store.
 
@@ -68,10 +70,6 @@ pub enum DataAction {
         #[arg(long)]
         json: bool,
     },
-}
-
-fn size(bytes: u64) -> String {
-    bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
 pub(super) fn execute(args: DataArgs) -> Result<(), Error> {

@@ -155,6 +155,11 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// A size as people read it: `18.4 MiB`.
+pub(crate) fn size(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
 /// A warning on stderr: what a command noticed without refusing it.
 pub(crate) fn warn(message: &str) {
     eprintln!("warning: {message}");

@@ -255,8 +255,7 @@ fn decode_split(
     skip_corrupt: bool,
     caches: Caches,
 ) -> Result<RawSet, DataError> {
-    let entries: Vec<FileEntry> = images.iter().map(|i| i.entry.clone()).collect();
-    let fingerprint = scan::fingerprint(&entries);
+    let fingerprint = scan::fingerprint(images.iter().map(|i| &i.entry));
     let files = vec![FileFingerprint {
         path: given,
         blake3: fingerprint.clone(),
@@ -268,14 +267,10 @@ fn decode_split(
             touch(&path);
             if let (false, Some(first)) = (skip_corrupt, cached.skipped.first()) {
                 // Decoded with skip_corrupt: without it, the first bad file is the error.
-                let bad = images.iter().filter(|i| &i.entry.path == first);
-                let chunk: Vec<&Image> = bad.collect();
-                if let Some(image) = chunk.first() {
-                    let one = [Image {
-                        entry: image.entry.clone(),
-                        label: image.label,
-                    }];
-                    if let Some(Err(e)) = decode_chunk(folder, &one, shape).pop() {
+                if let Some(image) = images.iter().find(|i| &i.entry.path == first) {
+                    if let Some(Err(e)) =
+                        decode_chunk(folder, std::slice::from_ref(image), shape).pop()
+                    {
                         return Err(e);
                     }
                 }
@@ -287,13 +282,36 @@ fn decode_split(
         return Ok(RawSet { files, ..decoded });
     }
     let mut pixels = Vec::with_capacity(images.len() * shape.size());
+    let (labels, skipped) = decode_all(folder, &images, shape, skip_corrupt, &mut |bytes| {
+        pixels.extend_from_slice(bytes);
+        Ok(())
+    })?;
+    Ok(RawSet {
+        images: Arc::new(Pixels::Owned(pixels)),
+        labels,
+        shape,
+        files,
+        skipped,
+    })
+}
+
+/// Decodes `images` in parallel chunks, handing each decoded image to `put` in order (memory
+/// holds one chunk); returns the labels of the images put and the paths of those skipped
+/// (`skip_corrupt`: files that do not decode; without it, the first such is the error).
+fn decode_all(
+    folder: &Path,
+    images: &[Image],
+    shape: ImageShape,
+    skip_corrupt: bool,
+    put: &mut dyn FnMut(&[u8]) -> Result<(), DataError>,
+) -> Result<(Vec<u8>, Vec<String>), DataError> {
     let mut labels = Vec::with_capacity(images.len());
     let mut skipped = Vec::new();
     for chunk in images.chunks(DECODE_CHUNK) {
         for (image, decoded) in chunk.iter().zip(decode_chunk(folder, chunk, shape)) {
             match decoded {
                 Ok(bytes) => {
-                    pixels.extend_from_slice(&bytes);
+                    put(&bytes)?;
                     labels.push(image.label);
                 }
                 Err(DataError::Corrupt { .. }) if skip_corrupt => {
@@ -303,13 +321,7 @@ fn decode_split(
             }
         }
     }
-    Ok(RawSet {
-        images: Arc::new(Pixels::Owned(pixels)),
-        labels,
-        shape,
-        files,
-        skipped,
-    })
+    Ok((labels, skipped))
 }
 
 /// The cache entry's name: the split's fingerprint and every setting that changes the bytes.
@@ -367,26 +379,12 @@ fn decode_into_file(
         .map_err(io)?;
     // Pixels first, after room for the header; labels and the skipped list follow them, so
     // nothing but the labels is held in memory.
-    let pixels_at = PIXELS_AT;
-    let mut labels = Vec::with_capacity(images.len());
-    let mut skipped = Vec::new();
     {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        out.write_all(&vec![0u8; pixels_at]).map_err(io)?;
-        for chunk in images.chunks(DECODE_CHUNK) {
-            for (image, decoded) in chunk.iter().zip(decode_chunk(folder, chunk, shape)) {
-                match decoded {
-                    Ok(bytes) => {
-                        out.write_all(&bytes).map_err(io)?;
-                        labels.push(image.label);
-                    }
-                    Err(DataError::Corrupt { .. }) if skip_corrupt => {
-                        skipped.push(image.entry.path.clone())
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
+        out.write_all(&[0u8; PIXELS_AT]).map_err(io)?;
+        let (labels, skipped) = decode_all(folder, images, shape, skip_corrupt, &mut |bytes| {
+            out.write_all(bytes).map_err(io)
+        })?;
         let skipped_text = skipped.join("\n");
         out.write_all(&labels).map_err(io)?;
         out.write_all(skipped_text.as_bytes()).map_err(io)?;

@@ -149,7 +149,7 @@ pub fn changes(old: &[FileEntry], new: &[FileEntry]) -> Changes {
 }
 
 /// The fingerprint of a list of files: BLAKE3 over its manifest text.
-pub fn fingerprint(entries: &[FileEntry]) -> String {
+pub fn fingerprint<'a>(entries: impl IntoIterator<Item = &'a FileEntry>) -> String {
     let mut h = blake3::Hasher::new();
     for e in entries {
         h.update(e.line().as_bytes());

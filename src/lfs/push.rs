@@ -7,12 +7,14 @@
 //! again before Git may update its refs, so the push never leaves it with a pointer whose
 //! object it lacks.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 
 use git2::{Oid as GitOid, Repository};
 
 use super::remote::{RemoteStore, TransferError};
-use super::{LfsError, LfsPointer, LfsStore};
+use super::scan::Reference;
+use super::{LfsError, LfsPointer, LfsStore, Oid};
 
 /// What an upload for a push did.
 #[derive(Debug, Default)]
@@ -77,6 +79,16 @@ pub fn upload_for_push(
     hidden: &[GitOid],
 ) -> Result<PushReport, PushError> {
     let referenced = super::scan::referenced_objects(repo, tips, hidden)?;
+    upload_referenced(repo, remote, &referenced)
+}
+
+/// Uploads the objects of `referenced` that `remote` lacks; checks the remote has all of them
+/// afterwards.
+pub fn upload_referenced(
+    repo: &Repository,
+    remote: &RemoteStore,
+    referenced: &BTreeMap<Oid, Reference>,
+) -> Result<PushReport, PushError> {
     let mut report = PushReport {
         referenced: referenced.len(),
         uploaded: 0,

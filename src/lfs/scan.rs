@@ -83,6 +83,14 @@ pub fn is_dataset_file_list(path: &str) -> bool {
         .is_some_and(|name| name.ends_with(".files") && !name.contains('/'))
 }
 
+/// Whether a reference's place (`Reference::path`, `TreeFile::path`) is a file of a dataset's
+/// list (`datasets/<name>.files:<file>`, as [`dataset_objects`] names it) rather than a pointer.
+pub fn in_dataset_list(place: &str) -> bool {
+    place
+        .split_once(':')
+        .is_some_and(|(list, _)| is_dataset_file_list(list))
+}
+
 /// The objects a dataset file list (blob `id`, at `path`) references, each with the place it
 /// names (`datasets/<name>.files:<file>`). A list that does not parse is an error: prune must
 /// not delete what an unreadable list might reference.

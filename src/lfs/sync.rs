@@ -164,18 +164,19 @@ pub fn push(
         // is hashed first.
         let store = LfsStore::for_repo(repo);
         let hidden = remote_tips(&worktree, repo, remote);
-        for (oid, reference) in super::scan::referenced_objects(repo, &tips, &hidden)? {
-            if !store.contains(&oid) {
+        let referenced = super::scan::referenced_objects(repo, &tips, &hidden)?;
+        for (oid, reference) in &referenced {
+            if !store.contains(oid) {
                 continue;
             }
-            if let Err(super::LfsError::Corrupt { .. }) = store.verify(&oid) {
+            if let Err(super::LfsError::Corrupt { .. }) = store.verify(oid) {
                 let moved = store
-                    .quarantine(&oid)
+                    .quarantine(oid)
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|e| format!("(could not move it: {e})"));
                 return Err(SyncError::CorruptObject {
                     oid: oid.as_str().to_string(),
-                    path: reference.path,
+                    path: reference.path.clone(),
                     moved,
                 });
             }
@@ -185,13 +186,12 @@ pub fn push(
         git::git(&worktree, &args).map_err(SyncError::GitLfs)?;
         summary.by_git_lfs = true;
         // git-lfs pushes what pointers reference; the datasets' objects (listed in
-        // datasets/<name>.files) go up through exp, which finds the rest already there.
-        let has_datasets = super::scan::referenced_objects(repo, &tips, &hidden)?
-            .values()
-            .any(|r| r.path.starts_with("datasets/"));
-        if has_datasets {
+        // datasets/<name>.files) go up through exp.
+        let mut datasets = referenced;
+        datasets.retain(|_, r| super::scan::in_dataset_list(&r.path));
+        if !datasets.is_empty() {
             let remote_store = RemoteStore::for_remote(repo, remote, &url)?;
-            summary.objects = push::upload_for_push(repo, &remote_store, &tips, &hidden)?;
+            summary.objects = push::upload_referenced(repo, &remote_store, &datasets)?;
         }
     } else {
         let remote_store = RemoteStore::for_remote(repo, remote, &url)?;
@@ -271,7 +271,7 @@ pub fn pull(repo: &Repository, remote: &str) -> Result<PullSummary, SyncError> {
         // git-lfs knows pointers only: the datasets' objects come through exp.
         let datasets: Vec<LfsPointer> = files
             .iter()
-            .filter(|f| f.path.starts_with("datasets/") && f.path.contains(".files:"))
+            .filter(|f| super::scan::in_dataset_list(&f.path))
             .filter_map(|f| f.pointer.clone())
             .collect();
         if !datasets.is_empty() {

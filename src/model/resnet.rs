@@ -85,6 +85,50 @@ pub(super) fn bn(layer: &BatchNorm, x: &Tensor, training: bool) -> Result<Tensor
     y.to_dtype(dtype)
 }
 
+/// A block's projection shortcut — a 1×1 convolution with the block's stride and a batch norm,
+/// named `<prefix>.0` and `<prefix>.1` — when the block changes the size or the channels;
+/// none when the input passes through as it is.
+pub(super) fn projection(
+    pb: &mut ParamBuilder,
+    prefix: &str,
+    c_in: usize,
+    c_out: usize,
+    stride: usize,
+) -> Result<Option<(Conv2d, BatchNorm)>> {
+    if stride == 1 && c_in == c_out {
+        return Ok(None);
+    }
+    Ok(Some((
+        pb.conv2d_no_bias(&format!("{prefix}.0"), (c_in, c_out), 1, stride, 0)?,
+        pb.batch_norm(&format!("{prefix}.1"), c_out)?,
+    )))
+}
+
+/// Convolution, then batch norm.
+pub(super) fn conv_bn(
+    conv: &Conv2d,
+    norm: &BatchNorm,
+    x: &Tensor,
+    training: bool,
+) -> Result<Tensor> {
+    bn(norm, &conv2d(conv, x, training, &RESNET_CONV)?, training)
+}
+
+/// The end of a residual block: `y` plus the block's input `x` (through its projection when
+/// it has one), then ReLU.
+pub(super) fn residual(
+    y: Tensor,
+    x: &Tensor,
+    projection: Option<&(Conv2d, BatchNorm)>,
+    training: bool,
+) -> Result<Tensor> {
+    let skip = match projection {
+        Some((conv, norm)) => conv_bn(conv, norm, x, training)?,
+        None => x.clone(),
+    };
+    (y + skip)?.relu()
+}
+
 impl BasicBlock {
     fn new(
         pb: &mut ParamBuilder,
@@ -93,14 +137,7 @@ impl BasicBlock {
         c_out: usize,
         stride: usize,
     ) -> Result<Self> {
-        let shortcut = if stride != 1 || c_in != c_out {
-            Some((
-                pb.conv2d_no_bias(&format!("{name}.shortcut.0"), (c_in, c_out), 1, stride, 0)?,
-                pb.batch_norm(&format!("{name}.shortcut.1"), c_out)?,
-            ))
-        } else {
-            None
-        };
+        let shortcut = projection(pb, &format!("{name}.shortcut"), c_in, c_out, stride)?;
         Ok(BasicBlock {
             conv1: pb.conv2d_no_bias(&format!("{name}.conv1"), (c_in, c_out), 3, stride, 1)?,
             bn1: pb.batch_norm(&format!("{name}.bn1"), c_out)?,
@@ -111,15 +148,9 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        let y = conv2d(&self.conv1, x, training, &RESNET_CONV)?;
-        let y = bn(&self.bn1, &y, training)?.relu()?;
-        let y = conv2d(&self.conv2, &y, training, &RESNET_CONV)?;
-        let y = bn(&self.bn2, &y, training)?;
-        let skip = match &self.shortcut {
-            Some((conv, norm)) => bn(norm, &conv2d(conv, x, training, &RESNET_CONV)?, training)?,
-            None => x.clone(),
-        };
-        (y + skip)?.relu()
+        let y = conv_bn(&self.conv1, &self.bn1, x, training)?.relu()?;
+        let y = conv_bn(&self.conv2, &self.bn2, &y, training)?;
+        residual(y, x, self.shortcut.as_ref(), training)
     }
 }
 

@@ -16,8 +16,8 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Linear};
 
-use super::resnet::{bn, ResNetStem, RESNET_CONV};
-use super::{conv2d, linear, ParamBuilder};
+use super::resnet::{conv_bn, projection, residual, ResNetStem};
+use super::{linear, ParamBuilder};
 use crate::profile::span;
 use crate::spec::Stem;
 
@@ -47,14 +47,7 @@ impl Bottleneck {
         stride: usize,
     ) -> Result<Self> {
         let c_out = width * EXPANSION;
-        let downsample = if stride != 1 || c_in != c_out {
-            Some((
-                pb.conv2d_no_bias(&format!("{name}.downsample.0"), (c_in, c_out), 1, stride, 0)?,
-                pb.batch_norm(&format!("{name}.downsample.1"), c_out)?,
-            ))
-        } else {
-            None
-        };
+        let downsample = projection(pb, &format!("{name}.downsample"), c_in, c_out, stride)?;
         Ok(Bottleneck {
             conv1: pb.conv2d_no_bias(&format!("{name}.conv1"), (c_in, width), 1, 1, 0)?,
             bn1: pb.batch_norm(&format!("{name}.bn1"), width)?,
@@ -67,17 +60,10 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        let y = conv2d(&self.conv1, x, training, &RESNET_CONV)?;
-        let y = bn(&self.bn1, &y, training)?.relu()?;
-        let y = conv2d(&self.conv2, &y, training, &RESNET_CONV)?;
-        let y = bn(&self.bn2, &y, training)?.relu()?;
-        let y = conv2d(&self.conv3, &y, training, &RESNET_CONV)?;
-        let y = bn(&self.bn3, &y, training)?;
-        let skip = match &self.downsample {
-            Some((conv, norm)) => bn(norm, &conv2d(conv, x, training, &RESNET_CONV)?, training)?,
-            None => x.clone(),
-        };
-        (y + skip)?.relu()
+        let y = conv_bn(&self.conv1, &self.bn1, x, training)?.relu()?;
+        let y = conv_bn(&self.conv2, &self.bn2, &y, training)?.relu()?;
+        let y = conv_bn(&self.conv3, &self.bn3, &y, training)?;
+        residual(y, x, self.downsample.as_ref(), training)
     }
 }
 
