@@ -95,6 +95,9 @@ pub enum Error {
     /// `exp serve` could not start or failed.
     #[error(transparent)]
     Serve(#[from] crate::serve::ServeError),
+    /// `exp bench` could not measure.
+    #[error(transparent)]
+    Bench(Box<crate::bench::BenchError>),
     /// A command that ran to the end and answered no, with its own hint and exit code.
     #[error(transparent)]
     Verdict(#[from] Verdict),
@@ -154,6 +157,7 @@ impl Error {
             ),
             Error::Artifact(e) => e.hint(),
             Error::Serve(e) => e.hint(),
+            Error::Bench(e) => e.hint(),
             Error::Export(_) | Error::Usage(_) | Error::Output(_) => None,
         }
     }
@@ -188,6 +192,16 @@ impl From<crate::data::DataError> for Error {
 impl From<crate::artifact::ArtifactError> for Error {
     fn from(e: crate::artifact::ArtifactError) -> Error {
         Error::Artifact(Box::new(e))
+    }
+}
+
+impl From<crate::bench::BenchError> for Error {
+    fn from(e: crate::bench::BenchError) -> Error {
+        match e {
+            // A model that cannot be loaded says so as export and serve say it.
+            crate::bench::BenchError::Artifact(e) => Error::Artifact(Box::new(e)),
+            other => Error::Bench(Box::new(other)),
+        }
     }
 }
 

@@ -27,6 +27,7 @@
 
 pub mod apply;
 pub mod artifact;
+pub mod bench;
 pub mod ci;
 pub mod compare;
 #[cfg(feature = "cuda")]

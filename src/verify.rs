@@ -386,7 +386,6 @@ fn load_model(
     crate::weights::rebuild_model(record, data.shape, tensors, &Device::Cpu)
 }
 
-/// Every data file a record's `[params.data]` names.
 /// Evaluates the committed weights of experiment `name` in `weights` (its record at
 /// `weights_at`) on the test split of `data` (a record of the same experiment at `data_at`),
 /// on the CPU: what `exp gate --reeval` judges when the head's test set is not the base's. The
@@ -436,8 +435,9 @@ pub fn evaluate_on(
 
 /// The data set of the record of `name` at `snapshot`, rebuilt from its `[params.data]` (under
 /// the data root `root`, or a committed dataset's folder, which must hold the version of
-/// `snapshot`), with the test set the record names; `Err` says why it cannot be.
-fn rebuilt_test_set(
+/// `snapshot`), with the test set the record names; `Err` says why it cannot be. `exp bench`
+/// measures on the same set.
+pub fn rebuilt_test_set(
     repo: &Repository,
     snapshot: &Snapshot,
     name: &str,
@@ -501,6 +501,7 @@ fn dataset_folder(
     Ok(Some((crate::git::workdir(repo).to_path_buf(), spec)))
 }
 
+/// Every data file a record's `[params.data]` names.
 fn data_paths(record: &RunRecord) -> Vec<String> {
     let d = &record.params.data;
     let mut paths = vec![
@@ -525,7 +526,12 @@ fn escapes_root(path: &str) -> bool {
         })
 }
 
-fn committed_predictions(repo: &Repository, snapshot: &Snapshot, name: &str) -> Option<Vec<u8>> {
+/// The bytes of experiment `name`'s committed `predictions.bin` at `snapshot`, if it has one.
+pub fn committed_predictions(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    name: &str,
+) -> Option<Vec<u8>> {
     let path = layout::run_file(name, PREDICTIONS_FILE);
     let entry = snapshot.tree.get_path(Path::new(&path)).ok()?;
     let blob = repo.find_blob(entry.id()).ok()?;

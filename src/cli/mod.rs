@@ -117,6 +117,10 @@ pub enum Command {
     /// Serve a run's model over HTTP (MLflow-compatible /invocations, images on /predict).
     #[command(long_about = serve::SERVE_LONG_ABOUT)]
     Serve(serve::ServeArgs),
+    /// Time a run's model per precision (f32, bf16, f16) and batch size, and count the
+    /// predictions that change.
+    #[command(long_about = bench::BENCH_LONG_ABOUT)]
+    Bench(bench::BenchArgs),
     /// Show the devices exp can train on; --check tests exp's kernels on them.
     #[command(long_about = device::DEVICE_LONG_ABOUT)]
     Device(device::DeviceArgs),
@@ -166,6 +170,7 @@ pub(crate) fn warn(message: &str) {
 }
 
 mod apply;
+mod bench;
 mod cache;
 mod data;
 mod device;
@@ -241,6 +246,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Data(args) => data::execute(args),
         Command::Export(args) => export::execute(args),
         Command::Serve(args) => serve::execute(args),
+        Command::Bench(args) => bench::execute(args),
         Command::Ci {
             action: CiAction::Init { provider, force },
         } => {

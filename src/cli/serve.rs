@@ -50,6 +50,17 @@ pub enum Precision {
     Bf16,
 }
 
+impl Precision {
+    /// The dtype the model computes in.
+    pub(super) fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::F16 => candle_core::DType::F16,
+            Precision::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogLevel {
@@ -119,22 +130,14 @@ pub(super) fn execute(args: ServeArgs) -> Result<(), Error> {
     let request = exp::device::DeviceRequest::parse(&args.device)
         .map_err(|e| usage(format!("--device: {e}")))?;
     let opened = request.open(&args.device)?;
-    let dtype = match (args.precision, opened.device.is_cpu()) {
-        (Precision::F32, _) => candle_core::DType::F32,
-        (_, true) => {
-            let name = args
-                .precision
-                .to_possible_value()
-                .map(|v| v.get_name().to_string())
-                .unwrap_or_default();
-            return Err(usage(format!(
-                "--precision {name} needs a CUDA device; the model would run on {}",
-                opened.description
-            )));
-        }
-        (Precision::F16, false) => candle_core::DType::F16,
-        (Precision::Bf16, false) => candle_core::DType::BF16,
-    };
+    let dtype = args.precision.dtype();
+    if dtype != candle_core::DType::F32 && opened.device.is_cpu() {
+        return Err(usage(format!(
+            "--precision {} needs a CUDA device; the model would run on {}",
+            exp::bench::precision_name(dtype),
+            opened.description
+        )));
+    }
     let (_, _, artifact) =
         super::export::load(&args.source, args.experiment.as_deref(), &opened.device)?;
     let options = ServeOptions {

@@ -2,6 +2,7 @@
 //! directories, real `git` and `git lfs`, real data from the data root (docs/design.md §3).
 
 mod apply;
+mod bench;
 mod ci;
 mod common;
 mod compare;
