@@ -1,6 +1,8 @@
 //! `exp device --check`: runs exp's own device kernels (max-pool forward and backward, the
-//! kernel-gradient-only convolution, the fused Adam update) on a device and compares them with
-//! the CPU implementations, which the unit tests pin to candle's reference ops. It sits above
+//! convolutions on cuDNN or im2col in every precision over the geometries the models use, the
+//! fused dropout, the augmentation kernel, a whole ResNet's batch norm and residual path forward and backward, the
+//! fused Adam update) on a device and compares them with the CPU implementations, which the
+//! unit tests pin to candle's reference ops. It sits above
 //! `device/`, `model/` and `train/`, whose code it runs (docs/design.md §1). On a GPU this is
 //! the test of the CUDA kernels; on the CPU it compares the CPU paths with themselves and
 //! passes trivially.
@@ -8,9 +10,10 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{Conv2d, Conv2dConfig};
 
-use crate::model::{conv2d, max_pool_2x2, ConvNames};
+use crate::data::ImageShape;
+use crate::model::{conv2d, fused_dropout, max_pool_2x2, ConvNames, Mode, Model};
 use crate::rng::{ExpRng, Purpose};
-use crate::spec::{OptimizerName, TrainSpec};
+use crate::spec::{ModelName, ModelSpec, OptimizerName, TrainSpec};
 use crate::train::Optimizer;
 
 /// Some of exp's kernels disagree with the reference on this device.
@@ -173,9 +176,269 @@ fn conv2d_paths(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
         diff = diff.max(max_abs_diff(a, b)? / scale);
     }
     Ok(result(
-        "conv2d (GPU: direct first layer, im2col + GEMM) output and gradients (f32; relative to the largest value)".into(),
+        format!("conv2d (GPU: direct first layer, {}) output and gradients (f32; relative to the largest value)", gpu_conv_label(device)?),
         diff,
         1e-4,
+    ))
+}
+
+/// The largest difference over pairs of tensors, each relative to the reference's largest
+/// magnitude (at least 1): GPU and CPU sum in other orders.
+fn max_rel_diff(ours: &[Tensor], reference: &[Tensor]) -> Result<f64> {
+    if ours.len() != reference.len() {
+        candle_core::bail!(
+            "{} tensors on the device, {} on the CPU",
+            ours.len(),
+            reference.len()
+        )
+    }
+    let mut diff: f64 = 0.0;
+    for (a, b) in ours.iter().zip(reference) {
+        let scale = b
+            .to_dtype(DType::F64)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f64>()?
+            .max(1.0);
+        diff = diff.max(max_abs_diff(a, b)? / scale);
+    }
+    Ok(diff)
+}
+
+/// The precisions a GPU convolution runs in: name, activation dtype, TF32 allowed, tolerance
+/// (relative to the largest value). f32 must be exact FP32: TF32's 10-bit mantissa would miss
+/// its tolerance by an order of magnitude.
+#[cfg(feature = "cuda")]
+const CONV_PRECISIONS: [(&str, DType, bool, f64); 4] = [
+    ("f32", DType::F32, false, 1e-4),
+    ("tf32", DType::F32, true, 1e-2),
+    ("bf16", DType::BF16, false, 3e-2),
+    ("f16", DType::F16, false, 1e-2),
+];
+#[cfg(not(feature = "cuda"))]
+const CONV_PRECISIONS: [(&str, DType, bool, f64); 1] = [("f32", DType::F32, false, 1e-4)];
+
+/// Convolutions over the geometries the models use (stride 2, 1×1 projections, padding, odd
+/// sizes, batch 1, with and without bias), each with an input that needs its gradient, in
+/// every precision: output, input, kernel and bias gradients against candle's on the CPU.
+fn conv2d_geometries(device: &Device, rng: &mut ExpRng) -> Result<Vec<CheckResult>> {
+    // (n, c_in, c_out, h, w, k, stride, padding, bias)
+    let shapes = [
+        (4, 16, 32, 16, 16, 3, 2, 1, false),
+        (4, 16, 32, 16, 16, 1, 2, 0, false),
+        (1, 8, 8, 9, 7, 3, 1, 1, true),
+        (16, 32, 64, 26, 26, 3, 1, 0, true),
+    ];
+    let mut cases = Vec::new();
+    for &(n, c_in, c_out, h, w, k, stride, padding, with_bias) in &shapes {
+        let x = rng.uniform(n * c_in * h * w, 1.0);
+        let weight = rng.uniform(c_out * c_in * k * k, 0.3);
+        let bias = rng.uniform(c_out, 0.3);
+        cases.push((
+            n, c_in, c_out, h, w, k, stride, padding, with_bias, x, weight, bias,
+        ));
+    }
+    static NAMES: ConvNames = ConvNames {
+        forward: "check conv",
+        bias: "check conv bias",
+        kernel_grad: "check conv kernel grad",
+        input_grad: "check conv input grad",
+        backward: "check conv",
+        relu: "check conv relu",
+    };
+    let mut results = Vec::new();
+    for (label, dtype, tf32, tolerance) in CONV_PRECISIONS {
+        if device.is_cpu() && (dtype != DType::F32 || tf32) {
+            continue; // the CPU has one f32 path
+        }
+        #[cfg(feature = "cuda")]
+        crate::cuda::cudnn::set_tf32(tf32);
+        let _ = tf32;
+        let mut worst: f64 = 0.0;
+        for (n, c_in, c_out, h, w, k, stride, padding, with_bias, x, weight, bias) in &cases {
+            let run = |dev: &Device, dtype: DType| -> Result<Vec<Tensor>> {
+                let wv = Var::from_tensor(&Tensor::from_vec(
+                    weight.clone(),
+                    (*c_out, *c_in, *k, *k),
+                    dev,
+                )?)?;
+                let bv = Var::from_tensor(&Tensor::from_vec(bias.clone(), *c_out, dev)?)?;
+                let layer = Conv2d::new(
+                    wv.as_tensor().clone(),
+                    with_bias.then(|| bv.as_tensor().clone()),
+                    Conv2dConfig {
+                        stride: *stride,
+                        padding: *padding,
+                        ..Conv2dConfig::default()
+                    },
+                );
+                let xv = Var::from_tensor(
+                    &Tensor::from_vec(x.clone(), (*n, *c_in, *h, *w), dev)?.to_dtype(dtype)?,
+                )?;
+                let ys = conv2d(&layer, xv.as_tensor(), true, &NAMES)?;
+                let grads = ys.to_dtype(DType::F32)?.sqr()?.sum_all()?.backward()?;
+                let missing = || candle_core::Error::Msg("no gradient reached an operand".into());
+                let mut out = vec![
+                    ys,
+                    grads.get(xv.as_tensor()).cloned().ok_or_else(missing)?,
+                    grads.get(wv.as_tensor()).cloned().ok_or_else(missing)?,
+                ];
+                if *with_bias {
+                    out.push(grads.get(bv.as_tensor()).cloned().ok_or_else(missing)?);
+                }
+                Ok(out)
+            };
+            let reference = run(&Device::Cpu, DType::F32)?;
+            worst = worst.max(max_rel_diff(&run(device, dtype)?, &reference)?);
+        }
+        results.push(result(
+            format!(
+                "conv2d {label} ({}): output, input/kernel/bias gradients over stride 2, 1×1, padding, batch 1 (relative)",
+                gpu_conv_label(device)?
+            ),
+            worst,
+            tolerance,
+        ));
+    }
+    #[cfg(feature = "cuda")]
+    crate::cuda::cudnn::set_tf32(false);
+    Ok(results)
+}
+
+fn gpu_conv_label(device: &Device) -> Result<&'static str> {
+    if device.is_cpu() {
+        return Ok("CPU kernels");
+    }
+    Ok(match crate::model::gpu_conv_path()? {
+        crate::model::GpuConv::Cudnn => "cuDNN",
+        crate::model::GpuConv::Im2col => "im2col + GEMM",
+        crate::model::GpuConv::Candle => "candle",
+    })
+}
+
+/// The fused dropout on `device` in each dtype against the CPU's op with the same seed: the
+/// same mask and values, forward and backward, exactly.
+fn dropout(device: &Device, rng: &mut ExpRng) -> Result<Vec<CheckResult>> {
+    let (n, p, seed) = (3 * 257 * 129, 0.3, rng.next_u64());
+    let x = Tensor::from_vec(rng.uniform(n, 2.0), n, &Device::Cpu)?;
+    let probe = Tensor::from_vec(rng.uniform(n, 1.0), n, &Device::Cpu)?;
+    let mut results = Vec::new();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        if device.is_cpu() && dtype != DType::F32 {
+            continue;
+        }
+        // The op in `compute` on `dev`, from values representable in dtype (so both sides start
+        // from the same numbers), returned in dtype: the CPU reference computes in f32 and
+        // rounds once, as the kernel does.
+        let run = |dev: &Device, compute: DType| -> Result<(Tensor, Tensor)> {
+            let var = Var::from_tensor(&x.to_dtype(dtype)?.to_dtype(compute)?.to_device(dev)?)?;
+            let y = fused_dropout(var.as_tensor(), p, seed)?;
+            let probe = probe.to_dtype(dtype)?.to_dtype(compute)?.to_device(dev)?;
+            let grads = (&y * &probe)?.sum_all()?.backward()?;
+            let g = grads
+                .get(var.as_tensor())
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("no gradient reached the input".into()))?;
+            Ok((y.to_dtype(dtype)?, g.to_dtype(dtype)?))
+        };
+        let (y_ref, g_ref) = run(&Device::Cpu, DType::F32)?;
+        let (y, g) = run(device, dtype)?;
+        let diff = max_abs_diff(&y, &y_ref)?.max(max_abs_diff(&g, &g_ref)?);
+        results.push(result(
+            format!("fused dropout p=0.3 forward+backward ({dtype:?}, same seed: same mask)"),
+            diff,
+            0.0,
+        ));
+    }
+    Ok(results)
+}
+
+/// Random crop and flip on `device` (on a GPU: the kernel fed three numbers per example)
+/// against the CPU's index with the same seed: the same pixels, exactly.
+fn augmentation(device: &Device, rng: &mut ExpRng) -> Result<Vec<CheckResult>> {
+    let (n, c, h, w) = (37, 3, 11, 9);
+    let x = Tensor::from_vec(rng.uniform(n * c * h * w, 2.0), (n, c, h, w), &Device::Cpu)?;
+    let spec = crate::spec::AugmentSpec {
+        crop_padding: 3,
+        flip: true,
+    };
+    let fill = [-0.5f32, -1.0, -1.5];
+    let mut results = Vec::new();
+    for dtype in [DType::F32, DType::BF16] {
+        if device.is_cpu() && dtype != DType::F32 {
+            continue;
+        }
+        let run = |dev: &Device| -> Result<Vec<Tensor>> {
+            let mut augmenter = crate::data::augment::Augmenter::new(&spec, 5, &fill, dev, dtype)?
+                .ok_or_else(|| candle_core::Error::Msg("augmentation is off".into()))?;
+            let xs = x.to_dtype(dtype)?.to_device(dev)?;
+            // Three batches: the stream advances the same way on both sides.
+            (0..3).map(|_| augmenter.apply(&xs)).collect()
+        };
+        let ours = run(device)?;
+        let reference = run(&Device::Cpu)?;
+        let mut diff: f64 = 0.0;
+        for (a, b) in ours.iter().zip(&reference) {
+            diff = diff.max(max_abs_diff(a, b)?);
+        }
+        results.push(result(
+            format!("augmentation: crop (padding 3) and flip, 3 batches ({dtype:?}, same seed: same pixels)"),
+            diff,
+            0.0,
+        ));
+    }
+    Ok(results)
+}
+
+/// A whole ResNet-18 (width 8, CIFAR stem) in training mode on `device` against the CPU: the
+/// loss, every parameter's gradient (batch norm with batch statistics, the residual adds, the
+/// projection shortcuts, global average pooling) and the running statistics batch norm
+/// updated, relative to each tensor's largest value.
+fn resnet_training_step(device: &Device, dtype: DType, rng: &mut ExpRng) -> Result<CheckResult> {
+    let spec = ModelSpec {
+        width: Some(8),
+        ..ModelSpec::named(ModelName::Resnet18)
+    };
+    let shape = ImageShape {
+        channels: 3,
+        height: 16,
+        width: 16,
+    };
+    let batch = 6;
+    let x = rng.uniform(batch * shape.size(), 1.5);
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
+    let run = |dev: &Device, dtype: DType| -> Result<Vec<Tensor>> {
+        let model = Model::new(&spec, shape, 10, 7, dev)?;
+        let xs = Tensor::from_vec(x.clone(), (batch, 3, 16, 16), dev)?.to_dtype(dtype)?;
+        let mut stream = ExpRng::new(1, Purpose::Dropout);
+        let logits = model.forward(&xs, &mut Mode::Train(&mut stream))?;
+        let loss = candle_nn::loss::cross_entropy(
+            &logits.to_dtype(DType::F32)?,
+            &Tensor::new(labels.as_slice(), dev)?,
+        )?;
+        let grads = loss.backward()?;
+        let mut out = vec![loss];
+        for (name, var) in model.params().named() {
+            let g = grads
+                .get(var.as_tensor())
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("no gradient reached {name}")))?;
+            out.push(g);
+        }
+        for (name, t) in model.params().tensors() {
+            if name.contains("running") {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    };
+    let reference = run(&Device::Cpu, DType::F32)?;
+    let diff = max_rel_diff(&run(device, dtype)?, &reference)?;
+    let tolerance = if dtype == DType::F32 { 1e-3 } else { 5e-2 };
+    Ok(result(
+        format!("resnet18 (width 8) training step ({dtype:?}): loss, every gradient, running statistics (relative)"),
+        diff,
+        tolerance,
     ))
 }
 
@@ -220,6 +483,15 @@ pub fn run_checks(device: &Device) -> Result<Vec<CheckResult>> {
         results.push(max_pool(device, dtype, &mut rng)?);
     }
     results.push(conv2d_paths(device, &mut rng)?);
+    results.extend(conv2d_geometries(device, &mut rng)?);
+    results.extend(dropout(device, &mut rng)?);
+    results.extend(augmentation(device, &mut rng)?);
+    for dtype in [DType::F32, DType::BF16] {
+        if device.is_cpu() && dtype != DType::F32 {
+            continue;
+        }
+        results.push(resnet_training_step(device, dtype, &mut rng)?);
+    }
     results.push(fused_adam(device, OptimizerName::Adam, &mut rng)?);
     results.push(fused_adam(device, OptimizerName::Adamw, &mut rng)?);
     Ok(results)

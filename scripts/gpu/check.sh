@@ -2,27 +2,42 @@
 # check.sh — the GPU tests and the GPU benchmark of exp, run on a machine with an NVIDIA GPU
 # against the CUDA build of the exp binary itself (packed by scripts/gpu/pack.sh into .gpu/).
 #
-#   1. `exp device` and `exp device --check cuda`: exp's kernels against the CPU implementations;
-#   2. tests: `exp run mnist-cnn --device cuda`, seeds 1-3, in f32, bf16 and f16; the records must
-#      name the GPU; the f32 3-seed mean must reach the CPU's (EXP_CPU_ACCURACY, measured on the
-#      CPU with the same spec and seeds), and bf16 and f16 must land within 0.3 points of f32;
-#   3. benchmark, side by side on this GPU: exp against PyTorch eager (scripts/gpu/bench_pytorch_gpu.py)
-#      for seed-cnn on MNIST at batch 64 and 256 and cnn on Fashion-MNIST at batch 64 and 256,
-#      Adam 1e-3, 3 epochs: img/s of epochs 2-3 and test accuracy;
-#   4. profile: per-operation times (EXP_PROFILE_OPS=1) of seed-cnn at batch 64 and cnn at 256,
-#      and of cnn at 256 with candle's own convolution (EXP_CUDA_CONV=candle).
-# Results go to $OUT (default /tmp/exp-gpu-out): check.log, summary.md, one GPU run record.
-# Exit status: 0 when every test passed, 1 otherwise.
+#   quick (correctness, ≤ 3 minutes):
+#     1. `exp device` and `exp device --check cuda`: exp's kernels and cuDNN convolutions (f32,
+#        tf32, bf16, f16; stride 2, 1×1, batch 1), the fused dropout, a ResNet-18 training step
+#        (batch norm, residual path) against the CPU implementations;
+#     2. mnist-cnn on CUDA, seeds 1-3, in f32, tf32, bf16 and f16: the records must name the GPU,
+#        the f32 3-seed mean must reach the CPU's (EXP_CPU_ACCURACY, measured on the CPU with
+#        the same spec and seeds), and tf32, bf16 and f16 must land within 0.3 points of f32;
+#     3. reproducibility: fashion-cnn (cuDNN convolutions, fused dropout) twice with one seed
+#        must give the same weights (tensor_hash).
+#   bench (≤ 6 minutes: short windows, the two sides alternating within each configuration):
+#     4. exp vs PyTorch eager (scripts/gpu/bench_pytorch_gpu.py), Adam 1e-3, 3 epochs, img/s of
+#        epochs 2-3: seed-cnn (MNIST) and cnn (Fashion-MNIST) at batch 64 and 256, exp f32 vs
+#        PyTorch with TF32 off, exp tf32 vs PyTorch with TF32 on (its default); cnn 256 on exp's
+#        im2col path for the before/after;
+#     5. resnet18 (width 64, CIFAR stem) on Fashion-MNIST padded to 32×32×3, batch 128, SGD,
+#        f32 and bf16, vs PyTorch on the same pixels;
+#     6. inference: `exp bench` on the cnn and resnet18 runs, f32/bf16/f16, batch 1 and 256;
+#     7. augmentation's cost (cnn 256 with crop and flip) and per-operation profiles.
+#   all: quick, then bench.
+# Results go to $OUT (default /tmp/exp-gpu-out): check.log, summary.md, results.tgz.
+# Exit status: 0 when every check passed, 1 otherwise.
 #
-# usage: scripts/gpu/check.sh [--quick]   (--quick: tests 1-2 only, seed 1 only)
-# A dry run of the script itself on a machine without a GPU: EXP_CHECK_DEVICE=cpu
-# EXP_CHECK_PRECISIONS=f32 EXP_CHECK_SET="data.train_limit=2000" scripts/gpu/check.sh --quick
+# usage: scripts/gpu/check.sh quick|bench|all
+# A dry run on a machine without a GPU: EXP_CHECK_DEVICE=cpu EXP_CHECK_PRECISIONS=f32
+#   EXP_CHECK_SET="data.train_limit=2000" EXP_CHECK_TORCH_DEVICE=cpu scripts/gpu/check.sh quick
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 repo_root=$PWD
 OUT="${OUT:-/tmp/exp-gpu-out}"
 mkdir -p "$OUT"
-quick=0; [[ "${1:-}" == "--quick" ]] && quick=1
+mode="${1:-}"
+case "$mode" in
+  quick|bench|all) ;;
+  --quick) mode=quick ;;
+  *) echo "usage: scripts/gpu/check.sh quick|bench|all" >&2; exit 2 ;;
+esac
 exec > >(tee "$OUT/check.log") 2>&1
 
 work=/tmp/exp-gpu-check
@@ -37,27 +52,26 @@ printf '[user]\n\tname = exp GPU check\n\temail = gpu-check@example.com\n[init]\
 source scripts/gpu/cuda-libs.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 git --version
+ldd "$work/bin/exp" | grep -E 'cudnn|cublas\.|not found'
 
 device="${EXP_CHECK_DEVICE:-cuda}"
-precisions="${EXP_CHECK_PRECISIONS:-f32 bf16 f16}"
+torch_device="${EXP_CHECK_TORCH_DEVICE:-cuda}"
+precisions="${EXP_CHECK_PRECISIONS:-f32 tf32 bf16 f16}"
 extra=(); for kv in ${EXP_CHECK_SET:-}; do extra+=(--set "$kv"); done
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
-echo "== 1. devices and kernel checks"
-exp device || fail "exp device"
-exp device --check "$device" || fail "exp device --check $device"
-
 new_repo() { rm -rf "$1"; mkdir -p "$(dirname "$1")"; exp init "$1" >/dev/null 2>&1 || fail "exp init $1"; }
 
-# run LABEL REPO EXPERIMENT [exp run args...]: trains in a fresh repository REPO/LABEL (without
-# git-lfs, which GPU machines may lack, a run leaves the weights looking modified to `git status`
-# and the next run in the same repository would refuse to overwrite them), and keeps the record
-# under results/LABEL.
+# run LABEL EXPERIMENT [exp run args...]: trains in a fresh repository (without git-lfs, which
+# GPU machines may lack, a run leaves the weights looking modified to `git status` and the next
+# run in the same repository would refuse to overwrite them); keeps the record, history and
+# output under results/LABEL and the repository under repos/LABEL (for exp bench).
 run() {
-  local label=$1 repo=$2/$1 experiment=$3; shift 3
-  local start=$SECONDS
+  local label=$1 experiment=$2; shift 2
+  local repo="$work/repos/$label" start=$SECONDS
   new_repo "$repo"
+  [[ -n "${SPEC_FILE:-}" ]] && cp "$SPEC_FILE" "$repo/experiments/$experiment.toml"
   if (cd "$repo" && exp run "$experiment" --quiet "$@" "${extra[@]}" > "$work/results/$label.out" 2>&1); then
     mkdir -p "$work/results/$label"
     cp "$repo/experiments/$experiment/metrics.toml" "$repo/experiments/$experiment/history.csv" "$work/results/$label/"
@@ -68,38 +82,120 @@ run() {
   fi
 }
 
-echo "== 2. tests: mnist-cnn on CUDA, 3 seeds x f32/bf16/f16"
-seeds="1 2 3"; [[ $quick == 1 ]] && seeds=1
-for precision in $precisions; do
-  for seed in $seeds; do
-    run "test-$precision-$seed" "$work/tests" mnist-cnn --device "$device" \
-      --set train.seed="$seed" --set train.precision="$precision"
-  done
-done
-cp "$work/results/test-f32-1/metrics.toml" "$OUT/gpu-record-example.toml" 2>/dev/null
+# torch_run LABEL ARGS...: the PyTorch side, one JSON line into results/LABEL.json.
+torch_run() {
+  local label=$1; shift
+  local start=$SECONDS
+  if python3 scripts/gpu/bench_pytorch_gpu.py --data "$EXP_DATA" --device "$torch_device" "$@" \
+      > "$work/results/$label.json" 2> "$work/results/$label.err"; then
+    echo "  $label: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"{r[\"images_per_second\"]:.0f} img/s, accuracy {r[\"test_accuracy\"]:.4f}")' "$work/results/$label.json") ($((SECONDS - start)) s)"
+  else
+    tail -5 "$work/results/$label.err"
+    fail "pytorch $label"
+  fi
+}
 
-if [[ $quick == 0 ]]; then
-  echo "== 3. benchmark: exp vs PyTorch eager, Adam 1e-3, 3 epochs"
-  adam=(--set train.optimizer=adam --set train.lr=1e-3 --set train.momentum=0 --set train.epochs=3 --set train.seed=1)
-  for b in 64 256; do
-    run "bench-exp-seed-cnn-$b" "$work/bench" mnist-cnn --device "$device" "${adam[@]}" --set train.batch_size=$b
-    python3 scripts/gpu/bench_pytorch_gpu.py --data "$EXP_DATA" --set mnist --model seed-cnn --batch-size $b \
-      > "$work/results/bench-torch-seed-cnn-$b.json" || fail "pytorch seed-cnn $b"
-    run "bench-exp-cnn-$b" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=$b
-    # The same with candle's own convolution (what exp used before its own GPU convolution).
-    EXP_CUDA_CONV=candle run "bench-candleconv-cnn-$b" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=$b
-    python3 scripts/gpu/bench_pytorch_gpu.py --data "$EXP_DATA" --set fashion --model cnn --batch-size $b \
-      > "$work/results/bench-torch-cnn-$b.json" || fail "pytorch cnn $b"
+quick() {
+  echo "== 1. devices and kernel checks"
+  exp device || fail "exp device"
+  exp device --check "$device" || fail "exp device --check $device"
+
+  echo "== 2. tests: mnist-cnn on CUDA, 3 seeds x $precisions"
+  for precision in $precisions; do
+    for seed in 1 2 3; do
+      run "test-$precision-$seed" mnist-cnn --device "$device" \
+        --set train.seed="$seed" --set train.precision="$precision"
+    done
   done
-  echo "== 4. per-operation profile (EXP_PROFILE_OPS=1)"
+  cp "$work/results/test-f32-1/metrics.toml" "$OUT/gpu-record-example.toml" 2>/dev/null
+
+  echo "== 3. reproducibility: fashion-cnn twice, one seed"
+  for copy in a b; do
+    run "repro-$copy" fashion-cnn --device "$device" --set train.epochs=1 --set data.train_limit=12800
+  done
+}
+
+bench() {
+  echo "== 4. exp vs PyTorch eager, Adam 1e-3, 3 epochs"
+  local adam=(--set train.optimizer=adam --set train.lr=1e-3 --set train.momentum=0 --set train.epochs=3 --set train.seed=1)
+  local round=0
+  for config in "seed-cnn mnist mnist-cnn" "cnn fashion fashion-cnn"; do
+    read -r model set experiment <<< "$config"
+    for b in 64 256; do
+      round=$((round + 1))
+      # Alternate which side goes first from one configuration to the next.
+      local order=("exp" "torch"); (( round % 2 == 0 )) && order=("torch" "exp")
+      for side in "${order[@]}"; do
+        if [[ $side == exp ]]; then
+          run "bench-$model-$b-exp-f32" "$experiment" --device "$device" "${adam[@]}" --set train.batch_size=$b
+          run "bench-$model-$b-exp-tf32" "$experiment" --device "$device" "${adam[@]}" --set train.batch_size=$b --set train.precision=tf32
+        else
+          torch_run "bench-$model-$b-torch-f32" --set "$set" --model "$model" --batch-size $b --tf32 off
+          torch_run "bench-$model-$b-torch-tf32" --set "$set" --model "$model" --batch-size $b --tf32 on
+        fi
+      done
+    done
+  done
+  # Before/after: exp's own im2col + GEMM convolution (the path before cuDNN), same run.
+  EXP_CUDA_CONV=im2col run "bench-cnn-256-im2col-f32" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=256
+
+  echo "== 5. resnet18 on Fashion-MNIST padded to 32x32x3, batch 128, SGD 0.05 momentum 0.9"
+  python3 scripts/gpu/fashion32.py "$EXP_DATA" "$EXP_DATA/fashion32" --train-limit 12800 --test-limit 10000 \
+    || fail "fashion32.py"
+  local spec="$work/resnet18.toml"
+  cat > "$spec" <<'EOF'
+description = "ResNet-18 (CIFAR stem) on Fashion-MNIST padded to 32x32 and repeated to 3 channels"
+[model]
+name = "resnet18"
+[data]
+format = "image-folder"
+path = "fashion32"
+channels = 3
+normalize = "train"
+[train]
+optimizer = "sgd"
+lr = 0.05
+momentum = 0.9
+batch_size = 128
+epochs = 2
+seed = 1
+EOF
+  for precision in f32 bf16; do
+    SPEC_FILE="$spec" run "bench-resnet18-128-exp-$precision" resnet18 --device "$device" --set train.precision=$precision
+    local tp=f32; [[ $precision == bf16 ]] && tp=bf16
+    torch_run "bench-resnet18-128-torch-$precision" --set fashion32 --model resnet18 --batch-size 128 --epochs 2 \
+      --optimizer sgd --lr 0.05 --momentum 0.9 --train-limit 12800 --precision $tp --tf32 off
+  done
+
+  echo "== 6. inference: exp bench, f32/bf16/f16, batch 1 and 256"
+  for label in bench-cnn-256-exp-f32 bench-resnet18-128-exp-f32; do
+    if [[ -d "$work/repos/$label" ]]; then
+      (cd "$work/repos/$label" && exp bench --device "$device" --precision "${EXP_CHECK_INFER:-f32,bf16,f16}" \
+        --batch-size 1,256 --seconds 1 --json > "$work/results/infer-$label.json" 2> "$work/results/infer-$label.err") \
+        || { cat "$work/results/infer-$label.err"; fail "exp bench $label"; }
+      (cd "$work/repos/$label" && exp bench --device "$device" --precision "${EXP_CHECK_INFER:-f32,bf16,f16}" \
+        --batch-size 1,256 --seconds 0.5) | tee "$work/results/infer-$label.txt" || true
+    fi
+  done
+
+  echo "== 7. augmentation's cost and per-operation profiles"
+  run "aug-cnn-256-exp-f32" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=256 \
+    --set train.augment.crop_padding=2 --set train.augment.flip=true
   export EXP_PROFILE_OPS=1
-  run "ops-seed-cnn-64" "$work/bench" mnist-cnn --device "$device" --set data.train_limit=19200
-  run "ops-cnn-256" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" \
+  run "ops-cnn-256" fashion-cnn --device "$device" "${adam[@]}" \
     --set train.epochs=1 --set train.batch_size=256 --set data.train_limit=19200
-  EXP_CUDA_CONV=candle run "ops-candleconv-cnn-256" "$work/bench" fashion-cnn --device "$device" "${adam[@]}" \
-    --set train.epochs=1 --set train.batch_size=256 --set data.train_limit=19200
+  run "ops-aug-cnn-256" fashion-cnn --device "$device" "${adam[@]}" \
+    --set train.epochs=1 --set train.batch_size=256 --set data.train_limit=19200 \
+    --set train.augment.crop_padding=2 --set train.augment.flip=true
+  SPEC_FILE="$spec" run "ops-resnet18-128" resnet18 --device "$device" --set train.epochs=1
   unset EXP_PROFILE_OPS
-fi
+}
+
+start=$SECONDS
+[[ $mode == quick || $mode == all ]] && quick
+echo "(quick done at $((SECONDS - start)) s)"
+[[ $mode == bench || $mode == all ]] && bench
+echo "(done at $((SECONDS - start)) s)"
 
 tar czf "$OUT/results.tgz" -C "$work" results
 python3 scripts/gpu/summarize.py "$work/results" "${EXP_CPU_ACCURACY:-}" > "$OUT/summary.md" || fail "summary checks"

@@ -284,3 +284,60 @@ __device__ void conv_direct_wgrad(const T *x, const T *g, T *out, uint32_t n, ui
 CONV_DIRECT(f32, float)
 CONV_DIRECT(f16, __half)
 CONV_DIRECT(bf16, __nv_bfloat16)
+
+// ---- Fused inverted dropout --------------------------------------------------------------
+// One pass: element i is kept when the 32-bit hash of (seed, i) is at least `threshold`
+// (= p·2³²), and then scaled by 1/(1-p). The mask is a pure function of (seed, i), so the
+// backward pass is the same kernel on the gradient with the same seed: no mask is stored, and
+// the chain candle needed (uniform draw, compare, cast, scale, multiply: five kernels and four
+// temporaries) is one kernel each way. The hash is SplitMix64's output at position i of the
+// stream seeded with `seed` (model/dropout.rs has the same function for the CPU reference).
+__device__ __forceinline__ uint32_t dropout_hash(uint64_t seed, uint64_t i) {
+    uint64_t z = seed + (i + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (uint32_t)((z ^ (z >> 31)) >> 32);
+}
+
+__device__ __forceinline__ float from_f(float x, float) { return x; }
+__device__ __forceinline__ __half from_f(float x, __half) { return __float2half(x); }
+__device__ __forceinline__ __nv_bfloat16 from_f(float x, __nv_bfloat16) { return __float2bfloat16(x); }
+
+#define DROPOUT(NAME, T)                                                                        \
+    extern "C" __global__ void exp_dropout_##NAME(const T *x, T *y, uint64_t n, uint64_t seed,  \
+                                                  uint32_t threshold, float scale) {            \
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;               \
+             i += (uint64_t)blockDim.x * gridDim.x) {                                           \
+            const bool keep = dropout_hash(seed, i) >= threshold;                               \
+            y[i] = from_f(keep ? to_f(x[i]) * scale : 0.0f, T());                               \
+        }                                                                                       \
+    }
+DROPOUT(f32, float)
+DROPOUT(f16, __half)
+DROPOUT(bf16, __nv_bfloat16)
+
+// ---- Augmentation: random crop with padding and horizontal flip ---------------------------
+// One thread per output element of an (n, c, h, w) batch. Example e's draw is params[3e..3e+3]
+// = (dy, dx, mirrored): its crop window's offset in the image padded by `pad`, and the coin.
+// The output is the source pixel or channel ch's padding value fill[ch] — the same copy the CPU
+// path makes through its index (data/augment.rs), so both give the same bits.
+#define AUGMENT(NAME, T)                                                                        \
+    extern "C" __global__ void exp_augment_##NAME(const T *x, const T *fill, const int *params, \
+                                                  T *y, uint32_t n, uint32_t c, uint32_t h,     \
+                                                  uint32_t w, int pad) {                        \
+        const uint64_t total = (uint64_t)n * c * h * w;                                         \
+        for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < total;           \
+             i += (uint64_t)blockDim.x * gridDim.x) {                                           \
+            const uint32_t j = i % w, row = (i / w) % h, ch = (i / ((uint64_t)w * h)) % c;      \
+            const uint64_t e = i / ((uint64_t)w * h * c);                                       \
+            const int dy = params[3 * e], dx = params[3 * e + 1], mirrored = params[3 * e + 2]; \
+            const int yy = (int)row + dy - pad;                                                 \
+            const int jj = mirrored ? (int)(w - 1 - j) : (int)j;                                \
+            const int xx = jj + dx - pad;                                                       \
+            const bool inside = yy >= 0 && yy < (int)h && xx >= 0 && xx < (int)w;               \
+            y[i] = inside ? x[((e * c + ch) * h + yy) * w + xx] : fill[ch];                     \
+        }                                                                                       \
+    }
+AUGMENT(f32, float)
+AUGMENT(f16, __half)
+AUGMENT(bf16, __nv_bfloat16)

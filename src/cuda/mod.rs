@@ -2,6 +2,8 @@
 //! builds with the `cuda` feature; the ops that use them fall back to candle ops or the CPU
 //! kernels elsewhere.
 
+pub mod cudnn;
+
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -326,4 +328,103 @@ pub fn conv_direct(
         ),
     };
     Ok((CudaStorage { slice, device }, shape))
+}
+
+/// Inverted dropout of a contiguous tensor with the mask of `seed` (see kernels.cu): kept
+/// elements scaled by `scale`, the others zero. Applied to a gradient with the same seed, it is
+/// the backward pass.
+pub fn dropout(
+    storage: &CudaStorage,
+    layout: &Layout,
+    seed: u64,
+    threshold: u32,
+    scale: f32,
+) -> Result<(CudaStorage, Shape)> {
+    use candle_core::cuda_backend::CudaStorageSlice as S;
+    let n = layout.shape().elem_count();
+    let device = storage.device().clone();
+    macro_rules! launch {
+        ($slice:expr, $t:ty, $name:literal, $variant:ident) => {{
+            let x = contiguous_view($slice, layout)?;
+            // SAFETY: every element is written by the kernel below.
+            let y = unsafe { device.alloc::<$t>(n)? };
+            let func =
+                device.get_or_load_custom_func(concat!("exp_dropout_", $name), MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&x);
+            b.arg(&y);
+            let n64 = n as u64;
+            candle_core::builder_arg!(b, n64, seed, threshold, scale);
+            // SAFETY: argument types and count match the kernel's signature.
+            unsafe { b.launch(launch_config(n)) }.w()?;
+            S::$variant(y)
+        }};
+    }
+    let slice = match &storage.slice {
+        S::F32(s) => launch!(s, f32, "f32", F32),
+        S::F16(s) => launch!(s, half::f16, "f16", F16),
+        S::BF16(s) => launch!(s, half::bf16, "bf16", BF16),
+        _ => candle_core::bail!("dropout: unsupported dtype {:?}", storage.dtype()),
+    };
+    Ok((CudaStorage { slice, device }, layout.shape().clone()))
+}
+
+/// Random crop with padding and flip of a contiguous (n, c, h, w) batch, one draw
+/// `(dy, dx, mirrored)` per example in `params` (see kernels.cu); `fill` holds each channel's
+/// padding value.
+pub fn augment(
+    x: (&CudaStorage, &Layout),
+    fill: (&CudaStorage, &Layout),
+    params: (&CudaStorage, &Layout),
+    padding: usize,
+) -> Result<(CudaStorage, Shape)> {
+    use candle_core::cuda_backend::CudaStorageSlice as S;
+    let (n, c, h, w) = x.1.shape().dims4()?;
+    let len = n * c * h * w;
+    if params.1.shape().elem_count() != 3 * n || fill.1.shape().elem_count() != c {
+        candle_core::bail!(
+            "augment: {n} examples need {} draws and {c} fill values",
+            3 * n
+        )
+    }
+    let device = x.0.device().clone();
+    let S::U32(p) = &params.0.slice else {
+        candle_core::bail!("augment: the draws must be u32")
+    };
+    let p = contiguous_view(p, params.1)?;
+    let dims = [n as u32, c as u32, h as u32, w as u32];
+    let pad = padding as i32;
+    macro_rules! launch {
+        ($t:ty, $variant:ident, $name:literal) => {{
+            let (S::$variant(xs), S::$variant(fs)) = (&x.0.slice, &fill.0.slice) else {
+                candle_core::bail!("augment: the batch and the fill values differ in dtype")
+            };
+            let xv = contiguous_view(xs, x.1)?;
+            let fv = contiguous_view(fs, fill.1)?;
+            // SAFETY: every element is written by the kernel below.
+            let y = unsafe { device.alloc::<$t>(len)? };
+            let func =
+                device.get_or_load_custom_func(concat!("exp_augment_", $name), MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&xv);
+            b.arg(&fv);
+            b.arg(&p);
+            b.arg(&y);
+            for d in &dims {
+                b.arg(d);
+            }
+            b.arg(&pad);
+            // SAFETY: argument types and count match the kernel's signature (the draws are
+            // u32 holding non-negative ints).
+            unsafe { b.launch(launch_config(len)) }.w()?;
+            S::$variant(y)
+        }};
+    }
+    let slice = match &x.0.slice {
+        S::F32(_) => launch!(f32, F32, "f32"),
+        S::F16(_) => launch!(half::f16, F16, "f16"),
+        S::BF16(_) => launch!(half::bf16, BF16, "bf16"),
+        _ => candle_core::bail!("augment: unsupported dtype {:?}", x.0.dtype()),
+    };
+    Ok((CudaStorage { slice, device }, x.1.shape().clone()))
 }

@@ -3,9 +3,11 @@
 //! `RandomHorizontalFlip()`.
 //!
 //! The batch already lives on the training device, normalised. Each transformed pixel is a
-//! copy of one source pixel or of the padding value, so the whole transformation is one index
-//! built on the host from exp's seeded stream and one `index_select` on the device: the same
-//! code on CPU and GPU, bit-reproducible, and no image leaves the device.
+//! copy of one source pixel or of the padding value. The draws (crop offsets and coin per
+//! example) come from exp's seeded stream on the host; on the CPU they become one index and an
+//! `index_select`, on a GPU three numbers per example go up and one kernel makes the copies
+//! (no per-pixel index is built or uploaded). Both give the same bits, and no image leaves the
+//! device.
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -51,28 +53,56 @@ impl Augmenter {
                 self.fill.elem_count()
             );
         }
-        let index = self.index(n, c, h, w);
+        let draws = self.draws(n);
+        if !xs.device().is_cpu() {
+            #[cfg(feature = "cuda")]
+            {
+                let params: Vec<u32> = draws
+                    .iter()
+                    .flat_map(|d| [d.dy as u32, d.dx as u32, d.mirrored as u32])
+                    .collect();
+                let params = Tensor::from_vec(params, 3 * n, xs.device())?;
+                return xs.contiguous()?.apply_op3_no_bwd(
+                    &self.fill,
+                    &params,
+                    &GpuAugment {
+                        padding: self.padding,
+                    },
+                );
+            }
+        }
+        let index = self.index(&draws, c, h, w);
         let len = index.len();
         let index = Tensor::from_vec(index, len, xs.device())?;
         let source = Tensor::cat(&[&xs.flatten_all()?, &self.fill], 0)?;
         source.index_select(&index, 0)?.reshape((n, c, h, w))
     }
 
+    /// One draw per example, in the stream's order: the crop window's offsets in the padded
+    /// image (in 0..=2p), then the coin.
+    fn draws(&mut self, n: usize) -> Vec<Draw> {
+        (0..n)
+            .map(|_| {
+                let (dy, dx) = if self.padding > 0 {
+                    let span = 2 * self.padding + 1;
+                    (self.rng.below(span), self.rng.below(span))
+                } else {
+                    (0, 0)
+                };
+                let mirrored = self.flip && self.rng.coin();
+                Draw { dy, dx, mirrored }
+            })
+            .collect()
+    }
+
     /// For every output element, the flat index of its source in `[batch…, fill…]`: element
     /// `len + ch` is channel `ch`'s padding value.
-    fn index(&mut self, n: usize, c: usize, h: usize, w: usize) -> Vec<u32> {
+    fn index(&self, draws: &[Draw], c: usize, h: usize, w: usize) -> Vec<u32> {
         let p = self.padding as isize;
-        let size = n * c * h * w;
+        let size = draws.len() * c * h * w;
         let mut index = Vec::with_capacity(size);
-        for e in 0..n {
-            // Offsets of the crop window in the padded image, in 0..=2p; then the coin.
-            let (dy, dx) = if p > 0 {
-                let span = 2 * self.padding + 1;
-                (self.rng.below(span) as isize, self.rng.below(span) as isize)
-            } else {
-                (0, 0)
-            };
-            let mirrored = self.flip && self.rng.coin();
+        for (e, draw) in draws.iter().enumerate() {
+            let (dy, dx, mirrored) = (draw.dy as isize, draw.dx as isize, draw.mirrored);
             for ch in 0..c {
                 for i in 0..h {
                     let y = i as isize + dy - p;
@@ -90,6 +120,51 @@ impl Augmenter {
             }
         }
         index
+    }
+}
+
+/// The augmentation of one example.
+#[derive(Debug, Clone, Copy)]
+struct Draw {
+    dy: usize,
+    dx: usize,
+    mirrored: bool,
+}
+
+/// The GPU path: operands batch, fill values, draws (u32, three per example).
+#[cfg(feature = "cuda")]
+struct GpuAugment {
+    padding: usize,
+}
+
+#[cfg(feature = "cuda")]
+impl candle_core::CustomOp3 for GpuAugment {
+    fn name(&self) -> &'static str {
+        "exp-augment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        candle_core::bail!("exp-augment: the CPU builds an index instead")
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &candle_core::Layout,
+        fill: &candle_core::CudaStorage,
+        fl: &candle_core::Layout,
+        params: &candle_core::CudaStorage,
+        pl: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        crate::cuda::augment((x, xl), (fill, fl), (params, pl), self.padding)
     }
 }
 

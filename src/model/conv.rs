@@ -33,24 +33,30 @@ pub fn conv2d(
     if config.groups != 1 {
         candle_core::bail!("exp's conv2d supports groups = 1 only")
     }
-    // On a GPU: im2col + GEMM, whose backward is GEMMs and col2im (see im2col.rs).
-    // EXP_CUDA_CONV=candle keeps candle's own convolution there, to compare the two.
-    if !xs.device().is_cpu() && super::im2col::supported(xs) && !candle_conv_forced() {
+    // On a GPU: cuDNN (see cuda/cudnn.rs), or exp's im2col + GEMM, whose backward is GEMMs
+    // and col2im (im2col.rs); EXP_CUDA_CONV picks (`cudnn`, `im2col`, `candle`) for
+    // side-by-side benchmarks.
+    let path = gpu_conv_path()?;
+    if !xs.device().is_cpu() && super::im2col::supported(xs) && path != GpuConv::Candle {
         // A first layer (few taps, an input that needs no gradient): a direct kernel.
         let (_, c_in, kh, kw) = weight.dims4()?;
+        let geometry = super::ConvGeometry::new(
+            xs.dims(),
+            (kh, kw),
+            config.stride,
+            config.padding,
+            config.dilation,
+        )?;
         if let (false, true, Some(bias)) = (
             xs.track_op(),
             c_in * kh * kw <= super::direct::MAX_TAPS,
             bias.as_ref(),
         ) {
-            let geometry = super::ConvGeometry::new(
-                xs.dims(),
-                (kh, kw),
-                config.stride,
-                config.padding,
-                config.dilation,
-            )?;
             return super::direct::conv2d_direct(xs, &weight, bias, geometry, name);
+        }
+        #[cfg(feature = "cuda")]
+        if path == GpuConv::Cudnn {
+            return super::cudnn::conv2d_cudnn(xs, &weight, bias.as_ref(), geometry, name);
         }
         return super::im2col::conv2d_gemm(
             xs,
@@ -94,10 +100,32 @@ pub fn conv2d(
     }
 }
 
-/// `EXP_CUDA_CONV=candle`: use candle's conv2d on GPUs too (for side-by-side benchmarks).
-fn candle_conv_forced() -> bool {
-    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| std::env::var("EXP_CUDA_CONV").is_ok_and(|v| v == "candle"))
+/// The GPU convolution, `EXP_CUDA_CONV`: cuDNN (the default), exp's im2col + GEMM, or
+/// candle's own conv2d (what exp used before either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuConv {
+    /// `cudnn` (default).
+    Cudnn,
+    /// `im2col`.
+    Im2col,
+    /// `candle`.
+    Candle,
+}
+
+/// `EXP_CUDA_CONV`, read once; an unknown value is an error at the first convolution.
+pub fn gpu_conv_path() -> Result<GpuConv> {
+    static PATH: std::sync::OnceLock<std::result::Result<GpuConv, String>> =
+        std::sync::OnceLock::new();
+    PATH.get_or_init(|| match std::env::var("EXP_CUDA_CONV").as_deref() {
+        Err(_) | Ok("") | Ok("cudnn") => Ok(GpuConv::Cudnn),
+        Ok("im2col") => Ok(GpuConv::Im2col),
+        Ok("candle") => Ok(GpuConv::Candle),
+        Ok(other) => Err(format!(
+            "EXP_CUDA_CONV={other:?}: expected cudnn, im2col or candle"
+        )),
+    })
+    .clone()
+    .map_err(candle_core::Error::Msg)
 }
 
 /// Forward: passes the precomputed convolution through (one device copy). Backward: the

@@ -18,7 +18,10 @@ mod conv;
 #[cfg(test)]
 mod conv_testing;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cudnn;
 mod direct;
+mod dropout;
 mod im2col;
 mod layers;
 mod pool;
@@ -174,13 +177,13 @@ impl ParamBuilder {
 }
 
 /// Inverted dropout; the identity in evaluation. On the CPU the mask comes from exp's stream
-/// (bit-reproducible); on a GPU from the device's seeded generator, drawn where it is used.
+/// (bit-reproducible); on a GPU from one fused kernel whose mask is a hash of a seed drawn
+/// from the same stream (dropout.rs).
 fn dropout(xs: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
     match mode {
         Mode::Train(rng) if p > 0.0 && cpu::applies(xs) => cpu::dropout::dropout(xs, p as f32, rng),
-        Mode::Train(_) if p > 0.0 && !xs.device().is_cpu() => {
-            let keep = Tensor::rand(0f32, 1f32, xs.shape(), xs.device())?.ge(p)?;
-            xs.mul(&keep.to_dtype(xs.dtype())?.affine(1.0 / (1.0 - p), 0.0)?)
+        Mode::Train(rng) if p > 0.0 && !xs.device().is_cpu() => {
+            dropout::fused_dropout(xs, p, rng.next_u64())
         }
         Mode::Train(rng) if p > 0.0 => {
             let mask = rng.dropout_mask(xs.elem_count(), p as f32);
@@ -254,7 +257,8 @@ pub struct ConvNames {
 }
 
 pub use crate::kernel_args::ConvGeometry;
-pub use conv::conv2d;
+pub use conv::{conv2d, gpu_conv_path, GpuConv};
+pub use dropout::{fused_dropout, keep_hash};
 pub use im2col::conv2d_gemm;
 pub use layers::Layer;
 pub use pool::max_pool_2x2;

@@ -80,7 +80,7 @@ pub const SPEC_KEYS: &[SpecKey] = &[
     key(
         "train.precision",
         S,
-        "f32 | bf16 | f16; the half precisions need CUDA",
+        "f32 | tf32 | bf16 | f16; all but f32 need CUDA",
     ),
     key("train.accumulate", T, ""),
     key("train.schedule", S, "constant | cosine | step"),

@@ -616,6 +616,7 @@ impl Precision {
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
         }
@@ -626,8 +627,11 @@ impl Precision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
-    /// 32-bit floats throughout.
+    /// 32-bit floats throughout, exact FP32 arithmetic.
     F32,
+    /// 32-bit floats, with convolutions and matrix products on TF32 tensor cores (10-bit
+    /// mantissa inputs, f32 accumulation; CUDA only): PyTorch's default for convolutions.
+    Tf32,
     /// bfloat16 activations with f32 master weights.
     Bf16,
     /// float16 activations with f32 master weights.
@@ -654,7 +658,7 @@ pub struct TrainSpec {
     pub seed: u64,
     /// auto | cpu | cuda | cuda:N.
     pub device: String,
-    /// f32 | bf16 | f16.
+    /// f32 | tf32 | bf16 | f16.
     pub precision: Precision,
     /// Micro-batches whose gradients are summed before each optimiser step.
     pub accumulate: usize,

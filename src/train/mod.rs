@@ -156,7 +156,7 @@ pub struct TrainOutcome {
 /// and are cast to it in the forward pass, so their gradients arrive in f32.
 pub fn compute_dtype(precision: Precision) -> DType {
     match precision {
-        Precision::F32 => DType::F32,
+        Precision::F32 | Precision::Tf32 => DType::F32,
         Precision::Bf16 => DType::BF16,
         Precision::F16 => DType::F16,
     }
@@ -175,12 +175,17 @@ pub fn train(
     progress: &mut dyn TrainObserver,
 ) -> Result<TrainOutcome, TrainError> {
     let dtype = compute_dtype(spec.precision);
-    if device.is_cpu() && dtype != DType::F32 {
+    if device.is_cpu() && spec.precision != Precision::F32 {
         return Err(TrainError::PrecisionNeedsCuda {
             precision: spec.precision.as_str().to_string(),
         });
     }
     let on_cpu = device.is_cpu();
+    // TF32 is an explicit opt-in: every other precision keeps f32 work exact FP32.
+    #[cfg(feature = "cuda")]
+    if !on_cpu {
+        crate::cuda::cudnn::set_tf32(spec.precision == Precision::Tf32);
+    }
     let mut optimizer = Optimizer::new(model.params().trainable_vars(), spec);
     let mut shuffle = ExpRng::new(spec.seed, Purpose::Shuffle);
     let mut dropout = ExpRng::new(spec.seed, Purpose::Dropout);
