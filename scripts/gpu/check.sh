@@ -24,9 +24,12 @@
 # Results go to $OUT (default /tmp/exp-gpu-out): check.log, summary.md, results.tgz.
 # Exit status: 0 when every check passed, 1 otherwise.
 #
-# usage: scripts/gpu/check.sh quick|bench|all
-# A dry run on a machine without a GPU: EXP_CHECK_DEVICE=cpu EXP_CHECK_PRECISIONS=f32
-#   EXP_CHECK_SET="data.train_limit=2000" EXP_CHECK_TORCH_DEVICE=cpu scripts/gpu/check.sh quick
+# usage: scripts/gpu/check.sh quick|bench|all   (EXP_CHECK_DEADLINE=S: start no run after S seconds)
+# A dry run on a machine without a GPU (small data, a narrow ResNet, a Python with torch):
+#   EXP_CHECK_DEVICE=cpu EXP_CHECK_TORCH_DEVICE=cpu EXP_CHECK_PRECISIONS=f32 EXP_CHECK_INFER=f32
+#   EXP_CHECK_SET="data.train_limit=512 data.test_limit=500" EXP_CHECK_TORCH_ARGS="--train-limit 512 --test-limit 500"
+#   EXP_CHECK_BENCH_PRECISIONS=f32 EXP_CHECK_RESNET_PRECISIONS=f32
+#   EXP_CHECK_RESNET_WIDTH=8 EXP_CHECK_PYTHON=~/.cache/exp/py-venv/bin/python3 scripts/gpu/check.sh all
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 repo_root=$PWD
@@ -42,7 +45,9 @@ exec > >(tee "$OUT/check.log") 2>&1
 
 work=/tmp/exp-gpu-check
 rm -rf "$work"; mkdir -p "$work/bin" "$work/home" "$work/results"
-gzip -dc .gpu/exp.gz > "$work/bin/exp" && chmod +x "$work/bin/exp"
+# Python's lzma: xz-utils may be missing there, python3 is not.
+python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+  .gpu/exp.xz "$work/bin/exp" && chmod +x "$work/bin/exp"
 if ! command -v git >/dev/null; then
   gzip -dc .gpu/git.gz > "$work/bin/git" && chmod +x "$work/bin/git"
 fi
@@ -56,10 +61,24 @@ ldd "$work/bin/exp" | grep -E 'cudnn|cublas\.|not found'
 
 device="${EXP_CHECK_DEVICE:-cuda}"
 torch_device="${EXP_CHECK_TORCH_DEVICE:-cuda}"
+python="${EXP_CHECK_PYTHON:-python3}"
+torch_extra=(${EXP_CHECK_TORCH_ARGS:-})
+resnet_width="${EXP_CHECK_RESNET_WIDTH:-64}"
+bench_precisions="${EXP_CHECK_BENCH_PRECISIONS:-f32 tf32}"
 precisions="${EXP_CHECK_PRECISIONS:-f32 tf32 bf16 f16}"
 extra=(); for kv in ${EXP_CHECK_SET:-}; do extra+=(--set "$kv"); done
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+# EXP_CHECK_DEADLINE=S: start no run after S seconds (each skip is a failure), so that the
+# summary is still written inside a device call's time limit.
+deadline="${EXP_CHECK_DEADLINE:-}"
+late() {
+  if [[ -n $deadline ]] && (( SECONDS > deadline )); then
+    fail "$1 skipped: past the ${deadline} s deadline"
+    return 0
+  fi
+  return 1
+}
 
 new_repo() { rm -rf "$1"; mkdir -p "$(dirname "$1")"; exp init "$1" >/dev/null 2>&1 || fail "exp init $1"; }
 
@@ -69,6 +88,7 @@ new_repo() { rm -rf "$1"; mkdir -p "$(dirname "$1")"; exp init "$1" >/dev/null 2
 # output under results/LABEL and the repository under repos/LABEL (for exp bench).
 run() {
   local label=$1 experiment=$2; shift 2
+  late "exp run $label" && return
   local repo="$work/repos/$label" start=$SECONDS
   new_repo "$repo"
   [[ -n "${SPEC_FILE:-}" ]] && cp "$SPEC_FILE" "$repo/experiments/$experiment.toml"
@@ -85,10 +105,11 @@ run() {
 # torch_run LABEL ARGS...: the PyTorch side, one JSON line into results/LABEL.json.
 torch_run() {
   local label=$1; shift
+  late "pytorch $label" && return
   local start=$SECONDS
-  if python3 scripts/gpu/bench_pytorch_gpu.py --data "$EXP_DATA" --device "$torch_device" "$@" \
+  if "$python" scripts/gpu/bench_pytorch_gpu.py --data "$EXP_DATA" --device "$torch_device" "$@" "${torch_extra[@]}" \
       > "$work/results/$label.json" 2> "$work/results/$label.err"; then
-    echo "  $label: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"{r[\"images_per_second\"]:.0f} img/s, accuracy {r[\"test_accuracy\"]:.4f}")' "$work/results/$label.json") ($((SECONDS - start)) s)"
+    echo "  $label: $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%.0f img/s, accuracy %.4f" % (r["images_per_second"], r["test_accuracy"]))' "$work/results/$label.json") ($((SECONDS - start)) s)"
   else
     tail -5 "$work/results/$label.err"
     fail "pytorch $label"
@@ -127,11 +148,14 @@ bench() {
       local order=("exp" "torch"); (( round % 2 == 0 )) && order=("torch" "exp")
       for side in "${order[@]}"; do
         if [[ $side == exp ]]; then
-          run "bench-$model-$b-exp-f32" "$experiment" --device "$device" "${adam[@]}" --set train.batch_size=$b
-          run "bench-$model-$b-exp-tf32" "$experiment" --device "$device" "${adam[@]}" --set train.batch_size=$b --set train.precision=tf32
+          for p in $bench_precisions; do
+            run "bench-$model-$b-exp-$p" "$experiment" --device "$device" "${adam[@]}" --set train.batch_size=$b --set train.precision=$p
+          done
         else
-          torch_run "bench-$model-$b-torch-f32" --set "$set" --model "$model" --batch-size $b --tf32 off
-          torch_run "bench-$model-$b-torch-tf32" --set "$set" --model "$model" --batch-size $b --tf32 on
+          for p in $bench_precisions; do
+            local tf32=off; [[ $p == tf32 ]] && tf32=on
+            torch_run "bench-$model-$b-torch-$p" --set "$set" --model "$model" --batch-size $b --tf32 $tf32
+          done
         fi
       done
     done
@@ -140,17 +164,19 @@ bench() {
   EXP_CUDA_CONV=im2col run "bench-cnn-256-im2col-f32" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=256
 
   echo "== 5. resnet18 on Fashion-MNIST padded to 32x32x3, batch 128, SGD 0.05 momentum 0.9"
-  python3 scripts/gpu/fashion32.py "$EXP_DATA" "$EXP_DATA/fashion32" --train-limit 12800 --test-limit 10000 \
+  "$python" scripts/gpu/fashion32.py "$EXP_DATA" "$EXP_DATA/fashion32" --train-limit 12800 --test-limit 10000 \
     || fail "fashion32.py"
   local spec="$work/resnet18.toml"
   cat > "$spec" <<'EOF'
-description = "ResNet-18 (CIFAR stem) on Fashion-MNIST padded to 32x32 and repeated to 3 channels"
+# ResNet-18 (CIFAR stem) on Fashion-MNIST padded to 32x32 and repeated to 3 channels.
 [model]
 name = "resnet18"
+width = RESNET_WIDTH
 [data]
 format = "image-folder"
 path = "fashion32"
 channels = 3
+image_size = [32, 32]
 normalize = "train"
 [train]
 optimizer = "sgd"
@@ -160,21 +186,20 @@ batch_size = 128
 epochs = 2
 seed = 1
 EOF
-  for precision in f32 bf16; do
+  sed -i "s/RESNET_WIDTH/$resnet_width/" "$spec"
+  for precision in ${EXP_CHECK_RESNET_PRECISIONS:-f32 bf16}; do
     SPEC_FILE="$spec" run "bench-resnet18-128-exp-$precision" resnet18 --device "$device" --set train.precision=$precision
     local tp=f32; [[ $precision == bf16 ]] && tp=bf16
-    torch_run "bench-resnet18-128-torch-$precision" --set fashion32 --model resnet18 --batch-size 128 --epochs 2 \
+    torch_run "bench-resnet18-128-torch-$precision" --set fashion32 --model resnet18 --width "$resnet_width" --batch-size 128 --epochs 2 \
       --optimizer sgd --lr 0.05 --momentum 0.9 --train-limit 12800 --precision $tp --tf32 off
   done
 
   echo "== 6. inference: exp bench, f32/bf16/f16, batch 1 and 256"
   for label in bench-cnn-256-exp-f32 bench-resnet18-128-exp-f32; do
-    if [[ -d "$work/repos/$label" ]]; then
+    if [[ -f "$work/results/$label/metrics.toml" ]]; then
       (cd "$work/repos/$label" && exp bench --device "$device" --precision "${EXP_CHECK_INFER:-f32,bf16,f16}" \
-        --batch-size 1,256 --seconds 1 --json > "$work/results/infer-$label.json" 2> "$work/results/infer-$label.err") \
-        || { cat "$work/results/infer-$label.err"; fail "exp bench $label"; }
-      (cd "$work/repos/$label" && exp bench --device "$device" --precision "${EXP_CHECK_INFER:-f32,bf16,f16}" \
-        --batch-size 1,256 --seconds 0.5) | tee "$work/results/infer-$label.txt" || true
+        --batch-size 1,256 --seconds 0.5 > "$work/results/infer-$label.txt" 2> "$work/results/infer-$label.err") \
+        && cat "$work/results/infer-$label.txt" || { cat "$work/results/infer-$label.err"; fail "exp bench $label"; }
     fi
   done
 
@@ -191,6 +216,7 @@ EOF
   unset EXP_PROFILE_OPS
 }
 
+SECONDS=0
 start=$SECONDS
 [[ $mode == quick || $mode == all ]] && quick
 echo "(quick done at $((SECONDS - start)) s)"
