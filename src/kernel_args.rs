@@ -94,3 +94,16 @@ pub struct AdamHyper {
     /// AdamW's decoupled decay factor 1 − lr·wd (1 for Adam).
     pub decay_factor: f32,
 }
+
+/// How a batch norm's running statistic is updated from one training batch (PyTorch's rule).
+#[derive(Debug, Clone, Copy)]
+pub struct RunningStats {
+    /// The running variance (true) or the running mean (false).
+    pub variance: bool,
+    /// Weight of the batch: running ← (1 - momentum)·running + momentum·batch.
+    pub momentum: f32,
+    /// count / (count - 1): the running variance is the unbiased one.
+    pub unbias: f32,
+    /// The epsilon the inverse standard deviation was computed with.
+    pub eps: f32,
+}

@@ -20,11 +20,12 @@
 #        f32 and bf16, vs PyTorch on the same pixels;
 #     6. inference: `exp bench` on the cnn and resnet18 runs, f32/bf16/f16, batch 1 and 256;
 #     7. augmentation's cost (cnn 256 with crop and flip) and per-operation profiles.
-#   all: quick, then bench.
+#   all: quick, then bench. resnet: quick, then cnn 256 of 4, 5, 6 for resnet18 and its profile
+#   (after a change to the deeper models' GPU path).
 # Results go to $OUT (default /tmp/exp-gpu-out): check.log, summary.md, results.tgz.
 # Exit status: 0 when every check passed, 1 otherwise.
 #
-# usage: scripts/gpu/check.sh quick|bench|all   (EXP_CHECK_DEADLINE=S: start no run after S seconds)
+# usage: scripts/gpu/check.sh quick|bench|all|resnet   (EXP_CHECK_DEADLINE=S: start no run after S seconds)
 # A dry run on a machine without a GPU (small data, a narrow ResNet, a Python with torch):
 #   EXP_CHECK_DEVICE=cpu EXP_CHECK_TORCH_DEVICE=cpu EXP_CHECK_PRECISIONS=f32 EXP_CHECK_INFER=f32
 #   EXP_CHECK_SET="data.train_limit=512 data.test_limit=500" EXP_CHECK_TORCH_ARGS="--train-limit 512 --test-limit 500"
@@ -37,9 +38,9 @@ OUT="${OUT:-/tmp/exp-gpu-out}"
 mkdir -p "$OUT"
 mode="${1:-}"
 case "$mode" in
-  quick|bench|all) ;;
+  quick|bench|all|resnet) ;;
   --quick) mode=quick ;;
-  *) echo "usage: scripts/gpu/check.sh quick|bench|all" >&2; exit 2 ;;
+  *) echo "usage: scripts/gpu/check.sh quick|bench|all|resnet" >&2; exit 2 ;;
 esac
 exec > >(tee "$OUT/check.log") 2>&1
 
@@ -136,13 +137,18 @@ quick() {
   done
 }
 
-bench() {
+adam=(--set train.optimizer=adam --set train.lr=1e-3 --set train.momentum=0 --set train.epochs=3 --set train.seed=1)
+
+# bench_small [CONFIG...]: section 4 for "model batch" pairs (default: all four).
+bench_small() {
   echo "== 4. exp vs PyTorch eager, Adam 1e-3, 3 epochs"
-  local adam=(--set train.optimizer=adam --set train.lr=1e-3 --set train.momentum=0 --set train.epochs=3 --set train.seed=1)
-  local round=0
-  for config in "seed-cnn mnist mnist-cnn" "cnn fashion fashion-cnn"; do
-    read -r model set experiment <<< "$config"
-    for b in 64 256; do
+  local round=0 configs=("$@")
+  [[ ${#configs[@]} == 0 ]] && configs=("seed-cnn 64" "seed-cnn 256" "cnn 64" "cnn 256")
+  for pair in "${configs[@]}"; do
+    read -r model b <<< "$pair"
+    local set=mnist experiment=mnist-cnn
+    [[ $model == cnn ]] && set=fashion experiment=fashion-cnn
+    {
       round=$((round + 1))
       # Alternate which side goes first from one configuration to the next.
       local order=("exp" "torch"); (( round % 2 == 0 )) && order=("torch" "exp")
@@ -158,15 +164,17 @@ bench() {
           done
         fi
       done
-    done
+    }
   done
   # Before/after: exp's own im2col + GEMM convolution (the path before cuDNN), same run.
   EXP_CUDA_CONV=im2col run "bench-cnn-256-im2col-f32" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=256
+}
 
+spec="$work/resnet18.toml"
+bench_resnet() {
   echo "== 5. resnet18 on Fashion-MNIST padded to 32x32x3, batch 128, SGD 0.05 momentum 0.9"
   "$python" scripts/gpu/fashion32.py "$EXP_DATA" "$EXP_DATA/fashion32" --train-limit 12800 --test-limit 10000 \
     || fail "fashion32.py"
-  local spec="$work/resnet18.toml"
   cat > "$spec" <<'EOF'
 # ResNet-18 (CIFAR stem) on Fashion-MNIST padded to 32x32 and repeated to 3 channels.
 [model]
@@ -193,9 +201,15 @@ EOF
     torch_run "bench-resnet18-128-torch-$precision" --set fashion32 --model resnet18 --width "$resnet_width" --batch-size 128 --epochs 2 \
       --optimizer sgd --lr 0.05 --momentum 0.9 --train-limit 12800 --precision $tp --tf32 off
   done
+  # Before/after: candle-nn's batch norm (the path before cuDNN's), same run.
+  EXP_CUDA_BN=candle SPEC_FILE="$spec" run "bench-resnet18-128-candlebn-f32" resnet18 --device "$device"
+}
+
+# bench_infer LABEL...: section 6 on these runs.
+bench_infer() {
 
   echo "== 6. inference: exp bench, f32/bf16/f16, batch 1 and 256"
-  for label in bench-cnn-256-exp-f32 bench-resnet18-128-exp-f32; do
+  for label in "$@"; do
     if [[ -f "$work/results/$label/metrics.toml" ]]; then
       (cd "$work/repos/$label" && exp bench --device "$device" --precision "${EXP_CHECK_INFER:-f32,bf16,f16}" \
         --batch-size 1,256 --seconds 0.5 > "$work/results/infer-$label.txt" 2> "$work/results/infer-$label.err") \
@@ -203,6 +217,9 @@ EOF
     fi
   done
 
+}
+
+bench_profiles() {
   echo "== 7. augmentation's cost and per-operation profiles"
   run "aug-cnn-256-exp-f32" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=256 \
     --set train.augment.crop_padding=2 --set train.augment.flip=true
@@ -216,11 +233,29 @@ EOF
   unset EXP_PROFILE_OPS
 }
 
+bench() {
+  bench_small
+  bench_resnet
+  bench_infer bench-cnn-256-exp-f32 bench-resnet18-128-exp-f32
+  bench_profiles
+}
+
+# resnet: after a change to the deeper models' GPU path, the part of bench that covers it.
+resnet() {
+  bench_small "cnn 256"
+  bench_resnet
+  bench_infer bench-resnet18-128-exp-f32
+  export EXP_PROFILE_OPS=1
+  SPEC_FILE="$spec" run "ops-resnet18-128" resnet18 --device "$device" --set train.epochs=1
+  unset EXP_PROFILE_OPS
+}
+
 SECONDS=0
 start=$SECONDS
-[[ $mode == quick || $mode == all ]] && quick
+[[ $mode == quick || $mode == all || $mode == resnet ]] && quick
 echo "(quick done at $((SECONDS - start)) s)"
 [[ $mode == bench || $mode == all ]] && bench
+[[ $mode == resnet ]] && resnet
 echo "(done at $((SECONDS - start)) s)"
 
 tar czf "$OUT/results.tgz" -C "$work" results

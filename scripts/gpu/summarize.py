@@ -163,6 +163,11 @@ if res:
     for p, e, t, ea, ta, pe, pt in res:
         print(f"| {p} | {e:,.0f} | {t:,.0f} | **{e / t:.2f}×** | {ea:.4f} | {ta:.4f} | {pe:,} / {pt if pt is None else f'{pt:,}'} |")
 
+if record("bench-resnet18-128-candlebn-f32") and record("bench-resnet18-128-exp-f32"):
+    b, c = rate("bench-resnet18-128-candlebn-f32"), rate("bench-resnet18-128-exp-f32")
+    print(f"\nresnet18, f32 — candle-nn's batch norm (before): {b:,.0f} img/s; cuDNN's (after): {c:,.0f} img/s "
+          f"({c / b:.2f}×).")
+
 for name in sorted(ran):
     if name.startswith("infer-") and name.endswith(".txt"):
         with open(os.path.join(results, name)) as f:

@@ -1,5 +1,7 @@
-//! Convolution on NVIDIA's cuDNN: forward, data gradient, filter gradient, the bias add and the
-//! bias gradient, through cudarc's bindings of cuDNN's (legacy) convolution API.
+//! Convolution and batch norm on NVIDIA's cuDNN: the convolution's forward (with the bias add),
+//! data gradient and filter gradient, and batch norm's training forward and backward, through
+//! cudarc's bindings of cuDNN's (legacy) API. The convolution's bias gradient is exp's kernel
+//! (`cuda::bias_grad`): cuDNN's refuses some dtypes.
 //!
 //! Why cuDNN and not exp's im2col + GEMM: im2col materialises a column matrix (170 MB for the
 //! cnn's second layer at batch 256) and runs a plain FP32 GEMM over it, where cuDNN's implicit
@@ -551,77 +553,239 @@ pub fn conv(
     Ok((CudaStorage { slice, device }, out_shape))
 }
 
-/// The bias gradient `Σ_{n,h,w} dy` per output channel of a contiguous NCHW `dy`.
-pub fn bias_grad(dy: (&CudaStorage, &Layout)) -> Result<(CudaStorage, Shape)> {
-    let device = dy.0.device().clone();
-    let dtype = dy.0.dtype();
-    let (n, c, oh, ow) = dy.1.shape().dims4()?;
-    let h = handle(&device)?;
-    let dt = data_type(dtype)?;
-    let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
-    let e = |what| move |err| cudnn_err(what, err);
-    let as_i32 = |v: usize| v as i32;
-    let dy_desc = result::create_tensor_descriptor().map_err(e("tensor descriptor"))?;
-    let db_desc = result::create_tensor_descriptor().map_err(e("tensor descriptor"))?;
-    struct Free([sys::cudnnTensorDescriptor_t; 2]);
-    impl Drop for Free {
-        fn drop(&mut self) {
-            // SAFETY: created above, destroyed once.
-            for t in self.0 {
+/// Two 4-d tensor descriptors: a batch `(n, c, h, w)` in `dtype` and the per-channel
+/// parameters `(1, c, 1, 1)` in f32 (cuDNN's batch norm keeps them in f32 for half data).
+struct BnDescriptors {
+    x: sys::cudnnTensorDescriptor_t,
+    params: sys::cudnnTensorDescriptor_t,
+}
+
+impl Drop for BnDescriptors {
+    fn drop(&mut self) {
+        // SAFETY: created below, destroyed once; null ones skipped.
+        for t in [self.x, self.params] {
+            if !t.is_null() {
                 let _ = unsafe { result::destroy_tensor_descriptor(t) };
             }
         }
     }
-    let _free = Free([dy_desc, db_desc]);
-    // SAFETY: fresh descriptors.
-    unsafe {
-        result::set_tensor4d_descriptor(
-            dy_desc,
-            nchw,
-            dt,
-            [as_i32(n), as_i32(c), as_i32(oh), as_i32(ow)],
-        )
-        .map_err(e("gradient descriptor"))?;
-        result::set_tensor4d_descriptor(db_desc, nchw, dt, [1, as_i32(c), 1, 1])
-            .map_err(e("bias descriptor"))?;
+}
+
+impl BnDescriptors {
+    fn new(shape: &Shape, dtype: DType) -> Result<Self> {
+        let (n, c, h, w) = shape.dims4()?;
+        let i = |v: usize| -> Result<i32> {
+            i32::try_from(v).map_err(|_| {
+                candle_core::Error::Msg("cuDNN batch norm: a dimension exceeds i32".into())
+            })
+        };
+        let e = |what| move |err| cudnn_err(what, err);
+        let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        let mut d = BnDescriptors {
+            x: std::ptr::null_mut(),
+            params: std::ptr::null_mut(),
+        };
+        d.x = result::create_tensor_descriptor().map_err(e("tensor descriptor"))?;
+        d.params = result::create_tensor_descriptor().map_err(e("tensor descriptor"))?;
+        // SAFETY: fresh descriptors.
+        unsafe {
+            result::set_tensor4d_descriptor(
+                d.x,
+                nchw,
+                data_type(dtype)?,
+                [i(n)?, i(c)?, i(h)?, i(w)?],
+            )
+            .map_err(e("batch descriptor"))?;
+            result::set_tensor4d_descriptor(
+                d.params,
+                nchw,
+                sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                [1, i(c)?, 1, 1],
+            )
+            .map_err(e("parameter descriptor"))?;
+        }
+        Ok(d)
     }
+}
+
+/// Batch norm over (n, h, w) in training mode: `y = (x - mean) / sqrt(var + eps) · weight +
+/// bias` with the batch's mean and biased variance. Returns y (x's dtype) and the saved
+/// statistics `(2, c)` f32 = [mean; 1/sqrt(var + eps)] that the backward pass and the running
+/// statistics' update take. The running statistics are not touched here.
+pub fn batch_norm_train(
+    x: (&CudaStorage, &Layout),
+    weight: (&CudaStorage, &Layout),
+    bias: (&CudaStorage, &Layout),
+    eps: f64,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let device = x.0.device().clone();
+    let dtype = x.0.dtype();
+    let shape = x.1.shape().clone();
+    let c = shape.dims4()?.1;
+    let h = handle(&device)?;
+    let d = BnDescriptors::new(&shape, dtype)?;
     let stream = device.cuda_stream();
+    let w = contiguous(weight.0.as_cuda_slice::<f32>()?, weight.1)?;
+    let b = contiguous(bias.0.as_cuda_slice::<f32>()?, bias.1)?;
+    // SAFETY: written whole by cuDNN.
+    let mut stats = unsafe { device.alloc::<f32>(2 * c)? };
     let (one, zero) = (1f32, 0f32);
     macro_rules! run {
         ($t:ty, $variant:ident) => {{
-            let S::$variant(s) = &dy.0.slice else {
+            let S::$variant(sx) = &x.0.slice else {
                 unreachable!()
             };
-            let v = contiguous(s, dy.1)?;
+            let vx = contiguous(sx, x.1)?;
             // SAFETY: written whole by cuDNN (beta = 0).
-            let mut out = unsafe { device.alloc::<$t>(c)? };
+            let mut y = unsafe { device.alloc::<$t>(shape.elem_count())? };
             {
-                let (pdy, _r) = v.device_ptr(&stream);
-                let (pdb, _w) = out.device_ptr_mut(&stream);
-                // SAFETY: live buffers matching the descriptors, on the handle's stream.
+                let (px, _rx) = vx.device_ptr(&stream);
+                let (py, _ry) = y.device_ptr_mut(&stream);
+                let (pw, _rw) = w.device_ptr(&stream);
+                let (pb, _rb) = b.device_ptr(&stream);
+                let (ps, _rs) = stats.device_ptr_mut(&stream);
+                let inv = ps + (c * std::mem::size_of::<f32>()) as u64;
+                // SAFETY: live buffers matching the descriptors, on the handle's stream; no
+                // running statistics (both null), saved mean and inverse std into `stats`.
                 unsafe {
                     check(
-                        "convolution backward bias",
-                        sys::cudnnConvolutionBackwardBias(
+                        "batch norm forward (training)",
+                        sys::cudnnBatchNormalizationForwardTraining(
                             h.0,
+                            sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL,
                             &one as *const f32 as *const c_void,
-                            dy_desc,
-                            pdy as *const c_void,
                             &zero as *const f32 as *const c_void,
-                            db_desc,
-                            pdb as *mut c_void,
+                            d.x,
+                            px as *const c_void,
+                            d.x,
+                            py as *mut c_void,
+                            d.params,
+                            pw as *const c_void,
+                            pb as *const c_void,
+                            0.0,
+                            std::ptr::null_mut(),
+                            std::ptr::null_mut(),
+                            eps,
+                            ps as *mut c_void,
+                            inv as *mut c_void,
                         ),
                     )?;
                 }
             }
-            S::$variant(out)
+            S::$variant(y)
         }};
     }
     let slice = match dtype {
         DType::F32 => run!(f32, F32),
         DType::F16 => run!(half::f16, F16),
         DType::BF16 => run!(half::bf16, BF16),
-        other => candle_core::bail!("cuDNN bias gradient: unsupported dtype {other:?}"),
+        other => candle_core::bail!("cuDNN batch norm: unsupported dtype {other:?}"),
     };
-    Ok((CudaStorage { slice, device }, Shape::from(c)))
+    Ok((
+        CudaStorage {
+            slice,
+            device: device.clone(),
+        },
+        CudaStorage {
+            slice: S::F32(stats),
+            device,
+        },
+    ))
+}
+
+/// The backward pass of [`batch_norm_train`]: dx (x's dtype) and `(2, c)` f32 = [dweight; dbias],
+/// from x, dy, the weight and the saved statistics.
+pub fn batch_norm_backward(
+    x: (&CudaStorage, &Layout),
+    dy: (&CudaStorage, &Layout),
+    weight: (&CudaStorage, &Layout),
+    stats: &CudaStorage,
+    eps: f64,
+) -> Result<(CudaStorage, CudaStorage)> {
+    let device = x.0.device().clone();
+    let dtype = x.0.dtype();
+    if dy.0.dtype() != dtype {
+        candle_core::bail!(
+            "cuDNN batch norm backward: x is {dtype:?}, dy {:?}",
+            dy.0.dtype()
+        )
+    }
+    let shape = x.1.shape().clone();
+    let c = shape.dims4()?.1;
+    let h = handle(&device)?;
+    let d = BnDescriptors::new(&shape, dtype)?;
+    let stream = device.cuda_stream();
+    let w = contiguous(weight.0.as_cuda_slice::<f32>()?, weight.1)?;
+    let saved = stats.as_cuda_slice::<f32>()?;
+    // SAFETY: written whole by cuDNN.
+    let mut dparams = unsafe { device.alloc::<f32>(2 * c)? };
+    let (one, zero) = (1f32, 0f32);
+    let (one, zero) = (
+        &one as *const f32 as *const c_void,
+        &zero as *const f32 as *const c_void,
+    );
+    macro_rules! run {
+        ($t:ty, $variant:ident) => {{
+            let (S::$variant(sx), S::$variant(sdy)) = (&x.0.slice, &dy.0.slice) else {
+                unreachable!()
+            };
+            let vx = contiguous(sx, x.1)?;
+            let vdy = contiguous(sdy, dy.1)?;
+            // SAFETY: written whole by cuDNN (beta = 0).
+            let mut dx = unsafe { device.alloc::<$t>(shape.elem_count())? };
+            {
+                let (px, _rx) = vx.device_ptr(&stream);
+                let (pdy, _rdy) = vdy.device_ptr(&stream);
+                let (pdx, _rdx) = dx.device_ptr_mut(&stream);
+                let (pw, _rw) = w.device_ptr(&stream);
+                let (pstats, _rs) = saved.device_ptr(&stream);
+                let (pdp, _rdp) = dparams.device_ptr_mut(&stream);
+                let f = std::mem::size_of::<f32>() as u64;
+                // SAFETY: live buffers matching the descriptors, on the handle's stream.
+                unsafe {
+                    check(
+                        "batch norm backward",
+                        sys::cudnnBatchNormalizationBackward(
+                            h.0,
+                            sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL,
+                            one,
+                            zero,
+                            one,
+                            zero,
+                            d.x,
+                            px as *const c_void,
+                            d.x,
+                            pdy as *const c_void,
+                            d.x,
+                            pdx as *mut c_void,
+                            d.params,
+                            pw as *const c_void,
+                            pdp as *mut c_void,
+                            (pdp + c as u64 * f) as *mut c_void,
+                            eps,
+                            pstats as *const c_void,
+                            (pstats + c as u64 * f) as *const c_void,
+                        ),
+                    )?;
+                }
+            }
+            S::$variant(dx)
+        }};
+    }
+    let slice = match dtype {
+        DType::F32 => run!(f32, F32),
+        DType::F16 => run!(half::f16, F16),
+        DType::BF16 => run!(half::bf16, BF16),
+        other => candle_core::bail!("cuDNN batch norm: unsupported dtype {other:?}"),
+    };
+    Ok((
+        CudaStorage {
+            slice,
+            device: device.clone(),
+        },
+        CudaStorage {
+            slice: S::F32(dparams),
+            device,
+        },
+    ))
 }

@@ -341,3 +341,49 @@ DROPOUT(bf16, __nv_bfloat16)
 AUGMENT(f32, float)
 AUGMENT(f16, __half)
 AUGMENT(bf16, __nv_bfloat16)
+
+// ---- Convolution bias gradient -----------------------------------------------------------
+// db[ch] = Σ over n, h, w of dy[n, ch, h, w] for a contiguous NCHW dy: one 256-thread block
+// per channel, each thread summing a fixed stride of the channel's elements in f32, then a
+// tree in shared memory: the same order on every run (deterministic), f32 accumulation for
+// half-precision gradients, any dtype (cuDNN's own bias gradient refuses some).
+#define BIAS_GRAD(NAME, T)                                                                      \
+    extern "C" __global__ void exp_bias_grad_##NAME(const T *dy, T *db, uint32_t n, uint32_t c, \
+                                                    uint32_t hw) {                              \
+        __shared__ float partial[256];                                                          \
+        const uint32_t ch = blockIdx.x;                                                         \
+        float acc = 0.0f;                                                                       \
+        for (uint64_t k = threadIdx.x; k < (uint64_t)n * hw; k += blockDim.x) {                 \
+            const uint64_t image = k / hw, pixel = k % hw;                                      \
+            acc += to_f(dy[(image * c + ch) * hw + pixel]);                                     \
+        }                                                                                       \
+        partial[threadIdx.x] = acc;                                                             \
+        __syncthreads();                                                                        \
+        for (uint32_t s = blockDim.x / 2; s > 0; s >>= 1) {                                     \
+            if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];              \
+            __syncthreads();                                                                    \
+        }                                                                                       \
+        if (threadIdx.x == 0) db[ch] = from_f(partial[0], T());                                 \
+    }
+BIAS_GRAD(f32, float)
+BIAS_GRAD(f16, __half)
+BIAS_GRAD(bf16, __nv_bfloat16)
+
+// ---- Batch norm's running statistics ------------------------------------------------------
+// After cuDNN's training forward: stats = [batch mean (c); 1/sqrt(biased var + eps) (c)].
+// which = 0: running mean ← (1-m)·running + m·mean; which = 1: running var ← (1-m)·running +
+// m·var·count/(count-1) (the unbiased variance, as PyTorch and candle keep it).
+extern "C" __global__ void exp_bn_running_update(float *running, const float *stats, uint32_t c,
+                                                 float momentum, float unbias, float eps,
+                                                 int which) {
+    const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= c) return;
+    float batch;
+    if (which == 0) {
+        batch = stats[i];
+    } else {
+        const float inv = stats[c + i];
+        batch = (1.0f / (inv * inv) - eps) * unbias;
+    }
+    running[i] = (1.0f - momentum) * running[i] + momentum * batch;
+}

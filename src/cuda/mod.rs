@@ -428,3 +428,72 @@ pub fn augment(
     };
     Ok((CudaStorage { slice, device }, x.1.shape().clone()))
 }
+
+/// The bias gradient of a convolution: a contiguous NCHW `dy` summed over n, h and w per
+/// channel (see kernels.cu), in `dy`'s dtype.
+pub fn bias_grad(dy: &CudaStorage, layout: &Layout) -> Result<(CudaStorage, Shape)> {
+    use candle_core::cuda_backend::CudaStorageSlice as S;
+    let (n, c, h, w) = layout.shape().dims4()?;
+    let device = dy.device().clone();
+    let args = [n as u32, c as u32, (h * w) as u32];
+    let config = LaunchConfig {
+        grid_dim: (c as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    macro_rules! launch {
+        ($slice:expr, $t:ty, $name:literal, $variant:ident) => {{
+            let x = contiguous_view($slice, layout)?;
+            // SAFETY: every element is written by the kernel below.
+            let db = unsafe { device.alloc::<$t>(c)? };
+            let func =
+                device.get_or_load_custom_func(concat!("exp_bias_grad_", $name), MODULE, PTX)?;
+            let mut b = func.builder();
+            b.arg(&x);
+            b.arg(&db);
+            for a in &args {
+                b.arg(a);
+            }
+            // SAFETY: argument types and count match the kernel's signature.
+            unsafe { b.launch(config) }.w()?;
+            S::$variant(db)
+        }};
+    }
+    let slice = match &dy.slice {
+        S::F32(s) => launch!(s, f32, "f32", F32),
+        S::F16(s) => launch!(s, half::f16, "f16", F16),
+        S::BF16(s) => launch!(s, half::bf16, "bf16", BF16),
+        _ => candle_core::bail!("bias gradient: unsupported dtype {:?}", dy.dtype()),
+    };
+    Ok((CudaStorage { slice, device }, Shape::from(c)))
+}
+
+/// Updates a batch norm's running mean (`variance == false`) or running variance in place
+/// from cuDNN's saved statistics `stats` = [mean; inverse std] (see kernels.cu); `count` is
+/// the number of values each channel's statistics were taken over.
+pub fn bn_running_update(
+    running: &mut CudaStorage,
+    running_layout: &Layout,
+    stats: &CudaStorage,
+    stats_layout: &Layout,
+    args: &crate::kernel_args::RunningStats,
+) -> Result<()> {
+    let c = running_layout.shape().elem_count();
+    if running_layout.contiguous_offsets() != Some((0, c))
+        || stats_layout.shape().elem_count() != 2 * c
+    {
+        candle_core::bail!("batch norm running statistics: unexpected layouts")
+    }
+    let device = running.device().clone();
+    let s = contiguous_view(stats.as_cuda_slice::<f32>()?, stats_layout)?;
+    let r = running.as_cuda_slice_mut::<f32>()?;
+    let func = device.get_or_load_custom_func("exp_bn_running_update", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(r);
+    b.arg(&s);
+    let (c32, which) = (c as u32, args.variance as i32);
+    candle_core::builder_arg!(b, c32, args.momentum, args.unbias, args.eps, which);
+    // SAFETY: argument types and count match the kernel's signature.
+    unsafe { b.launch(launch_config(c)) }.w()?;
+    Ok(())
+}

@@ -1,7 +1,10 @@
-//! Convolution on cuDNN (the default GPU path; see `cuda/cudnn.rs` for the why): the forward
-//! with the bias added in place, and a backward that computes the filter and bias gradients
-//! and the input gradient only when the input tracks one, each one cuDNN call timed under
-//! `EXP_PROFILE_OPS=1`. CUDA builds only: the CPU never gets here.
+//! Convolution and batch norm on cuDNN (the default GPU paths; see `cuda/cudnn.rs` for the
+//! why). The convolution: the forward with the bias added in place, and a backward that
+//! computes the filter and bias gradients and the input gradient only when the input tracks
+//! one, each one call timed under `EXP_PROFILE_OPS=1`. Batch norm in training mode: one cuDNN
+//! call forward (batch statistics), one backward (input, weight and bias gradients), and one
+//! small kernel per running statistic — where candle-nn composes a dozen ops each way. CUDA
+//! builds only: the CPU never gets here.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -232,6 +235,216 @@ impl CustomOp1 for BiasGrad {
         dy: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cudnn::bias_grad((dy, layout))
+        crate::cuda::bias_grad(dy, layout)
+    }
+}
+
+/// Batch norm of `x` (NCHW, any float dtype) in training mode on cuDNN: normalised with the
+/// batch's statistics, the layer's f32 weight and bias applied, the running mean and variance
+/// updated in place with the layer's momentum (PyTorch's rule: the unbiased variance).
+pub fn batch_norm_train(layer: &candle_nn::BatchNorm, x: &Tensor) -> Result<Tensor> {
+    let (weight, bias) = layer.weight_and_bias().ok_or_else(|| {
+        candle_core::Error::Msg("batch norm without weight and bias is not on cuDNN".into())
+    })?;
+    let (n, _, h, w) = x.dims4()?;
+    let count = n * h * w;
+    if count < 2 {
+        candle_core::bail!("batch norm in training needs more than one value per channel")
+    }
+    let saved: Saved = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let op = BatchNormTrain {
+        eps: layer.eps(),
+        saved: saved.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
+    let stats = x.apply_op1_no_bwd(&TakeSaved(saved))?;
+    for (running, variance) in [(layer.running_mean(), false), (layer.running_var(), true)] {
+        running.inplace_op2(
+            &stats,
+            &RunningUpdate(crate::kernel_args::RunningStats {
+                variance,
+                momentum: layer.momentum() as f32,
+                unbias: count as f32 / (count - 1) as f32,
+                eps: layer.eps() as f32,
+            }),
+        )?;
+    }
+    Ok(y)
+}
+
+/// Statistics one cuDNN call leaves for the next op: a forward's [mean; inverse std], a
+/// backward's [dweight; dbias] (`(2, c)` f32). An op returns one tensor; this carries the other.
+type Saved = std::sync::Arc<std::sync::Mutex<Option<candle_core::CudaStorage>>>;
+
+fn saved_clone(saved: &Saved, what: &str) -> Result<candle_core::CudaStorage> {
+    use candle_core::backend::BackendStorage;
+    let guard = saved
+        .lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))?;
+    match guard.as_ref() {
+        Some(storage) => {
+            let c2 = storage.as_cuda_slice::<f32>()?.len();
+            storage.try_clone(&Layout::contiguous(c2))
+        }
+        None => candle_core::bail!("{what}: the statistics of the forward pass are missing"),
+    }
+}
+
+struct BatchNormTrain {
+    eps: f64,
+    saved: Saved,
+}
+
+impl CustomOp3 for BatchNormTrain {
+    fn name(&self) -> &'static str {
+        "exp-batch-norm-cudnn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_never(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+        b: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (y, stats) = cudnn::batch_norm_train((x, xl), (w, wl), (b, bl), self.eps)?;
+        *self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch norm: poisoned".into()))? = Some(stats);
+        Ok((y, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let params: Saved = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let dx = x.apply_op3_no_bwd(
+            &grad.contiguous()?,
+            w,
+            &BatchNormBackward {
+                eps: self.eps,
+                forward: self.saved.clone(),
+                params: params.clone(),
+            },
+        )?;
+        let dparams = x.apply_op1_no_bwd(&TakeSaved(params))?;
+        let c = w.dim(0)?;
+        let (dw, db) = (
+            dparams.narrow(0, 0, 1)?.reshape(c)?,
+            dparams.narrow(0, 1, 1)?.reshape(c)?,
+        );
+        Ok((x.track_op().then_some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// dx of batch norm; [dweight; dbias] go to `params`.
+struct BatchNormBackward {
+    eps: f64,
+    forward: Saved,
+    params: Saved,
+}
+
+impl CustomOp3 for BatchNormBackward {
+    fn name(&self) -> &'static str {
+        "exp-batch-norm-cudnn-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        cpu_never(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        dy: &candle_core::CudaStorage,
+        dyl: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let stats = saved_clone(&self.forward, "batch norm backward")?;
+        let (dx, dparams) =
+            cudnn::batch_norm_backward((x, xl), (dy, dyl), (w, wl), &stats, self.eps)?;
+        *self
+            .params
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch norm: poisoned".into()))? = Some(dparams);
+        Ok((dx, xl.shape().clone()))
+    }
+}
+
+/// Returns what the previous op saved, `(2, c)` f32; its operand only orders it after that op.
+struct TakeSaved(Saved);
+
+impl CustomOp1 for TakeSaved {
+    fn name(&self) -> &'static str {
+        "exp-batch-norm-cudnn-saved"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_never(self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let stats = saved_clone(&self.0, "batch norm")?;
+        let c2 = stats.as_cuda_slice::<f32>()?.len();
+        Ok((stats, Shape::from((2, c2 / 2))))
+    }
+}
+
+/// One running statistic updated in place from a forward's saved statistics.
+struct RunningUpdate(crate::kernel_args::RunningStats);
+
+impl candle_core::InplaceOp2 for RunningUpdate {
+    fn name(&self) -> &'static str {
+        "exp-batch-norm-running-update"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        candle_core::bail!("{}: cuDNN runs on CUDA devices only", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        running: &mut candle_core::CudaStorage,
+        rl: &Layout,
+        stats: &candle_core::CudaStorage,
+        sl: &Layout,
+    ) -> Result<()> {
+        crate::cuda::bn_running_update(running, rl, stats, sl, &self.0)
     }
 }

@@ -78,6 +78,20 @@ pub(super) struct BasicBlock {
 
 /// Batch norm computed in f32 (candle's keeps f32 parameters), returned in `x`'s dtype.
 pub(super) fn bn(layer: &BatchNorm, x: &Tensor, training: bool) -> Result<Tensor> {
+    // Training on a GPU: cuDNN's batch norm, on x in its own dtype (model/cudnn.rs).
+    #[cfg(feature = "cuda")]
+    if training && x.device().is_cuda() && gpu_batch_norm()? == GpuBatchNorm::Cudnn {
+        return span("fwd batch-norm", x.device(), || {
+            // bf16 runs in f32: not every cuDNN supports bf16 batch norm, and the statistics are
+            // f32 either way.
+            if x.dtype() == DType::BF16 {
+                super::cudnn::batch_norm_train(layer, &x.to_dtype(DType::F32)?)?
+                    .to_dtype(DType::BF16)
+            } else {
+                super::cudnn::batch_norm_train(layer, x)
+            }
+        });
+    }
     let dtype = x.dtype();
     let y = span("fwd batch-norm", x.device(), || {
         layer.forward_t(&x.to_dtype(DType::F32)?, training)
@@ -88,6 +102,31 @@ pub(super) fn bn(layer: &BatchNorm, x: &Tensor, training: bool) -> Result<Tensor
 /// A block's projection shortcut — a 1×1 convolution with the block's stride and a batch norm,
 /// named `<prefix>.0` and `<prefix>.1` — when the block changes the size or the channels;
 /// none when the input passes through as it is.
+#[cfg(feature = "cuda")]
+/// Batch norm in training on a GPU, `EXP_CUDA_BN`: cuDNN (`cudnn`, the default) or candle-nn's
+/// composition of ops (`candle`), for side-by-side benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuBatchNorm {
+    /// `cudnn`.
+    Cudnn,
+    /// `candle`.
+    Candle,
+}
+
+/// `EXP_CUDA_BN`, read once; an unknown value is an error at the first batch norm.
+#[cfg(feature = "cuda")]
+pub fn gpu_batch_norm() -> Result<GpuBatchNorm> {
+    static PATH: std::sync::OnceLock<std::result::Result<GpuBatchNorm, String>> =
+        std::sync::OnceLock::new();
+    PATH.get_or_init(|| match std::env::var("EXP_CUDA_BN").as_deref() {
+        Err(_) | Ok("") | Ok("cudnn") => Ok(GpuBatchNorm::Cudnn),
+        Ok("candle") => Ok(GpuBatchNorm::Candle),
+        Ok(other) => Err(format!("EXP_CUDA_BN={other:?}: expected cudnn or candle")),
+    })
+    .clone()
+    .map_err(candle_core::Error::Msg)
+}
+
 pub(super) fn projection(
     pb: &mut ParamBuilder,
     prefix: &str,
