@@ -166,8 +166,10 @@ bench_small() {
       done
     }
   done
-  # Before/after: exp's own im2col + GEMM convolution (the path before cuDNN), same run.
+  # Before/after: exp's own im2col + GEMM convolution (the path before cuDNN), and cuDNN's
+  # algorithms chosen by timing (EXP_CUDNN_BENCHMARK=1) rather than by its heuristics, same run.
   EXP_CUDA_CONV=im2col run "bench-cnn-256-im2col-f32" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=256
+  EXP_CUDNN_BENCHMARK=1 run "bench-cnn-256-timed-f32" fashion-cnn --device "$device" "${adam[@]}" --set train.batch_size=256
 }
 
 spec="$work/resnet18.toml"

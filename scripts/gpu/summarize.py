@@ -143,6 +143,10 @@ if rows:
         i, c = rate("bench-cnn-256-im2col-f32"), rate("bench-cnn-256-exp-f32")
         print(f"\ncnn, batch 256, f32 — exp's im2col + GEMM convolution (before): {i:,.0f} img/s; "
               f"cuDNN (after): {c:,.0f} img/s ({c / i:.2f}×).")
+    if record("bench-cnn-256-timed-f32") and record("bench-cnn-256-exp-f32"):
+        t, c = rate("bench-cnn-256-timed-f32"), rate("bench-cnn-256-exp-f32")
+        print(f"cuDNN algorithms by heuristics (default, reproducible): {c:,.0f} img/s; timed "
+              f"(EXP_CUDNN_BENCHMARK=1): {t:,.0f} img/s ({t / c:.2f}×).")
 
 res = []
 for p in ("f32", "bf16"):

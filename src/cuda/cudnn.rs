@@ -7,10 +7,14 @@
 //! cnn's second layer at batch 256) and runs a plain FP32 GEMM over it, where cuDNN's implicit
 //! GEMM reads the image in place and, where the precision allows, runs on tensor cores. The
 //! choices made here, and why:
-//! - **Algorithms** are measured, not guessed: `cudnnFind…` times every algorithm once per
-//!   shape (PyTorch's `cudnn.benchmark = True`), and the fastest *deterministic* one that
-//!   needs at most [`MAX_WORKSPACE`] is kept for the process. Deterministic algorithms keep a
-//!   GPU run reproducible: the same spec and seed give the same weights on the same GPU.
+//! - **Algorithms**: cuDNN's heuristics (`cudnnGet…Algorithm_v7`) rank the algorithms for each
+//!   shape, and the first *deterministic* one that needs at most [`MAX_WORKSPACE`] is kept for
+//!   the process. The ranking and the algorithms are both deterministic, so a GPU run is
+//!   reproducible: the same spec and seed give the same weights on the same GPU and cuDNN.
+//!   `EXP_CUDNN_BENCHMARK=1` times every algorithm instead (`cudnnFind…`, PyTorch's
+//!   `cudnn.benchmark = True`) and keeps the fastest deterministic one: timing noise can then
+//!   pick another algorithm in another process, whose rounding differs (two runs of one seed on
+//!   an H200 gave different weights that way).
 //! - **Math**: f32 is exact FP32 (`CUDNN_FMA_MATH`: no TF32); `train.precision = "tf32"`
 //!   ([`set_tf32`]) and the half precisions allow tensor cores. Half-precision operands
 //!   accumulate in f32 (cuDNN's "pseudo half" configuration), as PyTorch does.
@@ -258,8 +262,15 @@ macro_rules! candidates {
     };
 }
 
-/// Times every algorithm of `pass` (cudnnFind) and keeps the fastest deterministic one that
-/// fits [`MAX_WORKSPACE`] and honours exact FP32 when `tensor_ops` is off.
+/// `EXP_CUDNN_BENCHMARK=1`: algorithms chosen by timing them (see the module docs).
+pub fn benchmark_mode() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("EXP_CUDNN_BENCHMARK").is_ok_and(|v| v == "1"))
+}
+
+/// Ranks the algorithms of `pass` (cuDNN's heuristics, or timing them in benchmark mode) and
+/// keeps the first deterministic one that fits [`MAX_WORKSPACE`] and honours exact FP32 when
+/// `tensor_ops` is off.
 fn find(
     h: &Handle,
     d: &Descriptors,
@@ -267,6 +278,7 @@ fn find(
     tensor_ops: bool,
     f32_data: bool,
 ) -> Result<Choice> {
+    let timed = benchmark_mode();
     let mut n: i32 = 0;
     // SAFETY: live handle and descriptors; each perf array holds the requested count.
     let found = unsafe {
@@ -274,51 +286,90 @@ fn find(
             Pass::Forward => {
                 let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionFwdAlgoPerf_t>(); 16];
                 check(
-                    "find forward algorithm",
-                    sys::cudnnFindConvolutionForwardAlgorithm(
-                        h.0,
-                        d.x,
-                        d.w,
-                        d.conv,
-                        d.y,
-                        16,
-                        &mut n,
-                        perf.as_mut_ptr(),
-                    ),
+                    "rank forward algorithms",
+                    if timed {
+                        sys::cudnnFindConvolutionForwardAlgorithm(
+                            h.0,
+                            d.x,
+                            d.w,
+                            d.conv,
+                            d.y,
+                            16,
+                            &mut n,
+                            perf.as_mut_ptr(),
+                        )
+                    } else {
+                        sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                            h.0,
+                            d.x,
+                            d.w,
+                            d.conv,
+                            d.y,
+                            16,
+                            &mut n,
+                            perf.as_mut_ptr(),
+                        )
+                    },
                 )?;
                 candidates!(perf, n, Forward)
             }
             Pass::BackwardData => {
                 let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionBwdDataAlgoPerf_t>(); 16];
                 check(
-                    "find backward-data algorithm",
-                    sys::cudnnFindConvolutionBackwardDataAlgorithm(
-                        h.0,
-                        d.w,
-                        d.y,
-                        d.conv,
-                        d.x,
-                        16,
-                        &mut n,
-                        perf.as_mut_ptr(),
-                    ),
+                    "rank backward-data algorithms",
+                    if timed {
+                        sys::cudnnFindConvolutionBackwardDataAlgorithm(
+                            h.0,
+                            d.w,
+                            d.y,
+                            d.conv,
+                            d.x,
+                            16,
+                            &mut n,
+                            perf.as_mut_ptr(),
+                        )
+                    } else {
+                        sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                            h.0,
+                            d.w,
+                            d.y,
+                            d.conv,
+                            d.x,
+                            16,
+                            &mut n,
+                            perf.as_mut_ptr(),
+                        )
+                    },
                 )?;
                 candidates!(perf, n, BackwardData)
             }
             Pass::BackwardFilter => {
                 let mut perf = [std::mem::zeroed::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>(); 16];
                 check(
-                    "find backward-filter algorithm",
-                    sys::cudnnFindConvolutionBackwardFilterAlgorithm(
-                        h.0,
-                        d.x,
-                        d.y,
-                        d.conv,
-                        d.w,
-                        16,
-                        &mut n,
-                        perf.as_mut_ptr(),
-                    ),
+                    "rank backward-filter algorithms",
+                    if timed {
+                        sys::cudnnFindConvolutionBackwardFilterAlgorithm(
+                            h.0,
+                            d.x,
+                            d.y,
+                            d.conv,
+                            d.w,
+                            16,
+                            &mut n,
+                            perf.as_mut_ptr(),
+                        )
+                    } else {
+                        sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                            h.0,
+                            d.x,
+                            d.y,
+                            d.conv,
+                            d.w,
+                            16,
+                            &mut n,
+                            perf.as_mut_ptr(),
+                        )
+                    },
                 )?;
                 candidates!(perf, n, BackwardFilter)
             }
@@ -333,7 +384,7 @@ fn find(
                 M::CUDNN_TENSOR_OP_MATH | M::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
             )
     };
-    // Find returns the candidates fastest first.
+    // Both return the candidates best first.
     let best = found
         .iter()
         .find(|c| {
@@ -349,15 +400,55 @@ fn find(
                 found.len()
             ))
         })?;
+    let math = if f32_data && !tensor_ops {
+        // Exact FP32 stays FMA whatever math type the candidate reported.
+        M::CUDNN_FMA_MATH
+    } else {
+        best.math
+    };
+    // The workspace as cuDNN computes it for this algorithm and math type (the heuristics'
+    // estimate is not a promise).
+    // SAFETY: live handle and descriptors.
+    unsafe { result::set_convolution_math_type(d.conv, math) }
+        .map_err(|e| cudnn_err("math type", e))?;
+    let mut workspace = 0usize;
+    // SAFETY: live handle and descriptors; one usize written.
+    let status = unsafe {
+        match best.algo {
+            Algo::Forward(a) => sys::cudnnGetConvolutionForwardWorkspaceSize(
+                h.0,
+                d.x,
+                d.w,
+                d.conv,
+                d.y,
+                a,
+                &mut workspace,
+            ),
+            Algo::BackwardData(a) => sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                h.0,
+                d.w,
+                d.y,
+                d.conv,
+                d.x,
+                a,
+                &mut workspace,
+            ),
+            Algo::BackwardFilter(a) => sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                h.0,
+                d.x,
+                d.y,
+                d.conv,
+                d.w,
+                a,
+                &mut workspace,
+            ),
+        }
+    };
+    check("workspace size", status)?;
     Ok(Choice {
         algo: best.algo,
-        // Exact FP32 stays FMA whatever math type the candidate reported.
-        math: if f32_data && !tensor_ops {
-            M::CUDNN_FMA_MATH
-        } else {
-            best.math
-        },
-        workspace: best.memory,
+        math,
+        workspace: workspace.max(best.memory),
     })
 }
 
