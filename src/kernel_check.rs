@@ -183,8 +183,8 @@ fn conv2d_paths(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
 }
 
 /// The largest difference over pairs of tensors, each relative to the reference's largest
-/// magnitude (at least 1): GPU and CPU sum in other orders.
-fn max_rel_diff(ours: &[Tensor], reference: &[Tensor]) -> Result<f64> {
+/// magnitude (at least 1): GPU and CPU sum in other orders. Also returns which pair it was.
+fn max_rel_diff(ours: &[Tensor], reference: &[Tensor]) -> Result<(f64, usize)> {
     if ours.len() != reference.len() {
         candle_core::bail!(
             "{} tensors on the device, {} on the CPU",
@@ -192,17 +192,20 @@ fn max_rel_diff(ours: &[Tensor], reference: &[Tensor]) -> Result<f64> {
             reference.len()
         )
     }
-    let mut diff: f64 = 0.0;
-    for (a, b) in ours.iter().zip(reference) {
+    let mut worst = (0.0, 0);
+    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
         let scale = b
             .to_dtype(DType::F64)?
             .abs()?
             .max_all()?
             .to_scalar::<f64>()?
             .max(1.0);
-        diff = diff.max(max_abs_diff(a, b)? / scale);
+        let diff = max_abs_diff(a, b)? / scale;
+        if diff > worst.0 || diff.is_nan() {
+            worst = (diff, i);
+        }
     }
-    Ok(diff)
+    Ok(worst)
 }
 
 /// The precisions a GPU convolution runs in: name, activation dtype, TF32 allowed, tolerance
@@ -228,6 +231,8 @@ fn conv2d_geometries(device: &Device, rng: &mut ExpRng) -> Result<Vec<CheckResul
         (4, 16, 32, 16, 16, 1, 2, 0, false),
         (1, 8, 8, 9, 7, 3, 1, 1, true),
         (16, 32, 64, 26, 26, 3, 1, 0, true),
+        // Large enough that cuDNN picks tensor-core algorithms when TF32 is allowed.
+        (32, 64, 64, 32, 32, 3, 1, 1, true),
     ];
     let mut cases = Vec::new();
     for &(n, c_in, c_out, h, w, k, stride, padding, with_bias) in &shapes {
@@ -289,7 +294,7 @@ fn conv2d_geometries(device: &Device, rng: &mut ExpRng) -> Result<Vec<CheckResul
                 Ok(out)
             };
             let reference = run(&Device::Cpu, DType::F32)?;
-            worst = worst.max(max_rel_diff(&run(device, dtype)?, &reference)?);
+            worst = worst.max(max_rel_diff(&run(device, dtype)?, &reference)?.0);
         }
         results.push(result(
             format!(
@@ -407,7 +412,8 @@ fn resnet_training_step(device: &Device, dtype: DType, rng: &mut ExpRng) -> Resu
     let batch = 6;
     let x = rng.uniform(batch * shape.size(), 1.5);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 10).collect();
-    let run = |dev: &Device, dtype: DType| -> Result<Vec<Tensor>> {
+    let mut names = vec!["loss".to_string()];
+    let run = |dev: &Device, dtype: DType, names: &mut Vec<String>| -> Result<Vec<Tensor>> {
         let model = Model::new(&spec, shape, 10, 7, dev)?;
         let xs = Tensor::from_vec(x.clone(), (batch, 3, 16, 16), dev)?.to_dtype(dtype)?;
         let mut stream = ExpRng::new(1, Purpose::Dropout);
@@ -424,19 +430,29 @@ fn resnet_training_step(device: &Device, dtype: DType, rng: &mut ExpRng) -> Resu
                 .cloned()
                 .ok_or_else(|| candle_core::Error::Msg(format!("no gradient reached {name}")))?;
             out.push(g);
+            names.push(format!("{name} gradient"));
         }
         for (name, t) in model.params().tensors() {
             if name.contains("running") {
                 out.push(t);
+                names.push(name);
             }
         }
         Ok(out)
     };
-    let reference = run(&Device::Cpu, DType::F32)?;
-    let diff = max_rel_diff(&run(device, dtype)?, &reference)?;
-    let tolerance = if dtype == DType::F32 { 1e-3 } else { 5e-2 };
+    let reference = run(&Device::Cpu, DType::F32, &mut names)?;
+    let (diff, worst) = max_rel_diff(&run(device, dtype, &mut Vec::new())?, &reference)?;
+    // Half precision: rounding only the input and the weights to bf16 (everything else in f32,
+    // on the CPU) already moves this batch's gradients by 0.25 of their largest value (layer1's
+    // conv2), batch norm over 6 images amplifying the rounding; on the GPU every activation is
+    // rounded too (0.36 measured on an H200). So the whole-network check catches gross faults
+    // only; the per-op checks above hold the precision.
+    let tolerance = if dtype == DType::F32 { 1e-3 } else { 0.5 };
     Ok(result(
-        format!("resnet18 (width 8) training step ({dtype:?}): loss, every gradient, running statistics (relative)"),
+        format!(
+            "resnet18 (width 8) training step ({dtype:?}): loss, every gradient, running statistics (relative; worst: {})",
+            names.get(worst).map(String::as_str).unwrap_or("?")
+        ),
         diff,
         tolerance,
     ))
@@ -486,7 +502,7 @@ pub fn run_checks(device: &Device) -> Result<Vec<CheckResult>> {
     results.extend(conv2d_geometries(device, &mut rng)?);
     results.extend(dropout(device, &mut rng)?);
     results.extend(augmentation(device, &mut rng)?);
-    for dtype in [DType::F32, DType::BF16] {
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
         if device.is_cpu() && dtype != DType::F32 {
             continue;
         }

@@ -122,15 +122,17 @@ thread_local! {
 }
 
 fn handle(device: &CudaDevice) -> Result<std::rc::Rc<Handle>> {
+    // cuDNN acts on the thread's current context: bind this device's on every call (cheap),
+    // so that two GPUs driven from one thread never mix.
+    let stream = device.cuda_stream();
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(candle_core::Error::wrap)?;
     HANDLES.with(|handles| {
         if let Some(h) = handles.borrow().get(&device.id()) {
             return Ok(h.clone());
         }
-        let stream = device.cuda_stream();
-        stream
-            .context()
-            .bind_to_thread()
-            .map_err(candle_core::Error::wrap)?;
         let raw = result::create_handle().map_err(|e| cudnn_err("create handle", e))?;
         let h = std::rc::Rc::new(Handle(raw));
         // SAFETY: a live handle and candle's stream of this device, which outlives it.
@@ -376,13 +378,12 @@ fn find(
         }
     };
     use sys::cudnnMathType_t as M;
-    let exact_ok = |c: &Candidate| {
-        tensor_ops
-            || !f32_data
-            || !matches!(
-                c.math,
-                M::CUDNN_TENSOR_OP_MATH | M::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
-            )
+    // f32 data never takes ALLOW_CONVERSION (f32 converted to f16, overflowing above 65504);
+    // exact FP32 takes no tensor-op math at all.
+    let math_ok = |c: &Candidate| match c.math {
+        M::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION => !f32_data,
+        M::CUDNN_TENSOR_OP_MATH => tensor_ops || !f32_data,
+        _ => true,
     };
     // Both return the candidates best first.
     let best = found
@@ -391,7 +392,7 @@ fn find(
             c.status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS
                 && c.deterministic
                 && c.memory <= MAX_WORKSPACE
-                && exact_ok(c)
+                && math_ok(c)
         })
         .ok_or_else(|| {
             candle_core::Error::Msg(format!(
@@ -458,7 +459,7 @@ fn contiguous<'a, T>(
 ) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(slice.slice(start..end)),
-        None => candle_core::bail!("cuDNN convolution: an operand is not contiguous"),
+        None => candle_core::bail!("cuDNN: an operand is not contiguous"),
     }
 }
 
@@ -477,6 +478,23 @@ pub fn conv(
     let dtype = a.0.dtype();
     if b.0.dtype() != dtype || bias.is_some_and(|(s, _)| s.dtype() != dtype) {
         candle_core::bail!("cuDNN convolution: operands of different dtypes")
+    }
+    // cuDNN trusts the descriptors: operands of other sizes would be read or written out of
+    // bounds, so they are refused here.
+    let (x_len, w_len) = (g.n * g.c * g.h * g.w, c_out * g.c * g.kh * g.kw);
+    let y_len = g.n * c_out * g.oh * g.ow;
+    let (a_len, b_len) = match pass {
+        Pass::Forward => (x_len, w_len),
+        Pass::BackwardData => (y_len, w_len),
+        Pass::BackwardFilter => (x_len, y_len),
+    };
+    let bias_len = bias.map_or(c_out, |(_, l)| l.shape().elem_count());
+    if a.1.shape().elem_count() != a_len || b.1.shape().elem_count() != b_len || bias_len != c_out {
+        candle_core::bail!(
+            "cuDNN convolution {pass:?}: operands of {} and {} elements (bias {bias_len}) for a geometry that needs {a_len} and {b_len} (bias {c_out})",
+            a.1.shape().elem_count(),
+            b.1.shape().elem_count()
+        )
     }
     let f32_data = dtype == DType::F32;
     let tensor_ops = !f32_data || tf32();
@@ -713,6 +731,13 @@ pub fn batch_norm_train(
     let dtype = x.0.dtype();
     let shape = x.1.shape().clone();
     let c = shape.dims4()?.1;
+    if weight.1.shape().elem_count() != c || bias.1.shape().elem_count() != c {
+        candle_core::bail!(
+            "cuDNN batch norm: {c} channels, {} weights and {} biases",
+            weight.1.shape().elem_count(),
+            bias.1.shape().elem_count()
+        )
+    }
     let h = handle(&device)?;
     let d = BnDescriptors::new(&shape, dtype)?;
     let stream = device.cuda_stream();
@@ -803,11 +828,20 @@ pub fn batch_norm_backward(
     }
     let shape = x.1.shape().clone();
     let c = shape.dims4()?.1;
+    let saved = stats.as_cuda_slice::<f32>()?;
+    if dy.1.shape() != &shape || weight.1.shape().elem_count() != c || saved.len() != 2 * c {
+        candle_core::bail!(
+            "cuDNN batch norm backward: dy {:?} for x {:?}, {} weights, {} saved statistics",
+            dy.1.shape(),
+            shape,
+            weight.1.shape().elem_count(),
+            saved.len()
+        )
+    }
     let h = handle(&device)?;
     let d = BnDescriptors::new(&shape, dtype)?;
     let stream = device.cuda_stream();
     let w = contiguous(weight.0.as_cuda_slice::<f32>()?, weight.1)?;
-    let saved = stats.as_cuda_slice::<f32>()?;
     // SAFETY: written whole by cuDNN.
     let mut dparams = unsafe { device.alloc::<f32>(2 * c)? };
     let (one, zero) = (1f32, 0f32);

@@ -378,12 +378,14 @@ extern "C" __global__ void exp_bn_running_update(float *running, const float *st
                                                  int which) {
     const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= c) return;
-    float batch;
+    double batch;
     if (which == 0) {
         batch = stats[i];
     } else {
-        const float inv = stats[c + i];
-        batch = (1.0f / (inv * inv) - eps) * unbias;
+        // In double and clamped: for a variance far below eps (a dead channel) the subtraction
+        // cancels, and rounding must not make it negative.
+        const double inv = stats[c + i];
+        batch = fmax(1.0 / (inv * inv) - (double)eps, 0.0) * unbias;
     }
-    running[i] = (1.0f - momentum) * running[i] + momentum * batch;
+    running[i] = (float)((1.0 - momentum) * running[i] + momentum * batch);
 }

@@ -99,12 +99,9 @@ pub(super) fn bn(layer: &BatchNorm, x: &Tensor, training: bool) -> Result<Tensor
     y.to_dtype(dtype)
 }
 
-/// A block's projection shortcut — a 1×1 convolution with the block's stride and a batch norm,
-/// named `<prefix>.0` and `<prefix>.1` — when the block changes the size or the channels;
-/// none when the input passes through as it is.
-#[cfg(feature = "cuda")]
 /// Batch norm in training on a GPU, `EXP_CUDA_BN`: cuDNN (`cudnn`, the default) or candle-nn's
 /// composition of ops (`candle`), for side-by-side benchmarks.
+#[cfg(feature = "cuda")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpuBatchNorm {
     /// `cudnn`.
@@ -127,6 +124,9 @@ pub fn gpu_batch_norm() -> Result<GpuBatchNorm> {
     .map_err(candle_core::Error::Msg)
 }
 
+/// A block's projection shortcut — a 1×1 convolution with the block's stride and a batch norm,
+/// named `<prefix>.0` and `<prefix>.1` — when the block changes the size or the channels;
+/// none when the input passes through as it is.
 pub(super) fn projection(
     pb: &mut ParamBuilder,
     prefix: &str,

@@ -711,6 +711,17 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
+                // The add into zeros this replaces refused a gradient of another shape or
+                // dtype (a faulty custom op's backward, say); so does this.
+                if grad.shape() != tensor.shape() || grad.dtype() != tensor.dtype() {
+                    crate::bail!(
+                        "gradient of shape {:?} ({:?}) for a tensor of shape {:?} ({:?})",
+                        grad.shape(),
+                        grad.dtype(),
+                        tensor.shape(),
+                        tensor.dtype()
+                    )
+                }
                 // Stored gradients stay contiguous, as the sums they replace were: the rules
                 // that scatter or index-add into them need it (a no-op for most gradients).
                 entry.insert(grad.contiguous()?);
@@ -727,6 +738,15 @@ impl GradStore {
                 entry.insert(diff);
             }
             Entry::Vacant(entry) => {
+                if grad.shape() != tensor.shape() || grad.dtype() != tensor.dtype() {
+                    crate::bail!(
+                        "gradient of shape {:?} ({:?}) for a tensor of shape {:?} ({:?})",
+                        grad.shape(),
+                        grad.dtype(),
+                        tensor.shape(),
+                        tensor.dtype()
+                    )
+                }
                 entry.insert(grad.neg()?);
             }
         }
