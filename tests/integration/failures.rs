@@ -148,6 +148,24 @@ fn spec_errors_name_key_file_and_line() {
             "train.precision=f32",
         ],
     );
+    // So is TF32, an opt-in to the GPU's tensor cores, and a precision exp does not know.
+    fails_cleanly(
+        &env,
+        &dir,
+        &["run", "mnist-cnn", "--set", "train.precision=tf32"],
+        2,
+        &[
+            "train.precision = \"tf32\" needs a CUDA device",
+            "train.precision=f32",
+        ],
+    );
+    fails_cleanly(
+        &env,
+        &dir,
+        &["run", "mnist-cnn", "--set", "train.precision=fp8"],
+        2,
+        &["train.precision", "fp8"],
+    );
     fails_cleanly(
         &env,
         &dir,
