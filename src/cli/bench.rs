@@ -48,8 +48,14 @@ pub struct BenchArgs {
     /// Precisions, comma-separated (default: f32 on the CPU, f32,bf16,f16 on a GPU).
     #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
     pub precision: Vec<Precision>,
-    /// Images per forward pass, comma-separated: one timing each.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 256], value_name = "LIST")]
+    /// Images per forward pass, comma-separated: one timing each (default: 1,256).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = [1, 256],
+        hide_default_value = true,
+        value_name = "LIST"
+    )]
     pub batch_size: Vec<usize>,
     /// Seconds of timed batches per precision and batch size.
     #[arg(long, default_value_t = 2.0, value_name = "S")]
