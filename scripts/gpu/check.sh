@@ -46,9 +46,7 @@ exec > >(tee "$OUT/check.log") 2>&1
 
 work=/tmp/exp-gpu-check
 rm -rf "$work"; mkdir -p "$work/bin" "$work/home" "$work/results"
-# Python's lzma: xz-utils may be missing there, python3 is not.
-python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
-  .gpu/exp.xz "$work/bin/exp" && chmod +x "$work/bin/exp"
+bash scripts/gpu/unpack-exp.sh "$work/bin/exp"
 if ! command -v git >/dev/null; then
   gzip -dc .gpu/git.gz > "$work/bin/git" && chmod +x "$work/bin/git"
 fi

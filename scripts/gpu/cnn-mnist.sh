@@ -8,7 +8,7 @@ epochs="${1:-12}"
 seeds="${2:-3}"
 OUT="${OUT:-/tmp/exp-gpu-out}"; mkdir -p "$OUT"
 work=/tmp/exp-cnn-mnist; rm -rf "$work"; mkdir -p "$work/bin" "$work/home"
-gzip -dc .gpu/exp.gz > "$work/bin/exp" && chmod +x "$work/bin/exp"
+bash scripts/gpu/unpack-exp.sh "$work/bin/exp"
 command -v git >/dev/null || { gzip -dc .gpu/git.gz > "$work/bin/git"; chmod +x "$work/bin/git"; }
 export PATH="$work/bin:$PATH" HOME="$work/home" EXP_DATA="$PWD/.gpu/data"
 printf '[user]\n\tname = exp GPU check\n\temail = gpu-check@example.com\n' > "$HOME/.gitconfig"
