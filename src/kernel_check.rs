@@ -112,6 +112,16 @@ fn max_pool(device: &Device, dtype: DType, rng: &mut ExpRng) -> Result<CheckResu
     ))
 }
 
+/// The profile labels of the checks' convolutions.
+static CHECK_CONV: ConvNames = ConvNames {
+    forward: "check conv",
+    bias: "check conv bias",
+    kernel_grad: "check conv kernel grad",
+    input_grad: "check conv input grad",
+    backward: "check conv",
+    relu: "check conv relu",
+};
+
 /// exp's convolution on `device` (on a GPU: the direct first-layer kernel for an input without
 /// gradient, im2col + GEMM for one with) against candle's on the CPU, output and gradients.
 fn conv2d_paths(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
@@ -131,19 +141,11 @@ fn conv2d_paths(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
             Some(bv.as_tensor().clone()),
             Conv2dConfig::default(),
         );
-        static NAMES: ConvNames = ConvNames {
-            forward: "check conv",
-            bias: "check conv bias",
-            kernel_grad: "check conv kernel grad",
-            input_grad: "check conv input grad",
-            backward: "check conv",
-            relu: "check conv relu",
-        };
         // The image-batch case (no input gradient), then an input that needs its gradient.
         let xv = Var::from_tensor(&x.to_device(dev)?)?;
         let mut out = Vec::new();
         for input in [&x.to_device(dev)?, xv.as_tensor()] {
-            let ys = conv2d(&layer, input, true, &NAMES)?;
+            let ys = conv2d(&layer, input, true, &CHECK_CONV)?;
             let grads = ys.sqr()?.sum_all()?.backward()?;
             let missing = || candle_core::Error::Msg("no gradient reached a parameter".into());
             out.push(ys);
@@ -155,26 +157,8 @@ fn conv2d_paths(device: &Device, rng: &mut ExpRng) -> Result<CheckResult> {
         }
         Ok(out)
     };
-    let reference = grads_on(&Device::Cpu)?;
-    let ours = grads_on(device)?;
-    if ours.len() != reference.len() {
-        candle_core::bail!(
-            "conv2d: {} gradients on the device, {} on the CPU",
-            ours.len(),
-            reference.len()
-        )
-    }
-    let mut diff: f64 = 0.0;
-    for (a, b) in ours.iter().zip(&reference) {
-        // Relative to the tensor's scale: cuBLAS sums in another order than the CPU GEMM.
-        let scale = b
-            .abs()?
-            .max_all()?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
-            .max(1.0);
-        diff = diff.max(max_abs_diff(a, b)? / scale);
-    }
+    // Relative to each tensor's scale: the GPU sums in another order than the CPU GEMM.
+    let (diff, _) = max_rel_diff(&grads_on(device)?, &grads_on(&Device::Cpu)?)?;
     Ok(result(
         format!("conv2d (GPU: direct first layer, {}) output and gradients (f32; relative to the largest value)", gpu_conv_label(device)?),
         diff,
@@ -225,7 +209,6 @@ const CONV_PRECISIONS: [(&str, DType, bool, f64); 1] = [("f32", DType::F32, fals
 /// sizes, batch 1, with and without bias), each with an input that needs its gradient, in
 /// every precision: output, input, kernel and bias gradients against candle's on the CPU.
 fn conv2d_geometries(device: &Device, rng: &mut ExpRng) -> Result<Vec<CheckResult>> {
-    // (n, c_in, c_out, h, w, k, stride, padding, bias)
     let shapes = [
         (4, 16, 32, 16, 16, 3, 2, 1, false),
         (4, 16, 32, 16, 16, 1, 2, 0, false),
@@ -235,22 +218,21 @@ fn conv2d_geometries(device: &Device, rng: &mut ExpRng) -> Result<Vec<CheckResul
         (32, 64, 64, 32, 32, 3, 1, 1, true),
     ];
     let mut cases = Vec::new();
-    for &(n, c_in, c_out, h, w, k, stride, padding, with_bias) in &shapes {
-        let x = rng.uniform(n * c_in * h * w, 1.0);
-        let weight = rng.uniform(c_out * c_in * k * k, 0.3);
-        let bias = rng.uniform(c_out, 0.3);
-        cases.push((
-            n, c_in, c_out, h, w, k, stride, padding, with_bias, x, weight, bias,
-        ));
+    for (n, c_in, c_out, h, w, k, stride, padding, with_bias) in shapes {
+        let case = ConvCase {
+            input: (n, c_in, h, w),
+            kernel: (c_out, c_in, k, k),
+            stride,
+            padding,
+            with_bias,
+            x: rng.uniform(n * c_in * h * w, 1.0),
+            weight: rng.uniform(c_out * c_in * k * k, 0.3),
+            bias: rng.uniform(c_out, 0.3),
+        };
+        // The CPU's f32 answer, once for every precision.
+        let reference = case.run(&Device::Cpu, DType::F32)?;
+        cases.push((case, reference));
     }
-    static NAMES: ConvNames = ConvNames {
-        forward: "check conv",
-        bias: "check conv bias",
-        kernel_grad: "check conv kernel grad",
-        input_grad: "check conv input grad",
-        backward: "check conv",
-        relu: "check conv relu",
-    };
     let mut results = Vec::new();
     for (label, dtype, tf32, tolerance) in CONV_PRECISIONS {
         if device.is_cpu() && (dtype != DType::F32 || tf32) {
@@ -260,41 +242,8 @@ fn conv2d_geometries(device: &Device, rng: &mut ExpRng) -> Result<Vec<CheckResul
         crate::cuda::cudnn::set_tf32(tf32);
         let _ = tf32;
         let mut worst: f64 = 0.0;
-        for (n, c_in, c_out, h, w, k, stride, padding, with_bias, x, weight, bias) in &cases {
-            let run = |dev: &Device, dtype: DType| -> Result<Vec<Tensor>> {
-                let wv = Var::from_tensor(&Tensor::from_vec(
-                    weight.clone(),
-                    (*c_out, *c_in, *k, *k),
-                    dev,
-                )?)?;
-                let bv = Var::from_tensor(&Tensor::from_vec(bias.clone(), *c_out, dev)?)?;
-                let layer = Conv2d::new(
-                    wv.as_tensor().clone(),
-                    with_bias.then(|| bv.as_tensor().clone()),
-                    Conv2dConfig {
-                        stride: *stride,
-                        padding: *padding,
-                        ..Conv2dConfig::default()
-                    },
-                );
-                let xv = Var::from_tensor(
-                    &Tensor::from_vec(x.clone(), (*n, *c_in, *h, *w), dev)?.to_dtype(dtype)?,
-                )?;
-                let ys = conv2d(&layer, xv.as_tensor(), true, &NAMES)?;
-                let grads = ys.to_dtype(DType::F32)?.sqr()?.sum_all()?.backward()?;
-                let missing = || candle_core::Error::Msg("no gradient reached an operand".into());
-                let mut out = vec![
-                    ys,
-                    grads.get(xv.as_tensor()).cloned().ok_or_else(missing)?,
-                    grads.get(wv.as_tensor()).cloned().ok_or_else(missing)?,
-                ];
-                if *with_bias {
-                    out.push(grads.get(bv.as_tensor()).cloned().ok_or_else(missing)?);
-                }
-                Ok(out)
-            };
-            let reference = run(&Device::Cpu, DType::F32)?;
-            worst = worst.max(max_rel_diff(&run(device, dtype)?, &reference)?.0);
+        for (case, reference) in &cases {
+            worst = worst.max(max_rel_diff(&case.run(device, dtype)?, reference)?.0);
         }
         results.push(result(
             format!(
@@ -308,6 +257,52 @@ fn conv2d_geometries(device: &Device, rng: &mut ExpRng) -> Result<Vec<CheckResul
     #[cfg(feature = "cuda")]
     crate::cuda::cudnn::set_tf32(false);
     Ok(results)
+}
+
+/// One convolution of [`conv2d_geometries`]: its shapes and values.
+struct ConvCase {
+    /// (n, c_in, h, w).
+    input: (usize, usize, usize, usize),
+    /// (c_out, c_in, kh, kw).
+    kernel: (usize, usize, usize, usize),
+    stride: usize,
+    padding: usize,
+    with_bias: bool,
+    x: Vec<f32>,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl ConvCase {
+    /// Output, then the input, kernel and (with a bias) bias gradients of the case on `dev`,
+    /// the input in `dtype`.
+    fn run(&self, dev: &Device, dtype: DType) -> Result<Vec<Tensor>> {
+        let wv = Var::from_tensor(&Tensor::from_vec(self.weight.clone(), self.kernel, dev)?)?;
+        let bv = Var::from_tensor(&Tensor::from_vec(self.bias.clone(), self.kernel.0, dev)?)?;
+        let layer = Conv2d::new(
+            wv.as_tensor().clone(),
+            self.with_bias.then(|| bv.as_tensor().clone()),
+            Conv2dConfig {
+                stride: self.stride,
+                padding: self.padding,
+                ..Conv2dConfig::default()
+            },
+        );
+        let xv =
+            Var::from_tensor(&Tensor::from_vec(self.x.clone(), self.input, dev)?.to_dtype(dtype)?)?;
+        let ys = conv2d(&layer, xv.as_tensor(), true, &CHECK_CONV)?;
+        let grads = ys.to_dtype(DType::F32)?.sqr()?.sum_all()?.backward()?;
+        let missing = || candle_core::Error::Msg("no gradient reached an operand".into());
+        let mut out = vec![
+            ys,
+            grads.get(xv.as_tensor()).cloned().ok_or_else(missing)?,
+            grads.get(wv.as_tensor()).cloned().ok_or_else(missing)?,
+        ];
+        if self.with_bias {
+            out.push(grads.get(bv.as_tensor()).cloned().ok_or_else(missing)?);
+        }
+        Ok(out)
+    }
 }
 
 fn gpu_conv_label(device: &Device) -> Result<&'static str> {

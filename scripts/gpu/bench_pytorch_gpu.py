@@ -43,7 +43,6 @@ same code without a GPU (a dry run: no synchronisation, f16 refused).
 Prints one JSON line.
 """
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -54,23 +53,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# fashion32.py (beside this file) writes fashion32 for exp: the same IDX reader and padding.
+from fashion32 import InputError, pad, positive, read_idx
+
 # Set -> (folder, mean, std); fashion32's normalisation is computed from its training images.
 SETS = {
     "mnist": ("mnist", 0.1307, 0.3081),
     "fashion": ("fashion-mnist", 0.2860, 0.3530),
     "fashion32": ("fashion-mnist", None, None),
 }
-
-
-def read_idx(path, magic):
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if int.from_bytes(data[0:4], "big") != magic:
-        sys.exit(f"{path}: bad IDX magic")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def find(root, sub, base):
@@ -84,11 +75,13 @@ def find(root, sub, base):
 def read_split(root, which, prefix, limit):
     """The first `limit` images (uint8, N x H x W) and labels of a split."""
     sub = SETS[which][0]
-    images = read_idx(find(root, sub, f"{prefix}-images-idx3-ubyte"), 0x803)
-    labels = read_idx(find(root, sub, f"{prefix}-labels-idx1-ubyte"), 0x801)
+    try:
+        images = read_idx(find(root, sub, f"{prefix}-images-idx3-ubyte"), 0x803)
+        labels = read_idx(find(root, sub, f"{prefix}-labels-idx1-ubyte"), 0x801)
+    except InputError as e:
+        sys.exit(str(e))
     images, labels = images[:limit], labels[:limit]
     if which == "fashion32":
-        from fashion32 import pad  # the padding fashion32.py writes for exp
         images = pad(images)
     return images, labels
 
@@ -215,13 +208,6 @@ def accuracy(model, x, y, batch=5000):
     for s in range(0, x.shape[0], batch):
         correct += (model(x[s:s + batch]).argmax(1) == y[s:s + batch]).sum()
     return correct.item() / x.shape[0]
-
-
-def positive(s):
-    n = int(s)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
 
 
 def main():

@@ -32,6 +32,7 @@ use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
 use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice as S};
 use candle_core::{CudaStorage, DType, Layout, Result, Shape};
 
+use super::contiguous_view;
 use crate::kernel_args::ConvGeometry;
 
 /// The most scratch memory one convolution may use; algorithms needing more are skipped.
@@ -466,16 +467,6 @@ fn find(
     })
 }
 
-fn contiguous<'a, T>(
-    slice: &'a candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
-    layout: &Layout,
-) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(slice.slice(start..end)),
-        None => candle_core::bail!("cuDNN: an operand is not contiguous"),
-    }
-}
-
 /// Runs one pass of the convolution `g` with `c_out` output channels on two contiguous
 /// operands (see [`Pass`]); with `bias` (forward only) adds it per output channel. Returns the
 /// output: y `(n, c_out, oh, ow)`, dx `(n, c, h, w)` or dw `(c_out, c, kh, kw)`.
@@ -564,8 +555,8 @@ pub fn conv(
             let (S::$variant(sa), S::$variant(sb)) = (&a.0.slice, &b.0.slice) else {
                 candle_core::bail!("cuDNN convolution: operands of different dtypes")
             };
-            let va = contiguous(sa, a.1)?;
-            let vb = contiguous(sb, b.1)?;
+            let va = contiguous_view(sa, a.1)?;
+            let vb = contiguous_view(sb, b.1)?;
             // SAFETY: every element is written by cuDNN (beta = 0).
             let mut out = unsafe { device.alloc::<$t>(out_len)? };
             {
@@ -643,7 +634,7 @@ pub fn conv(
                     let S::$variant(sbias) = &bs.slice else {
                         candle_core::bail!("cuDNN convolution: operands of different dtypes")
                     };
-                    let vbias = contiguous(sbias, bl)?;
+                    let vbias = contiguous_view(sbias, bl)?;
                     let (pbias, _rbias) = vbias.device_ptr(&stream);
                     // y = 1·bias + 1·y, broadcast over n, h, w.
                     // SAFETY: live buffers matching the bias and output descriptors.
@@ -754,8 +745,8 @@ pub fn batch_norm_train(
     let h = handle(&device)?;
     let d = BnDescriptors::new(&shape, dtype)?;
     let stream = device.cuda_stream();
-    let w = contiguous(weight.0.as_cuda_slice::<f32>()?, weight.1)?;
-    let b = contiguous(bias.0.as_cuda_slice::<f32>()?, bias.1)?;
+    let w = contiguous_view(weight.0.as_cuda_slice::<f32>()?, weight.1)?;
+    let b = contiguous_view(bias.0.as_cuda_slice::<f32>()?, bias.1)?;
     // SAFETY: written whole by cuDNN.
     let mut stats = unsafe { device.alloc::<f32>(2 * c)? };
     let (one, zero) = (1f32, 0f32);
@@ -764,7 +755,7 @@ pub fn batch_norm_train(
             let S::$variant(sx) = &x.0.slice else {
                 unreachable!()
             };
-            let vx = contiguous(sx, x.1)?;
+            let vx = contiguous_view(sx, x.1)?;
             // SAFETY: written whole by cuDNN (beta = 0).
             let mut y = unsafe { device.alloc::<$t>(shape.elem_count())? };
             {
@@ -854,7 +845,7 @@ pub fn batch_norm_backward(
     let h = handle(&device)?;
     let d = BnDescriptors::new(&shape, dtype)?;
     let stream = device.cuda_stream();
-    let w = contiguous(weight.0.as_cuda_slice::<f32>()?, weight.1)?;
+    let w = contiguous_view(weight.0.as_cuda_slice::<f32>()?, weight.1)?;
     // SAFETY: written whole by cuDNN.
     let mut dparams = unsafe { device.alloc::<f32>(2 * c)? };
     let (one, zero) = (1f32, 0f32);
@@ -867,8 +858,8 @@ pub fn batch_norm_backward(
             let (S::$variant(sx), S::$variant(sdy)) = (&x.0.slice, &dy.0.slice) else {
                 unreachable!()
             };
-            let vx = contiguous(sx, x.1)?;
-            let vdy = contiguous(sdy, dy.1)?;
+            let vx = contiguous_view(sx, x.1)?;
+            let vdy = contiguous_view(sdy, dy.1)?;
             // SAFETY: written whole by cuDNN (beta = 0).
             let mut dx = unsafe { device.alloc::<$t>(shape.elem_count())? };
             {

@@ -31,7 +31,7 @@ fn contiguous_view<'a, T: DeviceRepr>(
 ) -> Result<CudaView<'a, T>> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(slice.slice(start..end)),
-        None => candle_core::bail!("exp CUDA kernel: input is not contiguous"),
+        None => candle_core::bail!("exp CUDA kernel: an operand is not contiguous"),
     }
 }
 

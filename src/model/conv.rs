@@ -35,9 +35,13 @@ pub fn conv2d(
     }
     // On a GPU: cuDNN (see cuda/cudnn.rs), or exp's im2col + GEMM, whose backward is GEMMs
     // and col2im (im2col.rs); EXP_CUDA_CONV picks (`cudnn`, `im2col`, `candle`) for
-    // side-by-side benchmarks.
-    let path = gpu_conv_path()?;
-    if !xs.device().is_cpu() && super::im2col::supported(xs) && path != GpuConv::Candle {
+    // side-by-side benchmarks. It is read on GPUs only: a CPU run never depends on it.
+    let gpu_path = if xs.device().is_cpu() {
+        None
+    } else {
+        Some(gpu_conv_path()?)
+    };
+    if let Some(path) = gpu_path.filter(|&p| p != GpuConv::Candle && super::im2col::supported(xs)) {
         // A first layer (few taps, an input that needs no gradient): a direct kernel.
         let (_, c_in, kh, kw) = weight.dims4()?;
         let geometry = super::ConvGeometry::new(
@@ -58,6 +62,8 @@ pub fn conv2d(
         if path == GpuConv::Cudnn {
             return super::cudnn::conv2d_cudnn(xs, &weight, bias.as_ref(), geometry, name);
         }
+        #[cfg(not(feature = "cuda"))]
+        let _ = path; // a build without CUDA has im2col only
         return super::im2col::conv2d_gemm(
             xs,
             &weight,
@@ -116,13 +122,15 @@ pub enum GpuConv {
 pub fn gpu_conv_path() -> Result<GpuConv> {
     static PATH: std::sync::OnceLock<std::result::Result<GpuConv, String>> =
         std::sync::OnceLock::new();
-    PATH.get_or_init(|| match std::env::var("EXP_CUDA_CONV").as_deref() {
-        Err(_) | Ok("") | Ok("cudnn") => Ok(GpuConv::Cudnn),
-        Ok("im2col") => Ok(GpuConv::Im2col),
-        Ok("candle") => Ok(GpuConv::Candle),
-        Ok(other) => Err(format!(
-            "EXP_CUDA_CONV={other:?}: expected cudnn, im2col or candle"
-        )),
+    PATH.get_or_init(|| {
+        super::env_switch(
+            "EXP_CUDA_CONV",
+            &[
+                ("cudnn", GpuConv::Cudnn),
+                ("im2col", GpuConv::Im2col),
+                ("candle", GpuConv::Candle),
+            ],
+        )
     })
     .clone()
     .map_err(candle_core::Error::Msg)

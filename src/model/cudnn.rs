@@ -259,7 +259,7 @@ pub fn batch_norm_train(layer: &candle_nn::BatchNorm, x: &Tensor) -> Result<Tens
     let y = x
         .contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)?;
-    let stats = x.apply_op1_no_bwd(&TakeSaved(saved))?;
+    let stats = x.apply_op1_no_bwd(&TakeSaved { saved, keep: true })?;
     for (running, variance) in [(layer.running_mean(), false), (layer.running_var(), true)] {
         running.inplace_op2(
             &stats,
@@ -277,20 +277,6 @@ pub fn batch_norm_train(layer: &candle_nn::BatchNorm, x: &Tensor) -> Result<Tens
 /// Statistics one cuDNN call leaves for the next op: a forward's [mean; inverse std], a
 /// backward's [dweight; dbias] (`(2, c)` f32). An op returns one tensor; this carries the other.
 type Saved = std::sync::Arc<std::sync::Mutex<Option<candle_core::CudaStorage>>>;
-
-fn saved_clone(saved: &Saved, what: &str) -> Result<candle_core::CudaStorage> {
-    use candle_core::backend::BackendStorage;
-    let guard = saved
-        .lock()
-        .map_err(|_| candle_core::Error::Msg(format!("{what}: poisoned")))?;
-    match guard.as_ref() {
-        Some(storage) => {
-            let c2 = storage.as_cuda_slice::<f32>()?.len();
-            storage.try_clone(&Layout::contiguous(c2))
-        }
-        None => candle_core::bail!("{what}: the statistics of the forward pass are missing"),
-    }
-}
 
 struct BatchNormTrain {
     eps: f64,
@@ -349,7 +335,10 @@ impl CustomOp3 for BatchNormTrain {
                 params: params.clone(),
             },
         )?;
-        let dparams = x.apply_op1_no_bwd(&TakeSaved(params))?;
+        let dparams = x.apply_op1_no_bwd(&TakeSaved {
+            saved: params,
+            keep: false,
+        })?;
         let c = w.dim(0)?;
         let (dw, db) = (
             dparams.narrow(0, 0, 1)?.reshape(c)?,
@@ -392,9 +381,18 @@ impl CustomOp3 for BatchNormBackward {
         w: &candle_core::CudaStorage,
         wl: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let stats = saved_clone(&self.forward, "batch norm backward")?;
+        // The forward's statistics are read where they are, not copied.
+        let forward = self
+            .forward
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch norm backward: poisoned".into()))?;
+        let Some(stats) = forward.as_ref() else {
+            candle_core::bail!(
+                "batch norm backward: the statistics of the forward pass are missing"
+            )
+        };
         let (dx, dparams) =
-            cudnn::batch_norm_backward((x, xl), (dy, dyl), (w, wl), &stats, self.eps)?;
+            cudnn::batch_norm_backward((x, xl), (dy, dyl), (w, wl), stats, self.eps)?;
         *self
             .params
             .lock()
@@ -404,7 +402,12 @@ impl CustomOp3 for BatchNormBackward {
 }
 
 /// Returns what the previous op saved, `(2, c)` f32; its operand only orders it after that op.
-struct TakeSaved(Saved);
+/// `keep`: a copy, leaving the saved statistics for a later op (the forward's, which the
+/// backward pass reads); else they are taken.
+struct TakeSaved {
+    saved: Saved,
+    keep: bool,
+}
 
 impl CustomOp1 for TakeSaved {
     fn name(&self) -> &'static str {
@@ -420,7 +423,22 @@ impl CustomOp1 for TakeSaved {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let stats = saved_clone(&self.0, "batch norm")?;
+        use candle_core::backend::BackendStorage;
+        let mut guard = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("batch norm: poisoned".into()))?;
+        let stats = match (self.keep, guard.as_ref()) {
+            (true, Some(stats)) => {
+                let len = stats.as_cuda_slice::<f32>()?.len();
+                stats.try_clone(&Layout::contiguous(len))?
+            }
+            _ => guard.take().ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "batch norm: the statistics of the previous op are missing".into(),
+                )
+            })?,
+        };
         let c2 = stats.as_cuda_slice::<f32>()?.len();
         Ok((stats, Shape::from((2, c2 / 2))))
     }

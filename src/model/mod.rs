@@ -176,6 +176,28 @@ impl ParamBuilder {
     }
 }
 
+/// The value of the switch variable `name` among `choices` (unset or empty: the first, the
+/// default); another value is an error that lists the choices. Callers read it once.
+fn env_switch<T: Copy>(name: &str, choices: &[(&str, T)]) -> std::result::Result<T, String> {
+    let value = std::env::var(name).unwrap_or_default();
+    if value.is_empty() {
+        return Ok(choices[0].1);
+    }
+    match choices.iter().find(|(key, _)| *key == value) {
+        Some(&(_, choice)) => Ok(choice),
+        None => {
+            let keys: Vec<&str> = choices.iter().map(|(key, _)| *key).collect();
+            let (last, rest) = keys.split_last().unwrap_or((&"", &[]));
+            let expected = if rest.is_empty() {
+                last.to_string()
+            } else {
+                format!("{} or {last}", rest.join(", "))
+            };
+            Err(format!("{name}={value:?}: expected {expected}"))
+        }
+    }
+}
+
 /// Inverted dropout; the identity in evaluation. On the CPU the mask comes from exp's stream
 /// (bit-reproducible); on a GPU from one fused kernel whose mask is a hash of a seed drawn
 /// from the same stream (dropout.rs).
@@ -555,6 +577,30 @@ mod tests {
 
     fn spec(name: ModelName) -> ModelSpec {
         ModelSpec::named(name)
+    }
+
+    /// Unset or empty is the first choice, a listed value its choice, anything else an error
+    /// naming the variable, the value and every choice. (A variable of this test alone.)
+    #[test]
+    fn env_switch_reads_one_of_its_choices() {
+        let name = "TEST_ENV_SWITCH_OF_EXP";
+        let choices = [("cudnn", 1), ("im2col", 2), ("candle", 3)];
+        std::env::remove_var(name);
+        assert_eq!(env_switch(name, &choices), Ok(1));
+        std::env::set_var(name, "");
+        assert_eq!(env_switch(name, &choices), Ok(1));
+        std::env::set_var(name, "candle");
+        assert_eq!(env_switch(name, &choices), Ok(3));
+        std::env::set_var(name, "cuda");
+        assert_eq!(
+            env_switch(name, &choices),
+            Err("TEST_ENV_SWITCH_OF_EXP=\"cuda\": expected cudnn, im2col or candle".to_string())
+        );
+        assert_eq!(
+            env_switch(name, &[("cudnn", 1), ("candle", 2)]),
+            Err("TEST_ENV_SWITCH_OF_EXP=\"cuda\": expected cudnn or candle".to_string())
+        );
+        std::env::remove_var(name);
     }
 
     const MNIST: ImageShape = ImageShape {

@@ -115,10 +115,14 @@ pub enum GpuBatchNorm {
 pub fn gpu_batch_norm() -> Result<GpuBatchNorm> {
     static PATH: std::sync::OnceLock<std::result::Result<GpuBatchNorm, String>> =
         std::sync::OnceLock::new();
-    PATH.get_or_init(|| match std::env::var("EXP_CUDA_BN").as_deref() {
-        Err(_) | Ok("") | Ok("cudnn") => Ok(GpuBatchNorm::Cudnn),
-        Ok("candle") => Ok(GpuBatchNorm::Candle),
-        Ok(other) => Err(format!("EXP_CUDA_BN={other:?}: expected cudnn or candle")),
+    PATH.get_or_init(|| {
+        super::env_switch(
+            "EXP_CUDA_BN",
+            &[
+                ("cudnn", GpuBatchNorm::Cudnn),
+                ("candle", GpuBatchNorm::Candle),
+            ],
+        )
     })
     .clone()
     .map_err(candle_core::Error::Msg)
