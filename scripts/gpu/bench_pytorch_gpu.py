@@ -14,6 +14,16 @@ initialisation, which is exp's: U(+-1/sqrt(fan_in)) for weights and biases, batc
             ReLU); mean over H and W; Linear(8w, classes). BatchNorm2d eps 1e-5, momentum 0.1.
             Tensor names are exp's (conv1, bn1, layerS.B.{conv1,bn1,conv2,bn2,shortcut.0,
             shortcut.1}, fc); "parameters" counts the trained ones, as exp's record does.
+  resnet50  exp's resnet50 with the CIFAR stem (src/model/resnet50.rs, torchvision's v1.5
+            Bottleneck: 1x1 down to the stage width -> BN -> ReLU -> 3x3 (the stage's stride) ->
+            BN -> ReLU -> 1x1 up to 4x -> BN, plus the input or a 1x1 conv(stride) -> BN
+            downsample; then ReLU); stages of 3, 4, 6, 3 blocks, widths w, 2w, 4w, 8w.
+  vit       exp's vit (src/model/vit.rs, Hugging Face's ViT): Conv2d(C, d, p, stride p) patches,
+            a [CLS] token and position embeddings, --depth pre-norm layers (LayerNorm eps 1e-12
+            -> q, k, v Linear(d, d) -> softmax(q k^T / sqrt(d/heads)) v over --heads heads ->
+            Linear(d, d), residual; LayerNorm -> Linear(d, mlp) -> exact GELU -> Linear(mlp, d),
+            residual), LayerNorm on [CLS], Linear(d, classes). d = --width (64), p = --patch (4),
+            heads 4, mlp 2d, depth 4: exp's defaults.
 Data sets (--data DIR holds mnist/ and fashion-mnist/ IDX files, gzipped or not):
   mnist, fashion  28x28 grey, pixels/255 normalised with the usual mean and std;
   fashion32       Fashion-MNIST padded with 2 zero pixels on each side to 32x32 and repeated to
@@ -186,6 +196,90 @@ class ResNet18(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class Bottleneck(nn.Module):
+    def __init__(self, c_in, width, stride):
+        super().__init__()
+        c_out = 4 * width
+        self.conv1 = nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn1 = batch_norm(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = batch_norm(width)
+        self.conv3 = nn.Conv2d(width, c_out, 1, bias=False)
+        self.bn3 = batch_norm(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), batch_norm(c_out))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet50(nn.Module):
+    """exp's resnet50 with the CIFAR stem."""
+
+    def __init__(self, classes=10, channels=3, width=64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = batch_norm(width)
+        c_in = width
+        for stage, count in enumerate([3, 4, 6, 3]):
+            blocks = []
+            for i in range(count):
+                stride = 2 if i == 0 and stage > 0 else 1
+                blocks.append(Bottleneck(c_in, width << stage, stride))
+                c_in = 4 * (width << stage)
+            self.add_module(f"layer{stage + 1}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(c_in, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d, heads, mlp):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d, eps=1e-12)
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, eps=1e-12)
+        self.fc1, self.fc2 = nn.Linear(d, mlp), nn.Linear(mlp, d)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        h = self.norm1(x)
+        split = lambda t: t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+        q, k, v = split(self.query(h)), split(self.key(h)), split(self.value(h))
+        att = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
+        x = x + self.out((att @ v).transpose(1, 2).reshape(b, n, d))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class ViT(nn.Module):
+    """exp's vit (Hugging Face's ViT layout)."""
+
+    def __init__(self, classes=10, channels=1, side=28, width=64, patch=4, depth=4, heads=4):
+        super().__init__()
+        self.patches = nn.Conv2d(channels, width, patch, stride=patch)
+        tokens = (side // patch) ** 2 + 1
+        self.cls = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.position = nn.Parameter(torch.randn(1, tokens, width) * 0.02)
+        self.layers = nn.Sequential(*[EncoderLayer(width, heads, 2 * width) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width, eps=1e-12)
+        self.fc = nn.Linear(width, classes)
+
+    def forward(self, x):
+        x = self.patches(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.position
+        return self.fc(self.norm(self.layers(x)[:, 0]))
+
+
 def grad_scaler(enabled):
     # torch.amp.GradScaler since torch 2.3 (torch.cuda.amp's is deprecated there); older
     # torch, as the CPU dry run may have, has only torch.cuda.amp's.
@@ -214,8 +308,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--set", choices=SETS, default="mnist")
-    ap.add_argument("--model", choices=["seed-cnn", "cnn", "resnet18"], default="seed-cnn")
-    ap.add_argument("--width", type=positive, help="resnet18: the first stage's width (64)")
+    ap.add_argument("--model", choices=["seed-cnn", "cnn", "resnet18", "resnet50", "vit"],
+                    default="seed-cnn")
+    ap.add_argument("--width", type=positive,
+                    help="resnet18/resnet50: the first stage's width; vit: the hidden size (64)")
+    ap.add_argument("--threads", type=positive,
+                    help="torch.set_num_threads (--device cpu; PyTorch's default otherwise)")
     ap.add_argument("--batch-size", type=positive, default=64)
     ap.add_argument("--epochs", type=positive, default=3)
     ap.add_argument("--seed", type=int, default=1)
@@ -229,8 +327,10 @@ def main():
     ap.add_argument("--test-limit", type=positive, help="the first N test images (all)")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     a = ap.parse_args()
-    if a.width is not None and a.model != "resnet18":
-        ap.error("--width applies to resnet18 only")
+    if a.width is not None and a.model not in ("resnet18", "resnet50", "vit"):
+        ap.error("--width applies to resnet18, resnet50 and vit only")
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
     if a.momentum is not None and a.optimizer != "sgd":
         ap.error("--momentum applies to --optimizer sgd only")
     if a.device == "cpu" and a.precision == "f16":
@@ -254,6 +354,10 @@ def main():
     channels, side = x.shape[1], x.shape[2]
     if a.model == "resnet18":
         model = ResNet18(10, channels, width)
+    elif a.model == "resnet50":
+        model = ResNet50(10, channels, width)
+    elif a.model == "vit":
+        model = ViT(10, channels, side, width)
     else:
         model = (SeedCnn if a.model == "seed-cnn" else Cnn)(10, channels, side)
     model = model.to(dev)
@@ -288,7 +392,8 @@ def main():
     print(json.dumps({
         "impl": "pytorch", "torch": torch.__version__, "device": a.device,
         "gpu": torch.cuda.get_device_name(0) if cuda else None,
-        "model": a.model, "width": width if a.model == "resnet18" else None,
+        "model": a.model, "width": width if a.model in ("resnet18", "resnet50", "vit") else None,
+        "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "set": a.set, "input": list(x.shape[1:]),
         "normalize": {"mean": [mean] * channels, "std": [std] * channels},

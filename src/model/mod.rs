@@ -610,8 +610,10 @@ mod tests {
     };
 
     /// The models wired onto exp's CPU kernels compute what they compute on candle's ops:
-    /// the same loss and parameter gradients (dropout masks from the same stream), on real-sized
-    /// MNIST batches of random pixels, for every model the kernels serve.
+    /// the same loss and parameter gradients (dropout masks from the same stream), the same
+    /// batch-norm running statistics after the step, and the same logits in evaluation (batch
+    /// norm folded into the convolutions there), on real-sized MNIST batches of random pixels,
+    /// for every model the kernels serve.
     #[test]
     fn models_on_exp_kernels_match_candle_ops() -> Result<()> {
         let images = Tensor::from_vec(
@@ -629,13 +631,37 @@ mod tests {
             dropout: Some(0.2),
             ..spec(ModelName::Mlp)
         };
-        for spec in [spec(ModelName::SeedCnn), spec(ModelName::Cnn), mlp] {
+        let narrow = |name, width| ModelSpec {
+            width: Some(width),
+            ..spec(name)
+        };
+        let specs = [
+            spec(ModelName::SeedCnn),
+            spec(ModelName::Cnn),
+            mlp,
+            narrow(ModelName::Resnet18, 8),
+            narrow(ModelName::Resnet50, 4),
+        ];
+        let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        for spec in specs {
             let model = Model::new(&spec, MNIST, 10, 1, &Device::Cpu)?;
-            let run = |candle: bool| -> Result<(f32, Vec<Tensor>)> {
+            let state = model.params().state_vars();
+            let initial: Vec<Tensor> = state
+                .iter()
+                .map(|v| v.as_tensor().copy())
+                .collect::<Result<_>>()?;
+            // (loss, parameter gradients, state after the step, logits in evaluation)
+            type Outcome = (f32, Vec<Tensor>, Vec<Vec<f32>>, Tensor);
+            let run = |candle: bool| -> Result<Outcome> {
+                for (var, value) in state.iter().zip(&initial) {
+                    var.set(value)?;
+                }
                 cpu::TEST_CANDLE_OPS.with(|c| c.set(candle));
                 let mut dropout = ExpRng::new(9, Purpose::Dropout);
-                let logits = model.forward(&images, &mut Mode::Train(&mut dropout))?;
+                let logits = model.forward(&images, &mut Mode::Train(&mut dropout));
+                let eval = model.forward(&images, &mut Mode::Eval);
                 cpu::TEST_CANDLE_OPS.with(|c| c.set(false));
+                let (logits, eval) = (logits?, eval?);
                 let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
                 let grads = loss.backward()?;
                 let grads = model
@@ -649,7 +675,11 @@ mod tests {
                             .expect("every parameter has a gradient")
                     })
                     .collect();
-                Ok((loss.to_scalar::<f32>()?, grads))
+                let after = state
+                    .iter()
+                    .map(|v| values(v.as_tensor()))
+                    .collect::<Result<_>>()?;
+                Ok((loss.to_scalar::<f32>()?, grads, after, eval))
             };
             let (ours, theirs) = (run(false)?, run(true)?);
             let name = spec.name.as_str();
@@ -659,14 +689,40 @@ mod tests {
                 ours.0,
                 theirs.0
             );
+            // Fifty layers of narrow batch norm amplify rounding differences on the way back
+            // (exp's sums run in f64, candle's in f32; each op alone agrees within 2e-5,
+            // src/model/cpu/tests.rs): measured 1.6e-5 at fc growing to 2.8e-3 at layer1,
+            // where resnet18 stays below 3e-6.
+            let tolerance = if spec.name == ModelName::Resnet50 {
+                5e-3
+            } else {
+                1e-4
+            };
             for (a, b) in ours.1.iter().zip(&theirs.1) {
                 let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-3);
                 let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(
-                    diff <= 1e-4 * scale,
+                    diff <= tolerance * scale,
                     "{name}: a gradient differs by {diff} (scale {scale})"
                 );
             }
+            for (a, b) in ours.2.iter().zip(&theirs.2) {
+                for (x, y) in a.iter().zip(b) {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                        "{name}: state {x} vs {y}"
+                    );
+                }
+            }
+            let scale = theirs.3.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
+            let diff = (&ours.3 - &theirs.3)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(
+                diff <= 1e-4 * scale,
+                "{name}: evaluation logits differ by {diff}"
+            );
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 use candle_core::{DType, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear};
 
+use super::cpu::{self, conv::Epilogue};
 use super::{conv2d, linear, ConvNames, ParamBuilder};
 use crate::profile::span;
 use crate::spec::Stem;
@@ -147,29 +148,76 @@ pub(super) fn projection(
     )))
 }
 
-/// Convolution, then batch norm.
+/// `relu(bn(conv(x)) + skip)`: the residual add when `skip` is given, the ReLU when `relu`.
+/// On exp's CPU kernels (src/model/cpu) the convolution is one op and batch norm with the add
+/// and the ReLU another in training; in evaluation batch norm is folded into the
+/// convolution's weights and bias. Elsewhere each step is its own op.
 pub(super) fn conv_bn(
     conv: &Conv2d,
     norm: &BatchNorm,
     x: &Tensor,
     training: bool,
+    skip: Option<&Tensor>,
+    relu: bool,
 ) -> Result<Tensor> {
-    bn(norm, &conv2d(conv, x, training, &RESNET_CONV)?, training)
+    if cpu::applies(x) {
+        if training {
+            let y = cpu::conv::conv2d(conv, x, Epilogue::NONE, &RESNET_CONV)?;
+            return cpu::batch_norm::batch_norm_train(norm, &y, skip, relu);
+        }
+        let epilogue = Epilogue {
+            relu: relu && skip.is_none(),
+            max_pool: false,
+        };
+        let y = cpu::conv::conv2d(&fold_batch_norm(conv, norm)?, x, epilogue, &RESNET_CONV)?;
+        return match skip {
+            Some(skip) if relu => (y + skip)?.relu(),
+            Some(skip) => y + skip,
+            None => Ok(y),
+        };
+    }
+    let y = bn(norm, &conv2d(conv, x, training, &RESNET_CONV)?, training)?;
+    let y = match skip {
+        Some(skip) => (y + skip)?,
+        None => y,
+    };
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
 }
 
-/// The end of a residual block: `y` plus the block's input `x` (through its projection when
-/// it has one), then ReLU.
-pub(super) fn residual(
-    y: Tensor,
+/// The convolution that computes `bn(conv(x))` with `norm`'s running statistics (evaluation
+/// mode): each output channel's kernel scaled by `γ/√(running var + ε)`, and the bias
+/// `β − running mean·γ/√(running var + ε)` (plus the scaled bias of `conv`, if it has one).
+pub(super) fn fold_batch_norm(conv: &Conv2d, norm: &BatchNorm) -> Result<Conv2d> {
+    let (gamma, beta) = norm
+        .weight_and_bias()
+        .ok_or_else(|| candle_core::Error::Msg("batch norm without weight and bias".into()))?;
+    let scale = (gamma / (norm.running_var() + norm.eps())?.sqrt()?)?;
+    let c_out = scale.dim(0)?;
+    let weight = conv
+        .weight()
+        .broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?;
+    let mut bias = (beta - (norm.running_mean() * &scale)?)?;
+    if let Some(b) = conv.bias() {
+        bias = (bias + (b * &scale)?)?;
+    }
+    Ok(Conv2d::new(weight, Some(bias), *conv.config()))
+}
+
+/// The skip path of a residual block: the input, or its projection (1×1 convolution and batch
+/// norm) when the block has one.
+pub(super) fn skip(
     x: &Tensor,
     projection: Option<&(Conv2d, BatchNorm)>,
     training: bool,
 ) -> Result<Tensor> {
-    let skip = match projection {
-        Some((conv, norm)) => conv_bn(conv, norm, x, training)?,
-        None => x.clone(),
-    };
-    (y + skip)?.relu()
+    match projection {
+        Some((conv, norm)) => conv_bn(conv, norm, x, training, None, false),
+        None => Ok(x.clone()),
+    }
 }
 
 impl BasicBlock {
@@ -191,9 +239,9 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        let y = conv_bn(&self.conv1, &self.bn1, x, training)?.relu()?;
-        let y = conv_bn(&self.conv2, &self.bn2, &y, training)?;
-        residual(y, x, self.shortcut.as_ref(), training)
+        let y = conv_bn(&self.conv1, &self.bn1, x, training, None, true)?;
+        let skip = skip(x, self.shortcut.as_ref(), training)?;
+        conv_bn(&self.conv2, &self.bn2, &y, training, Some(&skip), true)
     }
 }
 
@@ -231,8 +279,7 @@ impl ResNetStem {
     }
 
     pub(super) fn forward(&self, xs: &Tensor, training: bool) -> Result<Tensor> {
-        let x = conv2d(&self.conv1, xs, training, &RESNET_CONV)?;
-        let x = bn(&self.bn1, &x, training)?.relu()?;
+        let x = conv_bn(&self.conv1, &self.bn1, xs, training, None, true)?;
         if self.max_pool {
             span("fwd max-pool", xs.device(), || max_pool_3x3_s2(&x))
         } else {

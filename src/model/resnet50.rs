@@ -16,7 +16,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Linear};
 
-use super::resnet::{conv_bn, projection, residual, ResNetStem};
+use super::resnet::{conv_bn, projection, skip, ResNetStem};
 use super::{linear, ParamBuilder};
 use crate::profile::span;
 use crate::spec::Stem;
@@ -60,10 +60,10 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        let y = conv_bn(&self.conv1, &self.bn1, x, training)?.relu()?;
-        let y = conv_bn(&self.conv2, &self.bn2, &y, training)?.relu()?;
-        let y = conv_bn(&self.conv3, &self.bn3, &y, training)?;
-        residual(y, x, self.downsample.as_ref(), training)
+        let y = conv_bn(&self.conv1, &self.bn1, x, training, None, true)?;
+        let y = conv_bn(&self.conv2, &self.bn2, &y, training, None, true)?;
+        let skip = skip(x, self.downsample.as_ref(), training)?;
+        conv_bn(&self.conv3, &self.bn3, &y, training, Some(&skip), true)
     }
 }
 

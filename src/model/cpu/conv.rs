@@ -34,6 +34,20 @@ pub struct Epilogue {
     pub max_pool: bool,
 }
 
+impl Epilogue {
+    /// The convolution alone.
+    pub const NONE: Epilogue = Epilogue {
+        relu: false,
+        max_pool: false,
+    };
+}
+
+/// Columns below which a GEMM is too thin to run at speed (a ResNet's 4×4 maps give 16 per
+/// image: `W · col` ran at 113 GFLOP/s per core there, at 213 with 16 images side by side, the
+/// input gradient at 36 and 190; scripts/bench, docs/benchmarks.md). Smaller maps group
+/// several images per GEMM.
+const MIN_GROUP_COLUMNS: usize = 256;
+
 /// Window position recorded for a pooled value whose maximum the ReLU zeroed: no gradient.
 const NO_GRADIENT: u8 = u8::MAX;
 
@@ -119,6 +133,14 @@ impl Kernel {
         self.c_out * h * w
     }
 
+    /// Images one GEMM takes side by side: enough for [`MIN_GROUP_COLUMNS`] columns, at most
+    /// the batch. Follows the shapes only, so results do not depend on the thread count.
+    fn group(&self) -> usize {
+        MIN_GROUP_COLUMNS
+            .div_ceil(self.pixels().max(1))
+            .clamp(1, self.g.n.max(1))
+    }
+
     /// A 1×1 kernel at stride 1 without padding: the image is its own column matrix.
     fn im2col_is_identity(&self) -> bool {
         self.g.kh == 1 && self.g.kw == 1 && self.g.stride == 1 && self.g.padding == 0
@@ -148,50 +170,74 @@ impl LayerKernel for Kernel {
         let (taps, pixels, c_out) = (self.taps(), self.pixels(), self.c_out);
         let (per_in, per_out) = (self.per_input(), self.per_output());
         let pool = self.epilogue.max_pool;
-        let identity = self.im2col_is_identity();
+        let group = self.group();
+        let identity = self.im2col_is_identity() && group == 1;
         let clock = PhaseClock::new();
-        let image = |b: usize, y_b: &mut [f32], argmax_b: &mut [u8]| {
-            let x_b = &x[b * per_in..(b + 1) * per_in];
+        // The images `first..` whose outputs are `y_g` (a group, the last one maybe short).
+        let run_group = |first: usize, y_g: &mut [f32], argmax_g: &mut [u8]| {
+            let images = y_g.len() / per_out;
+            let width = images * pixels;
+            let direct = images == 1 && !pool;
             let lens = [
-                if identity { 0 } else { taps * pixels },
-                if pool { c_out * pixels } else { 0 },
+                if identity { 0 } else { taps * width },
+                if direct { 0 } else { c_out * width },
                 0,
             ];
             with_scratch(lens, |col, z_buf, _| {
                 let col: &[f32] = if identity {
-                    x_b
+                    &x[first * per_in..(first + 1) * per_in]
                 } else {
-                    clock.time("im2col", || im2col(x_b, &self.g, col));
+                    clock.time("im2col", || {
+                        for j in 0..images {
+                            let x_b = &x[(first + j) * per_in..(first + j + 1) * per_in];
+                            im2col(x_b, &self.g, col, width, j * pixels);
+                        }
+                    });
                     col
                 };
                 let convolve = |z: &mut [f32]| {
                     clock.time("gemm", || {
                         if let Some(bias) = bias {
-                            for (row, &b) in z.chunks_exact_mut(pixels).zip(bias) {
+                            for (row, &b) in z.chunks_exact_mut(width).zip(bias) {
                                 row.fill(b);
                             }
                         }
                         gemm(
                             z,
-                            Mat::row_major(c_out, pixels),
+                            Mat::row_major(c_out, width),
                             bias.is_some(),
                             w,
                             Mat::row_major(c_out, taps),
                             col,
-                            Mat::row_major(taps, pixels),
+                            Mat::row_major(taps, width),
                             Threads::One,
                         );
                     })
                 };
-                if pool {
-                    convolve(z_buf);
-                    clock.time("relu + max-pool", || {
-                        pool_forward(z_buf, &self.g, self.epilogue.relu, y_b, argmax_b)
-                    });
-                } else {
-                    convolve(y_b);
+                if direct {
+                    convolve(y_g);
                     if self.epilogue.relu {
-                        clock.time("relu", || relu_in_place(y_b));
+                        clock.time("relu", || relu_in_place(y_g));
+                    }
+                    return;
+                }
+                convolve(z_buf);
+                for (j, y_b) in y_g.chunks_exact_mut(per_out).enumerate() {
+                    let z = &z_buf[j * pixels..];
+                    if pool {
+                        let a_b = &mut argmax_g[j * per_out..(j + 1) * per_out];
+                        clock.time("relu + max-pool", || {
+                            pool_forward(z, width, &self.g, self.epilogue.relu, y_b, a_b)
+                        });
+                    } else {
+                        clock.time("ungroup", || {
+                            for (c, plane) in y_b.chunks_exact_mut(pixels).enumerate() {
+                                plane.copy_from_slice(&z[c * width..c * width + pixels]);
+                            }
+                        });
+                        if self.epilogue.relu {
+                            clock.time("relu", || relu_in_place(y_b));
+                        }
                     }
                 }
             });
@@ -200,14 +246,14 @@ impl LayerKernel for Kernel {
         let mut argmax = Vec::new();
         if pool {
             argmax = vec![0u8; self.g.n * per_out];
-            y.par_chunks_mut(per_out)
-                .zip(argmax.par_chunks_mut(per_out))
+            y.par_chunks_mut(group * per_out)
+                .zip(argmax.par_chunks_mut(group * per_out))
                 .enumerate()
-                .for_each(|(b, (y_b, a_b))| image(b, y_b, a_b));
+                .for_each(|(i, (y_g, a_g))| run_group(i * group, y_g, a_g));
         } else {
-            y.par_chunks_mut(per_out)
+            y.par_chunks_mut(group * per_out)
                 .enumerate()
-                .for_each(|(b, y_b)| image(b, y_b, &mut []));
+                .for_each(|(i, y_g)| run_group(i * group, y_g, &mut []));
         }
         *self.argmax.lock().unwrap_or_else(|e| e.into_inner()) = argmax;
         clock.report(self.names.forward);
@@ -227,7 +273,8 @@ impl LayerKernel for Kernel {
         let (taps, pixels, c_out) = (self.taps(), self.pixels(), self.c_out);
         let (per_in, per_out) = (self.per_input(), self.per_output());
         let Epilogue { relu, max_pool } = self.epilogue;
-        let identity = self.im2col_is_identity();
+        let group = self.group();
+        let identity = self.im2col_is_identity() && group == 1;
         let what = "conv2d backward";
         let grad = grad.contiguous()?;
         let (x_store, x_layout) = x.storage_and_layout();
@@ -251,7 +298,9 @@ impl LayerKernel for Kernel {
             candle_core::bail!("{what}: the gradient does not match the forward pass")
         }
         let clock = PhaseClock::new();
-        let chunk = reduction_chunk_len(g.n);
+        // Whole groups per reduction chunk: the chunking, like the grouping, follows the
+        // shapes only, never the thread count.
+        let chunk = reduction_chunk_len(g.n).div_ceil(group) * group;
         let mut dx = if self.input_grad {
             vec![0f32; g.n * per_in]
         } else {
@@ -262,6 +311,7 @@ impl LayerKernel for Kernel {
         } else {
             (0..g.n.div_ceil(chunk)).map(|_| None).collect()
         };
+        let routed = max_pool || relu;
         let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
             .into_par_iter()
             .enumerate()
@@ -269,42 +319,76 @@ impl LayerKernel for Kernel {
                 let mut dw = vec![0f32; c_out * taps];
                 let mut db = vec![0f32; c_out];
                 let first = index * chunk;
-                for b in first..(first + chunk).min(g.n) {
-                    let x_b = &x[b * per_in..(b + 1) * per_in];
-                    let g_b = &grad[b * per_out..(b + 1) * per_out];
-                    let routed = max_pool || relu;
+                let end = (first + chunk).min(g.n);
+                for start in (first..end).step_by(group) {
+                    let images = group.min(end - start);
+                    let width = images * pixels;
                     let lens = [
-                        if identity { 0 } else { taps * pixels },
-                        if routed { c_out * pixels } else { 0 },
+                        if identity { 0 } else { taps * width },
+                        if routed || images > 1 {
+                            c_out * width
+                        } else {
+                            0
+                        },
                         if self.input_grad && !identity {
-                            taps * pixels
+                            taps * width
                         } else {
                             0
                         },
                     ];
                     with_scratch(lens, |col, dz_buf, dcol| {
-                        let dz: &[f32] = if max_pool {
-                            let a_b = &argmax[b * per_out..(b + 1) * per_out];
-                            clock.time("route through max-pool", || {
-                                pool_backward(g_b, a_b, &g, dz_buf)
-                            });
-                            dz_buf
-                        } else if relu {
-                            let r_b = &res[b * per_out..(b + 1) * per_out];
-                            clock.time("route through relu", || relu_backward(g_b, r_b, dz_buf));
-                            dz_buf
+                        // The gradient below the epilogue, the group's images side by side.
+                        let dz: &[f32] = if !routed && images == 1 {
+                            &grad[start * per_out..(start + 1) * per_out]
                         } else {
-                            g_b
+                            for j in 0..images {
+                                let b = start + j;
+                                let g_b = &grad[b * per_out..(b + 1) * per_out];
+                                let dz_b = &mut dz_buf[j * pixels..];
+                                if max_pool {
+                                    let a_b = &argmax[b * per_out..(b + 1) * per_out];
+                                    clock.time("route through max-pool", || {
+                                        pool_backward(g_b, a_b, &g, dz_b, width)
+                                    });
+                                } else {
+                                    let r_b = if relu {
+                                        &res[b * per_out..(b + 1) * per_out]
+                                    } else {
+                                        &[]
+                                    };
+                                    clock.time("route through relu", || {
+                                        for c in 0..c_out {
+                                            let plane = c * pixels..(c + 1) * pixels;
+                                            let dst = &mut dz_b[c * width..c * width + pixels];
+                                            if relu {
+                                                relu_backward(
+                                                    &g_b[plane.clone()],
+                                                    &r_b[plane],
+                                                    dst,
+                                                );
+                                            } else {
+                                                dst.copy_from_slice(&g_b[plane]);
+                                            }
+                                        }
+                                    });
+                                }
+                            }
+                            dz_buf
                         };
                         clock.time("bias grad", || {
-                            for (acc, row) in db.iter_mut().zip(dz.chunks_exact(pixels)) {
+                            for (acc, row) in db.iter_mut().zip(dz.chunks_exact(width)) {
                                 *acc += sum(row);
                             }
                         });
                         let col: &[f32] = if identity {
-                            x_b
+                            &x[start * per_in..(start + 1) * per_in]
                         } else {
-                            clock.time("im2col", || im2col(x_b, &g, col));
+                            clock.time("im2col", || {
+                                for j in 0..images {
+                                    let x_b = &x[(start + j) * per_in..(start + j + 1) * per_in];
+                                    im2col(x_b, &g, col, width, j * pixels);
+                                }
+                            });
                             col
                         };
                         clock.time("kernel grad gemm", || {
@@ -313,35 +397,39 @@ impl LayerKernel for Kernel {
                                 Mat::row_major(c_out, taps),
                                 true,
                                 dz,
-                                Mat::row_major(c_out, pixels),
+                                Mat::row_major(c_out, width),
                                 col,
-                                Mat::row_major(taps, pixels).t(),
+                                Mat::row_major(taps, width).t(),
                                 Threads::One,
                             )
                         });
                         if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
-                            let dx_b =
-                                &mut dx_chunk[(b - first) * per_in..(b - first + 1) * per_in];
+                            let dx_g = &mut dx_chunk
+                                [(start - first) * per_in..(start - first + images) * per_in];
                             let input_gemm = |dst: &mut [f32]| {
                                 clock.time("input grad gemm", || {
                                     gemm(
                                         dst,
-                                        Mat::row_major(taps, pixels),
+                                        Mat::row_major(taps, width),
                                         false,
                                         w,
                                         Mat::row_major(c_out, taps).t(),
                                         dz,
-                                        Mat::row_major(c_out, pixels),
+                                        Mat::row_major(c_out, width),
                                         Threads::One,
                                     )
                                 })
                             };
                             if identity {
                                 // The column gradient is the input gradient.
-                                input_gemm(dx_b);
+                                input_gemm(dx_g);
                             } else {
                                 input_gemm(dcol);
-                                clock.time("col2im", || col2im(dcol, &g, dx_b));
+                                clock.time("col2im", || {
+                                    for (j, dx_b) in dx_g.chunks_exact_mut(per_in).enumerate() {
+                                        col2im(dcol, width, j * pixels, &g, dx_b);
+                                    }
+                                });
                             }
                         }
                     });
@@ -350,16 +438,10 @@ impl LayerKernel for Kernel {
             })
             .collect();
         drop(argmax);
+        let (dw, db) = clock.time("sum of chunks", || {
+            sum_partials(&partials, c_out * taps, c_out)
+        });
         clock.report(self.names.backward);
-        let mut parts = partials.into_iter();
-        // An empty batch has no chunks: zero gradients.
-        let (mut dw, mut db) = parts
-            .next()
-            .unwrap_or_else(|| (vec![0f32; c_out * taps], vec![0f32; c_out]));
-        for (pw, pb) in parts {
-            dw.iter_mut().zip(&pw).for_each(|(a, b)| *a += b);
-            db.iter_mut().zip(&pb).for_each(|(a, b)| *a += b);
-        }
         let dx = if self.input_grad {
             Some(tensor(dx, &[g.n, g.c, g.h, g.w])?)
         } else {
@@ -373,6 +455,30 @@ impl LayerKernel for Kernel {
     }
 }
 
+/// The chunks' kernel and bias gradients summed in chunk order (each element by one task, so
+/// the order, and the result, does not depend on the thread count); zeros for no chunks (an
+/// empty batch).
+fn sum_partials(
+    partials: &[(Vec<f32>, Vec<f32>)],
+    dw_len: usize,
+    db_len: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    const BLOCK: usize = 1 << 14;
+    let mut dw = vec![0f32; dw_len];
+    dw.par_chunks_mut(BLOCK).enumerate().for_each(|(i, block)| {
+        for (part, _) in partials {
+            for (a, b) in block.iter_mut().zip(&part[i * BLOCK..]) {
+                *a += b;
+            }
+        }
+    });
+    let mut db = vec![0f32; db_len];
+    for (_, part) in partials {
+        db.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+    (dw, db)
+}
+
 /// Output positions `o` (a half-open range) whose tap at offset `tap` (kernel index ×
 /// dilation) reads inside an input of `len`: `0 ≤ o·stride + tap − padding < len`.
 fn inside(out_len: usize, len: usize, stride: usize, tap: usize, padding: usize) -> (usize, usize) {
@@ -384,11 +490,14 @@ fn inside(out_len: usize, len: usize, stride: usize, tap: usize, padding: usize)
     (lo, hi.max(lo))
 }
 
-/// One image's columns, `taps × pixels`: row (c, ky, kx) holds input channel c shifted by the
-/// tap, zero where the tap falls in the padding.
-fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
+/// One image's columns, `taps × pixels`, into columns `offset..offset + pixels` of `col`, a
+/// matrix `width` wide (a group's images side by side): row (c, ky, kx) holds input channel
+/// c shifted by the tap, zero where the tap falls in the padding.
+fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32], width: usize, offset: usize) {
     let pixels = g.oh * g.ow;
-    let mut rows = col.chunks_exact_mut(pixels);
+    let mut rows = col
+        .chunks_mut(width)
+        .map(|row| &mut row[offset..offset + pixels]);
     for c in 0..g.c {
         let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..g.kh {
@@ -420,11 +529,11 @@ fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32]) {
     }
 }
 
-/// col2im, im2col's adjoint: adds each column entry to the input pixel it was copied from.
-/// `dx` must start zeroed.
-fn col2im(dcol: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
+/// col2im, im2col's adjoint: adds each column entry (columns `offset..offset + pixels` of a
+/// matrix `width` wide) to the input pixel it was copied from. `dx` must start zeroed.
+fn col2im(dcol: &[f32], width: usize, offset: usize, g: &ConvGeometry, dx: &mut [f32]) {
     let pixels = g.oh * g.ow;
-    let mut rows = dcol.chunks_exact(pixels);
+    let mut rows = dcol.chunks(width).map(|row| &row[offset..offset + pixels]);
     for c in 0..g.c {
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..g.kh {
@@ -472,12 +581,19 @@ fn relu_backward(grad: &[f32], output: &[f32], dz: &mut [f32]) {
     }
 }
 
-/// Pools each channel plane of `z` (the convolution's `oh × ow` output) into `out`, recording
-/// the window position of each maximum; with `relu`, a maximum ≤ 0 becomes 0 and passes no
-/// gradient.
-fn pool_forward(z: &[f32], g: &ConvGeometry, relu: bool, out: &mut [f32], argmax: &mut [u8]) {
+/// Pools each channel plane of `z` (the convolution's `oh × ow` output, planes `stride` apart)
+/// into `out`, recording the window position of each maximum; with `relu`, a maximum ≤ 0
+/// becomes 0 and passes no gradient.
+fn pool_forward(
+    z: &[f32],
+    stride: usize,
+    g: &ConvGeometry,
+    relu: bool,
+    out: &mut [f32],
+    argmax: &mut [u8],
+) {
     let (ph, pw) = (g.oh / 2, g.ow / 2);
-    let planes = z.chunks_exact(g.oh * g.ow).zip(
+    let planes = z.chunks(stride).map(|p| &p[..g.oh * g.ow]).zip(
         out.chunks_exact_mut(ph * pw)
             .zip(argmax.chunks_exact_mut(ph * pw)),
     );
@@ -512,12 +628,15 @@ fn pool_forward(z: &[f32], g: &ConvGeometry, relu: bool, out: &mut [f32], argmax
     }
 }
 
-/// Routes each pooled gradient to its window's recorded maximum in `dz` (`oh × ow` planes),
-/// zero elsewhere (including a last row or column no window covers).
-fn pool_backward(grad: &[f32], argmax: &[u8], g: &ConvGeometry, dz: &mut [f32]) {
+/// Routes each pooled gradient to its window's recorded maximum in `dz` (`oh × ow` planes,
+/// `stride` apart), zero elsewhere (including a last row or column no window covers).
+fn pool_backward(grad: &[f32], argmax: &[u8], g: &ConvGeometry, dz: &mut [f32], stride: usize) {
     let (ph, pw) = (g.oh / 2, g.ow / 2);
+    let channels = grad.len() / (ph * pw).max(1);
     let planes = dz
-        .chunks_exact_mut(g.oh * g.ow)
+        .chunks_mut(stride)
+        .take(channels)
+        .map(|p| &mut p[..g.oh * g.ow])
         .zip(grad.chunks_exact(ph * pw).zip(argmax.chunks_exact(ph * pw)));
     for (plane, (grad, argmax)) in planes {
         for i in 0..ph {

@@ -21,6 +21,7 @@ use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
 };
 
+pub mod batch_norm;
 pub mod conv;
 pub mod dropout;
 pub mod linear;

@@ -7,7 +7,7 @@
 //! against candle; candle's own `max_pool2d` backward scales the gradient by ties/4).
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use candle_nn::{Conv2d, Conv2dConfig, Linear};
+use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear};
 
 use super::conv::{conv2d, Epilogue};
 use super::linear::{linear, DenseNames};
@@ -580,4 +580,188 @@ fn conv_ties_zeros_and_nan_follow_pytorch() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A batch-norm layer over `c` features with random γ, β and running statistics (variance
+/// positive), its γ and β returned as variables.
+fn batch_norm_layer(rng: &mut ExpRng, c: usize) -> Result<(BatchNorm, Var, Var)> {
+    let gamma = Var::from_tensor(&uniform(rng, &[c], 2.0)?)?;
+    let beta = Var::from_tensor(&uniform(rng, &[c], 1.0)?)?;
+    let mean = uniform(rng, &[c], 0.5)?;
+    let var = (uniform(rng, &[c], 0.5)? + 1.0)?;
+    let layer = BatchNorm::new_with_momentum(
+        c,
+        mean,
+        var,
+        gamma.as_tensor().clone(),
+        beta.as_tensor().clone(),
+        1e-5,
+        0.1,
+    )?;
+    Ok((layer, gamma, beta))
+}
+
+/// A fresh layer with the same values (its own running statistics).
+fn copy_layer(layer: &BatchNorm) -> Result<BatchNorm> {
+    let (gamma, beta) = layer.weight_and_bias().expect("affine");
+    BatchNorm::new_with_momentum(
+        gamma.dim(0)?,
+        layer.running_mean().copy()?,
+        layer.running_var().copy()?,
+        gamma.clone(),
+        beta.clone(),
+        layer.eps(),
+        layer.momentum(),
+    )
+}
+
+/// Batch norm in training mode, alone and with the residual add and the ReLU fused in: the
+/// output, the gradients of input, γ, β and the skip input, and the running statistics are
+/// candle-nn's `BatchNorm::forward_t` (followed by `+ skip` and PyTorch's ReLU) over odd
+/// sizes, one image, a 1×1 map and a strided input.
+#[test]
+fn batch_norm_matches_candle_forward_backward_and_running_statistics() -> Result<()> {
+    let mut rng = ExpRng::new(21, Purpose::Init);
+    for (i, &(n, c, h, w)) in [
+        (4, 3, 5, 5),
+        (1, 2, 3, 4),
+        (7, 5, 1, 1),
+        (2, 4, 7, 3),
+        (3, 16, 9, 9),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for (skip, relu) in [(false, false), (false, true), (true, true), (true, false)] {
+            let (layer, gamma, beta) = batch_norm_layer(&mut rng, c)?;
+            let reference = copy_layer(&layer)?;
+            // A strided input every other case: the transpose of an (n, c, w, h) tensor.
+            let base = Var::from_tensor(&uniform(&mut rng, &[n, c, w, h], 3.0)?)?;
+            let x = if i % 2 == 1 {
+                base.as_tensor().transpose(2, 3)?
+            } else {
+                base.as_tensor().reshape((n, c, h, w))?
+            };
+            let skip_var = Var::from_tensor(&uniform(&mut rng, &[n, c, h, w], 1.0)?)?;
+            let skip_input = skip.then(|| skip_var.as_tensor());
+            let ours = super::batch_norm::batch_norm_train(&layer, &x, skip_input, relu)?;
+            let mut theirs = candle_core::ModuleT::forward_t(&reference, &x, true)?;
+            if let Some(s) = skip_input {
+                theirs = (theirs + s)?;
+            }
+            if relu {
+                theirs = relu_reference(&theirs)?;
+            }
+            let label = format!("({n}, {c}, {h}, {w}) skip={skip} relu={relu}");
+            let mut vars = vec![(&base, "input"), (&gamma, "gamma"), (&beta, "beta")];
+            if skip {
+                vars.push((&skip_var, "skip"));
+            }
+            assert_same(&mut rng, &ours, &theirs, &vars, &label)?;
+            for (a, b) in [
+                (layer.running_mean(), reference.running_mean()),
+                (layer.running_var(), reference.running_var()),
+            ] {
+                let d = max_relative_difference(a, b)?;
+                assert!(d <= 1e-6, "{label}: running statistics differ by {d}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// PyTorch's `BatchNorm2d` in training mode by hand: one channel holding 1, 2, 3, 4 has mean
+/// 2.5 and biased variance 1.25, which normalise; the running mean moves from 0 to 0.25 and the
+/// running variance from 1 to 0.9 + 0.1 · 5/3 (the unbiased variance), momentum 0.1.
+#[test]
+fn batch_norm_follows_pytorchs_formulas() -> Result<()> {
+    let x = Tensor::from_vec(vec![1f32, 2., 3., 4.], (2, 1, 1, 2), &Device::Cpu)?;
+    let layer = BatchNorm::new_with_momentum(
+        1,
+        Tensor::zeros(1, DType::F32, &Device::Cpu)?,
+        Tensor::ones(1, DType::F32, &Device::Cpu)?,
+        Tensor::new(&[2f32], &Device::Cpu)?,
+        Tensor::new(&[0.5f32], &Device::Cpu)?,
+        1e-5,
+        0.1,
+    )?;
+    let y = super::batch_norm::batch_norm_train(&layer, &x, None, false)?;
+    let inv_std = 1.0 / (1.25f64 + 1e-5).sqrt();
+    let expected: Vec<f32> = [1., 2., 3., 4.]
+        .iter()
+        .map(|v: &f64| (2.0 * (v - 2.5) * inv_std + 0.5) as f32)
+        .collect();
+    let got = y.flatten_all()?.to_vec1::<f32>()?;
+    for (a, b) in got.iter().zip(&expected) {
+        assert!((a - b).abs() <= 1e-6, "{got:?} vs {expected:?}");
+    }
+    let mean = layer.running_mean().to_vec1::<f32>()?[0];
+    let var = layer.running_var().to_vec1::<f32>()?[0];
+    assert!((mean - 0.25).abs() <= 1e-7, "running mean {mean}");
+    assert!(
+        (var - (0.9 + 0.1 * 5.0 / 3.0) as f32).abs() <= 1e-6,
+        "running var {var}"
+    );
+    Ok(())
+}
+
+/// One value per channel has no unbiased variance: refused, as PyTorch does.
+#[test]
+fn batch_norm_refuses_one_value_per_channel() -> Result<()> {
+    let mut rng = ExpRng::new(22, Purpose::Init);
+    let (layer, _, _) = batch_norm_layer(&mut rng, 3)?;
+    let x = uniform(&mut rng, &[1, 3, 1, 1], 1.0)?;
+    let err = super::batch_norm::batch_norm_train(&layer, &x, None, true)
+        .expect_err("one value per channel");
+    assert!(
+        err.to_string().contains("more than one value per channel"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn batch_norm_gradients_match_finite_differences() -> Result<()> {
+    let mut rng = ExpRng::new(23, Purpose::Init);
+    let (layer, gamma, beta) = batch_norm_layer(&mut rng, 3)?;
+    let x = Var::from_tensor(&uniform(&mut rng, &[2, 3, 4, 5], 2.0)?)?;
+    let skip = Var::from_tensor(&uniform(&mut rng, &[2, 3, 4, 5], 1.0)?)?;
+    let probe = uniform(&mut rng, &[2, 3, 4, 5], 1.0)?;
+    let loss = || {
+        let y = super::batch_norm::batch_norm_train(
+            &layer,
+            x.as_tensor(),
+            Some(skip.as_tensor()),
+            true,
+        )?;
+        (y * &probe)?.sum_all()
+    };
+    assert_finite_differences(&x, &[0, 17, 60, 119], &loss, "input")?;
+    assert_finite_differences(&gamma, &[0, 1, 2], &loss, "gamma")?;
+    assert_finite_differences(&beta, &[0, 1, 2], &loss, "beta")?;
+    assert_finite_differences(&skip, &[3, 44, 101], &loss, "skip")?;
+    Ok(())
+}
+
+#[test]
+fn batch_norm_results_do_not_depend_on_the_thread_count() -> Result<()> {
+    let mut rng = ExpRng::new(24, Purpose::Init);
+    let (layer, gamma, beta) = batch_norm_layer(&mut rng, 24)?;
+    let x = Var::from_tensor(&uniform(&mut rng, &[37, 24, 6, 7], 2.0)?)?;
+    let skip = Var::from_tensor(&uniform(&mut rng, &[37, 24, 6, 7], 1.0)?)?;
+    assert_thread_count_invariant(&[&x, &gamma, &beta, &skip], &|| {
+        super::batch_norm::batch_norm_train(&layer, x.as_tensor(), Some(skip.as_tensor()), true)
+    })
+}
+
+/// Grouped GEMMs (maps too small for one image per GEMM: several images side by side, the
+/// last group short) give the same bits for any thread count.
+#[test]
+fn grouped_conv_results_do_not_depend_on_the_thread_count() -> Result<()> {
+    let mut rng = ExpRng::new(25, Purpose::Init);
+    let c = case((37, 8, 5, 5), 16, 3, 1, 1, 1);
+    let ops = ConvOperands::new(&mut rng, &c, false, true, false)?;
+    assert_thread_count_invariant(&[&ops.base, &ops.weight], &|| {
+        conv2d(&ops.layer(&c), &ops.input, Epilogue::NONE, &NAMES)
+    })
 }
