@@ -10,14 +10,15 @@ Usage: scripts/bench/bench-deep-cpu.sh [--configs resnet18,resnet18-32,resnet50,
 (bench-deep-cpu.sh installs the tools, builds exp and writes the 32x32 image folder; this file
 only measures.)
 
-exp: `exp run` in a scratch repository, img/s from its run record (training steps of its one
-epoch, the first step's warm-up included). PyTorch: scripts/gpu/bench_pytorch_gpu.py --device
-cpu --threads N (Debian's python3-torch), two epochs over the same images, img/s of the second
-(warm) one. Both build the same network (same layers, shapes and parameter count, checked
+Both train two epochs over the same images and report the second (warm: the first step's
+allocations and page faults fall in epoch 1). exp: `exp run` in a scratch repository, the
+training seconds of epoch 2 from its history.csv. PyTorch: scripts/gpu/bench_pytorch_gpu.py
+--device cpu --threads N (Debian's python3-torch), its epoch-2 img/s. Both build the same network (same layers, shapes and parameter count, checked
 below) on the same pixels. `--profile N` adds exp's per-op table (EXP_PROFILE_OPS=1) of each
 config on N images.
 """
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -55,7 +56,7 @@ optimizer = "sgd"
 lr = 0.05
 momentum = 0.9
 batch_size = 64
-epochs = 1
+epochs = 2
 seed = 1
 """
 
@@ -93,9 +94,11 @@ def run_exp(repo, config, images, env, profile=False):
         return [line for line in out.stderr.splitlines() if line.startswith("|")]
     with open(os.path.join(repo, "experiments", name, "metrics.toml"), "rb") as f:
         rec = tomllib.load(f)
-    t = rec["training"]["timing"]
-    return {"images_per_second": t["images_per_second"], "parameters": rec["model"]["parameters"],
-            "examples": rec["data"]["train"]["examples"]}
+    with open(os.path.join(repo, "experiments", name, "history.csv")) as f:
+        epochs = list(csv.DictReader(f))
+    examples = rec["data"]["train"]["examples"]
+    return {"images_per_second": examples / float(epochs[-1]["train_seconds"]),
+            "parameters": rec["model"]["parameters"], "examples": examples}
 
 
 def run_torch(config, images, threads, data, env):

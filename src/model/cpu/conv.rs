@@ -48,6 +48,14 @@ impl Epilogue {
 /// several images per GEMM.
 const MIN_GROUP_COLUMNS: usize = 256;
 
+/// Columns (images × pixels) a reduction chunk of the backward covers at least: its GEMMs then
+/// outweigh the kernel-sized partial sum the chunk adds (resnet50's layer4: 16 chunks of 4
+/// images spent more time summing partials than multiplying).
+const MIN_CHUNK_COLUMNS: usize = 1024;
+
+/// Below this many chunks the backward's GEMMs run on all threads (see `backward`).
+const FEW_CHUNKS: usize = 4;
+
 /// Window position recorded for a pooled value whose maximum the ReLU zeroed: no gradient.
 const NO_GRADIENT: u8 = u8::MAX;
 
@@ -298,9 +306,21 @@ impl LayerKernel for Kernel {
             candle_core::bail!("{what}: the gradient does not match the forward pass")
         }
         let clock = PhaseClock::new();
-        // Whole groups per reduction chunk: the chunking, like the grouping, follows the
-        // shapes only, never the thread count.
-        let chunk = reduction_chunk_len(g.n).div_ceil(group) * group;
+        // Whole groups per reduction chunk, and at least MIN_CHUNK_COLUMNS columns: each chunk
+        // adds a kernel-sized partial sum, which for a wide layer on a small map (512 × 4608
+        // weights, 16 pixels per image) cost more than the chunk's products. Where that leaves
+        // fewer chunks than cores, the chunk's products use every thread instead (gemm splits
+        // the output, so the sums, and the bits, stay the same). Like the grouping, all of this
+        // follows the shapes only, never the thread count.
+        let chunk = reduction_chunk_len(g.n)
+            .max(MIN_CHUNK_COLUMNS.div_ceil(pixels.max(1)))
+            .div_ceil(group)
+            * group;
+        let threads = if g.n.div_ceil(chunk) < FEW_CHUNKS {
+            Threads::All
+        } else {
+            Threads::One
+        };
         let mut dx = if self.input_grad {
             vec![0f32; g.n * per_in]
         } else {
@@ -400,7 +420,7 @@ impl LayerKernel for Kernel {
                                 Mat::row_major(c_out, width),
                                 col,
                                 Mat::row_major(taps, width).t(),
-                                Threads::One,
+                                threads,
                             )
                         });
                         if let Some(dx_chunk) = dx_chunk.as_deref_mut() {
@@ -416,7 +436,7 @@ impl LayerKernel for Kernel {
                                         Mat::row_major(c_out, taps).t(),
                                         dz,
                                         Mat::row_major(c_out, width),
-                                        Threads::One,
+                                        threads,
                                     )
                                 })
                             };
@@ -567,9 +587,8 @@ fn col2im(dcol: &[f32], width: usize, offset: usize, g: &ConvGeometry, dx: &mut 
 /// ReLU that keeps NaN (so a diverging run is caught, as in PyTorch).
 fn relu_in_place(values: &mut [f32]) {
     for v in values {
-        if *v < 0.0 {
-            *v = 0.0;
-        }
+        // A select, not a conditional store, so that it vectorises.
+        *v = if *v < 0.0 { 0.0 } else { *v };
     }
 }
 
