@@ -765,30 +765,3 @@ fn grouped_conv_results_do_not_depend_on_the_thread_count() -> Result<()> {
         conv2d(&ops.layer(&c), &ops.input, Epilogue::NONE, &NAMES)
     })
 }
-
-/// Not a test: times batch norm forward and backward on a ResNet-50 layer1 activation
-/// (`cargo test --release --lib bn_timing -- --ignored --nocapture`).
-#[test]
-#[ignore]
-fn bn_timing() -> Result<()> {
-    let mut rng = ExpRng::new(26, Purpose::Init);
-    let (layer, _, _) = batch_norm_layer(&mut rng, 256)?;
-    let x = Var::from_tensor(&uniform(&mut rng, &[64, 256, 28, 28], 2.0)?)?;
-    let skip = uniform(&mut rng, &[64, 256, 28, 28], 1.0)?;
-    for _ in 0..5 {
-        let t = std::time::Instant::now();
-        let y = super::batch_norm::batch_norm_train(&layer, x.as_tensor(), Some(&skip), true)?;
-        let f = t.elapsed();
-        let t = std::time::Instant::now();
-        let probe = uniform(&mut rng, &[64, 256, 28, 28], 1.0)?;
-        let loss = (y * &probe)?.sum_all()?;
-        let t = std::time::Instant::now();
-        let _ = loss.backward()?;
-        eprintln!(
-            "forward {:?} backward (incl. the product's) {:?}",
-            f,
-            t.elapsed()
-        );
-    }
-    Ok(())
-}
