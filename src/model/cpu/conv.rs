@@ -525,6 +525,22 @@ fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32], width: usize, offset: us
             for kx in 0..g.kw {
                 let Some(row) = rows.next() else { return };
                 let (x_lo, x_hi) = inside(g.ow, g.w, g.stride, kx * g.dilation, g.padding);
+                if let Some(shift) = same_size_shift(g, ky, kx) {
+                    // One copy of the whole shifted plane, then the taps that fell in the left
+                    // or right padding (they wrapped onto the neighbouring row) zeroed.
+                    let (lo, hi) = shifted_range(g, y_lo, y_hi, shift);
+                    row[..lo].fill(0.0);
+                    row[hi..].fill(0.0);
+                    if lo < hi {
+                        let src = lo.wrapping_add_signed(shift)..hi.wrapping_add_signed(shift);
+                        row[lo..hi].copy_from_slice(&plane[src]);
+                    }
+                    for dst in row[y_lo * g.w..y_hi * g.w].chunks_exact_mut(g.w) {
+                        dst[..x_lo].fill(0.0);
+                        dst[x_hi..].fill(0.0);
+                    }
+                    continue;
+                }
                 for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
                     if oy < y_lo || oy >= y_hi || x_lo == x_hi {
                         dst.fill(0.0);
@@ -549,11 +565,35 @@ fn im2col(x: &[f32], g: &ConvGeometry, col: &mut [f32], width: usize, offset: us
     }
 }
 
+/// For a stride-1 convolution whose output is as large as its input ("same" padding), the
+/// offset from an output pixel to the input pixel tap (ky, kx) reads: `(ky − p)·w + (kx − p)`,
+/// the same for every pixel, so a tap's row of the column matrix is the plane shifted.
+fn same_size_shift(g: &ConvGeometry, ky: usize, kx: usize) -> Option<isize> {
+    let same = g.stride == 1 && g.dilation == 1 && g.oh == g.h && g.ow == g.w;
+    same.then(|| {
+        let p = g.padding as isize;
+        (ky as isize - p) * g.w as isize + (kx as isize - p)
+    })
+}
+
+/// The output pixels `lo..hi` whose shifted input pixel lies in the plane, within the rows
+/// `y_lo..y_hi` whose tap row does.
+fn shifted_range(g: &ConvGeometry, y_lo: usize, y_hi: usize, shift: isize) -> (usize, usize) {
+    let plane = (g.h * g.w) as isize;
+    let (first, end) = ((y_lo * g.w) as isize, (y_hi * g.w) as isize);
+    let lo = first.max(-shift).min(end);
+    let hi = end.min(plane - shift).max(lo);
+    (lo as usize, hi as usize)
+}
+
 /// col2im, im2col's adjoint: adds each column entry (columns `offset..offset + pixels` of a
-/// matrix `width` wide) to the input pixel it was copied from. `dx` must start zeroed.
-fn col2im(dcol: &[f32], width: usize, offset: usize, g: &ConvGeometry, dx: &mut [f32]) {
+/// matrix `width` wide) to the input pixel it was copied from. `dx` must start zeroed; `dcol`
+/// is scratch (entries that fall in the padding are zeroed on the way).
+fn col2im(dcol: &mut [f32], width: usize, offset: usize, g: &ConvGeometry, dx: &mut [f32]) {
     let pixels = g.oh * g.ow;
-    let mut rows = dcol.chunks(width).map(|row| &row[offset..offset + pixels]);
+    let mut rows = dcol
+        .chunks_mut(width)
+        .map(|row| &mut row[offset..offset + pixels]);
     for c in 0..g.c {
         let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
         for ky in 0..g.kh {
@@ -562,6 +602,21 @@ fn col2im(dcol: &[f32], width: usize, offset: usize, g: &ConvGeometry, dx: &mut 
                 let Some(row) = rows.next() else { return };
                 let (x_lo, x_hi) = inside(g.ow, g.w, g.stride, kx * g.dilation, g.padding);
                 if x_lo == x_hi {
+                    continue;
+                }
+                if let Some(shift) = same_size_shift(g, ky, kx) {
+                    // im2col's shortcut backwards: the wrapped taps zeroed, then one long add.
+                    for src in row[y_lo * g.w..y_hi * g.w].chunks_exact_mut(g.w) {
+                        src[..x_lo].fill(0.0);
+                        src[x_hi..].fill(0.0);
+                    }
+                    let (lo, hi) = shifted_range(g, y_lo, y_hi, shift);
+                    if lo < hi {
+                        let dst = lo.wrapping_add_signed(shift)..hi.wrapping_add_signed(shift);
+                        for (d, s) in plane[dst].iter_mut().zip(&row[lo..hi]) {
+                            *d += s;
+                        }
+                    }
                     continue;
                 }
                 for oy in y_lo..y_hi {

@@ -129,6 +129,10 @@ const CASES: &[ConvCase] = &[
     case((2, 3, 13, 11), 2, 3, 3, 2, 2),
     case((2, 4, 9, 10), 3, 5, 1, 2, 1),
     case((2, 2, 4, 4), 3, 4, 1, 0, 1),
+    // "Same" padding at stride 1 (im2col copies whole shifted planes) on maps down to 1×1,
+    // where some taps read nothing but padding.
+    case((3, 2, 1, 1), 4, 3, 1, 1, 1),
+    case((2, 3, 2, 3), 5, 3, 1, 1, 1),
 ];
 
 struct ConvOperands {
