@@ -641,6 +641,11 @@ mod tests {
             mlp,
             narrow(ModelName::Resnet18, 8),
             narrow(ModelName::Resnet50, 4),
+            ModelSpec {
+                heads: Some(2),
+                depth: Some(2),
+                ..narrow(ModelName::Vit, 16)
+            },
         ];
         let values = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
         for spec in specs {

@@ -14,8 +14,9 @@
 //! and it keeps its parameters private behind a `VarBuilder`; here the same computation is
 //! written with differentiable candle ops ([`softmax_last_dim`], [`layer_norm`]) on exp's own
 //! seeded parameters, and the patch projection is exp's convolution (its backward skips the
-//! image's gradient). A unit test checks that candle-transformers' model, given these
-//! tensors, computes the same logits.
+//! image's gradient). On the CPU in f32, attention, layer norm and the GELU are exp's fused ops
+//! instead (src/model/cpu/attention.rs), which compute the same within rounding. A unit test
+//! checks that candle-transformers' model, given these tensors, computes the same logits.
 //!
 //! Dropout (`model.dropout`) is Hugging Face's `hidden_dropout_prob`: after the embeddings,
 //! the attention output and the MLP output, in training only; attention probabilities are not
@@ -25,7 +26,7 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Conv2d, Conv2dConfig, Linear};
 pub use candle_transformers::models::vit::Config;
 
-use super::{conv2d, dropout, linear, ConvNames, Mode, ParamBuilder};
+use super::{conv2d, cpu, dropout, linear, ConvNames, Mode, ParamBuilder};
 use crate::profile::span;
 
 /// Hugging Face's `ViTConfig.layer_norm_eps` default (candle-transformers' too).
@@ -93,6 +94,9 @@ impl Norm {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if cpu::applies(xs) {
+            return cpu::attention::layer_norm(xs, &self.weight, &self.bias, LAYER_NORM_EPS);
+        }
         span("fwd layer-norm", xs.device(), || {
             layer_norm(xs, &self.weight, &self.bias, LAYER_NORM_EPS)
         })
@@ -150,6 +154,14 @@ impl EncoderLayer {
         };
         let (q, k, v) = (split(&self.query)?, split(&self.key)?, split(&self.value)?);
         let dev = xs.device();
+        if cpu::applies(&q) {
+            // One fused op (src/model/cpu/attention.rs).
+            let scale = 1.0 / (head_size as f32).sqrt();
+            return cpu::attention::attention(&q, &k, &v, scale)?
+                .permute((0, 2, 1, 3))?
+                .contiguous()?
+                .reshape((b, n, d));
+        }
         let scores = span("fwd attention scores", dev, || {
             q.matmul(&k.t()?.contiguous()?)? / (head_size as f64).sqrt()
         })?;
@@ -172,7 +184,11 @@ impl EncoderLayer {
         let xs = (h + xs)?;
         let h = self.layernorm_after.forward(&xs)?;
         let h = dense(&self.intermediate, &h)?;
-        let h = span("fwd gelu", dev, || cfg.hidden_act.forward(&h))?;
+        let h = if cpu::applies(&h) && matches!(cfg.hidden_act, candle_nn::Activation::Gelu) {
+            cpu::attention::gelu(&h)?
+        } else {
+            span("fwd gelu", dev, || cfg.hidden_act.forward(&h))?
+        };
         let h = dense(&self.output, &h)?;
         let h = span("fwd dropout", dev, || dropout(&h, p, mode))?;
         h + xs

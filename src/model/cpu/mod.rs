@@ -21,6 +21,9 @@ use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor,
 };
 
+pub mod attention;
+#[cfg(test)]
+mod attention_tests;
 pub mod batch_norm;
 pub mod conv;
 pub mod dropout;

@@ -32,7 +32,7 @@ static DENSE: DenseNames = DenseNames {
 /// gradients must agree within this fraction of the largest magnitude.
 const TOLERANCE: f32 = 2e-5;
 
-fn uniform(rng: &mut ExpRng, shape: &[usize], scale: f32) -> Result<Tensor> {
+pub(super) fn uniform(rng: &mut ExpRng, shape: &[usize], scale: f32) -> Result<Tensor> {
     Tensor::from_vec(
         rng.uniform(shape.iter().product(), scale),
         shape,
@@ -45,14 +45,14 @@ fn relu_reference(x: &Tensor) -> Result<Tensor> {
     x.mul(&x.gt(0f32)?.to_dtype(DType::F32)?)
 }
 
-fn max_relative_difference(a: &Tensor, b: &Tensor) -> Result<f32> {
+pub(super) fn max_relative_difference(a: &Tensor, b: &Tensor) -> Result<f32> {
     let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1.0);
     Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / scale)
 }
 
 /// The values of `ours` and `theirs` and the gradients a random linear function of each sends
 /// to `vars` agree within [`TOLERANCE`]; a variable gets a gradient from both or from neither.
-fn assert_same(
+pub(super) fn assert_same(
     rng: &mut ExpRng,
     ours: &Tensor,
     theirs: &Tensor,
@@ -287,7 +287,7 @@ fn conv_refuses_a_pool_on_a_map_smaller_than_its_window() -> Result<()> {
 }
 
 /// Central differences of `loss` at each of a few coordinates of `var` against its gradient.
-fn assert_finite_differences(
+pub(super) fn assert_finite_differences(
     var: &Var,
     coordinates: &[usize],
     loss: &dyn Fn() -> Result<Tensor>,
@@ -342,7 +342,7 @@ fn conv_gradients_match_finite_differences() -> Result<()> {
 
 /// Forward and backward of `f` in a rayon pool of each size: every run's output and
 /// gradients bit-identical.
-fn assert_thread_count_invariant(
+pub(super) fn assert_thread_count_invariant(
     vars: &[&Var],
     f: &(dyn Fn() -> Result<Tensor> + Sync),
 ) -> Result<()> {
