@@ -15,7 +15,9 @@ allocations and page faults fall in epoch 1). exp: `exp run` in a scratch reposi
 training seconds of epoch 2 from its history.csv. PyTorch: scripts/gpu/bench_pytorch_gpu.py
 --device cpu --threads N (Debian's python3-torch), its epoch-2 img/s. Both build the same network (same layers, shapes and parameter count, checked
 below) on the same pixels. `--profile N` adds exp's per-op table (EXP_PROFILE_OPS=1) of each
-config on N images.
+config on N images. `--accuracy N` adds the check that exp's kernels train as candle's ops do:
+per config, seeds 1-3, two epochs on N images (ResNets at width 16, so that candle's path
+finishes), test accuracy on 1,000 images with exp's kernels and with EXP_CPU_OPS=candle.
 """
 import argparse
 import csv
@@ -101,6 +103,25 @@ def run_exp(repo, config, images, env, profile=False):
             "parameters": rec["model"]["parameters"], "examples": examples}
 
 
+def accuracy(repo, config, images, seed, env):
+    """Test accuracy after two epochs on `images` images (1,000 test images)."""
+    model, template, _ = CONFIGS[config]
+    name = config.replace("-", "_") + "_acc"
+    # The width belongs to [model], the template's first table: before [data].
+    width = "width = 16\n" if model.startswith("resnet") else ""
+    spec = template.replace("MODEL", model).replace("[data]", width + "[data]", 1)
+    with open(os.path.join(repo, "experiments", f"{name}.toml"), "w") as f:
+        f.write(spec + TRAIN.replace("seed = 1", f"seed = {seed}"))
+    args = [EXP, "run", name, "--quiet", "--set", "data.test_limit=1000"]
+    if template is IDX_SPEC:
+        args += ["--set", f"data.train_limit={images}"]
+    out = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"exp run {name} failed:\n{out.stderr}")
+    with open(os.path.join(repo, "experiments", name, "metrics.toml"), "rb") as f:
+        return tomllib.load(f)["metrics"]["accuracy"]
+
+
 def run_torch(config, images, threads, data, env):
     model, _, which = CONFIGS[config]
     out = subprocess.run(
@@ -120,6 +141,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", type=int, default=0, metavar="N")
+    ap.add_argument("--accuracy", type=int, default=0, metavar="N")
     ap.add_argument("--data", default=os.environ.get("EXP_DATA", ""))
     a = ap.parse_args()
     configs = a.configs.split(",")
@@ -149,25 +171,50 @@ def main():
                 rows["PyTorch"].append(t["images_per_second"])
                 print(f"{config} round {r + 1}: exp {e['images_per_second']:.1f} img/s, "
                       f"PyTorch {t['images_per_second']:.1f} img/s", file=sys.stderr)
-            results[config] = (rows, e["parameters"])
+            if a.rounds:
+                results[config] = (rows, e["parameters"])
             if a.profile:
                 profiles[config] = run_exp(repo, config, a.profile, env, profile=True)
+        accuracies = {}
+        for config in configs if a.accuracy else []:
+            if config == "resnet18-32":
+                continue  # the folder holds --images training images, not --accuracy
+            rows = {"exp kernels": [], "candle ops": []}
+            for seed in (1, 2, 3):
+                rows["exp kernels"].append(accuracy(repo, config, a.accuracy, seed, env))
+                rows["candle ops"].append(
+                    accuracy(repo, config, a.accuracy, seed, dict(env, EXP_CPU_OPS="candle")))
+                print(f"{config} seed {seed}: exp {rows['exp kernels'][-1]:.4f}, "
+                      f"candle {rows['candle ops'][-1]:.4f}", file=sys.stderr)
+            accuracies[config] = rows
 
     cmd = (f"scripts/bench/bench-deep-cpu.sh --configs {a.configs} --images {a.images} "
-           f"--rounds {a.rounds} --threads {a.threads}" + (f" --profile {a.profile}" if a.profile else ""))
+           f"--rounds {a.rounds} --threads {a.threads}" + (f" --profile {a.profile}" if a.profile else "")
+           + (f" --accuracy {a.accuracy}" if a.accuracy else ""))
     version = subprocess.run([EXP, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"### Deeper models on the CPU: exp vs PyTorch — {datetime.date.today()}\n")
     print(f"Command: `{cmd}`  ")
     print(f"Machine: {cpu_model()}, {os.cpu_count()} cores, {a.threads} threads each; {version}, "
           f"PyTorch {torch_version} (Debian python3-torch). Batch 64, SGD 0.05 momentum 0.9, "
           f"{a.images} training images; {a.rounds} rounds, exp and PyTorch alternating; medians.\n")
-    print("| config | parameters | exp img/s | PyTorch img/s | exp / PyTorch |")
-    print("|---|---:|---:|---:|---:|")
+    if results:
+        print("| config | parameters | exp img/s | PyTorch img/s | exp / PyTorch |")
+        print("|---|---:|---:|---:|---:|")
     for config, (rows, params) in results.items():
         e, t = statistics.median(rows["exp"]), statistics.median(rows["PyTorch"])
         print(f"| {config} | {params:,} | {e:.1f} ({', '.join(f'{v:.1f}' for v in rows['exp'])}) | "
               f"{t:.1f} ({', '.join(f'{v:.1f}' for v in rows['PyTorch'])}) | **{e / t:.2f}×** |")
     print()
+    if accuracies:
+        print(f"Accuracy, exp's kernels vs candle's ops (EXP_CPU_OPS=candle): seeds 1-3, two epochs "
+              f"on {a.accuracy} images, 1,000 test images, ResNets at width 16:\n")
+        print("| config | exp kernels (seeds 1, 2, 3) | mean | candle ops (seeds 1, 2, 3) | mean |")
+        print("|---|---|---:|---|---:|")
+        for config, rows in accuracies.items():
+            e, c = rows["exp kernels"], rows["candle ops"]
+            print(f"| {config} | {', '.join(f'{v:.4f}' for v in e)} | {statistics.mean(e):.4f} | "
+                  f"{', '.join(f'{v:.4f}' for v in c)} | {statistics.mean(c):.4f} |")
+        print()
     for config, table in profiles.items():
         print(f"exp's op profile, {config}, {a.profile} training images:\n")
         print("\n".join(table))
