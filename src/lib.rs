@@ -11,6 +11,7 @@
 //! - [`train`]: the training loop, optimisers, interruption;
 //! - [`eval`]: metrics and `predictions.bin`;
 //! - [`profile`]: per-operation timing (`EXP_PROFILE_OPS=1`);
+//! - [`allocator`]: the memory allocator's settings (mimalloc keeps freed memory);
 //! - [`record`]: the run record (`metrics.toml`) and the canonical tensor hash;
 //! - [`lfs`]: Git LFS pointers and the object store;
 //! - [`git`]: repository access, Git Flow branches, commits and run tags;
@@ -25,6 +26,7 @@
 //! - [`run`] and [`init`]: the two workflows that tie the rest together.
 #![deny(missing_docs)]
 
+pub mod allocator;
 pub mod apply;
 pub mod artifact;
 pub mod bench;
