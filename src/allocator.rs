@@ -14,9 +14,12 @@ const PURGE_DELAY_MS: std::ffi::c_long = -1;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keeps freed memory committed for reuse (see [`PURGE_DELAY_MS`]), unless the user set
-/// `MIMALLOC_PURGE_DELAY`. Call at the start of `main`.
+/// `MIMALLOC_PURGE_DELAY` or its older name `MIMALLOC_RESET_DELAY`. Call at the start of `main`.
 pub fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    let user_set = ["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some());
+    if !user_set {
         // SAFETY: sets one of mimalloc's documented options; any value is valid.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
@@ -29,8 +32,10 @@ mod tests {
     /// never calls `keep_freed_memory`.
     #[test]
     fn option_15_is_mimallocs_purge_delay() {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-            eprintln!("skipped: MIMALLOC_PURGE_DELAY is set in this environment");
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
+            || std::env::var_os("MIMALLOC_RESET_DELAY").is_some()
+        {
+            eprintln!("skipped: a mimalloc purge delay is set in this environment");
             return;
         }
         // SAFETY: reads one of mimalloc's options.

@@ -50,7 +50,10 @@ pub fn batch_norm_train(
             x.dims()
         )
     }
-    if weight.dims() != [c] || layer.running_mean().dims() != [c] {
+    if weight.dims() != [c]
+        || layer.running_mean().dims() != [c]
+        || layer.running_var().dims() != [c]
+    {
         candle_core::bail!(
             "batch norm over {} features applied to an input of shape {:?}",
             weight.dim(0)?,
@@ -306,13 +309,16 @@ impl Kernel {
                 let k = gamma[ch] as f64 * inv_std;
                 let a = k as f32;
                 let b = (-k * inv_std * d_gamma / count) as f32;
-                let c0 = (-k * d_beta / count + k * inv_std * d_gamma * mean / count) as f32;
+                // x − mean, not x alone: b·x and b·mean would cancel in f32 for a channel whose
+                // mean is large against its spread.
+                let c0 = (-k * d_beta / count) as f32;
+                let mean = mean as f32;
                 for o in self.planes(ch) {
                     let (x, dy, y) = (&x[o..o + self.hw], &dy[o..o + self.hw], &y[o..o + self.hw]);
                     // SAFETY: channel `ch`'s planes belong to this task alone.
                     let dx = unsafe { dx_out.plane(o, self.hw) };
                     for (((dx, &x), &dy), &y) in dx.iter_mut().zip(x).zip(dy).zip(y) {
-                        dx.write(a * passes(dy, y) + b * x + c0);
+                        dx.write(a * passes(dy, y) + b * (x - mean) + c0);
                     }
                     if skip {
                         // SAFETY: as above.

@@ -45,7 +45,9 @@ impl Epilogue {
 /// Columns below which a GEMM is too thin to run at speed (a ResNet's 4×4 maps give 16 per
 /// image: `W · col` ran at 113 GFLOP/s per core there, at 213 with 16 images side by side, the
 /// input gradient at 36 and 190; scripts/bench, docs/benchmarks.md). Smaller maps group
-/// several images per GEMM.
+/// several images per GEMM. gemm splits a sum differently for a thin matrix, so an image in a
+/// short last group may differ in its last bits from the same image in a full group: results
+/// follow the batch's composition (as `exp verify` rebuilds it), never the thread count.
 const MIN_GROUP_COLUMNS: usize = 256;
 
 /// Columns (images × pixels) a reduction chunk of the backward covers at least: its GEMMs then

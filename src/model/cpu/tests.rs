@@ -133,6 +133,8 @@ const CASES: &[ConvCase] = &[
     // where some taps read nothing but padding.
     case((3, 2, 1, 1), 4, 3, 1, 1, 1),
     case((2, 3, 2, 3), 5, 3, 1, 1, 1),
+    case((2, 3, 1, 4), 3, 5, 1, 2, 1),
+    case((2, 2, 2, 2), 3, 5, 1, 2, 1),
 ];
 
 struct ConvOperands {
