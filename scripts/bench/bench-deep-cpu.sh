@@ -6,14 +6,9 @@
 # --images asks, then measures.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-scripts/install-deps.sh
-if ! /usr/bin/python3 -c 'import torch' 2>/dev/null; then
-  sudo=; [ "$(id -u)" -eq 0 ] || sudo=sudo
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-torch >/dev/null
-fi
+scripts/bench/torch-setup.sh
 export EXP_DATA="${EXP_DATA:-$HOME/.cache/exp/data}"
 scripts/fetch-data.sh --fashion "$EXP_DATA" >&2
-cargo build --release >&2
 images=512
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do

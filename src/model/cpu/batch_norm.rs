@@ -354,7 +354,9 @@ impl Kernel {
 const LANES: usize = 16;
 
 /// Σ f(a, b, c) over the elements of three equally long planes, in [`LANES`] f32 running sums
-/// (whole blocks of LANES as arrays, so that the loop vectorises), returned in f64.
+/// (whole blocks of LANES against the fixed-size lane array, so that the loop vectorises),
+/// returned in f64. The three
+/// planes are equally long (every caller passes one plane of each operand).
 #[inline(always)]
 fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f64 {
     let mut lanes = [0f32; LANES];
@@ -371,13 +373,8 @@ fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -
         .map(|((&a, &b), &c)| f(a, b, c) as f64)
         .sum();
     for ((a, b), c) in ab.zip(bb).zip(cb) {
-        let (a, b, c): (&[f32; LANES], &[f32; LANES], &[f32; LANES]) = (
-            a.try_into().expect("a block"),
-            b.try_into().expect("a block"),
-            c.try_into().expect("a block"),
-        );
-        for l in 0..LANES {
-            lanes[l] += f(a[l], b[l], c[l]);
+        for (((lane, &a), &b), &c) in lanes.iter_mut().zip(a).zip(b).zip(c) {
+            *lane += f(a, b, c);
         }
     }
     lanes.iter().map(|&v| v as f64).sum::<f64>() + tail
