@@ -59,12 +59,20 @@ pub struct FileStat {
 }
 
 impl FileStat {
-    /// The stat of `path`, or `None` if it is not a regular file (or this is not Unix).
+    /// The stat of `path` (links followed), or `None` if it is not a regular file (or this is
+    /// not Unix).
     pub fn of(path: &Path) -> Option<FileStat> {
+        FileStat::from_metadata(&std::fs::metadata(path).ok()?)
+    }
+
+    /// The stat in `metadata`, or `None` if it is not a regular file's (or this is not Unix).
+    /// A walk takes it from `DirEntry::metadata`, which asks relative to the open folder and so
+    /// skips the lookup of the folder's path for every file.
+    pub fn from_metadata(metadata: &std::fs::Metadata) -> Option<FileStat> {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
-            let m = std::fs::metadata(path).ok()?;
+            let m = metadata;
             if !m.is_file() {
                 return None;
             }
@@ -79,7 +87,7 @@ impl FileStat {
         }
         #[cfg(not(unix))]
         {
-            let _ = path;
+            let _ = metadata;
             None
         }
     }

@@ -124,8 +124,7 @@ pub(super) fn execute(args: DataArgs) -> Result<(), Error> {
             };
             let mut all = Vec::new();
             for n in &names {
-                let committed = dataset::read_worktree(&worktree, n)?;
-                all.push(dataset::status(&repo, &committed)?);
+                all.push(dataset::status_of(&repo, n)?);
             }
             if json {
                 return super::emit_json(&all);

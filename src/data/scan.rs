@@ -5,13 +5,12 @@
 //! Hashing is skipped for files whose stat (size, mtime, ctime, inode, device) matches the
 //! folder's stat cache, kept under `.git/exp/cache/stat/`; an entry is only recorded for a file
 //! that was settled before it was read (git's racily-clean rule, `files::FileStat`), so a write
-//! in the same clock tick is never missed. Files are hashed in parallel.
+//! in the same clock tick is never missed. Folders are walked and files hashed in parallel.
 //!
 //! Names beginning with `.` (`.DS_Store`, `.ipynb_checkpoints/`) are not data and are left out;
 //! symbolic links to files are followed, links to folders refused (a cycle would never end);
 //! a path that is not UTF-8 or holds a line break is refused, since the manifest is text.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -36,49 +35,61 @@ pub struct FileEntry {
 impl FileEntry {
     /// The manifest line: `<sha256> <size> <path>`.
     pub fn line(&self) -> String {
-        format!("{} {} {}", self.sha256, self.size, self.path)
+        let mut line = String::with_capacity(self.line_len());
+        self.push_line(&mut line);
+        line.pop();
+        line
+    }
+
+    /// Appends the manifest line and its `\n` to `out`.
+    fn push_line(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.push_str(&self.sha256);
+        // Writing to a String cannot fail.
+        let _ = write!(out, " {} ", self.size);
+        out.push_str(&self.path);
+        out.push('\n');
+    }
+
+    /// The bytes of the manifest line with its `\n`.
+    fn line_len(&self) -> usize {
+        let digits = self.size.checked_ilog10().map_or(1, |d| d as usize + 1);
+        self.sha256.len() + 1 + digits + 1 + self.path.len() + 1
     }
 }
 
 /// The manifest text of `entries` (one line each, in their order, each ending in `\n`).
 pub fn manifest_text(entries: &[FileEntry]) -> String {
-    let mut text = String::with_capacity(entries.len() * 96);
+    let mut text = String::with_capacity(entries.iter().map(FileEntry::line_len).sum());
     for e in entries {
-        text.push_str(&e.line());
-        text.push('\n');
+        e.push_line(&mut text);
     }
     text
 }
 
 /// Reads manifest text (one `<sha256> <size> <path>` line per file); Err names the first bad
-/// line (1-based) and why.
+/// line (1-based) and why. Long texts are parsed in parallel, a run of whole lines per task.
 pub fn parse_manifest(text: &str) -> Result<Vec<FileEntry>, String> {
+    let runs: Vec<Result<Vec<FileEntry>, String>> = line_runs(text)
+        .into_par_iter()
+        .map(|(offset, run)| {
+            let mut entries = Vec::with_capacity(run.len() / 90 + 1);
+            for (i, line) in run.lines().enumerate() {
+                let entry = parse_manifest_line(line).map_err(|why| {
+                    let before = text.as_bytes()[..offset]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count();
+                    format!("line {}: {why}: {line:?}", before + i + 1)
+                })?;
+                entries.push(entry);
+            }
+            Ok(entries)
+        })
+        .collect();
     let mut entries = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let bad = |why: &str| format!("line {}: {why}: {line:?}", i + 1);
-        let mut parts = line.splitn(3, ' ');
-        let (Some(sha), Some(size), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("expected `<sha256> <size> <path>`"));
-        };
-        if sha.len() != 64
-            || !sha
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        {
-            return Err(bad("not a lower-case SHA-256"));
-        }
-        let size = size.parse().map_err(|_| bad("the size is not a number"))?;
-        if path.is_empty()
-            || path.starts_with('/')
-            || path.split('/').any(|c| c == ".." || c.is_empty())
-        {
-            return Err(bad("the path must be relative, inside the folder"));
-        }
-        entries.push(FileEntry {
-            path: path.to_string(),
-            size,
-            sha256: sha.to_string(),
-        });
+    for run in runs {
+        entries.append(&mut run?);
     }
     if entries
         .windows(2)
@@ -87,6 +98,51 @@ pub fn parse_manifest(text: &str) -> Result<Vec<FileEntry>, String> {
         return Err("the lines are not sorted by path bytes (or a path repeats)".into());
     }
     Ok(entries)
+}
+
+fn parse_manifest_line(line: &str) -> Result<FileEntry, &'static str> {
+    let mut parts = line.splitn(3, ' ');
+    let (Some(sha), Some(size), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("expected `<sha256> <size> <path>`");
+    };
+    if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err("not a lower-case SHA-256");
+    }
+    let size = size.parse().map_err(|_| "the size is not a number")?;
+    if path.is_empty()
+        || path.starts_with('/')
+        || path.split('/').any(|c| c == ".." || c.is_empty())
+    {
+        return Err("the path must be relative, inside the folder");
+    }
+    Ok(FileEntry {
+        path: path.to_string(),
+        size,
+        sha256: sha.to_string(),
+    })
+}
+
+/// `text` cut into runs of whole lines for parsing in parallel, each with its byte offset: a
+/// few runs per thread for a long text, one for a short one.
+fn line_runs(text: &str) -> Vec<(usize, &str)> {
+    const MIN_RUN: usize = 256 << 10;
+    let pieces = (text.len() / MIN_RUN).clamp(1, 4 * rayon::current_num_threads());
+    let target = text.len().div_ceil(pieces).max(1);
+    let bytes = text.as_bytes();
+    let mut runs = Vec::with_capacity(pieces);
+    let mut start = 0;
+    while start < text.len() {
+        let guess = (start + target).min(text.len());
+        // To the end of the line the guess falls in: a run boundary is always just after a
+        // `\n`, so a `\r\n` is never split.
+        let end = bytes[guess..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| guess + i + 1);
+        runs.push((start, &text[start..end]));
+        start = end;
+    }
+    runs
 }
 
 /// How one list of files differs from another, path by path (both sorted by path bytes).
@@ -150,12 +206,35 @@ pub fn changes(old: &[FileEntry], new: &[FileEntry]) -> Changes {
 
 /// The fingerprint of a list of files: BLAKE3 over its manifest text.
 pub fn fingerprint<'a>(entries: impl IntoIterator<Item = &'a FileEntry>) -> String {
+    const FLUSH: usize = 64 << 10;
     let mut h = blake3::Hasher::new();
+    let mut text = String::with_capacity(FLUSH + 4096);
     for e in entries {
-        h.update(e.line().as_bytes());
-        h.update(b"\n");
+        e.push_line(&mut text);
+        if text.len() >= FLUSH {
+            h.update(text.as_bytes());
+            text.clear();
+        }
     }
+    h.update(text.as_bytes());
     h.finalize().to_hex().to_string()
+}
+
+/// [`fingerprint`] of `entries`, parsed from manifest `text`: the hash of `text` itself when it
+/// is their manifest text, as exp writes it (no re-rendering of 70,000 lines).
+pub fn fingerprint_of_text(text: &str, entries: &[FileEntry]) -> String {
+    // A parsed line is never shorter than the entry's own line (a size written `+7` or `07` is
+    // longer than `7`), and its end is one `\n` unless a `\r` is about or the last `\n` is
+    // missing: so with equal lengths, a final `\n` and no `\r`, every line is the entry's own.
+    let own_len: usize = entries.iter().map(FileEntry::line_len).sum();
+    let canonical = text.len() == own_len
+        && (text.is_empty() || text.ends_with('\n'))
+        && !text.as_bytes().contains(&b'\r');
+    if canonical {
+        blake3::hash(text.as_bytes()).to_hex().to_string()
+    } else {
+        fingerprint(entries)
+    }
 }
 
 /// Files up to this size are read whole (and handed to a [`Sink`] as bytes); larger ones are
@@ -184,35 +263,40 @@ pub fn scan_into(
     cache_dir: Option<&Path>,
     sink: Option<&dyn Sink>,
 ) -> Result<Vec<FileEntry>, DataError> {
-    let mut found = Vec::new();
-    walk(folder, "", &mut found)?;
-    found.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    let mut cache = cache_dir.map(|dir| StatCache::load(dir, folder));
+    // The racily-clean rule compares file times with an instant before any stat or read.
     let start = SystemTime::now();
-    // Per file: its entry, its stat when it may be cached, and whether a sink has it.
-    type Scanned = Option<(FileEntry, Option<FileStat>, bool)>;
-    let hashed: Vec<Result<Scanned, DataError>> = found
+    let (found, cache) = rayon::join(
+        || walk(folder, ""),
+        || cache_dir.map(|dir| StatCache::load(dir, folder)),
+    );
+    let mut found = found?;
+    found.par_sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let known = match &cache {
+        Some(cache) => cache.lines_of(found.iter().map(|(path, _)| path.as_str())),
+        None => vec![None; found.len()],
+    };
+    let scanned: Vec<Result<(FileEntry, Kept), DataError>> = found
         .into_par_iter()
-        .map(|path| {
+        .zip(known)
+        .map(|((path, stat), line)| {
             let file = folder.join(&path);
-            // Stats in parallel: on an unchanged folder they are all the work there is.
-            let Some(stat) = FileStat::of(&file) else {
-                return Ok(None); // gone since the listing, or not a regular file
-            };
-            if let Some((sha, stored)) = cache.as_ref().and_then(|c| c.get(&path, &stat)) {
+            let hit = line
+                .zip(cache.as_ref())
+                .filter(|(i, cache)| cache.lines[*i].stat == stat);
+            if let Some((i, cache)) = hit {
                 let entry = FileEntry {
                     path,
                     size: stat.size,
-                    sha256: sha.to_string(),
+                    sha256: cache.sha256(i).to_string(),
                 };
                 let stored = match sink {
-                    Some(sink) if !stored => {
+                    Some(sink) if !cache.lines[i].stored => {
                         sink.cached(&entry, &file)?;
                         true
                     }
-                    _ => stored,
+                    _ => cache.lines[i].stored,
                 };
-                return Ok(Some((entry, None, stored)));
+                return Ok((entry, Kept::Cached { line: i, stored }));
             }
             let entry = if stat.size <= READ_WHOLE {
                 // Sized from the walk's stat: std::fs::read would stat the file again.
@@ -245,23 +329,38 @@ pub fn scan_into(
             let settled = FileStat::of(&file).filter(|after| {
                 *after == stat && after.size == entry.size && stat.settled_before(start)
             });
-            Ok(Some((entry, settled, sink.is_some())))
+            Ok((
+                entry,
+                Kept::Hashed {
+                    stat: settled,
+                    stored: sink.is_some(),
+                },
+            ))
         })
         .collect();
-    let mut entries = Vec::with_capacity(hashed.len());
-    for item in hashed {
-        let Some((entry, new_stat, stored)) = item? else {
-            continue;
-        };
-        if let Some(cache) = cache.as_mut() {
-            cache.update(&entry, new_stat, stored);
-        }
+    let mut entries = Vec::with_capacity(scanned.len());
+    let mut kept = Vec::with_capacity(scanned.len());
+    for item in scanned {
+        let (entry, k) = item?;
         entries.push(entry);
+        kept.push(k);
     }
-    if let Some(cache) = cache.as_mut() {
-        cache.save(&entries);
+    if let Some(cache) = &cache {
+        cache.save(&entries, &kept);
     }
     Ok(entries)
+}
+
+/// What a scan keeps of one file in the stat cache.
+#[derive(Clone, Copy)]
+enum Kept {
+    /// Its line of the cache answered; `stored` may have changed.
+    Cached { line: usize, stored: bool },
+    /// It was hashed; `stat` is its stat when it may be cached.
+    Hashed {
+        stat: Option<FileStat>,
+        stored: bool,
+    },
 }
 
 /// Forgets, for every folder, which files a [`Sink`] took (the stat caches under
@@ -295,7 +394,10 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), DataError> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
-fn walk(root: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), DataError> {
+/// Every regular file under `root/prefix` (links to files followed) with its stat: paths
+/// relative to `root`, `/`-separated, in no particular order. Each folder's entries are looked
+/// at in parallel, and a file's stat is asked relative to its open folder (no path lookup).
+fn walk(root: &Path, prefix: &str) -> Result<Vec<(String, FileStat)>, DataError> {
     let dir = if prefix.is_empty() {
         root.to_path_buf()
     } else {
@@ -305,59 +407,98 @@ fn walk(root: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), DataErro
         path: path.to_path_buf(),
         source,
     };
-    for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
-        let entry = entry.map_err(|e| io(&dir, e))?;
-        let name = entry.file_name();
-        let path = entry.path();
-        let Some(name) = name.to_str() else {
-            return Err(DataError::Inconsistent(format!(
-                "{}: the file name is not UTF-8; rename it (manifests are text)",
-                path.display()
-            )));
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        if name.contains(['\n', '\r']) {
-            return Err(DataError::Inconsistent(format!(
-                "{:?}: a file name holding a line break cannot be listed in a manifest; rename it",
-                path.display().to_string()
-            )));
-        }
-        let relative = if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let kind = entry.file_type().map_err(|e| io(&path, e))?;
-        let is_dir = if kind.is_symlink() {
-            let target = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
-            if target.is_dir() {
+    let listing = std::fs::read_dir(&dir)
+        .map_err(|e| io(&dir, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| io(&dir, e))?;
+    let looked: Vec<Result<Found, DataError>> = listing
+        .into_par_iter()
+        .map(|entry| {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
                 return Err(DataError::Inconsistent(format!(
-                    "{} is a link to a folder; exp does not follow folder links (copy the folder in, or link its files)",
-                    path.display()
+                    "{}: the file name is not UTF-8; rename it (manifests are text)",
+                    entry.path().display()
+                )));
+            };
+            if name.starts_with('.') {
+                return Ok(Found::Nothing);
+            }
+            if name.contains(['\n', '\r']) {
+                return Err(DataError::Inconsistent(format!(
+                    "{:?}: a file name holding a line break cannot be listed in a manifest; rename it",
+                    entry.path().display().to_string()
                 )));
             }
-            false
-        } else {
-            kind.is_dir()
-        };
-        if is_dir {
-            walk(root, &relative, out)?;
-        } else {
-            out.push(relative);
+            let relative = if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let kind = entry.file_type().map_err(|e| io(&entry.path(), e))?;
+            let metadata = if kind.is_symlink() {
+                let path = entry.path();
+                let target = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
+                if target.is_dir() {
+                    return Err(DataError::Inconsistent(format!(
+                        "{} is a link to a folder; exp does not follow folder links (copy the folder in, or link its files)",
+                        path.display()
+                    )));
+                }
+                target
+            } else if kind.is_dir() {
+                return walk(root, &relative).map(Found::Folder);
+            } else {
+                match entry.metadata() {
+                    Ok(m) => m,
+                    // Gone since the listing.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok(Found::Nothing)
+                    }
+                    Err(e) => return Err(io(&entry.path(), e)),
+                }
+            };
+            // Not a regular file (a socket, a fifo): not data.
+            Ok(FileStat::from_metadata(&metadata).map_or(Found::Nothing, |stat| {
+                Found::File(relative, stat)
+            }))
+        })
+        .collect();
+    let mut files = Vec::with_capacity(looked.len());
+    for found in looked {
+        match found? {
+            Found::File(path, stat) => files.push((path, stat)),
+            Found::Folder(mut inside) => files.append(&mut inside),
+            Found::Nothing => {}
         }
     }
-    Ok(())
+    Ok(files)
+}
+
+/// One entry of a folder, looked at.
+enum Found {
+    File(String, FileStat),
+    Folder(Vec<(String, FileStat)>),
+    Nothing,
 }
 
 /// A folder's stat cache: one text line per file, `<sha256> <size> <mtime_ns> <ctime_ns>
-/// <inode> <device> <stored> <path>` (`stored`: 1 when a [`Sink`] took the file; text: 70k
-/// entries load in a few milliseconds, no serde needed).
+/// <inode> <device> <stored> <path>` (`stored`: 1 when a [`Sink`] took the file), sorted by path
+/// bytes, so that a scan's sorted paths find their lines in one merge. The text is kept and the
+/// lines point into it: loading 70,000 lines allocates nothing per line.
 struct StatCache {
     file: PathBuf,
-    entries: HashMap<String, (FileStat, String, bool)>,
-    dirty: bool,
+    text: String,
+    /// Sorted by path bytes, no path twice.
+    lines: Vec<CacheLine>,
+}
+
+struct CacheLine {
+    /// Byte ranges of the path and the SHA-256 in the text.
+    path: std::ops::Range<usize>,
+    sha256: std::ops::Range<usize>,
+    stat: FileStat,
+    stored: bool,
 }
 
 impl StatCache {
@@ -367,70 +508,114 @@ impl StatCache {
         let absolute = std::fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
         let key = blake3::hash(absolute.to_string_lossy().as_bytes()).to_hex();
         let file = dir.join("stat").join(format!("{}-v2.txt", &key[..32]));
-        let entries = std::fs::read_to_string(&file)
-            .map(|text| text.lines().filter_map(parse_line).collect())
-            .unwrap_or_default();
-        StatCache {
-            file,
-            entries,
-            dirty: false,
-        }
-    }
-
-    fn get(&self, path: &str, stat: &FileStat) -> Option<(&str, bool)> {
-        match self.entries.get(path) {
-            Some((s, sha, stored)) if s == stat => Some((sha, *stored)),
-            _ => None,
-        }
-    }
-
-    /// Records a file just hashed (`stat`: when it may be cached) or marks a cached one stored.
-    fn update(&mut self, entry: &FileEntry, stat: Option<FileStat>, stored: bool) {
-        match stat {
-            Some(stat) => {
-                self.entries
-                    .insert(entry.path.clone(), (stat, entry.sha256.clone(), stored));
-                self.dirty = true;
-            }
-            None => {
-                if let Some(cached) = self.entries.get_mut(&entry.path) {
-                    if stored && !cached.2 {
-                        cached.2 = true;
-                        self.dirty = true;
-                    }
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let runs: Vec<Option<Vec<CacheLine>>> = line_runs(&text)
+            .into_par_iter()
+            .map(|(offset, run)| {
+                let mut lines = Vec::with_capacity(run.len() / 120 + 1);
+                let mut at = offset;
+                for line in run.split_terminator('\n') {
+                    lines.push(parse_cache_line(line, at)?);
+                    at += line.len() + 1;
+                }
+                Some(lines)
+            })
+            .collect();
+        let mut lines = Vec::new();
+        for run in runs {
+            match run {
+                Some(mut run) => lines.append(&mut run),
+                None => {
+                    lines.clear();
+                    break;
                 }
             }
         }
+        let sorted = lines
+            .windows(2)
+            .all(|w| text.as_bytes()[w[0].path.clone()] < text.as_bytes()[w[1].path.clone()]);
+        if !sorted {
+            lines.clear();
+        }
+        StatCache { file, text, lines }
     }
 
-    /// Writes the cache when it changed, keeping only the files of the latest scan.
-    fn save(&mut self, current: &[FileEntry]) {
-        let stale = self.entries.len() != current.len();
-        if !self.dirty && !stale {
+    fn path(&self, i: usize) -> &str {
+        &self.text[self.lines[i].path.clone()]
+    }
+
+    fn sha256(&self, i: usize) -> &str {
+        &self.text[self.lines[i].sha256.clone()]
+    }
+
+    /// The line of each of `paths` (sorted by bytes), if it has one.
+    fn lines_of<'a>(&self, paths: impl Iterator<Item = &'a str>) -> Vec<Option<usize>> {
+        let mut i = 0;
+        paths
+            .map(|path| {
+                while i < self.lines.len() && self.path(i).as_bytes() < path.as_bytes() {
+                    i += 1;
+                }
+                (i < self.lines.len() && self.path(i) == path).then_some(i)
+            })
+            .collect()
+    }
+
+    /// Writes the cache of the latest scan (`entries`, and what it `kept` of each) when it
+    /// differs from the loaded one.
+    fn save(&self, entries: &[FileEntry], kept: &[Kept]) {
+        let mut lines = 0;
+        let mut changed = false;
+        for k in kept {
+            match *k {
+                Kept::Cached { line, stored } => {
+                    lines += 1;
+                    changed |= stored != self.lines[line].stored;
+                }
+                Kept::Hashed { stat: Some(_), .. } => {
+                    lines += 1;
+                    changed = true;
+                }
+                Kept::Hashed { stat: None, .. } => {}
+            }
+        }
+        // Without a new or changed line, the kept lines are a subset of the loaded ones: the
+        // same set when the counts agree.
+        if !changed && lines == self.lines.len() {
             return;
         }
-        let mut text = String::with_capacity(current.len() * 140);
-        for e in current {
-            if let Some((s, sha, stored)) = self.entries.get(&e.path) {
-                text.push_str(&format!(
-                    "{sha} {} {} {} {} {} {} {}\n",
-                    s.size,
-                    s.mtime_ns,
-                    s.ctime_ns,
-                    s.ino,
-                    s.dev,
-                    u8::from(*stored),
-                    e.path
-                ));
-            }
+        use std::fmt::Write;
+        let mut text = String::with_capacity(lines * 140);
+        for (e, k) in entries.iter().zip(kept) {
+            let (s, stored) = match *k {
+                Kept::Cached { line, stored } => (&self.lines[line].stat, stored),
+                Kept::Hashed {
+                    stat: Some(ref s),
+                    stored,
+                } => (s, stored),
+                Kept::Hashed { stat: None, .. } => continue,
+            };
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                text,
+                "{} {} {} {} {} {} {} {}",
+                e.sha256,
+                s.size,
+                s.mtime_ns,
+                s.ctime_ns,
+                s.ino,
+                s.dev,
+                u8::from(stored),
+                e.path
+            );
         }
         // A cache that cannot be written costs a re-hash next time, nothing more.
         let _ = crate::files::write_whole(&self.file, text.as_bytes(), false);
-        self.dirty = false;
     }
 }
 
-fn parse_line(line: &str) -> Option<(String, (FileStat, String, bool))> {
+/// One line of a stat cache that starts at byte `at` of its text.
+fn parse_cache_line(line: &str, at: usize) -> Option<CacheLine> {
     let mut parts = line.splitn(8, ' ');
     let sha = parts.next()?;
     if sha.len() != 64 {
@@ -448,7 +633,15 @@ fn parse_line(line: &str) -> Option<(String, (FileStat, String, bool))> {
         "1" => true,
         _ => return None,
     };
-    Some((parts.next()?.to_string(), (stat, sha.to_string(), stored)))
+    // The path runs to the end of the line.
+    let path = parts.next()?;
+    let path_at = at + line.len() - path.len();
+    Some(CacheLine {
+        path: path_at..path_at + path.len(),
+        sha256: at..at + 64,
+        stat,
+        stored,
+    })
 }
 
 #[cfg(test)]
@@ -595,6 +788,122 @@ mod tests {
             (fourth.fresh.load(Relaxed), fourth.cached.load(Relaxed)),
             (0, 1)
         );
+    }
+
+    #[test]
+    fn links_to_files_are_followed_links_to_folders_refused_odd_files_left_out() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("f");
+        std::fs::create_dir_all(folder.join("sub")).unwrap();
+        std::fs::write(dir.path().join("outside"), b"linked").unwrap();
+        std::fs::write(folder.join("sub/plain"), b"plain").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside"), folder.join("sub/link")).unwrap();
+        let fifo = std::ffi::CString::new(folder.join("fifo").as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let entries = scan(&folder, None).unwrap();
+        let got: Vec<(&str, u64)> = entries.iter().map(|e| (e.path.as_str(), e.size)).collect();
+        assert_eq!(
+            got,
+            [("sub/link", 6), ("sub/plain", 5)],
+            "the fifo is not data"
+        );
+        assert_eq!(entries[0].sha256, hex::encode(Sha256::digest(b"linked")));
+
+        std::os::unix::fs::symlink(dir.path(), folder.join("sub/up")).unwrap();
+        let e = scan(&folder, None).unwrap_err().to_string();
+        assert!(e.contains("sub/up is a link to a folder"), "{e}");
+        std::fs::remove_file(folder.join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), folder.join("dangling")).unwrap();
+        let e = scan(&folder, None).unwrap_err().to_string();
+        assert!(e.contains("dangling"), "{e}");
+        std::fs::remove_file(folder.join("dangling")).unwrap();
+        let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
+        std::fs::write(folder.join("sub").join(odd), b"1").unwrap();
+        let e = scan(&folder, None).unwrap_err().to_string();
+        assert!(e.contains("the file name is not UTF-8"), "{e}");
+    }
+
+    /// The fast fingerprint (the text's own hash) is taken only for text exp would write; any
+    /// other spelling of the same entries gets their fingerprint all the same.
+    #[test]
+    fn the_fingerprint_of_a_manifest_text_is_that_of_its_entries() {
+        let sha = hex::encode(Sha256::digest(b"x"));
+        let canonical = format!("{sha} 7 a/b\n{sha} 10 c\n");
+        let entries = parse_manifest(&canonical).unwrap();
+        let expected = fingerprint(&entries);
+        assert_eq!(
+            expected,
+            blake3::hash(canonical.as_bytes()).to_hex().to_string()
+        );
+        for text in [
+            canonical.clone(),
+            format!("{sha} 07 a/b\n{sha} 10 c"),
+            format!("{sha} +7 a/b\n{sha} 10 c\n"),
+            format!("{sha} 7 a/b\r\n{sha} 10 c\r\n"),
+            format!("{sha} 07 a/b\n{sha} 10 c"),
+        ] {
+            assert_eq!(parse_manifest(&text).unwrap(), entries, "{text:?}");
+            assert_eq!(fingerprint_of_text(&text, &entries), expected, "{text:?}");
+        }
+        assert_eq!(fingerprint_of_text("", &[]), fingerprint(&[]));
+    }
+
+    /// A long manifest is parsed in runs of lines on several threads: the same entries, and an
+    /// error still names its line.
+    #[test]
+    fn long_manifests_parse_in_runs_and_errors_name_their_line() {
+        let sha = hex::encode(Sha256::digest(b"x"));
+        let entries: Vec<FileEntry> = (0..20_000)
+            .map(|i| FileEntry {
+                path: format!("train/{i:06}.png"),
+                size: i,
+                sha256: sha.clone(),
+            })
+            .collect();
+        let text = manifest_text(&entries);
+        assert!(line_runs(&text).len() > 1, "more than one run");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        assert_eq!(pool.install(|| parse_manifest(&text)).unwrap(), entries);
+        let broken = text.replacen("train/017345.png", "../017345.png", 1);
+        assert_eq!(
+            pool.install(|| parse_manifest(&broken)).unwrap_err(),
+            format!(
+                "line 17346: the path must be relative, inside the folder: \"{sha} 17345 ../017345.png\""
+            )
+        );
+    }
+
+    #[test]
+    fn a_damaged_or_unsorted_stat_cache_is_an_empty_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("f");
+        std::fs::create_dir_all(&folder).unwrap();
+        for name in ["a", "b"] {
+            std::fs::write(folder.join(name), name).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let cache_dir = dir.path().join("cache");
+        scan(&folder, Some(&cache_dir)).unwrap();
+        let cache = StatCache::load(&cache_dir, &folder);
+        assert_eq!(
+            (cache.lines.len(), cache.path(0), cache.path(1)),
+            (2, "a", "b")
+        );
+        assert_eq!(cache.sha256(1), hex::encode(Sha256::digest(b"b")));
+        let text = cache.text.clone();
+        let lines: Vec<&str> = text.lines().collect();
+        for damaged in [
+            format!("{}\n{}\n", lines[1], lines[0]),
+            format!("{}\n{}\n", lines[0], lines[1].replace(" 0 b", " 7 b")),
+            format!("{}\n{}\n", lines[0], lines[0]),
+        ] {
+            std::fs::write(&cache.file, damaged).unwrap();
+            assert!(StatCache::load(&cache_dir, &folder).lines.is_empty());
+        }
     }
 
     #[test]

@@ -88,13 +88,12 @@ pub fn add(
         previous.as_ref().map_or(&[][..], |p| &p.entries[..]),
         &entries,
     );
-    let manifest = Manifest::of(&name, &folder, &entries);
     let (current, _) = git::current_branch(repo)?;
     let mut added = Added {
         name: name.clone(),
         folder: folder.clone(),
-        files: manifest.files,
-        bytes: manifest.bytes,
+        files: entries.len(),
+        bytes: entries.iter().map(|e| e.size).sum(),
         new_objects,
         changes,
         commit: None,
@@ -104,6 +103,7 @@ pub fn add(
     if previous.is_some() && added.changes.is_empty() {
         return Ok(added);
     }
+    let manifest = Manifest::of(&name, &folder, &entries);
     // The objects are on disk before a commit names them.
     store.sync_all()?;
 

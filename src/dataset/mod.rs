@@ -190,45 +190,65 @@ pub fn files_path(name: &str) -> String {
     format!("{MANIFEST_DIR}/{name}.files")
 }
 
-/// A dataset as committed: its manifest, its file list and the list's blob id.
+/// A dataset as committed: its manifest, its file list and the list's text.
 #[derive(Debug, Clone)]
 pub struct Committed {
     /// `datasets/<name>.toml`.
     pub manifest: Manifest,
     /// `datasets/<name>.files`, parsed.
     pub entries: Vec<FileEntry>,
-    /// The Git blob id of `datasets/<name>.files`.
-    pub files_blob: String,
+    /// `datasets/<name>.files` as read.
+    files_bytes: Vec<u8>,
+}
+
+impl Committed {
+    /// The Git blob id of `datasets/<name>.files` (what a run records; hashed when asked, since
+    /// `exp data status` has no use for it).
+    pub fn files_blob(&self) -> String {
+        git2::Oid::hash_object(git2::ObjectType::Blob, &self.files_bytes)
+            .map(|o| o.to_string())
+            .unwrap_or_default()
+    }
 }
 
 /// Reads dataset `name` from the work tree's manifest files.
 pub fn read_worktree(worktree: &Path, name: &str) -> Result<Committed, DatasetError> {
+    let manifest = read_worktree_toml(worktree, name)?;
+    read_worktree_files(worktree, name, manifest)
+}
+
+/// Dataset `name`'s `datasets/<name>.toml` in the work tree.
+fn read_worktree_toml(worktree: &Path, name: &str) -> Result<Manifest, DatasetError> {
     crate::spec::check_dataset_name(name).map_err(DatasetError::Invalid)?;
     let toml_path = worktree.join(manifest_path(name));
-    let toml_text = match std::fs::read_to_string(&toml_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(DatasetError::Unknown {
-                name: name.to_string(),
-                path: manifest_path(name),
-                known: names(worktree).unwrap_or_default(),
-            })
-        }
-        Err(source) => {
-            return Err(DatasetError::Io {
-                context: "reading",
-                path: toml_path,
-                source,
-            })
-        }
-    };
+    match std::fs::read_to_string(&toml_path) {
+        Ok(text) => parse_toml(name, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DatasetError::Unknown {
+            name: name.to_string(),
+            path: manifest_path(name),
+            known: names(worktree).unwrap_or_default(),
+        }),
+        Err(source) => Err(DatasetError::Io {
+            context: "reading",
+            path: toml_path,
+            source,
+        }),
+    }
+}
+
+/// Dataset `name`'s `datasets/<name>.files` in the work tree, checked against `manifest`.
+fn read_worktree_files(
+    worktree: &Path,
+    name: &str,
+    manifest: Manifest,
+) -> Result<Committed, DatasetError> {
     let files_path_abs = worktree.join(files_path(name));
     let files_bytes = std::fs::read(&files_path_abs).map_err(|source| DatasetError::Io {
         context: "reading",
         path: files_path_abs.clone(),
         source,
     })?;
-    parse(name, &toml_text, &files_bytes)
+    parse_files(name, manifest, files_bytes)
 }
 
 /// Reads dataset `name` from `tree` (a commit's).
@@ -257,18 +277,27 @@ pub fn read_tree(
             known: Vec::new(),
         });
     };
-    let toml_text = String::from_utf8_lossy(toml_blob.content()).into_owned();
-    parse(name, &toml_text, files_blob.content())
+    let manifest = parse_toml(name, &String::from_utf8_lossy(toml_blob.content()))?;
+    parse_files(name, manifest, files_blob.content().to_vec())
 }
 
-fn parse(name: &str, toml_text: &str, files_bytes: &[u8]) -> Result<Committed, DatasetError> {
+fn parse_toml(name: &str, toml_text: &str) -> Result<Manifest, DatasetError> {
+    toml::from_str(toml_text).map_err(|e| DatasetError::BadManifest {
+        path: manifest_path(name),
+        message: e.to_string(),
+    })
+}
+
+fn parse_files(
+    name: &str,
+    manifest: Manifest,
+    files_bytes: Vec<u8>,
+) -> Result<Committed, DatasetError> {
     let bad = |path: String, message: String| DatasetError::BadManifest { path, message };
-    let manifest: Manifest =
-        toml::from_str(toml_text).map_err(|e| bad(manifest_path(name), e.to_string()))?;
-    let text = std::str::from_utf8(files_bytes)
+    let text = std::str::from_utf8(&files_bytes)
         .map_err(|_| bad(files_path(name), "not UTF-8 text".into()))?;
     let entries = scan::parse_manifest(text).map_err(|m| bad(files_path(name), m))?;
-    let fingerprint = scan::fingerprint(&entries);
+    let fingerprint = scan::fingerprint_of_text(text, &entries);
     if fingerprint != manifest.fingerprint || manifest.files != entries.len() {
         return Err(bad(
             manifest_path(name),
@@ -284,9 +313,7 @@ fn parse(name: &str, toml_text: &str, files_bytes: &[u8]) -> Result<Committed, D
     Ok(Committed {
         manifest,
         entries,
-        files_blob: git2::Oid::hash_object(git2::ObjectType::Blob, files_bytes)
-            .map(|o| o.to_string())
-            .unwrap_or_default(),
+        files_bytes,
     })
 }
 
@@ -332,20 +359,51 @@ pub struct Status {
 
 /// The folder of `committed` scanned (with its stat cache) and compared with its list.
 pub fn status(repo: &git2::Repository, committed: &Committed) -> Result<Status, DatasetError> {
-    let worktree = crate::git::workdir(repo);
-    let folder = worktree.join(&committed.manifest.folder);
-    let present = folder.is_dir();
-    let current = if present {
-        scan::scan(&folder, Some(&crate::git::cache_dir(repo)))?
-    } else {
-        Vec::new()
-    };
+    let (present, current) = scan_folder(
+        crate::git::workdir(repo),
+        &crate::git::cache_dir(repo),
+        &committed.manifest.folder,
+    )?;
     Ok(Status {
         name: committed.manifest.name.clone(),
         folder: committed.manifest.folder.clone(),
         present,
         changes: scan::changes(&committed.entries, &current),
     })
+}
+
+/// [`status`] of the work tree's dataset `name`: its list is read and checked while its folder
+/// is scanned (`exp data status`; on an unchanged 70,000-file folder the two take about as long).
+pub fn status_of(repo: &git2::Repository, name: &str) -> Result<Status, DatasetError> {
+    let worktree = crate::git::workdir(repo);
+    let manifest = read_worktree_toml(worktree, name)?;
+    let folder = manifest.folder.clone();
+    let cache_dir = crate::git::cache_dir(repo);
+    let (committed, scanned) = rayon::join(
+        || read_worktree_files(worktree, name, manifest),
+        || scan_folder(worktree, &cache_dir, &folder),
+    );
+    let (committed, (present, current)) = (committed?, scanned?);
+    Ok(Status {
+        name: committed.manifest.name,
+        folder,
+        present,
+        changes: scan::changes(&committed.entries, &current),
+    })
+}
+
+/// Whether `folder` of `worktree` is there, and its files (none when it is not), with the stat
+/// caches in `cache_dir`.
+fn scan_folder(
+    worktree: &Path,
+    cache_dir: &Path,
+    folder: &str,
+) -> Result<(bool, Vec<FileEntry>), DatasetError> {
+    let folder = worktree.join(folder);
+    if !folder.is_dir() {
+        return Ok((false, Vec::new()));
+    }
+    Ok((true, scan::scan(&folder, Some(cache_dir))?))
 }
 
 /// For a spec naming `data.dataset`: checks that the folder is exactly the committed list
@@ -371,7 +429,7 @@ pub fn resolve(
         worktree,
         crate::record::DatasetRecord {
             name: committed.manifest.name.clone(),
-            manifest: committed.files_blob.clone(),
+            manifest: committed.files_blob(),
             fingerprint: committed.manifest.fingerprint.clone(),
             folder: committed.manifest.folder.clone(),
         },
