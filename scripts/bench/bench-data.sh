@@ -18,12 +18,20 @@
 #   --no-build   use target/release/exp as it is (default: cargo build --release first)
 #   --exp PATH   the exp binary to measure (implies --no-build)
 #   --prepare    only make the PNG tree (if missing) and print its path (bench-input.sh uses it)
+#   --dir DIR    make the repositories under DIR (default /tmp): another file system, e.g. a
+#                journaled ext4 (this VM's root has none; see below)
 # Environment: EXP_DATA (data root with mnist/*-idx*; default ../shared/data when it has MNIST,
 #   else ~/.cache/exp/data, filled by scripts/fetch-data.sh), BENCH_PNG (the PNG tree, cached;
 #   default ~/.cache/exp/bench/mnist-png), BENCH_DVC_VENV (default ~/.cache/exp/dvc-venv),
 #   BENCH_OUT (file the report is appended to; default /tmp/exp-bench-data.md).
-# Full size (70k files, 3 rounds): ~7 minutes on 2 cores, mostly copying the folder into each fresh
-# repository and removing it again; ~1.2 GB free under /tmp at a time. Smoke test (~25 s):
+# Nothing is deleted until the end: on ext4 without a journal (this VM's root file system), the
+# inode allocator passes over inodes freed in the last minute (five, while their table block is
+# dirty), looking each one up (`recently_deleted`), so every file created soon after a large
+# `rm -rf` costs a scan; a round that followed the previous round's removal of ~250,000 inodes
+# spent 30 % of its time there, whichever tool it measured. Start it a minute or more after any
+# large deletion, too. Full size (70k files, 3 rounds): ~6 minutes on 2 cores, mostly copying the
+# folder into each fresh repository; ~0.75 GB per repository (2 per round) under /tmp until the
+# end. Smoke test (~25 s):
 #   scripts/bench/bench-data.sh --files 2000 --reps 1 --no-build
 # Installs DVC ('dvc>=3,<4', PyPI) in its venv, and Pillow/numpy from Debian if no Python has them.
 set -euo pipefail
@@ -32,7 +40,7 @@ root=$PWD
 die() { echo "bench-data: error: $*" >&2; exit 1; }
 say() { echo "bench-data: $*" >&2; }
 
-reps=3 files=0 build=1 prepare=0 exp=$root/target/release/exp
+reps=3 files=0 build=1 prepare=0 exp=$root/target/release/exp base=/tmp
 while [ $# -gt 0 ]; do
   case $1 in
     --reps) reps=${2:?--reps needs a number}; shift 2 ;;
@@ -40,6 +48,7 @@ while [ $# -gt 0 ]; do
     --no-build) build=0; shift ;;
     --exp) exp=$(realpath "${2:?--exp needs a path}"); build=0; shift 2 ;;
     --prepare) prepare=1; shift ;;
+    --dir) base=${2:?--dir needs a folder}; shift 2 ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -131,7 +140,8 @@ if [ "$build" = 1 ]; then cargo build --release >&2 || die "cargo build --releas
 exp_version=$("$exp" --version | awk '{print $2}')
 
 # --- work dir: the source folder and one fresh repository per measurement ----------------------
-work=$(mktemp -d /tmp/exp-bench-data.XXXXXX)
+[ -d "$base" ] || die "--dir $base: no such folder"
+work=$(mktemp -d "$base/exp-bench-data.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 export DVC_NO_ANALYTICS=1 GIT_CONFIG_NOSYSTEM=1
@@ -146,6 +156,10 @@ fi
 nfiles=$(find "$src" -type f | wc -l)
 bytes=$(find "$src" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
 say "$nfiles files ($bytes bytes), $reps rounds; work dir $work"
+# Each round keeps two repositories (the folder copied in, plus exp's store or DVC's cache).
+need_kb=$((reps * 2 * (bytes / 1024 + nfiles * 10) + 1048576))
+free_kb=$(df -Pk "$work" | awk 'NR == 2 {print $4}')
+[ "$free_kb" -ge "$need_kb" ] || die "$work has $((free_kb / 1024)) MiB free; $reps rounds need about $((need_kb / 1024)) MiB (fewer --reps?)"
 
 fresh_repo() {  # DIR: a git repository with an identity, the folder copied in and on disk
   local dir=$1
@@ -181,7 +195,6 @@ bench_exp() {  # ROUND
   local n; n=$(wc -l < datasets/mnist-png.files)
   [ "$n" -eq "$nfiles" ] || die "exp's manifest lists $n files, the folder has $nfiles"
   cd "$root"
-  rm -rf "$dir"
 }
 bench_dvc() {  # ROUND
   local r=$1 dir=$work/dvc-$1 logs=$work/logs-dvc-$1 t
@@ -202,7 +215,6 @@ bench_dvc() {  # ROUND
   local n; n=$(find .dvc/cache -type f ! -name '*.dir' | wc -l)
   [ "$n" -ge "$nfiles" ] || say "warning: DVC's cache holds $n objects for $nfiles files (duplicate images are stored once)"
   cd "$root"
-  rm -rf "$dir" "$work/dvc-site-$r"
 }
 
 started=$(date -u '+%Y-%m-%d %H:%M UTC')
@@ -216,8 +228,9 @@ elapsed=$(awk -v a="$t_start" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", b - a
 out=${BENCH_OUT:-/tmp/exp-bench-data.md}
 cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 fs=$(df -T "$work" | awk 'NR == 2 {print $2}')
+dev=$(df -P "$work" | awk 'NR == 2 {print $1}')
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')
-args="--reps $reps"; [ "$files" = 0 ] || args+=" --files $files"
+args="--reps $reps"; [ "$files" = 0 ] || args+=" --files $files"; [ "$base" = /tmp ] || args+=" --dir $base"
 python3 - "$raw" "$nfiles" "$bytes" "$reps" <<PY | tee -a "$out"
 import statistics, sys
 raw, nfiles, nbytes, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -227,7 +240,7 @@ for line in open(raw):
     t.setdefault((tool, op), []).append(float(s))
 print(f"### exp data vs DVC: {nfiles:,} PNGs ({nbytes / 1e6:.1f} MB), $started")
 print()
-print("Machine: $(nproc) cores (nproc), $cpu, /tmp on $fs. exp $exp_version (commit $commit), "
+print("Machine: $(nproc) cores (nproc), $cpu, the repositories under $base ($fs on $dev). exp $exp_version (commit $commit), "
       "DVC $dvc_version. Command: \`scripts/bench/bench-data.sh $args\`; "
       f"medians of {reps} rounds, tools alternating, a fresh repository and store for each first add; "
       "wall time $elapsed s in all.")

@@ -90,9 +90,6 @@ impl BatchWriter<'_> {
     pub fn put(&self, pointer: &LfsPointer, bytes: &[u8]) -> Result<bool, LfsError> {
         use std::sync::atomic::Ordering;
         let store = self.store;
-        if store.refresh(pointer) {
-            return Ok(false);
-        }
         let io = |action, path: &Path, source| LfsError::Io {
             action,
             path: path.to_path_buf(),
@@ -101,13 +98,30 @@ impl BatchWriter<'_> {
         let target = store.object_path(&pointer.oid);
         let parent = target.parent().unwrap_or(&store.root).to_path_buf();
         let slot = usize::from_str_radix(&pointer.oid.as_str()[..4], 16).unwrap_or(0);
+        // A fan-out folder this call creates holds no object: no need to look for one (in a new
+        // store, that spares a stat for most objects).
+        let mut new_folder = false;
         if !self.made[slot].load(Ordering::Relaxed) {
-            std::fs::create_dir_all(&parent).map_err(|e| io("creating", &parent, e))?;
+            new_folder = match std::fs::create_dir(&parent) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(_) => {
+                    std::fs::create_dir_all(&parent).map_err(|e| io("creating", &parent, e))?;
+                    false
+                }
+            };
             self.made[slot].store(true, Ordering::Relaxed);
         }
+        if !new_folder && store.refresh(pointer) {
+            return Ok(false);
+        }
         #[cfg(target_os = "linux")]
-        if let Some(stored) = put_unnamed(&parent, &target, bytes) {
-            return stored.map_err(|e| io("storing", &target, e));
+        match put_unnamed(&parent, &target, bytes) {
+            // Named already, by another writer just now — or a damaged object (short of its
+            // size), which the temp-file path below replaces.
+            Some(Ok(false)) if !store.holds(pointer) => {}
+            Some(stored) => return stored.map_err(|e| io("storing", &target, e)),
+            None => {}
         }
         // Elsewhere, a temp file in the store's temp folder, renamed (prune removes what a
         // crash leaves there).
@@ -737,6 +751,32 @@ mod tests {
             .to_path_buf();
         assert_eq!(std::fs::read_dir(leaf).unwrap().count(), 1);
         store.sync_all().unwrap();
+    }
+
+    /// A later batch finds what an earlier one stored (the folder exists: it looks), and
+    /// replaces an object short of its size instead of keeping it.
+    #[test]
+    fn a_batch_finds_stored_objects_and_replaces_damaged_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LfsStore::at(dir.path());
+        let pointer_of = |bytes: &[u8]| {
+            LfsPointer::new(Oid::from_digest(&Sha256::digest(bytes)), bytes.len() as u64)
+        };
+        let (a, b) = (b"first image".to_vec(), b"second image".to_vec());
+        let (pa, pb) = (pointer_of(&a), pointer_of(&b));
+        assert!(store.batch().put(&pa, &a).unwrap());
+        assert!(!store.batch().put(&pa, &a).unwrap(), "found by a new batch");
+        assert!(store.batch().put(&pb, &b).unwrap());
+        std::fs::write(store.object_path(&pb.oid), &b[..4]).unwrap();
+        assert!(!store.holds(&pb));
+        let batch = store.batch();
+        assert!(
+            batch.put(&pb, &b).unwrap(),
+            "the damaged object is stored again"
+        );
+        assert_eq!(std::fs::read(store.object_path(&pb.oid)).unwrap(), b);
+        assert!(!batch.put(&pb, &b).unwrap());
+        store.verify(&pb.oid).unwrap();
     }
 
     #[test]
