@@ -160,6 +160,10 @@ say "$nfiles files ($bytes bytes), $reps rounds; work dir $work"
 need_kb=$((reps * 2 * (bytes / 1024 + nfiles * 10) + 1048576))
 free_kb=$(df -Pk "$work" | awk 'NR == 2 {print $4}')
 [ "$free_kb" -ge "$need_kb" ] || die "$work has $((free_kb / 1024)) MiB free; $reps rounds need about $((need_kb / 1024)) MiB (fewer --reps?)"
+# ...and inodes: the folder's files and folders, the objects and exp's 45k fan-out folders.
+need_inodes=$((reps * 2 * nfiles * 3))
+free_inodes=$(df -Pi "$work" | awk 'NR == 2 {print $4}')
+[[ $free_inodes =~ ^[0-9]+$ ]] && [ "$free_inodes" -lt "$need_inodes" ] && die "$work has $free_inodes inodes free; $reps rounds need about $need_inodes (fewer --reps?)"
 
 fresh_repo() {  # DIR: a git repository with an identity, the folder copied in and on disk
   local dir=$1
