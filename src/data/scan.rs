@@ -105,7 +105,7 @@ fn parse_manifest_line(line: &str) -> Result<FileEntry, &'static str> {
     let (Some(sha), Some(size), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
         return Err("expected `<sha256> <size> <path>`");
     };
-    if sha.len() != 64 || !sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+    if !is_sha256_hex(sha) {
         return Err("not a lower-case SHA-256");
     }
     let size = size.parse().map_err(|_| "the size is not a number")?;
@@ -120,6 +120,11 @@ fn parse_manifest_line(line: &str) -> Result<FileEntry, &'static str> {
         size,
         sha256: sha.to_string(),
     })
+}
+
+/// 64 lower-case hex digits.
+fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// `text` cut into runs of whole lines for parsing in parallel, each with its byte offset: a
@@ -220,9 +225,10 @@ pub fn fingerprint<'a>(entries: impl IntoIterator<Item = &'a FileEntry>) -> Stri
     h.finalize().to_hex().to_string()
 }
 
-/// [`fingerprint`] of `entries`, parsed from manifest `text`: the hash of `text` itself when it
-/// is their manifest text, as exp writes it (no re-rendering of 70,000 lines).
-pub fn fingerprint_of_text(text: &str, entries: &[FileEntry]) -> String {
+/// [`fingerprint`] of `entries`, which [`parse_manifest`] read from `text` (for other entries
+/// the answer is wrong): the hash of `text` itself when it is their manifest text, as exp
+/// writes it (no re-rendering of 70,000 lines).
+pub(crate) fn fingerprint_of_text(text: &str, entries: &[FileEntry]) -> String {
     // A parsed line is never shorter than the entry's own line (a size written `+7` or `07` is
     // longer than `7`), and its end is one `\n` unless a `\r` is about or the last `\n` is
     // missing: so with equal lengths, a final `\n` and no `\r`, every line is the entry's own.
@@ -266,7 +272,7 @@ pub fn scan_into(
     // The racily-clean rule compares file times with an instant before any stat or read.
     let start = SystemTime::now();
     let (found, cache) = rayon::join(
-        || walk(folder, ""),
+        || walk(folder),
         || cache_dir.map(|dir| StatCache::load(dir, folder)),
     );
     let mut found = found?;
@@ -394,91 +400,114 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), DataError> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
-/// Every regular file under `root/prefix` (links to files followed) with its stat: paths
-/// relative to `root`, `/`-separated, in no particular order. Each folder's entries are looked
-/// at in parallel, and a file's stat is asked relative to its open folder (no path lookup).
-fn walk(root: &Path, prefix: &str) -> Result<Vec<(String, FileStat)>, DataError> {
-    let dir = if prefix.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(prefix)
-    };
+/// Every regular file under `root` (links to files followed) with its stat: paths relative to
+/// `root`, `/`-separated, in no particular order. One level of folders at a time, each level's
+/// folders listed and their entries looked at in parallel, and a file's stat asked relative to
+/// its open folder (no path lookup). A loop, not a recursion: a tree as deep as the file system
+/// allows needs no more stack than a flat one.
+fn walk(root: &Path) -> Result<Vec<(String, FileStat)>, DataError> {
+    let mut files = Vec::new();
+    // Folders of the current level, relative to `root` ("" for the root itself).
+    let mut level = vec![String::new()];
+    while !level.is_empty() {
+        let listings: Vec<Result<Vec<(usize, std::fs::DirEntry)>, DataError>> = level
+            .par_iter()
+            .enumerate()
+            .map(|(i, prefix)| {
+                let dir = if prefix.is_empty() {
+                    root.to_path_buf()
+                } else {
+                    root.join(prefix)
+                };
+                let io = |source| DataError::Io {
+                    path: dir.clone(),
+                    source,
+                };
+                std::fs::read_dir(&dir)
+                    .map_err(io)?
+                    .map(|entry| entry.map(|e| (i, e)).map_err(io))
+                    .collect()
+            })
+            .collect();
+        let mut entries = Vec::new();
+        for listing in listings {
+            entries.append(&mut listing?);
+        }
+        let looked: Vec<Result<Found, DataError>> = entries
+            .into_par_iter()
+            .map(|(i, entry)| look_at(&level[i], entry))
+            .collect();
+        let mut next = Vec::new();
+        for found in looked {
+            match found? {
+                Found::File(path, stat) => files.push((path, stat)),
+                Found::Folder(path) => next.push(path),
+                Found::Nothing => {}
+            }
+        }
+        level = next;
+    }
+    Ok(files)
+}
+
+/// One entry of the folder `prefix` (relative to the walk's root), looked at.
+fn look_at(prefix: &str, entry: std::fs::DirEntry) -> Result<Found, DataError> {
     let io = |path: &Path, source| DataError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let listing = std::fs::read_dir(&dir)
-        .map_err(|e| io(&dir, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| io(&dir, e))?;
-    let looked: Vec<Result<Found, DataError>> = listing
-        .into_par_iter()
-        .map(|entry| {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                return Err(DataError::Inconsistent(format!(
-                    "{}: the file name is not UTF-8; rename it (manifests are text)",
-                    entry.path().display()
-                )));
-            };
-            if name.starts_with('.') {
-                return Ok(Found::Nothing);
-            }
-            if name.contains(['\n', '\r']) {
-                return Err(DataError::Inconsistent(format!(
-                    "{:?}: a file name holding a line break cannot be listed in a manifest; rename it",
-                    entry.path().display().to_string()
-                )));
-            }
-            let relative = if prefix.is_empty() {
-                name.to_string()
-            } else {
-                format!("{prefix}/{name}")
-            };
-            let kind = entry.file_type().map_err(|e| io(&entry.path(), e))?;
-            let metadata = if kind.is_symlink() {
-                let path = entry.path();
-                let target = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
-                if target.is_dir() {
-                    return Err(DataError::Inconsistent(format!(
-                        "{} is a link to a folder; exp does not follow folder links (copy the folder in, or link its files)",
-                        path.display()
-                    )));
-                }
-                target
-            } else if kind.is_dir() {
-                return walk(root, &relative).map(Found::Folder);
-            } else {
-                match entry.metadata() {
-                    Ok(m) => m,
-                    // Gone since the listing.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        return Ok(Found::Nothing)
-                    }
-                    Err(e) => return Err(io(&entry.path(), e)),
-                }
-            };
-            // Not a regular file (a socket, a fifo): not data.
-            Ok(FileStat::from_metadata(&metadata).map_or(Found::Nothing, |stat| {
-                Found::File(relative, stat)
-            }))
-        })
-        .collect();
-    let mut files = Vec::with_capacity(looked.len());
-    for found in looked {
-        match found? {
-            Found::File(path, stat) => files.push((path, stat)),
-            Found::Folder(mut inside) => files.append(&mut inside),
-            Found::Nothing => {}
-        }
+    let name = entry.file_name();
+    let Some(name) = name.to_str() else {
+        return Err(DataError::Inconsistent(format!(
+            "{}: the file name is not UTF-8; rename it (manifests are text)",
+            entry.path().display()
+        )));
+    };
+    if name.starts_with('.') {
+        return Ok(Found::Nothing);
     }
-    Ok(files)
+    if name.contains(['\n', '\r']) {
+        return Err(DataError::Inconsistent(format!(
+            "{:?}: a file name holding a line break cannot be listed in a manifest; rename it",
+            entry.path().display().to_string()
+        )));
+    }
+    let relative = if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
+    };
+    let kind = entry.file_type().map_err(|e| io(&entry.path(), e))?;
+    let metadata = if kind.is_symlink() {
+        let path = entry.path();
+        let target = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
+        if target.is_dir() {
+            return Err(DataError::Inconsistent(format!(
+                "{} is a link to a folder; exp does not follow folder links (copy the folder in, or link its files)",
+                path.display()
+            )));
+        }
+        target
+    } else if kind.is_dir() {
+        return Ok(Found::Folder(relative));
+    } else {
+        match entry.metadata() {
+            Ok(m) => m,
+            // Gone since the listing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Nothing),
+            Err(e) => return Err(io(&entry.path(), e)),
+        }
+    };
+    // Not a regular file (a socket, a fifo): not data.
+    Ok(FileStat::from_metadata(&metadata)
+        .map_or(Found::Nothing, |stat| Found::File(relative, stat)))
 }
 
 /// One entry of a folder, looked at.
 enum Found {
     File(String, FileStat),
-    Folder(Vec<(String, FileStat)>),
+    /// A folder to walk, relative to the root.
+    Folder(String),
     Nothing,
 }
 
@@ -618,7 +647,7 @@ impl StatCache {
 fn parse_cache_line(line: &str, at: usize) -> Option<CacheLine> {
     let mut parts = line.splitn(8, ' ');
     let sha = parts.next()?;
-    if sha.len() != 64 {
+    if !is_sha256_hex(sha) {
         return None;
     }
     let stat = FileStat {
@@ -824,6 +853,20 @@ mod tests {
         assert!(e.contains("the file name is not UTF-8"), "{e}");
     }
 
+    /// The walk is a loop over levels: a tree as deep as paths allow (1,500 folders here; the
+    /// recursive walk on rayon's 2 MiB worker stacks overflowed near 1,000) is scanned.
+    #[test]
+    fn a_deep_tree_is_walked_without_running_out_of_stack() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep: String = vec!["a"; 1500].join("/");
+        std::fs::create_dir_all(dir.path().join(&deep)).unwrap();
+        std::fs::write(dir.path().join(&deep).join("f"), b"x").unwrap();
+        std::fs::write(dir.path().join("a/g"), b"y").unwrap();
+        let entries = scan(dir.path(), None).unwrap();
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, [format!("{deep}/f").as_str(), "a/g"]);
+    }
+
     /// The fast fingerprint (the text's own hash) is taken only for text exp would write; any
     /// other spelling of the same entries gets their fingerprint all the same.
     #[test]
@@ -900,6 +943,7 @@ mod tests {
             format!("{}\n{}\n", lines[1], lines[0]),
             format!("{}\n{}\n", lines[0], lines[1].replace(" 0 b", " 7 b")),
             format!("{}\n{}\n", lines[0], lines[0]),
+            format!("{}\n{}{}\n", lines[0], "Z".repeat(64), &lines[1][64..]),
         ] {
             std::fs::write(&cache.file, damaged).unwrap();
             assert!(StatCache::load(&cache_dir, &folder).lines.is_empty());

@@ -191,7 +191,7 @@ pub fn files_path(name: &str) -> String {
 }
 
 /// A dataset as committed: its manifest, its file list and the list's text.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Committed {
     /// `datasets/<name>.toml`.
     pub manifest: Manifest,
@@ -199,6 +199,16 @@ pub struct Committed {
     pub entries: Vec<FileEntry>,
     /// `datasets/<name>.files` as read.
     files_bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Committed {
+    /// Without the list's bytes (megabytes for a large dataset).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committed")
+            .field("manifest", &self.manifest)
+            .field("entries", &self.entries.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Committed {
@@ -282,10 +292,24 @@ pub fn read_tree(
 }
 
 fn parse_toml(name: &str, toml_text: &str) -> Result<Manifest, DatasetError> {
-    toml::from_str(toml_text).map_err(|e| DatasetError::BadManifest {
+    let bad = |message: String| DatasetError::BadManifest {
         path: manifest_path(name),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let manifest: Manifest = toml::from_str(toml_text).map_err(|e| bad(e.to_string()))?;
+    // Checked before anything reads or scans the folder it names.
+    let folder = &manifest.folder;
+    if folder.is_empty()
+        || folder.starts_with('/')
+        || folder
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == ".." || c == ".git")
+    {
+        return Err(bad(format!(
+            "folder {folder:?} is not a relative path inside the work tree"
+        )));
+    }
+    Ok(manifest)
 }
 
 fn parse_files(
@@ -465,4 +489,38 @@ pub fn check_matches(state: &Status, committed: &Committed) -> Result<(), Datase
             format!(" ({})", examples.join(", "))
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest naming a folder outside the work tree (a hand edit, a hostile commit) is
+    /// refused before anything reads or scans that folder.
+    #[test]
+    fn a_manifest_folder_must_lie_inside_the_work_tree() {
+        let toml = |folder: &str| {
+            format!(
+                "name = \"d\"\nformat = \"image-folder\"\nfolder = {folder:?}\nfiles = 0\nbytes = 0\nfingerprint = \"f\"\n"
+            )
+        };
+        assert_eq!(parse_toml("d", &toml("data/d")).unwrap().folder, "data/d");
+        for folder in [
+            "",
+            "/etc",
+            "../up",
+            "data/../..",
+            "data//d",
+            "./d",
+            ".git/lfs",
+        ] {
+            let e = parse_toml("d", &toml(folder)).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "folder {folder:?} is not a relative path inside the work tree"
+                )),
+                "{folder}: {e}"
+            );
+        }
+    }
 }

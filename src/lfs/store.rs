@@ -47,7 +47,8 @@ pub struct BatchWriter<'s> {
 /// Writes `bytes` as an unnamed file in `dir` (`O_TMPFILE`) and links it as `target` whole:
 /// no temp name to create and rename away, and a crash leaves nothing behind. `None` when the
 /// file system cannot (the caller falls back to a temp file); `Some(Ok(true))` when stored,
-/// `Some(Ok(false))` when another writer stored the object first.
+/// `Some(Ok(false))` when a file is already named `target` (another writer's object, or a
+/// damaged one the caller then replaces).
 #[cfg(target_os = "linux")]
 fn put_unnamed(dir: &Path, target: &Path, bytes: &[u8]) -> Option<io::Result<bool>> {
     use std::os::fd::AsRawFd;
@@ -105,10 +106,12 @@ impl BatchWriter<'_> {
             new_folder = match std::fs::create_dir(&parent) {
                 Ok(()) => true,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
-                Err(_) => {
+                // `objects/ab/` is missing too, so `ab/cd/` is new as well.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     std::fs::create_dir_all(&parent).map_err(|e| io("creating", &parent, e))?;
-                    false
+                    true
                 }
+                Err(e) => return Err(io("creating", &parent, e)),
             };
             self.made[slot].store(true, Ordering::Relaxed);
         }
