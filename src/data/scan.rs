@@ -33,14 +33,6 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
-    /// The manifest line: `<sha256> <size> <path>`.
-    pub fn line(&self) -> String {
-        let mut line = String::with_capacity(self.line_len());
-        self.push_line(&mut line);
-        line.pop();
-        line
-    }
-
     /// Appends the manifest line and its `\n` to `out`.
     fn push_line(&self, out: &mut String) {
         use std::fmt::Write;
@@ -285,7 +277,6 @@ pub fn scan_into(
         .into_par_iter()
         .zip(known)
         .map(|((path, stat), line)| {
-            let file = folder.join(&path);
             let hit = line
                 .zip(cache.as_ref())
                 .filter(|(i, cache)| cache.lines[*i].stat == stat);
@@ -297,13 +288,14 @@ pub fn scan_into(
                 };
                 let stored = match sink {
                     Some(sink) if !cache.lines[i].stored => {
-                        sink.cached(&entry, &file)?;
+                        sink.cached(&entry, &folder.join(&entry.path))?;
                         true
                     }
                     _ => cache.lines[i].stored,
                 };
                 return Ok((entry, Kept::Cached { line: i, stored }));
             }
+            let file = folder.join(&path);
             let entry = if stat.size <= READ_WHOLE {
                 // Sized from the walk's stat: std::fs::read would stat the file again.
                 let mut bytes = Vec::with_capacity(stat.size as usize + 1);

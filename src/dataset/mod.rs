@@ -383,17 +383,12 @@ pub struct Status {
 
 /// The folder of `committed` scanned (with its stat cache) and compared with its list.
 pub fn status(repo: &git2::Repository, committed: &Committed) -> Result<Status, DatasetError> {
-    let (present, current) = scan_folder(
+    let scanned = scan_folder(
         crate::git::workdir(repo),
         &crate::git::cache_dir(repo),
         &committed.manifest.folder,
     )?;
-    Ok(Status {
-        name: committed.manifest.name.clone(),
-        folder: committed.manifest.folder.clone(),
-        present,
-        changes: scan::changes(&committed.entries, &current),
-    })
+    Ok(compared(committed, scanned))
 }
 
 /// [`status`] of the work tree's dataset `name`: its list is read and checked while its folder
@@ -407,27 +402,31 @@ pub fn status_of(repo: &git2::Repository, name: &str) -> Result<Status, DatasetE
         || read_worktree_files(worktree, name, manifest),
         || scan_folder(worktree, &cache_dir, &folder),
     );
-    let (committed, (present, current)) = (committed?, scanned?);
-    Ok(Status {
-        name: committed.manifest.name,
-        folder,
-        present,
-        changes: scan::changes(&committed.entries, &current),
-    })
+    Ok(compared(&committed?, scanned?))
 }
 
-/// Whether `folder` of `worktree` is there, and its files (none when it is not), with the stat
-/// caches in `cache_dir`.
+/// `committed` against its folder's files (`None`: the folder is missing).
+fn compared(committed: &Committed, scanned: Option<Vec<FileEntry>>) -> Status {
+    Status {
+        name: committed.manifest.name.clone(),
+        folder: committed.manifest.folder.clone(),
+        present: scanned.is_some(),
+        changes: scan::changes(&committed.entries, scanned.as_deref().unwrap_or_default()),
+    }
+}
+
+/// The files of `folder` of `worktree` (`None` when it is not there), with the stat caches in
+/// `cache_dir`.
 fn scan_folder(
     worktree: &Path,
     cache_dir: &Path,
     folder: &str,
-) -> Result<(bool, Vec<FileEntry>), DatasetError> {
+) -> Result<Option<Vec<FileEntry>>, DatasetError> {
     let folder = worktree.join(folder);
     if !folder.is_dir() {
-        return Ok((false, Vec::new()));
+        return Ok(None);
     }
-    Ok((true, scan::scan(&folder, Some(cache_dir))?))
+    Ok(Some(scan::scan(&folder, Some(cache_dir))?))
 }
 
 /// For a spec naming `data.dataset`: checks that the folder is exactly the committed list

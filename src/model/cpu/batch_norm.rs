@@ -353,10 +353,9 @@ impl Kernel {
 /// same bits for any thread count.
 const LANES: usize = 16;
 
-/// Σ f(a, b, c) over the elements of three equally long planes, in [`LANES`] f32 running sums
-/// (whole blocks of LANES against the fixed-size lane array, so that the loop vectorises),
-/// returned in f64. The three
-/// planes are equally long (every caller passes one plane of each operand).
+/// Σ f(a, b, c) over the elements of three equally long planes (every caller passes one plane
+/// of each operand), in [`LANES`] f32 running sums (whole blocks of LANES against the
+/// fixed-size lane array, so that the loop vectorises), returned in f64.
 #[inline(always)]
 fn lane_sum(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f64 {
     let mut lanes = [0f32; LANES];
