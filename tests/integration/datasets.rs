@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::common::{assert_exit_2, describe, record_at, sha256_hex, stderr, Env};
+use crate::common::{assert_exit_2, describe, record_at, repo_state, sha256_hex, stderr, Env};
 use crate::image_folder::{mnist_pngs_into, scratch_data_root};
 
 const SPEC: &str = "[model]\nname = \"seed-cnn\"\n\n[data]\ndataset = \"digits\"\nchannels = 1\nimage_size = [28, 28]\n\n[train]\nepochs = 1\nbatch_size = 32\n";
@@ -384,6 +384,49 @@ fn datasets_travel_through_a_file_remote_and_the_giftless_server() {
 
 /// A test set that grew makes the records incomparable; `exp gate --reeval` evaluates both
 /// sides' weights on the head's test set and decides.
+#[test]
+fn an_add_that_cannot_switch_branch_leaves_the_repository_as_it_was() {
+    let mut env = Env::new();
+    if env.data != env.path("data") {
+        scratch_data_root(&mut env);
+    }
+    let dir = env.path("repo");
+    env.exp_ok(env.tmp.path(), &["init", dir.to_str().unwrap()]);
+    std::fs::write(dir.join(".gitignore"), "*.log").unwrap();
+    env.git(&dir, &["add", ".gitignore"]);
+    env.git(&dir, &["commit", "-qm", "ignore logs"]);
+    mnist_pngs_into(&env.data, &dir.join("data/digits"), 20, 5);
+    let before = repo_state(&env, &dir);
+    // Git cannot move HEAD to the new feature branch while another process holds its lock.
+    let lock = dir.join(".git/HEAD.lock");
+    std::fs::write(&lock, "").unwrap();
+    assert_exit_2(&env, &dir, &["data", "add", "data/digits"], "HEAD.lock");
+    std::fs::remove_file(&lock).unwrap();
+    let after = repo_state(&env, &dir);
+    assert_eq!(
+        (&after.head, &after.branches, &after.status),
+        (&before.head, &before.branches, &before.status)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join(".gitignore")).unwrap(),
+        "*.log"
+    );
+    // The objects it stored are kept (content-addressed), and the next add goes through.
+    assert_eq!(after.lfs_objects.len(), 25);
+    let out = env.exp_ok(&dir, &["data", "add", "data/digits"]);
+    assert!(out.contains("0 new object(s)"), "{out}");
+    let branch = env.git(&dir, &["branch", "--show-current"]);
+    assert!(
+        branch.starts_with("feature/data-digits-") && !branch.trim().ends_with("-2"),
+        "{branch}"
+    );
+    assert_eq!(
+        env.git(&dir, &["show", "HEAD:.gitignore"]),
+        "*.log\n# dataset digits (exp data add): its files are in the LFS store\n/data/digits/\n"
+    );
+    assert_eq!(env.git(&dir, &["status", "--porcelain"]), "");
+}
+
 #[test]
 fn a_grown_test_set_is_judged_by_reevaluating_both_sides() {
     let mut env = Env::new();
