@@ -269,7 +269,7 @@ for op, name, target in (("add", "first add", 5), ("readd", "unchanged re-add", 
     print(f"| {name} | {me:.3f} | {md:.3f} | {ratio:.1f}× | ≥ {target}× ({ok}) | "
           f"{' '.join(f'{x:.3f}' for x in e)} | {' '.join(f'{x:.3f}' for x in d)} |")
 print()
-print("exp: \`exp data add data/mnist-png\` (hash, store in .git/lfs/objects, one syncfs, commit the "
+print("exp: \`exp data add data/mnist-png\` (hash, store in .git/lfs/objects, syncfs, commit the "
       "manifest), \`exp data status mnist-png\`. DVC: \`dvc add data/mnist-png\` (hash, copy into "
       ".dvc/cache; no git commit), \`dvc status data/mnist-png.dvc\`.")
 print()
