@@ -74,7 +74,7 @@ pub fn add(
     let store = LfsStore::for_repo(repo).with_durability(Durability::AtCommit);
     let sink = StoreSink {
         store: &store,
-        batch: store.batch(),
+        batch: store.batch()?,
         new: AtomicUsize::new(0),
     };
     let entries = sink
@@ -103,6 +103,10 @@ pub fn add(
         switched_from: None,
     };
     if previous.is_some() && added.changes.is_empty() {
+        // Objects the store had lost were stored again: durable before exp says so.
+        if new_objects > 0 {
+            sink.batch.sync()?;
+        }
         return Ok(added);
     }
     let manifest = Manifest::of(&name, &folder, &entries);
@@ -116,38 +120,20 @@ pub fn add(
             blob: scan::manifest_text(&entries).into_bytes(),
         },
     ];
-    let gitignore = match ignored(&worktree, &folder)? {
-        true => None,
-        false => Some(gitignore_with(&worktree, &name, &folder)?),
-    };
+    if !ignored(&worktree, &folder)? {
+        files.push(gitignore_with(&worktree, &name, &folder)?);
+    }
     // The objects are on disk before a commit names them.
     sink.batch.sync()?;
 
-    // The folder's .gitignore line goes in before the switch: git-lfs's post-checkout hook lists
-    // the untracked files, which would otherwise walk the whole folder (0.15 s for 70k files).
-    if let Some((_, file)) = &gitignore {
-        write(&worktree, file)?;
-    }
     if git::is_integration_branch(&current) {
-        let branch = feature_branch(repo, &name, &manifest.fingerprint);
-        if let Err(e) = git::git(&worktree, &["switch", "--quiet", "-c", &branch]) {
-            // As it was: the ignore line out, and the branch gone if Git made it but could
-            // not move HEAD (a lock); git2 refuses to delete the branch HEAD is on.
-            if let Some((before, _)) = &gitignore {
-                restore(&worktree.join(".gitignore"), before.as_deref())?;
-            }
-            if let Ok(mut made) = repo.find_branch(&branch, git2::BranchType::Local) {
-                let _ = made.delete();
-            }
-            return Err(e.into());
-        }
+        let branch = start_feature_branch(repo, &name, &manifest.fingerprint)?;
         added.switched_from = Some(current);
         added.branch = branch;
     }
     for file in &files {
         write(&worktree, file)?;
     }
-    files.extend(gitignore.map(|(_, file)| file));
     let message = if previous.is_none() {
         format!(
             "data: add {name} ({} files, {})\n\nfolder {folder}\nfingerprint {}\n",
@@ -171,19 +157,43 @@ fn human(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
-/// `feature/data-<name>-<fingerprint[..7]>`, numbered when taken.
-fn feature_branch(repo: &git2::Repository, name: &str, fingerprint: &str) -> String {
+/// Creates `feature/data-<name>-<fingerprint[..7]>` (numbered when taken) at HEAD's commit
+/// and points HEAD at it; returns its name. Nothing in the index or the work tree changes, so
+/// this is done with git2 rather than `git switch -c`: no checkout hook runs (git-lfs's lists
+/// every untracked file, the dataset's folder among them: 0.18 s for 70k files), and no hook
+/// that fails after Git moved HEAD can leave the add half done. A name taken meanwhile by
+/// another process is passed over; the branch is deleted again if HEAD cannot be moved.
+fn start_feature_branch(
+    repo: &git2::Repository,
+    name: &str,
+    fingerprint: &str,
+) -> Result<String, git::GitError> {
     let base = format!(
         "feature/data-{name}-{}",
         &fingerprint[..7.min(fingerprint.len())]
     );
-    let mut branch = base.clone();
-    let mut n = 2;
-    while repo.find_branch(&branch, git2::BranchType::Local).is_ok() {
-        branch = format!("{base}-{n}");
+    let head = repo
+        .head()
+        .and_then(|h| h.peel_to_commit())
+        .map_err(git::ctx("reading HEAD's commit"))?;
+    let mut n = 1;
+    loop {
+        let branch = match n {
+            1 => base.clone(),
+            n => format!("{base}-{n}"),
+        };
         n += 1;
+        let mut made = match repo.branch(&branch, &head, false) {
+            Ok(made) => made,
+            Err(e) if e.code() == git2::ErrorCode::Exists => continue,
+            Err(e) => return Err(git::ctx(format!("creating the branch {branch}"))(e)),
+        };
+        if let Err(e) = repo.set_head(&format!("refs/heads/{branch}")) {
+            let _ = made.delete();
+            return Err(git::ctx(format!("switching to the new branch {branch}"))(e));
+        }
+        return Ok(branch);
     }
-    branch
 }
 
 /// Writes a file to commit into the work tree, whole.
@@ -196,19 +206,13 @@ fn write(worktree: &Path, file: &CommitFile) -> Result<(), DatasetError> {
     })
 }
 
-/// The work tree's `.gitignore` as it is (`None`: there is none), and the file to commit: the
-/// same with the line that ignores the dataset's folder appended.
-type GitignoreEdit = (Option<Vec<u8>>, CommitFile);
-
-fn gitignore_with(
-    worktree: &Path,
-    name: &str,
-    folder: &str,
-) -> Result<GitignoreEdit, DatasetError> {
+/// The work tree's `.gitignore` (read as bytes: any encoding is kept) with the line that
+/// ignores the dataset's folder appended, as a file to commit.
+fn gitignore_with(worktree: &Path, name: &str, folder: &str) -> Result<CommitFile, DatasetError> {
     let path = worktree.join(".gitignore");
-    let before = match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+    let mut text = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(source) => {
             return Err(DatasetError::Io {
                 context: "reading",
@@ -217,7 +221,6 @@ fn gitignore_with(
             })
         }
     };
-    let mut text = before.clone().unwrap_or_default();
     if !text.is_empty() && !text.ends_with(b"\n") {
         text.push(b'\n');
     }
@@ -225,25 +228,9 @@ fn gitignore_with(
         format!("# dataset {name} (exp data add): its files are in the LFS store\n/{folder}/\n")
             .as_bytes(),
     );
-    Ok((
-        before,
-        CommitFile {
-            path: ".gitignore".into(),
-            blob: text,
-        },
-    ))
-}
-
-/// Puts back a work-tree file [`write`] replaced: `before` its bytes, `None` when there was none.
-fn restore(path: &Path, before: Option<&[u8]>) -> Result<(), DatasetError> {
-    let undone = match before {
-        Some(bytes) => crate::files::write_whole(path, bytes, false),
-        None => std::fs::remove_file(path),
-    };
-    undone.map_err(|source| DatasetError::Io {
-        context: "restoring",
-        path: path.to_path_buf(),
-        source,
+    Ok(CommitFile {
+        path: ".gitignore".into(),
+        blob: text,
     })
 }
 

@@ -44,6 +44,10 @@ pub struct BatchWriter<'s> {
     /// What the batch knows of `objects/<ab>/<cd>/`, by `0xabcd`: [`UNKNOWN`], [`FOUND`] or
     /// [`MADE`].
     folders: Vec<std::sync::atomic::AtomicU8>,
+    /// `objects/`, opened before the batch writes anything: a `syncfs` through it reports
+    /// every writeback error of the file system since then (Linux's errseq), however often
+    /// the batch syncs.
+    objects: File,
     /// The first error of [`BatchWriter::flushing`]'s background syncs: a writeback error is
     /// reported once per file system (Linux's errseq), so the sync that saw it must hand it on.
     flush_error: std::sync::Mutex<Option<io::Error>>,
@@ -139,11 +143,7 @@ impl BatchWriter<'_> {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     wait.recv_timeout(FLUSH_PERIOD)
                 {
-                    // Until the batch makes `objects/`, there is nothing to flush.
-                    let Ok(objects) = File::open(self.store.root.join("objects")) else {
-                        continue;
-                    };
-                    if let Err(e) = sync_file_system(&objects) {
+                    if let Err(e) = sync_file_system(&self.objects) {
                         let mut first = self.flush_error.lock().unwrap_or_else(|p| p.into_inner());
                         first.get_or_insert(e);
                     }
@@ -155,8 +155,9 @@ impl BatchWriter<'_> {
         })
     }
 
-    /// Makes every object of the batch durable, as [`LfsStore::sync_all`] does, reporting an
-    /// error that a background sync of [`BatchWriter::flushing`] met.
+    /// Makes every object of the batch durable with one `syncfs` of the store's file system
+    /// (Linux; elsewhere `sync`) instead of an fsync per object, reporting an error that a
+    /// background sync of [`BatchWriter::flushing`] met.
     pub fn sync(&self) -> Result<(), LfsError> {
         let met = self
             .flush_error
@@ -170,7 +171,11 @@ impl BatchWriter<'_> {
                 source,
             });
         }
-        self.store.sync_all()
+        sync_file_system(&self.objects).map_err(|source| LfsError::Io {
+            action: "syncing the file system of",
+            path: self.store.root.join("objects"),
+            source,
+        })
     }
 
     /// Stores `bytes`, whose `pointer` the caller has just computed from them, unless the
@@ -365,31 +370,24 @@ impl LfsStore {
         writer.finish()
     }
 
-    /// A writer of many small objects at once (`exp data add`): see [`BatchWriter`].
-    pub fn batch(&self) -> BatchWriter<'_> {
-        BatchWriter {
+    /// A writer of many small objects at once (`exp data add`): see [`BatchWriter`]. Makes
+    /// the store's `objects/` folder if there is none.
+    pub fn batch(&self) -> Result<BatchWriter<'_>, LfsError> {
+        let dir = self.root.join("objects");
+        let io = |action, source| LfsError::Io {
+            action,
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating", e))?;
+        let objects = File::open(&dir).map_err(|e| io("opening", e))?;
+        Ok(BatchWriter {
             store: self,
+            objects,
             folders: (0..1 << 16)
                 .map(|_| std::sync::atomic::AtomicU8::new(UNKNOWN))
                 .collect(),
             flush_error: std::sync::Mutex::new(None),
-        }
-    }
-
-    /// Makes every object written so far durable with one `syncfs` of the store's file system
-    /// (Linux; elsewhere `sync`), instead of an fsync per object: what an add of 70k small
-    /// files written with [`Durability::AtCommit`] does before a commit names them.
-    pub fn sync_all(&self) -> Result<(), LfsError> {
-        let dir = self.root.join("objects");
-        let file = File::open(&dir).map_err(|source| LfsError::Io {
-            action: "opening",
-            path: dir.clone(),
-            source,
-        })?;
-        sync_file_system(&file).map_err(|source| LfsError::Io {
-            action: "syncing the file system of",
-            path: dir,
-            source,
         })
     }
 
@@ -806,7 +804,7 @@ mod tests {
     fn a_batch_stores_whole_objects_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = LfsStore::at(dir.path());
-        let batch = store.batch();
+        let batch = store.batch().unwrap();
         let bytes = b"a small image".to_vec();
         let pointer = LfsPointer::new(
             Oid::from_digest(&Sha256::digest(&bytes)),
@@ -840,7 +838,7 @@ mod tests {
             .unwrap()
             .to_path_buf();
         assert_eq!(std::fs::read_dir(leaf).unwrap().count(), 1);
-        store.sync_all().unwrap();
+        batch.sync().unwrap();
     }
 
     /// A batch stores the same bytes once; a later batch finds what an earlier one stored (the
@@ -854,17 +852,20 @@ mod tests {
         };
         let (a, b) = (b"first image".to_vec(), b"second image".to_vec());
         let (pa, pb) = (pointer_of(&a), pointer_of(&b));
-        let first = store.batch();
+        let first = store.batch().unwrap();
         assert!(first.put(&pa, &a).unwrap());
         assert!(
             !first.put(&pa, &a).unwrap(),
             "a second file of the same bytes, in the folder the batch made"
         );
-        assert!(!store.batch().put(&pa, &a).unwrap(), "found by a new batch");
-        assert!(store.batch().put(&pb, &b).unwrap());
+        assert!(
+            !store.batch().unwrap().put(&pa, &a).unwrap(),
+            "found by a new batch"
+        );
+        assert!(store.batch().unwrap().put(&pb, &b).unwrap());
         std::fs::write(store.object_path(&pb.oid), &b[..4]).unwrap();
         assert!(!store.holds(&pb));
-        let batch = store.batch();
+        let batch = store.batch().unwrap();
         assert!(
             batch.put(&pb, &b).unwrap(),
             "the damaged object is stored again"
@@ -875,13 +876,13 @@ mod tests {
     }
 
     /// `flushing` returns its work's value, its helper flushing meanwhile (the work outlasts
-    /// two periods, the store's folder made partway); a writeback error a background sync met
-    /// is reported by the next `sync`, once (the kernel reports it only once).
+    /// two periods, storing partway); a writeback error a background sync met is reported by
+    /// the next `sync`, once (the kernel reports it only once).
     #[test]
     fn a_flushing_batch_hands_on_what_its_background_syncs_met() {
         let dir = tempfile::tempdir().unwrap();
         let store = LfsStore::at(dir.path());
-        let batch = store.batch();
+        let batch = store.batch().unwrap();
         let bytes = b"an image".to_vec();
         let pointer = LfsPointer::new(Oid::from_digest(&Sha256::digest(&bytes)), 8);
         let stored = batch.flushing(|| {

@@ -382,8 +382,9 @@ fn datasets_travel_through_a_file_remote_and_the_giftless_server() {
     assert_eq!(contents(&clone2.join("data/digits")), expected);
 }
 
-/// A test set that grew makes the records incomparable; `exp gate --reeval` evaluates both
-/// sides' weights on the head's test set and decides.
+/// On develop, an add whose switch to the new feature branch fails (Git's HEAD lock held)
+/// leaves HEAD, the branches and the work tree as they were; the next add makes the branch
+/// (no checkout hook runs: the switch moves no file).
 #[test]
 fn an_add_that_cannot_switch_branch_leaves_the_repository_as_it_was() {
     let mut env = Env::new();
@@ -411,8 +412,13 @@ fn an_add_that_cannot_switch_branch_leaves_the_repository_as_it_was() {
         std::fs::read_to_string(dir.join(".gitignore")).unwrap(),
         "*.log"
     );
-    // The objects it stored are kept (content-addressed), and the next add goes through.
+    // The objects it stored are kept (content-addressed), and the next add goes through; a
+    // post-checkout hook that fails has no say in it.
     assert_eq!(after.lfs_objects.len(), 25);
+    let hook = dir.join(".git/hooks/post-checkout");
+    std::fs::write(&hook, "#!/bin/sh\nexit 1\n").unwrap();
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&hook, executable).unwrap();
     let out = env.exp_ok(&dir, &["data", "add", "data/digits"]);
     assert!(out.contains("0 new object(s)"), "{out}");
     let branch = env.git(&dir, &["branch", "--show-current"]);
@@ -427,6 +433,8 @@ fn an_add_that_cannot_switch_branch_leaves_the_repository_as_it_was() {
     assert_eq!(env.git(&dir, &["status", "--porcelain"]), "");
 }
 
+/// A test set that grew makes the records incomparable; `exp gate --reeval` evaluates both
+/// sides' weights on the head's test set and decides.
 #[test]
 fn a_grown_test_set_is_judged_by_reevaluating_both_sides() {
     let mut env = Env::new();
