@@ -190,7 +190,10 @@ fn start_feature_branch(
         };
         if let Err(e) = repo.set_head(&format!("refs/heads/{branch}")) {
             let _ = made.delete();
-            return Err(git::ctx(format!("switching to the new branch {branch}"))(e));
+            return Err(match e.code() {
+                git2::ErrorCode::Locked => git::GitError::Locked(repo.path().join("HEAD.lock")),
+                _ => git::ctx(format!("switching to the new branch {branch}"))(e),
+            });
         }
         return Ok(branch);
     }

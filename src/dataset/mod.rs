@@ -130,6 +130,11 @@ impl DatasetError {
             DatasetError::LocalChanges { .. } => Some(
                 "record them first with `exp data add`, or pass --force to discard them".into(),
             ),
+            // Git's own hint for a lock speaks of a run ("nothing was trained").
+            DatasetError::Git(crate::git::GitError::Locked(path)) => Some(format!(
+                "the files are stored; if no git process is running, the lock is a leftover: remove {}, then add again",
+                path.display()
+            )),
             DatasetError::Git(e) => e.hint(),
             DatasetError::Lock(e) => e.hint(),
             DatasetError::Lfs(e) => e.hint(),

@@ -129,6 +129,8 @@ pub fn check_dataset_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 100
         && !name.starts_with(['.', '-'])
+        // Git refuses ".." in a ref name, and the name goes into its feature branch's.
+        && !name.contains("..")
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -136,7 +138,7 @@ pub fn check_dataset_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{name:?} cannot name a dataset: use letters, digits, '.', '_' and '-' (at most 100, not starting with '.' or '-'); the manifest is datasets/<name>.toml"
+            "{name:?} cannot name a dataset: use letters, digits, '.', '_' and '-' (at most 100, not starting with '.' or '-', no '..'); the manifest is datasets/<name>.toml"
         ))
     }
 }

@@ -251,6 +251,12 @@ fn a_dataset_is_added_changed_and_added_again_with_status_refusal_record_and_dif
         &["data", "add", "data/digits", "--name", "a\nb"],
         "cannot name a dataset",
     );
+    assert_exit_2(
+        &env,
+        &dir,
+        &["data", "add", "data/digits", "--name", "a..b"],
+        "no '..'",
+    );
     let outside = env.path("outside");
     std::fs::create_dir_all(&outside).unwrap();
     assert_exit_2(
@@ -401,7 +407,18 @@ fn an_add_that_cannot_switch_branch_leaves_the_repository_as_it_was() {
     // Git cannot move HEAD to the new feature branch while another process holds its lock.
     let lock = dir.join(".git/HEAD.lock");
     std::fs::write(&lock, "").unwrap();
-    assert_exit_2(&env, &dir, &["data", "add", "data/digits"], "HEAD.lock");
+    assert_exit_2(
+        &env,
+        &dir,
+        &["data", "add", "data/digits"],
+        &format!("{} exists", lock.display()),
+    );
+    assert_exit_2(
+        &env,
+        &dir,
+        &["data", "add", "data/digits"],
+        "the files are stored; if no git process is running, the lock is a leftover",
+    );
     std::fs::remove_file(&lock).unwrap();
     let after = repo_state(&env, &dir);
     assert_eq!(
