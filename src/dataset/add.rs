@@ -71,6 +71,10 @@ pub fn add(
         &[manifest_path(&name), files_path(&name), ".gitignore".into()],
     )?;
 
+    // Held, Git's index lock would let the commit land but not the index's update (the
+    // commit would look undone in `git status`): refused before any work.
+    git::check_no_lock(&repo.path().join("index.lock"))?;
+
     let store = LfsStore::for_repo(repo).with_durability(Durability::AtCommit);
     let sink = StoreSink {
         store: &store,

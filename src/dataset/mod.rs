@@ -132,7 +132,7 @@ impl DatasetError {
             ),
             // Git's own hint for a lock speaks of a run ("nothing was trained").
             DatasetError::Git(crate::git::GitError::Locked(path)) => Some(format!(
-                "the files are stored; if no git process is running, the lock is a leftover: remove {}, then add again",
+                "if no git process is running, the lock is a leftover: remove {}, then add again (files already stored are not stored twice)",
                 path.display()
             )),
             DatasetError::Git(e) => e.hint(),

@@ -765,7 +765,7 @@ fn parse_offset(tz: &str) -> Option<i32> {
 }
 
 /// A lock file of Git's (or another tool's) that would refuse the run's commit or tag.
-fn check_no_lock(path: &Path) -> Result<(), GitError> {
+pub(crate) fn check_no_lock(path: &Path) -> Result<(), GitError> {
     if path.exists() {
         return Err(GitError::Locked(path.to_path_buf()));
     }

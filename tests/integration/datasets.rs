@@ -388,9 +388,10 @@ fn datasets_travel_through_a_file_remote_and_the_giftless_server() {
     assert_eq!(contents(&clone2.join("data/digits")), expected);
 }
 
-/// On develop, an add whose switch to the new feature branch fails (Git's HEAD lock held)
-/// leaves HEAD, the branches and the work tree as they were; the next add makes the branch
-/// (no checkout hook runs: the switch moves no file).
+/// On develop, an add with Git's index lock held is refused before it stores anything; one
+/// whose switch to the new feature branch fails (Git's HEAD lock held) leaves HEAD, the
+/// branches and the work tree as they were; the next add makes the branch (no checkout hook
+/// runs: the switch moves no file).
 #[test]
 fn an_add_that_cannot_switch_branch_leaves_the_repository_as_it_was() {
     let mut env = Env::new();
@@ -404,6 +405,17 @@ fn an_add_that_cannot_switch_branch_leaves_the_repository_as_it_was() {
     env.git(&dir, &["commit", "-qm", "ignore logs"]);
     mnist_pngs_into(&env.data, &dir.join("data/digits"), 20, 5);
     let before = repo_state(&env, &dir);
+    // Git's index lock would let the commit land but not the index: refused before any work.
+    let index_lock = dir.join(".git/index.lock");
+    std::fs::write(&index_lock, "").unwrap();
+    assert_exit_2(
+        &env,
+        &dir,
+        &["data", "add", "data/digits"],
+        &format!("{} exists", index_lock.display()),
+    );
+    std::fs::remove_file(&index_lock).unwrap();
+    assert_eq!(repo_state(&env, &dir).lfs_objects.len(), 0);
     // Git cannot move HEAD to the new feature branch while another process holds its lock.
     let lock = dir.join(".git/HEAD.lock");
     std::fs::write(&lock, "").unwrap();
@@ -417,7 +429,7 @@ fn an_add_that_cannot_switch_branch_leaves_the_repository_as_it_was() {
         &env,
         &dir,
         &["data", "add", "data/digits"],
-        "the files are stored; if no git process is running, the lock is a leftover",
+        "if no git process is running, the lock is a leftover: remove",
     );
     std::fs::remove_file(&lock).unwrap();
     let after = repo_state(&env, &dir);
