@@ -9,7 +9,7 @@
 #   status           `exp data status mnist-png` vs `dvc status data/mnist-png.dvc`
 # (re-add and status: the median of three runs in each round)
 # The folder is copied into each fresh repository beforehand and flushed to disk (`sync`), not
-# timed; both repositories live under the same temp dir in /tmp (one file system). Tools
+# timed; both repositories live under the same temp dir in /tmp or --dir (one file system). Tools
 # alternate (exp, dvc, exp, dvc, …); the report gives medians and the ratios DVC/exp, against
 # the targets (first add ≥ 5×, unchanged re-add and status ≥ 20× faster than DVC).
 #

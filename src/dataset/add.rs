@@ -106,11 +106,13 @@ pub fn add(
         branch: current.clone(),
         switched_from: None,
     };
-    if previous.is_some() && added.changes.is_empty() {
-        // Objects the store had lost were stored again: durable before exp says so.
-        if new_objects > 0 {
-            sink.batch.sync()?;
-        }
+    let unchanged = previous.is_some() && added.changes.is_empty();
+    // The objects are on disk before a commit names them, or before exp says that objects the
+    // store had lost are stored again.
+    if new_objects > 0 || !unchanged {
+        sink.batch.sync()?;
+    }
+    if unchanged {
         return Ok(added);
     }
     let manifest = Manifest::of(&name, &folder, &entries);
@@ -127,9 +129,6 @@ pub fn add(
     if !ignored(&worktree, &folder)? {
         files.push(gitignore_with(&worktree, &name, &folder)?);
     }
-    // The objects are on disk before a commit names them.
-    sink.batch.sync()?;
-
     if git::is_integration_branch(&current) {
         let branch = start_feature_branch(repo, &name, &manifest.fingerprint)?;
         added.switched_from = Some(current);

@@ -35,14 +35,14 @@ pub enum Durability {
 /// object — the caller makes the batch durable with [`BatchWriter::sync`] before a commit
 /// names it, its writeback started along the way by [`BatchWriter::flushing`] — each object
 /// written as an unnamed file linked into place whole (Linux `O_TMPFILE`; elsewhere a temp
-/// file with the object's mode, renamed), and each fan-out
-/// folder (`objects/ab/cd/`) made once per batch, remembered per folder: with 70k objects
-/// spread over 45k folders, creating inodes (files and folders) is nearly all the work, so
-/// none is created twice, and no object is looked for in a folder the batch made.
+/// file with the object's mode, renamed), and each fan-out folder (`objects/ab/cd/`) made once
+/// per batch, remembered per folder: with 70k objects spread over 45k folders, creating inodes
+/// (files and folders) is nearly all the work, so none is created twice, and no object is
+/// looked for in a folder the batch made.
 pub struct BatchWriter<'s> {
     store: &'s LfsStore,
     /// What the batch knows of `objects/<ab>/<cd>/`, by `0xabcd`: [`UNKNOWN`], [`FOUND`] or
-    /// [`MADE`].
+    /// [`MADE`], in that order (knowledge only grows: `fetch_max`).
     folders: Vec<std::sync::atomic::AtomicU8>,
     /// `objects/`, opened before the batch writes anything: a `syncfs` through it reports
     /// every writeback error of the file system since then (Linux's errseq), however often
@@ -164,18 +164,12 @@ impl BatchWriter<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(source) = met {
-            return Err(LfsError::Io {
+        met.map_or_else(|| sync_file_system(&self.objects), Err)
+            .map_err(|source| LfsError::Io {
                 action: "syncing the file system of",
                 path: self.store.root.join("objects"),
                 source,
-            });
-        }
-        sync_file_system(&self.objects).map_err(|source| LfsError::Io {
-            action: "syncing the file system of",
-            path: self.store.root.join("objects"),
-            source,
-        })
+            })
     }
 
     /// Stores `bytes`, whose `pointer` the caller has just computed from them, unless the
@@ -196,7 +190,7 @@ impl BatchWriter<'_> {
             folder = match std::fs::create_dir(&parent) {
                 Ok(()) => MADE,
                 // There before the batch, or made by another thread of it just now (which
-                // then records MADE itself).
+                // records MADE, over this FOUND).
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => FOUND,
                 // `objects/ab/` is missing too, so `ab/cd/` is new as well.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -205,17 +199,7 @@ impl BatchWriter<'_> {
                 }
                 Err(e) => return Err(io("creating", &parent, e)),
             };
-            match folder {
-                MADE => self.folders[slot].store(MADE, Ordering::Relaxed),
-                _ => {
-                    let _ = self.folders[slot].compare_exchange(
-                        UNKNOWN,
-                        FOUND,
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
-                }
-            }
+            self.folders[slot].fetch_max(folder, Ordering::Relaxed);
         }
         if folder == FOUND && store.refresh(pointer) {
             return Ok(false);
